@@ -1,0 +1,441 @@
+"""The TLS presentation language as MLS uses it (RFC 9420 §2.1, RFC 8446 §3).
+
+Every wire struct in phoenix_ref is declared once, as a dataclass whose field
+annotations name their wire types, and is encoded and decoded from that one
+declaration::
+
+    @struct
+    class ExpirationData:
+        not_before: U64
+        not_after: U64
+
+    data = encode(ExpirationData(1, 2))
+    assert decode(ExpirationData, data) == ExpirationData(1, 2)
+
+Wire types:
+
+* ``U8``, ``U16``, ``U32``, ``U64`` — big-endian unsigned integers.
+* ``VarBytes`` — ``opaque x<V>``: bytes behind an MLS variable-length
+  integer (RFC 9420 §2.1.2). ``fixed(n)`` — ``opaque x[n]``.
+* ``vec(T)`` — ``T x<V>``: a vector of any wire type, length in bytes.
+* ``optional(T)`` — ``optional<T>``: a presence octet, then ``T``.
+* ``enum(U16, SomeIntEnum)`` — an integer restricted to the enum's members.
+* ``variant(U16, {tag: Case, ...})`` — a tagged union (``select`` in the
+  RFC, a Rust enum in the Phoenix spec). The Python value is an instance of
+  the case class; the tag is derived from its class.
+* ``String`` — UTF-8 text as ``opaque x<V>``.
+
+Decoding is strict (GUIDE §2): trailing bytes, a non-minimal varint, a length
+past the end, an unknown enum tag or an input longer than the caller's limit
+raise :class:`DecodeError`, whose message names the struct and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum as _enum
+import struct as _struct
+import typing
+from typing import Annotated, Any, Callable
+
+__all__ = [
+    "DecodeError", "EncodeError", "WireType", "U8", "U16", "U32", "U64",
+    "VarBytes", "String", "fixed", "vec", "optional", "enum", "variant",
+    "struct", "encode", "decode", "wire_type_of", "Reader",
+    "encode_varint", "decode_varint", "MAX_VARINT",
+]
+
+MAX_VARINT = (1 << 30) - 1
+
+
+class DecodeError(ValueError):
+    """Input bytes do not follow the declared wire format.
+
+    ``path`` names where decoding stopped, outermost first, e.g.
+    ``"QsToQsMessage.payload.client_queue_configs[2].sealed_config"``.
+    """
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()):
+        self.reason = message
+        self.path = path
+        where = ".".join(path).replace(".[", "[")
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def within(self, *outer: str) -> "DecodeError":
+        return DecodeError(self.reason, outer + self.path)
+
+
+class EncodeError(ValueError):
+    """A value cannot be encoded with its declared wire type."""
+
+
+class Reader:
+    """A cursor over an immutable byte string."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None):
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def take(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise DecodeError(f"needs {n} bytes, only {self.end - self.pos} left")
+        start = self.pos
+        self.pos += n
+        return self.data[start:self.pos]
+
+    def sub(self, n: int) -> "Reader":
+        """A reader over the next ``n`` bytes; this reader skips them."""
+        if n > self.end - self.pos:
+            raise DecodeError(f"length {n} runs past the end ({self.end - self.pos} bytes left)")
+        r = Reader(self.data, self.pos, self.pos + n)
+        self.pos += n
+        return r
+
+    def done(self) -> bool:
+        return self.pos >= self.end
+
+
+# --- the MLS variable-length integer (RFC 9420 §2.1.2) -----------------------
+
+def encode_varint(n: int) -> bytes:
+    """Encode a length with the shortest of the 1, 2 or 4 byte forms."""
+    if n < 0 or n > MAX_VARINT:
+        raise EncodeError(f"length {n} does not fit an MLS varint")
+    if n < 1 << 6:
+        return bytes([n])
+    if n < 1 << 14:
+        return (0x4000 | n).to_bytes(2, "big")
+    return (0x80000000 | n).to_bytes(4, "big")
+
+
+def decode_varint(r: Reader) -> int:
+    """Decode a varint; the 0b11 prefix and non-minimal forms are invalid."""
+    first = r.take(1)[0]
+    prefix = first >> 6
+    if prefix == 0:
+        return first
+    if prefix == 1:
+        v = ((first & 0x3F) << 8) | r.take(1)[0]
+        if v < 1 << 6:
+            raise DecodeError("non-minimal varint")
+        return v
+    if prefix == 2:
+        v = int.from_bytes(bytes([first & 0x3F]) + r.take(3), "big")
+        if v < 1 << 14:
+            raise DecodeError("non-minimal varint")
+        return v
+    raise DecodeError("varint with invalid prefix 0b11")
+
+
+# --- wire types ---------------------------------------------------------------
+
+class WireType:
+    """How one value travels. Subclasses implement ``write`` and ``read``."""
+
+    name = "?"
+
+    def write(self, value: Any, out: bytearray) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def read(self, r: Reader) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class _UInt(WireType):
+    def __init__(self, size: int):
+        self.size = size
+        self.limit = 1 << (8 * size)
+        self.name = f"uint{8 * size}"
+        self._fmt = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}[size]
+
+    def write(self, value: int, out: bytearray) -> None:
+        if not isinstance(value, int) or not 0 <= value < self.limit:
+            raise EncodeError(f"{value!r} is not a {self.name}")
+        out += _struct.pack(self._fmt, value)
+
+    def read(self, r: Reader) -> int:
+        return _struct.unpack(self._fmt, r.take(self.size))[0]
+
+
+class _VarBytes(WireType):
+    name = "opaque<V>"
+
+    def write(self, value: bytes, out: bytearray) -> None:
+        if not isinstance(value, (bytes, bytearray)):
+            raise EncodeError(f"{type(value).__name__} is not bytes")
+        out += encode_varint(len(value))
+        out += value
+
+    def read(self, r: Reader) -> bytes:
+        return r.take(decode_varint(r))
+
+
+class _String(WireType):
+    name = "string<V>"
+
+    def write(self, value: str, out: bytearray) -> None:
+        data = value.encode("utf-8")
+        out += encode_varint(len(data))
+        out += data
+
+    def read(self, r: Reader) -> str:
+        raw = r.take(decode_varint(r))
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DecodeError(f"not UTF-8 ({e.reason})") from None
+
+
+class _Fixed(WireType):
+    def __init__(self, n: int):
+        self.n = n
+        self.name = f"opaque[{n}]"
+
+    def write(self, value: bytes, out: bytearray) -> None:
+        if not isinstance(value, (bytes, bytearray)) or len(value) != self.n:
+            raise EncodeError(f"expected exactly {self.n} bytes")
+        out += value
+
+    def read(self, r: Reader) -> bytes:
+        return r.take(self.n)
+
+
+class _Vec(WireType):
+    def __init__(self, item: WireType):
+        self.item = item
+        self.name = f"{item.name}<V>"
+
+    def write(self, value: list, out: bytearray) -> None:
+        body = bytearray()
+        for v in value:
+            self.item.write(v, body)
+        out += encode_varint(len(body))
+        out += body
+
+    def read(self, r: Reader) -> list:
+        sub = r.sub(decode_varint(r))
+        items = []
+        while not sub.done():
+            try:
+                items.append(self.item.read(sub))
+            except DecodeError as e:
+                raise e.within(f"[{len(items)}]") from None
+        return items
+
+
+class _Optional(WireType):
+    def __init__(self, item: WireType):
+        self.item = item
+        self.name = f"optional<{item.name}>"
+
+    def write(self, value: Any, out: bytearray) -> None:
+        if value is None:
+            out.append(0)
+        else:
+            out.append(1)
+            self.item.write(value, out)
+
+    def read(self, r: Reader) -> Any:
+        present = r.take(1)[0]
+        if present == 0:
+            return None
+        if present == 1:
+            return self.item.read(r)
+        raise DecodeError(f"optional presence octet is {present}, not 0 or 1")
+
+
+class _Enum(WireType):
+    def __init__(self, tag: _UInt, cls: type[_enum.IntEnum]):
+        self.tag = tag
+        self.cls = cls
+        self.name = cls.__name__
+
+    def write(self, value: int, out: bytearray) -> None:
+        self.tag.write(int(self.cls(value)), out)
+
+    def read(self, r: Reader) -> Any:
+        raw = self.tag.read(r)
+        try:
+            return self.cls(raw)
+        except ValueError:
+            raise DecodeError(f"unknown {self.cls.__name__} value {raw}") from None
+
+
+class _Variant(WireType):
+    def __init__(self, tag: _UInt, cases: dict[int, type], name: str):
+        self.tag = tag
+        self.cases = dict(cases)
+        self.tags = {cls: t for t, cls in cases.items()}
+        self.name = name
+
+    def write(self, value: Any, out: bytearray) -> None:
+        t = self.tags.get(type(value))
+        if t is None:
+            raise EncodeError(f"{type(value).__name__} is not a case of {self.name}")
+        self.tag.write(t, out)
+        wire_type_of(type(value)).write(value, out)
+
+    def read(self, r: Reader) -> Any:
+        t = self.tag.read(r)
+        cls = self.cases.get(t)
+        if cls is None:
+            raise DecodeError(f"unknown {self.name} tag {t}")
+        return wire_type_of(cls).read(r)
+
+
+class _Struct(WireType):
+    """Wire type of a ``@struct`` class; fields resolved on first use."""
+
+    def __init__(self, cls: type):
+        self.cls = cls
+        self.name = cls.__name__
+        self._fields: list[tuple[str, WireType]] | None = None
+
+    @property
+    def fields(self) -> list[tuple[str, WireType]]:
+        if self._fields is None:
+            hints = typing.get_type_hints(self.cls, include_extras=True)
+            resolved = []
+            for f in dataclasses.fields(self.cls):
+                if not f.init:
+                    continue
+                resolved.append((f.name, _wire_type_from_hint(hints[f.name], self.cls, f.name)))
+            self._fields = resolved
+        return self._fields
+
+    def write(self, value: Any, out: bytearray) -> None:
+        for name, wt in self.fields:
+            try:
+                wt.write(getattr(value, name), out)
+            except EncodeError as e:
+                raise EncodeError(f"{self.name}.{name}: {e}") from None
+
+    def read(self, r: Reader) -> Any:
+        values = []
+        for name, wt in self.fields:
+            try:
+                values.append(wt.read(r))
+            except DecodeError as e:
+                raise e.within(self.name, name) from None
+        return self.cls(*values)
+
+
+def _wire_type_from_hint(hint: Any, owner: type, field: str) -> WireType:
+    if typing.get_origin(hint) is Annotated:
+        for meta in hint.__metadata__:
+            if isinstance(meta, WireType):
+                return meta
+    if isinstance(hint, type) and hasattr(hint, "__wire_type__"):
+        return hint.__wire_type__
+    raise TypeError(f"{owner.__name__}.{field}: annotation {hint!r} has no wire type")
+
+
+# Public constructors. Annotated types keep the Python type visible to
+# readers and checkers while carrying the wire type for the codec.
+U8 = Annotated[int, _UInt(1)]
+U16 = Annotated[int, _UInt(2)]
+U32 = Annotated[int, _UInt(4)]
+U64 = Annotated[int, _UInt(8)]
+VarBytes = Annotated[bytes, _VarBytes()]
+String = Annotated[str, _String()]
+
+
+def wire_type_of(t: Any) -> WireType:
+    """The wire type behind an annotation, a struct class or a wire type."""
+    if isinstance(t, WireType):
+        return t
+    return _wire_type_from_hint(t, type(t), "?")
+
+
+def fixed(n: int) -> Any:
+    return Annotated[bytes, _Fixed(n)]
+
+
+def vec(item: Any) -> Any:
+    return Annotated[list, _Vec(_Lazy(item))]
+
+
+def optional(item: Any) -> Any:
+    return Annotated[Any, _Optional(_Lazy(item))]
+
+
+def enum(tag: Any, cls: type[_enum.IntEnum]) -> Any:
+    return Annotated[cls, _Enum(wire_type_of(tag), cls)]
+
+
+def variant(tag: Any, cases: dict[int, type], name: str = "variant") -> Any:
+    """A tagged union; each case is a ``@struct`` class (possibly empty)."""
+    return Annotated[Any, _Variant(wire_type_of(tag), cases, name)]
+
+
+class _Lazy(WireType):
+    """Resolves a struct class when first used, so declarations may refer
+    to classes defined further down a module."""
+
+    def __init__(self, target: Any):
+        self.target = target
+        self._wt: WireType | None = None
+
+    @property
+    def wt(self) -> WireType:
+        if self._wt is None:
+            self._wt = wire_type_of(self.target)
+        return self._wt
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return getattr(self.target, "__name__", None) or repr(self.target)
+
+    def write(self, value: Any, out: bytearray) -> None:
+        self.wt.write(value, out)
+
+    def read(self, r: Reader) -> Any:
+        return self.wt.read(r)
+
+
+T = typing.TypeVar("T")
+
+
+def struct(cls: type[T]) -> type[T]:
+    """Make ``cls`` a frozen dataclass that encodes as its fields in order."""
+    if not dataclasses.is_dataclass(cls):
+        cls = dataclasses.dataclass(frozen=True)(cls)
+    cls.__wire_type__ = _Struct(cls)  # type: ignore[attr-defined]
+    return cls
+
+
+def encode(value: Any, wire: Any = None) -> bytes:
+    """Serialize a struct instance (or ``value`` as ``wire``)."""
+    wt = wire_type_of(wire if wire is not None else type(value))
+    out = bytearray()
+    wt.write(value, out)
+    return bytes(out)
+
+
+def decode(wire: Any, data: bytes, *, max_len: int | None = None) -> Any:
+    """Parse exactly ``data`` as ``wire``; anything left over is an error."""
+    wt = wire_type_of(wire)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError("input is not bytes", (wt.name,))
+    data = bytes(data)
+    if max_len is not None and len(data) > max_len:
+        raise DecodeError(f"input of {len(data)} bytes exceeds the limit of {max_len}", (wt.name,))
+    r = Reader(data)
+    try:
+        value = wt.read(r)
+    except DecodeError as e:
+        raise (e if e.path and e.path[0] == wt.name else e.within(wt.name)) from None
+    if not r.done():
+        raise DecodeError(f"{r.end - r.pos} trailing bytes", (wt.name,))
+    return value
+
+
+def decode_prefix(wire: Any, r: Reader) -> Any:
+    """Parse one ``wire`` value from a reader, leaving the rest unread."""
+    return wire_type_of(wire).read(r)

@@ -1,0 +1,142 @@
+"""The presentation-language codec (RFC 9420 §2.1): vectors, round trips, strictness."""
+
+import enum
+
+import pytest
+from hypothesis import given, strategies as st
+
+from phoenix_ref.codec import (
+    U8, U16, U32, U64, DecodeError, EncodeError, Reader, String, VarBytes, decode,
+    decode_varint, encode, encode_varint, enum as enum_, fixed, optional, struct, variant, vec,
+)
+from tests.conftest import vector_params
+
+
+@pytest.mark.parametrize("v", vector_params("deserialization.json"))
+def test_deserialization_vector(v):
+    header = bytes.fromhex(v["vlbytes_header"])
+    assert encode_varint(v["length"]) == header
+    r = Reader(header)
+    assert decode_varint(r) == v["length"]
+    assert r.done()
+
+
+class Color(enum.IntEnum):
+    red = 1
+    green = 2
+
+
+@struct
+class Empty:
+    pass
+
+
+@struct
+class Leaf:
+    n: U32
+    data: VarBytes
+
+
+@struct
+class Sample:
+    a: U8
+    b: U16
+    c: U64
+    key: fixed(4)
+    name: String
+    leaves: vec(Leaf)
+    maybe: optional(Leaf)
+    color: enum_(U8, Color)
+    choice: variant(U16, {1: Empty, 2: Leaf}, "Choice")
+    nested: vec(vec(U8))
+
+
+leaves = st.builds(Leaf, st.integers(0, 2**32 - 1), st.binary(max_size=300))
+samples = st.builds(
+    Sample,
+    st.integers(0, 255), st.integers(0, 2**16 - 1), st.integers(0, 2**64 - 1),
+    st.binary(min_size=4, max_size=4), st.text(max_size=40), st.lists(leaves, max_size=5),
+    st.none() | leaves, st.sampled_from(Color), st.just(Empty()) | leaves,
+    st.lists(st.lists(st.integers(0, 255), max_size=4), max_size=4),
+)
+
+
+@given(samples)
+def test_round_trip(s):
+    assert decode(Sample, encode(s)) == s
+
+
+@given(st.integers(0, 2**30 - 1))
+def test_varint_round_trip_and_minimal(n):
+    data = encode_varint(n)
+    assert len(data) == (1 if n < 64 else 2 if n < 16384 else 4)
+    assert decode_varint(Reader(data)) == n
+
+
+@given(samples, st.binary(min_size=1, max_size=8))
+def test_trailing_bytes_rejected(s, extra):
+    with pytest.raises(DecodeError, match="trailing"):
+        decode(Sample, encode(s) + extra)
+
+
+@given(samples, st.data())
+def test_truncation_rejected(s, data):
+    raw = encode(s)
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(DecodeError):
+        decode(Sample, raw[:cut])
+
+
+@given(st.binary(max_size=200))
+def test_garbage_never_crashes(raw):
+    try:
+        decode(Sample, raw)
+    except DecodeError:
+        pass
+
+
+def test_non_minimal_varint_rejected():
+    for raw in (b"\x40\x05", b"\x80\x00\x00\x05", b"\x80\x00\x3f\xff"):
+        with pytest.raises(DecodeError, match="non-minimal"):
+            decode_varint(Reader(raw))
+    with pytest.raises(DecodeError, match="0b11"):
+        decode_varint(Reader(b"\xc0\x00\x00\x00\x00\x00\x00\x01"))
+
+
+def test_errors_name_struct_and_field():
+    good = encode(Sample(1, 2, 3, b"abcd", "x", [Leaf(1, b"z")], None, Color.red, Empty(), []))
+    with pytest.raises(DecodeError) as e:
+        decode(Sample, good[:18])
+    assert "Sample.leaves" in str(e.value)
+    bad_color = bytearray(good)
+    idx = len(good) - 1 - 1 - 2  # color octet sits before the 2-byte tag + empty case + nested
+    bad_color[idx] = 9
+    with pytest.raises(DecodeError, match="Sample.color: unknown Color value 9"):
+        decode(Sample, bytes(bad_color))
+    bad_tag = good[:-3] + b"\x00\x07" + good[-1:]
+    with pytest.raises(DecodeError, match="unknown Choice tag 7"):
+        decode(Sample, bad_tag)
+
+
+def test_length_past_end_and_limit():
+    with pytest.raises(DecodeError, match="past the end|needs"):
+        decode(Leaf, b"\x00\x00\x00\x01\x05ab")
+    with pytest.raises(DecodeError, match="exceeds the limit"):
+        decode(Leaf, encode(Leaf(1, b"x" * 100)), max_len=50)
+
+
+def test_optional_presence_octet_strict():
+    @struct
+    class Opt:
+        x: optional(U8)
+    assert decode(Opt, b"\x00") == Opt(None)
+    assert decode(Opt, b"\x01\x07") == Opt(7)
+    with pytest.raises(DecodeError, match="presence"):
+        decode(Opt, b"\x02\x07")
+
+
+def test_encode_rejects_out_of_range():
+    with pytest.raises(EncodeError):
+        encode(Leaf(2**32, b""))
+    with pytest.raises(EncodeError):
+        encode_varint(2**30)
