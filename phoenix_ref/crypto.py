@@ -244,6 +244,28 @@ def hpke_open(private: bytes, enc: bytes, info: bytes, aad: bytes, ciphertext: b
         raise CryptoError("HPKE decryption failed") from e
 
 
+def hpke_export_sender(public: bytes, info: bytes, exporter_context: bytes,
+                       length: int) -> tuple[bytes, bytes]:
+    """SetupBaseS(pkR, info) then Export(exporter_context, L) — RFC 9180 §5.3.
+
+    Returns ``(enc, exported_secret)``; RFC 9420 §8.3 uses it for external init.
+    """
+    enc, ctx = _SUITE.create_sender_context(_pub(public), info=info)
+    return enc, ctx.export(exporter_context, length)
+
+
+def hpke_export_receiver(private: bytes, enc: bytes, info: bytes, exporter_context: bytes,
+                         length: int) -> bytes:
+    """SetupBaseR(enc, skR, info) then Export(exporter_context, L); raises CryptoError."""
+    try:
+        ctx = _SUITE.create_recipient_context(enc, _priv(private), info=info)
+        return ctx.export(exporter_context, length)
+    except CryptoError:
+        raise
+    except Exception as e:
+        raise CryptoError("HPKE setup failed") from e
+
+
 @struct
 class EncryptContext:
     """RFC 9420 §5.1.3."""
@@ -283,5 +305,6 @@ __all__ = [
     "kdf_expand", "expand_with_label", "derive_secret", "derive_tree_secret", "ref_hash",
     "SigningKey", "verify", "sign_with_label", "verify_with_label", "hs_sign", "hs_verify",
     "aead_seal", "aead_open", "HpkeKeyPair", "hpke_seal", "hpke_open", "HPKECiphertext",
+    "hpke_export_sender", "hpke_export_receiver",
     "encrypt_with_label", "decrypt_with_label", "random_bytes",
 ]
