@@ -124,6 +124,13 @@ class HashRatchet:
                 del self._skipped[min(self._skipped)]
         return self._step()
 
+    def put_back(self, key: RatchetKey) -> None:
+        """Return a key that :meth:`get` served but that failed to decrypt:
+        only a *successful* decryption consumes it (§9.2), so a forged
+        message cannot burn a generation."""
+        if key.generation < self.generation and len(self._skipped) < self.max_skipped:
+            self._skipped[key.generation] = key
+
 
 def _level(node: int) -> int:
     """Number of trailing one bits: 0 for leaves (Appendix C)."""
