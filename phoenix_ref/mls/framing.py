@@ -64,7 +64,7 @@ from .transcript import membership_tag
 
 
 __all__ = [
-    "FramingError", "MalformedMessage", "WrongGroup", "WrongEpoch", "InvalidSender",
+    "FramingError", "MalformedMessage", "WrongGroup", "WrongEpoch", "InvalidSender", "ContentNotAllowed",
     "BadSignature", "BadMembershipTag", "DecryptionFailed", "SignerLookup",
     "build_content", "content_body", "content_tbs", "sign_content", "verify_content",
     "authenticate", "with_confirmation_tag", "protect_public", "unprotect_public",
@@ -95,6 +95,11 @@ class WrongEpoch(FramingError):
 class InvalidSender(FramingError):
     """The sender type cannot be used here (e.g. a non-member in a
     PrivateMessage, §6.3.2) or names no member."""
+
+
+class ContentNotAllowed(FramingError):
+    """The content type cannot travel in this wire format: application data
+    "MUST" use PrivateMessage (§6)."""
 
 
 class BadSignature(FramingError):
@@ -215,7 +220,7 @@ def protect_public(content: AuthenticatedContent, group_context: GroupContext,
     if content.wire_format != WireFormat.mls_public_message:
         raise ValueError("content was signed for another wire format")
     if fc.content_type == ContentType.application:
-        raise InvalidSender("application messages must be sent as PrivateMessage (RFC 9420 §6)")
+        raise ContentNotAllowed("application messages must be sent as PrivateMessage (RFC 9420 §6)")
     _check_auth_shape(fc.content_type, content.auth)
     tag = None
     if fc.sender.sender_type == SenderType.member:
@@ -229,7 +234,7 @@ def unprotect_public(message: PublicMessage, group_context: GroupContext, member
                      signer: SignerLookup) -> AuthenticatedContent:
     """Check a PublicMessage and return its AuthenticatedContent (§6.2).
 
-    Raises :class:`WrongGroup`, :class:`WrongEpoch`, :class:`InvalidSender`
+    Raises :class:`WrongGroup`, :class:`WrongEpoch`, :class:`ContentNotAllowed`
     (application data in a PublicMessage), :class:`BadMembershipTag`,
     :class:`BadSignature`, or whatever ``signer`` raises. A Commit's
     confirmation tag is left to the caller.
@@ -237,7 +242,7 @@ def unprotect_public(message: PublicMessage, group_context: GroupContext, member
     fc = message.content
     _check_group_epoch(fc.group_id, fc.epoch, group_context)
     if fc.content_type == ContentType.application:
-        raise InvalidSender("application data in a PublicMessage (RFC 9420 §6)")
+        raise ContentNotAllowed("application data in a PublicMessage (RFC 9420 §6)")
     content = AuthenticatedContent(WireFormat.mls_public_message, fc, message.auth)
     tbs = content_tbs(content.wire_format, fc, group_context)
     if fc.sender.sender_type == SenderType.member:
