@@ -1,0 +1,152 @@
+"""SQLite persistence for Privacy Pass state (GUIDE §4: stdlib ``sqlite3``).
+
+One file holds what ``privacy_pass.py`` needs to survive a restart:
+
+* ``spent_tokens`` — the double-spend store: one row per redeemed token,
+  keyed by ``spend_id = SHA-256(token_key_id || nonce)``. Redemption is one
+  ``INSERT OR IGNORE``; whether it inserted a row decides, atomically, if the
+  token was fresh, so two concurrent redemptions of one token cannot both
+  succeed. Rows of a key that no longer redeems can be dropped.
+* ``issuance_windows`` — the allowance counters of ``IssuancePolicy``
+  (``spec/authentication_service.md#rate-limiting``), updated in one
+  ``BEGIN IMMEDIATE`` transaction per request.
+* ``issuer_keys`` — the issuer's key pairs ("AS Privacy Pass key material",
+  ``spec/authentication_service.md#as-state``), one row per key.
+
+The methods are synchronous; under Trio the caller runs them with
+``trio.to_thread.run_sync``. One connection is shared by those threads and
+serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Callable
+
+from .privacy_pass import AllowanceWindow, IssuerKey, IssuerKeys
+
+__all__ = ["PrivacyPassStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spent_tokens (
+    spend_id      BLOB PRIMARY KEY,
+    token_key_id  BLOB NOT NULL,
+    spent_ms      INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS spent_tokens_by_key ON spent_tokens (token_key_id);
+CREATE TABLE IF NOT EXISTS issuance_windows (
+    counter_key   TEXT PRIMARY KEY,
+    start_ms      INTEGER NOT NULL,
+    issued        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS issuer_keys (
+    key_id           BLOB PRIMARY KEY,
+    private_key      BLOB NOT NULL,
+    public_key       BLOB NOT NULL,
+    created_ms       INTEGER NOT NULL,
+    redeem_until_ms  INTEGER          -- NULL: the current key
+);
+"""
+
+
+class PrivacyPassStore:
+    """Spent tokens, issuance counters and issuer keys in one SQLite file.
+
+    Implements ``privacy_pass.SpentTokenStore`` and ``privacy_pass.CounterStore``.
+    ``path`` may be ``":memory:"`` for throwaway stores.
+    """
+
+    def __init__(self, path: str | Path):
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        with self._lock:
+            if str(path) != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "PrivacyPassStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- spent tokens --------------------------------------------------------------
+
+    def mark_spent(self, spend_id: bytes, token_key_id: bytes, now_ms: int) -> bool:
+        """Insert-if-absent in one statement; ``False`` means a double spend."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO spent_tokens (spend_id, token_key_id, spent_ms) VALUES (?, ?, ?)",
+                (spend_id, token_key_id, now_ms),
+            )
+            return cur.rowcount == 1
+
+    def forget_key(self, token_key_id: bytes) -> int:
+        with self._lock:
+            return self._db.execute("DELETE FROM spent_tokens WHERE token_key_id = ?", (token_key_id,)).rowcount
+
+    def spent_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM spent_tokens").fetchone()[0]
+
+    # -- issuance counters ----------------------------------------------------------
+
+    def load(self, key: str) -> AllowanceWindow | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT start_ms, issued FROM issuance_windows WHERE counter_key = ?", (key,)).fetchone()
+        return AllowanceWindow(*row) if row else None
+
+    def update(self, keys: list[str],
+               fn: Callable[[list[AllowanceWindow | None]], list[AllowanceWindow]]) -> None:
+        """Load, apply ``fn`` and store in one write transaction (rolled back if ``fn`` raises)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                current = []
+                for k in keys:
+                    row = self._db.execute(
+                        "SELECT start_ms, issued FROM issuance_windows WHERE counter_key = ?", (k,)).fetchone()
+                    current.append(AllowanceWindow(*row) if row else None)
+                new = fn(current)
+                self._db.executemany(
+                    "INSERT INTO issuance_windows (counter_key, start_ms, issued) VALUES (?, ?, ?) "
+                    "ON CONFLICT (counter_key) DO UPDATE SET start_ms = excluded.start_ms, issued = excluded.issued",
+                    [(k, w.start_ms, w.issued) for k, w in zip(keys, new)],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- issuer keys -------------------------------------------------------------------
+
+    def save_issuer_keys(self, keys: IssuerKeys) -> None:
+        """Replace the stored key set with ``keys`` (one transaction)."""
+        rows = [(k.key_id, k.private_key, k.public_key, k.created_ms, k.redeem_until_ms) for k in keys.all()]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM issuer_keys")
+                self._db.executemany("INSERT INTO issuer_keys VALUES (?, ?, ?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def load_issuer_keys(self) -> IssuerKeys | None:
+        """The stored key set, or ``None`` before the first ``save_issuer_keys``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT private_key, public_key, created_ms, redeem_until_ms FROM issuer_keys "
+                "ORDER BY redeem_until_ms IS NOT NULL, redeem_until_ms DESC, created_ms DESC").fetchall()
+        if not rows:
+            return None
+        keys = [IssuerKey(bytes(sk), bytes(pk), created, until) for sk, pk, created, until in rows]
+        return IssuerKeys(keys[0], keys[1:])
