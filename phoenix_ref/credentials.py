@@ -57,9 +57,7 @@ Choices the spec leaves open (docs/decisions.md):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from . import crypto
 from .codec import U16, U64, VarBytes, encode, struct, vec
