@@ -61,7 +61,7 @@ from .ids import Alias, Fqdn, GroupId, QsCid, QsUid
 
 __all__ = [
     "MAX_FUTURE_SKEW_MS", "DEFAULT_MAX_AGE_MS", "RequestBinding", "check_fresh",
-    "QsSenderId", "QsAuthTokenTbs", "QsAuthToken",
+    "QsSenderId", "QsAuthTokenTbs", "QsAuthToken", "verify_qs_auth_token",
     "DsLeafIndex", "DsKeyPackageRef", "DsSenderId", "DsAuthTokenTbs", "DsAuthToken",
     "ClientCredentialAuthTbs", "ClientCredentialAuth", "AliasAuthTbs", "AliasAuth",
     "AuthTokenError", "TokenExpired", "TokenFromFuture", "TokenBadSignature", "ScopeMismatch",
@@ -117,11 +117,12 @@ class RequestBinding:
 
 
 def check_fresh(timestamp: int, now_ms: int, max_age_ms: int = DEFAULT_MAX_AGE_MS,
-                what: str = "token") -> None:
-    """Raise TokenFromFuture / TokenExpired unless the timestamp is acceptable."""
-    if timestamp > now_ms + MAX_FUTURE_SKEW_MS:
+                what: str = "token", max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
+    """Raise TokenFromFuture / TokenExpired unless
+    ``now_ms - max_age_ms <= timestamp <= now_ms + max_skew_ms``."""
+    if timestamp > now_ms + max_skew_ms:
         raise TokenFromFuture(
-            f"{what} timestamp {timestamp} is more than {MAX_FUTURE_SKEW_MS} ms ahead of now ({now_ms})")
+            f"{what} timestamp {timestamp} is more than {max_skew_ms} ms ahead of now ({now_ms})")
     if now_ms - timestamp > max_age_ms:
         raise TokenExpired(f"{what} is {now_ms - timestamp} ms old, more than the maximum {max_age_ms} ms")
 
@@ -172,9 +173,10 @@ class QsAuthToken:
         return cls(sender_id, timestamp, _sign(key, cls._tbs(sender_id, timestamp, binding)))
 
     def verify(self, public_key: bytes, now_ms: int, binding: RequestBinding, *,
-               max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
+               max_age_ms: int = DEFAULT_MAX_AGE_MS,
+               max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
         """Check freshness, then the signature under the record's auth key."""
-        check_fresh(self.timestamp, now_ms, max_age_ms, "QsAuthToken")
+        check_fresh(self.timestamp, now_ms, max_age_ms, "QsAuthToken", max_skew_ms)
         _verify(public_key, self._tbs(self.sender_id, self.timestamp, binding), self.signature, "QsAuthToken")
 
     def check_sender(self, expected: QsUid | QsCid) -> None:
@@ -183,6 +185,12 @@ class QsAuthToken:
         if self.sender_id != expected:
             raise ScopeMismatch(f"token authenticates {type(self.sender_id).__name__} {self.sender_id}, "
                                 f"the request is for {type(expected).__name__} {expected}")
+
+
+def verify_qs_auth_token(token: QsAuthToken, public_key: bytes, now_ms: int, max_age_ms: int,
+                         binding: RequestBinding, *, max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
+    """Function form of :meth:`QsAuthToken.verify` for cores that look the key up first."""
+    token.verify(public_key, now_ms, binding, max_age_ms=max_age_ms, max_skew_ms=max_skew_ms)
 
 
 # --- DS (spec/delivery_service.md#authentication) --------------------------------------------
@@ -234,10 +242,11 @@ class DsAuthToken:
         return cls(group_id, timestamp, sender_id, _sign(key, tbs))
 
     def verify(self, public_key: bytes, now_ms: int, binding: RequestBinding, *,
-               max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
+               max_age_ms: int = DEFAULT_MAX_AGE_MS,
+               max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
         """Check freshness, then the signature under the key the DS found for
         ``sender_id`` (the leaf's, or the referenced KeyPackage's)."""
-        check_fresh(self.timestamp, now_ms, max_age_ms, "DsAuthToken")
+        check_fresh(self.timestamp, now_ms, max_age_ms, "DsAuthToken", max_skew_ms)
         tbs = self._tbs(self.group_id, self.timestamp, self.sender_id, binding)
         _verify(public_key, tbs, self.signature, "DsAuthToken")
 
@@ -284,12 +293,13 @@ class ClientCredentialAuth:
         return cls(credential, timestamp, _sign(key, cls._tbs(credential, timestamp, binding)))
 
     def verify(self, trust: TrustStore, now_ms: int, binding: RequestBinding, *,
-               max_age_ms: int = DEFAULT_MAX_AGE_MS) -> CredentialChain:
+               max_age_ms: int = DEFAULT_MAX_AGE_MS,
+               max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> CredentialChain:
         """Check freshness, the credential chain (raises a CredentialError,
         also 401; UnknownSigner tells a federated AS whose credentials to
         fetch), then the signature. Returns the verified chain; the caller
         reads the client id from ``chain.client.client_id``."""
-        check_fresh(self.timestamp, now_ms, max_age_ms, "client credential authentication")
+        check_fresh(self.timestamp, now_ms, max_age_ms, "client credential authentication", max_skew_ms)
         chain = trust.verify_client_credential(self.client_credential, now_ms)
         _verify(self.client_credential.public_key, self._tbs(self.client_credential, self.timestamp, binding),
                 self.signature, "client credential authentication")
@@ -323,9 +333,10 @@ class AliasAuth:
         return cls(alias, timestamp, _sign(key, cls._tbs(alias, timestamp, binding)))
 
     def verify(self, alias_auth_key: bytes, now_ms: int, binding: RequestBinding, *,
-               max_age_ms: int = DEFAULT_MAX_AGE_MS) -> None:
+               max_age_ms: int = DEFAULT_MAX_AGE_MS,
+               max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
         """Check freshness, then the signature under the alias entry's auth key."""
-        check_fresh(self.timestamp, now_ms, max_age_ms, "alias authentication")
+        check_fresh(self.timestamp, now_ms, max_age_ms, "alias authentication", max_skew_ms)
         _verify(alias_auth_key, self._tbs(self.alias, self.timestamp, binding), self.signature,
                 "alias authentication")
 

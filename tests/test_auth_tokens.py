@@ -285,3 +285,13 @@ def test_bit_flips_never_verify(kind, pos, flip):
 
 
 _FLIP_TOKENS = {kind: make(KEY, T0, BIND) for kind, (make, _) in KINDS.items()}
+
+
+def test_configurable_skew_and_function_form():
+    from phoenix_ref.auth_tokens import verify_qs_auth_token
+    tok = QsAuthToken.create(KEY, QS_CID, T0 + 10_000, BIND)
+    verify_qs_auth_token(tok, KEY.public, T0, DEFAULT_MAX_AGE_MS, BIND)
+    with pytest.raises(TokenFromFuture):
+        verify_qs_auth_token(tok, KEY.public, T0, DEFAULT_MAX_AGE_MS, BIND, max_skew_ms=5_000)
+    with pytest.raises(TokenBadSignature):
+        verify_qs_auth_token(tok, OTHER_KEY.public, T0, DEFAULT_MAX_AGE_MS, BIND)

@@ -288,7 +288,8 @@ def test_bad_signatures(a, trust, tamper):
 
 def test_forged_intermediate_signature(a):
     csr = AsIntermediateCredentialCsr.create(a.inter_key, a.as_cred, T0 - DAY, T0 + DAY)
-    inter = AsIntermediateCredential(csr, crypto.hs_sign(crypto.SigningKey.generate(), "AsIntermediateCredentialCsr", encode(csr)))
+    forged = crypto.hs_sign(crypto.SigningKey.generate(), "AsIntermediateCredentialCsr", encode(csr))
+    inter = AsIntermediateCredential(csr, forged)
     trust = TrustStore.of({A: a.answer(extra_inter=[inter])})
     with pytest.raises(BadSignature, match="AS signature"):
         verify_client_credential(forge_client(inter, a.inter_key, T0 - DAY, T0 + DAY), trust, T0)
@@ -378,8 +379,9 @@ def test_answer_replacement_drops_withdrawn_credentials(a):
 
 
 def test_signing_intermediate_picks_latest_valid(a):
-    longer = AsIntermediateCredential.create(a.as_cred, a.as_key, crypto.SigningKey.generate(), T0, T0 + 2 * YEAR)
-    future = AsIntermediateCredential.create(a.as_cred, a.as_key, crypto.SigningKey.generate(), T0 + DAY, T0 + 3 * YEAR)
+    new_key = crypto.SigningKey.generate
+    longer = AsIntermediateCredential.create(a.as_cred, a.as_key, new_key(), T0, T0 + 2 * YEAR)
+    future = AsIntermediateCredential.create(a.as_cred, a.as_key, new_key(), T0 + DAY, T0 + 3 * YEAR)
     answer = a.answer(extra_inter=[longer, future])
     assert answer.signing_intermediate(T0) == longer
     assert a.answer(extra_inter=[longer, future], revoked=[longer.fingerprint()]).signing_intermediate(T0) == a.inter
