@@ -108,6 +108,28 @@ class PrivateTreeKeys:
         """Hold the key pair that ``path_secret`` gives parent node ``x``."""
         self.keys[x] = node_key_pair(path_secret)
 
+    def join_with_path_secret(self, tree: RatchetTree, committer: int, path_secret: bytes) -> None:
+        """Take the Welcome's ``path_secret`` (§12.4.3.1, joining).
+
+        It belongs to the lowest common ancestor of this leaf and the
+        committer's; the secrets of the nodes above it on the committer's
+        filtered direct path follow by "path" derivation. Every derived public
+        key must match the tree, else :class:`PrivateStateError`.
+        """
+        me = 2 * self.leaf_index
+        secret: bytes | None = None
+        for p, _c in tree.filtered_path_pairs(committer):
+            if secret is None and tm.is_ancestor(p, me):
+                secret = path_secret
+            if secret is not None:
+                pair = node_key_pair(secret)
+                if tree.node(p) is None or tree.node(p).encryption_key != pair.public:
+                    raise PrivateStateError(f"path secret does not give the public key of node {p}")
+                self.keys[p] = pair
+                secret = next_path_secret(secret)
+        if secret is None:
+            raise PrivateStateError("no common ancestor with the committer on its filtered path")
+
     def check_consistent(self, tree: RatchetTree) -> None:
         """Every held key matches a non-blank node's public key (FORMAT.md, §4.2)."""
         for x, pair in self.keys.items():
