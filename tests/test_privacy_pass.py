@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phoenix_ref import privacy_pass as pp
-from phoenix_ref import voprf
 from phoenix_ref.codec import decode, encode
 from phoenix_ref.errors import ProtocolError, RateLimited
 from phoenix_ref.privacy_pass_store import PrivacyPassStore
@@ -297,7 +296,7 @@ def test_finalize_refusals():
     resp = pp.issue(req, keys)
     other = pp.issue(req, pp.IssuerKey(keys.current.private_key, keys.current.public_key, 0, None))
     assert pp.finalize(state, other)  # same key, fresh proof randomness: fine
-    evil = pp.IssuerKeys(dataclasses.replace(pp.IssuerKey.generate(0)))
+    evil = pp.IssuerKeys.generate(0)
     evil_req = dataclasses.replace(req, truncated_token_key_id=evil.current.truncated_key_id)
     for bad in (dataclasses.replace(resp, evaluated_msgs=resp.evaluated_msgs[:2]),
                 dataclasses.replace(resp, evaluated_msgs=[bytes(32)] * 3),
