@@ -119,3 +119,40 @@ def test_refs_are_ref_hashes():
     assert m.make_key_package_ref(kp) == crypto.ref_hash(
         b"MLS 1.0 KeyPackage Reference", encode(kp))
     assert len(m.make_key_package_ref(kp)) == 32
+
+
+# --- fuzz: any input decodes or raises DecodeError, never anything else --------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from phoenix_ref.shared import mls_vectors  # noqa: E402
+
+_SAMPLE = mls_vectors("messages.json")[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(sorted(FIELDS)), pos=st.integers(min_value=0), byte=st.integers(0, 255),
+       cut=st.booleans())
+def test_mutated_vectors_decode_strictly(field, pos, byte, cut):
+    wire, _ = FIELDS[field]
+    data = bytearray.fromhex(_SAMPLE[field])
+    pos %= len(data)
+    if cut:
+        del data[pos:]
+    else:
+        data[pos] = byte
+    try:
+        value = decode(wire, bytes(data))
+    except DecodeError:
+        return
+    assert encode(value, wire) == bytes(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_as_mls_message(data):
+    try:
+        value = decode(m.MLSMessage, data)
+    except DecodeError:
+        return
+    assert encode(value) == data

@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 
 from phoenix_ref import crypto
-from phoenix_ref.codec import decode
 from phoenix_ref.mls import messages as m
 from phoenix_ref.mls import tree as t
+from phoenix_ref.shared import mls_vectors
 from tests.conftest import vector_params
 
 
@@ -46,9 +46,6 @@ def test_tree_operations_vector(vector):
 
 
 # --- negative cases: each broken rule raises its own error class --------------------
-
-from phoenix_ref.shared import mls_vectors  # noqa: E402
-
 
 def _vector_tree(n_leaves: int):
     """A tree of tree-validation.json with ``n_leaves`` leaves and its group id."""
