@@ -1,8 +1,8 @@
 """Client authentication structs of the three services.
 
-=========================  =====================================================  ===========================
+=========================  =====================================================  ============================
 Struct                     Spec                                                   Verified with
-=========================  =====================================================  ===========================
+=========================  =====================================================  ============================
 ``QsAuthToken``            ``spec/queuing_service.md#authentication``             QS user / client record
                                                                                   auth key (by ``sender_id``)
 ``DsAuthToken``            ``spec/delivery_service.md#authentication``            the leaf's or KeyPackage's
@@ -12,7 +12,7 @@ Struct                     Spec                                                 
                                                                                   a :class:`TrustStore`
 ``AliasAuth``              ``spec/authentication_service.md#authentication``      the alias auth key
                            (mode **Alias auth key**)
-=========================  =====================================================  ===========================
+=========================  =====================================================  ============================
 
 Each token travels in the request body (the ``…Request`` structs put it
 before the params) and carries a homeserver signature (``crypto.hs_sign``)

@@ -14,21 +14,19 @@ with the prefix ``"Phoenix Homeserver Protocol 1.0 "``) whose label is the
 name of the struct being signed, so a signature made for one credential type
 never verifies as another:
 
-=====================================  ====================================  ==========================
-Struct                                 Signature field, label                Signed with
-=====================================  ====================================  ==========================
-``AsCredential``                       ``self_signature``,                   the AS credential's own key
-  ``{payload, self_signature}``        ``"AsCredentialPayload"``
-``AsIntermediateCredentialCsr``        ``self_signature``,                   the intermediate's own key
-  ``{payload, self_signature}``        ``"AsIntermediateCredentialPayload"``
-``AsIntermediateCredential``           ``signature``,                        an AS credential's key
-  ``{signed_payload, signature}``      ``"AsIntermediateCredentialCsr"``
-``ClientCredentialCsr``                ``self_signature``,                   the client's own key
-  ``{payload, self_signature}``        ``"ClientCredentialPayload"``
-``ClientCredential``                   ``signature``,                        an intermediate's key
-  ``{signed_payload, signature}``      ``"ClientCredentialCsr"``
-=====================================  ====================================  ==========================
+==============================================  ===================================  =======================
+Signature field                                 Label (the signed struct)            Signing key
+==============================================  ===================================  =======================
+``AsCredential.self_signature``                 ``AsCredentialPayload``              the AS credential's own
+``AsIntermediateCredentialCsr.self_signature``  ``AsIntermediateCredentialPayload``  the intermediate's own
+``AsIntermediateCredential.signature``          ``AsIntermediateCredentialCsr``      an AS credential's
+``ClientCredentialCsr.self_signature``          ``ClientCredentialPayload``          the client's own
+``ClientCredential.signature``                  ``ClientCredentialCsr``              an intermediate's
+==============================================  ===================================  =======================
 
+Structs: ``AsCredential {payload, self_signature}``; for the intermediate and
+the client ``…Csr {payload, self_signature}`` and ``…Credential
+{signed_payload, signature}``.
 The ``…Csr`` structs are the spec's ``CredentialSelfSignedPayload`` of each
 type (a client sends its ``ClientCredentialCsr`` to register,
 ``spec/authentication_service/credentials.md#client-credential-signing-requests``).

@@ -1,17 +1,17 @@
 """Identifiers of the Phoenix protocol (``spec/glossary.md``).
 
-=================  ===========================================  ======================================
-Class              Spec                                         Text form (``str`` / ``parse``)
-=================  ===========================================  ======================================
-``Fqdn``           FQDN (every ``*_domain`` field)              ``a.example``
-``UserId``         ``spec/glossary.md#user-id-uid``             ``<user uuid>@<as domain>``
-``ClientId``       ``spec/glossary.md#client-id-cid``           ``<user uuid>@<as domain>/<client uuid>``
-``QsUid``          ``spec/glossary.md#qs-user-id-qsuid``        ``<uuid>``
-``QsCid``          ``spec/glossary.md#qs-client-id-qscid``      ``<qs uid>/<client uuid>``
-                   (the spec's ``PseudonymousClientId``)
-``GroupId``        ``spec/delivery_service.md#request-group-id`` ``<group uuid>@<ds domain>``
-``Alias``          ``spec/glossary.md#alias``                   the alias itself
-=================  ===========================================  ======================================
+============  =============================================  =========================================
+Class         Spec                                           Text form (``str`` / ``parse``)
+============  =============================================  =========================================
+``Fqdn``      FQDN (every ``*_domain`` field)                ``a.example``
+``UserId``    ``spec/glossary.md#user-id-uid``               ``<user uuid>@<as domain>``
+``ClientId``  ``spec/glossary.md#client-id-cid``             ``<user uuid>@<as domain>/<client uuid>``
+``QsUid``     ``spec/glossary.md#qs-user-id-qsuid``          ``<uuid>``
+``QsCid``     ``spec/glossary.md#qs-client-id-qscid``        ``<qs uid>/<client uuid>``
+              (the spec's ``PseudonymousClientId``)
+``GroupId``   ``spec/delivery_service.md#request-group-id``  ``<group uuid>@<ds domain>``
+``Alias``     ``spec/glossary.md#alias``                     the alias itself
+============  =============================================  =========================================
 
 Wire forms (docs/wire.md): a UUID is ``opaque[16]`` (its 16 bytes in RFC 9562
 order); an ``Fqdn`` and an ``Alias`` are UTF-8 ``opaque<V>`` strings that must
