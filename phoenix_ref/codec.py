@@ -24,6 +24,9 @@ Wire types:
   RFC, a Rust enum in the Phoenix spec). The Python value is an instance of
   the case class; the tag is derived from its class.
 * ``String`` — UTF-8 text as ``opaque x<V>``.
+* ``selected(key, cases)`` inside a ``@select_struct`` — a field present only
+  for some values of an earlier field (RFC 9420's ``select`` inside a struct,
+  e.g. ``FramedContent.content`` by ``content_type``).
 
 Decoding is strict (GUIDE §2): trailing bytes, a non-minimal varint, a length
 past the end, an unknown enum tag or an input longer than the caller's limit
@@ -42,7 +45,7 @@ __all__ = [
     "DecodeError", "EncodeError", "WireType", "U8", "U16", "U32", "U64",
     "VarBytes", "String", "fixed", "vec", "optional", "enum", "variant",
     "struct", "encode", "decode", "wire_type_of", "Reader",
-    "encode_varint", "decode_varint", "MAX_VARINT",
+    "encode_varint", "decode_varint", "MAX_VARINT", "selected", "select_struct",
 ]
 
 MAX_VARINT = (1 << 30) - 1
@@ -407,6 +410,75 @@ def struct(cls: type[T]) -> type[T]:
     if not dataclasses.is_dataclass(cls):
         cls = dataclasses.dataclass(frozen=True)(cls)
     cls.__wire_type__ = _Struct(cls)  # type: ignore[attr-defined]
+    return cls
+
+
+# --- select structs (RFC 9420 `select`) ---------------------------------------
+class _Selected(WireType):
+    """A field that is on the wire only when an earlier field has given values.
+
+    ``key`` is the name of an earlier field of the same struct, or a function
+    of the already-read fields (a dict) returning the selector. ``cases`` maps
+    selector values to wire types; a selector value missing from ``cases``
+    means the field is absent (``None`` in Python, nothing on the wire).
+    """
+
+    def __init__(self, key: str | Callable[[dict], Any], cases: dict[Any, Any]):
+        self.key = key
+        self.cases = cases
+        self.name = "select"
+
+    def choose(self, earlier: dict) -> WireType | None:
+        sel = self.key(earlier) if callable(self.key) else earlier[self.key]
+        case = self.cases.get(sel)
+        return None if case is None else wire_type_of(case)
+
+
+def selected(key: str | Callable[[dict], Any], cases: dict[Any, Any]) -> Any:
+    """Annotation for a ``select`` case field (see :class:`_Selected`)."""
+    return Annotated[Any, _Selected(key, cases)]
+
+
+class _SelectStruct(_Struct):
+    """A struct whose ``selected`` fields depend on fields before them."""
+
+    def write(self, value: Any, out: bytearray) -> None:
+        earlier: dict[str, Any] = {}
+        for name, wt in self.fields:
+            v = getattr(value, name)
+            earlier[name] = v
+            if isinstance(wt, _Selected):
+                chosen = wt.choose(earlier)
+                if chosen is None:
+                    if v is not None:
+                        raise EncodeError(f"{self.name}.{name} must be absent for this selector")
+                    continue
+                wt = chosen
+            try:
+                wt.write(v, out)
+            except EncodeError as e:
+                raise EncodeError(f"{self.name}.{name}: {e}") from None
+            except (AttributeError, TypeError) as e:
+                raise EncodeError(f"{self.name}.{name}: {e}") from None
+
+    def read(self, r: Reader) -> Any:
+        earlier: dict[str, Any] = {}
+        for name, wt in self.fields:
+            try:
+                if isinstance(wt, _Selected):
+                    chosen = wt.choose(earlier)
+                    earlier[name] = None if chosen is None else chosen.read(r)
+                else:
+                    earlier[name] = wt.read(r)
+            except DecodeError as e:
+                raise e.within(self.name, name) from None
+        return self.cls(*earlier.values())
+
+
+def select_struct(cls: type) -> type:
+    """Like :func:`codec.struct`, allowing :func:`selected` fields."""
+    cls = struct(cls)
+    cls.__wire_type__ = _SelectStruct(cls)  # type: ignore[attr-defined]
     return cls
 
 
