@@ -1,0 +1,685 @@
+"""The Queuing Service core, sans-IO (``spec/queuing_service.md``).
+
+:class:`QsCore` takes decoded requests, the QsAuthToken the client sent and
+the current time, and returns a response struct or raises a
+:class:`~phoenix_ref.errors.ProtocolError`. It never opens a socket and never
+sleeps; its storage calls are synchronous (the HTTP layer runs it through
+``trio.to_thread.run_sync``, GUIDE §4). Privacy Pass tokens are checked by
+the HTTP layer before the core is called (``#authentication``: all client
+endpoints but dequeue and websocket).
+
+Sections and where they are enforced:
+
+* ``#authentication`` — :meth:`QsCore._authenticate`: the QsSenderId names
+  the record whose key verifies the token; the token's age is bounded.
+* ``#user-record-management-endpoints`` and its sub-sections — one method per
+  endpoint; client records (decision in :mod:`.messages`).
+* ``#publish-keypackages`` — :meth:`QsCore.publish_key_packages` validates
+  every KeyPackage (RFC 9420 §10.1 signature, QueueConfig extension naming
+  this client, at least one last-resort KeyPackage).
+* ``#get-addpackage`` — :meth:`QsCore.get_add_packages`.
+* ``#dequeue-messages`` — :meth:`QsCore.dequeue_messages` (queue semantics in
+  :mod:`phoenix_ref.queues`, encryption in :mod:`phoenix_ref.queue_crypto`).
+* ``#negotiate-websocket-connection`` — :meth:`QsCore.authorize_websocket`
+  plus :class:`QueueNotifier`.
+* ``#enqueuing-messages`` / ``#local-enqueue-message`` —
+  :meth:`QsCore.local_enqueue`: local configs are opened and enqueued, every
+  other domain gets exactly one message in its durable outbound queue
+  (:mod:`phoenix_ref.federation.outbound`); ``QueueDeleted`` for missing local
+  queues is the return value, those reported by remote QSs go to the
+  ``on_queue_deleted`` callback of :class:`QsService`.
+* ``#federated-qs-to-qs-communication`` and ``#rate-limiting`` —
+  :meth:`QsCore.federated_enqueue`: destination, age, operator allow/deny
+  list, signature (key from a lookup callable, one refetch on failure),
+  replay (message id), rate limits per source domain, per client queue
+  config and per queue.
+
+:class:`QsService` is the thin async shell the routes use: it runs core
+calls in a worker thread, wakes websocket listeners and outbound senders,
+and frames outbound messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+import trio
+
+from ..auth_tokens import RequestBinding
+from ..codec import DecodeError, decode, encode
+from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify, verify_with_label
+from ..errors import Forbidden, Malformed, NotFound, RateLimited, Unauthorized
+from ..federation.outbound import OutboundItem, OutboundStore
+from ..ids import Fqdn, QsCid, QsUid
+from ..mls.extensions import (
+    LAST_RESORT_EXTENSION_TYPE, QUEUE_CONFIG_EXTENSION_TYPE, ExtensionError, QueueConfigExtension,
+    check_unique, find_extension, get_extension,
+)
+from ..mls.messages import CIPHER_SUITE_1, KeyPackage, LeafNodeSource, ProtocolVersion
+from ..queue_crypto import check_queue_encryption_key
+from ..queues import Queues
+from .fanout import (
+    InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, group_id_of, open_sealed_queue_config,
+    split_by_domain,
+)
+from .messages import (
+    MESSAGE_ID_LEN, AddPackage, AddPackageParams, AddPackageResponse, AddPackageResponseTBS,
+    BlockGroupRequest, ClientQueueConfig, ClientRecordResponse, CreateClientRecordRequest,
+    CreateClientRecordResponse, CreateUserRecordParams, CreateUserRecordResponse,
+    DeleteClientRecordRequest, DeleteUserRecordRequest, DequeueMessagesRequest, DequeueMessagesResponse,
+    Empty, FanOutMessage, FederatedEnqueueResponse, MessageContent, PublishKeyPackagesRequest,
+    QsToQsMessage, QueueDeleted, UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest,
+    UserRecordResponse, WsRequest,
+)
+from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
+
+__all__ = [
+    "QS_TO_QS_LABEL", "ADD_PACKAGE_RESPONSE_LABEL", "RateLimit", "QsConfig", "QsKeys",
+    "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "QueueNotifier", "QsService",
+    "KeyLookup", "operation_path",
+]
+
+log = logging.getLogger(__name__)
+
+QS_TO_QS_LABEL = "QsToQsMessage"
+OPERATION_PREFIX = "/phoenix/v1"  # phoenix_ref.endpoints.PREFIX
+ADD_PACKAGE_RESPONSE_LABEL = "AddPackageResponse"
+MAX_SIGNATURE_KEY_LEN = 32  # Ed25519 (ciphersuite 1)
+MAX_FRIENDSHIP_TOKEN_LEN = 256
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``limit`` hits per fixed window of ``window_ms``."""
+    limit: int
+    window_ms: int = 60_000
+
+
+@dataclass(frozen=True)
+class QsConfig:
+    """``spec/queuing_service.md#qs-configuration-options`` plus phoenix_ref's own.
+
+    * ``max_inter_qs_token_age_ms`` — "Maximal InterQsAuthToken age" (1 h):
+      the oldest QsToQsMessage timestamp accepted, and how long message ids
+      are remembered against replays.
+    * ``max_client_token_age_ms`` — oldest QsAuthToken accepted (decision:
+      the same 1 h).
+    * ``max_clock_skew_ms`` — how far in the future a timestamp may be.
+    * ``max_client_records_per_user`` — 10.
+    * ``rate_limit_*`` — ``#rate-limiting``; ``None`` disables one.
+    * ``federation_allow`` / ``federation_deny`` — operator lists of domains
+      (``spec/federation/use_cases.md``: "what other homeservers it wants to
+      federate with"). With an allow list only those domains are accepted;
+      a denied domain is always refused. Applies both ways.
+    """
+    domain: Fqdn
+    max_inter_qs_token_age_ms: int = 3_600_000
+    max_client_token_age_ms: int = 3_600_000
+    max_clock_skew_ms: int = 60_000
+    max_client_records_per_user: int = 10
+    rate_limit_per_domain: RateLimit | None = RateLimit(6000)
+    rate_limit_per_client_queue_config: RateLimit | None = RateLimit(600)
+    rate_limit_per_queue: RateLimit | None = RateLimit(1200)
+    federation_allow: frozenset[Fqdn] | None = None
+    federation_deny: frozenset[Fqdn] = frozenset()
+
+    def federates_with(self, domain: Fqdn) -> bool:
+        if domain in self.federation_deny:
+            return False
+        return self.federation_allow is None or domain in self.federation_allow
+
+
+@dataclass(frozen=True)
+class QsKeys:
+    """The QS's own keys (``#qs-state``): the QS signing key and the
+    QueueConfig encryption key pair."""
+    signing_key: SigningKey
+    queue_config_key: HpkeKeyPair
+
+
+@dataclass
+class LocalEnqueueResult:
+    """What :meth:`QsCore.local_enqueue` did.
+
+    * ``queue_deleted`` — for the DS: local configs whose client record is gone
+      (``#enqueuing-messages``);
+    * ``rejected`` — local configs that do not open or verify (not enqueued);
+    * ``blocked`` — local configs whose queue blocks the group (silently dropped);
+    * ``enqueued`` — QsCids that received the message (websocket wake-ups);
+    * ``forwarded`` — remote domains that got one outbound message each.
+    """
+    queue_deleted: list[QueueDeleted] = field(default_factory=list)
+    rejected: list[ClientQueueConfig] = field(default_factory=list)
+    blocked: list[ClientQueueConfig] = field(default_factory=list)
+    enqueued: list[QsCid] = field(default_factory=list)
+    forwarded: list[Fqdn] = field(default_factory=list)
+
+
+@dataclass
+class FederatedEnqueueResult:
+    response: FederatedEnqueueResponse
+    enqueued: list[QsCid]
+    duplicate: bool = False
+
+
+def operation_path(name: str) -> str:
+    """The ``operation`` a QsAuthToken is bound to: the endpoint's path
+    (:mod:`phoenix_ref.auth_tokens`, convention of :mod:`phoenix_ref.endpoints`)."""
+    return f"{OPERATION_PREFIX}/{name}"
+
+
+# key lookup for federated verification: (source domain, force_refresh) -> verifying key
+KeyLookup = Callable[[Fqdn, bool], bytes]
+
+
+def _queue_id(qs_cid: QsCid) -> bytes:
+    return encode(qs_cid)
+
+
+def _check_sig_key(key: bytes, what: str) -> bytes:
+    if len(key) != MAX_SIGNATURE_KEY_LEN:
+        raise Malformed(f"{what} must be a {MAX_SIGNATURE_KEY_LEN}-byte Ed25519 public key",
+                        code="bad_signature_key")
+    return key
+
+
+def _check_friendship_token(token: bytes) -> bytes:
+    if not 16 <= len(token) <= MAX_FRIENDSHIP_TOKEN_LEN:
+        raise Malformed(f"a friendship token has 16 to {MAX_FRIENDSHIP_TOKEN_LEN} bytes",
+                        code="bad_friendship_token")
+    return token
+
+
+class QsCore:
+    """The QS's protocol rules over its stores. Thread-safe as far as its
+    stores are; every public method is one request."""
+
+    def __init__(self, config: QsConfig, keys: QsKeys, records: QsRecords, queues: Queues,
+                 outbound: OutboundStore, *, config_cache: SealedConfigCache | None = None):
+        self.config = config
+        self.keys = keys
+        self.records = records
+        self.queues = queues
+        self.outbound = outbound
+        self.config_cache = config_cache if config_cache is not None else SealedConfigCache()
+
+    # --- authentication (#authentication) ----------------------------------------------
+
+    def _check_timestamp(self, timestamp: int, now_ms: int, max_age_ms: int, what: str) -> None:
+        if timestamp > now_ms + self.config.max_clock_skew_ms:
+            raise Unauthorized(f"{what} timestamp is in the future", code="timestamp_in_future")
+        if now_ms - timestamp > max_age_ms:
+            raise Unauthorized(f"{what} is older than {max_age_ms} ms", code="message_expired")
+
+    def _authenticate(self, request, operation: str, record_id: QsUid | QsCid, now_ms: int):
+        """``#authentication``: verify ``request.auth`` (a QsAuthToken) for the
+        endpoint ``operation`` acting on ``record_id``.
+
+        The token's ``sender_id`` names the record whose key verifies it (a
+        QsUid: the user record auth key; a QsCid: the client record auth
+        key); its signature also binds this homeserver, the operation and the
+        params (:mod:`phoenix_ref.auth_tokens`). Returns the record:
+        ``(UserRecord, [ClientRecord])`` for a QsUid, a ClientRecord for a
+        QsCid. Unknown record, bad signature or age → 401; a valid token for
+        another record than ``record_id`` → 403.
+        """
+        token = request.auth
+        sender = token.sender_id
+        if type(sender) is not type(record_id):
+            raise Unauthorized(f"this endpoint is authenticated by a {type(record_id).__name__}",
+                               code="wrong_sender_id")
+        if isinstance(sender, QsUid):
+            record = self.records.get_user(sender)
+            key = record[0].user_record_auth_key if record else None
+        else:
+            record = self.records.get_client(sender)
+            key = record.client_record_auth_key if record else None
+        if record is None:
+            raise Unauthorized("unknown QS record", code="unknown_record")
+        binding = RequestBinding(self.config.domain, operation_path(operation), encode(request.params))
+        token.verify(key, now_ms, binding, max_age_ms=self.config.max_client_token_age_ms)
+        token.check_sender(record_id)
+        return record
+
+    # --- user records (#user-record-management-endpoints) --------------------------------
+
+    def create_user_record(self, params: CreateUserRecordParams, now_ms: int) -> CreateUserRecordResponse:
+        """``#create-new-qs-user-record``: fresh QsUid and QsCid, a queue whose
+        first message is the sealed initial ratchet key."""
+        _check_sig_key(params.user_record_auth_key, "user_record_auth_key")
+        _check_sig_key(params.client_record_auth_key, "client_record_auth_key")
+        _check_friendship_token(params.friendship_token)
+        check_queue_encryption_key(params.queue_encryption_key)
+        qs_uid = QsUid.random()
+        qs_cid = QsCid.random(qs_uid)
+        self.records.create_user(
+            UserRecord(qs_uid, params.user_record_auth_key, params.friendship_token),
+            self._new_client(qs_cid, params.client_record_auth_key, params.queue_encryption_key))
+        self.queues.create(_queue_id(qs_cid), params.queue_encryption_key, now_ms)
+        return CreateUserRecordResponse(qs_uid, qs_cid)
+
+    @staticmethod
+    def _new_client(qs_cid: QsCid, auth_key: bytes, queue_key: bytes) -> ClientRecord:
+        return ClientRecord(qs_cid, auth_key, queue_key, None, os.urandom(BLOCKLIST_SALT_LEN))
+
+    def update_user_record(self, request: UpdateUserRecordRequest, now_ms: int) -> Empty:
+        """``#update-qs-user-record`` (auth: QsUid)."""
+        params = request.params
+        self._authenticate(request, "update_user_record", params.qs_uid, now_ms)
+        _check_sig_key(params.user_record_auth_key, "user_record_auth_key")
+        _check_friendship_token(params.friendship_token)
+        if not self.records.update_user(params.qs_uid, params.user_record_auth_key, params.friendship_token):
+            raise NotFound("no such QS user record", code="unknown_record")
+        return Empty()
+
+    def get_user_record(self, request: UserRecordRequest, now_ms: int) -> UserRecordResponse:
+        """``#get-own-qs-user-record`` (auth: QsUid)."""
+        user, clients = self._authenticate(request, "get_user_record", request.params.qs_uid, now_ms)
+        out = []
+        for c in clients:
+            try:
+                activity = self.queues.info(_queue_id(c.qs_cid)).activity_ms
+            except NotFound:
+                activity = 0
+            out.append(ClientRecordResponse(c.qs_cid, c.client_record_auth_key, c.queue_encryption_key, activity))
+        return UserRecordResponse(user.user_record_auth_key, user.friendship_token, out)
+
+    def delete_user_record(self, request: DeleteUserRecordRequest, now_ms: int) -> Empty:
+        """``#delete-qs-user-record`` (auth: QsUid): the user, its clients and queues."""
+        params = request.params
+        self._authenticate(request, "delete_user_record", params.qs_uid, now_ms)
+        for qs_cid in self.records.delete_user(params.qs_uid):
+            self._delete_queue(qs_cid)
+        return Empty()
+
+    def _delete_queue(self, qs_cid: QsCid) -> None:
+        try:
+            self.queues.delete(_queue_id(qs_cid))
+        except NotFound:
+            pass
+
+    # --- client records (decision, see .messages) ------------------------------------------
+
+    def create_client_record(self, request: CreateClientRecordRequest, now_ms: int) -> CreateClientRecordResponse:
+        """Add a client record and its queue (auth: QsUid; at most
+        ``max_client_records_per_user``)."""
+        params = request.params
+        self._authenticate(request, "create_client_record", params.qs_uid, now_ms)
+        _check_sig_key(params.client_record_auth_key, "client_record_auth_key")
+        check_queue_encryption_key(params.queue_encryption_key)
+        qs_cid = QsCid.random(params.qs_uid)
+        client = self._new_client(qs_cid, params.client_record_auth_key, params.queue_encryption_key)
+        if not self.records.add_client(client, self.config.max_client_records_per_user):
+            raise NotFound("no such QS user record", code="unknown_record")
+        self.queues.create(_queue_id(qs_cid), params.queue_encryption_key, now_ms)
+        return CreateClientRecordResponse(qs_cid)
+
+    def update_client_record(self, request: UpdateClientRecordRequest, now_ms: int) -> Empty:
+        """New keys for a client record (auth: QsCid); a new queue encryption key
+        takes effect with a ratchet key update sealed to it
+        (``spec/queuing_service/queue_encryption.md#key-updates``)."""
+        params = request.params
+        record: ClientRecord = self._authenticate(request, "update_client_record", params.qs_cid, now_ms)
+        _check_sig_key(params.client_record_auth_key, "client_record_auth_key")
+        check_queue_encryption_key(params.queue_encryption_key)
+        if params.encrypted_push_token is not None and len(params.encrypted_push_token) > 4096:
+            raise Malformed("push token too long", code="bad_push_token")
+        self.records.update_client(params.qs_cid, params.client_record_auth_key,
+                                   params.queue_encryption_key, params.encrypted_push_token)
+        if params.queue_encryption_key != record.queue_encryption_key:
+            self.queues.set_queue_encryption_key(_queue_id(params.qs_cid), params.queue_encryption_key, now_ms)
+        return Empty()
+
+    def delete_client_record(self, request: DeleteClientRecordRequest, now_ms: int) -> Empty:
+        """Delete one client record and its queue (auth: QsCid); the last one
+        takes the user record with it (``#user-record-management-endpoints``)."""
+        params = request.params
+        self._authenticate(request, "delete_client_record", params.qs_cid, now_ms)
+        self.records.delete_client(params.qs_cid)
+        self._delete_queue(params.qs_cid)
+        return Empty()
+
+    def block_group(self, request: BlockGroupRequest, now_ms: int) -> Empty:
+        """Add a salted group-id hash to the queue's blocklist (``#qs-state``; auth: QsCid)."""
+        params = request.params
+        self._authenticate(request, "block_group", params.qs_cid, now_ms)
+        self.records.block(params.qs_cid, params.group_id)
+        return Empty()
+
+    # --- KeyPackages (#publish-keypackages, #get-addpackage) -----------------------------------
+
+    def _validate_key_package(self, kp: KeyPackage, qs_cid: QsCid, index: int) -> bool:
+        """RFC 9420 §10.1 checks and the spec's: returns whether it is last resort."""
+        where = f"add_packages[{index}].key_package"
+        if kp.version != ProtocolVersion.mls10 or kp.cipher_suite != CIPHER_SUITE_1:
+            raise Malformed(f"{where}: only MLS 1.0 with ciphersuite 1 is supported", code="bad_key_package")
+        if kp.leaf_node.leaf_node_source != LeafNodeSource.key_package:
+            raise Malformed(f"{where}: leaf_node_source must be key_package", code="bad_key_package")
+        if kp.init_key == kp.leaf_node.encryption_key:
+            raise Malformed(f"{where}: init_key equals the leaf encryption key", code="bad_key_package")
+        try:
+            verify_with_label(kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature)
+            check_unique(kp.extensions)
+            qce = get_extension(kp.extensions, QueueConfigExtension)
+        except (CryptoError, ExtensionError) as e:
+            raise Malformed(f"{where}: {e}", code="bad_key_package") from None
+        if qce is None:
+            raise Malformed(f"{where}: the QueueConfig extension is missing", code="missing_queue_config")
+        self._check_own_queue_config(qce, qs_cid, where)
+        return find_extension(kp.extensions, LAST_RESORT_EXTENSION_TYPE) is not None
+
+    def _check_own_queue_config(self, qce: QueueConfigExtension, qs_cid: QsCid, where: str) -> None:
+        """The extension must route to this QS and open to the publishing client."""
+        cqc = qce.client_queue_config
+        if cqc.client_homeserver_domain != self.config.domain.value.encode():
+            raise Malformed(f"{where}: the queue config names another homeserver", code="foreign_queue_config")
+        opened = self._open(cqc.sealed_config)
+        if not isinstance(opened, OpenedQueueConfig) or opened.qs_cid != qs_cid:
+            raise Malformed(f"{where}: the queue config is not this client's", code="foreign_queue_config")
+
+    def publish_key_packages(self, request: PublishKeyPackagesRequest, now_ms: int) -> Empty:
+        """``#publish-keypackages`` (auth: QsCid): replace the client's KeyPackages."""
+        params = request.params
+        self._authenticate(request, "publish_key_packages", params.qs_cid, now_ms)
+        if not params.add_packages:
+            raise Malformed("no AddPackages", code="bad_key_package")
+        rows = []
+        for i, ap in enumerate(params.add_packages):
+            rows.append((encode(ap), self._validate_key_package(ap.key_package, params.qs_cid, i)))
+        if not any(lr for _, lr in rows):
+            raise Malformed("no KeyPackage of last resort among the AddPackages", code="missing_last_resort")
+        self.records.replace_add_packages(params.qs_cid, rows)
+        return Empty()
+
+    def get_add_packages(self, params: AddPackageParams, now_ms: int) -> AddPackageResponse:
+        """``#get-addpackage``: the friendship token authenticates; one AddPackage
+        per client of the user, signed by the QS."""
+        taken = self.records.take_add_packages(params.friendship_token)
+        if taken is None:
+            raise Unauthorized("unknown friendship token", code="unknown_friendship_token")
+        packages = [decode(AddPackage, raw) for raw in taken]
+        tbs = encode(AddPackageResponseTBS(params.friendship_token, packages))
+        return AddPackageResponse(packages, hs_sign(self.keys.signing_key, ADD_PACKAGE_RESPONSE_LABEL, tbs))
+
+    # --- queues (#dequeue-messages, #negotiate-websocket-connection) -----------------------------
+
+    def dequeue_messages(self, request: DequeueMessagesRequest, now_ms: int) -> DequeueMessagesResponse:
+        """``#dequeue-messages`` (auth: QsCid; no Privacy Pass)."""
+        params = request.params
+        self._authenticate(request, "dequeue_messages", params.qs_cid, now_ms)
+        result = self.queues.dequeue(_queue_id(params.qs_cid), params.sequence_number_start,
+                                     params.max_message_number, now_ms)
+        return DequeueMessagesResponse(result.messages, result.remaining)
+
+    def authorize_websocket(self, request: WsRequest, now_ms: int) -> QsCid:
+        """``#negotiate-websocket-connection`` (auth: QsCid; no Privacy Pass):
+        the QsCid whose queue the socket watches."""
+        self._authenticate(request, "websocket", request.params.qs_cid, now_ms)
+        return request.params.qs_cid
+
+    # --- enqueueing (#enqueuing-messages, #local-enqueue-message) ------------------------------
+
+    def _client_keys(self, qs_cid: QsCid):
+        c = self.records.get_client(qs_cid)
+        return None if c is None else (c.client_record_auth_key, c.queue_encryption_key)
+
+    def _open(self, sealed_config: bytes) -> OpenedQueueConfig | QsCid:
+        """Open a sealed config through the cache (``spec/performance_goals.md``)."""
+        hit = self.config_cache.get(sealed_config)
+        if hit is not None:
+            return hit
+        opened = open_sealed_queue_config(self.keys.queue_config_key.private, sealed_config, self._client_keys)
+        if isinstance(opened, OpenedQueueConfig):
+            self.config_cache.put(sealed_config, opened)
+        return opened
+
+    def _enqueue_local(self, message: FanOutMessage, now_ms: int, result: LocalEnqueueResult) -> None:
+        """Enqueue a FanOutMessage whose configs all name this homeserver."""
+        group_id = group_id_of(message)
+        plaintext = encode(message.message_content, MessageContent)
+        for cqc in message.client_queue_configs:
+            try:
+                opened = self._open(cqc.sealed_config)
+            except InvalidQueueConfig as e:
+                log.info("refused queue config: %s", e.message)
+                result.rejected.append(cqc)
+                continue
+            qs_cid = opened if isinstance(opened, QsCid) else opened.qs_cid
+            found = self.records.client_for_enqueue(qs_cid, group_id)
+            if found is None:
+                result.queue_deleted.append(QueueDeleted(cqc, group_id))
+                continue
+            record, blocked = found
+            if isinstance(opened, OpenedQueueConfig) and (
+                    record.client_record_auth_key != opened.client_record_auth_key
+                    or record.queue_encryption_key != opened.queue_encryption_key):
+                # keys rotated since this config was verified: it is no longer valid
+                result.rejected.append(cqc)
+                continue
+            if isinstance(opened, QsCid):  # record appeared after the cache miss: open again
+                result.rejected.append(cqc)
+                continue
+            if blocked:
+                result.blocked.append(cqc)
+                continue
+            try:
+                self.queues.enqueue(_queue_id(qs_cid), plaintext, now_ms)
+            except NotFound:
+                result.queue_deleted.append(QueueDeleted(cqc, group_id))
+                continue
+            result.enqueued.append(qs_cid)
+
+    def local_enqueue(self, message: FanOutMessage, now_ms: int) -> LocalEnqueueResult:
+        """``#local-enqueue-message``: the local DS hands over a FanOutMessage.
+
+        Configs of this homeserver are enqueued now; for every other domain
+        exactly one FanOutMessage (with that domain's configs) goes to its
+        outbound queue, to be framed as a signed QsToQsMessage when sent. A
+        domain the operator does not federate with gets nothing; its configs
+        are reported in ``rejected``. Not reachable over HTTP.
+        """
+        result = LocalEnqueueResult()
+        group_id_of(message)  # refuse undeliverable content before anything is queued
+        for domain, part in split_by_domain(message).items():
+            if domain == self.config.domain:
+                self._enqueue_local(part, now_ms, result)
+            elif not self.config.federates_with(domain):
+                result.rejected.extend(part.client_queue_configs)
+            else:
+                self.outbound.append(domain.value, os.urandom(MESSAGE_ID_LEN), encode(part), now_ms)
+                result.forwarded.append(domain)
+        return result
+
+    # --- federation (#federated-qs-to-qs-communication) -----------------------------------------
+
+    def frame_outbound(self, item: OutboundItem, now_ms: int) -> QsToQsMessage:
+        """Frame a stored outbound payload as a signed QsToQsMessage. Called at
+        every attempt, so the timestamp is that of the attempt while the
+        message id (the receiver's dedupe key) stays the same."""
+        payload = decode(FanOutMessage, item.payload)
+        unsigned = QsToQsMessage(self.config.domain, Fqdn(item.destination), now_ms, item.message_id, payload, b"")
+        return QsToQsMessage(unsigned.source, unsigned.destination, now_ms, item.message_id, payload,
+                             hs_sign(self.keys.signing_key, QS_TO_QS_LABEL, unsigned.tbs()))
+
+    def _rate_limit(self, key: str, limit: RateLimit | None, now_ms: int) -> None:
+        if limit is None:
+            return
+        hits, window_end = self.records.count_hit(key, now_ms, limit.window_ms)
+        if hits > limit.limit:
+            retry_after = max(1, -(-(window_end - now_ms) // 1000))
+            raise RateLimited(f"rate limit for {key.split(':', 1)[0]} exceeded", retry_after=retry_after)
+
+    def federated_enqueue(self, message: QsToQsMessage, now_ms: int, key_lookup: KeyLookup) -> FederatedEnqueueResult:
+        """Accept a QsToQsMessage from a remote QS.
+
+        Checks, in this order (cheap first, and nothing is enqueued unless
+        all pass): the source is a domain we federate with (403); we are the
+        destination (403); the timestamp is within the maximal age and not in
+        the future (401); the signature verifies under the source QS's
+        verifying key, refetched once if the cached key fails (401); every
+        config names this homeserver (403); rate limits per source domain,
+        per client queue config and per queue (429 with Retry-After); the
+        message id is new — a replay is answered with success and an empty
+        response, without enqueueing again. Then the message is processed
+        like one from the local DS (``#enqueuing-messages``).
+        """
+        cfg = self.config
+        if not cfg.federates_with(message.source):
+            raise Forbidden(f"{message.source} is not a federation partner", code="domain_not_allowed")
+        if message.source == cfg.domain:
+            raise Forbidden("a QsToQsMessage from our own domain", code="wrong_source")
+        if message.destination != cfg.domain:
+            raise Forbidden(f"message is for {message.destination}, this is {cfg.domain}",
+                            code="wrong_destination")
+        self._check_timestamp(message.timestamp, now_ms, cfg.max_inter_qs_token_age_ms, "QsToQsMessage")
+        self._verify_remote_signature(message, key_lookup)
+        if any(c.client_homeserver_domain != cfg.domain for c in message.payload.client_queue_configs):
+            raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
+        group_id_of(message.payload)
+
+        # Rate limits (#rate-limiting), all before anything is stored, so a
+        # 429 leaves no trace but the counters and the sender's retry is clean.
+        source = message.source.value
+        self._rate_limit(f"domain:{source}", cfg.rate_limit_per_domain, now_ms)
+        for cqc in message.payload.client_queue_configs:
+            self._rate_limit(f"config:{self.config_cache_key(cqc)}", cfg.rate_limit_per_client_queue_config, now_ms)
+        for cqc in message.payload.client_queue_configs:
+            try:
+                opened = self._open(cqc.sealed_config)
+            except InvalidQueueConfig:
+                continue
+            qs_cid = opened if isinstance(opened, QsCid) else opened.qs_cid
+            self._rate_limit(f"queue:{qs_cid}", cfg.rate_limit_per_queue, now_ms)
+
+        if not self.records.remember_message_id(source, message.message_id, now_ms,
+                                                cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms):
+            log.info("replayed QsToQsMessage %s from %s ignored", message.message_id.hex(), source)
+            return FederatedEnqueueResult(FederatedEnqueueResponse([]), [], duplicate=True)
+        result = LocalEnqueueResult()
+        self._enqueue_local(message.payload, now_ms, result)
+        return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
+
+    @staticmethod
+    def config_cache_key(cqc: ClientQueueConfig) -> str:
+        from ..crypto import hash_
+        return hash_(cqc.sealed_config).hex()
+
+    def _verify_remote_signature(self, message: QsToQsMessage, key_lookup: KeyLookup) -> None:
+        tbs = message.tbs()
+        for refresh in (False, True):
+            try:
+                key = key_lookup(message.source, refresh)
+            except Exception as e:  # noqa: BLE001 - any lookup failure: we cannot authenticate
+                raise Unauthorized(f"cannot get the verifying key of {message.source}: {e}",
+                                   code="unknown_source_key") from None
+            try:
+                hs_verify(key, QS_TO_QS_LABEL, tbs, message.signature)
+                return
+            except CryptoError:
+                continue
+        raise Unauthorized("QsToQsMessage signature does not verify", code="bad_signature")
+
+
+# --- websocket notifications (#negotiate-websocket-connection) ------------------------------
+
+class QueueNotifier:
+    """Per-queue wake-ups for websocket connections.
+
+    A connection ``subscribe``\\ s to its QsCid and receives one item on its
+    channel whenever messages land in that queue (coalesced: a listener
+    that has not read yet gets no second item). Lives in the Trio thread.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: dict[QsCid, set[trio.MemorySendChannel]] = {}
+
+    @asynccontextmanager
+    async def subscribe(self, qs_cid: QsCid) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        send, receive = trio.open_memory_channel(1)
+        self._listeners.setdefault(qs_cid, set()).add(send)
+        try:
+            yield receive
+        finally:
+            listeners = self._listeners.get(qs_cid)
+            if listeners is not None:
+                listeners.discard(send)
+                if not listeners:
+                    del self._listeners[qs_cid]
+            send.close()
+            receive.close()
+
+    def notify(self, qs_cids) -> int:
+        """Wake the listeners of these queues; returns how many were woken."""
+        woken = 0
+        for qs_cid in set(qs_cids):
+            for send in list(self._listeners.get(qs_cid, ())):
+                try:
+                    send.send_nowait(None)
+                    woken += 1
+                except trio.WouldBlock:
+                    pass  # a wake-up is already pending
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass
+        return woken
+
+    def listeners(self, qs_cid: QsCid) -> int:
+        return len(self._listeners.get(qs_cid, ()))
+
+
+class QsService:
+    """Async shell around :class:`QsCore` for the routes and the homeserver.
+
+    * ``call(method, *args)`` runs one core method in a worker thread;
+    * :meth:`local_enqueue` is the DS's entry point (a Python call, never an
+      HTTP route): it returns the local ``QueueDeleted`` answers, wakes
+      websockets and the outbound senders of the forwarded domains;
+    * :meth:`federated_enqueue` resolves the source key with the async
+      ``fetch_key(domain, refresh)`` and wakes websockets;
+    * :meth:`send_outbound` frames an outbound item for the federation client;
+      :meth:`on_delivered` decodes the remote answer and hands its
+      ``QueueDeleted`` list to ``on_queue_deleted`` (the DS's callback).
+    """
+
+    def __init__(self, core: QsCore, clock, *, notifier: QueueNotifier | None = None,
+                 on_queue_deleted: Callable[[list[QueueDeleted]], None] | None = None):
+        self.core = core
+        self.clock = clock
+        self.notifier = notifier or QueueNotifier()
+        self.on_queue_deleted = on_queue_deleted
+        self.outbound_sender = None  # set by the homeserver: an OutboundSender
+
+    async def call(self, method, *args):
+        return await trio.to_thread.run_sync(method, *args)
+
+    async def local_enqueue(self, message: FanOutMessage) -> LocalEnqueueResult:
+        result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms())
+        self.notifier.notify(result.enqueued)
+        if self.outbound_sender is not None:
+            for domain in result.forwarded:
+                self.outbound_sender.wake(domain.value)
+        return result
+
+    async def federated_enqueue(self, message: QsToQsMessage,
+                                fetch_key: Callable[[Fqdn, bool], "trio.Awaitable[bytes]"]) -> FederatedEnqueueResult:
+        def lookup(domain: Fqdn, refresh: bool) -> bytes:
+            return trio.from_thread.run(fetch_key, domain, refresh)
+
+        result = await trio.to_thread.run_sync(self.core.federated_enqueue, message, self.clock.now_ms(), lookup)
+        self.notifier.notify(result.enqueued)
+        return result
+
+    def frame_outbound(self, item: OutboundItem) -> bytes:
+        return encode(self.core.frame_outbound(item, self.clock.now_ms()))
+
+    def on_delivered(self, item: OutboundItem, response: bytes) -> None:
+        try:
+            answer = decode(FederatedEnqueueResponse, response)
+        except DecodeError as e:
+            log.warning("bad answer from %s to a federated enqueue: %s", item.destination, e)
+            return
+        if answer.queue_deleted and self.on_queue_deleted is not None:
+            self.on_queue_deleted(answer.queue_deleted)

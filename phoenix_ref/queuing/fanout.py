@@ -1,0 +1,226 @@
+"""Fan-out helpers of the QS: sealed queue configs and splitting by domain.
+
+* :func:`seal_queue_config` / :func:`open_sealed_queue_config` — the
+  ``SealedQueueConfig`` of ``spec/glossary.md#sealed-queue-config``: HPKE
+  (RFC 9180) in *auth* mode to the QS's QueueConfig encryption key
+  (``spec/glossary.md#queueconfig-encryption-key``), plus a signature by the
+  client record auth key (``spec/glossary.md#qs-client-record-auth-key``).
+  The signature is how a sender proves it may deliver to the target client:
+  only configs the client itself issued open and verify.
+* :class:`SealedConfigCache` — the decryption of a sealed config is cached
+  by the hash of its bytes, so that a busy group costs one set of HPKE
+  operations per member, not per member per message
+  (``spec/performance_goals.md``, homeserver computational overhead).
+* :func:`split_by_domain` — ``spec/queuing_service.md#local-enqueue-message``:
+  the configs of the own domain stay, those of every other domain become one
+  FanOutMessage per domain.
+* :func:`group_id_of` — the group a fan-out message belongs to (blocklist,
+  ``QueueDeleted``).
+
+Layering of a sealed config (the decision is in
+:mod:`phoenix_ref.queuing.messages`): HPKE auth mode needs the sender's
+public key to open, and the QS learns which client sealed the config only by
+opening it. So::
+
+    sealed_sender       = SealBase(pkQS, info("SealedQueueConfig sender"), aad="", QsCid)
+    sealed_queue_config = SealAuth(pkQS, info("SealedQueueConfig"),
+                                   aad=encode(sealed_sender), QueueConfig, skS = queue decryption key)
+    signature           = SignWithLabel(client record key, "SealedQueueConfig",
+                                        encode(sealed_sender) || encode(sealed_queue_config))
+
+(``info(l)`` is ``EncryptContext("Phoenix Homeserver Protocol 1.0 " + l, "")``,
+the signature uses the homeserver prefix.) Opening reverses this: learn the
+QsCid, fetch that client record, open with its queue encryption key as the
+sender key, verify with its client record key, and check the QueueConfig
+names the same QsCid.
+
+Because both keys of the client record are bound into the sealed config,
+replacing either key invalidates configs issued before; a client that
+rotates them must hand fresh ClientQueueConfigs to its groups.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from ..codec import DecodeError, decode, encode
+from ..crypto import (
+    HOMESERVER_PREFIX, CryptoError, EncryptContext, HPKECiphertext, HpkeKeyPair, SigningKey,
+    hash_, hpke_open, hpke_seal, hs_sign, hs_verify,
+)
+from ..errors import Forbidden, Malformed
+from ..ids import Fqdn, GroupId, QsCid
+from ..mls.messages import WireFormat
+from .messages import (
+    ApplicationContent, ClientQueueConfig, CommitContent, FanOutMessage, QueueConfig,
+    SealedQueueConfig, WelcomeBundle,
+)
+
+__all__ = [
+    "SEALED_CONFIG_LABEL", "SEALED_SENDER_LABEL", "seal_queue_config", "OpenedQueueConfig",
+    "InvalidQueueConfig", "peek_sender", "open_sealed_queue_config", "SealedConfigCache",
+    "split_by_domain", "group_id_of",
+]
+
+SEALED_CONFIG_LABEL = "SealedQueueConfig"
+SEALED_SENDER_LABEL = "SealedQueueConfig sender"
+
+
+class InvalidQueueConfig(Forbidden):
+    """A sealed queue config does not open or verify: the sender is not
+    authorised to deliver to that queue (403)."""
+    code = "invalid_queue_config"
+
+
+def _info(label: str) -> bytes:
+    return encode(EncryptContext(HOMESERVER_PREFIX + label.encode(), b""))
+
+
+def _signed_content(sealed_sender: HPKECiphertext, sealed_queue_config: HPKECiphertext) -> bytes:
+    return encode(sealed_sender) + encode(sealed_queue_config)
+
+
+def seal_queue_config(qs_config_key: bytes, queue_config: QueueConfig, *,
+                      queue_encryption_key: HpkeKeyPair, client_record_key: SigningKey) -> bytes:
+    """Client side: the encoded SealedQueueConfig of ``queue_config``.
+
+    ``qs_config_key`` is the QS's QueueConfig encryption key (public),
+    ``queue_encryption_key`` the client's queue key pair (the HPKE auth-mode
+    sender key) and ``client_record_key`` its client record signing key.
+    Every call gives different bytes (fresh HPKE encapsulations), so configs
+    handed to different groups cannot be linked by the DS.
+    """
+    qs_cid = queue_config.pseudonymous_client_id
+    enc, ct = hpke_seal(qs_config_key, _info(SEALED_SENDER_LABEL), b"", encode(qs_cid))
+    sealed_sender = HPKECiphertext(enc, ct)
+    enc2, ct2 = hpke_seal(qs_config_key, _info(SEALED_CONFIG_LABEL), encode(sealed_sender),
+                          encode(queue_config), sender=queue_encryption_key)
+    sealed_config = HPKECiphertext(enc2, ct2)
+    signature = hs_sign(client_record_key, SEALED_CONFIG_LABEL, _signed_content(sealed_sender, sealed_config))
+    return encode(SealedQueueConfig(sealed_sender, sealed_config, signature))
+
+
+@dataclass(frozen=True)
+class OpenedQueueConfig:
+    """A verified QueueConfig and the client keys it was verified with."""
+    queue_config: QueueConfig
+    client_record_auth_key: bytes
+    queue_encryption_key: bytes
+
+    @property
+    def qs_cid(self) -> QsCid:
+        return self.queue_config.pseudonymous_client_id
+
+
+def peek_sender(qs_config_private_key: bytes, sealed_config: bytes) -> tuple[SealedQueueConfig, QsCid]:
+    """First step of opening: decode and learn which QsCid claims the config.
+    Raises :class:`InvalidQueueConfig`."""
+    try:
+        sealed = decode(SealedQueueConfig, sealed_config)
+        raw = hpke_open(qs_config_private_key, sealed.sealed_sender.kem_output, _info(SEALED_SENDER_LABEL),
+                        b"", sealed.sealed_sender.ciphertext)
+        return sealed, decode(QsCid, raw)
+    except (DecodeError, CryptoError) as e:
+        raise InvalidQueueConfig(f"sealed queue config does not open: {e}") from None
+
+
+def open_sealed_queue_config(qs_config_private_key: bytes, sealed_config: bytes,
+                             client_keys: Callable[[QsCid], tuple[bytes, bytes] | None]) -> OpenedQueueConfig | QsCid:
+    """Open and verify a sealed config (see the module docstring).
+
+    ``client_keys(qs_cid)`` returns ``(client_record_auth_key,
+    queue_encryption_key)`` of an existing client record, or None. Returns
+    the :class:`OpenedQueueConfig`, or just the QsCid when no such record
+    exists (the caller answers ``QueueDeleted``). Raises
+    :class:`InvalidQueueConfig` when anything does not open or verify.
+    """
+    sealed, qs_cid = peek_sender(qs_config_private_key, sealed_config)
+    keys = client_keys(qs_cid)
+    if keys is None:
+        return qs_cid
+    auth_key, queue_key = keys
+    try:
+        hs_verify(auth_key, SEALED_CONFIG_LABEL,
+                  _signed_content(sealed.sealed_sender, sealed.sealed_queue_config), sealed.signature)
+        raw = hpke_open(qs_config_private_key, sealed.sealed_queue_config.kem_output, _info(SEALED_CONFIG_LABEL),
+                        encode(sealed.sealed_sender), sealed.sealed_queue_config.ciphertext,
+                        sender_public=queue_key)
+        config = decode(QueueConfig, raw)
+    except (DecodeError, CryptoError) as e:
+        raise InvalidQueueConfig(f"sealed queue config of {qs_cid} does not verify: {e}") from None
+    if config.pseudonymous_client_id != qs_cid:
+        raise InvalidQueueConfig("sealed queue config names two different clients")
+    return OpenedQueueConfig(config, auth_key, queue_key)
+
+
+class SealedConfigCache:
+    """LRU cache: ``Hash(sealed_config)`` → :class:`OpenedQueueConfig`.
+
+    A hit is only used while the client record still has the keys the config
+    was verified with (a key rotation invalidates it). Thread-safe: cores run
+    in worker threads. ``hits``/``misses`` count lookups (tests, metrics).
+    """
+
+    def __init__(self, max_entries: int = 100_000):
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, OpenedQueueConfig] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, sealed_config: bytes) -> OpenedQueueConfig | None:
+        key = hash_(sealed_config)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return hit
+
+    def put(self, sealed_config: bytes, opened: OpenedQueueConfig) -> None:
+        key = hash_(sealed_config)
+        with self._lock:
+            self._entries[key] = opened
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def split_by_domain(message: FanOutMessage) -> dict[Fqdn, FanOutMessage]:
+    """One FanOutMessage per client homeserver domain, configs in their
+    original order (``#local-enqueue-message``)."""
+    groups: dict[Fqdn, list[ClientQueueConfig]] = {}
+    for cqc in message.client_queue_configs:
+        groups.setdefault(cqc.client_homeserver_domain, []).append(cqc)
+    return {domain: FanOutMessage(configs, message.message_content) for domain, configs in groups.items()}
+
+
+def group_id_of(message: FanOutMessage) -> GroupId:
+    """The Phoenix GroupId of the group the message belongs to: the WelcomeBundle's
+    ``group_id``, or the MLS ``group_id`` of a PublicMessage/PrivateMessage
+    (RFC 9420 §6) parsed as a GroupId. Raises :class:`Malformed` otherwise."""
+    content = message.message_content
+    if isinstance(content, WelcomeBundle):
+        return content.group_id
+    if isinstance(content, (CommitContent, ApplicationContent)):
+        mls = content.message
+        if mls.wire_format == WireFormat.mls_public_message:
+            raw = mls.public_message.content.group_id
+        elif mls.wire_format == WireFormat.mls_private_message:
+            raw = mls.private_message.group_id
+        else:
+            raise Malformed(f"a fan-out {type(content).__name__} must be a PublicMessage or PrivateMessage",
+                            code="bad_fan_out_content")
+        try:
+            return GroupId.from_mls(raw)
+        except DecodeError as e:
+            raise Malformed(f"MLS group_id is not a Phoenix GroupId: {e}", code="bad_group_id") from None
+    raise Malformed("unknown message content")  # pragma: no cover - the codec admits no other case

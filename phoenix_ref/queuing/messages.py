@@ -1,0 +1,433 @@
+"""Wire structs of the Queuing Service (``spec/queuing_service.md``).
+
+Struct and field names follow the spec so that a reader can search for them.
+
+* Client endpoints (``#client-endpoints``): ``CreateUserRecordParams`` /
+  ``CreateUserRecordResponse``, ``UpdateUserRecordParams``,
+  ``UserRecordParams`` / ``UserRecordResponse``, ``DeleteUserRecordParams``,
+  ``PublishKeyPackagesParams``, ``AddPackageParams`` / ``AddPackageResponse``,
+  ``DequeueMessagesParams``, ``WsParams``.
+* Client records (decision, see below): ``CreateClientRecordParams`` /
+  ``CreateClientRecordResponse``, ``UpdateClientRecordParams``,
+  ``DeleteClientRecordParams``, and ``BlockGroupParams`` for the blocklist.
+* Fan-out (``spec/glossary.md#fan-out-message``): ``MessageContent``,
+  ``FanOutMessage``, ``WelcomeBundle`` (``spec/glossary.md#welcomebundle``),
+  ``QueueDeleted`` (``#enqueuing-messages``).
+* Queue configs (``spec/glossary.md#sealed-queue-config``):
+  ``ClientQueueConfig``, ``QueueConfig``, ``SealedQueueConfig``.
+* Request envelopes ``…Request {auth: QsAuthToken, params: …Params}`` for
+  every endpoint authenticated by a QsAuthToken (``#authentication``; the
+  token travels in the body, before the params — :mod:`phoenix_ref.auth_tokens`).
+  ``CreateUserRecordParams`` and ``AddPackageParams`` travel alone (no token).
+  ``DequeueMessagesResponse`` is :class:`phoenix_ref.queues.DequeueMessagesResponse`.
+* Federation (``#federated-qs-to-qs-communication``): ``QsToQsMessage`` and
+  ``FederatedEnqueueResponse``.
+* ``AddPackage`` (``spec/glossary.md#addpackage``).
+
+Choices where the spec is silent (docs/decisions.md):
+
+* **Client record endpoints.** The spec lists no endpoint to add, change or
+  remove a single QS client record, yet bounds the number of client records
+  per user (``#qs-configuration-options``), lets the client record key
+  "change the queue configuration such as the authentication keys, or add
+  entries to the block list" (``#qs-state``) and says a user record goes with
+  its last client record (``#user-record-management-endpoints``). phoenix_ref
+  adds ``CreateClientRecord`` (authenticated by the QsUid), and
+  ``UpdateClientRecord``, ``DeleteClientRecord`` and ``BlockGroup``
+  (authenticated by the QsCid).
+* **Responses the spec does not spell out**: ``ClientRecordResponse``,
+  ``DequeueMessagesResponse`` (the messages and how many remain) and
+  ``FederatedEnqueueResponse`` (the ``QueueDeleted`` answers).
+* **ClientQueueConfig.sealed_config** travels as ``opaque<V>`` holding an
+  encoded ``SealedQueueConfig`` — the same bytes as
+  :class:`phoenix_ref.mls.extensions.ClientQueueConfig` in the KeyPackage
+  extension, so a DS copies the extension's value as is; the QS decodes it
+  only when it opens it.
+* **SealedQueueConfig** (``spec/glossary.md#sealed-queue-config``: HPKE in
+  *auth* mode, and signed with the client record key). HPKE auth mode needs
+  the sender's public key *before* opening, but the QS can only learn whose
+  config it is by opening it. So the config is sealed in two layers: a
+  base-mode ``sealed_sender`` that tells only the QS which QsCid sealed it,
+  and an auth-mode ``sealed_queue_config`` whose sender key is that client's
+  queue encryption key, both signed together with the client record auth
+  key (see :mod:`phoenix_ref.queuing.fanout`).
+* **QsToQsMessage** carries two fields beyond the spec's: ``timestamp``
+  (uint64 ms, checked against the maximal age of
+  ``#qs-configuration-options``) and a random 16-byte ``message_id`` that the
+  receiver remembers for that age to drop replays; both are signed. The
+  signature is ``SignWithLabel(QS signing key, "QsToQsMessage", QsToQsMessageTBS)``
+  with the homeserver prefix (``crypto.hs_sign``).
+* **MessageContent** tag: ``uint8``, 1 Commit, 2 Application, 3 WelcomeBundle.
+* **AddPackageResponse** is signed by the QS (``spec/glossary.md#qs-signing-key``:
+  "sign KeyPackage bundles before returning them"), label ``"AddPackageResponse"``,
+  over the friendship token and the AddPackages.
+"""
+
+from __future__ import annotations
+
+from ..auth_tokens import QsAuthToken
+from ..codec import U8, U64, VarBytes, decode, encode, fixed, optional, struct, variant, vec
+from ..crypto import HPKECiphertext
+from ..ids import Fqdn, GroupId, QsCid, QsUid
+from ..mls.messages import KeyPackage, MLSMessage, Welcome
+from ..queues import DequeueMessagesResponse
+
+__all__ = [
+    "SignaturePublicKey", "HpkePublicKey", "FriendshipToken", "MESSAGE_ID_LEN",
+    "QueueConfig", "SealedQueueConfig", "ClientQueueConfig",
+    "CommitContent", "ApplicationContent", "WelcomeBundle", "MessageContent", "FanOutMessage",
+    "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "FederatedEnqueueResponse",
+    "AddPackage", "CreateUserRecordParams", "CreateUserRecordResponse", "UpdateUserRecordParams",
+    "UserRecordParams", "ClientRecordResponse", "UserRecordResponse", "DeleteUserRecordParams",
+    "CreateClientRecordParams", "CreateClientRecordResponse", "UpdateClientRecordParams",
+    "DeleteClientRecordParams", "BlockGroupParams", "PublishKeyPackagesParams",
+    "AddPackageParams", "AddPackageResponse", "AddPackageResponseTBS",
+    "DequeueMessagesParams", "DequeueMessagesResponse", "WsParams", "Empty",
+    "UpdateUserRecordRequest", "UserRecordRequest", "DeleteUserRecordRequest",
+    "CreateClientRecordRequest", "UpdateClientRecordRequest", "DeleteClientRecordRequest",
+    "BlockGroupRequest", "PublishKeyPackagesRequest", "DequeueMessagesRequest", "WsRequest",
+    "decode_sealed_queue_config",
+]
+
+SignaturePublicKey = VarBytes
+HpkePublicKey = VarBytes
+FriendshipToken = VarBytes
+MESSAGE_ID_LEN = 16
+
+
+@struct
+class Empty:
+    """The body of an answer that carries nothing but its status."""
+
+
+# --- queue configs (spec/glossary.md#sealed-queue-config) ----------------------
+
+@struct
+class QueueConfig:
+    """What a sealed config reveals to the client's QS."""
+    option_push_token_key: optional(VarBytes)
+    pseudonymous_client_id: QsCid
+
+
+@struct
+class SealedQueueConfig:
+    """A QueueConfig that only the client's QS can open (see the module docstring).
+
+    * ``sealed_sender``: HPKE base mode to the QueueConfig encryption key,
+      plaintext the encoded QsCid of the client;
+    * ``sealed_queue_config``: HPKE auth mode to the same key, sender key the
+      client's queue encryption key, plaintext the encoded QueueConfig, AAD the
+      encoded ``sealed_sender``;
+    * ``signature``: the client record auth key's signature, label
+      ``"SealedQueueConfig"``, over ``sealed_sender || sealed_queue_config``.
+    """
+    sealed_sender: HPKECiphertext
+    sealed_queue_config: HPKECiphertext
+    signature: VarBytes
+
+
+@struct
+class ClientQueueConfig:
+    """Where and to which queue a DS delivers a member's messages.
+
+    ``sealed_config`` is an encoded :class:`SealedQueueConfig` (opaque to
+    everyone but the client's QS)."""
+    client_homeserver_domain: Fqdn
+    sealed_config: VarBytes
+
+
+# --- fan-out (spec/glossary.md#fan-out-message) -------------------------------------
+
+@struct
+class CommitContent:
+    """``MessageContent::Commit(MlsMessage)``."""
+    message: MLSMessage
+
+
+@struct
+class ApplicationContent:
+    """``MessageContent::Application(MlsMessage)``."""
+    message: MLSMessage
+
+
+@struct
+class WelcomeBundle:
+    """``spec/glossary.md#welcomebundle``."""
+    welcome: Welcome
+    encrypted_welcome_attribution_info: VarBytes
+    encrypted_group_state_ear_key: VarBytes
+    encrypted_credential_encryption_key: VarBytes
+    group_id: GroupId
+
+
+MessageContent = variant(U8, {1: CommitContent, 2: ApplicationContent, 3: WelcomeBundle},
+                         "MessageContent")
+
+
+@struct
+class FanOutMessage:
+    """A message from a DS for the queues named by ``client_queue_configs``."""
+    client_queue_configs: vec(ClientQueueConfig)
+    message_content: MessageContent
+
+
+@struct
+class QueueDeleted:
+    """``#enqueuing-messages``: a queue named by a config no longer exists."""
+    client_queue_config: ClientQueueConfig
+    group_id: GroupId
+
+
+# --- federation (#federated-qs-to-qs-communication) ---------------------------------
+
+@struct
+class QsToQsMessageTBS:
+    """The signed part of a :class:`QsToQsMessage` (every field but the signature)."""
+    source: Fqdn
+    destination: Fqdn
+    timestamp: U64
+    message_id: fixed(MESSAGE_ID_LEN)
+    payload: FanOutMessage
+
+
+@struct
+class QsToQsMessage:
+    source: Fqdn
+    destination: Fqdn
+    timestamp: U64
+    message_id: fixed(MESSAGE_ID_LEN)
+    payload: FanOutMessage
+    signature: VarBytes
+
+    def tbs(self) -> bytes:
+        return encode(QsToQsMessageTBS(self.source, self.destination, self.timestamp,
+                                       self.message_id, self.payload))
+
+
+@struct
+class FederatedEnqueueResponse:
+    """Answer to a QsToQsMessage: the configs whose queues do not exist."""
+    queue_deleted: vec(QueueDeleted)
+
+
+# --- KeyPackages (spec/queuing_service/keypackage_publication.md) ---------------------
+
+@struct
+class AddPackage:
+    """``spec/glossary.md#addpackage``."""
+    key_package: KeyPackage
+    encrypted_client_credential: VarBytes
+    encrypted_signature_encryption_key: VarBytes
+
+
+# --- client endpoints (#client-endpoints) -----------------------------------------------
+
+@struct
+class CreateUserRecordParams:
+    """``#create-new-qs-user-record``."""
+    user_record_auth_key: SignaturePublicKey
+    friendship_token: FriendshipToken
+    client_record_auth_key: SignaturePublicKey
+    queue_encryption_key: HpkePublicKey
+
+
+@struct
+class CreateUserRecordResponse:
+    qs_uid: QsUid
+    qs_cid: QsCid
+
+
+@struct
+class UpdateUserRecordParams:
+    """``#update-qs-user-record``."""
+    qs_uid: QsUid
+    user_record_auth_key: SignaturePublicKey
+    friendship_token: FriendshipToken
+
+
+@struct
+class UserRecordParams:
+    """``#get-own-qs-user-record``."""
+    qs_uid: QsUid
+
+
+@struct
+class ClientRecordResponse:
+    """One client record in a :class:`UserRecordResponse` (decision)."""
+    qs_cid: QsCid
+    client_record_auth_key: SignaturePublicKey
+    queue_encryption_key: HpkePublicKey
+    activity_time: U64
+
+
+@struct
+class UserRecordResponse:
+    user_record_auth_key: SignaturePublicKey
+    friendship_token: FriendshipToken
+    client_records: vec(ClientRecordResponse)
+
+
+@struct
+class DeleteUserRecordParams:
+    """``#delete-qs-user-record``."""
+    qs_uid: QsUid
+
+
+@struct
+class CreateClientRecordParams:
+    """Add a client record to a user record (decision; auth: QsUid)."""
+    qs_uid: QsUid
+    client_record_auth_key: SignaturePublicKey
+    queue_encryption_key: HpkePublicKey
+
+
+@struct
+class CreateClientRecordResponse:
+    qs_cid: QsCid
+
+
+@struct
+class UpdateClientRecordParams:
+    """Replace a client record's keys and push token (decision; auth: QsCid).
+
+    A new ``queue_encryption_key`` takes effect with a ratchet key update
+    sealed to it (:func:`phoenix_ref.queue_crypto.set_queue_encryption_key`).
+    ``encrypted_push_token`` is stored as given (encrypted by the client under
+    its push-token key, ``#qs-state``); absent means none.
+    """
+    qs_cid: QsCid
+    client_record_auth_key: SignaturePublicKey
+    queue_encryption_key: HpkePublicKey
+    encrypted_push_token: optional(VarBytes)
+
+
+@struct
+class DeleteClientRecordParams:
+    """Delete one client record; the last one takes its user record along."""
+    qs_cid: QsCid
+
+
+@struct
+class BlockGroupParams:
+    """Add a group to the queue's blocklist (decision; auth: QsCid).
+
+    The QS stores only ``Hash(blocklist_salt || group_id)``."""
+    qs_cid: QsCid
+    group_id: GroupId
+
+
+@struct
+class PublishKeyPackagesParams:
+    """``#publish-keypackages``."""
+    qs_cid: QsCid
+    add_packages: vec(AddPackage)
+
+
+@struct
+class AddPackageParams:
+    """``#get-addpackage``."""
+    friendship_token: FriendshipToken
+
+
+@struct
+class AddPackageResponseTBS:
+    friendship_token: FriendshipToken
+    add_packages: vec(AddPackage)
+
+
+@struct
+class AddPackageResponse:
+    """One AddPackage per client of the user, signed by the QS (decision)."""
+    add_packages: vec(AddPackage)
+    signature: VarBytes
+
+
+@struct
+class DequeueMessagesParams:
+    """``#dequeue-messages``."""
+    qs_cid: QsCid
+    sequence_number_start: U64
+    max_message_number: U64
+
+
+@struct
+class WsParams:
+    """``#negotiate-websocket-connection``."""
+    qs_cid: QsCid
+
+
+# --- request envelopes: a QsAuthToken before the params (auth_tokens.py) ---------------
+
+@struct
+class UpdateUserRecordRequest:
+    """QsSenderId: QsUid."""
+    auth: QsAuthToken
+    params: UpdateUserRecordParams
+
+
+@struct
+class UserRecordRequest:
+    """QsSenderId: QsUid."""
+    auth: QsAuthToken
+    params: UserRecordParams
+
+
+@struct
+class DeleteUserRecordRequest:
+    """QsSenderId: QsUid."""
+    auth: QsAuthToken
+    params: DeleteUserRecordParams
+
+
+@struct
+class CreateClientRecordRequest:
+    """QsSenderId: QsUid."""
+    auth: QsAuthToken
+    params: CreateClientRecordParams
+
+
+@struct
+class UpdateClientRecordRequest:
+    """QsSenderId: QsCid."""
+    auth: QsAuthToken
+    params: UpdateClientRecordParams
+
+
+@struct
+class DeleteClientRecordRequest:
+    """QsSenderId: QsCid."""
+    auth: QsAuthToken
+    params: DeleteClientRecordParams
+
+
+@struct
+class BlockGroupRequest:
+    """QsSenderId: QsCid."""
+    auth: QsAuthToken
+    params: BlockGroupParams
+
+
+@struct
+class PublishKeyPackagesRequest:
+    """QsSenderId: QsCid."""
+    auth: QsAuthToken
+    params: PublishKeyPackagesParams
+
+
+@struct
+class DequeueMessagesRequest:
+    """QsSenderId: QsCid."""
+    auth: QsAuthToken
+    params: DequeueMessagesParams
+
+
+@struct
+class WsRequest:
+    """QsSenderId: QsCid."""
+    auth: QsAuthToken
+    params: WsParams
+
+
+def decode_sealed_queue_config(data: bytes) -> SealedQueueConfig:
+    """Strictly decode the ``sealed_config`` bytes of a ClientQueueConfig."""
+    return decode(SealedQueueConfig, data)

@@ -1,0 +1,129 @@
+"""Builders for QS tests: a QS core over chosen stores, clients with keys,
+sealed queue configs, KeyPackages and fan-out messages."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from phoenix_ref.auth_tokens import QsAuthToken, RequestBinding
+from phoenix_ref.codec import encode
+from phoenix_ref.crypto import HpkeKeyPair, SigningKey, sign_with_label
+from phoenix_ref.federation.outbound import MemoryOutboundStore, SqliteOutboundStore
+from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
+from phoenix_ref.mls.extensions import LastResortExtension, QueueConfigExtension, to_extension
+from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
+from phoenix_ref.mls.messages import (
+    CIPHER_SUITE_1, Capabilities, ContentType, Credential, KeyPackage, KeyPackageTBS, LeafNode,
+    LeafNodeSource, Lifetime, MLSMessage, PrivateMessage, ProtocolVersion, leaf_node_tbs,
+)
+from phoenix_ref.queue_crypto import QueueRatchetState, decrypt_queue_message
+from phoenix_ref.queues import MemoryQueueStore, Queues, SqliteQueueStore
+from phoenix_ref.queuing.core import QsConfig, QsCore, QsKeys, operation_path
+from phoenix_ref.queuing.fanout import seal_queue_config
+from phoenix_ref.queuing.messages import (
+    AddPackage, ApplicationContent, ClientQueueConfig, CreateUserRecordParams, FanOutMessage,
+    QueueConfig,
+)
+from phoenix_ref.queuing.records import MemoryQsRecords, SqliteQsRecords
+
+NOW = 1_767_225_600_000
+
+
+def make_core(domain: str = "a.example", *, sqlite_dir=None, **config) -> QsCore:
+    keys = QsKeys(SigningKey.generate(), HpkeKeyPair.generate())
+    if sqlite_dir is None:
+        records, queue_store, outbound = MemoryQsRecords(), MemoryQueueStore(), MemoryOutboundStore()
+    else:
+        path = os.path.join(str(sqlite_dir), f"qs-{domain}.sqlite3")
+        records = SqliteQsRecords(path)
+        queue_store = SqliteQueueStore(path, "qs")
+        outbound = SqliteOutboundStore(path)
+    return QsCore(QsConfig(Fqdn(domain), **config), keys, records, Queues(queue_store), outbound)
+
+
+@dataclass
+class Client:
+    """A QS client: its keys and ids, and its view of its queue."""
+    core: QsCore
+    user_key: SigningKey
+    client_key: SigningKey
+    queue_key: HpkeKeyPair
+    friendship_token: bytes
+    qs_uid: QsUid | None = None
+    qs_cid: QsCid | None = None
+    ratchet: QueueRatchetState = QueueRatchetState(None, 0)
+
+    @classmethod
+    def register(cls, core: QsCore, now_ms: int = NOW) -> "Client":
+        c = cls(core, SigningKey.generate(), SigningKey.generate(), HpkeKeyPair.generate(), os.urandom(32))
+        resp = core.create_user_record(CreateUserRecordParams(
+            c.user_key.public, c.friendship_token, c.client_key.public, c.queue_key.public), now_ms)
+        c.qs_uid, c.qs_cid = resp.qs_uid, resp.qs_cid
+        return c
+
+    def token(self, operation: str, params, *, as_user: bool = False, now_ms: int = NOW,
+              key: SigningKey | None = None, domain: str | None = None) -> QsAuthToken:
+        sender = self.qs_uid if as_user else self.qs_cid
+        key = key or (self.user_key if as_user else self.client_key)
+        binding = RequestBinding(Fqdn(domain or self.core.config.domain.value), operation_path(operation),
+                                 encode(params))
+        return QsAuthToken.create(key, sender, now_ms, binding)
+
+    def request(self, cls, operation: str, params, **kw):
+        return cls(self.token(operation, params, **kw), params)
+
+    def sealed_config(self, push_key: bytes | None = None) -> bytes:
+        return seal_queue_config(self.core.keys.queue_config_key.public, QueueConfig(push_key, self.qs_cid),
+                                 queue_encryption_key=self.queue_key, client_record_key=self.client_key)
+
+    def client_queue_config(self) -> ClientQueueConfig:
+        return ClientQueueConfig(self.core.config.domain, self.sealed_config())
+
+    def key_package(self, *, last_resort: bool = False, with_queue_config: bool = True,
+                    config: bytes | None = None) -> KeyPackage:
+        return make_key_package(self.core.config.domain.value,
+                                config if config is not None else self.sealed_config(),
+                                last_resort=last_resort, with_queue_config=with_queue_config)
+
+    def add_package(self, **kw) -> AddPackage:
+        return AddPackage(self.key_package(**kw), os.urandom(40), os.urandom(40))
+
+    def read_queue(self, messages) -> list[bytes]:
+        """Decrypt dequeued messages in order (skipping ratchet control messages)."""
+        out = []
+        for m in messages:
+            if m.sequence_number < self.ratchet.generation:
+                continue
+            plain, self.ratchet = decrypt_queue_message(self.queue_key.private, self.ratchet, m)
+            if plain is not None:
+                out.append(plain)
+        return out
+
+
+def make_key_package(domain: str, sealed_config: bytes, *, last_resort: bool = False,
+                     with_queue_config: bool = True, signer: SigningKey | None = None) -> KeyPackage:
+    sig_key = signer or SigningKey.generate()
+    exts = []
+    if with_queue_config:
+        exts.append(to_extension(QueueConfigExtension(ExtClientQueueConfig(domain.encode(), sealed_config))))
+    if last_resort:
+        exts.append(to_extension(LastResortExtension()))
+    leaf = LeafNode(HpkeKeyPair.generate().public, sig_key.public, Credential.basic(b"pseudonym"),
+                    Capabilities([1], [1], [0xF001, 0xF002], [], [1]), LeafNodeSource.key_package,
+                    Lifetime(0, 2 ** 63), None, [], b"")
+    leaf = LeafNode(**{**leaf.__dict__, "signature": sign_with_label(
+        sig_key, "LeafNodeTBS", leaf_node_tbs(leaf, None, None))})
+    init = HpkeKeyPair.generate().public
+    tbs = KeyPackageTBS(ProtocolVersion.mls10, CIPHER_SUITE_1, init, leaf, exts)
+    return KeyPackage(ProtocolVersion.mls10, CIPHER_SUITE_1, init, leaf, exts,
+                      sign_with_label(sig_key, "KeyPackageTBS", encode(tbs)))
+
+
+def application_message(group_id: GroupId, body: bytes = b"hello") -> ApplicationContent:
+    pm = PrivateMessage(group_id.to_mls(), 1, ContentType.application, b"", bytes(16), body)
+    return ApplicationContent(MLSMessage.wrap(pm))
+
+
+def fan_out(configs, group_id: GroupId, body: bytes = b"hello") -> FanOutMessage:
+    return FanOutMessage(list(configs), application_message(group_id, body))

@@ -1,0 +1,597 @@
+"""The QS core (phoenix_ref.queuing.core): client endpoints, local and federated enqueue."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from phoenix_ref.codec import decode, encode
+from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify
+from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
+from phoenix_ref.federation.outbound import OutboundItem
+from phoenix_ref.ids import Fqdn, GroupId, QsCid
+from phoenix_ref.queuing.core import ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, RateLimit
+from phoenix_ref.queuing.fanout import seal_queue_config
+from phoenix_ref.queuing.messages import (
+    AddPackageParams, AddPackageResponseTBS, BlockGroupParams, BlockGroupRequest, ClientQueueConfig,
+    CreateClientRecordParams, CreateClientRecordRequest, CreateUserRecordParams,
+    DeleteClientRecordParams, DeleteClientRecordRequest, DeleteUserRecordParams,
+    DeleteUserRecordRequest, DequeueMessagesParams, DequeueMessagesRequest, FanOutMessage,
+    MessageContent, PublishKeyPackagesParams, PublishKeyPackagesRequest, QsToQsMessage, QueueConfig,
+    UpdateClientRecordParams, UpdateClientRecordRequest, UpdateUserRecordParams,
+    UpdateUserRecordRequest, UserRecordParams, UserRecordRequest, WsParams, WsRequest,
+)
+
+from qs_helpers import NOW, Client, fan_out, make_core
+
+GROUP = GroupId.random("ds.a.example")
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def core(request, tmp_path):
+    return make_core("a.example", sqlite_dir=tmp_path if request.param == "sqlite" else None)
+
+
+def dequeue(client: Client, start: int = 0, max_n: int = 1000, now_ms: int = NOW):
+    params = DequeueMessagesParams(client.qs_cid, start, max_n)
+    return client.core.dequeue_messages(client.request(DequeueMessagesRequest, "dequeue_messages", params,
+                                                       now_ms=now_ms), now_ms)
+
+
+def received(client: Client) -> list[bytes]:
+    resp = dequeue(client, client.ratchet.generation)
+    return client.read_queue(resp.messages)
+
+
+def content_bytes(body: bytes, group=GROUP) -> bytes:
+    return encode(fan_out([], group, body).message_content, MessageContent)
+
+
+# --- user and client records ---------------------------------------------------------------
+
+def test_create_user_record_starts_queue_with_sealed_ratchet_key(core):
+    alice = Client.register(core)
+    resp = dequeue(alice)
+    assert [m.sequence_number for m in resp.messages] == [0]
+    assert alice.read_queue(resp.messages) == []  # the reset message carries only the key
+    assert alice.ratchet.ratchet_key is not None
+
+
+def test_get_update_delete_user_record(core):
+    alice = Client.register(core)
+    got = core.get_user_record(alice.request(UserRecordRequest, "get_user_record",
+                                             UserRecordParams(alice.qs_uid), as_user=True), NOW)
+    assert got.friendship_token == alice.friendship_token
+    assert [c.qs_cid for c in got.client_records] == [alice.qs_cid]
+    assert got.client_records[0].queue_encryption_key == alice.queue_key.public
+
+    new_key, new_token = SigningKey.generate(), os.urandom(32)
+    params = UpdateUserRecordParams(alice.qs_uid, new_key.public, new_token)
+    core.update_user_record(alice.request(UpdateUserRecordRequest, "update_user_record", params, as_user=True), NOW)
+    alice.user_key, alice.friendship_token = new_key, new_token
+    got = core.get_user_record(alice.request(UserRecordRequest, "get_user_record",
+                                             UserRecordParams(alice.qs_uid), as_user=True), NOW)
+    assert got.friendship_token == new_token and got.user_record_auth_key == new_key.public
+
+    params = DeleteUserRecordParams(alice.qs_uid)
+    core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record", params, as_user=True), NOW)
+    with pytest.raises(Unauthorized):
+        dequeue(alice)
+    assert core.records.get_user(alice.qs_uid) is None
+
+
+def test_friendship_token_must_be_unique(core):
+    alice = Client.register(core)
+    with pytest.raises(Conflict):
+        core.create_user_record(CreateUserRecordParams(SigningKey.generate().public, alice.friendship_token,
+                                                       SigningKey.generate().public,
+                                                       HpkeKeyPair.generate().public), NOW)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("user_record_auth_key", b"short"), ("client_record_auth_key", b""),
+    ("queue_encryption_key", b"x" * 31), ("friendship_token", b"tiny")])
+def test_create_user_record_refuses_bad_keys(core, field, value):
+    good = dict(user_record_auth_key=SigningKey.generate().public, friendship_token=os.urandom(32),
+                client_record_auth_key=SigningKey.generate().public, queue_encryption_key=HpkeKeyPair.generate().public)
+    good[field] = value
+    with pytest.raises(Malformed):
+        core.create_user_record(CreateUserRecordParams(**good), NOW)
+
+
+def test_client_records_limit_and_last_one_takes_the_user(tmp_path):
+    core = make_core(max_client_records_per_user=3)
+    alice = Client.register(core)
+    extra = []
+    for _ in range(2):
+        params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
+        extra.append(core.create_client_record(
+            alice.request(CreateClientRecordRequest, "create_client_record", params, as_user=True), NOW).qs_cid)
+    params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
+    with pytest.raises(Conflict):
+        core.create_client_record(alice.request(CreateClientRecordRequest, "create_client_record", params,
+                                                as_user=True), NOW)
+    assert len(core.records.get_user(alice.qs_uid)[1]) == 3
+    # alice's own client deletes itself; the user stays for the other two
+    core.delete_client_record(alice.request(DeleteClientRecordRequest, "delete_client_record",
+                                            DeleteClientRecordParams(alice.qs_cid)), NOW)
+    assert core.records.get_user(alice.qs_uid) is not None
+    for cid in extra:
+        core.records.delete_client(cid)
+    assert core.records.get_user(alice.qs_uid) is None
+
+
+def test_update_client_record_new_queue_key_heals_ratchet(core):
+    alice = Client.register(core)
+    received(alice)
+    new_queue_key, new_client_key = HpkeKeyPair.generate(), SigningKey.generate()
+    params = UpdateClientRecordParams(alice.qs_cid, new_client_key.public, new_queue_key.public, b"enc-push")
+    core.update_client_record(alice.request(UpdateClientRecordRequest, "update_client_record", params), NOW)
+    alice.client_key, alice.queue_key = new_client_key, new_queue_key
+    core.local_enqueue(fan_out([alice.client_queue_config()], GROUP, b"after"), NOW)
+    assert received(alice) == [content_bytes(b"after")]
+    assert core.records.get_client(alice.qs_cid).encrypted_push_token == b"enc-push"
+
+
+# --- authentication (#authentication) --------------------------------------------------------------
+
+def test_token_signed_with_wrong_key_is_refused(core):
+    alice = Client.register(core)
+    params = DequeueMessagesParams(alice.qs_cid, 0, 10)
+    with pytest.raises(Unauthorized):
+        core.dequeue_messages(DequeueMessagesRequest(alice.token("dequeue_messages", params,
+                                                                 key=SigningKey.generate()), params), NOW)
+
+
+def test_token_older_than_max_age_is_refused(core):
+    alice = Client.register(core)
+    params = DequeueMessagesParams(alice.qs_cid, 0, 10)
+    old = DequeueMessagesRequest(alice.token("dequeue_messages", params, now_ms=NOW - 3_600_001), params)
+    with pytest.raises(Unauthorized):
+        core.dequeue_messages(old, NOW)
+    fresh = DequeueMessagesRequest(alice.token("dequeue_messages", params, now_ms=NOW - 3_500_000), params)
+    assert core.dequeue_messages(fresh, NOW).messages
+
+
+def test_token_bound_to_operation_params_and_audience(core):
+    alice = Client.register(core)
+    params = DequeueMessagesParams(alice.qs_cid, 0, 10)
+    for token in (alice.token("websocket", WsParams(alice.qs_cid)),           # other endpoint
+                  alice.token("dequeue_messages", DequeueMessagesParams(alice.qs_cid, 1, 10)),  # other params
+                  alice.token("dequeue_messages", params, domain="b.example")):  # other homeserver
+        with pytest.raises(Unauthorized):
+            core.dequeue_messages(DequeueMessagesRequest(token, params), NOW)
+
+
+def test_token_of_one_record_cannot_act_on_another(core):
+    alice, bob = Client.register(core), Client.register(core)
+    params = DequeueMessagesParams(bob.qs_cid, 0, 10)
+    with pytest.raises(Forbidden):
+        core.dequeue_messages(DequeueMessagesRequest(alice.token("dequeue_messages", params), params), NOW)
+
+
+def test_user_token_is_refused_where_client_token_is_required(core):
+    alice = Client.register(core)
+    params = WsParams(alice.qs_cid)
+    with pytest.raises(Unauthorized):
+        core.authorize_websocket(WsRequest(alice.token("websocket", params, as_user=True), params), NOW)
+    assert core.authorize_websocket(alice.request(WsRequest, "websocket", params), NOW) == alice.qs_cid
+
+
+# --- KeyPackages ------------------------------------------------------------------------------------
+
+def publish(client: Client, packages):
+    params = PublishKeyPackagesParams(client.qs_cid, packages)
+    return client.core.publish_key_packages(client.request(PublishKeyPackagesRequest, "publish_key_packages",
+                                                           params), NOW)
+
+
+def test_publish_and_get_add_packages(core):
+    alice = Client.register(core)
+    ordinary = [alice.add_package() for _ in range(2)]
+    last = alice.add_package(last_resort=True)
+    publish(alice, ordinary + [last])
+    got = [core.get_add_packages(AddPackageParams(alice.friendship_token), NOW) for _ in range(4)]
+    assert [r.add_packages for r in got] == [[ordinary[0]], [ordinary[1]], [last], [last]]
+    # the answer is signed by the QS signing key
+    tbs = encode(AddPackageResponseTBS(alice.friendship_token, got[0].add_packages))
+    hs_verify(core.keys.signing_key.public, ADD_PACKAGE_RESPONSE_LABEL, tbs, got[0].signature)
+    # publishing again replaces everything
+    newer = alice.add_package(last_resort=True)
+    publish(alice, [newer])
+    assert core.get_add_packages(AddPackageParams(alice.friendship_token), NOW).add_packages == [newer]
+
+
+def test_add_packages_one_per_client(core):
+    alice = Client.register(core)
+    second = Client(core, alice.user_key, SigningKey.generate(), HpkeKeyPair.generate(), alice.friendship_token,
+                    alice.qs_uid)
+    params = CreateClientRecordParams(alice.qs_uid, second.client_key.public, second.queue_key.public)
+    second.qs_cid = core.create_client_record(
+        alice.request(CreateClientRecordRequest, "create_client_record", params, as_user=True), NOW).qs_cid
+    publish(alice, [alice.add_package(last_resort=True)])
+    publish(second, [second.add_package(last_resort=True)])
+    assert len(core.get_add_packages(AddPackageParams(alice.friendship_token), NOW).add_packages) == 2
+
+
+def test_unknown_friendship_token_is_refused(core):
+    with pytest.raises(Unauthorized):
+        core.get_add_packages(AddPackageParams(os.urandom(32)), NOW)
+
+
+def test_publish_requires_last_resort(core):
+    alice = Client.register(core)
+    with pytest.raises(Malformed) as e:
+        publish(alice, [alice.add_package(), alice.add_package()])
+    assert e.value.code == "missing_last_resort"
+
+
+def test_publish_requires_queue_config_extension(core):
+    alice = Client.register(core)
+    with pytest.raises(Malformed) as e:
+        publish(alice, [alice.add_package(last_resort=True), alice.add_package(with_queue_config=False)])
+    assert e.value.code == "missing_queue_config"
+
+
+def test_publish_refuses_someone_elses_queue_config(core):
+    alice, bob = Client.register(core), Client.register(core)
+    with pytest.raises(Malformed) as e:
+        publish(alice, [alice.add_package(last_resort=True, config=bob.sealed_config())])
+    assert e.value.code == "foreign_queue_config"
+
+
+def test_publish_refuses_bad_key_package_signature(core):
+    import dataclasses
+    alice = Client.register(core)
+    ap = alice.add_package(last_resort=True)
+    bad = dataclasses.replace(ap, key_package=dataclasses.replace(ap.key_package, signature=bytes(64)))
+    with pytest.raises(Malformed):
+        publish(alice, [bad])
+
+
+# --- local enqueue (#local-enqueue-message) ------------------------------------------------------------
+
+def test_local_enqueue_delivers_encrypted_to_local_queues(core):
+    alice, bob = Client.register(core), Client.register(core)
+    result = core.local_enqueue(fan_out([alice.client_queue_config(), bob.client_queue_config()], GROUP, b"m1"), NOW)
+    assert sorted(result.enqueued, key=str) == sorted([alice.qs_cid, bob.qs_cid], key=str)
+    assert result.queue_deleted == [] and result.forwarded == []
+    assert received(alice) == [content_bytes(b"m1")]
+    assert received(bob) == [content_bytes(b"m1")]
+    # stored encrypted: the plaintext is nowhere in the queue store
+    raw = dequeue(alice, 0).messages
+    assert all(b"m1" not in encode(m) for m in raw)
+
+
+def test_missing_queue_is_reported_as_queue_deleted(core):
+    alice = Client.register(core)
+    cqc = alice.client_queue_config()
+    core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record",
+                                          DeleteUserRecordParams(alice.qs_uid), as_user=True), NOW)
+    result = core.local_enqueue(fan_out([cqc], GROUP), NOW)
+    assert [(d.client_queue_config, d.group_id) for d in result.queue_deleted] == [(cqc, GROUP)]
+    assert result.enqueued == []
+
+
+def test_blocklisted_group_is_not_enqueued(core):
+    alice = Client.register(core)
+    received(alice)
+    core.block_group(alice.request(BlockGroupRequest, "block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
+    other = GroupId.random("ds.a.example")
+    result = core.local_enqueue(fan_out([alice.client_queue_config()], GROUP, b"spam"), NOW)
+    assert result.enqueued == [] and len(result.blocked) == 1
+    core.local_enqueue(fan_out([alice.client_queue_config()], other, b"ok"), NOW)
+    assert received(alice) == [content_bytes(b"ok", other)]
+
+
+def test_blocklist_stores_only_salted_hashes(tmp_path):
+    core = make_core(sqlite_dir=tmp_path)
+    alice = Client.register(core)
+    core.block_group(alice.request(BlockGroupRequest, "block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
+    rows = core.records.connection.execute("SELECT group_hash FROM qs_blocklist").fetchall()
+    assert len(rows) == 1 and encode(GROUP) not in bytes(rows[0][0])
+    assert GROUP.group_uuid.bytes not in bytes(rows[0][0])
+
+
+def test_forged_sealed_config_is_rejected(core):
+    alice = Client.register(core)
+    received(alice)
+    mallory_key = SigningKey.generate()
+    forged = seal_queue_config(core.keys.queue_config_key.public, QueueConfig(None, alice.qs_cid),
+                               queue_encryption_key=HpkeKeyPair.generate(), client_record_key=mallory_key)
+    garbage = ClientQueueConfig(core.config.domain, os.urandom(80))
+    result = core.local_enqueue(fan_out([ClientQueueConfig(core.config.domain, forged), garbage], GROUP), NOW)
+    assert len(result.rejected) == 2 and result.enqueued == []
+    assert received(alice) == []
+
+
+def test_sealed_configs_are_unlinkable_and_cached(core):
+    alice = Client.register(core)
+    c1, c2 = alice.sealed_config(), alice.sealed_config()
+    assert c1 != c2  # fresh HPKE encapsulations each time
+    cqc = ClientQueueConfig(core.config.domain, c1)
+    core.local_enqueue(fan_out([cqc], GROUP, b"1"), NOW)
+    misses = core.config_cache.misses
+    for i in range(5):
+        core.local_enqueue(fan_out([cqc], GROUP, b"x%d" % i), NOW)
+    assert core.config_cache.misses == misses and core.config_cache.hits >= 5
+    assert len(received(alice)) == 6
+
+
+def test_cached_config_dies_with_a_key_rotation(core):
+    alice = Client.register(core)
+    cqc = alice.client_queue_config()
+    core.local_enqueue(fan_out([cqc], GROUP, b"before"), NOW)
+    params = UpdateClientRecordParams(alice.qs_cid, SigningKey.generate().public, alice.queue_key.public, None)
+    core.update_client_record(alice.request(UpdateClientRecordRequest, "update_client_record", params), NOW)
+    result = core.local_enqueue(fan_out([cqc], GROUP, b"after"), NOW)
+    assert result.rejected == [cqc] and result.enqueued == []
+
+
+def test_remote_domains_get_exactly_one_message_each(core):
+    alice = Client.register(core)
+    b_cfgs = [ClientQueueConfig(Fqdn("b.example"), os.urandom(60)) for _ in range(3)]
+    c_cfgs = [ClientQueueConfig(Fqdn("c.example"), os.urandom(60)) for _ in range(2)]
+    msg = fan_out([b_cfgs[0], alice.client_queue_config(), c_cfgs[0], b_cfgs[1], c_cfgs[1], b_cfgs[2]], GROUP)
+    result = core.local_enqueue(msg, NOW)
+    assert sorted(d.value for d in result.forwarded) == ["b.example", "c.example"]
+    assert result.enqueued == [alice.qs_cid]
+    assert core.outbound.destinations() == ["b.example", "c.example"]
+    for dest, cfgs in (("b.example", b_cfgs), ("c.example", c_cfgs)):
+        item = core.outbound.head(dest)
+        payload = decode(FanOutMessage, item.payload)
+        assert payload.client_queue_configs == cfgs
+        assert payload.message_content == msg.message_content
+        core.outbound.remove(dest, item.seq)
+        assert core.outbound.head(dest) is None  # exactly one
+
+
+def test_deny_listed_domain_gets_nothing(tmp_path):
+    core = make_core(federation_deny=frozenset({Fqdn("evil.example")}))
+    cfg = ClientQueueConfig(Fqdn("evil.example"), os.urandom(60))
+    result = core.local_enqueue(fan_out([cfg], GROUP), NOW)
+    assert result.rejected == [cfg] and result.forwarded == []
+    assert core.outbound.destinations() == []
+
+
+def test_fan_out_content_must_be_a_group_message(core):
+    from phoenix_ref.mls.messages import MLSMessage
+    from phoenix_ref.queuing.messages import ApplicationContent
+    alice = Client.register(core)
+    kp_msg = MLSMessage.wrap(alice.key_package())
+    with pytest.raises(Malformed):
+        core.local_enqueue(FanOutMessage([alice.client_queue_config()], ApplicationContent(kp_msg)), NOW)
+
+
+def test_dequeue_limits_and_deletes_older():
+    small = make_core(sqlite_dir=None)
+    small.queues.config = type(small.queues.config)(max_messages=3, rotation_interval_ms=None)
+    alice = Client.register(small)
+    for i in range(5):
+        small.local_enqueue(fan_out([alice.client_queue_config()], GROUP, b"%d" % i), NOW)
+    r = dequeue(alice, 0, 100)
+    assert [m.sequence_number for m in r.messages] == [0, 1, 2] and r.remaining_messages_number == 3
+    r = dequeue(alice, 2, 1)
+    assert [m.sequence_number for m in r.messages] == [2] and r.remaining_messages_number == 3
+    r = dequeue(alice, 5, 100)
+    assert [m.sequence_number for m in r.messages] == [5] and r.remaining_messages_number == 0
+
+
+# --- federated enqueue (#federated-qs-to-qs-communication) ---------------------------------------------
+
+class Federation:
+    """Two QSs (a.example sends, b.example receives) and b's view of a's key."""
+
+    def __init__(self, **b_config):
+        self.a = make_core("a.example")
+        self.b = make_core("b.example", **b_config)
+        self.lookups: list[tuple[str, bool]] = []
+        self.bob = Client.register(self.b)
+        received(self.bob)
+
+    def lookup(self, domain: Fqdn, refresh: bool) -> bytes:
+        self.lookups.append((domain.value, refresh))
+        if domain.value != "a.example":
+            raise LookupError(domain.value)
+        return self.a.keys.signing_key.public
+
+    def message(self, body=b"fed", *, now_ms=NOW, configs=None) -> QsToQsMessage:
+        configs = configs if configs is not None else [self.bob.client_queue_config()]
+        self.a.local_enqueue(fan_out(configs, GROUP, body), now_ms)
+        item = self.a.outbound.head("b.example")
+        self.a.outbound.remove("b.example", item.seq)
+        return self.a.frame_outbound(item, now_ms)
+
+    def deliver(self, msg, now_ms=NOW):
+        return self.b.federated_enqueue(msg, now_ms, self.lookup)
+
+
+def test_federated_message_is_enqueued():
+    f = Federation()
+    result = f.deliver(f.message(b"hi"))
+    assert result.enqueued == [f.bob.qs_cid] and not result.duplicate
+    assert received(f.bob) == [content_bytes(b"hi")]
+
+
+def test_federated_signature_label_and_frame():
+    f = Federation()
+    msg = f.message()
+    assert msg.source == Fqdn("a.example") and msg.destination == Fqdn("b.example")
+    assert msg.timestamp == NOW and len(msg.message_id) == 16
+    hs_verify(f.a.keys.signing_key.public, QS_TO_QS_LABEL, msg.tbs(), msg.signature)
+    assert decode(QsToQsMessage, encode(msg)) == msg
+
+
+def _nothing_enqueued(f: Federation):
+    assert received(f.bob) == []
+
+
+def test_forged_signature_is_refused_and_nothing_enqueued():
+    import dataclasses
+    f = Federation()
+    msg = f.message()
+    forged = dataclasses.replace(msg, signature=SigningKey.generate().sign(msg.tbs()))
+    with pytest.raises(Unauthorized):
+        f.deliver(forged)
+    tampered = dataclasses.replace(msg, timestamp=msg.timestamp + 1)
+    with pytest.raises(Unauthorized):
+        f.deliver(tampered)
+    _nothing_enqueued(f)
+    # the cached key was refetched once per attempt, never in a loop
+    assert f.lookups == [("a.example", False), ("a.example", True)] * 2
+
+
+def test_signature_by_another_qs_is_refused():
+    f = Federation()
+    impostor = make_core("c.example")
+    impostor.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP), NOW)
+    item = impostor.outbound.head("b.example")
+    msg = impostor.frame_outbound(item, NOW)
+    import dataclasses
+    claimed = dataclasses.replace(msg, source=Fqdn("a.example"))
+    with pytest.raises(Unauthorized):
+        f.deliver(claimed)
+    with pytest.raises(Unauthorized):
+        f.deliver(msg)  # c.example's key cannot be fetched here
+    _nothing_enqueued(f)
+
+
+def test_wrong_destination_is_refused():
+    f = Federation()
+    other = make_core("c.example")
+    msg = f.message()
+    with pytest.raises(Forbidden) as e:
+        other.federated_enqueue(msg, NOW, f.lookup)
+    assert e.value.code == "wrong_destination"
+
+
+def test_stale_and_future_timestamps_are_refused():
+    f = Federation()
+    with pytest.raises(Unauthorized):
+        f.deliver(f.message(now_ms=NOW - 3_600_001))
+    with pytest.raises(Unauthorized):
+        f.deliver(f.message(now_ms=NOW + 600_000))
+    _nothing_enqueued(f)
+    f.deliver(f.message(b"edge", now_ms=NOW - 3_599_000))
+    assert received(f.bob) == [content_bytes(b"edge")]
+
+
+def test_replay_is_answered_but_enqueued_once():
+    f = Federation()
+    msg = f.message(b"once")
+    first = f.deliver(msg)
+    again = f.deliver(msg, NOW + 1000)
+    assert not first.duplicate and again.duplicate and again.enqueued == []
+    assert received(f.bob) == [content_bytes(b"once")]
+
+
+def test_replay_memory_survives_restart(tmp_path):
+    a = make_core("a.example")
+    b = make_core("b.example", sqlite_dir=tmp_path)
+    bob = Client.register(b)
+    a.local_enqueue(fan_out([bob.client_queue_config()], GROUP), NOW)
+    msg = a.frame_outbound(a.outbound.head("b.example"), NOW)
+    b.federated_enqueue(msg, NOW, lambda d, r: a.keys.signing_key.public)
+    b.records.close()
+    b2 = make_core("b.example", sqlite_dir=tmp_path)
+    b2.keys = b.keys
+    b2.config_cache = b.config_cache
+    assert b2.federated_enqueue(msg, NOW + 5, lambda d, r: a.keys.signing_key.public).duplicate
+
+
+def test_configs_for_a_third_domain_are_refused():
+    f = Federation()
+    msg = f.message(configs=[f.bob.client_queue_config()])
+    import dataclasses
+    payload = dataclasses.replace(msg.payload, client_queue_configs=msg.payload.client_queue_configs + [
+        ClientQueueConfig(Fqdn("c.example"), os.urandom(40))])
+    unsigned = dataclasses.replace(msg, payload=payload)
+    resigned = dataclasses.replace(unsigned, signature=f.a.keys.signing_key.sign(b""))
+    from phoenix_ref.crypto import hs_sign
+    resigned = dataclasses.replace(unsigned, signature=hs_sign(f.a.keys.signing_key, QS_TO_QS_LABEL, unsigned.tbs()))
+    with pytest.raises(Forbidden):
+        f.deliver(resigned)
+    _nothing_enqueued(f)
+
+
+def test_federated_queue_deleted_is_answered():
+    f = Federation()
+    gone = Client.register(f.b)
+    cqc = gone.client_queue_config()
+    f.b.records.delete_user(gone.qs_uid)
+    result = f.deliver(f.message(configs=[cqc, f.bob.client_queue_config()]))
+    assert [d.client_queue_config for d in result.response.queue_deleted] == [cqc]
+    assert result.enqueued == [f.bob.qs_cid]
+
+
+def test_operator_deny_and_allow_lists():
+    f = Federation(federation_deny=frozenset({Fqdn("a.example")}))
+    with pytest.raises(Forbidden):
+        f.deliver(f.message())
+    g = Federation(federation_allow=frozenset({Fqdn("z.example")}))
+    with pytest.raises(Forbidden):
+        g.deliver(g.message())
+    h = Federation(federation_allow=frozenset({Fqdn("a.example")}))
+    assert h.deliver(h.message()).enqueued
+
+
+def test_rate_limit_per_source_domain():
+    f = Federation(rate_limit_per_domain=RateLimit(2, 60_000), rate_limit_per_client_queue_config=None,
+                   rate_limit_per_queue=None)
+    f.deliver(f.message(b"1"))
+    f.deliver(f.message(b"2"))
+    with pytest.raises(RateLimited) as e:
+        f.deliver(f.message(b"3"), NOW + 15_000)
+    assert e.value.status == 429 and 1 <= e.value.retry_after <= 60
+    assert received(f.bob) == [content_bytes(b"1"), content_bytes(b"2")]
+    # the next window accepts again, and the refused message was not remembered
+    late = f.message(b"4", now_ms=NOW + 60_000)
+    assert f.deliver(late, NOW + 60_000).enqueued
+
+
+def test_rate_limit_per_client_queue_config():
+    f = Federation(rate_limit_per_domain=None, rate_limit_per_client_queue_config=RateLimit(1, 60_000),
+                   rate_limit_per_queue=None)
+    cqc = f.bob.client_queue_config()
+    f.deliver(f.message(configs=[cqc]))
+    with pytest.raises(RateLimited):
+        f.deliver(f.message(configs=[cqc]))
+    # another config of the same queue (another group) is still accepted
+    assert f.deliver(f.message(configs=[f.bob.client_queue_config()])).enqueued
+
+
+def test_rate_limit_per_queue():
+    f = Federation(rate_limit_per_domain=None, rate_limit_per_client_queue_config=None,
+                   rate_limit_per_queue=RateLimit(2, 60_000))
+    f.deliver(f.message(configs=[f.bob.client_queue_config()]))
+    f.deliver(f.message(configs=[f.bob.client_queue_config()]))
+    with pytest.raises(RateLimited):
+        f.deliver(f.message(configs=[f.bob.client_queue_config()]))
+    assert len(received(f.bob)) == 2
+
+
+def test_rate_limited_message_enqueues_nothing_even_for_other_queues():
+    f = Federation(rate_limit_per_domain=None, rate_limit_per_client_queue_config=None,
+                   rate_limit_per_queue=RateLimit(1, 60_000))
+    carol = Client.register(f.b)
+    received(carol)
+    f.deliver(f.message(configs=[f.bob.client_queue_config()]))
+    with pytest.raises(RateLimited):
+        f.deliver(f.message(configs=[carol.client_queue_config(), f.bob.client_queue_config()]))
+    assert received(carol) == []
+
+
+def test_outbound_item_is_reframed_with_fresh_timestamp_same_id():
+    f = Federation()
+    f.a.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP), NOW)
+    item = f.a.outbound.head("b.example")
+    first, later = f.a.frame_outbound(item, NOW), f.a.frame_outbound(item, NOW + 7_200_000)
+    assert first.message_id == later.message_id and later.timestamp == NOW + 7_200_000
+    assert f.deliver(later, NOW + 7_200_000).enqueued
+
+
+def test_outbound_item_for_unknown_item_type_rejected():
+    f = Federation()
+    with pytest.raises(Exception):
+        f.a.frame_outbound(OutboundItem("b.example", 1, b"\x00" * 16, b"garbage", NOW), NOW)

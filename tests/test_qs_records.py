@@ -1,0 +1,111 @@
+"""QS record stores (phoenix_ref.queuing.records): memory and SQLite behave alike."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from phoenix_ref.errors import Conflict
+from phoenix_ref.ids import GroupId, QsCid, QsUid
+from phoenix_ref.queuing.records import (
+    ClientRecord, MemoryQsRecords, SqliteQsRecords, UserRecord, blocklist_hash,
+)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = MemoryQsRecords() if request.param == "memory" else SqliteQsRecords(tmp_path / "qs.sqlite3")
+    yield s
+    s.close()
+
+
+def new_user(store, token=None):
+    uid = QsUid.random()
+    cid = QsCid.random(uid)
+    store.create_user(UserRecord(uid, b"u" * 32, token or os.urandom(32)),
+                      ClientRecord(cid, b"c" * 32, b"q" * 32, None, os.urandom(32)))
+    return uid, cid
+
+
+def test_user_roundtrip_and_delete(store):
+    uid, cid = new_user(store)
+    user, clients = store.get_user(uid)
+    assert user.user_record_auth_key == b"u" * 32 and [c.qs_cid for c in clients] == [cid]
+    assert store.delete_user(uid) == [cid]
+    assert store.get_user(uid) is None and store.get_client(cid) is None
+    assert store.delete_user(uid) == []
+
+
+def test_friendship_token_unique_on_create_and_update(store):
+    new_user(store, b"t" * 32)
+    with pytest.raises(Conflict):
+        new_user(store, b"t" * 32)
+    uid, _ = new_user(store)
+    with pytest.raises(Conflict):
+        store.update_user(uid, b"x" * 32, b"t" * 32)
+    assert store.update_user(uid, b"x" * 32, b"n" * 32)
+    assert not store.update_user(QsUid.random(), b"x" * 32, b"m" * 32)
+
+
+def test_key_packages_ordinary_first_last_resort_kept(store):
+    uid, cid = new_user(store, b"f" * 32)
+    assert store.take_add_packages(b"f" * 32) == []
+    store.replace_add_packages(cid, [(b"lr", True), (b"k1", False), (b"k2", False)])
+    assert [store.take_add_packages(b"f" * 32) for _ in range(4)] == [[b"k1"], [b"k2"], [b"lr"], [b"lr"]]
+    assert store.take_add_packages(b"nobody") is None
+
+
+def test_blocklist_and_client_for_enqueue(store):
+    uid, cid = new_user(store)
+    g1, g2 = GroupId.random("ds.a.example"), GroupId.random("ds.a.example")
+    assert store.client_for_enqueue(cid, g1)[1] is False
+    store.block(cid, g1)
+    store.block(cid, g1)  # idempotent
+    assert store.client_for_enqueue(cid, g1)[1] is True
+    assert store.client_for_enqueue(cid, g2)[1] is False
+    assert store.client_for_enqueue(QsCid.random(uid), g1) is None
+
+
+def test_blocklist_hash_is_salted():
+    g = GroupId.random("ds.a.example")
+    assert blocklist_hash(b"a" * 32, g) != blocklist_hash(b"b" * 32, g)
+
+
+def test_delete_last_client_deletes_user(store):
+    uid, cid = new_user(store)
+    second = ClientRecord(QsCid.random(uid), b"c" * 32, b"q" * 32, None, os.urandom(32))
+    assert store.add_client(second, 2)
+    with pytest.raises(Conflict):
+        store.add_client(ClientRecord(QsCid.random(uid), b"c" * 32, b"q" * 32, None, b"s" * 32), 2)
+    assert store.delete_client(cid) == (True, False)
+    assert store.delete_client(second.qs_cid) == (True, True)
+    assert store.get_user(uid) is None
+    assert store.delete_client(cid) == (False, False)
+    assert not store.add_client(ClientRecord(QsCid.random(uid), b"c" * 32, b"q" * 32, None, b"s" * 32), 2)
+
+
+def test_replay_cache_window(store):
+    assert store.remember_message_id("a.example", b"1" * 16, 1000, 500)
+    assert not store.remember_message_id("a.example", b"1" * 16, 1400, 500)
+    assert store.remember_message_id("b.example", b"1" * 16, 1400, 500)  # per source
+    assert store.remember_message_id("a.example", b"1" * 16, 1500, 500)  # expired: purged
+
+
+def test_rate_limit_fixed_windows(store):
+    assert store.count_hit("k", 1_000, 60_000) == (1, 60_000)
+    assert store.count_hit("k", 59_999, 60_000) == (2, 60_000)
+    assert store.count_hit("other", 59_999, 60_000) == (1, 60_000)
+    assert store.count_hit("k", 60_000, 60_000) == (1, 120_000)
+
+
+def test_sqlite_records_survive_reopen(tmp_path):
+    path = tmp_path / "qs.sqlite3"
+    s = SqliteQsRecords(path)
+    uid, cid = new_user(s, b"f" * 32)
+    s.remember_message_id("a.example", b"m" * 16, 0, 10_000)
+    s.close()
+    s2 = SqliteQsRecords(path)
+    assert s2.get_client(cid) is not None
+    assert not s2.remember_message_id("a.example", b"m" * 16, 5, 10_000)
+    s2.close()
