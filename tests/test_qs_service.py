@@ -1,0 +1,180 @@
+"""QsService (async shell), QueueNotifier, fan-out helpers and QS wire structs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from phoenix_ref.clock import FixedClock
+from phoenix_ref.codec import DecodeError, decode, encode
+from phoenix_ref.errors import ProtocolError
+from phoenix_ref.federation.outbound import (
+    Delivered, OutboundSender, Rejected, RetryLater,
+)
+from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
+from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
+from phoenix_ref.queuing.core import QsService, QueueNotifier
+from phoenix_ref.queuing.fanout import group_id_of, split_by_domain
+from phoenix_ref.queuing.messages import (
+    ClientQueueConfig, FanOutMessage, FederatedEnqueueResponse, QsToQsMessage, WelcomeBundle,
+)
+from phoenix_ref.mls.messages import Welcome
+
+from qs_helpers import NOW, Client, fan_out, make_core
+
+GROUP = GroupId.random("ds.a.example")
+
+
+def test_client_queue_config_is_wire_identical_to_the_kp_extension():
+    cqc = ClientQueueConfig(Fqdn("a.example"), os.urandom(50))
+    ext = decode(ExtClientQueueConfig, encode(cqc))
+    assert ext.client_homeserver_domain == b"a.example" and ext.sealed_config == cqc.sealed_config
+    assert decode(ClientQueueConfig, encode(ext)) == cqc
+
+
+def test_qs_to_qs_message_decoding_is_strict():
+    a = make_core("a.example")
+    b = make_core("b.example")
+    bob = Client.register(b)
+    a.local_enqueue(fan_out([bob.client_queue_config()], GROUP), NOW)
+    data = encode(a.frame_outbound(a.outbound.head("b.example"), NOW))
+    assert encode(decode(QsToQsMessage, data)) == data
+    for bad in (data + b"\x00", data[:-1], data[:40]):
+        with pytest.raises(DecodeError):
+            decode(QsToQsMessage, bad)
+
+
+def test_split_by_domain_keeps_order_and_content():
+    cfgs = [ClientQueueConfig(Fqdn(d), bytes([i])) for i, d in
+            enumerate(["b.example", "a.example", "b.example", "c.example"])]
+    msg = fan_out(cfgs, GROUP)
+    parts = split_by_domain(msg)
+    assert list(parts) == [Fqdn("b.example"), Fqdn("a.example"), Fqdn("c.example")]
+    assert [c.sealed_config for c in parts[Fqdn("b.example")].client_queue_configs] == [b"\x00", b"\x02"]
+    assert all(p.message_content == msg.message_content for p in parts.values())
+
+
+def test_group_id_of_welcome_bundle_and_messages():
+    assert group_id_of(fan_out([], GROUP)) == GROUP
+    wb = WelcomeBundle(Welcome(1, [], b"x"), b"a", b"b", b"c", GROUP)
+    assert group_id_of(FanOutMessage([], wb)) == GROUP
+
+
+# --- websocket notifications ---------------------------------------------------------------------
+
+async def test_notifier_wakes_only_the_right_queue_and_coalesces():
+    n = QueueNotifier()
+    a, b = QsCid.random(QsUid.random()), QsCid.random(QsUid.random())
+    async with n.subscribe(a) as ra, n.subscribe(b) as rb:
+        assert n.notify([a, a]) == 1
+        assert n.notify([a]) == 0  # coalesced: one pending wake-up is enough
+        assert ra.receive_nowait() is None
+        with pytest.raises(trio.WouldBlock):
+            rb.receive_nowait()
+    assert n.listeners(a) == 0
+
+
+async def test_service_local_enqueue_wakes_websocket():
+    core = make_core("a.example")
+    svc = QsService(core, FixedClock(NOW))
+    alice = Client.register(core)
+    woke = trio.Event()
+
+    async def listener(task_status=trio.TASK_STATUS_IGNORED):
+        async with svc.notifier.subscribe(alice.qs_cid) as ch:
+            task_status.started()
+            await ch.receive()
+            woke.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener)
+        result = await svc.local_enqueue(fan_out([alice.client_queue_config()], GROUP))
+        assert result.enqueued == [alice.qs_cid]
+        with trio.fail_after(5):
+            await woke.wait()
+
+
+# --- end to end: a.example's outbound queue to b.example's federated enqueue ---------------------------
+
+class TwoQs:
+    def __init__(self, tmp_path=None):
+        self.clock = FixedClock(NOW)
+        self.a = make_core("a.example", sqlite_dir=tmp_path)
+        self.b = make_core("b.example")
+        self.deleted = []
+        self.svc_a = QsService(self.a, self.clock, on_queue_deleted=self.deleted.extend)
+        self.svc_b = QsService(self.b, self.clock)
+        self.up = True
+        self.attempts = 0
+
+    async def fetch_key(self, domain: Fqdn, refresh: bool) -> bytes:
+        assert domain == Fqdn("a.example")
+        return self.a.keys.signing_key.public
+
+    async def send(self, item):
+        """What the homeserver's federation client does: POST and map the answer."""
+        self.attempts += 1
+        if not self.up:
+            raise OSError("connection refused")
+        msg = decode(QsToQsMessage, self.svc_a.frame_outbound(item))
+        try:
+            result = await self.svc_b.federated_enqueue(msg, self.fetch_key)
+        except ProtocolError as e:
+            if e.status == 429:
+                return RetryLater(e.code, e.retry_after)
+            return Rejected(e.status, e.code)
+        return Delivered(encode(result.response))
+
+
+async def test_federated_delivery_end_to_end_with_queue_deleted_callback(autojump_clock):
+    t = TwoQs()
+    bob, gone = Client.register(t.b), Client.register(t.b)
+    gone_cfg = gone.client_queue_config()
+    t.b.records.delete_user(gone.qs_uid)
+    sender = OutboundSender(t.a.outbound, t.send, on_delivered=t.svc_a.on_delivered)
+    t.svc_a.outbound_sender = sender
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sender.run)
+        result = await t.svc_a.local_enqueue(fan_out([bob.client_queue_config(), gone_cfg], GROUP, b"x"))
+        assert result.forwarded == [Fqdn("b.example")]
+        with trio.fail_after(60):
+            while not t.deleted:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert [d.client_queue_config for d in t.deleted] == [gone_cfg]
+    assert t.a.outbound.destinations() == []
+    from test_qs_core import dequeue
+    assert len(bob.read_queue(dequeue(bob).messages)) == 1
+
+
+async def test_net_split_heals_and_nothing_is_sent_twice(tmp_path, autojump_clock):
+    t = TwoQs(tmp_path)
+    bob = Client.register(t.b)
+    t.up = False
+    sender = OutboundSender(t.a.outbound, t.send, on_delivered=t.svc_a.on_delivered)
+    t.svc_a.outbound_sender = sender
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sender.run)
+        for i in range(3):
+            await t.svc_a.local_enqueue(fan_out([bob.client_queue_config()], GROUP, b"%d" % i))
+        with trio.fail_after(24 * 3600):  # a long split: retries keep failing
+            while t.attempts <= 8:
+                await trio.sleep(1)
+        assert t.a.outbound.destinations() == ["b.example"]
+        t.clock.advance(3 * 3600 * 1000)  # the wall clock moved on too: frames are re-signed fresh
+        t.up = True
+        with trio.fail_after(1000):
+            while t.a.outbound.destinations():
+                await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    from test_qs_core import dequeue
+    got = bob.read_queue(dequeue(bob, now_ms=t.clock.now_ms()).messages)
+    assert len(got) == 3
+    assert [g[-1:] for g in got] == [b"0", b"1", b"2"]  # in order
+
+
+def test_federated_enqueue_response_roundtrip():
+    r = FederatedEnqueueResponse([])
+    assert decode(FederatedEnqueueResponse, encode(r)) == r
