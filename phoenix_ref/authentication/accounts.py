@@ -1,0 +1,303 @@
+"""What the AS keeps (``spec/authentication_service.md#as-state``): the storage
+interface of the AS core and its SQLite implementation.
+
+Everything in the spec's list survives a restart — user entries (OPAQUE
+record, encrypted profile), client entries (credential, connection packages,
+direct queue), alias entries (auth key, direct queue, connection package
+payloads) — except the *ephemeral OPAQUE DB*, which the spec puts in memory
+(:mod:`phoenix_ref.opaque`). Token issuance records are the allowance
+counters of :mod:`phoenix_ref.privacy_pass_store`.
+
+The interface is narrow and speaks bytes and ids, so that another database
+(PostgreSQL) can implement it without touching the core. Every method is one
+transaction. Identifiers are stored as their canonical wire encoding (the
+codec guarantees equal ids encode equally, ``phoenix_ref/ids.py``); structs
+such as credentials and connection packages are stored encoded, exactly as
+they arrived, and are decoded by the core.
+
+Direct queues (user and alias) are kept by :mod:`phoenix_ref.queues` (queue
+encryption and dequeue semantics shared with the QS) in the same database
+file: :func:`open_as_storage` opens both. :func:`direct_queue_id` names the
+queue of a client (``b"c" || ClientId``) or of an alias (``b"a" || Alias``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from ..codec import decode, encode
+from ..errors import Conflict, NotFound
+from ..ids import Alias, ClientId, UserId
+from ..queues import ActivityPrecision, QueueConfig, Queues, SqliteQueueStore
+
+__all__ = [
+    "UserEntry", "ClientEntry", "AliasEntry", "QueueOwner", "AccountStore",
+    "SqliteAccountStore", "direct_queue_id", "open_as_storage",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class UserEntry:
+    """``#as-state`` user entry (its client entries are stored separately)."""
+    user_id: UserId
+    opaque_record: bytes
+    encrypted_user_profile: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientEntry:
+    """``#as-state`` client entry: the encoded ClientCredential of the client."""
+    client_id: ClientId
+    client_credential: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasEntry:
+    """``#as-state`` alias entry: the alias and its auth (signature) public key."""
+    alias: Alias
+    alias_auth_key: bytes
+
+
+# A direct queue belongs either to a client (user queue) or to an alias.
+QueueOwner = ClientId | Alias
+
+
+class AccountStore(Protocol):
+    """The AS's persistent state. Methods raise :class:`Conflict` /
+    :class:`NotFound` where noted; all other failures are bugs."""
+
+    # users and clients
+    def create_user(self, user: UserEntry, client: ClientEntry,
+                    connection_packages: list[tuple[bytes, int]]) -> None: ...
+    def user_exists(self, user_id: UserId) -> bool: ...
+    def get_user(self, user_id: UserId) -> UserEntry | None: ...
+    def set_user_profile(self, user_id: UserId, encrypted_user_profile: bytes) -> None: ...
+    def delete_user(self, user_id: UserId) -> list[ClientId]: ...
+    def get_client(self, client_id: ClientId) -> ClientEntry | None: ...
+    def add_connection_packages(self, client_id: ClientId, packages: list[tuple[bytes, int]]) -> None: ...
+    def take_connection_package(self, user_id: UserId, now_ms: int) -> bytes | None: ...
+
+    # aliases
+    def create_alias(self, alias: AliasEntry) -> None: ...
+    def get_alias(self, alias: Alias) -> AliasEntry | None: ...
+    def delete_alias(self, alias: Alias) -> None: ...
+    def add_alias_packages(self, alias: Alias, payloads: list[tuple[bytes, int]]) -> None: ...
+    def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    user_id BLOB PRIMARY KEY,
+    opaque_record BLOB NOT NULL,
+    user_profile BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id BLOB PRIMARY KEY,
+    user_id BLOB NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
+    client_credential BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS clients_by_user ON clients(user_id);
+CREATE TABLE IF NOT EXISTS connection_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    client_id BLOB NOT NULL REFERENCES clients(client_id) ON DELETE CASCADE,
+    not_after_ms INTEGER NOT NULL,
+    package BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packages_by_client ON connection_packages(client_id);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias BLOB PRIMARY KEY,
+    alias_auth_key BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alias_packages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    alias BLOB NOT NULL REFERENCES aliases(alias) ON DELETE CASCADE,
+    not_after_ms INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS packages_by_alias ON alias_packages(alias);
+"""
+
+
+def direct_queue_id(owner: QueueOwner) -> bytes:
+    """The id of the direct queue of a client or an alias in :mod:`phoenix_ref.queues`."""
+    if isinstance(owner, ClientId):
+        return b"c" + encode(owner)
+    if isinstance(owner, Alias):
+        return b"a" + encode(owner)
+    raise TypeError(f"a direct queue belongs to a ClientId or an Alias, not {type(owner).__name__}")
+
+
+class SqliteAccountStore:
+    """:class:`AccountStore` on one SQLite file (WAL), or ``":memory:"``.
+
+    One connection guarded by a lock, so that the HTTP layer may call it from
+    worker threads (``trio.to_thread.run_sync``, GUIDE §4). The caller owns
+    the store and must :meth:`close` it.
+    """
+
+    def __init__(self, path: str | Path = ":memory:"):
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA foreign_keys = ON")
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; rolled back if the body raises."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- users and clients ---------------------------------------------------
+
+    def create_user(self, user: UserEntry, client: ClientEntry,
+                    connection_packages: list[tuple[bytes, int]]) -> None:
+        """Create the user entry, its initial client entry and its connection
+        packages ``(encoded package, not_after_ms)`` (``#finish-user-registration``),
+        atomically. Raises :class:`Conflict` if the user id is taken."""
+        uid = encode(user.user_id)
+        cid = encode(client.client_id)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE user_id = ?", (uid,)).fetchone():
+                raise Conflict(f"user {user.user_id} already exists", code="user_exists")
+            db.execute("INSERT INTO users VALUES (?, ?, ?)",
+                       (uid, user.opaque_record, user.encrypted_user_profile))
+            db.execute("INSERT INTO clients VALUES (?, ?, ?)", (cid, uid, client.client_credential))
+            db.executemany("INSERT INTO connection_packages (client_id, not_after_ms, package) VALUES (?, ?, ?)",
+                           [(cid, not_after, p) for p, not_after in connection_packages])
+
+    def user_exists(self, user_id: UserId) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM users WHERE user_id = ?",
+                                    (encode(user_id),)).fetchone() is not None
+
+    def get_user(self, user_id: UserId) -> UserEntry | None:
+        with self._lock:
+            row = self._db.execute("SELECT opaque_record, user_profile FROM users WHERE user_id = ?",
+                                   (encode(user_id),)).fetchone()
+        return None if row is None else UserEntry(user_id, row[0], row[1])
+
+    def set_user_profile(self, user_id: UserId, encrypted_user_profile: bytes) -> None:
+        with self._tx() as db:
+            cur = db.execute("UPDATE users SET user_profile = ? WHERE user_id = ?",
+                             (encrypted_user_profile, encode(user_id)))
+            if cur.rowcount == 0:
+                raise NotFound(f"no user {user_id}", code="unknown_user")
+
+    def delete_user(self, user_id: UserId) -> list[ClientId]:
+        """Delete the user entry with all its client entries and their
+        connection packages (``#user-account-deletion``); returns the deleted
+        clients, whose direct queues the caller deletes."""
+        uid = encode(user_id)
+        with self._tx() as db:
+            cids = [decode(ClientId, bytes(r[0]))
+                    for r in db.execute("SELECT client_id FROM clients WHERE user_id = ?", (uid,))]
+            cur = db.execute("DELETE FROM users WHERE user_id = ?", (uid,))
+            if cur.rowcount == 0:
+                raise NotFound(f"no user {user_id}", code="unknown_user")
+            return cids
+
+    def get_client(self, client_id: ClientId) -> ClientEntry | None:
+        with self._lock:
+            row = self._db.execute("SELECT client_credential FROM clients WHERE client_id = ?",
+                                   (encode(client_id),)).fetchone()
+        return None if row is None else ClientEntry(client_id, row[0])
+
+    def add_connection_packages(self, client_id: ClientId, packages: list[tuple[bytes, int]]) -> None:
+        """Store ``(encoded ConnectionPackage, not_after_ms)`` pairs for a client."""
+        cid = encode(client_id)
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM clients WHERE client_id = ?", (cid,)).fetchone():
+                raise NotFound(f"no client {client_id}", code="unknown_client")
+            db.executemany("INSERT INTO connection_packages (client_id, not_after_ms, package) VALUES (?, ?, ?)",
+                           [(cid, not_after, p) for p, not_after in packages])
+
+    def take_connection_package(self, user_id: UserId, now_ms: int) -> bytes | None:
+        """One connection package of any client of the user (``#get-user-id-connection-package``)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM connection_packages WHERE not_after_ms < ? AND client_id IN "
+                       "(SELECT client_id FROM clients WHERE user_id = ?)", (now_ms, encode(user_id)))
+            rows = db.execute(
+                "SELECT p.id, p.package FROM connection_packages p JOIN clients c ON p.client_id = c.client_id "
+                "WHERE c.user_id = ? ORDER BY p.id LIMIT 2", (encode(user_id),)).fetchall()
+            return self._take(db, "connection_packages", rows)
+
+    @staticmethod
+    def _take(db: sqlite3.Connection, table: str, rows: list) -> bytes | None:
+        """Hand out the oldest package; it is used up unless it is the last one,
+        which is kept as a last resort so the owner stays reachable (decision)."""
+        if not rows:
+            return None
+        if len(rows) > 1:
+            db.execute(f"DELETE FROM {table} WHERE id = ?", (rows[0][0],))
+        return rows[0][1]
+
+    # --- aliases -------------------------------------------------------------------
+
+    def create_alias(self, alias: AliasEntry) -> None:
+        """``#register-alias``: raises :class:`Conflict` if the alias is taken."""
+        key = encode(alias.alias)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM aliases WHERE alias = ?", (key,)).fetchone():
+                raise Conflict(f"alias {alias.alias} is already registered", code="alias_exists")
+            db.execute("INSERT INTO aliases VALUES (?, ?)", (key, alias.alias_auth_key))
+
+    def get_alias(self, alias: Alias) -> AliasEntry | None:
+        with self._lock:
+            row = self._db.execute("SELECT alias_auth_key FROM aliases WHERE alias = ?",
+                                   (encode(alias),)).fetchone()
+        return None if row is None else AliasEntry(alias, row[0])
+
+    def delete_alias(self, alias: Alias) -> None:
+        """``#delete-alias``: the entry and its package payloads (the caller
+        deletes its direct queue)."""
+        with self._tx() as db:
+            if db.execute("DELETE FROM aliases WHERE alias = ?", (encode(alias),)).rowcount == 0:
+                raise NotFound(f"no alias {alias}", code="unknown_alias")
+
+    def add_alias_packages(self, alias: Alias, payloads: list[tuple[bytes, int]]) -> None:
+        key = encode(alias)
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM aliases WHERE alias = ?", (key,)).fetchone():
+                raise NotFound(f"no alias {alias}", code="unknown_alias")
+            db.executemany("INSERT INTO alias_packages (alias, not_after_ms, payload) VALUES (?, ?, ?)",
+                           [(key, not_after, p) for p, not_after in payloads])
+
+    def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None:
+        key = encode(alias)
+        with self._tx() as db:
+            db.execute("DELETE FROM alias_packages WHERE alias = ? AND not_after_ms < ?", (key, now_ms))
+            rows = db.execute("SELECT id, payload FROM alias_packages WHERE alias = ? ORDER BY id LIMIT 2",
+                              (key,)).fetchall()
+            return self._take(db, "alias_packages", rows)
+
+
+def open_as_storage(path: str | Path, *, max_messages: int | None = None,
+                    rotation_interval_ms: int | None = 24 * 3600 * 1000) -> tuple[SqliteAccountStore, Queues]:
+    """The AS's storage in one SQLite file: accounts and direct queues
+    (tables ``as_direct_*``, activity kept to the month, ``#as-state``).
+    ``max_messages`` is the AS's "maximal number of requested messages"
+    (``#configuration``). The caller closes both."""
+    accounts = SqliteAccountStore(path)
+    cfg = QueueConfig(activity_precision=ActivityPrecision.MONTH, rotation_interval_ms=rotation_interval_ms)
+    if max_messages is not None:
+        cfg = dataclasses.replace(cfg, max_messages=max_messages)
+    return accounts, Queues(SqliteQueueStore(path, "as_direct"), cfg)

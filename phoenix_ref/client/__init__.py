@@ -1,0 +1,1 @@
+"""Reference client used by tests, the demo and the CLI (GUIDE §1)."""

@@ -1,0 +1,286 @@
+"""The client side of the Authentication Service (``spec/authentication_service.md``).
+
+Two layers, like the services:
+
+* sans-IO builders — :class:`Registration` (OPAQUE registration plus CSR,
+  ``#initialize-user-registration`` / ``#finish-user-registration``),
+  :class:`AsIdentity` (a registered client: signs its requests with mode
+  **Client Credential**, makes connection packages, decrypts its direct
+  queue), :class:`AliasIdentity` (mode **Alias auth key**) and the
+  connection-establishment helpers (:func:`check_connection_package`,
+  :func:`open_connection_establishment`);
+* :class:`AsClient` — the same requests over HTTPS to ``as.<domain>`` (any
+  domain: connection establishment and token issuance cross homeservers,
+  ``spec/authentication_service/connection_establishment.md``).
+
+Tests, the demo and the CLI use this module; it is a reference client, not a
+product: secrets live in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import crypto, opaque
+from .. import privacy_pass as pp
+from ..auth_tokens import AliasAuth, ClientCredentialAuth, RequestBinding
+from ..codec import encode
+from ..credentials import (
+    AsCredentialsResponse, ClientCredential, ClientCredentialCsr, CredentialChain, ExpirationData, TrustStore,
+)
+from ..ids import Alias, ClientId, Fqdn, GroupId, UserId
+from ..queue_crypto import QueueMessage, QueueRatchetState, RATCHET_KEY_LEN, decrypt_queue_message
+from ..authentication import messages as m
+from ..authentication.core import operation
+
+__all__ = [
+    "Registration", "AsIdentity", "AliasIdentity", "DirectQueueReader", "new_connection_payload",
+    "check_connection_package", "open_connection_establishment", "make_connection_establishment",
+]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def _binding(domain: Fqdn, name: str, params: Any) -> RequestBinding:
+    return RequestBinding(domain, operation(name).path, encode(params))
+
+
+@dataclass
+class DirectQueueReader:
+    """The owner's side of a direct queue: the HPKE key pair and the ratchet
+    state mirrored from the AS (``spec/queuing_service/queue_encryption.md``)."""
+    keys: crypto.HpkeKeyPair
+    state: QueueRatchetState
+
+    @classmethod
+    def new(cls) -> "DirectQueueReader":
+        return cls(crypto.HpkeKeyPair.generate(), QueueRatchetState(os.urandom(RATCHET_KEY_LEN), 0))
+
+    def read(self, messages: list[QueueMessage]) -> list[bytes]:
+        """Decrypt dequeued messages in order; returns the application
+        payloads (ratchet updates carry none). Messages already processed
+        (a repeated dequeue) are skipped."""
+        out = []
+        for msg in messages:
+            if msg.sequence_number < self.state.generation:
+                continue
+            plain, self.state = decrypt_queue_message(self.keys.private, self.state, msg)
+            if plain is not None:
+                out.append(plain)
+        return out
+
+    @property
+    def next_sequence_number(self) -> int:
+        return self.state.generation
+
+
+def new_connection_payload(now_ms: int, lifetime_ms: int = 30 * DAY_MS) -> tuple[m.ConnectionPackagePayload, crypto.HpkeKeyPair]:
+    """A fresh ConnectionPackagePayload and the key pair to open what it receives."""
+    keys = crypto.HpkeKeyPair.generate()
+    return m.ConnectionPackagePayload(keys.public, ExpirationData(now_ms, now_ms + lifetime_ms)), keys
+
+
+@dataclass
+class AsIdentity:
+    """A registered client of ``domain``'s AS."""
+    domain: Fqdn
+    client_id: ClientId
+    signing_key: crypto.SigningKey
+    credential: ClientCredential
+    password: bytes
+    queue: DirectQueueReader
+    connection_keys: dict[bytes, crypto.HpkeKeyPair] = field(default_factory=dict)
+
+    @property
+    def user_id(self) -> UserId:
+        return self.client_id.user_id
+
+    def auth(self, name: str, params: Any, now_ms: int, *, audience: Fqdn | None = None) -> ClientCredentialAuth:
+        """Mode **Client Credential** for endpoint ``name`` of the AS of
+        ``audience`` (default: the client's own AS)."""
+        return ClientCredentialAuth.create(self.signing_key, self.credential, now_ms,
+                                           _binding(audience or self.domain, name, params))
+
+    def connection_package(self, now_ms: int, lifetime_ms: int = 30 * DAY_MS) -> m.ConnectionPackage:
+        """A signed connection package; its decryption key is kept."""
+        payload, keys = new_connection_payload(now_ms, lifetime_ms)
+        self.connection_keys[keys.public] = keys
+        return m.ConnectionPackage.create(self.signing_key, self.credential, payload)
+
+    # request builders ---------------------------------------------------------------
+
+    def update_profile(self, profile_ctxt: bytes, now_ms: int) -> m.UpdateUserProfileRequest:
+        p = m.UpdateUserProfileParams(profile_ctxt)
+        return m.UpdateUserProfileRequest(self.auth("update_user_profile", p, now_ms), p)
+
+    def upload_packages(self, n: int, now_ms: int) -> m.UploadUserIdPackagesRequest:
+        p = m.UploadUserIdPackages([encode(self.connection_package(now_ms)) for _ in range(n)])
+        return m.UploadUserIdPackagesRequest(self.auth("upload_connection_packages", p, now_ms), p)
+
+    def dequeue(self, now_ms: int, max_messages: int = 100) -> m.DequeueMessagesRequest:
+        p = m.DequeueMessagesParams(self.queue.next_sequence_number, max_messages)
+        return m.DequeueMessagesRequest(self.auth("as_dequeue_messages", p, now_ms), p)
+
+    def initiate_2fa(self, now_ms: int) -> tuple[bytes, m.Initiate2FaRequest]:
+        """Start the OPAQUE login; returns the client state and the request."""
+        start = opaque.client_login_start(self.password)
+        p = m.Initiate2FaAuthenticationParams(start.message)
+        return start.state, m.Initiate2FaRequest(self.auth("initiate_2fa", p, now_ms), p)
+
+    def delete_user(self, login_state: bytes, response: m.Initiate2FaAuthenticationResponse,
+                    now_ms: int) -> m.DeleteUserRequest:
+        """Finish the OPAQUE login (KE3) and ask for account deletion."""
+        fin = opaque.client_login_finish(self.password, login_state, response.opaque_ke2)
+        p = m.DeleteUserParams(fin.ke3)
+        return m.DeleteUserRequest(self.auth("delete_user", p, now_ms), p)
+
+    def request_tokens(self, issuer_public_key: bytes, issuer_domain: Fqdn, n: int,
+                       now_ms: int) -> tuple[pp.IssuanceState, m.RequestTokenRequest]:
+        """A token request to the AS of ``issuer_domain`` (own or federated)."""
+        state, token_request = pp.begin_issuance(issuer_public_key, pp.homeserver_challenge(issuer_domain), n)
+        p = m.RequestToken(token_request)
+        return state, m.RequestTokenRequest(self.auth("request_tokens", p, now_ms, audience=issuer_domain), p)
+
+    def make_connection_establishment(self, package_key: bytes, group_id: GroupId, ear_key: bytes,
+                                      credential_key: bytes) -> bytes:
+        """Sign and seal a ConnectionEstablishmentPackage to ``package_key``
+        (the responder's connection encryption key)."""
+        return make_connection_establishment(self.signing_key, self.credential, package_key, group_id,
+                                             ear_key, credential_key)
+
+    def open_connection_establishment(self, ctxt: bytes, trust: TrustStore,
+                                      now_ms: int) -> m.ConnectionEstablishmentPackage:
+        return open_connection_establishment(self.connection_keys.values(), ctxt, trust, now_ms)
+
+
+@dataclass
+class Registration:
+    """A registration in progress (``#initialize-user-registration``)."""
+    domain: Fqdn
+    client_id: ClientId
+    signing_key: crypto.SigningKey
+    password: bytes
+    opaque_state: bytes
+
+    @classmethod
+    def start(cls, domain: Fqdn | str, password: bytes, intermediate_fingerprint: bytes, now_ms: int, *,
+              user_id: UserId | None = None, validity_ms: int = 365 * DAY_MS) -> tuple["Registration", m.InitUserRegistrationParams]:
+        """Pick a user id (random unless given), self-sign a CSR naming the
+        AS intermediate credential ``intermediate_fingerprint`` and start
+        OPAQUE registration."""
+        domain = domain if isinstance(domain, Fqdn) else Fqdn(domain)
+        uid = user_id or UserId.random(domain)
+        client_id = ClientId.random(uid)
+        key = crypto.SigningKey.generate()
+        csr = ClientCredentialCsr.create(client_id, key, intermediate_fingerprint, now_ms, now_ms + validity_ms)
+        start = opaque.client_registration_start(password)
+        return cls(domain, client_id, key, password, start.state), m.InitUserRegistrationParams(csr, start.message)
+
+    def finish(self, response: m.InitUserRegistrationResponse, now_ms: int, *,
+               connection_packages: int = 1) -> tuple[AsIdentity, m.FinishUserRegistrationRequest]:
+        """Finish OPAQUE registration, create the direct queue keys and the
+        first connection packages; returns the identity and the request."""
+        if response.client_credential.client_id != self.client_id or \
+                response.client_credential.public_key != self.signing_key.public:
+            raise ValueError("the AS signed a credential for another client or key")
+        fin = opaque.client_registration_finish(self.password, self.opaque_state,
+                                                response.opaque_registration_response)
+        queue = DirectQueueReader.new()
+        ident = AsIdentity(self.domain, self.client_id, self.signing_key, response.client_credential,
+                           self.password, queue)
+        packages = [ident.connection_package(now_ms) for _ in range(connection_packages)]
+        p = m.FinishUserRegistrationParams(queue.keys.public, queue.state.ratchet_key, packages, fin.record)
+        return ident, m.FinishUserRegistrationRequest(ident.auth("finish_user_registration", p, now_ms), p)
+
+
+@dataclass
+class AliasIdentity:
+    """The holder of an alias (``spec/glossary.md#alias-auth-key``)."""
+    domain: Fqdn
+    alias: Alias
+    auth_key: crypto.SigningKey
+    queue: DirectQueueReader
+    connection_keys: dict[bytes, crypto.HpkeKeyPair] = field(default_factory=dict)
+
+    @classmethod
+    def new(cls, domain: Fqdn | str, alias: Alias | str) -> tuple["AliasIdentity", m.RegisterAlias]:
+        domain = domain if isinstance(domain, Fqdn) else Fqdn(domain)
+        alias = alias if isinstance(alias, Alias) else Alias(alias)
+        ident = cls(domain, alias, crypto.SigningKey.generate(), DirectQueueReader.new())
+        req = m.RegisterAlias(alias, ident.auth_key.public, ident.queue.keys.public, ident.queue.state.ratchet_key)
+        return ident, req
+
+    def auth(self, name: str, params: Any, now_ms: int) -> AliasAuth:
+        return AliasAuth.create(self.auth_key, self.alias, now_ms, _binding(self.domain, name, params))
+
+    def upload_packages(self, n: int, now_ms: int) -> m.UploadAliasPackagesRequest:
+        payloads = []
+        for _ in range(n):
+            payload, keys = new_connection_payload(now_ms)
+            self.connection_keys[keys.public] = keys
+            payloads.append(payload)
+        p = m.UploadAliasPackages(self.alias, payloads)
+        return m.UploadAliasPackagesRequest(self.auth("upload_alias_packages", p, now_ms), p)
+
+    def dequeue(self, now_ms: int, max_messages: int = 100) -> m.DequeueAliasMessagesRequest:
+        p = m.DequeueAliasMessagesParams(self.alias, self.queue.next_sequence_number, max_messages)
+        return m.DequeueAliasMessagesRequest(self.auth("dequeue_alias_messages", p, now_ms), p)
+
+    def delete(self, now_ms: int) -> m.DeleteAliasRequest:
+        p = m.DeleteAlias(self.alias)
+        return m.DeleteAliasRequest(self.auth("delete_alias", p, now_ms), p)
+
+    def open_connection_establishment(self, ctxt: bytes, trust: TrustStore,
+                                      now_ms: int) -> m.ConnectionEstablishmentPackage:
+        return open_connection_establishment(self.connection_keys.values(), ctxt, trust, now_ms)
+
+
+# --- connection establishment (connection_establishment.md#connection-group-creation) ---------
+
+def check_connection_package(package: m.ConnectionPackage, expected_user: UserId, trust: TrustStore,
+                             now_ms: int) -> CredentialChain:
+    """The initiator's checks on a fetched ConnectionPackage: it belongs to
+    the user asked for, its credential chains to that user's AS credentials
+    (``trust`` must hold them, fetched over TLS), it is signed by that
+    credential and still valid. Raises a ProtocolError subclass."""
+    from ..errors import Unauthorized
+    if package.client_credential.client_id.user_id != expected_user:
+        raise Unauthorized(f"connection package of {package.client_credential.client_id}, "
+                           f"not of {expected_user}", code="connection_package_wrong_user")
+    chain = trust.verify_client_credential(package.client_credential, now_ms)
+    package.verify_signature()
+    if not package.payload.lifetime.is_valid_at(now_ms):
+        raise Unauthorized("connection package is not valid now", code="connection_package_expired")
+    return chain
+
+
+def make_connection_establishment(key: crypto.SigningKey, credential: ClientCredential, package_key: bytes,
+                                  group_id: GroupId, ear_key: bytes, credential_key: bytes) -> bytes:
+    cep = m.ConnectionEstablishmentPackage.create(key, credential, group_id, ear_key, credential_key)
+    return cep.seal(package_key)
+
+
+def open_connection_establishment(keys: Any, ctxt: bytes, trust: TrustStore,
+                                  now_ms: int) -> m.ConnectionEstablishmentPackage:
+    """The responder's side: open with one of its connection keys, verify the
+    signature and the sender's credential chain (``trust`` must hold the
+    sender's AS credentials). Raises a ProtocolError subclass."""
+    last: Exception | None = None
+    for kp in keys:
+        try:
+            cep = m.ConnectionEstablishmentPackage.open(kp.private, ctxt)
+            break
+        except m.BadConnectionEstablishmentPackage as e:
+            last = e
+    else:
+        raise last or m.BadConnectionEstablishmentPackage("no connection key to open it with")
+    cep.verify_signature()
+    trust.verify_client_credential(cep.sender_client_credential, now_ms)
+    return cep
+
+
+def trust_for(answers: dict[Fqdn, AsCredentialsResponse]) -> TrustStore:
+    """A TrustStore over *Get AS credentials* answers fetched over TLS."""
+    return TrustStore.of(answers)

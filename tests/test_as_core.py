@@ -1,0 +1,524 @@
+"""Unit tests of the AS core (phoenix_ref/authentication/core.py), endpoint by endpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from phoenix_ref import auth_tokens, opaque
+from phoenix_ref import privacy_pass as pp
+from phoenix_ref.authentication import messages as m
+from phoenix_ref.authentication.core import (
+    OPERATIONS, AuthenticationCore, AuthMode, NoConnectionPackage, UnknownClient, operation,
+)
+from phoenix_ref.client.as_client import (
+    AliasIdentity, Registration, check_connection_package, trust_for,
+)
+from phoenix_ref.codec import encode
+from phoenix_ref.credentials import ClientCredentialCsr, InvalidCsr, TrustStore, UnknownSigner
+from phoenix_ref.crypto import SigningKey
+from phoenix_ref.errors import Conflict, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
+from phoenix_ref.ids import Alias, ClientId, Fqdn, GroupId, UserId
+
+from as_fixtures import NOW, build
+
+DOMAIN = Fqdn("a.example")
+
+
+@pytest.fixture
+def asu(tmp_path):
+    a = build(DOMAIN, tmp_path / "as.db")
+    yield a
+    a.close()
+
+
+def start_registration(asu, password=b"pw", **kw):
+    return Registration.start(asu.domain, password, asu.secrets.intermediate.fingerprint(), NOW, **kw)
+
+
+# --- the operation table ---------------------------------------------------------------
+
+def test_operation_table_matches_spec_authentication_modes():
+    modes = {op.name: (op.auth, op.privacy_pass) for op in OPERATIONS}
+    assert modes["init_user_registration"] == (AuthMode.NONE, False)
+    assert modes["finish_user_registration"] == (AuthMode.CLIENT_2FA, True)
+    assert modes["delete_user"] == (AuthMode.CLIENT_2FA, True)
+    assert modes["initiate_2fa"] == (AuthMode.CLIENT_CREDENTIAL, True)
+    assert modes["request_tokens"] == (AuthMode.CLIENT_CREDENTIAL, False)
+    for name in ("delete_alias", "dequeue_alias_messages", "upload_alias_packages"):
+        assert modes[name] == (AuthMode.ALIAS_AUTH_KEY, True)
+    for name in ("user_profile", "user_connection_package", "as_enqueue_message", "register_alias",
+                 "enqueue_alias_message", "alias_connection_package"):
+        assert modes[name] == (AuthMode.NONE, True)
+    # one core method per operation, and every section id is the endpoint's own heading
+    method_of = {"as_dequeue_messages": "dequeue_messages", "as_enqueue_message": "enqueue_message"}
+    for op in OPERATIONS:
+        assert callable(getattr(AuthenticationCore, method_of.get(op.name, op.name)))
+        assert op.section.startswith("spec/authentication_service.md#")
+        assert op.path == f"/phoenix/v1/{op.name}"
+
+
+def test_operation_sections_exist():
+    from phoenix_ref.spec_sections import check_section
+    for op in OPERATIONS:
+        assert check_section(op.section) is None, op.section
+
+
+# --- registration -------------------------------------------------------------------------
+
+def test_register_then_fetch_and_update_profile(asu):
+    ident = asu.register()
+    assert asu.core.user_profile(m.UserProfileParams(ident.user_id), NOW).user_profile == b""
+    asu.core.update_user_profile(ident.update_profile(b"encrypted profile", NOW), NOW)
+    assert asu.core.user_profile(m.UserProfileParams(ident.user_id), NOW).user_profile == b"encrypted profile"
+    # the AS signed the CSR with its intermediate credential: the chain verifies
+    asu.core.trust.verify_client_credential(ident.credential, NOW)
+    assert ident.credential.signer_fingerprint == asu.secrets.intermediate.fingerprint()
+    assert len(asu.core.ephemeral) == 0
+
+
+def test_init_registration_refuses_existing_user(asu):
+    ident = asu.register()
+    _, init = start_registration(asu, user_id=ident.user_id)
+    with pytest.raises(Conflict):
+        asu.core.init_user_registration(init, NOW)
+
+
+def test_init_registration_refuses_foreign_domain_and_bad_csr(asu):
+    _, init = Registration.start("b.example", b"pw", asu.secrets.intermediate.fingerprint(), NOW)
+    with pytest.raises(Malformed):
+        asu.core.init_user_registration(init, NOW)
+    _, init = start_registration(asu)
+    bad = dataclasses.replace(init.client_csr, self_signature=bytes(64))
+    with pytest.raises(InvalidCsr):
+        asu.core.init_user_registration(dataclasses.replace(init, client_csr=bad), NOW)
+    # a CSR naming another intermediate
+    csr = ClientCredentialCsr.create(init.client_csr.payload.client_id, SigningKey.generate(), b"\x00" * 32,
+                                     NOW, NOW + 1000)
+    with pytest.raises(InvalidCsr):
+        asu.core.init_user_registration(dataclasses.replace(init, client_csr=csr), NOW)
+
+
+def test_init_registration_refuses_bad_opaque_request(asu):
+    _, init = start_registration(asu)
+    with pytest.raises(Malformed):
+        asu.core.init_user_registration(dataclasses.replace(init, opaque_registration_request=b"junk"), NOW)
+    assert len(asu.core.ephemeral) == 0
+
+
+def test_finish_registration_needs_pending_entry_and_its_credential(asu):
+    reg, init = start_registration(asu)
+    resp = asu.core.init_user_registration(init, NOW)
+    ident, finish = reg.finish(resp, NOW)
+    # expired ephemeral entry
+    with pytest.raises(Unauthorized):
+        asu.core.finish_user_registration(finish, NOW + asu.core.config.ephemeral_ttl_ms + 1)
+    # a fresh registration; someone else's credential for the same user id is refused
+    reg, init = start_registration(asu, user_id=ident.user_id)
+    resp = asu.core.init_user_registration(init, NOW)
+    ident, finish = reg.finish(resp, NOW)
+    reg2, init2 = start_registration(asu)
+    resp2 = asu.core.init_user_registration(init2, NOW)
+    other = dataclasses.replace(
+        resp2, client_credential=dataclasses.replace(resp2.client_credential))
+    forged = dataclasses.replace(finish, auth=dataclasses.replace(finish.auth,
+                                                                  client_credential=other.client_credential))
+    with pytest.raises(Unauthorized):
+        asu.core.finish_user_registration(forged, NOW)
+    # a signature bound to another request body is refused
+    tampered = dataclasses.replace(finish, params=dataclasses.replace(finish.params, connection_packages=[]))
+    with pytest.raises(auth_tokens.TokenBadSignature):
+        asu.core.finish_user_registration(tampered, NOW)
+    asu.core.finish_user_registration(finish, NOW)
+    # finishing twice: the ephemeral entry is gone
+    with pytest.raises(Unauthorized):
+        asu.core.finish_user_registration(finish, NOW)
+
+
+def test_finish_registration_checks_keys_and_packages(asu):
+    reg, init = start_registration(asu)
+    resp = asu.core.init_user_registration(init, NOW)
+    ident, finish = reg.finish(resp, NOW)
+
+    def with_params(**changes):
+        p = dataclasses.replace(finish.params, **changes)
+        return m.FinishUserRegistrationRequest(ident.auth("finish_user_registration", p, NOW), p)
+
+    with pytest.raises(Malformed):
+        asu.core.finish_user_registration(with_params(queue_encryption_key=b"short"), NOW)
+    with pytest.raises(Malformed):
+        asu.core.finish_user_registration(with_params(initial_queue_ratchet_key=b"x" * 5), NOW)
+    with pytest.raises(Malformed):
+        asu.core.finish_user_registration(with_params(opaque_registration_record=b"x" * 10), NOW)
+    cp = finish.params.connection_packages[0]
+    with pytest.raises(m.BadConnectionSignature):
+        asu.core.finish_user_registration(
+            with_params(connection_packages=[dataclasses.replace(cp, signature=bytes(64))]), NOW)
+    assert not asu.core.accounts.user_exists(ident.user_id)
+    asu.core.finish_user_registration(finish, NOW)
+    assert asu.core.accounts.user_exists(ident.user_id)
+
+
+def test_finish_registration_refuses_taken_user_id(asu):
+    reg1, init1 = start_registration(asu)
+    uid = init1.client_csr.payload.client_id.user_id
+    reg2, init2 = start_registration(asu, user_id=uid)
+    resp1 = asu.core.init_user_registration(init1, NOW)
+    resp2 = asu.core.init_user_registration(init2, NOW)  # replaces the pending entry
+    _, fin1 = reg1.finish(resp1, NOW)
+    _, fin2 = reg2.finish(resp2, NOW)
+    with pytest.raises(Unauthorized):  # not the credential pending for this user id any more
+        asu.core.finish_user_registration(fin1, NOW)
+    asu.core.finish_user_registration(fin2, NOW)
+    with pytest.raises(Conflict):
+        asu.core.init_user_registration(init1, NOW)
+
+
+# --- Client Credential authentication ---------------------------------------------------
+
+def test_client_credential_auth_is_enforced(asu):
+    ident = asu.register()
+    req = ident.update_profile(b"p", NOW)
+    with pytest.raises(auth_tokens.TokenExpired):
+        asu.core.update_user_profile(req, NOW + asu.core.config.auth_max_age_ms + 1)
+    with pytest.raises(auth_tokens.TokenBadSignature):  # signed for another endpoint
+        p = m.UpdateUserProfileParams(b"p")
+        asu.core.update_user_profile(m.UpdateUserProfileRequest(ident.auth("initiate_2fa", p, NOW), p), NOW)
+    with pytest.raises(auth_tokens.TokenBadSignature):  # another body
+        asu.core.update_user_profile(dataclasses.replace(req, params=m.UpdateUserProfileParams(b"q")), NOW)
+    # an otherwise valid credential of this AS without client entry
+    reg, init = start_registration(asu)
+    resp = asu.core.init_user_registration(init, NOW)
+    pending, _ = reg.finish(resp, NOW)
+    with pytest.raises(UnknownClient):
+        asu.core.update_user_profile(pending.update_profile(b"p", NOW), NOW)
+    asu.core.update_user_profile(req, NOW)
+
+
+# --- 2FA, restart and account deletion ----------------------------------------------------
+
+def test_register_reopen_store_then_log_in_and_delete(asu):
+    ident = asu.register(password=b"secret")
+    asu.core.update_user_profile(ident.update_profile(b"profile", NOW), NOW)
+    asu2 = asu.reopen()
+    try:
+        core = asu2.core
+        assert core.user_profile(m.UserProfileParams(ident.user_id), NOW).user_profile == b"profile"
+        state, req = ident.initiate_2fa(NOW)
+        resp = core.initiate_2fa(req, NOW)
+        delete = ident.delete_user(state, resp, NOW)  # the client's OPAQUE login succeeds
+        core.delete_user(delete, NOW)
+        with pytest.raises(NotFound):
+            core.user_profile(m.UserProfileParams(ident.user_id), NOW)
+        with pytest.raises(UnknownClient):  # the credential no longer authenticates
+            core.update_user_profile(ident.update_profile(b"x", NOW), NOW)
+        with pytest.raises(NotFound):  # the direct queue is gone
+            core.enqueue_message(m.EnqueueMessageParams(ident.client_id, b"x"), NOW)
+    finally:
+        asu2.close()
+
+
+def test_restart_forgets_pending_2fa(asu):
+    ident = asu.register(password=b"secret")
+    state, req = ident.initiate_2fa(NOW)
+    resp = asu.core.initiate_2fa(req, NOW)
+    delete = ident.delete_user(state, resp, NOW)
+    asu2 = asu.reopen()
+    try:
+        with pytest.raises(Unauthorized):
+            asu2.core.delete_user(delete, NOW)
+        assert asu2.core.accounts.user_exists(ident.user_id)
+    finally:
+        asu2.close()
+
+
+def test_delete_user_with_wrong_password_fails(asu):
+    ident = asu.register(password=b"secret")
+    wrong = dataclasses.replace(ident, password=b"guess")
+    state, req = wrong.initiate_2fa(NOW)
+    resp = asu.core.initiate_2fa(req, NOW)
+    with pytest.raises(Unauthorized):  # the client notices: KE2 does not authenticate
+        wrong.delete_user(state, resp, NOW)
+    # a KE3 made without the password fails at the server, once
+    p = m.DeleteUserParams(bytes(64))
+    with pytest.raises(Unauthorized):
+        asu.core.delete_user(m.DeleteUserRequest(ident.auth("delete_user", p, NOW), p), NOW)
+    with pytest.raises(Unauthorized):  # no pending 2FA any more
+        asu.core.delete_user(m.DeleteUserRequest(ident.auth("delete_user", p, NOW), p), NOW)
+    assert asu.core.accounts.user_exists(ident.user_id)
+
+
+def test_delete_user_needs_initiate_2fa(asu):
+    ident = asu.register()
+    p = m.DeleteUserParams(bytes(64))
+    with pytest.raises(Unauthorized):
+        asu.core.delete_user(m.DeleteUserRequest(ident.auth("delete_user", p, NOW), p), NOW)
+
+
+def test_initiate_2fa_refuses_bad_ke1(asu):
+    ident = asu.register()
+    p = m.Initiate2FaAuthenticationParams(b"short")
+    with pytest.raises(Malformed):
+        asu.core.initiate_2fa(m.Initiate2FaRequest(ident.auth("initiate_2fa", p, NOW), p), NOW)
+
+
+# --- connection packages -------------------------------------------------------------------
+
+def test_user_connection_packages_upload_and_fetch(asu):
+    ident = asu.register(packages=1)
+    asu.core.upload_connection_packages(ident.upload_packages(2, NOW), NOW)
+    seen = set()
+    for _ in range(4):  # three stored; the last one stays as a last resort
+        cp = asu.core.user_connection_package(m.UserClientsParams(ident.user_id), NOW).connection_package
+        check_connection_package(cp, ident.user_id, asu.core.trust, NOW)
+        seen.add(cp.payload.encryption_key)
+    assert len(seen) == 3
+    with pytest.raises(NotFound):
+        asu.core.user_connection_package(m.UserClientsParams(UserId.random(DOMAIN)), NOW)
+
+
+def test_expired_connection_packages_are_not_handed_out(asu):
+    ident = asu.register(packages=0)
+    with pytest.raises(NoConnectionPackage):
+        asu.core.user_connection_package(m.UserClientsParams(ident.user_id), NOW)
+    asu.core.upload_connection_packages(ident.upload_packages(1, NOW), NOW)
+    later = NOW + 31 * 24 * 3600 * 1000
+    with pytest.raises(NoConnectionPackage):
+        asu.core.user_connection_package(m.UserClientsParams(ident.user_id), later)
+
+
+def test_upload_refuses_foreign_or_bad_packages(asu):
+    ident = asu.register()
+    other = asu.register()
+    # a package carrying another client's credential
+    cp = other.connection_package(NOW)
+    p = m.UploadUserIdPackages([encode(cp)])
+    with pytest.raises(Malformed):
+        asu.core.upload_connection_packages(
+            m.UploadUserIdPackagesRequest(ident.auth("upload_connection_packages", p, NOW), p), NOW)
+    p = m.UploadUserIdPackages([b"\x01garbage"])
+    with pytest.raises(Malformed):
+        asu.core.upload_connection_packages(
+            m.UploadUserIdPackagesRequest(ident.auth("upload_connection_packages", p, NOW), p), NOW)
+    expired = ident.connection_package(NOW - 10_000, lifetime_ms=1_000)
+    p = m.UploadUserIdPackages([encode(expired)])
+    with pytest.raises(Malformed):
+        asu.core.upload_connection_packages(
+            m.UploadUserIdPackagesRequest(ident.auth("upload_connection_packages", p, NOW), p), NOW)
+
+
+# --- direct queues and connection establishment ---------------------------------------------
+
+def test_connection_establishment_through_direct_queue(asu):
+    alice, bob = asu.register(), asu.register()
+    cp = asu.core.user_connection_package(m.UserClientsParams(bob.user_id), NOW).connection_package
+    check_connection_package(cp, bob.user_id, asu.core.trust, NOW)
+    gid = GroupId.random("a.example")
+    ctxt = alice.make_connection_establishment(cp.payload.encryption_key, gid, b"e" * 32, b"c" * 32)
+    asu.core.enqueue_message(m.EnqueueMessageParams(bob.client_id, ctxt), NOW)
+    asu.core.enqueue_message(m.EnqueueMessageParams(bob.client_id, b"second"), NOW)
+    resp = asu.core.dequeue_messages(bob.dequeue(NOW, max_messages=1), NOW)
+    assert resp.remaining_messages_number == 1
+    [plain] = bob.queue.read(resp.messages)
+    cep = bob.open_connection_establishment(plain, asu.core.trust, NOW)
+    assert cep.sender_client_credential.client_id == alice.client_id
+    assert cep.connection_group_id == gid
+    resp = asu.core.dequeue_messages(bob.dequeue(NOW), NOW)
+    assert bob.queue.read(resp.messages) == [b"second"]
+    # dequeuing from the next sequence number deletes what was read
+    resp = asu.core.dequeue_messages(bob.dequeue(NOW), NOW)
+    assert resp.messages == [] and resp.remaining_messages_number == 0
+    # the queue is the caller's own: alice's dequeue sees nothing of bob's
+    assert asu.core.dequeue_messages(alice.dequeue(NOW), NOW).messages == []
+
+
+def test_tampered_connection_establishment_is_refused(asu):
+    alice, bob = asu.register(), asu.register()
+    cp = asu.core.user_connection_package(m.UserClientsParams(bob.user_id), NOW).connection_package
+    cep = m.ConnectionEstablishmentPackage.create(alice.signing_key, alice.credential, GroupId.random("a.example"),
+                                                  b"e", b"c")
+    forged = dataclasses.replace(cep, connection_group_ear_key=b"attacker")
+    with pytest.raises(m.BadConnectionSignature):
+        bob.open_connection_establishment(forged.seal(cp.payload.encryption_key), asu.core.trust, NOW)
+    with pytest.raises(m.BadConnectionEstablishmentPackage):
+        bob.open_connection_establishment(b"\x00junk", asu.core.trust, NOW)
+
+
+def test_enqueue_to_unknown_or_foreign_client(asu):
+    with pytest.raises(NotFound):
+        asu.core.enqueue_message(m.EnqueueMessageParams(ClientId.random(UserId.random(DOMAIN)), b"x"), NOW)
+    with pytest.raises(NotFound):
+        asu.core.enqueue_message(m.EnqueueMessageParams(ClientId.random(UserId.random("b.example")), b"x"), NOW)
+
+
+def test_dequeue_respects_configured_maximum(tmp_path):
+    a = build(DOMAIN, tmp_path / "as.db", max_messages=2)
+    try:
+        bob = a.register()
+        for i in range(5):
+            a.core.enqueue_message(m.EnqueueMessageParams(bob.client_id, bytes([i])), NOW)
+        resp = a.core.dequeue_messages(bob.dequeue(NOW, max_messages=100), NOW)
+        assert len(resp.messages) == 2 and resp.remaining_messages_number == 3
+        assert bob.queue.read(resp.messages) == [b"\x00", b"\x01"]
+    finally:
+        a.close()
+
+
+# --- aliases -------------------------------------------------------------------------------------
+
+def test_alias_lifecycle(asu):
+    alice = asu.register()
+    holder, register = AliasIdentity.new(DOMAIN, "Bob.W")
+    asu.core.register_alias(register, NOW)
+    with pytest.raises(Conflict):
+        asu.core.register_alias(AliasIdentity.new(DOMAIN, "bob.w")[1], NOW)
+    asu.core.upload_alias_packages(holder.upload_packages(2, NOW), NOW)
+    payload = asu.core.alias_connection_package(m.AliasClientsParams(Alias("bob.w")), NOW).connection_package
+    assert payload.encryption_key in holder.connection_keys
+    gid = GroupId.random("a.example")
+    ctxt = alice.make_connection_establishment(payload.encryption_key, gid, b"e", b"c")
+    asu.core.enqueue_alias_message(m.EnqueueAliasMessageParams(holder.alias, ctxt), NOW)
+    resp = asu.core.dequeue_alias_messages(holder.dequeue(NOW), NOW)
+    [plain] = holder.queue.read(resp.messages)
+    cep = holder.open_connection_establishment(plain, asu.core.trust, NOW)
+    assert cep.sender_client_credential.client_id == alice.client_id
+    asu.core.delete_alias(holder.delete(NOW), NOW)
+    for call in (lambda: asu.core.alias_connection_package(m.AliasClientsParams(holder.alias), NOW),
+                 lambda: asu.core.enqueue_alias_message(m.EnqueueAliasMessageParams(holder.alias, b"x"), NOW),
+                 lambda: asu.core.dequeue_alias_messages(holder.dequeue(NOW), NOW)):
+        with pytest.raises(NotFound):
+            call()
+    # the alias is free again
+    asu.core.register_alias(AliasIdentity.new(DOMAIN, "bob.w")[1], NOW)
+
+
+def test_alias_auth_key_is_enforced(asu):
+    holder, register = AliasIdentity.new(DOMAIN, "carol")
+    asu.core.register_alias(register, NOW)
+    impostor = dataclasses.replace(holder, auth_key=SigningKey.generate())
+    with pytest.raises(auth_tokens.TokenBadSignature):
+        asu.core.delete_alias(impostor.delete(NOW), NOW)
+    other, reg2 = AliasIdentity.new(DOMAIN, "dave")
+    asu.core.register_alias(reg2, NOW)
+    # a valid auth for "dave" used on a request about "carol"
+    p = m.DeleteAlias(holder.alias)
+    with pytest.raises(auth_tokens.ScopeMismatch):
+        asu.core.delete_alias(m.DeleteAliasRequest(other.auth("delete_alias", p, NOW), p), NOW)
+    with pytest.raises(auth_tokens.TokenExpired):
+        asu.core.delete_alias(holder.delete(NOW - asu.core.config.auth_max_age_ms - 1), NOW)
+    assert asu.core.accounts.get_alias(holder.alias) is not None
+
+
+def test_register_alias_refuses_bad_keys(asu):
+    _, reg = AliasIdentity.new(DOMAIN, "erin")
+    for change in ({"alias_auth_key": b"k"}, {"queue_encryption_key": b"k"}, {"initial_queue_ratchet_key": b"k"}):
+        with pytest.raises(Malformed):
+            asu.core.register_alias(dataclasses.replace(reg, **change), NOW)
+    assert asu.core.accounts.get_alias(Alias("erin")) is None
+
+
+def test_alias_packages_checked(asu):
+    holder, register = AliasIdentity.new(DOMAIN, "frank")
+    asu.core.register_alias(register, NOW)
+    with pytest.raises(NoConnectionPackage):
+        asu.core.alias_connection_package(m.AliasClientsParams(holder.alias), NOW)
+    bad = m.ConnectionPackagePayload(b"short", m.ExpirationData(NOW, NOW + 1000))
+    p = m.UploadAliasPackages(holder.alias, [bad])
+    with pytest.raises(Malformed):
+        asu.core.upload_alias_packages(m.UploadAliasPackagesRequest(holder.auth("upload_alias_packages", p, NOW), p),
+                                       NOW)
+
+
+# --- token issuance ---------------------------------------------------------------------------------
+
+def _issuer_public(asu) -> bytes:
+    return asu.secrets.token_keys.current.public_key
+
+
+def test_local_token_issuance_and_allowance(asu):
+    ident = asu.register()
+    state, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 6, NOW)
+    tokens = pp.finalize(state, asu.core.request_tokens(req, NOW).tokens)
+    assert len(tokens) == 6
+    spent = pp.MemorySpentTokenStore()
+    pp.redeem(tokens[0], asu.secrets.token_keys, spent, challenge=pp.homeserver_challenge(DOMAIN), now_ms=NOW)
+    _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 5, NOW)
+    with pytest.raises(RateLimited) as e:  # allowance 10 per time frame
+        asu.core.request_tokens(req, NOW)
+    assert e.value.retry_after >= 1
+    later = NOW + asu.core.issuance.limits.time_frame_ms
+    _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 5, later)
+    assert len(asu.core.request_tokens(req, later).tokens.evaluated_msgs) == 5
+
+
+def test_registering_client_gets_tokens_but_strangers_do_not(asu):
+    reg, init = start_registration(asu)
+    resp = asu.core.init_user_registration(init, NOW)
+    pending, _ = reg.finish(resp, NOW)
+    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    asu.core.request_tokens(req, NOW)
+    ident = asu.register()
+    state, r = ident.initiate_2fa(NOW)
+    asu.core.delete_user(ident.delete_user(state, asu.core.initiate_2fa(r, NOW), NOW), NOW)
+    _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    with pytest.raises(UnknownClient):
+        asu.core.request_tokens(req, NOW)
+
+
+def test_federated_token_issuance(tmp_path):
+    a = build("a.example", tmp_path / "a.db")
+    b = build("b.example", tmp_path / "b.db")
+    try:
+        users = [b.register() for _ in range(3)]
+        _, req = users[0].request_tokens(_issuer_public(a), a.domain, 2, NOW)
+        with pytest.raises(UnknownSigner) as e:  # the core asks for b.example's AS credentials
+            a.core.request_tokens(req, NOW)
+        assert e.value.domain == Fqdn("b.example")
+        remote = trust_for({b.domain: b.secrets.credentials})
+        state, req = users[0].request_tokens(_issuer_public(a), a.domain, 8, NOW)
+        tokens = pp.finalize(state, a.core.request_tokens(req, NOW, remote_trust=remote).tokens)
+        pp.redeem(tokens[0], a.secrets.token_keys, pp.MemorySpentTokenStore(),
+                  challenge=pp.homeserver_challenge(a.domain), now_ms=NOW)
+        _, req = users[1].request_tokens(_issuer_public(a), a.domain, 7, NOW)
+        a.core.request_tokens(req, NOW, remote_trust=remote)
+        # the per-domain allowance (15) is exhausted although users[2] has its own left
+        _, req = users[2].request_tokens(_issuer_public(a), a.domain, 1, NOW)
+        with pytest.raises(RateLimited):
+            a.core.request_tokens(req, NOW, remote_trust=remote)
+        # a token request signed for b.example's AS does not work at a.example's
+        _, req = users[2].request_tokens(_issuer_public(a), b.domain, 1, NOW)
+        with pytest.raises(auth_tokens.TokenBadSignature):
+            a.core.request_tokens(req, NOW, remote_trust=remote)
+        # a client claiming b.example but certified by another AS
+        mallory_as = build("b.example", tmp_path / "m.db")
+        try:
+            mallory = mallory_as.register()
+            _, req = mallory.request_tokens(_issuer_public(a), a.domain, 1, NOW)
+            with pytest.raises(Unauthorized):
+                a.core.request_tokens(req, NOW, remote_trust=remote)
+        finally:
+            mallory_as.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_bad_token_request_is_refused_without_charge(asu):
+    ident = asu.register()
+    _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    bad_tr = dataclasses.replace(req.params.token_request, token_type=1)
+    p = m.RequestToken(bad_tr)
+    with pytest.raises(pp.InvalidTokenRequest):
+        asu.core.request_tokens(m.RequestTokenRequest(ident.auth("request_tokens", p, NOW), p), NOW)
+    assert asu.core.issuance.remaining(client_id=ident.client_id, client_domain=DOMAIN, now_ms=NOW) == 10
+
+
+# --- typed errors --------------------------------------------------------------------------------------
+
+def test_every_request_struct_rejects_garbage():
+    from phoenix_ref.codec import DecodeError, decode
+    for op in OPERATIONS:
+        for junk in (b"", b"\xff", b"\x00" * 3, b"\x40\x01" + b"\x00" * 10):
+            with pytest.raises(DecodeError):
+                decode(op.request, junk)
