@@ -595,3 +595,32 @@ def test_outbound_item_for_unknown_item_type_rejected():
     f = Federation()
     with pytest.raises(Exception):
         f.a.frame_outbound(OutboundItem("b.example", 1, b"\x00" * 16, b"garbage", NOW), NOW)
+
+
+def test_cached_enqueue_costs_one_record_read_and_one_queue_write():
+    """spec/performance_goals.md (IO overhead): with the config cached, one
+    recipient costs one record read (record + blocklist) and one queue write."""
+    core = make_core()
+    alice = Client.register(core)
+    cqc = alice.client_queue_config()
+    core.local_enqueue(fan_out([cqc], GROUP, b"warm"), NOW)
+
+    calls = []
+
+    class Counting:
+        def __init__(self, inner, tag):
+            self.inner, self.tag = inner, tag
+
+        def __getattr__(self, name):
+            attr = getattr(self.inner, name)
+            if callable(attr):
+                def wrapped(*a, **kw):
+                    calls.append((self.tag, name))
+                    return attr(*a, **kw)
+                return wrapped
+            return attr
+
+    core.records = Counting(core.records, "records")
+    core.queues.store = Counting(core.queues.store, "queues")
+    core.local_enqueue(fan_out([cqc], GROUP, b"hot"), NOW)
+    assert calls == [("records", "client_for_enqueue"), ("queues", "append")]

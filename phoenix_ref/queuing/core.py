@@ -45,18 +45,18 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import trio
 
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, decode, encode
-from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify, verify_with_label
+from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hash_, hs_sign, hs_verify, verify_with_label
 from ..errors import Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
 from ..ids import Fqdn, QsCid, QsUid
 from ..mls.extensions import (
-    LAST_RESORT_EXTENSION_TYPE, QUEUE_CONFIG_EXTENSION_TYPE, ExtensionError, QueueConfigExtension,
+    LAST_RESORT_EXTENSION_TYPE, ExtensionError, QueueConfigExtension,
     check_unique, find_extension, get_extension,
 )
 from ..mls.messages import CIPHER_SUITE_1, KeyPackage, LeafNodeSource, ProtocolVersion
@@ -448,19 +448,19 @@ class QsCore:
                 log.info("refused queue config: %s", e.message)
                 result.rejected.append(cqc)
                 continue
-            qs_cid = opened if isinstance(opened, QsCid) else opened.qs_cid
+            if isinstance(opened, QsCid):  # opened, but no such client record
+                result.queue_deleted.append(QueueDeleted(cqc, group_id))
+                continue
+            qs_cid = opened.qs_cid
+            # One read: the record (a cache hit may be stale) and the blocklist.
             found = self.records.client_for_enqueue(qs_cid, group_id)
             if found is None:
                 result.queue_deleted.append(QueueDeleted(cqc, group_id))
                 continue
             record, blocked = found
-            if isinstance(opened, OpenedQueueConfig) and (
-                    record.client_record_auth_key != opened.client_record_auth_key
+            if (record.client_record_auth_key != opened.client_record_auth_key
                     or record.queue_encryption_key != opened.queue_encryption_key):
                 # keys rotated since this config was verified: it is no longer valid
-                result.rejected.append(cqc)
-                continue
-            if isinstance(opened, QsCid):  # record appeared after the cache miss: open again
                 result.rejected.append(cqc)
                 continue
             if blocked:
@@ -565,7 +565,7 @@ class QsCore:
 
     @staticmethod
     def config_cache_key(cqc: ClientQueueConfig) -> str:
-        from ..crypto import hash_
+        """Rate-limit key of a client queue config: the hash of its sealed bytes."""
         return hash_(cqc.sealed_config).hex()
 
     def _verify_remote_signature(self, message: QsToQsMessage, key_lookup: KeyLookup) -> None:
@@ -664,7 +664,7 @@ class QsService:
         return result
 
     async def federated_enqueue(self, message: QsToQsMessage,
-                                fetch_key: Callable[[Fqdn, bool], "trio.Awaitable[bytes]"]) -> FederatedEnqueueResult:
+                                fetch_key: Callable[[Fqdn, bool], Awaitable[bytes]]) -> FederatedEnqueueResult:
         def lookup(domain: Fqdn, refresh: bool) -> bytes:
             return trio.from_thread.run(fetch_key, domain, refresh)
 
