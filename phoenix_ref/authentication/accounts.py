@@ -34,6 +34,7 @@ from typing import Protocol
 from ..codec import decode, encode
 from ..errors import Conflict, NotFound
 from ..ids import Alias, ClientId, UserId
+from ..opaque import OpaqueServerSetup
 from ..queues import ActivityPrecision, QueueConfig, Queues, SqliteQueueStore
 
 __all__ = [
@@ -121,6 +122,11 @@ CREATE TABLE IF NOT EXISTS alias_packages (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS packages_by_alias ON alias_packages(alias);
+-- AS OPAQUE key material (#as-state): secret, generated once.
+CREATE TABLE IF NOT EXISTS opaque_key_material (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    server_setup BLOB NOT NULL
+);
 """
 
 
@@ -249,6 +255,21 @@ class SqliteAccountStore:
         if len(rows) > 1:
             db.execute(f"DELETE FROM {table} WHERE id = ?", (rows[0][0],))
         return rows[0][1]
+
+    # --- AS OPAQUE key material ------------------------------------------------------
+
+    def opaque_server_setup(self) -> OpaqueServerSetup:
+        """The AS OPAQUE key material (OPRF seed, server key pair), generated
+        on first use and kept in this database: every stored OPAQUE record
+        depends on it, so it must live exactly as long as the user entries
+        (decision: with them rather than in the keys directory)."""
+        with self._tx() as db:
+            row = db.execute("SELECT server_setup FROM opaque_key_material WHERE id = 1").fetchone()
+            if row is not None:
+                return OpaqueServerSetup.from_bytes(bytes(row[0]))
+            setup = OpaqueServerSetup.generate()
+            db.execute("INSERT INTO opaque_key_material VALUES (1, ?)", (setup.to_bytes(),))
+            return setup
 
     # --- aliases -------------------------------------------------------------------
 
