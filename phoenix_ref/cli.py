@@ -1,0 +1,198 @@
+"""``phoenix-ref``: command line of the reference homeserver.
+
+``phoenix-ref generate-config --domain D --dir DIR [--port P] [--test-ca]``
+    Write ``DIR/config.toml``, fresh key material in ``DIR/keys`` (private
+    keys mode 0600, see ``keystore.py``) and an empty data directory. With
+    ``--test-ca``, also a private test CA (``trustme``) and a certificate for
+    ``D``, ``as.D``, ``ds.D`` and ``qs.D``: ``ca.pem`` (+ ``ca-key.pem``) in
+    ``--test-ca-dir`` (default DIR; an existing CA there is reused, so several
+    homeservers of one lab share it), ``cert.pem`` and ``key.pem`` in DIR.
+    ``--peer B=PORT`` adds resolve overrides sending ``B``, ``as.B``, ``ds.B``,
+    ``qs.B`` to ``127.0.0.1:PORT`` (labs on one machine).
+
+``phoenix-ref serve --config FILE``
+    Serve the homeserver with hypercorn over TLS (trio worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .clock import Clock
+from .config import Config, ConfigError
+from .keystore import Keystore, KeystoreError
+
+SERVICES = ("as", "ds", "qs")
+
+
+def certificate_names(domain: str) -> list[str]:
+    return [domain] + [f"{s}.{domain}" for s in SERVICES]
+
+
+def load_or_create_ca(ca_dir: Path):
+    """The lab CA in ``ca_dir`` (``ca.pem``, ``ca-key.pem``), created if absent."""
+    import trustme
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    cert, key = ca_dir / "ca.pem", ca_dir / "ca-key.pem"
+    if cert.exists() and key.exists():
+        return trustme.CA.from_pem(cert.read_bytes(), key.read_bytes())
+    ca = trustme.CA(organization_name="phoenix-ref test CA")
+    ca.cert_pem.write_to_path(str(cert))
+    _write_private(key, ca.private_key_pem.bytes())
+    return ca
+
+
+def write_server_cert(ca, domain: str, out_dir: Path) -> tuple[Path, Path]:
+    """Issue a certificate for ``domain`` and its service hosts; write cert.pem, key.pem."""
+    leaf = ca.issue_cert(*certificate_names(domain))
+    cert, key = out_dir / "cert.pem", out_dir / "key.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    _write_private(key, leaf.private_key_pem.bytes())
+    return cert, key
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def generate_config(out_dir: Path, domain: str, *, port: int = 8443, host: str = "127.0.0.1",
+                    test_ca: bool = False, test_ca_dir: Path | None = None,
+                    peers: dict[str, int] | None = None, cert: Path | None = None,
+                    key: Path | None = None, ca_bundle: Path | None = None,
+                    now_ms: int | None = None, **overrides) -> Config:
+    """Create a homeserver directory (see module docstring); return its Config.
+
+    Raises ConfigError if ``out_dir`` already holds a config or key material.
+    ``overrides`` are further :class:`Config` fields (tests, labs).
+    """
+    out_dir = Path(out_dir).resolve()
+    cfg_path = out_dir / "config.toml"
+    if cfg_path.exists():
+        raise ConfigError(f"{cfg_path} exists; refusing to overwrite it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if test_ca:
+        ca = load_or_create_ca(Path(test_ca_dir or out_dir).resolve())
+        cert, key = write_server_cert(ca, domain, out_dir)
+        ca_bundle = Path(test_ca_dir or out_dir).resolve() / "ca.pem"
+    resolve = dict(overrides.pop("resolve", {}))
+    for peer, peer_port in (peers or {}).items():
+        for name in certificate_names(peer):
+            resolve[name] = f"127.0.0.1:{peer_port}"
+    config = Config(domain=domain, data_dir=out_dir / "data", keys_dir=out_dir / "keys",
+                    listen_host=host, listen_port=port, tls_cert=cert, tls_key=key,
+                    ca_bundle=ca_bundle, resolve=resolve, **overrides)
+    try:
+        Keystore.create(config.keys_dir, config.domain, now_ms if now_ms is not None else Clock().now_ms())
+    except KeystoreError as e:
+        raise ConfigError(str(e)) from None
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path.write_text(config.to_toml(base=out_dir), encoding="utf-8")
+    return config
+
+
+def hypercorn_config(config: Config, *, bind: Sequence[str] | None = None, tls: bool = True):
+    """The hypercorn settings that serve ``config`` over TLS (HTTP/2 and 1.1).
+
+    ``tls=False`` exists only for the test harness's plain-HTTP variant.
+    """
+    from hypercorn.config import Config as HConfig
+    hc = HConfig()
+    hc.bind = list(bind or [f"{config.listen_host}:{config.listen_port}"])
+    if tls:
+        if config.tls_cert is None or config.tls_key is None:
+            raise ConfigError("serving needs [tls] cert and key: Phoenix endpoints are TLS-only")
+        hc.certfile = str(config.tls_cert)
+        hc.keyfile = str(config.tls_key)
+    hc.alpn_protocols = ["h2", "http/1.1"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 2.0
+    return hc
+
+
+async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
+                shutdown_trigger=None, task_status=None) -> None:
+    """Serve one homeserver with hypercorn's trio worker until ``shutdown_trigger`` returns.
+
+    ``sock`` is an already bound and listening socket to serve on (the test
+    harness binds port 0 first); the caller keeps ownership and closes it.
+    ``task_status.started()`` is called once the app's startup finished and
+    the server listens.
+    """
+    import trio
+    from hypercorn.config import Sockets
+    from hypercorn.trio.run import worker_serve
+    from hypercorn.utils import wrap_app
+    from .homeserver import Homeserver
+    hs = homeserver or Homeserver(config)
+    hc = hypercorn_config(config, tls=tls)
+    sockets = None
+    if sock is not None:
+        sockets = Sockets(secure_sockets=[sock] if tls else [], insecure_sockets=[] if tls else [sock],
+                          quic_sockets=[])
+    await worker_serve(wrap_app(hs.asgi, hc.wsgi_max_body_size, None), hc, sockets=sockets,
+                       shutdown_trigger=shutdown_trigger,
+                       task_status=task_status or trio.TASK_STATUS_IGNORED)
+
+
+def _parse_peer(text: str) -> tuple[str, int]:
+    domain, sep, port = text.partition("=")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"--peer expects DOMAIN=PORT, got {text!r}")
+    return domain, int(port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="phoenix-ref", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate-config", help="write a config, key material and (optionally) a test CA")
+    g.add_argument("--domain", required=True)
+    g.add_argument("--dir", required=True, type=Path)
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=8443)
+    g.add_argument("--test-ca", action="store_true", help="issue a certificate from a private test CA")
+    g.add_argument("--test-ca-dir", type=Path, help="where the test CA lives (default: --dir)")
+    g.add_argument("--peer", action="append", type=_parse_peer, default=[],
+                   help="DOMAIN=PORT: resolve DOMAIN and its service hosts to 127.0.0.1:PORT")
+    g.add_argument("--cert", type=Path)
+    g.add_argument("--key", type=Path)
+    g.add_argument("--ca-bundle", type=Path)
+    s = sub.add_parser("serve", help="serve a homeserver over TLS")
+    s.add_argument("--config", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "generate-config":
+            cfg = generate_config(args.dir, args.domain, port=args.port, host=args.host,
+                                  test_ca=args.test_ca, test_ca_dir=args.test_ca_dir,
+                                  peers=dict(args.peer), cert=args.cert, key=args.key,
+                                  ca_bundle=args.ca_bundle)
+            print(f"wrote {args.dir / 'config.toml'} for {cfg.domain} (keys in {cfg.keys_dir})")
+            return 0
+        import trio
+        cfg = Config.load(args.config)
+        Keystore.load(cfg.keys_dir, cfg.domain)   # fail early and clearly
+        hypercorn_config(cfg)
+        print(f"serving {cfg.domain} on https://{cfg.listen_host}:{cfg.listen_port} "
+              f"(hosts {', '.join(certificate_names(cfg.domain))})", flush=True)
+        trio.run(serve, cfg)
+        return 0
+    except (ConfigError, KeystoreError) as e:
+        print(f"phoenix-ref: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

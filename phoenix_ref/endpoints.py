@@ -1,0 +1,177 @@
+"""The one table of HTTP endpoints (GUIDE §2); ``docs/wire.md`` is generated from it.
+
+Every endpoint of every service is one :class:`Endpoint` row: which service
+serves it (its host is ``<service>.<domain>``, the spec's discovery rule),
+method and path, request and response structs (TLS presentation language,
+media type ``application/phoenix``), the spec's authentication mode, whether
+the spec requires a Privacy Pass token, and the spec section it implements.
+The homeserver registers exactly these rows, the garbage-input tests iterate
+over them, and ``python -m phoenix_ref.endpoints > docs/wire.md`` documents
+them. A service adds an endpoint by adding a row here and a handler in its
+``routes.py`` (the homeserver refuses to start if the two disagree).
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from dataclasses import dataclass
+
+from .credentials import AsCredentialsResponse
+from .federation.keys import (DsVerifyingKeyResponse, QsQueueConfigEncryptionKeyResponse,
+                              QsVerifyingKeyResponse)
+
+PREFIX = "/phoenix/v1"
+WELL_KNOWN_PATH = "/.well-known/phoenix"
+
+
+class Service(str, enum.Enum):
+    AS = "as"
+    DS = "ds"
+    QS = "qs"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Auth(str, enum.Enum):
+    """Authentication modes named by the spec (per service chapter)."""
+    NONE = "none"
+    CLIENT_CREDENTIAL = "client credential"        # spec/authentication_service.md#authentication
+    CLIENT_PASSWORD = "client password (OPAQUE)"
+    QS_AUTH_TOKEN = "QsAuthToken"                  # spec/queuing_service.md#authentication
+    DS_AUTH_TOKEN = "DsAuthToken"                  # spec/delivery_service.md#authentication
+    QS_SIGNATURE = "remote QS signature"           # spec/queuing_service.md#federated-qs-to-qs-communication
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str                  # handler name in the service's routes.py
+    service: Service
+    method: str
+    path: str
+    request: type | None       # request body struct; None: the body must be empty
+    response: type | None
+    auth: Auth
+    privacy_pass: bool         # spec requires a Privacy Pass token (RFC 9577 Authorization header)
+    section: str               # spec section id (<file>#<slug>)
+    federated: bool = False    # meant for remote homeservers (spec/general_concepts/federation.md#federated-endpoints)
+
+    def url(self, domain: str, port: int | None = None) -> str:
+        host = f"{self.service}.{domain}" + (f":{port}" if port else "")
+        return f"https://{host}{self.path}"
+
+
+def _ep(name: str, service: Service, method: str, request, response, auth: Auth,
+        privacy_pass: bool, section: str, federated: bool = False) -> Endpoint:
+    return Endpoint(name, service, method, f"{PREFIX}/{name}", request, response, auth,
+                    privacy_pass, section, federated)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # --- key distribution: spec/federation/use_cases.md#authentication-key-distribution
+    _ep("as_credentials", Service.AS, "GET", None, AsCredentialsResponse, Auth.NONE, False,
+        "spec/authentication_service.md#get-as-credentials", federated=True),
+    _ep("qs_verifying_key", Service.QS, "GET", None, QsVerifyingKeyResponse, Auth.NONE, False,
+        "spec/queuing_service.md#fetch-qs-verifying-key", federated=True),
+    _ep("queue_config_encryption_key", Service.QS, "GET", None, QsQueueConfigEncryptionKeyResponse,
+        Auth.NONE, True, "spec/queuing_service.md#fetch-queue-config-encryption-key"),
+    _ep("ds_verifying_key", Service.DS, "GET", None, DsVerifyingKeyResponse, Auth.NONE, False,
+        "spec/federation/use_cases.md#authentication-key-distribution", federated=True),
+)
+
+
+def by_name(service: Service | str, name: str) -> Endpoint:
+    for ep in ENDPOINTS:
+        if ep.service == service and ep.name == name:
+            return ep
+    raise KeyError(f"{service}/{name}")
+
+
+def _check_table() -> None:
+    seen = set()
+    for ep in ENDPOINTS:
+        key = (ep.service, ep.method, ep.path)
+        if key in seen:
+            raise AssertionError(f"duplicate endpoint {key}")
+        seen.add(key)
+
+
+_check_table()
+
+
+# --- docs/wire.md ------------------------------------------------------------------
+
+def _struct_name(cls: type | None) -> str:
+    return "—" if cls is None else f"`{cls.__name__}`"
+
+
+#: Every homeserver signature label (GUIDE §2): (label = name of the signed
+#: struct, module declaring it, spec section). A module that signs a new
+#: struct adds its row here so docs/wire.md lists it.
+SIGNATURE_LABELS: tuple[tuple[str, str, str], ...] = (
+    ("AsCredentialPayload", "credentials", "spec/authentication_service/credentials.md#as-credentials"),
+    ("AsIntermediateCredentialPayload", "credentials",
+     "spec/authentication_service/credentials.md#as-intermediate-credentials"),
+    ("AsIntermediateCredentialCsr", "credentials",
+     "spec/authentication_service/credentials.md#as-intermediate-credentials"),
+    ("ClientCredentialPayload", "credentials", "spec/authentication_service/credentials.md#client-credentials"),
+    ("ClientCredentialCsr", "credentials", "spec/authentication_service/credentials.md#client-credentials"),
+)
+
+
+def wire_doc() -> str:
+    """The text of docs/wire.md."""
+    from .crypto import HOMESERVER_PREFIX
+    lines = [
+        "# Wire reference",
+        "",
+        "Generated by `python -m phoenix_ref.endpoints > docs/wire.md` from the endpoint",
+        "table in `phoenix_ref/endpoints.py`; `tests/test_wire_doc.py` fails when it is stale.",
+        "",
+        "## Conventions",
+        "",
+        "* Every service of homeserver `D` is served over HTTPS only, at host",
+        "  `as.D`, `ds.D` or `qs.D` (`spec/federation/use_cases.md#homeserver-domain-and-discovery`).",
+        "  A request over plain HTTP gets `403 tls_required`.",
+        "* Bodies (requests and answers, errors included) are TLS presentation language",
+        "  (RFC 9420 §2.1), media type `application/phoenix`. A request with a body must",
+        "  carry `Content-Type: application/phoenix` (else `415 unsupported_media_type`);",
+        "  an endpoint without request struct takes an empty body (else `400 unexpected_body`).",
+        "* Errors: status 400 (malformed), 401/403 (authentication), 404 (unknown host or",
+        "  endpoint), 405, 409 (conflict), 413 (body too large), 415, 429 (with `Retry-After`);",
+        "  body `ErrorResponse { code: string<V>, message: string<V> }`.",
+        "* Privacy Pass tokens travel in `Authorization: PrivateToken token=…` (RFC 9577).",
+        "* Key ids of QS/DS keys: SHA-256 of the public key (`federation/keys.py`).",
+        "",
+        "## Delegation",
+        "",
+        f"`GET https://D{WELL_KNOWN_PATH}` answers `application/json`:",
+        "`{\"as\": \"https://as.D:8443\", \"ds\": \"https://ds.D:8443\", \"qs\": \"https://qs.D:8443\"}`",
+        "(service base URLs, `https` only). Discovery order: configured override, then this",
+        "document, then the subdomain rule `https://as.D` (see `federation/discovery.py`).",
+        "",
+        "## Endpoints",
+        "",
+        "| service | method | path | request | response | auth | Privacy Pass | federated | spec |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ep in ENDPOINTS:
+        lines.append(
+            f"| {ep.service} | {ep.method} | `{ep.path}` | {_struct_name(ep.request)} | "
+            f"{_struct_name(ep.response)} | {ep.auth} | {'required' if ep.privacy_pass else '—'} | "
+            f"{'yes' if ep.federated else '—'} | `{ep.section}` |")
+    lines += ["", "## Signature labels", "",
+              "Homeserver signatures are SignWithLabel (RFC 9420 §5.1.2) with the prefix",
+              f"`\"{HOMESERVER_PREFIX.decode()}\"` followed by the label, the name of the signed struct:",
+              "", "| label | module | spec |", "|---|---|---|"]
+    lines += [f"| `{lbl}` | `phoenix_ref/{mod.replace('.', '/')}.py` | `{sec}` |"
+              for lbl, mod, sec in SIGNATURE_LABELS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(wire_doc())

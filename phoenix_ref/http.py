@@ -1,0 +1,161 @@
+"""The thin HTTP layer shared by the AS, DS and QS (GUIDE §1, §2).
+
+One generic view serves every row of the endpoint table
+(:mod:`phoenix_ref.endpoints`): it refuses plain HTTP, reads the body under
+a size limit, decodes it strictly into the row's request struct, calls the
+service handler with a :class:`Call`, and encodes the response struct.
+Errors leave as an ``ErrorResponse {code, message}`` body with the status
+of the :class:`~phoenix_ref.errors.ProtocolError` — bad input never gives a
+5xx. Media type of every body: ``application/phoenix`` (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .codec import DecodeError, decode, encode
+from .errors import ErrorResponse, Forbidden, Malformed, ProtocolError, TooLarge
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE = "application/phoenix"
+
+
+class UnsupportedMediaType(ProtocolError):
+    status, code = 415, "unsupported_media_type"
+
+
+class MethodNotAllowed(ProtocolError):
+    status, code = 405, "method_not_allowed"
+
+
+class TlsRequired(Forbidden):
+    """spec/federation/use_cases.md#authentication-key-distribution: key
+    material (and, in phoenix_ref, every endpoint) only over TLS."""
+    code = "tls_required"
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a service handler receives: the decoded request and its context."""
+    body: Any                 # instance of the endpoint's request struct, or None
+    headers: Any              # the request headers (case-insensitive mapping)
+    now_ms: int
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+#: Checks the transport-level authentication of a call (Privacy Pass header).
+CallCheck = Callable[[Any, Call], Awaitable[None]]
+
+
+def error_response(err: ProtocolError) -> Response:
+    """The HTTP answer for a refusal: status, ErrorResponse body, Retry-After."""
+    body = encode(ErrorResponse(err.code, err.message[:1000]))
+    resp = Response(body, status=err.status, content_type=MEDIA_TYPE)
+    if err.retry_after is not None:
+        resp.headers["Retry-After"] = str(int(err.retry_after))
+    return resp
+
+
+def require_tls() -> None:
+    """Refuse a request that did not arrive over TLS (ASGI scheme ``http``)."""
+    if request.scheme != "https":
+        raise TlsRequired("this endpoint is served over TLS (https) only")
+
+
+def decode_body(cls: type | None, data: bytes, max_len: int) -> Any:
+    """Strictly decode a request body; every failure is a 400 (or 413).
+
+    A body for an endpoint without request struct must be empty. Any
+    exception raised while decoding — not only :class:`DecodeError` — means
+    the input was bad, so it becomes ``Malformed`` rather than a 5xx.
+    """
+    if len(data) > max_len:
+        raise TooLarge(f"body of {len(data)} bytes exceeds {max_len}")
+    if cls is None:
+        if data:
+            raise Malformed("this endpoint takes no request body", code="unexpected_body")
+        return None
+    try:
+        return decode(cls, data, max_len=max_len)
+    except DecodeError as e:
+        raise Malformed(f"cannot decode {cls.__name__}: {e}") from None
+    except ProtocolError:
+        raise
+    except Exception as e:  # a validator inside a struct rejected the value
+        raise Malformed(f"cannot decode {cls.__name__}: {type(e).__name__}: {e}") from None
+
+
+async def read_body(max_len: int) -> bytes:
+    """The request body, refused with 413 once it is larger than ``max_len``."""
+    declared = request.content_length
+    if declared is not None and declared > max_len:
+        raise TooLarge(f"declared body of {declared} bytes exceeds {max_len}")
+    data = await request.get_data(cache=False, as_text=False)
+    if len(data) > max_len:
+        raise TooLarge(f"body of {len(data)} bytes exceeds {max_len}")
+    return data
+
+
+def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
+              max_body: int, check: CallCheck | None = None) -> Callable[[], Awaitable[Response]]:
+    """The Quart view for one endpoint-table row (see module docstring)."""
+
+    async def view() -> Response:
+        require_tls()
+        data = await read_body(max_body)
+        if endpoint.request is not None:
+            ctype = (request.mimetype or "").lower()
+            if ctype != MEDIA_TYPE:
+                raise UnsupportedMediaType(f"request bodies are {MEDIA_TYPE}, not {ctype or 'untyped'}")
+        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now_ms())
+        if check is not None:
+            await check(endpoint, call)
+        result = await handler(call)
+        return Response(encode(result) if endpoint.response is not None else b"",
+                        status=200, content_type=MEDIA_TYPE)
+
+    view.__name__ = f"view_{endpoint.service}_{endpoint.name}"
+    return view
+
+
+def install_error_handlers(app: Quart, known_hosts: Callable[[str], bool]) -> None:
+    """Map every refusal to an ErrorResponse; only real bugs become a 500."""
+
+    @app.errorhandler(ProtocolError)
+    async def _protocol(err: ProtocolError) -> Response:
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    async def _http(err: HTTPException) -> Response:
+        status = err.code or 400
+        if status == 404:
+            if not known_hosts(request.host):
+                return error_response(ProtocolError_(404, "unknown_host",
+                                                     f"no Phoenix service at host {request.host!r}"))
+            return error_response(ProtocolError_(404, "unknown_endpoint", f"no endpoint {request.path!r}"))
+        if status == 405:
+            return error_response(MethodNotAllowed(f"method {request.method} not allowed here"))
+        if status == 413:
+            return error_response(TooLarge("request body too large"))
+        if 400 <= status < 500:
+            return error_response(ProtocolError_(status, "bad_request", err.description or err.name))
+        log.error("HTTP exception %s", err)
+        return error_response(ProtocolError_(500, "internal_error", "internal error"))
+
+    @app.errorhandler(Exception)
+    async def _bug(err: Exception) -> Response:
+        log.exception("internal error while handling %s %s", request.method, request.path)
+        return error_response(ProtocolError_(500, "internal_error", "internal error"))
+
+
+def ProtocolError_(status: int, code: str, message: str) -> ProtocolError:
+    """A ProtocolError with an explicit status (for statuses without a subclass)."""
+    err = ProtocolError(message, code=code)
+    err.status = status
+    return err

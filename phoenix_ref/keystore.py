@@ -1,0 +1,202 @@
+"""A homeserver's own key material, on disk in its keys directory.
+
+What the spec says each service holds:
+
+* AS: "AS credential key material" — AS credentials (root, self-signed) and
+  the intermediate credentials that sign client credentials
+  (``spec/authentication_service.md#as-state``,
+  ``spec/authentication_service/credentials.md``);
+* QS: the QS signing key and the queue-config (queue id) HPKE key pair
+  (``spec/queuing_service.md#qs-state``);
+* DS: a signing key whose verifying key federated parties fetch
+  (``spec/federation/use_cases.md#authentication-key-distribution``).
+
+Layout (docs/decisions.md): one file per key, ``<kind>-<n>.key`` holding the
+private key in hex (mode 0600), plus ``<kind>-<n>.cred`` with the encoded
+credential for the AS kinds. ``n`` counts up; the highest ``n`` of a kind is
+its current key, lower ones are older keys still published until an operator
+removes their files — that is how keys rotate. Files are written atomically
+(temporary file, fsync, rename), so a crash never leaves half a key.
+
+All methods do blocking file I/O; async code calls them with
+``trio.to_thread.run_sync``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .codec import DecodeError, decode, encode
+from .credentials import AsCredential, AsIntermediateCredential
+from .crypto import HpkeKeyPair, SigningKey, random_bytes
+
+DAY_MS = 86_400_000
+AS_CREDENTIAL_VALIDITY_MS = 10 * 365 * DAY_MS     # credentials.md: "valid for a long time, e.g. 10 years"
+INTERMEDIATE_VALIDITY_MS = 365 * DAY_MS
+BACKDATE_MS = 5 * 60_000                           # tolerate peers whose clocks run a little behind
+
+KINDS = ("as_credential", "as_intermediate", "qs_signing", "qs_queue_config", "ds_signing")
+_NAME = re.compile(r"^(?P<kind>[a-z_]+)-(?P<n>[0-9]+)\.key$")
+
+
+class KeystoreError(Exception):
+    """Key material is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class Keystore:
+    """The loaded key material; lists are current first."""
+    keys_dir: Path
+    domain: str
+    as_credentials: list[tuple[AsCredential, SigningKey]] = field(default_factory=list)
+    as_intermediates: list[tuple[AsIntermediateCredential, SigningKey]] = field(default_factory=list)
+    qs_signing_keys: list[SigningKey] = field(default_factory=list)
+    qs_queue_config_keys: list[HpkeKeyPair] = field(default_factory=list)
+    ds_signing_keys: list[SigningKey] = field(default_factory=list)
+
+    # --- creation and loading ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, keys_dir: Path | str, domain: str, now_ms: int) -> "Keystore":
+        """Generate fresh key material for ``domain``; refuses to overwrite."""
+        keys_dir = Path(keys_dir)
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(keys_dir, 0o700)
+        if any(_NAME.match(p.name) for p in keys_dir.iterdir()):
+            raise KeystoreError(f"{keys_dir} already holds key material")
+        ks = cls(keys_dir, domain)
+        root_key = SigningKey.generate()
+        root = AsCredential.create(domain, root_key, now_ms - BACKDATE_MS,
+                                   now_ms + AS_CREDENTIAL_VALIDITY_MS)
+        ks._write("as_credential", 1, root_key.private, encode(root))
+        ks.as_credentials.append((root, root_key))
+        ks.issue_intermediate(now_ms)
+        ks.rotate_qs_signing_key()
+        ks.rotate_queue_config_key()
+        ks.rotate_ds_signing_key()
+        return ks
+
+    @classmethod
+    def load(cls, keys_dir: Path | str, domain: str) -> "Keystore":
+        """Read every key of every kind; raise KeystoreError if one is missing or bad."""
+        keys_dir = Path(keys_dir)
+        if not keys_dir.is_dir():
+            raise KeystoreError(f"no keys directory {keys_dir}")
+        ks = cls(keys_dir, domain)
+        for kind in KINDS:
+            for n in sorted(ks._numbers(kind), reverse=True):
+                ks._load_one(kind, n)
+        for kind, lst in (("as_credential", ks.as_credentials), ("as_intermediate", ks.as_intermediates),
+                          ("qs_signing", ks.qs_signing_keys), ("qs_queue_config", ks.qs_queue_config_keys),
+                          ("ds_signing", ks.ds_signing_keys)):
+            if not lst:
+                raise KeystoreError(f"{keys_dir} holds no {kind} key")
+        for cred, _ in ks.as_credentials:
+            if str(cred.as_domain) != domain:
+                raise KeystoreError(f"{keys_dir}: AS credential is for {cred.as_domain}, not {domain}")
+        return ks
+
+    def _load_one(self, kind: str, n: int) -> None:
+        private = self._read_private(kind, n)
+        if kind == "qs_queue_config":
+            self.qs_queue_config_keys.append(_hpke_from_private(private))
+            return
+        key = SigningKey.from_private(private)
+        if kind == "qs_signing":
+            self.qs_signing_keys.append(key)
+        elif kind == "ds_signing":
+            self.ds_signing_keys.append(key)
+        else:
+            cls_ = AsCredential if kind == "as_credential" else AsIntermediateCredential
+            try:
+                cred = decode(cls_, (self.keys_dir / f"{kind}-{n}.cred").read_bytes())
+            except (OSError, DecodeError) as e:
+                raise KeystoreError(f"{kind}-{n}.cred: {e}") from None
+            if cred.public_key != key.public:
+                raise KeystoreError(f"{kind}-{n}: the credential does not match its private key")
+            (self.as_credentials if kind == "as_credential" else self.as_intermediates).append((cred, key))
+
+    # --- rotation (operator actions) ------------------------------------------------------
+
+    def issue_intermediate(self, now_ms: int) -> AsIntermediateCredential:
+        """Issue a new current intermediate credential, signed by the current AS credential."""
+        root, root_key = self.as_credentials[0]
+        key = SigningKey.generate()
+        not_after = min(now_ms + INTERMEDIATE_VALIDITY_MS, root.expiration_data.not_after)
+        inter = AsIntermediateCredential.create(root, root_key, key,
+                                                max(now_ms - BACKDATE_MS, root.expiration_data.not_before),
+                                                not_after)
+        self._write("as_intermediate", self._next("as_intermediate"), key.private, encode(inter))
+        self.as_intermediates.insert(0, (inter, key))
+        return inter
+
+    def rotate_qs_signing_key(self) -> SigningKey:
+        key = SigningKey.generate()
+        self._write("qs_signing", self._next("qs_signing"), key.private)
+        self.qs_signing_keys.insert(0, key)
+        return key
+
+    def rotate_ds_signing_key(self) -> SigningKey:
+        key = SigningKey.generate()
+        self._write("ds_signing", self._next("ds_signing"), key.private)
+        self.ds_signing_keys.insert(0, key)
+        return key
+
+    def rotate_queue_config_key(self) -> HpkeKeyPair:
+        pair = _hpke_from_private(random_bytes(32))
+        self._write("qs_queue_config", self._next("qs_queue_config"), pair.private)
+        self.qs_queue_config_keys.insert(0, pair)
+        return pair
+
+    # --- files -------------------------------------------------------------------------------
+
+    def _numbers(self, kind: str) -> list[int]:
+        out = []
+        for p in self.keys_dir.iterdir():
+            m = _NAME.match(p.name)
+            if m and m.group("kind") == kind:
+                out.append(int(m.group("n")))
+        return out
+
+    def _next(self, kind: str) -> int:
+        return max(self._numbers(kind), default=0) + 1
+
+    def _read_private(self, kind: str, n: int) -> bytes:
+        path = self.keys_dir / f"{kind}-{n}.key"
+        try:
+            return bytes.fromhex(path.read_text(encoding="ascii").strip())
+        except (OSError, ValueError) as e:
+            raise KeystoreError(f"{path}: {e}") from None
+
+    def _write(self, kind: str, n: int, private: bytes, cred: bytes | None = None) -> None:
+        if cred is not None:
+            _atomic_write(self.keys_dir / f"{kind}-{n}.cred", cred, 0o644)
+        _atomic_write(self.keys_dir / f"{kind}-{n}.key", (private.hex() + "\n").encode(), 0o600)
+
+
+def _hpke_from_private(private: bytes) -> HpkeKeyPair:
+    """An X25519 HPKE key pair (DHKEM(X25519), RFC 9180 §7.1) from its private key."""
+    try:
+        public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
+            Encoding.Raw, PublicFormat.Raw)
+    except ValueError as e:
+        raise KeystoreError(f"bad X25519 private key: {e}") from None
+    return HpkeKeyPair(private, public)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,343 @@
+"""A multi-homeserver test harness: named homeservers over (real or emulated) TLS.
+
+``Deployment`` runs homeservers ``hs1``, ``hs2``, ``hs3`` (domains
+``a.example``, ``b.example``, ``c.example``; other names get
+``<name>.example``) in one of two modes:
+
+* ``"in_process"``: every homeserver's app runs in this Trio run (lifespan
+  through ``app.test_app()``); HTTP goes through an httpx transport that
+  routes by host name to the right app with scheme ``https``. Before
+  delivering a request it runs a real TLS handshake in memory between the
+  caller's ``ssl.SSLContext`` and the target's certificate, so certificate
+  checks (and a plain-HTTP peer) fail exactly as on a network.
+* ``"sockets"``: hypercorn serves every homeserver over TLS on 127.0.0.1
+  (port bound first with port 0); the federation clients use the resolve
+  override so the certificates are checked against the real names.
+
+All certificates come from one ``trustme`` CA, whose ``ca.pem`` is every
+homeserver's outbound CA bundle. Variants for negative tests:
+``wrong_ca=[names]`` (certificate from another CA), ``plain_http=[names]``
+(served without TLS), ``no_well_known=[names]`` (no delegation document).
+:meth:`Deployment.set_down` makes a homeserver unreachable (in-process: its
+connections are refused; sockets: its server is stopped and the port
+closed) and :meth:`Deployment.set_up` brings it back with the same data.
+
+Time: one :class:`~phoenix_ref.clock.FixedClock` (starting at the real time)
+is shared by every homeserver, so tests move TTLs and expiry by hand.
+
+Usage::
+
+    async with Deployment("sockets") as d:
+        keys = await d["hs1"].hs.federation.keys.qs_verifying_keys(d["hs2"].domain)
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import httpx
+import trio
+
+from .cli import generate_config, load_or_create_ca, serve, write_server_cert
+from .clock import Clock, FixedClock
+from .config import Config
+from .federation.client import client_ssl_context, https_transport
+from .homeserver import Homeserver
+
+MODES = ("in_process", "sockets")
+DOMAINS = {"hs1": "a.example", "hs2": "b.example", "hs3": "c.example"}
+SERVICES = ("as", "ds", "qs")
+
+
+def names_of(domain: str) -> list[str]:
+    return [domain] + [f"{s}.{domain}" for s in SERVICES]
+
+
+# --- TLS in memory (in-process mode) --------------------------------------------------------
+
+#: What a plain-HTTP server answers to a TLS ClientHello (h11 refuses it).
+PLAIN_HTTP_ANSWER = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def tls_handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext | None, hostname: str) -> None:
+    """Run a TLS handshake between two contexts through memory buffers.
+
+    Raises the client's ``ssl.SSLError`` (``SSLCertVerificationError`` for a
+    certificate that does not verify for ``hostname``). ``server_ctx`` None
+    stands for a peer that speaks plain HTTP.
+    """
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=hostname)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True) if server_ctx else None
+    client_done = server_done = False
+    for _ in range(8):
+        if not client_done:
+            try:
+                client.do_handshake()
+                client_done = True
+            except ssl.SSLWantReadError:
+                pass
+        if server is None:
+            c_out.read()
+            c_in.write(PLAIN_HTTP_ANSWER)
+            server_done = True
+        else:
+            s_in.write(c_out.read())
+            if not server_done:
+                try:
+                    server.do_handshake()
+                    server_done = True
+                except ssl.SSLWantReadError:
+                    pass
+                except ssl.SSLError:
+                    server_done = True   # the client reads the alert and fails below
+            c_in.write(s_out.read())
+        if client_done and server_done:
+            return
+    raise ssl.SSLError("TLS handshake did not complete")
+
+
+class InProcessNetwork:
+    """Host name → node; hands out transports bound to a caller's SSL context."""
+
+    def __init__(self, deployment: "Deployment"):
+        self.deployment = deployment
+
+    def node_for(self, host: str) -> "Node | None":
+        for node in self.deployment.nodes.values():
+            if host.lower() in names_of(node.domain):
+                return node
+        return None
+
+    def transport(self, ssl_context: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+        return _RoutingTransport(self, ssl_context)
+
+
+class _RoutingTransport(httpx.AsyncBaseTransport):
+    def __init__(self, network: InProcessNetwork, ssl_context: ssl.SSLContext):
+        self.network = network
+        self.ssl_context = ssl_context
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        node = self.network.node_for(host)
+        if node is None:
+            raise httpx.ConnectError(f"{host}: name does not resolve", request=request)
+        if not node.up or node.hs is None:
+            raise httpx.ConnectError(f"{host}: connection refused", request=request)
+        if request.url.scheme == "https":
+            try:
+                tls_handshake(self.ssl_context, node.server_ssl_context, host)
+            except ssl.SSLError as e:
+                raise httpx.ConnectError(f"{host}: {e}", request=request) from e
+        elif node.server_ssl_context is not None:
+            raise httpx.ConnectError(f"{host}: plain HTTP to a TLS port", request=request)
+        return await httpx.ASGITransport(app=node.hs.asgi).handle_async_request(request)
+
+
+# --- nodes and the deployment ----------------------------------------------------------------
+
+@dataclass
+class Node:
+    """One homeserver of a deployment."""
+    name: str
+    domain: str
+    dir: Path
+    config: Config
+    port: int = 0
+    wrong_ca: bool = False
+    plain_http: bool = False
+    hs: Homeserver | None = None
+    up: bool = False
+    server_ssl_context: ssl.SSLContext | None = None
+    _stop: trio.Event | None = field(default=None, repr=False)
+    _stopped: trio.Event | None = field(default=None, repr=False)
+
+    def url(self, service: str, path: str) -> str:
+        """The URL of ``path`` on one of this node's services (``""`` for the bare domain)."""
+        host = f"{service}.{self.domain}" if service else self.domain
+        port = f":{self.port}" if self.port else ""
+        return f"https://{host}{port}{path}"
+
+
+class Deployment:
+    """Named homeservers for tests and demos (see module docstring)."""
+
+    def __init__(self, mode: str = "in_process", names: Sequence[str] = ("hs1", "hs2"), *,
+                 wrong_ca: Sequence[str] = (), plain_http: Sequence[str] = (),
+                 no_well_known: Sequence[str] = (), clock: FixedClock | None = None,
+                 discovery_overrides: bool = False):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.mode = mode
+        self.names = list(dict.fromkeys([*names, *wrong_ca, *plain_http]))
+        self.wrong_ca, self.plain_http, self.no_well_known = set(wrong_ca), set(plain_http), set(no_well_known)
+        self.discovery_overrides = discovery_overrides
+        self.clock = clock or FixedClock(Clock().now_ms())
+        self.nodes: dict[str, Node] = {}
+        self.network = InProcessNetwork(self)
+        self.ca = None
+        self.tmp: Path | None = None
+        self._nursery: trio.Nursery | None = None
+        self._nursery_cm = None
+        self._sockets: dict[str, socket.socket] = {}
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    # --- setup --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Deployment":
+        self.tmp = Path(tempfile.mkdtemp(prefix="phoenix-deployment-"))
+        try:
+            await trio.to_thread.run_sync(self._prepare)
+            self._nursery_cm = trio.open_nursery()
+            self._nursery = await self._nursery_cm.__aenter__()
+            for name in self.names:
+                await self.set_up(name)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            for name in list(self.nodes):
+                if self.nodes[name].up:
+                    await self.set_down(name)
+            if self._nursery_cm is not None:
+                self._nursery.cancel_scope.cancel()
+                await self._nursery_cm.__aexit__(None, None, None)
+        finally:
+            for sock in self._sockets.values():
+                sock.close()
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _domain(self, name: str) -> str:
+        return DOMAINS.get(name, f"{name}.example")
+
+    def _prepare(self) -> None:
+        """Blocking part of setup: CA, ports, configs and key material."""
+        self.ca = load_or_create_ca(self.tmp / "ca")
+        other_ca = load_or_create_ca(self.tmp / "other-ca") if self.wrong_ca else None
+        ports = {}
+        if self.mode == "sockets":
+            for name in self.names:
+                self._sockets[name] = self._bind(0)
+                ports[name] = self._sockets[name].getsockname()[1]
+        resolve = {h: f"127.0.0.1:{ports[n]}" for n in self.names
+                   for h in names_of(self._domain(n))} if ports else {}
+        for name in self.names:
+            domain, port = self._domain(name), ports.get(name, 443)
+            d = self.tmp / name
+            overrides = {}
+            if self.discovery_overrides:
+                overrides = {self._domain(n): {s: f"https://{s}.{self._domain(n)}:{ports.get(n, 443)}"
+                                               for s in SERVICES} for n in self.names if n != name}
+            cfg = generate_config(d, domain, port=port, test_ca=True, test_ca_dir=self.tmp / "ca",
+                                  now_ms=self.clock.now_ms(), resolve=resolve, discovery=overrides,
+                                  well_known_enabled=name not in self.no_well_known)
+            if name in self.wrong_ca:
+                write_server_cert(other_ca, domain, d)   # replaces cert.pem/key.pem
+            node = Node(name, domain, d, cfg, port=ports.get(name, 0),
+                        wrong_ca=name in self.wrong_ca, plain_http=name in self.plain_http)
+            if not node.plain_http:
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+                node.server_ssl_context = ctx
+            self.nodes[name] = node
+
+    @staticmethod
+    def _bind(port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+        sock.set_inheritable(False)
+        return sock
+
+    # --- running and stopping homeservers ------------------------------------------------------
+
+    def _new_homeserver(self, node: Node) -> Homeserver:
+        transport = self.network.transport if self.mode == "in_process" else None
+        return Homeserver(node.config, clock=self.clock, federation_transport=transport)
+
+    async def set_up(self, name: str) -> Node:
+        """Start (or restart) homeserver ``name`` from its config and data directory.
+
+        Each homeserver lives in its own task of the deployment's nursery, so
+        homeservers can stop and start in any order.
+        """
+        node = self.nodes[name]
+        if node.up:
+            return node
+        node.hs = self._new_homeserver(node)
+        node._stop = trio.Event()
+        node._stopped = trio.Event()
+        runner = self._run_in_process if self.mode == "in_process" else self._run_sockets
+        await self._nursery.start(runner, node)
+        node.up = True
+        return node
+
+    async def _run_in_process(self, node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with node.hs.app.test_app():
+                task_status.started()
+                await node._stop.wait()
+        finally:
+            node._stopped.set()
+
+    async def _run_sockets(self, node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        sock = self._sockets.get(node.name) or self._bind(node.port)
+        self._sockets[node.name] = sock
+        try:
+            await serve(node.config, homeserver=node.hs, sock=sock, tls=not node.plain_http,
+                        shutdown_trigger=node._stop.wait, task_status=task_status)
+        finally:
+            self._sockets.pop(node.name).close()   # the port now refuses connections
+            node._stopped.set()
+
+    async def set_down(self, name: str) -> None:
+        """Make homeserver ``name`` unreachable (its data stays)."""
+        node = self.nodes[name]
+        node.up = False
+        if node._stop is not None:
+            node._stop.set()
+            await node._stopped.wait()
+            node._stop = node._stopped = None
+
+    async def restart(self, name: str) -> Node:
+        await self.set_down(name)
+        return await self.set_up(name)
+
+    # --- clients for tests ------------------------------------------------------------------------
+
+    def client(self, *, ca_bundle: Path | None = None) -> httpx.AsyncClient:
+        """An HTTPS client that reaches every node, verifying against the deployment CA.
+
+        The caller closes it (``async with d.client() as c``).
+        """
+        ctx = client_ssl_context(ca_bundle or self.tmp / "ca" / "ca.pem")
+        if self.mode == "in_process":
+            transport = self.network.transport(ctx)
+        else:
+            resolve = {h: f"127.0.0.1:{n.port}" for n in self.nodes.values() for h in names_of(n.domain)}
+            transport = https_transport(ctx, resolve)
+        return httpx.AsyncClient(transport=transport, trust_env=False, timeout=10.0)
+
+    def asgi_client(self, name: str, scheme: str = "https") -> httpx.AsyncClient:
+        """A client straight to node ``name``'s app (no TLS emulation; in-process only)."""
+        node = self.nodes[name]
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=node.hs.asgi),
+                                 base_url=f"{scheme}://{node.domain}", trust_env=False)
+
+
+__all__ = ["Deployment", "Node", "MODES", "DOMAINS", "tls_handshake", "InProcessNetwork"]
+

@@ -1,0 +1,26 @@
+"""Fixtures of the conformance suite: named homeservers over TLS.
+
+``deployment`` gives homeservers ``hs1`` (a.example) and ``hs2`` (b.example),
+once in-process and once on real sockets (``phoenix_ref.testing``). Tests
+that need other homeservers or negative variants (wrong CA, plain HTTP)
+open their own ``Deployment(deployment_mode, ...)``.
+"""
+
+import pytest
+
+from phoenix_ref.testing import MODES, Deployment
+
+
+@pytest.fixture(params=MODES)
+def deployment_mode(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def deployment(deployment_mode):
+    d = Deployment(deployment_mode, ["hs1", "hs2"])
+    await d.__aenter__()
+    try:
+        yield d
+    finally:
+        await d.__aexit__(None, None, None)
