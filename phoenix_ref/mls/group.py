@@ -37,7 +37,7 @@ from ..crypto import CryptoError, HpkeKeyPair, SigningKey, random_bytes
 from . import MlsError
 from . import tree_math as tm
 from .commit import (
-    AppliedProposals, CommitError, ProposalInfo, ProposalStore, StagedCommit, apply_proposals,
+    AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, StagedCommit, apply_proposals,
     check_proposal_sender, external_sender_key, new_group_context, path_required,
     proposal_or_refs, provisional_context, resolve_proposals, stage_commit, validate_proposal_list,
 )
@@ -338,7 +338,7 @@ class Group:
                                now=self._now())
         needs_path = path_required(infos)
         if path is False and needs_path:
-            raise CommitError("these proposals require an UpdatePath")
+            raise PathRequired("these proposals require an UpdatePath (§12.4)")
         use_path = needs_path or bool(path)
 
         tree = st.tree.copy()
