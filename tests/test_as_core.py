@@ -522,3 +522,14 @@ def test_every_request_struct_rejects_garbage():
         for junk in (b"", b"\xff", b"\x00" * 3, b"\x40\x01" + b"\x00" * 10):
             with pytest.raises(DecodeError):
                 decode(op.request, junk)
+
+
+def test_error_from_response_rebuilds_typed_errors():
+    from phoenix_ref.client.as_client import error_from_response
+    from phoenix_ref.errors import ErrorResponse
+    e = error_from_response(429, encode(ErrorResponse("rate_limited", "slow down")), "7")
+    assert isinstance(e, RateLimited) and e.retry_after == 7 and e.code == "rate_limited"
+    e = error_from_response(404, encode(ErrorResponse("unknown_user", "no")))
+    assert isinstance(e, NotFound) and e.code == "unknown_user"
+    e = error_from_response(418, b"\xff")
+    assert isinstance(e, ProtocolError) and e.status == 418 and e.code == "unknown"

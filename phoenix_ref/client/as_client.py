@@ -27,17 +27,19 @@ from .. import crypto, opaque
 from .. import privacy_pass as pp
 from ..auth_tokens import AliasAuth, ClientCredentialAuth, RequestBinding
 from ..codec import encode
+from ..errors import Unauthorized
 from ..credentials import (
     AsCredentialsResponse, ClientCredential, ClientCredentialCsr, CredentialChain, ExpirationData, TrustStore,
 )
 from ..ids import Alias, ClientId, Fqdn, GroupId, UserId
 from ..queue_crypto import QueueMessage, QueueRatchetState, RATCHET_KEY_LEN, decrypt_queue_message
 from ..authentication import messages as m
-from ..authentication.core import operation
+from ..authentication.core import PREFIX, operation
 
 __all__ = [
     "Registration", "AsIdentity", "AliasIdentity", "DirectQueueReader", "new_connection_payload",
     "check_connection_package", "open_connection_establishment", "make_connection_establishment",
+    "AsClient", "error_from_response", "trust_for",
 ]
 
 DAY_MS = 24 * 3600 * 1000
@@ -245,7 +247,6 @@ def check_connection_package(package: m.ConnectionPackage, expected_user: UserId
     the user asked for, its credential chains to that user's AS credentials
     (``trust`` must hold them, fetched over TLS), it is signed by that
     credential and still valid. Raises a ProtocolError subclass."""
-    from ..errors import Unauthorized
     if package.client_credential.client_id.user_id != expected_user:
         raise Unauthorized(f"connection package of {package.client_credential.client_id}, "
                            f"not of {expected_user}", code="connection_package_wrong_user")
@@ -284,3 +285,72 @@ def open_connection_establishment(keys: Any, ctxt: bytes, trust: TrustStore,
 def trust_for(answers: dict[Fqdn, AsCredentialsResponse]) -> TrustStore:
     """A TrustStore over *Get AS credentials* answers fetched over TLS."""
     return TrustStore.of(answers)
+
+
+# --- over HTTPS ---------------------------------------------------------------------------------
+
+class AsClient:
+    """AS requests over HTTPS (GUIDE §2: ``POST https://as.<domain>/phoenix/v1/<name>``,
+    body and answer ``application/phoenix``).
+
+    ``http`` is an ``httpx.AsyncClient`` whose TLS verification the caller set
+    up (a test deployment's CA, or the system store); ``base_url(domain)``
+    gives ``https://as.<domain>[:port]`` (default: the subdomain rule on port
+    443). The caller owns ``http``. Refusals come back as the
+    :class:`~phoenix_ref.errors.ProtocolError` subclass of their status, with
+    the server's code and ``retry_after``.
+    """
+
+    def __init__(self, http: Any, base_url: Any = None):
+        self.http = http
+        self.base_url = base_url or (lambda domain: f"https://as.{domain}")
+
+    async def call(self, domain: Fqdn | str, name: str, request: Any, *,
+                   privacy_pass: pp.Token | None = None) -> Any:
+        """POST ``request`` to endpoint ``name`` of ``domain``'s AS and decode
+        the answer (``None`` for endpoints without response struct)."""
+        from ..codec import decode
+        op = operation(name)
+        headers = {"Content-Type": MEDIA_TYPE}
+        if privacy_pass is not None:
+            headers["Authorization"] = pp.authorization_header(privacy_pass)
+        resp = await self.http.post(f"{self.base_url(domain)}{op.path}", content=encode(request), headers=headers)
+        if resp.status_code != 200:
+            raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
+        return decode(op.response, resp.content) if op.response is not None else None
+
+    async def as_credentials(self, domain: Fqdn | str) -> AsCredentialsResponse:
+        """*Get AS credentials* of ``domain`` (key distribution, over TLS)."""
+        from ..codec import decode
+        resp = await self.http.get(f"{self.base_url(domain)}{PREFIX}/as_credentials")
+        if resp.status_code != 200:
+            raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
+        return decode(AsCredentialsResponse, resp.content)
+
+    async def trust(self, *domains: Fqdn | str) -> TrustStore:
+        """A TrustStore over the AS credentials of ``domains``, fetched now."""
+        return TrustStore.of({Fqdn(str(d)): await self.as_credentials(d) for d in domains})
+
+
+MEDIA_TYPE = "application/phoenix"
+
+
+def error_from_response(status: int, body: bytes, retry_after: str | None = None) -> Exception:
+    """Rebuild the refusal of a Phoenix endpoint as the matching ProtocolError."""
+    from .. import errors
+    from ..codec import DecodeError, decode
+    try:
+        err = decode(errors.ErrorResponse, body)
+        code, message = err.code, err.message
+    except DecodeError:
+        code, message = "unknown", body[:200].decode("utf-8", "replace")
+    classes = {400: errors.Malformed, 401: errors.Unauthorized, 403: errors.Forbidden, 404: errors.NotFound,
+               409: errors.Conflict, 413: errors.TooLarge, 502: errors.UpstreamError}
+    if status == 429:
+        return errors.RateLimited(message, code=code, retry_after=int(retry_after or 1))
+    cls = classes.get(status)
+    if cls is None:
+        e = errors.ProtocolError(message, code=code)
+        e.status = status
+        return e
+    return cls(message, code=code)
