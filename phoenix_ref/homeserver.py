@@ -21,7 +21,6 @@ Plug-in points for the services built later: endpoint rows in
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 from typing import Any, Callable
 
@@ -38,6 +37,7 @@ from .delivery import routes as ds_routes
 from .delivery.store import DsStore
 from .federation.client import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
+from .ids import Fqdn, InvalidId
 from .http import Call, CallCheck, decode_body, install_error_handlers, make_view, read_body, require_tls
 from .keystore import Keystore
 from .queuing import routes as qs_routes
@@ -45,17 +45,24 @@ from .queuing.store import QsStore
 
 log = logging.getLogger(__name__)
 
-_HOST_OK = re.compile(r"^[a-z0-9.-]{1,253}$")
+_UNKNOWN_HOST = "unknown.invalid"
 
 
 def normalise_host(value: str) -> str:
-    """A Host header → lower-case host name without port or trailing dot."""
-    host = value.strip().lower()
+    """A Host header → lower-case host name without port or trailing dot.
+
+    Anything that is not a valid domain name becomes ``unknown.invalid``,
+    which no route serves (404 ``unknown_host``); the router never sees
+    a malformed name.
+    """
+    host = value.strip()
     if host.startswith("["):             # IPv6 literal: never one of ours
-        return "invalid.invalid"
+        return _UNKNOWN_HOST
     host = host.rsplit(":", 1)[0] if ":" in host else host
-    host = host.rstrip(".")
-    return host if _HOST_OK.match(host) else "invalid.invalid"
+    try:
+        return str(Fqdn(host))
+    except InvalidId:
+        return _UNKNOWN_HOST
 
 
 class _HostNormaliser:

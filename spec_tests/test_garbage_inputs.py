@@ -1,0 +1,142 @@
+"""Garbage in, 4xx out: every endpoint of the endpoint table, fuzzed.
+
+GUIDE §2: bad input gets a 4xx with an ``ErrorResponse`` body, never a 5xx.
+For every row of ``phoenix_ref.endpoints.ENDPOINTS`` (so endpoints added
+later are covered without touching this file) and for the delegation
+document, hypothesis builds requests that carry exactly one defect — a
+wrong method, a garbage or oversized body, a random ``Host``, a wrong path,
+plain HTTP — plus random noise (headers, content types). The answer must be
+the status that defect calls for, with a decodable ``ErrorResponse``.
+"""
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phoenix_ref.cli import generate_config
+from phoenix_ref.codec import decode
+from phoenix_ref.config import Limits
+from phoenix_ref.endpoints import ENDPOINTS, Endpoint
+from phoenix_ref.errors import ErrorResponse
+from phoenix_ref.federation.discovery import WELL_KNOWN_PATH
+from phoenix_ref.homeserver import Homeserver
+from phoenix_ref.http import MEDIA_TYPE
+from phoenix_ref.spec_plugin import spec
+
+DOMAIN = "a.example"
+MAX_BODY = 16 * 1024
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND", "TRACE"]
+RESERVED = {"host", "content-length", "transfer-encoding", "content-type", "connection"}
+
+WELL_KNOWN = Endpoint("well_known", None, "GET", WELL_KNOWN_PATH, None, None, None, False,
+                      "spec/federation/use_cases.md#homeserver-domain-and-discovery")
+ROWS = [*ENDPOINTS, WELL_KNOWN]
+
+
+def host_of(ep: Endpoint) -> str:
+    return DOMAIN if ep.service is None else f"{ep.service}.{DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return generate_config(tmp_path_factory.mktemp("garbage") / "a", DOMAIN,
+                           limits=Limits(max_body_bytes=MAX_BODY))
+
+
+token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1, max_size=20)
+printable = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+noise_headers = st.dictionaries(token.filter(lambda k: k.lower() not in RESERVED), printable, max_size=4)
+content_types = st.one_of(st.none(), st.just(MEDIA_TYPE), st.just("application/json"),
+                          st.just("text/plain; charset=utf-8"), printable)
+hosts = st.one_of(
+    st.from_regex(r"\A[a-z0-9.-]{1,40}\Z"),
+    st.sampled_from(["", "[::1]", "127.0.0.1", "xs.a.example", "a.example.evil", "AS.A.EXAMPLE.:99999",
+                     "qs.b.example", "as.a.example:abc", "ds..a.example"]),
+    printable)
+
+
+@st.composite
+def garbage_request(draw, ep: Endpoint):
+    defect = draw(st.sampled_from(["method", "body", "huge", "host", "path", "scheme"]))
+    method, body, host, path, scheme = ep.method, b"", host_of(ep), ep.path, "https"
+    ctype = draw(content_types) if ep.request is None else MEDIA_TYPE
+    if defect == "method":
+        method = draw(st.sampled_from([m for m in METHODS if m != ep.method
+                                       and not (ep.method == "GET" and m == "HEAD")]))
+    elif defect == "body":
+        body = draw(st.binary(min_size=1, max_size=2048))
+        ctype = draw(st.one_of(st.just(MEDIA_TYPE), content_types))
+    elif defect == "huge":
+        body = bytes(MAX_BODY + 1 + draw(st.integers(0, 4096)))
+    elif defect == "host":
+        host = draw(hosts.filter(lambda h: h.strip().lower().split(":")[0].rstrip(".") != host_of(ep)))
+    elif defect == "path":
+        path = ep.path + "/" + draw(token) if draw(st.booleans()) else "/" + draw(token)
+    else:
+        scheme = "http"
+    headers = draw(noise_headers)
+    if ctype is not None:
+        headers["content-type"] = ctype
+    headers["host"] = host
+    return defect, method, f"{scheme}://{host_of(ep)}{path}", headers, body
+
+
+def expected_statuses(ep: Endpoint, defect: str, body: bytes, headers: dict) -> set[int]:
+    """What the request's single defect must produce."""
+    if defect == "host":
+        return {404}
+    if defect == "path":
+        return {404}
+    if defect == "method":
+        return {405}
+    if defect == "scheme":
+        return {403}
+    if defect == "huge":
+        return {413}
+    # garbage body: 400 when it does not decode (or the endpoint takes none),
+    # 415 for the wrong media type; a body that happens to decode is a real
+    # request and may succeed
+    allowed = {400, 415}
+    if ep.request is not None:
+        try:
+            decode(ep.request, body)
+            allowed |= {200, 401, 403, 404, 409, 429}
+        except Exception:  # noqa: BLE001 - any decode failure: garbage indeed
+            pass
+    return allowed
+
+
+async def send(config, method, url, headers, body) -> httpx.Response:
+    hs = Homeserver(config)
+    async with hs.app.test_app():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hs.asgi), trust_env=False) as c:
+            return await c.request(method, url, headers=headers, content=body)
+
+
+@pytest.mark.parametrize("ep", ROWS, ids=[f"{e.service or 'well-known'}-{e.name}" for e in ROWS])
+async def test_endpoint_answers_a_clean_request(config, ep):
+    """The control: without a defect the endpoint works (so 4xx below means something)."""
+    resp = await send(config, ep.method, f"https://{host_of(ep)}{ep.path}", {}, b"")
+    if ep.request is None:
+        assert resp.status_code == 200
+        if ep.response is not None:
+            decode(ep.response, resp.content)
+    else:
+        assert resp.status_code == 400
+
+
+@spec("spec/federation/use_cases.md#federation-functionality", "MUST")
+@pytest.mark.parametrize("ep", ROWS, ids=[f"{e.service or 'well-known'}-{e.name}" for e in ROWS])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_garbage_gets_a_4xx_error_response(config, ep, data):
+    defect, method, url, headers, body = data.draw(garbage_request(ep))
+    resp = await send(config, method, url, headers, body)
+    assert resp.status_code < 500, (defect, resp.status_code, resp.content[:200])
+    allowed = expected_statuses(ep, defect, body, headers)
+    assert resp.status_code in allowed, (defect, method, headers, resp.status_code, resp.content[:200])
+    if resp.status_code >= 400 and method != "HEAD":
+        assert resp.headers["content-type"] == MEDIA_TYPE
+        err = decode(ErrorResponse, resp.content)
+        assert err.code and err.message

@@ -1,0 +1,153 @@
+"""Config (TOML), generate-config, the keystore on disk, and restarts."""
+
+import stat
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from phoenix_ref.cli import generate_config, main
+from phoenix_ref.codec import decode
+from phoenix_ref.config import Config, ConfigError, Limits
+from phoenix_ref.credentials import AsCredentialsResponse
+from phoenix_ref.federation.keys import QsVerifyingKeyResponse
+from phoenix_ref.homeserver import Homeserver, normalise_host
+from phoenix_ref.keystore import Keystore, KeystoreError
+
+
+def _config(tmp_path: Path, **kw) -> Config:
+    return Config(domain="a.example", data_dir=tmp_path / "data", keys_dir=tmp_path / "keys", **kw)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = _config(tmp_path, listen_port=8444, tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem",
+                  ca_bundle=Path("/etc/ssl/ca.pem"), well_known={"qs": "https://qs.a.example:9000"},
+                  discovery={"b.example": {s: f"https://{s}.b.example:8445" for s in ("as", "ds", "qs")}},
+                  resolve={"as.b.example": "127.0.0.1:8445", 'we"ird\\': "127.0.0.1:1"},
+                  federation_allow=("b.example",), federation_deny=("spam.example",),
+                  limits=Limits(max_body_bytes=1234, request_timeout_s=2.5))
+    text = cfg.to_toml(base=tmp_path)
+    tomllib.loads(text)                         # valid TOML
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    assert Config.load(path) == cfg
+    assert 'data_dir = "data"' in text           # paths inside the directory stay relative
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.toml"
+    path.write_text('domain = "A.Example."\n[tls]\ncert = "../c.pem"\n')
+    cfg = Config.load(path)
+    assert cfg.domain == "a.example"
+    assert cfg.tls_cert == (tmp_path / "c.pem").resolve()
+    assert cfg.data_dir == (tmp_path / "sub" / "data").resolve()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("", "domain"),
+    ('domain = "not a domain"', "domain"),
+    ('domain = "a.example"\n[listen]\nport = "80"', "listen.port"),
+    ('domain = "a.example"\n[listen]\nport = true', "listen.port"),
+    ('domain = "a.example"\n[limits]\nbogus = 1', "bogus"),
+    ('domain = "a.example"\n[discovery."b.example"]\nas = "https://as.b.example"', "discovery"),
+    ('domain = "a.example"\n[well_known]\nxx = "https://x.a.example"', "well_known"),
+    ("domain = [", "config.toml"),
+])
+def test_bad_config_is_a_config_error(tmp_path, text, needle):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        Config.load(path)
+
+
+def test_federation_allow_and_deny_lists(tmp_path):
+    assert _config(tmp_path).federates_with("b.example")
+    cfg = _config(tmp_path, federation_deny=("spam.example",))
+    assert not cfg.federates_with("SPAM.example") and cfg.federates_with("b.example")
+    cfg = _config(tmp_path, federation_allow=("b.example",))
+    assert cfg.federates_with("b.example") and not cfg.federates_with("c.example")
+
+
+def test_announced_urls(tmp_path):
+    assert _config(tmp_path, listen_port=443).announced_urls()["as"] == "https://as.a.example"
+    urls = _config(tmp_path, listen_port=8443, well_known={"ds": "https://ds.x.example"}).announced_urls()
+    assert urls == {"as": "https://as.a.example:8443", "ds": "https://ds.x.example",
+                    "qs": "https://qs.a.example:8443"}
+
+
+def test_generate_config_writes_keys_certificate_and_refuses_to_overwrite(tmp_path):
+    cfg = generate_config(tmp_path / "a", "a.example", port=8443, test_ca=True,
+                          peers={"b.example": 8444})
+    assert Config.load(tmp_path / "a" / "config.toml") == cfg
+    assert cfg.resolve["qs.b.example"] == "127.0.0.1:8444"
+    keys = sorted(p.name for p in cfg.keys_dir.iterdir())
+    assert keys == ["as_credential-1.cred", "as_credential-1.key", "as_intermediate-1.cred",
+                    "as_intermediate-1.key", "ds_signing-1.key", "qs_queue_config-1.key", "qs_signing-1.key"]
+    for p in [*cfg.keys_dir.glob("*.key"), cfg.tls_key, tmp_path / "a" / "ca-key.pem"]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    cert = x509.load_pem_x509_certificate(cfg.tls_cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {
+        "a.example", "as.a.example", "ds.a.example", "qs.a.example"}
+    with pytest.raises(ConfigError, match="exists"):
+        generate_config(tmp_path / "a", "a.example")
+
+
+def test_cli_generate_config_and_bad_serve(tmp_path, capsys):
+    assert main(["generate-config", "--domain", "b.example", "--dir", str(tmp_path / "b"), "--test-ca",
+                 "--test-ca-dir", str(tmp_path / "ca"), "--peer", "a.example=8443"]) == 0
+    assert (tmp_path / "ca" / "ca.pem").exists() and (tmp_path / "b" / "cert.pem").exists()
+    (tmp_path / "broken.toml").write_text('domain = "c.example"\n')
+    assert main(["serve", "--config", str(tmp_path / "broken.toml")]) == 2
+    assert "keys" in capsys.readouterr().err
+
+
+def test_keystore_load_rejects_missing_or_foreign_material(tmp_path):
+    Keystore.create(tmp_path / "k", "a.example", 1_767_225_600_000)
+    assert Keystore.load(tmp_path / "k", "a.example").as_credentials
+    with pytest.raises(KeystoreError, match="b.example"):
+        Keystore.load(tmp_path / "k", "b.example")
+    with pytest.raises(KeystoreError, match="already"):
+        Keystore.create(tmp_path / "k", "a.example", 0)
+    (tmp_path / "k" / "ds_signing-1.key").unlink()
+    with pytest.raises(KeystoreError, match="ds_signing"):
+        Keystore.load(tmp_path / "k", "a.example")
+    (tmp_path / "k" / "qs_signing-1.key").write_text("zz")
+    with pytest.raises(KeystoreError):
+        Keystore.load(tmp_path / "k", "a.example")
+
+
+@pytest.mark.parametrize("header, host", [
+    ("AS.A.example:8443", "as.a.example"), ("qs.a.example.", "qs.a.example"),
+    ("[::1]:443", "unknown.invalid"), ("ds..a.example", "unknown.invalid"), ("", "unknown.invalid"),
+])
+def test_host_header_normalisation(header, host):
+    assert normalise_host(header) == host
+
+
+async def _get(hs: Homeserver, url: str) -> bytes:
+    async with hs.app.test_app():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hs.asgi)) as c:
+            resp = await c.get(url)
+            assert resp.status_code == 200
+            return resp.content
+
+
+async def test_key_material_and_revocations_survive_a_restart(tmp_path):
+    cfg = generate_config(tmp_path / "a", "a.example")
+    first = Homeserver(Config.load(tmp_path / "a" / "config.toml"))
+    async with first.app.test_app():
+        revoked = await first.operator.revoke_intermediate()
+        await first.operator.rotate_qs_signing_key()
+        qs_before = [k.public for k in first.keystore.qs_signing_keys]
+        inters_before = [c for c, _ in first.keystore.as_intermediates]
+    second = Homeserver(Config.load(tmp_path / "a" / "config.toml"))      # a new process, same files
+    answer = decode(AsCredentialsResponse, await _get(second, "https://as.a.example/phoenix/v1/as_credentials"))
+    assert answer.revoked_certs == [revoked]
+    assert answer.as_intermediate_credentials == inters_before and len(inters_before) == 2
+    qs = decode(QsVerifyingKeyResponse, await _get(second, "https://qs.a.example/phoenix/v1/qs_verifying_key"))
+    assert qs.verifying_keys == qs_before and len(qs_before) == 2
+    assert cfg.domain == "a.example"
