@@ -253,7 +253,7 @@ class Group:
         if not self.active:
             raise GroupInactive("this member is no longer in the group")
 
-    def _send(self, body: Any, *, private: bool, authenticated_data: bytes = b"",
+    def _send(self, body: Any, *, private: bool = False, authenticated_data: bytes = b"",
               state: _EpochState | None = None) -> tuple[MLSMessage, AuthenticatedContent]:
         st = state or self._state
         ctx = st.group_context
@@ -310,14 +310,15 @@ class Group:
 
     def commit(self, *, adds: Iterable[KeyPackage] = (), removes: Iterable[int] = (),
                proposals: Iterable[Any] = (), by_reference: Iterable[bytes] | None = None,
-               path: bool | None = None, private: bool = False, authenticated_data: bytes = b"",
+               path: bool = True, private: bool = False, authenticated_data: bytes = b"",
                ratchet_tree_in_welcome: bool = True) -> CommitResult:
         """Create a Commit (§12.4.1).
 
         ``adds`` / ``removes`` / ``proposals`` go by value; ``by_reference``
         lists ProposalRefs from this epoch's store (default: all of them).
-        ``path`` forces (True) or omits (False) the UpdatePath; by default it
-        is included when required (§12.4) — and always when True is given.
+        The UpdatePath is included unless ``path=False`` (§12.4: "By default,
+        the path field of a Commit MUST be populated"); omitting it is refused
+        with :class:`PathRequired` when the proposals require one.
         The Commit is pending until :meth:`merge_pending_commit`.
         Raises the :mod:`.commit` errors for an invalid list.
         """
@@ -339,7 +340,7 @@ class Group:
         needs_path = path_required(infos)
         if path is False and needs_path:
             raise PathRequired("these proposals require an UpdatePath (§12.4)")
-        use_path = needs_path or bool(path)
+        use_path = needs_path or path
 
         tree = st.tree.copy()
         applied = apply_proposals(tree, st.group_context.extensions, infos)
