@@ -67,6 +67,12 @@ class Limits:
     discovery_ttl_s: int = 3600
     key_cache_ttl_s: int = 3600
     key_refetch_cooldown_s: int = 10       # unknown key id: at most one refetch per this interval
+    # AS configuration (spec/authentication_service.md#configuration; docs/decisions.md)
+    token_time_frame_s: int = 86_400       # "anonymous token time-frame"
+    token_allowance: int = 100             # "default token allowance" per client and time frame
+    token_domain_allowance: int = 10_000   # per other homeserver and time frame (#rate-limiting)
+    token_batch_max: int = 100             # tokens per issuance request
+    as_max_messages: int = 500             # "maximal number of requested messages" per dequeue
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,14 @@ class Config:
         for dom, urls in self.discovery.items():
             if set(urls) != set(SERVICES):
                 raise ConfigError(f"discovery.{dom}: needs exactly the keys {SERVICES}")
+        for where, url in [*(("well_known." + k, v) for k, v in self.well_known.items()),
+                           *((f"discovery.{d}.{k}", v) for d, u in self.discovery.items() for k, v in u.items())]:
+            if not url.startswith("https://"):
+                raise ConfigError(f"{where}: {url!r} is not an https:// URL (federation is TLS-only)")
+        for name, target in self.resolve.items():
+            ip, sep, port = target.rpartition(":")
+            if not sep or not ip or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"resolve.{name}: {target!r} is not ADDRESS:PORT")
 
     # --- derived values -------------------------------------------------------
 

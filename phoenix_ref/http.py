@@ -136,26 +136,26 @@ def install_error_handlers(app: Quart, known_hosts: Callable[[str], bool]) -> No
         status = err.code or 400
         if status == 404:
             if not known_hosts(request.host):
-                return error_response(ProtocolError_(404, "unknown_host",
+                return error_response(_error(404, "unknown_host",
                                                      f"no Phoenix service at host {request.host!r}"))
-            return error_response(ProtocolError_(404, "unknown_endpoint", f"no endpoint {request.path!r}"))
+            return error_response(_error(404, "unknown_endpoint", f"no endpoint {request.path!r}"))
         if status == 405:
             return error_response(MethodNotAllowed(f"method {request.method} not allowed here"))
         if status == 413:
             return error_response(TooLarge("request body too large"))
         if 400 <= status < 500:
-            return error_response(ProtocolError_(status, "bad_request", err.description or err.name))
+            return error_response(_error(status, "bad_request", err.description or err.name))
         log.error("HTTP exception %s", err)
-        return error_response(ProtocolError_(500, "internal_error", "internal error"))
+        return error_response(_error(500, "internal_error", "internal error"))
 
     @app.errorhandler(Exception)
     async def _bug(err: Exception) -> Response:
         log.exception("internal error while handling %s %s", request.method, request.path)
-        return error_response(ProtocolError_(500, "internal_error", "internal error"))
+        return error_response(_error(500, "internal_error", "internal error"))
 
 
-def ProtocolError_(status: int, code: str, message: str) -> ProtocolError:
-    """A ProtocolError with an explicit status (for statuses without a subclass)."""
+def _error(status: int, code: str, message: str) -> ProtocolError:
+    """A ProtocolError with an explicit status (statuses without a subclass)."""
     err = ProtocolError(message, code=code)
     err.status = status
     return err
