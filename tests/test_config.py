@@ -55,6 +55,9 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     ('domain = "a.example"\n[discovery."b.example"]\nas = "https://as.b.example"', "discovery"),
     ('domain = "a.example"\n[well_known]\nxx = "https://x.a.example"', "well_known"),
     ("domain = [", "config.toml"),
+    ('domain = "a.example"\n[resolve]\n"as.b.example" = "127.0.0.1"', "resolve"),
+    ('domain = "a.example"\n[discovery."b.example"]\nas = "http://as.b.example"\n'
+     'ds = "https://ds.b.example"\nqs = "https://qs.b.example"', "https"),
 ])
 def test_bad_config_is_a_config_error(tmp_path, text, needle):
     path = tmp_path / "config.toml"
