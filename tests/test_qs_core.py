@@ -11,7 +11,7 @@ from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from phoenix_ref.federation.outbound import OutboundItem
 from phoenix_ref.ids import Fqdn, GroupId, QsCid
-from phoenix_ref.queuing.core import ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, RateLimit
+from phoenix_ref.queuing.core import ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, RateLimit
 from phoenix_ref.queuing.fanout import seal_queue_config
 from phoenix_ref.queuing.messages import (
     AddPackageParams, AddPackageResponseTBS, BlockGroupParams, BlockGroupRequest, ClientQueueConfig,
@@ -410,7 +410,7 @@ class Federation:
 def test_federated_message_is_enqueued():
     f = Federation()
     result = f.deliver(f.message(b"hi"))
-    assert result.enqueued == [f.bob.qs_cid] and not result.duplicate
+    assert result.enqueued == [f.bob.qs_cid]
     assert received(f.bob) == [content_bytes(b"hi")]
 
 
@@ -477,12 +477,13 @@ def test_stale_and_future_timestamps_are_refused():
     assert received(f.bob) == [content_bytes(b"edge")]
 
 
-def test_replay_is_answered_but_enqueued_once():
+def test_replay_is_refused_and_enqueued_once():
     f = Federation()
     msg = f.message(b"once")
     first = f.deliver(msg)
-    again = f.deliver(msg, NOW + 1000)
-    assert not first.duplicate and again.duplicate and again.enqueued == []
+    with pytest.raises(DuplicateMessage) as e:
+        f.deliver(msg, NOW + 1000)
+    assert first.enqueued == [f.bob.qs_cid] and e.value.status == 409 and e.value.code == "duplicate_message"
     assert received(f.bob) == [content_bytes(b"once")]
 
 
@@ -497,7 +498,8 @@ def test_replay_memory_survives_restart(tmp_path):
     b2 = make_core("b.example", sqlite_dir=tmp_path)
     b2.keys = b.keys
     b2.config_cache = b.config_cache
-    assert b2.federated_enqueue(msg, NOW + 5, lambda d, r: a.keys.signing_key.public).duplicate
+    with pytest.raises(DuplicateMessage):
+        b2.federated_enqueue(msg, NOW + 5, lambda d, r: a.keys.signing_key.public)
 
 
 def test_configs_for_a_third_domain_are_refused():

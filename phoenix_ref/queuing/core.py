@@ -52,7 +52,8 @@ import trio
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, decode, encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hash_, hs_sign, hs_verify, verify_with_label
-from ..errors import Forbidden, Malformed, NotFound, RateLimited, Unauthorized
+from ..endpoints import PREFIX as OPERATION_PREFIX
+from ..errors import Conflict, Forbidden, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
 from ..ids import Fqdn, QsCid, QsUid
 from ..mls.extensions import (
@@ -80,13 +81,12 @@ from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
 __all__ = [
     "QS_TO_QS_LABEL", "ADD_PACKAGE_RESPONSE_LABEL", "RateLimit", "QsConfig", "QsKeys",
     "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "QueueNotifier", "QsService",
-    "KeyLookup", "operation_path",
+    "KeyLookup", "operation_path", "DuplicateMessage",
 ]
 
 log = logging.getLogger(__name__)
 
 QS_TO_QS_LABEL = "QsToQsMessage"
-OPERATION_PREFIX = "/phoenix/v1"  # phoenix_ref.endpoints.PREFIX
 ADD_PACKAGE_RESPONSE_LABEL = "AddPackageResponse"
 MAX_SIGNATURE_KEY_LEN = 32  # Ed25519 (ciphersuite 1)
 MAX_FRIENDSHIP_TOKEN_LEN = 256
@@ -163,7 +163,13 @@ class LocalEnqueueResult:
 class FederatedEnqueueResult:
     response: FederatedEnqueueResponse
     enqueued: list[QsCid]
-    duplicate: bool = False
+
+
+class DuplicateMessage(Conflict):
+    """A QsToQsMessage whose id this QS has already accepted (409): nothing is
+    enqueued. The sending QS treats this answer as "delivered" — it is what a
+    retry after a lost answer or a crash gets (docs/decisions.md)."""
+    code = "duplicate_message"
 
 
 def operation_path(name: str) -> str:
@@ -172,8 +178,12 @@ def operation_path(name: str) -> str:
     return f"{OPERATION_PREFIX}/{name}"
 
 
-# key lookup for federated verification: (source domain, force_refresh) -> verifying key
-KeyLookup = Callable[[Fqdn, bool], bytes]
+# key lookup for federated verification: (source domain, force_refresh) -> the
+# source QS's verifying key, or its list of published keys (current first).
+# A lookup that fails for a transient reason raises a ProtocolError (e.g.
+# UpstreamError, 502) which passes through; any other exception means the
+# source cannot be authenticated (401).
+KeyLookup = Callable[[Fqdn, bool], "bytes | list[bytes]"]
 
 
 def _queue_id(qs_cid: QsCid) -> bytes:
@@ -523,9 +533,9 @@ class QsCore:
         verifying key, refetched once if the cached key fails (401); every
         config names this homeserver (403); rate limits per source domain,
         per client queue config and per queue (429 with Retry-After); the
-        message id is new — a replay is answered with success and an empty
-        response, without enqueueing again. Then the message is processed
-        like one from the local DS (``#enqueuing-messages``).
+        message id is new — a replay raises :class:`DuplicateMessage` (409)
+        and enqueues nothing. Then the message is processed like one from
+        the local DS (``#enqueuing-messages``).
         """
         cfg = self.config
         if not cfg.federates_with(message.source):
@@ -557,8 +567,8 @@ class QsCore:
 
         if not self.records.remember_message_id(source, message.message_id, now_ms,
                                                 cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms):
-            log.info("replayed QsToQsMessage %s from %s ignored", message.message_id.hex(), source)
-            return FederatedEnqueueResult(FederatedEnqueueResponse([]), [], duplicate=True)
+            log.info("replayed QsToQsMessage %s from %s refused", message.message_id.hex(), source)
+            raise DuplicateMessage(f"message {message.message_id.hex()} from {source} was already received")
         result = LocalEnqueueResult()
         self._enqueue_local(message.payload, now_ms, result)
         return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
@@ -572,15 +582,18 @@ class QsCore:
         tbs = message.tbs()
         for refresh in (False, True):
             try:
-                key = key_lookup(message.source, refresh)
-            except Exception as e:  # noqa: BLE001 - any lookup failure: we cannot authenticate
+                found = key_lookup(message.source, refresh)
+            except ProtocolError:
+                raise  # e.g. 502: the source's QS could not be reached; the sender retries
+            except Exception as e:  # noqa: BLE001 - any other lookup failure: we cannot authenticate
                 raise Unauthorized(f"cannot get the verifying key of {message.source}: {e}",
                                    code="unknown_source_key") from None
-            try:
-                hs_verify(key, QS_TO_QS_LABEL, tbs, message.signature)
-                return
-            except CryptoError:
-                continue
+            for key in ([found] if isinstance(found, (bytes, bytearray)) else found):
+                try:
+                    hs_verify(key, QS_TO_QS_LABEL, tbs, message.signature)
+                    return
+                except CryptoError:
+                    continue
         raise Unauthorized("QsToQsMessage signature does not verify", code="bad_signature")
 
 

@@ -23,6 +23,10 @@ Struct and field names follow the spec so that a reader can search for them.
 * Federation (``#federated-qs-to-qs-communication``): ``QsToQsMessage`` and
   ``FederatedEnqueueResponse``.
 * ``AddPackage`` (``spec/glossary.md#addpackage``).
+* Websocket (``#negotiate-websocket-connection``): ``QsWsMessage``, what the
+  QS sends on an open websocket — ``WsConnected`` once the connection is
+  authenticated and watching the queue, then ``WsQueueUpdate`` whenever
+  messages land in it.
 
 Choices where the spec is silent (docs/decisions.md):
 
@@ -58,6 +62,14 @@ Choices where the spec is silent (docs/decisions.md):
   signature is ``SignWithLabel(QS signing key, "QsToQsMessage", QsToQsMessageTBS)``
   with the homeserver prefix (``crypto.hs_sign``).
 * **MessageContent** tag: ``uint8``, 1 Commit, 2 Application, 3 WelcomeBundle.
+* **Websocket framing.** The handshake is a plain websocket upgrade (RFC 6455)
+  of ``GET /phoenix/v1/websocket`` on ``qs.<domain>``; the client's first
+  (binary) message is the encoded ``WsRequest``. The QS answers with the
+  binary ``QsWsMessage`` ``WsConnected`` and from then on sends
+  ``WsQueueUpdate`` where it would otherwise send a push notification. A
+  refusal closes the socket with code ``4000 + HTTP status`` (e.g. 4401) and
+  the error code as the reason. Notifications carry no content: the client
+  dequeues (``#dequeue-messages``).
 * **AddPackageResponse** is signed by the QS (``spec/glossary.md#qs-signing-key``:
   "sign KeyPackage bundles before returning them"), label ``"AddPackageResponse"``,
   over the friendship token and the AddPackages.
@@ -86,7 +98,7 @@ __all__ = [
     "UpdateUserRecordRequest", "UserRecordRequest", "DeleteUserRecordRequest",
     "CreateClientRecordRequest", "UpdateClientRecordRequest", "DeleteClientRecordRequest",
     "BlockGroupRequest", "PublishKeyPackagesRequest", "DequeueMessagesRequest", "WsRequest",
-    "decode_sealed_queue_config",
+    "decode_sealed_queue_config", "WsConnected", "WsQueueUpdate", "QsWsMessage",
 ]
 
 SignaturePublicKey = VarBytes
@@ -354,6 +366,20 @@ class DequeueMessagesParams:
 class WsParams:
     """``#negotiate-websocket-connection``."""
     qs_cid: QsCid
+
+
+@struct
+class WsConnected:
+    """Sent once on a websocket: authenticated, the queue is watched from now on."""
+
+
+@struct
+class WsQueueUpdate:
+    """Sent on a websocket whenever messages were enqueued (the websocket
+    stands in for a push notification)."""
+
+
+QsWsMessage = variant(U8, {1: WsConnected, 2: WsQueueUpdate}, "QsWsMessage")
 
 
 # --- request envelopes: a QsAuthToken before the params (auth_tokens.py) ---------------
