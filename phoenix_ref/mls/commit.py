@@ -319,9 +319,8 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
             touched.add(u)
             _validate_update(p.proposal, u, tree, group_context, extensions, now)
 
-    in_use_keys = {leaf.signature_key: i for i, leaf in tree.leaves()}
     added_keys: set[bytes] = set()
-    cred_types = {leaf.credential.credential_type for _, leaf in tree.leaves()}
+    cred_types = tree.credential_types_in_use()
     for p in proposals:
         if isinstance(p.proposal, Add):
             kp = p.proposal.key_package
@@ -329,7 +328,9 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
             key = kp.leaf_node.signature_key
             if key in added_keys:
                 raise DuplicateAdd("two Adds for the same signature key")
-            if key in in_use_keys and in_use_keys[key] not in removed:
+            # "the same client" is decided by the signature key (§12.2's example)
+            if tree.signature_key_count(key) and \
+                    any(leaf.signature_key == key and i not in removed for i, leaf in tree.leaves()):
                 raise AddOfExistingMember("an Add for a client already in the group")
             added_keys.add(key)
 
@@ -373,7 +374,7 @@ def _validate_update(update: Update, leaf_index: int, tree: RatchetTree, ctx: Gr
     try:
         validate_leaf_node(update.leaf_node, group_id=ctx.group_id, leaf_index=leaf_index,
                            expected_source=LeafNodeSource.update, extensions=extensions,
-                           credential_types_in_use=_cred_types(tree, skip=leaf_index), now=now)
+                           credential_types_in_use=tree.credential_types_in_use(leaf_index), now=now)
     except LeafNodeError as e:
         raise InvalidProposal(f"Update: {e}") from None
     if update.leaf_node.encryption_key == old.encryption_key:
@@ -388,10 +389,6 @@ def _validate_add(kp: KeyPackage, tree: RatchetTree, extensions, cred_types, now
     except KeyPackageError as e:
         raise InvalidProposal(f"Add: {e}") from None
     _check_credential_supported(kp.leaf_node, tree)
-
-
-def _cred_types(tree: RatchetTree, skip: int | None = None) -> set[int]:
-    return {leaf.credential.credential_type for i, leaf in tree.leaves() if i != skip}
 
 
 def _check_credential_supported(leaf: LeafNode, tree: RatchetTree) -> None:
@@ -495,15 +492,14 @@ def check_path_keys_fresh(tree: RatchetTree, path: UpdatePath, sender: int) -> N
     new_keys = [path.leaf_node.encryption_key] + [n.encryption_key for n in path.nodes]
     if len(set(new_keys)) != len(new_keys):
         raise DuplicateEncryptionKeyError("the UpdatePath repeats an encryption key")
-    fresh = set(new_keys)
-    for x in range(tree.width):
-        v = tree.node(x)
-        if v is not None and v.encryption_key in fresh:
-            raise DuplicateEncryptionKeyError(f"UpdatePath key already in node {x}")
+    for key in new_keys:
+        if tree.encryption_key_in_use(key):
+            raise DuplicateEncryptionKeyError("an UpdatePath key is already in the tree")
     sig = path.leaf_node.signature_key
-    for i, leaf in tree.leaves():
-        if i != sender and leaf.signature_key == sig:
-            raise DuplicateSignatureKeyError(f"UpdatePath leaf repeats member {i}'s signature key")
+    old = tree.leaf(sender)
+    others = tree.signature_key_count(sig) - (1 if old is not None and old.signature_key == sig else 0)
+    if others:
+        raise DuplicateSignatureKeyError("the UpdatePath leaf repeats another member's signature key")
 
 
 @dataclass
@@ -579,8 +575,6 @@ def stage_commit(content: AuthenticatedContent, tree: RatchetTree, group_context
             new_tree.add_leaf(path.leaf_node)
         new_tree.apply_update_path(committer, path)
         provisional = provisional_context(group_context, new_tree, applied.extensions)
-    if new_tree.member_count() == 0:
-        raise ProposalValidationError("the Commit leaves the group empty")
     confirmed = transcript.confirm(content)
     ctx = new_group_context(group_context, new_tree, applied.extensions, confirmed)
     return StagedCommit(content, proposals, applied, new_tree, committer, commit.path, provisional, ctx,
@@ -595,7 +589,7 @@ def _validate_path_leaf(path: UpdatePath, tree: RatchetTree, group_id: bytes, co
     try:
         validate_leaf_node(path.leaf_node, group_id=group_id, leaf_index=committer,
                            expected_source=LeafNodeSource.commit, extensions=extensions,
-                           credential_types_in_use=_cred_types(tree, skip=committer), now=now)
+                           credential_types_in_use=tree.credential_types_in_use(committer), now=now)
     except LeafNodeError as e:
         raise InvalidUpdatePath(f"UpdatePath leaf node: {e}") from None
     if old is not None and old.encryption_key == path.leaf_node.encryption_key:

@@ -139,6 +139,38 @@ class RatchetTree:
         """``nodes`` must already be a full tree (length ``2^(d+1) - 1``)."""
         self._nodes = nodes
         self._hashes: list[bytes | None] = [None] * len(nodes)
+        # Occurrence counts kept up to date by _set, so that a Commit's
+        # uniqueness and capability checks (§7.3) need no scan of the tree.
+        self._enc_keys: dict[bytes, int] = {}
+        self._sig_keys: dict[bytes, int] = {}
+        self._cred_types: dict[int, int] = {}
+        for v in nodes:
+            self._count(v, 1)
+
+    def _count(self, v: TreeNode, delta: int) -> None:
+        if v is None:
+            return
+        _bump(self._enc_keys, v.encryption_key, delta)
+        if isinstance(v, LeafNode):
+            _bump(self._sig_keys, v.signature_key, delta)
+            _bump(self._cred_types, int(v.credential.credential_type), delta)
+
+    def encryption_key_in_use(self, key: bytes) -> bool:
+        """Whether some node of the tree has this encryption key."""
+        return key in self._enc_keys
+
+    def signature_key_count(self, key: bytes) -> int:
+        """How many leaves have this signature key."""
+        return self._sig_keys.get(key, 0)
+
+    def credential_types_in_use(self, excluding_leaf: int | None = None) -> set[int]:
+        """The credential types of the members' leaves (without the one of
+        ``excluding_leaf`` if no other leaf uses it)."""
+        types = set(self._cred_types)
+        leaf = self.leaf(excluding_leaf) if excluding_leaf is not None else None
+        if leaf is not None and self._cred_types.get(int(leaf.credential.credential_type)) == 1:
+            types.discard(int(leaf.credential.credential_type))
+        return types
 
     # --- construction and serialization ----------------------------------------------
 
@@ -184,8 +216,12 @@ class RatchetTree:
 
     def copy(self) -> "RatchetTree":
         """An independent tree (nodes are immutable; the hash cache is kept)."""
-        other = RatchetTree(list(self._nodes))
+        other = RatchetTree.__new__(RatchetTree)
+        other._nodes = list(self._nodes)
         other._hashes = list(self._hashes)
+        other._enc_keys = dict(self._enc_keys)
+        other._sig_keys = dict(self._sig_keys)
+        other._cred_types = dict(self._cred_types)
         return other
 
     def __eq__(self, other: object) -> bool:
@@ -231,6 +267,8 @@ class RatchetTree:
 
     def _set(self, x: int, value: TreeNode) -> None:
         """Every node change goes here: it drops the cached hashes of ``x`` and its ancestors."""
+        self._count(self._nodes[x], -1)
+        self._count(value, 1)
         self._nodes[x] = value
         self._hashes[x] = None
         for p in tm.direct_path(x, self.n_leaves):
@@ -297,6 +335,8 @@ class RatchetTree:
             if any(self._nodes[2 * i] is not None for i in range(half, self.n_leaves)):
                 return
             width = tm.node_width(half)
+            for v in self._nodes[width:]:
+                self._count(v, -1)
             del self._nodes[width:]
             del self._hashes[width:]
 
@@ -544,6 +584,14 @@ class RatchetTree:
                 if v.encryption_key in enc_keys:
                     raise DuplicateEncryptionKeyError(f"node {x} repeats an encryption key")
                 enc_keys.add(v.encryption_key)
+
+
+def _bump(counts: dict, key, delta: int) -> None:
+    n = counts.get(key, 0) + delta
+    if n:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 def _parent_hash_field(v: TreeNode) -> bytes | None:
