@@ -198,3 +198,28 @@ def test_key_package_validation():
         validate_key_package(replace(b.key_package, signature=bytes(64)))
     with pytest.raises(KeyPackageError):
         validate_key_package(b.key_package, now=b.key_package.leaf_node.lifetime.not_after + 1)
+
+
+def test_reinit_commit_ends_the_group():
+    groups = new_group(3)
+    prop = groups[1].propose_reinit(b"new-group-id")
+    for g in (groups[0], groups[2]):
+        g.process(prop)
+    res, out = commit_and_deliver(groups, groups[0], path=False)
+    assert all(o.applied.reinit is not None for o in out)
+    assert not any(g.active for g in groups)
+    assert len({g.epoch_authenticator for g in groups}) == 1
+
+
+def test_own_update_and_self_removal_are_not_committed_by_default():
+    groups = new_group(3)
+    own = groups[0].propose_update()
+    rm_me = groups[1].propose_remove(0)
+    other = groups[2].propose_update()
+    for msg, sender in ((own, 0), (rm_me, 1), (other, 2)):
+        for g in groups:
+            if g.leaf_index != sender:
+                g.process(msg)
+    res, _ = commit_and_deliver(groups, groups[0])
+    assert len(res.message.public_message.content.commit.proposals) == 1
+    assert_agree(groups)

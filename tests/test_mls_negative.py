@@ -171,8 +171,13 @@ def test_two_updates_for_one_leaf():
         prop = groups[1].propose_update()
         groups[0].process(prop)
         ds.process_proposal(prop)
+    refs_both = [p.ref for p in groups[0].proposals]
     with pytest.raises(c.DuplicateLeafProposals):
-        groups[0].commit()
+        groups[0].commit(by_reference=refs_both)
+    # by default the committer keeps only the most recent Update of a leaf (§12.2 SHOULD)
+    res = groups[0].commit()
+    assert [p.reference for p in res.message.public_message.content.commit.proposals] == refs_both[1:]
+    groups[0].clear_pending_commit()
     refs = [ProposalOrRef.by_reference(p.ref) for p in groups[0].proposals]
     msg = forge(groups[2], replace(valid_path_commit(groups[2]), proposals=refs))
     groups[2].proposals = groups[0].proposals

@@ -135,3 +135,12 @@ def test_ds_stores_member_proposals_and_validates_key_packages():
     from dataclasses import replace
     with pytest.raises(KeyPackageError):
         ds.validate_key_package(replace(b.key_package, signature=bytes(64)))
+
+
+def test_private_commit_is_not_for_the_ds():
+    from phoenix_ref.mls.public_group import CommitNotPublic
+    groups = new_group(2)
+    ds = ds_for(groups[0])
+    res = groups[1].commit(private=True)
+    with pytest.raises(CommitNotPublic):
+        ds.validate_commit(res.message)

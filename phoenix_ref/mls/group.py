@@ -39,7 +39,7 @@ from . import tree_math as tm
 from .commit import (
     AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, StagedCommit, apply_proposals,
     check_proposal_sender, external_sender_key, new_group_context, path_required,
-    proposal_or_refs, provisional_context, resolve_proposals, stage_commit, validate_proposal_list,
+    proposal_or_refs, provisional_context, stage_commit, validate_proposal_list,
 )
 from .extensions import ExternalPub, RatchetTreeExtension, get_extension, to_extension
 from .framing import (
@@ -155,7 +155,7 @@ class Group:
         self.proposals = ProposalStore()
         self.resumption_psks: dict[tuple[bytes, int], bytes] = {}
         self._pending_updates: dict[bytes, HpkeKeyPair] = {}
-        self._pending: tuple[AuthenticatedContent, _EpochState] | None = None
+        self._pending: tuple[AuthenticatedContent, _EpochState, AppliedProposals] | None = None
         self.active = True
         self._enter_epoch(state)
 
@@ -325,7 +325,7 @@ class Group:
         self._require_active()
         st = self._state
         me = self.leaf_index
-        refs = [p.ref for p in self.proposals] if by_reference is None else list(by_reference)
+        refs = self._default_refs() if by_reference is None else list(by_reference)
         infos: list[ProposalInfo] = []
         for ref in refs:
             info = self.proposals.get(ref)
@@ -368,16 +368,43 @@ class Group:
             wgi = _sign_group_info(new_state, self.signing_key, ratchet_tree_in_welcome)
             members = [(kp, own.path_secret_for(tree, leaf) if own else None) for leaf, kp in applied.added]
             welcome = create_welcome(wgi, new_state.secrets.joiner_secret, psks, members)
-        self._pending = (content, new_state)
+        self._pending = (content, new_state, applied)
         return CommitResult(message, welcome, gi)
+
+    def _default_refs(self) -> list[bytes]:
+        """The stored proposals a Commit includes by default (§12.2, §12.4):
+        all of them, except our own Updates (the UpdatePath replaces them),
+        Removes of ourselves (we cannot commit those), and — per leaf — Updates
+        superseded by a Remove or by a more recent Update of the same leaf."""
+        me = self.leaf_index
+        infos = list(self.proposals)
+        removed = {p.proposal.removed for p in infos if isinstance(p.proposal, Remove)}
+        latest_update: dict[int, bytes] = {}
+        for p in infos:
+            if isinstance(p.proposal, Update):
+                latest_update[p.sender.leaf_index] = p.ref
+        refs, seen_removed = [], set()
+        for p in infos:
+            if isinstance(p.proposal, Update):
+                leaf = p.sender.leaf_index
+                if leaf == me or leaf in removed or latest_update[leaf] != p.ref:
+                    continue
+            elif isinstance(p.proposal, Remove):
+                if p.proposal.removed == me or p.proposal.removed in seen_removed:
+                    continue
+                seen_removed.add(p.proposal.removed)
+            refs.append(p.ref)
+        return refs
 
     def merge_pending_commit(self) -> None:
         """Move to the epoch of our pending Commit (once the DS accepted it)."""
         if self._pending is None:
             raise GroupError("no pending Commit")
-        _content, new_state = self._pending
+        _content, new_state, applied = self._pending
         self._pending_updates.clear()
         self._enter_epoch(new_state)
+        if applied.reinit is not None:
+            self.active = False  # §12.4.1: the group is replaced by the ReInit's new group
 
     def clear_pending_commit(self) -> None:
         """Forget our pending Commit (the DS refused it)."""
@@ -449,9 +476,8 @@ class Group:
         st = self._state
         sender = content.content.sender
         if self._pending is not None and sender == Sender.member(self.leaf_index):
-            pending_content, new_state = self._pending
+            pending_content, _new_state, applied = self._pending
             if pending_content == content:
-                applied = _applied_of(pending_content, st, self.proposals)
                 self.merge_pending_commit()
                 return CommitMessage(sender, self.epoch, applied)
         if sender == Sender.member(self.leaf_index):
@@ -659,9 +685,3 @@ def _install_path_secret(tree: RatchetTree, keys: PrivateTreeKeys, me: int, sign
             secret = next_path_secret(secret)
     if not started:
         raise TreeValidationError("the common ancestor is not on the committer's filtered direct path")
-
-
-def _applied_of(content: AuthenticatedContent, st: _EpochState, store: ProposalStore) -> AppliedProposals:
-    infos = resolve_proposals(content.content.commit, content.content.sender, store)
-    return apply_proposals(st.tree.copy(), st.group_context.extensions, infos)
-
