@@ -18,7 +18,7 @@ class SharedMissing(RuntimeError):
 
 
 def shared_dir() -> Path:
-    path = Path(os.environ.get("PHOENIX_SHARED", REPO_ROOT.parent / "shared"))
+    path = Path(os.environ.get("PHOENIX_SHARED") or REPO_ROOT.parent / "shared")
     if not (path / "spec").is_dir():
         raise SharedMissing(
             f"the shared protocol material is missing: expected {path}/spec "
