@@ -21,7 +21,7 @@ from phoenix_ref.crypto import SigningKey
 from phoenix_ref.errors import Conflict, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
 from phoenix_ref.ids import Alias, ClientId, Fqdn, GroupId, UserId
 
-from as_fixtures import NOW, build
+from tests.as_fixtures import NOW, build
 
 DOMAIN = Fqdn("a.example")
 

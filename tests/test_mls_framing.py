@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from conftest import vector_params
+from tests.conftest import vector_params
 from phoenix_ref.codec import decode, encode
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.mls import MlsError

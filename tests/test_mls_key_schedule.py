@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import vector_params
+from tests.conftest import vector_params
 from phoenix_ref.codec import encode
 from phoenix_ref.crypto import NH, CryptoError, HpkeKeyPair
 from phoenix_ref.mls.key_schedule import (

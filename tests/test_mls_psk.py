@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import vector_params
+from tests.conftest import vector_params
 from phoenix_ref.crypto import NH
 from phoenix_ref.mls import MlsError
 from phoenix_ref.mls.messages import ResumptionPSKUsage

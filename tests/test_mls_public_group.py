@@ -3,7 +3,7 @@ spec/delivery_service.md#validation, #groupinfo-updates, #ds-induced-removals)."
 
 import pytest
 
-from conftest import vector_params
+from tests.conftest import vector_params
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.mls.commit import ProposalInfo, RemoveOfBlankLeaf
 from phoenix_ref.mls.extensions import ExternalSender, ExternalSenders, to_extension

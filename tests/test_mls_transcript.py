@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from conftest import vector_params
+from tests.conftest import vector_params
 from phoenix_ref.codec import decode
 from phoenix_ref.mls import MlsError
 from phoenix_ref.mls.messages import AuthenticatedContent, ContentType

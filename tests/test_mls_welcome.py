@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from conftest import vector_params
+from tests.conftest import vector_params
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey
 from phoenix_ref.mls import MlsError
 from phoenix_ref.mls.framing import BadSignature, DecryptionFailed, decode_mls_message

@@ -23,7 +23,7 @@ from phoenix_ref.queuing.messages import (
     UpdateUserRecordRequest, UserRecordParams, UserRecordRequest, WsParams, WsRequest,
 )
 
-from qs_helpers import NOW, Client, fan_out, make_core
+from tests.qs_helpers import NOW, Client, fan_out, make_core
 
 GROUP = GroupId.random("ds.a.example")
 

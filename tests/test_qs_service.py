@@ -22,7 +22,7 @@ from phoenix_ref.queuing.messages import (
 )
 from phoenix_ref.mls.messages import Welcome
 
-from qs_helpers import NOW, Client, fan_out, make_core
+from tests.qs_helpers import NOW, Client, fan_out, make_core
 
 GROUP = GroupId.random("ds.a.example")
 
