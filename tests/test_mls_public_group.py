@@ -17,7 +17,7 @@ from phoenix_ref.mls.public_group import NotExternalSender, PublicGroup
 from phoenix_ref.mls.transcript import TranscriptHashes
 from phoenix_ref.mls.tree import RatchetTree
 from phoenix_ref.spec_plugin import spec
-from test_mls_group import assert_agree, member, new_group
+from tests.test_mls_group import assert_agree, member, new_group
 
 
 def _context(group_id: bytes, tree: RatchetTree) -> GroupContext:
