@@ -22,7 +22,7 @@ from phoenix_ref.mls.transcript import BadConfirmationTag
 from phoenix_ref.mls.tree import (
     DuplicateSignatureKeyError, ParentHashError, UnmergedLeavesError, sign_leaf_node,
 )
-from test_mls_group import member, new_group
+from tests.test_mls_group import member, new_group
 
 
 def forge(sender_group: Group, commit: Commit, *, signer: SigningKey | None = None,
@@ -228,3 +228,17 @@ def test_other_list_rules():
         ds.validate_commit(forge(groups[0], Commit([], None)))
     with pytest.raises(c.UnknownProposalRef):
         groups[1].process(forge(groups[0], Commit([ProposalOrRef.by_reference(bytes(32))], None)))
+
+
+def test_add_with_encryption_key_in_use():
+    from phoenix_ref.mls.tree import DuplicateEncryptionKeyError
+    from phoenix_ref.crypto import sign_with_label
+    groups, _ = setup()
+    b = Group.make_key_package(*member(b"dup"))
+    kp = b.key_package
+    leaf = sign_leaf_node(replace(kp.leaf_node, encryption_key=groups[1].tree.leaf(1).encryption_key),
+                          b.signing_key)
+    kp = replace(kp, leaf_node=leaf)
+    kp = replace(kp, signature=sign_with_label(b.signing_key, "KeyPackageTBS", kp.tbs()))
+    with pytest.raises(DuplicateEncryptionKeyError):
+        groups[0].commit(adds=[kp])

@@ -320,6 +320,7 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
             _validate_update(p.proposal, u, tree, group_context, extensions, now)
 
     added_keys: set[bytes] = set()
+    added_enc: set[bytes] = set()
     cred_types = tree.credential_types_in_use()
     for p in proposals:
         if isinstance(p.proposal, Add):
@@ -332,6 +333,10 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
             if tree.signature_key_count(key) and \
                     any(leaf.signature_key == key and i not in removed for i, leaf in tree.leaves()):
                 raise AddOfExistingMember("an Add for a client already in the group")
+            if tree.encryption_key_in_use(kp.leaf_node.encryption_key) or \
+                    kp.leaf_node.encryption_key in added_enc:
+                raise DuplicateEncryptionKeyError("an added leaf repeats an encryption key (§7.3)")
+            added_enc.add(kp.leaf_node.encryption_key)
             added_keys.add(key)
 
     psk_ids = [p.proposal.psk for p in proposals if isinstance(p.proposal, PreSharedKey)]
@@ -379,6 +384,11 @@ def _validate_update(update: Update, leaf_index: int, tree: RatchetTree, ctx: Gr
         raise InvalidProposal(f"Update: {e}") from None
     if update.leaf_node.encryption_key == old.encryption_key:
         raise InvalidProposal("Update keeps the old encryption key")
+    if tree.encryption_key_in_use(update.leaf_node.encryption_key):
+        raise DuplicateEncryptionKeyError("an Update repeats an encryption key of the tree (§7.3)")
+    sig = update.leaf_node.signature_key
+    if tree.signature_key_count(sig) - (1 if old.signature_key == sig else 0):
+        raise DuplicateSignatureKeyError("an Update repeats another member's signature key (§7.3)")
 
 
 def _validate_add(kp: KeyPackage, tree: RatchetTree, extensions, cred_types, now: int | None) -> None:
