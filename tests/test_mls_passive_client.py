@@ -6,7 +6,7 @@ process its proposals and Commit and check the epoch authenticator again."""
 import pytest
 
 from tests.conftest import vector_params
-from phoenix_ref.crypto import HpkeKeyPair, SigningKey
+from phoenix_ref.crypto import SigningKey
 from phoenix_ref.mls.framing import decode_mls_message
 from phoenix_ref.mls.group import Group, ProposalMessage, CommitMessage
 from phoenix_ref.mls.keypackage import KeyPackageBundle

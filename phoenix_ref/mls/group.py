@@ -37,7 +37,7 @@ from ..crypto import CryptoError, HpkeKeyPair, SigningKey, random_bytes
 from . import MlsError
 from . import tree_math as tm
 from .commit import (
-    AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, StagedCommit, apply_proposals,
+    AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, apply_proposals,
     check_proposal_sender, external_sender_key, new_group_context, path_required,
     proposal_or_refs, provisional_context, stage_commit, validate_proposal_list,
 )
