@@ -84,13 +84,11 @@ async def federate(servers: dict[str, Homeserver]) -> None:
               f"AS {urls.as_url}, DS {urls.ds_url}, QS {urls.qs_url}")
         qs = await fed.keys.qs_verifying_keys(other.domain)
         ds = await fed.keys.ds_verifying_keys(other.domain)
-        qc = await fed.keys.queue_config_encryption_keys(other.domain)
         creds = await fed.keys.as_credentials(other.domain)
         assert qs == [k.public for k in other.keystore.qs_signing_keys]
         assert ds == [k.public for k in other.keystore.ds_signing_keys]
-        assert qc == [k.public for k in other.keystore.qs_queue_config_keys]
         print(f"[{me.domain}] {other.domain} QS key id {key_id(qs[0]).hex()[:16]}…, "
-              f"DS key id {key_id(ds[0]).hex()[:16]}…, queue-config key id {key_id(qc[0]).hex()[:16]}…, "
+              f"DS key id {key_id(ds[0]).hex()[:16]}…, "
               f"{len(creds.as_credentials)} AS credential(s), "
               f"{len(creds.as_intermediate_credentials)} intermediate(s), {len(creds.revoked_certs)} revoked")
         sent = fed.fetcher.requests

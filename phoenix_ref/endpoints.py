@@ -18,6 +18,9 @@ import sys
 from dataclasses import dataclass
 
 from .credentials import AsCredentialsResponse
+from .authentication.core import OPERATIONS as AS_OPERATIONS
+from .authentication.core import AuthMode as _AsAuthMode
+from .privacy_pass_gate import IssuerKeysResponse
 from .federation.keys import (DsVerifyingKeyResponse, QsQueueConfigEncryptionKeyResponse,
                               QsVerifyingKeyResponse)
 
@@ -39,6 +42,8 @@ class Auth(str, enum.Enum):
     NONE = "none"
     CLIENT_CREDENTIAL = "client credential"        # spec/authentication_service.md#authentication
     CLIENT_PASSWORD = "client password (OPAQUE)"
+    CLIENT_2FA = "client 2FA (client credential + OPAQUE)"
+    ALIAS_AUTH_KEY = "alias auth key"
     QS_AUTH_TOKEN = "QsAuthToken"                  # spec/queuing_service.md#authentication
     DS_AUTH_TOKEN = "DsAuthToken"                  # spec/delivery_service.md#authentication
     QS_SIGNATURE = "remote QS signature"           # spec/queuing_service.md#federated-qs-to-qs-communication
@@ -71,10 +76,25 @@ def _ep(name: str, service: Service, method: str, request, response, auth: Auth,
                     privacy_pass, section, federated)
 
 
+#: The AS core's authentication modes as rows of this table.
+_AS_AUTH = {_AsAuthMode.NONE: Auth.NONE, _AsAuthMode.CLIENT_CREDENTIAL: Auth.CLIENT_CREDENTIAL,
+            _AsAuthMode.CLIENT_PASSWORD: Auth.CLIENT_PASSWORD, _AsAuthMode.CLIENT_2FA: Auth.CLIENT_2FA,
+            _AsAuthMode.ALIAS_AUTH_KEY: Auth.ALIAS_AUTH_KEY}
+#: AS endpoints that clients of other homeservers call (discovery, connection
+#: establishment, token issuance: spec/federation/federation_protocol.md).
+_AS_FEDERATED = {"user_profile", "user_connection_package", "as_enqueue_message", "alias_connection_package",
+                 "enqueue_alias_message", "request_tokens"}
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     # --- key distribution: spec/federation/use_cases.md#authentication-key-distribution
     _ep("as_credentials", Service.AS, "GET", None, AsCredentialsResponse, Auth.NONE, False,
         "spec/authentication_service.md#get-as-credentials", federated=True),
+    # --- the Privacy Pass issuer directory of the AS (docs/decisions.md: the spec names none)
+    _ep("privacy_pass_issuer_keys", Service.AS, "GET", None, IssuerKeysResponse, Auth.NONE, False,
+        "spec/authentication_service.md#token-issuance", federated=True),
+    # --- AS: spec/authentication_service.md, one row per operation of authentication/core.py
+    *(_ep(op.name, Service.AS, "POST", op.request, op.response, _AS_AUTH[op.auth], op.privacy_pass,
+          op.section, federated=op.name in _AS_FEDERATED) for op in AS_OPERATIONS),
     _ep("qs_verifying_key", Service.QS, "GET", None, QsVerifyingKeyResponse, Auth.NONE, False,
         "spec/queuing_service.md#fetch-qs-verifying-key", federated=True),
     _ep("queue_config_encryption_key", Service.QS, "GET", None, QsQueueConfigEncryptionKeyResponse,

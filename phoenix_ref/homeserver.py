@@ -15,7 +15,8 @@ client; shutdown closes them. Background tasks of services run in
 Plug-in points for the services built later: endpoint rows in
 ``endpoints.py`` with handlers in ``<service>/routes.py``; Privacy Pass via
 :attr:`Homeserver.privacy_pass` (called for every row whose
-``privacy_pass`` is set).
+``privacy_pass`` is set), by default the homeserver's
+:class:`~phoenix_ref.privacy_pass_gate.PrivacyPassGate`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .federation.discovery import WELL_KNOWN_PATH, well_known_document
 from .ids import Fqdn, InvalidId
 from .http import Call, CallCheck, decode_body, install_error_handlers, make_view, read_body, require_tls
 from .keystore import Keystore
+from .privacy_pass_gate import PrivacyPassGate
 from .queuing import routes as qs_routes
 from .queuing.store import QsStore
 
@@ -102,6 +104,9 @@ class Homeserver:
         #: privacy_pass(endpoint, call)`` raises Unauthorized on a bad token.
         #: None until the Privacy Pass issuer is plugged in (then unchecked).
         self.privacy_pass: CallCheck | None = None
+        #: Issuer keys, spent tokens and issuance counters (privacy_pass_gate.py),
+        #: opened at startup; it becomes ``privacy_pass`` unless one was set.
+        self.privacy_pass_gate: PrivacyPassGate | None = None
         self.operator = Operator(self)
         self.app = self._build_app()
         self.asgi = _HostNormaliser(self.app)
@@ -156,19 +161,22 @@ class Homeserver:
     async def _startup(self) -> None:
         cfg = self.config
         self.keystore = await trio.to_thread.run_sync(Keystore.load, cfg.keys_dir, cfg.domain)
-        self.as_store = await AsStore.open(cfg.data_dir / "as.sqlite3")
+        self.as_store = await trio.to_thread.run_sync(
+            lambda: AsStore(cfg.data_dir / "as.sqlite3", max_messages=cfg.limits.as_max_messages))
         self.qs_store = await QsStore.open(cfg.data_dir / "qs.sqlite3")
         self.ds_store = await DsStore.open(cfg.data_dir / "ds.sqlite3")
+        # one Privacy Pass gate for AS, DS and QS (issuer keys, spent tokens);
+        # it checks tokens unless a test plugged in its own check
+        self.privacy_pass_gate = await PrivacyPassGate.open(cfg.data_dir / "privacy_pass.sqlite3", cfg.domain,
+                                                            self.clock.now_ms())
+        if self.privacy_pass is None or isinstance(self.privacy_pass, PrivacyPassGate):
+            self.privacy_pass = self.privacy_pass_gate
         self.federation = FederationClient(cfg, clock=self.clock, transport=self._federation_transport)
-        if self.privacy_pass is None:
-            open_rows = [ep.name for ep in endpoints.ENDPOINTS if ep.privacy_pass]
-            if open_rows:
-                log.warning("%s: no Privacy Pass issuer plugged in; unchecked: %s", cfg.domain, open_rows)
 
     async def _shutdown(self) -> None:
         if self.federation is not None:
             await self.federation.aclose()
-        for store in (self.as_store, self.qs_store, self.ds_store):
+        for store in (self.as_store, self.qs_store, self.ds_store, self.privacy_pass_gate):
             if store is not None:
                 await trio.to_thread.run_sync(store.close)
 

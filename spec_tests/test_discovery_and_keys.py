@@ -60,8 +60,6 @@ async def test_fetches_and_caches_the_other_homeservers_keys(deployment):
         domain = deployment[other].domain
         assert await fed.keys.qs_verifying_keys(domain) == [k.public for k in ks.qs_signing_keys]
         assert await fed.keys.ds_verifying_keys(domain) == [k.public for k in ks.ds_signing_keys]
-        assert await fed.keys.queue_config_encryption_keys(domain) == [
-            k.public for k in ks.qs_queue_config_keys]
         answer = await fed.keys.as_credentials(domain)
         assert answer.as_credentials == [c for c, _ in ks.as_credentials]
         assert answer.as_intermediate_credentials == [c for c, _ in ks.as_intermediates]
@@ -71,10 +69,9 @@ async def test_fetches_and_caches_the_other_homeservers_keys(deployment):
         await fed.keys.qs_verifying_keys(domain)
         await fed.keys.ds_verifying_keys(domain)
         await fed.keys.as_credentials(domain)
-        await fed.keys.queue_config_encryption_keys(domain)
         assert fed.fetcher.requests == sent
         assert all(fed.keys.fetches[(kind, domain)] == 1 for kind in (
-            "qs_verifying_key", "ds_verifying_key", "as_credentials", "queue_config_encryption_key"))
+            "qs_verifying_key", "ds_verifying_key", "as_credentials"))
 
 
 @spec(KEY_DISTRIBUTION, "MUST")

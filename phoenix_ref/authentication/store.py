@@ -1,14 +1,34 @@
-"""The AS store (``spec/authentication_service.md#as-state``), SQLite.
+"""The AS store (``spec/authentication_service.md#as-state``), one SQLite file.
 
-For now it holds what key distribution needs: the fingerprints of AS and
-intermediate credentials the operator revoked, which *Get AS credentials*
-publishes (``spec/authentication_service.md#get-as-credentials``). Services
-built later add their tables to ``SCHEMA``.
+Three views of the same database file (``as.sqlite3`` in the data directory):
+
+* this class's own table: the fingerprints of AS and intermediate
+  credentials the operator revoked, which *Get AS credentials* publishes
+  (``spec/authentication_service.md#get-as-credentials``);
+* :attr:`AsStore.accounts` — user, client and alias entries and the AS OPAQUE
+  key material (:class:`~phoenix_ref.authentication.accounts.SqliteAccountStore`);
+* :attr:`AsStore.queues` — the direct queues of clients and aliases
+  (:class:`~phoenix_ref.queues.Queues`, tables ``as_direct_*``).
+
+Each view has its own connection; SQLite serialises their write
+transactions (WAL, busy timeout). The Privacy Pass state (issuer keys,
+spent tokens, issuance counters) is the homeserver's, shared with the DS and
+QS: :mod:`phoenix_ref.privacy_pass_gate`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import trio
+
+from ..queues import Queues
 from ..storage import SqliteStore
+from .accounts import SqliteAccountStore, open_as_storage
+
+#: The AS's "maximal number of requested messages" (``#configuration``):
+#: at most this many messages per dequeue answer.
+MAX_MESSAGES_PER_DEQUEUE = 500
 
 
 class AsStore(SqliteStore):
@@ -19,13 +39,35 @@ class AsStore(SqliteStore):
     );
     """
 
+    def __init__(self, path: Path | str, *, max_messages: int = MAX_MESSAGES_PER_DEQUEUE):
+        super().__init__(path)
+        self.accounts: SqliteAccountStore
+        self.queues: Queues
+        try:
+            self.accounts, self.queues = open_as_storage(self.path, max_messages=max_messages)
+        except BaseException:
+            super().close()
+            raise
+        #: Bumped by every revocation, so that the AS core refreshes the
+        #: credentials it verifies with (``routes.py``).
+        self.revocations = 0
+
+    def close(self) -> None:
+        self.queues.store.close()
+        self.accounts.close()
+        super().close()
+
     async def revoke(self, fingerprint: bytes, now_ms: int) -> None:
         await self.run(lambda c: c.execute(
             "INSERT OR IGNORE INTO revoked_credentials (fingerprint, revoked_ms) VALUES (?, ?)",
             (fingerprint, now_ms)))
+        self.revocations += 1
 
     async def revoked(self) -> list[bytes]:
         """Revoked fingerprints, oldest revocation first."""
-        rows = await self.run(lambda c: c.execute(
-            "SELECT fingerprint FROM revoked_credentials ORDER BY revoked_ms, fingerprint").fetchall())
+        return await trio.to_thread.run_sync(self.revoked_sync)
+
+    def revoked_sync(self) -> list[bytes]:
+        with self.transaction() as c:
+            rows = c.execute("SELECT fingerprint FROM revoked_credentials ORDER BY revoked_ms, fingerprint").fetchall()
         return [bytes(r[0]) for r in rows]
