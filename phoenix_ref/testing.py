@@ -46,7 +46,7 @@ import trio
 
 from .cli import generate_config, load_or_create_ca, serve, write_server_cert
 from .clock import Clock, FixedClock
-from .config import Config
+from .config import Config, Limits
 from .federation.client import client_ssl_context, https_transport
 from .homeserver import Homeserver
 
@@ -172,13 +172,14 @@ class Deployment:
     def __init__(self, mode: str = "in_process", names: Sequence[str] = ("hs1", "hs2"), *,
                  wrong_ca: Sequence[str] = (), plain_http: Sequence[str] = (),
                  no_well_known: Sequence[str] = (), clock: FixedClock | None = None,
-                 discovery_overrides: bool = False):
+                 discovery_overrides: bool = False, limits: Limits | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.mode = mode
         self.names = list(dict.fromkeys([*names, *wrong_ca, *plain_http]))
         self.wrong_ca, self.plain_http, self.no_well_known = set(wrong_ca), set(plain_http), set(no_well_known)
         self.discovery_overrides = discovery_overrides
+        self.limits = limits          # every homeserver's config limits (None: defaults)
         self.clock = clock or FixedClock(Clock().now_ms())
         self.nodes: dict[str, Node] = {}
         self.network = InProcessNetwork(self)
@@ -243,7 +244,8 @@ class Deployment:
                                                for s in SERVICES} for n in self.names if n != name}
             cfg = generate_config(d, domain, port=port, test_ca=True, test_ca_dir=self.tmp / "ca",
                                   now_ms=self.clock.now_ms(), resolve=resolve, discovery=overrides,
-                                  well_known_enabled=name not in self.no_well_known)
+                                  well_known_enabled=name not in self.no_well_known,
+                                  **({"limits": self.limits} if self.limits is not None else {}))
             if name in self.wrong_ca:
                 write_server_cert(other_ca, domain, d)   # replaces cert.pem/key.pem
             node = Node(name, domain, d, cfg, port=ports.get(name, 0),
