@@ -23,6 +23,7 @@ from .authentication.core import AuthMode as _AsAuthMode
 from .privacy_pass_gate import IssuerKeysResponse
 from .federation.keys import (DsVerifyingKeyResponse, QsQueueConfigEncryptionKeyResponse,
                               QsVerifyingKeyResponse)
+from .queuing import messages as _qsm
 
 PREFIX = "/phoenix/v1"
 WELL_KNOWN_PATH = "/.well-known/phoenix"
@@ -47,6 +48,7 @@ class Auth(str, enum.Enum):
     QS_AUTH_TOKEN = "QsAuthToken"                  # spec/queuing_service.md#authentication
     DS_AUTH_TOKEN = "DsAuthToken"                  # spec/delivery_service.md#authentication
     QS_SIGNATURE = "remote QS signature"           # spec/queuing_service.md#federated-qs-to-qs-communication
+    FRIENDSHIP_TOKEN = "friendship token"          # spec/queuing_service.md#get-addpackage
 
     def __str__(self) -> str:
         return self.value
@@ -64,6 +66,7 @@ class Endpoint:
     privacy_pass: bool         # spec requires a Privacy Pass token (RFC 9577 Authorization header)
     section: str               # spec section id (<file>#<slug>)
     federated: bool = False    # meant for remote homeservers (spec/general_concepts/federation.md#federated-endpoints)
+    websocket: bool = False    # also served as a websocket; ``request`` is its first binary message
 
     def url(self, domain: str, port: int | None = None) -> str:
         host = f"{self.service}.{domain}" + (f":{port}" if port else "")
@@ -71,9 +74,9 @@ class Endpoint:
 
 
 def _ep(name: str, service: Service, method: str, request, response, auth: Auth,
-        privacy_pass: bool, section: str, federated: bool = False) -> Endpoint:
+        privacy_pass: bool, section: str, federated: bool = False, websocket: bool = False) -> Endpoint:
     return Endpoint(name, service, method, f"{PREFIX}/{name}", request, response, auth,
-                    privacy_pass, section, federated)
+                    privacy_pass, section, federated, websocket)
 
 
 #: The AS core's authentication modes as rows of this table.
@@ -84,6 +87,34 @@ _AS_AUTH = {_AsAuthMode.NONE: Auth.NONE, _AsAuthMode.CLIENT_CREDENTIAL: Auth.CLI
 #: establishment, token issuance: spec/federation/federation_protocol.md).
 _AS_FEDERATED = {"user_profile", "user_connection_package", "as_enqueue_message", "alias_connection_package",
                  "enqueue_alias_message", "request_tokens"}
+
+_QS = "spec/queuing_service.md#"
+
+
+def _qs_client_rows():
+    """(name, request, response, auth, Privacy Pass, section slug) of the QS
+    client endpoints. Privacy Pass on all but dequeue (and the websocket):
+    spec/queuing_service.md#authentication."""
+    m, tok = _qsm, Auth.QS_AUTH_TOKEN
+    return [
+        ("create_user_record", m.CreateUserRecordParams, m.CreateUserRecordResponse, Auth.NONE, True,
+         "create-new-qs-user-record"),
+        ("update_user_record", m.UpdateUserRecordRequest, m.Empty, tok, True, "update-qs-user-record"),
+        ("get_user_record", m.UserRecordRequest, m.UserRecordResponse, tok, True, "get-own-qs-user-record"),
+        ("delete_user_record", m.DeleteUserRecordRequest, m.Empty, tok, True, "delete-qs-user-record"),
+        ("create_client_record", m.CreateClientRecordRequest, m.CreateClientRecordResponse, tok, True,
+         "user-record-management-endpoints"),
+        ("update_client_record", m.UpdateClientRecordRequest, m.Empty, tok, True, "qs-state"),
+        ("delete_client_record", m.DeleteClientRecordRequest, m.Empty, tok, True,
+         "user-record-management-endpoints"),
+        ("block_group", m.BlockGroupRequest, m.Empty, tok, True, "qs-state"),
+        ("publish_key_packages", m.PublishKeyPackagesRequest, m.Empty, tok, True, "publish-keypackages"),
+        ("get_add_package", m.AddPackageParams, m.AddPackageResponse, Auth.FRIENDSHIP_TOKEN, True,
+         "get-addpackage"),
+        ("dequeue_messages", m.DequeueMessagesRequest, m.DequeueMessagesResponse, tok, False,
+         "dequeue-messages"),
+    ]
+
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # --- key distribution: spec/federation/use_cases.md#authentication-key-distribution
@@ -99,6 +130,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "spec/queuing_service.md#fetch-qs-verifying-key", federated=True),
     _ep("queue_config_encryption_key", Service.QS, "GET", None, QsQueueConfigEncryptionKeyResponse,
         Auth.NONE, True, "spec/queuing_service.md#fetch-queue-config-encryption-key"),
+    # --- QS client endpoints: spec/queuing_service.md#client-endpoints (client-record rows: docs/decisions.md)
+    *(_ep(name, Service.QS, "POST", req, resp, auth, pp, _QS + slug)
+      for name, req, resp, auth, pp, slug in _qs_client_rows()),
+    _ep("websocket", Service.QS, "GET", _qsm.WsRequest, None, Auth.QS_AUTH_TOKEN, False,
+        _QS + "negotiate-websocket-connection", websocket=True),
+    # --- QS federation: the one QS endpoint for remote QSs (spec/federation/use_cases.md#message-distribution)
+    _ep("federated_enqueue", Service.QS, "POST", _qsm.QsToQsMessage, _qsm.FederatedEnqueueResponse,
+        Auth.QS_SIGNATURE, False, _QS + "federated-qs-to-qs-communication", federated=True),
     _ep("ds_verifying_key", Service.DS, "GET", None, DsVerifyingKeyResponse, Auth.NONE, False,
         "spec/federation/use_cases.md#authentication-key-distribution", federated=True),
 )
@@ -140,6 +179,9 @@ SIGNATURE_LABELS: tuple[tuple[str, str, str], ...] = (
      "spec/authentication_service/credentials.md#as-intermediate-credentials"),
     ("ClientCredentialPayload", "credentials", "spec/authentication_service/credentials.md#client-credentials"),
     ("ClientCredentialCsr", "credentials", "spec/authentication_service/credentials.md#client-credentials"),
+    ("QsToQsMessage", "queuing.messages", "spec/queuing_service.md#federated-qs-to-qs-communication"),
+    ("AddPackageResponse", "queuing.messages", "spec/queuing_service.md#get-addpackage"),
+    ("SealedQueueConfig", "queuing.messages", "spec/glossary.md#sealed-queue-config"),
 )
 
 
@@ -184,6 +226,13 @@ def wire_doc() -> str:
             f"| {ep.service} | {ep.method} | `{ep.path}` | {_struct_name(ep.request)} | "
             f"{_struct_name(ep.response)} | {ep.auth} | {'required' if ep.privacy_pass else '—'} | "
             f"{'yes' if ep.federated else '—'} | `{ep.section}` |")
+    lines += ["", "`websocket` (QS): also opened as a websocket (RFC 6455, `wss://`). The request",
+              "struct is the client's first binary message; the QS answers with binary `QsWsMessage`s",
+              "(`WsConnected`, then `WsQueueUpdate` whenever messages arrive) and refuses by closing",
+              "with code 4000 + HTTP status and the error code as reason. A plain GET gets",
+              "`426 websocket_required` once its token checks out. The QS's local enqueue",
+              "(`spec/queuing_service.md#local-enqueue-message`) is not an endpoint: the DS calls it",
+              "in-process."]
     lines += ["", "## Signature labels", "",
               "Homeserver signatures are SignWithLabel (RFC 9420 §5.1.2) with the prefix",
               f"`\"{HOMESERVER_PREFIX.decode()}\"` followed by the label, the name of the signed struct:",

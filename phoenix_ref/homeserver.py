@@ -107,6 +107,9 @@ class Homeserver:
         #: Issuer keys, spent tokens and issuance counters (privacy_pass_gate.py),
         #: opened at startup; it becomes ``privacy_pass`` unless one was set.
         self.privacy_pass_gate: PrivacyPassGate | None = None
+        #: The running QS (queuing/core.py QsService), set at startup: the DS
+        #: hands FanOutMessages to ``qs.local_enqueue`` (never over HTTP).
+        self.qs = None
         self.operator = Operator(self)
         self.app = self._build_app()
         self.asgi = _HostNormaliser(self.app)
@@ -134,6 +137,11 @@ class Homeserver:
             app.add_url_rule(ep.path, endpoint=f"{ep.service}.{ep.name}", view_func=view,
                              methods=[ep.method], host=self.config.host(str(ep.service)),
                              provide_automatic_options=False)
+        ws_views = qs_routes.websocket_handlers(self)
+        for ep in endpoints.ENDPOINTS:
+            if ep.websocket:   # the same path, opened as a websocket (RFC 6455)
+                app.add_websocket(ep.path, endpoint=f"{ep.service}.{ep.name}.websocket",
+                                  view_func=ws_views[ep.name], host=self.config.host(str(ep.service)))
         app.add_url_rule(WELL_KNOWN_PATH, endpoint="well_known", view_func=self._well_known,
                          methods=["GET"], host=self.domain, provide_automatic_options=False)
         install_error_handlers(app, lambda host: host in self.hosts())
@@ -172,8 +180,10 @@ class Homeserver:
         if self.privacy_pass is None or isinstance(self.privacy_pass, PrivacyPassGate):
             self.privacy_pass = self.privacy_pass_gate
         self.federation = FederationClient(cfg, clock=self.clock, transport=self._federation_transport)
+        self.qs = await qs_routes.start(self)   # QS service + outbound sender in app.nursery
 
     async def _shutdown(self) -> None:
+        await qs_routes.stop(self)
         if self.federation is not None:
             await self.federation.aclose()
         for store in (self.as_store, self.qs_store, self.ds_store, self.privacy_pass_gate):

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
@@ -664,6 +665,9 @@ class QsService:
         self.notifier = notifier or QueueNotifier()
         self.on_queue_deleted = on_queue_deleted
         self.outbound_sender = None  # set by the homeserver: an OutboundSender
+        self.cancel_scope: trio.CancelScope | None = None  # stops the sender (homeserver shutdown)
+        #: counters for tests and metrics, e.g. "federated_enqueue_sent"/"_received"
+        self.stats: Counter[str] = Counter()
 
     async def call(self, method, *args):
         return await trio.to_thread.run_sync(method, *args)
@@ -677,8 +681,9 @@ class QsService:
         return result
 
     async def federated_enqueue(self, message: QsToQsMessage,
-                                fetch_key: Callable[[Fqdn, bool], Awaitable[bytes]]) -> FederatedEnqueueResult:
-        def lookup(domain: Fqdn, refresh: bool) -> bytes:
+                                fetch_key: Callable[[Fqdn, bool], Awaitable[bytes | list[bytes]]]
+                                ) -> FederatedEnqueueResult:
+        def lookup(domain: Fqdn, refresh: bool) -> bytes | list[bytes]:
             return trio.from_thread.run(fetch_key, domain, refresh)
 
         result = await trio.to_thread.run_sync(self.core.federated_enqueue, message, self.clock.now_ms(), lookup)
