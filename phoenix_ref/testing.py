@@ -37,9 +37,10 @@ import shutil
 import socket
 import ssl
 import tempfile
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 import httpx
 import trio
@@ -340,6 +341,90 @@ class Deployment:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=node.hs.asgi),
                                  base_url=f"{scheme}://{node.domain}", trust_env=False)
 
+    @asynccontextmanager
+    async def websocket(self, name: str, service: str, path: str) -> AsyncIterator[Any]:
+        """A client websocket to ``wss://<service>.<domain of name><path>``.
 
-__all__ = ["Deployment", "Node", "MODES", "DOMAINS", "tls_handshake", "InProcessNetwork"]
+        Sockets mode: a real TLS connection (``wsproto`` over a Trio SSL
+        stream, certificate checked against the deployment CA). In-process
+        mode: the TLS handshake is emulated as for HTTP, then the ASGI
+        websocket events go straight to the node's app. Either way the object
+        has ``send_bytes``, ``receive_bytes`` and ``aclose``;
+        ``receive_bytes`` raises
+        :class:`~phoenix_ref.client.qs_client.WebsocketRefused` on close.
+        """
+        from .client.qs_client import WsprotoTransport
+        node = self.nodes[name]
+        host = f"{service}.{node.domain}"
+        if self.mode == "sockets":
+            ws = WsprotoTransport(host, path)
+            try:
+                await ws.connect(("127.0.0.1", node.port), str(self.tmp / "ca" / "ca.pem"))
+                yield ws
+            finally:
+                await ws.aclose()
+            return
+        if not node.up or node.hs is None:
+            raise ConnectionRefusedError(f"{host}: connection refused")
+        tls_handshake(client_ssl_context(self.tmp / "ca" / "ca.pem"), node.server_ssl_context, host)
+        async with trio.open_nursery() as nursery:
+            ws = AsgiWebsocket(node.hs.asgi, host, path)
+            await ws.connect(nursery)
+            try:
+                yield ws
+            finally:
+                await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+
+class AsgiWebsocket:
+    """A websocket client speaking ASGI events to an app (in-process mode)."""
+
+    def __init__(self, app: Any, host: str, path: str):
+        self.app = app
+        self.scope = {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                      "scheme": "wss", "path": path, "raw_path": path.encode(), "query_string": b"",
+                      "root_path": "", "headers": [(b"host", host.encode())], "subprotocols": [],
+                      "client": ("127.0.0.1", 50000), "server": (host, 443), "extensions": {}}
+        self._to_app, self._app_in = trio.open_memory_channel(16)
+        self._app_out, self._from_app = trio.open_memory_channel(16)
+        self.closed: tuple[int, str] | None = None
+
+    async def connect(self, nursery: trio.Nursery) -> None:
+        async def run_app() -> None:
+            try:
+                await self.app(self.scope, self._app_in.receive, self._app_out.send)
+            finally:
+                await self._app_out.send({"type": "websocket.close", "code": 1006, "reason": "app ended"})
+
+        nursery.start_soon(run_app)
+        await self._to_app.send({"type": "websocket.connect"})
+        event = await self._from_app.receive()
+        if event["type"] != "websocket.accept":
+            from .client.qs_client import WebsocketRefused
+            raise WebsocketRefused(event.get("code", 1006), event.get("reason", "") or "refused")
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._to_app.send({"type": "websocket.receive", "bytes": data})
+
+    async def receive_bytes(self) -> bytes:
+        from .client.qs_client import WebsocketRefused
+        while True:
+            event = await self._from_app.receive()
+            if event["type"] == "websocket.close":
+                self.closed = (event.get("code", 1000), event.get("reason", "") or "")
+                raise WebsocketRefused(*self.closed)
+            if event["type"] == "websocket.send" and event.get("bytes") is not None:
+                return event["bytes"]
+            if event["type"] == "websocket.send":
+                raise WebsocketRefused(1003, "unexpected text message")
+
+    async def aclose(self) -> None:
+        try:
+            self._to_app.send_nowait({"type": "websocket.disconnect", "code": 1000})
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+__all__ = ["Deployment", "Node", "MODES", "DOMAINS", "tls_handshake", "InProcessNetwork", "AsgiWebsocket"]
 

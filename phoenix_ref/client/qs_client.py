@@ -13,7 +13,8 @@ Two layers, like the services:
 * :class:`QsClient` — the same requests over HTTPS to ``qs.<domain>``, with
   a Privacy Pass token on every endpoint that needs one (the caller
   supplies where tokens come from), and the websocket
-  (``#negotiate-websocket-connection``) over ``wsproto``.
+  (``#negotiate-websocket-connection``) over any websocket transport, e.g.
+  :class:`WsprotoTransport` (``wsproto`` over a Trio TLS stream).
 
 Tests, the demo and the benchmark use this module; secrets live in memory.
 """
@@ -36,7 +37,7 @@ from ..queuing import messages as m
 from ..queuing.fanout import seal_queue_config
 from .as_client import MEDIA_TYPE, error_from_response
 
-__all__ = ["QsIdentity", "QsClient", "QsWebsocket", "USER_OPERATIONS", "WebsocketRefused"]
+__all__ = ["QsIdentity", "QsClient", "QsNotifications", "WsprotoTransport", "USER_OPERATIONS", "WebsocketRefused"]
 
 #: Endpoints authenticated by the QsUid (the user record auth key); the
 #: other token-authenticated ones by the QsCid.
@@ -194,28 +195,37 @@ class QsClient:
 
     # --- websocket ----------------------------------------------------------------------------
 
-    async def websocket(self, me: QsIdentity, *, host_port: tuple[str, int],
-                        ca_bundle: str | None = None) -> "QsWebsocket":
-        """Open ``#negotiate-websocket-connection`` over TLS to ``host_port``
-        (the address of ``qs.<domain>``; TLS checks the name ``qs.<domain>``
-        against ``ca_bundle``, or the system store)."""
-        ws = QsWebsocket(f"qs.{me.domain}", _row("websocket").path)
-        await ws.connect(host_port, ca_bundle)
-        try:
-            await ws.authenticate(encode(me.ws_request(self.now_ms())))
-        except BaseException:
-            await ws.aclose()
-            raise
-        return ws
+    async def open_websocket(self, me: QsIdentity, transport: Any) -> "QsNotifications":
+        """``#negotiate-websocket-connection`` over an open websocket
+        ``transport`` to ``qs.<me.domain>`` (:class:`WsprotoTransport`, or the
+        test harness's in-process one): send the WsRequest, wait for
+        ``WsConnected``. Raises :class:`WebsocketRefused` if the QS refuses."""
+        notifications = QsNotifications(transport)
+        await transport.send_bytes(encode(me.ws_request(self.now_ms())))
+        first = await notifications.next_event()
+        if not isinstance(first, m.WsConnected):
+            raise WebsocketRefused(0, f"expected WsConnected, got {first!r}")
+        return notifications
 
 
-class QsWebsocket:
-    """A client websocket to the QS over a Trio TLS stream, framed by ``wsproto``.
+class QsNotifications:
+    """The QS's messages on an authenticated websocket (``QsWsMessage``)."""
 
-    After :meth:`authenticate` (send the WsRequest, wait for ``WsConnected``),
-    :meth:`next_event` returns each ``QsWsMessage`` the QS sends, or raises
-    :class:`WebsocketRefused` when the QS closes the socket.
-    """
+    def __init__(self, transport: Any):
+        self.transport = transport
+
+    async def next_event(self) -> Any:
+        """The next ``WsConnected``/``WsQueueUpdate``; :class:`WebsocketRefused`
+        when the QS closes the socket."""
+        return decode(m.QsWsMessage, await self.transport.receive_bytes())
+
+
+class WsprotoTransport:
+    """A client websocket over a Trio TLS stream, framed by ``wsproto``
+    (RFC 6455 over HTTP/1.1). Binary messages only: :meth:`send_bytes`,
+    :meth:`receive_bytes` (raises :class:`WebsocketRefused` when the peer
+    closes). ``wsproto`` is the websocket library the server stack (hypercorn)
+    already depends on."""
 
     def __init__(self, host: str, path: str):
         self.host = host
@@ -252,7 +262,7 @@ class QsWebsocket:
                 raise WebsocketRefused(1006, "connection lost")
         return self._pending.pop(0)
 
-    async def _message(self) -> bytes:
+    async def receive_bytes(self) -> bytes:
         from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
         buf = b""
         while True:
@@ -275,16 +285,6 @@ class QsWebsocket:
     async def send_bytes(self, data: bytes) -> None:
         from wsproto.events import BytesMessage
         await self._send(BytesMessage(data=data))
-
-    async def authenticate(self, ws_request: bytes) -> None:
-        """Send the encoded WsRequest; return once the QS says ``WsConnected``."""
-        await self.send_bytes(ws_request)
-        first = await self.next_event()
-        if not isinstance(first, m.WsConnected):
-            raise WebsocketRefused(0, f"expected WsConnected, got {first!r}")
-
-    async def next_event(self) -> Any:
-        return decode(m.QsWsMessage, await self._message())
 
     async def aclose(self) -> None:
         from wsproto.events import CloseConnection
