@@ -382,7 +382,7 @@ class AsgiWebsocket:
 
     def __init__(self, app: Any, host: str, path: str):
         self.app = app
-        self.scope = {"type": "websocket", "asgi": {"version": "3.0"}, "http_version": "1.1",
+        self.scope = {"type": "websocket", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
                       "scheme": "wss", "path": path, "raw_path": path.encode(), "query_string": b"",
                       "root_path": "", "headers": [(b"host", host.encode())], "subprotocols": [],
                       "client": ("127.0.0.1", 50000), "server": (host, 443), "extensions": {}}
