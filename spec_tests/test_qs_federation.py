@@ -1,0 +1,122 @@
+"""Federated fan-out between QSs
+(``spec/queuing_service.md#federated-qs-to-qs-communication``,
+``#local-enqueue-message``, ``spec/federation/federation_protocol.md#qs-to-qs-communication``).
+
+In-process and on real sockets with TLS. Every refusal is checked at the
+HTTP level: a forged, misdirected, stale or replayed QsToQsMessage gets a
+4xx and enqueues nothing.
+"""
+
+import os
+
+import trio
+
+from phoenix_ref import endpoints
+from phoenix_ref.codec import decode, encode
+from phoenix_ref.crypto import SigningKey, hs_sign
+from phoenix_ref.errors import ErrorResponse
+from phoenix_ref.http import MEDIA_TYPE
+from phoenix_ref.ids import Fqdn
+from phoenix_ref.queuing import messages as m
+from phoenix_ref.queuing.core import QS_TO_QS_LABEL
+from phoenix_ref.spec_plugin import spec
+from phoenix_ref.testing import Deployment
+
+from .qs_http import message, qs_client, read_all
+
+FEDERATED = "spec/queuing_service.md#federated-qs-to-qs-communication"
+URL = "https://qs.b.example" + endpoints.by_name("qs", "federated_enqueue").path
+
+
+async def _wait_outbound_empty(node, timeout: float = 30) -> None:
+    with trio.fail_after(timeout):
+        while await trio.to_thread.run_sync(node.hs.qs_store.outbound.destinations):
+            await trio.sleep(0.05)
+
+
+@spec("spec/queuing_service.md#local-enqueue-message", "MUST")
+@spec(FEDERATED, "MUST")
+@spec("spec/federation/federation_protocol.md#qs-to-qs-communication", "MUST")
+async def test_fan_out_over_three_homeservers_with_k_minus_1_requests(deployment_mode):
+    async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:
+        users = []   # (QS client, identity, its ClientQueueConfig)
+        for name in ("hs1", "hs2", "hs3"):
+            domain = d[name].domain
+            qs = await qs_client(d, http, domain)
+            key = await qs.queue_config_key(domain)
+            for _ in range(2):
+                me = await qs.register(domain)
+                users.append((qs, me, me.client_queue_config(key)))
+        hs1 = d["hs1"].hs
+        result = await hs1.qs.local_enqueue(message([cfg for _, _, cfg in users], b"to everyone"))
+        assert sorted(result.forwarded) == [Fqdn("b.example"), Fqdn("c.example")]
+        assert len(result.enqueued) == 2
+        for qs, me, _ in users:
+            assert await read_all(qs, me, 1) == [b"to everyone"]
+        await _wait_outbound_empty(d["hs1"])
+        # exactly K - 1 = 2 federation requests: one per remote homeserver
+        assert hs1.qs.stats["federated_enqueue_sent"] == 2
+        assert [d[n].hs.qs.stats["federated_enqueue_received"] for n in ("hs2", "hs3")] == [1, 1]
+        assert hs1.qs.stats["federated_enqueue_received"] == 0
+        for qs, me, _ in users:   # and nothing arrives twice
+            assert me.read((await qs.dequeue(me)).messages) == []
+
+
+def _frame(d, payload: m.FanOutMessage, *, destination: str = "b.example", timestamp: int | None = None,
+           key: SigningKey | None = None, message_id: bytes | None = None) -> bytes:
+    """A QsToQsMessage from a.example, signed with a.example's QS key unless ``key``."""
+    unsigned = m.QsToQsMessage(Fqdn("a.example"), Fqdn(destination),
+                               d.clock.now_ms() if timestamp is None else timestamp,
+                               message_id or os.urandom(m.MESSAGE_ID_LEN), payload, b"")
+    key = key or d["hs1"].hs.keystore.qs_signing_keys[0]
+    return encode(m.QsToQsMessage(unsigned.source, unsigned.destination, unsigned.timestamp,
+                                  unsigned.message_id, payload, hs_sign(key, QS_TO_QS_LABEL, unsigned.tbs())))
+
+
+@spec(FEDERATED, "MUST")
+async def test_forged_misdirected_stale_and_replayed_messages_are_refused(deployment):
+    d = deployment
+    async with d.client() as http:
+        qs = await qs_client(d, http, "b.example")
+        bob = await qs.register("b.example")
+        payload = message([await qs.client_queue_config(bob)], b"federated")
+        refused = {
+            "forged signature": (_frame(d, payload, key=SigningKey.generate()), 401, "bad_signature"),
+            "wrong destination": (_frame(d, payload, destination="c.example"), 403, "wrong_destination"),
+            "stale timestamp": (_frame(d, payload, timestamp=d.clock.now_ms() - 3_600_001), 401, "message_expired"),
+            "from the future": (_frame(d, payload, timestamp=d.clock.now_ms() + 600_000), 401,
+                                "timestamp_in_future"),
+        }
+        headers = {"content-type": MEDIA_TYPE}
+        for what, (body, status, code) in refused.items():
+            resp = await http.post(URL, content=body, headers=headers)
+            assert (resp.status_code, decode(ErrorResponse, resp.content).code) == (status, code), what
+        assert await qs.receive(bob) == []            # nothing was enqueued
+
+        original = _frame(d, payload)
+        resp = await http.post(URL, content=original, headers=headers)
+        assert resp.status_code == 200 and decode(m.FederatedEnqueueResponse, resp.content).queue_deleted == []
+        for replay in (original, _frame(d, payload, message_id=decode(m.QsToQsMessage, original).message_id)):
+            resp = await http.post(URL, content=replay, headers=headers)   # same bytes, or re-signed same id
+            assert (resp.status_code, decode(ErrorResponse, resp.content).code) == (409, "duplicate_message")
+        assert await read_all(qs, bob, 1) == [b"federated"]
+        assert await qs.receive(bob) == []            # once
+
+
+@spec(FEDERATED, "MUST")
+@spec("spec/queuing_service.md#enqueuing-messages", "MUST")
+async def test_remote_queue_deleted_travels_back(deployment):
+    d = deployment
+    deleted = []
+    d["hs1"].hs.on_queue_deleted = deleted.extend
+    async with d.client() as http:
+        qs = await qs_client(d, http, "b.example")
+        bob, gone = await qs.register("b.example"), await qs.register("b.example")
+        gone_cfg = await qs.client_queue_config(gone)
+        await qs.send(gone, "delete_user_record", m.DeleteUserRecordParams(gone.qs_uid))
+        await d["hs1"].hs.qs.local_enqueue(message([await qs.client_queue_config(bob), gone_cfg], b"x"))
+        assert await read_all(qs, bob, 1) == [b"x"]
+        with trio.fail_after(30):
+            while not deleted:
+                await trio.sleep(0.05)
+        assert [q.client_queue_config for q in deleted] == [gone_cfg]
