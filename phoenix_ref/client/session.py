@@ -48,6 +48,8 @@ __all__ = ["ClientSession", "TokenWallet", "DEFAULT_TOKEN_BATCH"]
 
 #: Tokens fetched per issuance request when the wallet runs dry.
 DEFAULT_TOKEN_BATCH = 10
+#: How long a client credential asks to be valid (at most as long as its intermediate).
+CREDENTIAL_VALIDITY_MS = 365 * 24 * 3600 * 1000
 
 
 def _fqdn(domain: Fqdn | str) -> Fqdn:
@@ -126,7 +128,11 @@ class ClientSession:
         intermediate = creds.signing_intermediate(clock.now_ms())
         if intermediate is None:
             raise ProtocolError(f"{domain} publishes no usable intermediate credential", code="no_intermediate")
-        reg, init = Registration.start(domain, password, intermediate.fingerprint(), clock.now_ms(), user_id=user_id)
+        now = clock.now_ms()
+        # the credential must end before the intermediate that signs it (credentials.md)
+        validity = min(CREDENTIAL_VALIDITY_MS, intermediate.expiration_data.not_after - now)
+        reg, init = Registration.start(domain, password, intermediate.fingerprint(), now, user_id=user_id,
+                                       validity_ms=validity)
         response = await as_client.call(domain, "init_user_registration", init)
         identity, finish = reg.finish(response, clock.now_ms(), connection_packages=connection_packages)
         session = cls(as_client, identity, clock=clock, token_batch=token_batch)
