@@ -153,6 +153,44 @@ def test_leaf_validation_capabilities_and_source():
         t.validate_leaf_node(leaf, group_id=None, leaf_index=None, extensions=[required])
 
 
+def _kp_leaf(key, **changes):
+    leaf = m.LeafNode(b"e" * 32, key.public, m.Credential.basic(b"a"),
+                      m.Capabilities([1], [1], [0xF003], [], [1]), m.LeafNodeSource.key_package,
+                      m.Lifetime(1000, 2000), None, [], b"")
+    return t.sign_leaf_node(replace(leaf, **changes), key)
+
+
+def test_leaf_extensions_name_each_type_once():
+    """RFC 9420 §13: "Any field containing a list of extensions MUST NOT have
+    more than one extension of any given type"."""
+    key = crypto.SigningKey.generate()
+    t.validate_leaf_node(_kp_leaf(key, extensions=[m.Extension(0xF003, b"")]), group_id=None, leaf_index=None)
+    twice = _kp_leaf(key, extensions=[m.Extension(0xF003, b""), m.Extension(0xF003, b"x")])
+    with pytest.raises(t.DuplicateLeafExtension):
+        t.validate_leaf_node(twice, group_id=None, leaf_index=None)
+
+
+def test_leaf_lifetime_has_a_maximum():
+    """RFC 9420 §7.2: the application defines a maximum total lifetime and
+    rejects longer ones (checked with the time)."""
+    key = crypto.SigningKey.generate()
+    longest = _kp_leaf(key, lifetime=m.Lifetime(1000, 1000 + t.MAX_LEAF_LIFETIME_SECONDS))
+    t.validate_leaf_node(longest, group_id=None, leaf_index=None, now=1500)
+    too_long = _kp_leaf(key, lifetime=m.Lifetime(1000, 1001 + t.MAX_LEAF_LIFETIME_SECONDS))
+    with pytest.raises(t.LifetimeError):
+        t.validate_leaf_node(too_long, group_id=None, leaf_index=None, now=1500)
+    with pytest.raises(t.LifetimeError):
+        t.validate_leaf_node(_kp_leaf(key), group_id=None, leaf_index=None, now=2001)
+
+
+def test_leaf_supports_the_group_version_and_cipher_suite():
+    """RFC 9420 §7.3: the LeafNode is compatible with the group's parameters."""
+    key = crypto.SigningKey.generate()
+    for caps in (m.Capabilities([1], [2], [], [], [1]), m.Capabilities([], [1], [], [], [1])):
+        with pytest.raises(t.CapabilitiesError):
+            t.validate_leaf_node(_kp_leaf(key, capabilities=caps), group_id=None, leaf_index=None)
+
+
 def test_malformed_node_arrays():
     tree, _ = _vector_tree(4)
     nodes = tree.to_nodes()

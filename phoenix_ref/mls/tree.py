@@ -30,10 +30,11 @@ from .. import crypto
 from ..codec import U8, U32, VarBytes, decode, encode, enum, optional, struct
 from . import MlsError
 from . import tree_math as tm
-from .extensions import RequiredCapabilities, get_extension, ExtensionError
+from .extensions import ExtensionError, RequiredCapabilities, check_unique, get_extension
 from .messages import (
-    Extension, LeafNode, LeafNodeSource, Node, NodeType, ParentNode, ProposalType,
-    RatchetTree as RatchetTreeWire, UpdatePath, leaf_node_tbs, select_struct, selected,
+    CIPHER_SUITE_1, Extension, ExtensionType, LeafNode, LeafNodeSource, Lifetime, Node, NodeType,
+    ParentNode, ProposalType, ProtocolVersion, RatchetTree as RatchetTreeWire, UpdatePath,
+    leaf_node_tbs, select_struct, selected,
 )
 
 # --- errors ------------------------------------------------------------------------
@@ -91,6 +92,15 @@ class CapabilitiesError(LeafNodeError):
     """The LeafNode lacks a capability the group needs, or uses one it does not list (§7.2, §7.3)."""
 
 
+class LifetimeError(LeafNodeError):
+    """A key_package LeafNode's lifetime does not contain the current time or
+    is longer than :data:`MAX_LEAF_LIFETIME_SECONDS` (§7.2, §7.3)."""
+
+
+class DuplicateLeafExtension(LeafNodeError):
+    """The LeafNode's extension list names one type twice (§13)."""
+
+
 # --- hash inputs (§7.8, §7.9) ------------------------------------------------------------
 
 
@@ -122,8 +132,14 @@ class ParentHashInput:
 
 
 # MLS-defined types that need not be listed in capabilities (§7.2).
-DEFAULT_EXTENSION_TYPES = frozenset(range(1, 6))
+DEFAULT_EXTENSION_TYPES = frozenset(int(e) for e in ExtensionType)
 DEFAULT_PROPOSAL_TYPES = frozenset(int(p) for p in ProposalType)
+
+# §7.2: "Applications MUST define a maximum total lifetime that is acceptable
+# for a LeafNode". phoenix_ref creates KeyPackages valid for 90 days (plus one
+# hour of clock skew, see keypackage.py) and accepts up to a year and a day,
+# which admits the one-year KeyPackages of the RFC's interop vectors.
+MAX_LEAF_LIFETIME_SECONDS = 366 * 24 * 3600
 
 TreeNode = LeafNode | ParentNode | None
 
@@ -635,34 +651,56 @@ def validate_leaf_node(leaf: LeafNode, *, group_id: bytes | None, leaf_index: in
     * ``expected_source``: key_package (in a KeyPackage), update (in an Update),
       commit (in an UpdatePath); None accepts any (a leaf in a joined tree).
     * the signature, with ``group_id`` / ``leaf_index`` for update and commit;
-    * the GroupContext ``extensions``: required capabilities and support for
-      every non-default GroupContext extension (§11.1, §13);
+    * compatibility with the group: the capabilities list MLS 1.0 and
+      cipher suite 1, the GroupContext ``extensions``' required capabilities
+      and every non-default GroupContext extension (§11.1, §13);
     * the credential types in use by the group must be listed in
       ``capabilities.credentials``, as must the leaf's own;
-    * the leaf's non-default extensions must be in ``capabilities.extensions``;
-    * with ``now`` (seconds), a key_package leaf's lifetime must contain it.
+    * the leaf's extensions name each type once (§13), and its non-default
+      ones are in ``capabilities.extensions``;
+    * with ``now`` (seconds), a key_package leaf's lifetime must contain it
+      and be at most :data:`MAX_LEAF_LIFETIME_SECONDS` long (§7.2). Without
+      ``now`` lifetimes are not checked (the RFC's interop vectors carry
+      unbounded ones, and §7.3 only RECOMMENDS the check on received leaves).
 
     Uniqueness of keys and the encryption key change of an Update are checked
-    by the caller against the tree. Raises a :class:`LeafNodeError`.
+    by the caller against the tree. Raises a :class:`LeafNodeError`:
+    :class:`LeafSignatureError`, :class:`CapabilitiesError`,
+    :class:`LifetimeError`, :class:`DuplicateLeafExtension`.
     """
     if expected_source is not None and leaf.leaf_node_source != expected_source:
         raise LeafNodeError(f"leaf_node_source is {leaf.leaf_node_source.name}, "
                             f"expected {LeafNodeSource(expected_source).name}")
     verify_leaf_signature(leaf, group_id, leaf_index)
     caps = leaf.capabilities
+    if ProtocolVersion.mls10 not in caps.versions or CIPHER_SUITE_1 not in caps.cipher_suites:
+        raise CapabilitiesError("the leaf does not support the group's version and cipher suite")
     if leaf.credential.credential_type not in caps.credentials:
         raise CapabilitiesError("the leaf's own credential type is not in its capabilities")
     for ct in credential_types_in_use:
         if ct not in caps.credentials:
             raise CapabilitiesError(f"credential type {ct} used in the group is not supported")
+    try:
+        check_unique(leaf.extensions)
+    except ExtensionError as e:
+        raise DuplicateLeafExtension(f"leaf extensions: {e}") from None
     for ext in leaf.extensions:
         if ext.extension_type not in DEFAULT_EXTENSION_TYPES and \
                 ext.extension_type not in caps.extensions:
             raise CapabilitiesError(f"extension {ext.extension_type:#06x} not in capabilities")
     check_group_support(leaf, extensions)
     if now is not None and leaf.lifetime is not None:
-        if not leaf.lifetime.not_before <= now <= leaf.lifetime.not_after:
-            raise LeafNodeError("the current time is outside the leaf's lifetime")
+        check_lifetime(leaf.lifetime, now)
+
+
+def check_lifetime(lifetime: Lifetime, now: int) -> None:
+    """§7.2 / §7.3: ``not_before <= now <= not_after`` (``now`` in seconds
+    since the epoch) and a total length of at most
+    :data:`MAX_LEAF_LIFETIME_SECONDS`. Raises :class:`LifetimeError`."""
+    if not lifetime.not_before <= now <= lifetime.not_after:
+        raise LifetimeError("the current time is outside the leaf's lifetime")
+    if lifetime.not_after - lifetime.not_before > MAX_LEAF_LIFETIME_SECONDS:
+        raise LifetimeError(f"the lifetime is longer than {MAX_LEAF_LIFETIME_SECONDS} seconds")
 
 
 def check_group_support(leaf: LeafNode, extensions: Sequence[Extension]) -> None:
@@ -693,7 +731,8 @@ __all__ = [
     "TreeError", "TreeStructureError", "TreeOperationError", "TreeValidationError",
     "TreeHashMismatch", "ParentHashError", "UnmergedLeavesError", "DuplicateKeyError",
     "DuplicateSignatureKeyError", "DuplicateEncryptionKeyError", "LeafNodeError",
-    "LeafSignatureError", "CapabilitiesError", "LeafNodeHashInput", "ParentNodeHashInput",
+    "LeafSignatureError", "CapabilitiesError", "LifetimeError", "DuplicateLeafExtension",
+    "MAX_LEAF_LIFETIME_SECONDS", "check_lifetime", "LeafNodeHashInput", "ParentNodeHashInput",
     "TreeHashInput", "ParentHashInput", "DEFAULT_EXTENSION_TYPES", "DEFAULT_PROPOSAL_TYPES",
     "RatchetTree", "verify_leaf_signature", "sign_leaf_node", "validate_leaf_node",
     "check_group_support",
