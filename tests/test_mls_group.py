@@ -12,7 +12,6 @@ from phoenix_ref.mls.framing import build_content, authenticate, protect_public
 from phoenix_ref.mls.group import (
     ApplicationMessage, CommitMessage, Group, GroupInactive, PendingProposals, ProposalMessage,
 )
-from phoenix_ref.mls.keypackage import KeyPackageError, validate_key_package
 from phoenix_ref.mls.messages import (
     Credential, MLSMessage, Remove, ResumptionPSKUsage, Sender, WireFormat,
 )
@@ -186,18 +185,6 @@ def test_own_commit_echo_merges_and_exporter():
     groups[1].process(res.message)
     assert_agree(groups)
     assert groups[0].export_secret("a", b"", 16) != groups[0].export_secret("b", b"", 16)
-
-
-def test_key_package_validation():
-    b = Group.make_key_package(*member(b"kp"))
-    validate_key_package(b.key_package)
-    from dataclasses import replace
-    with pytest.raises(KeyPackageError):
-        validate_key_package(replace(b.key_package, init_key=b.key_package.leaf_node.encryption_key))
-    with pytest.raises(KeyPackageError):
-        validate_key_package(replace(b.key_package, signature=bytes(64)))
-    with pytest.raises(KeyPackageError):
-        validate_key_package(b.key_package, now=b.key_package.leaf_node.lifetime.not_after + 1)
 
 
 def test_reinit_commit_ends_the_group():

@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, sign_with_label, verify_with_label
 from . import MlsError
-from .extensions import PHOENIX_EXTENSION_TYPES
+from .extensions import PHOENIX_EXTENSION_TYPES, ExtensionError, check_unique
 from .messages import (
     CIPHER_SUITE_1,
     Capabilities,
@@ -37,7 +37,9 @@ from .messages import (
     ProtocolVersion,
     make_key_package_ref,
 )
-from .tree import DEFAULT_EXTENSION_TYPES, LeafNodeError, sign_leaf_node, validate_leaf_node
+from .tree import (
+    DEFAULT_EXTENSION_TYPES, LeafNodeError, check_extensions_listed, sign_leaf_node, validate_leaf_node,
+)
 
 __all__ = [
     "KEY_PACKAGE_TBS_LABEL", "DEFAULT_LIFETIME_SECONDS", "CLOCK_SKEW_SECONDS",
@@ -141,7 +143,8 @@ def validate_key_package(kp: KeyPackage, *, group_extensions: Sequence[Extension
       types in use, lifetime containing ``now`` when given);
     * the KeyPackage signature verifies with the leaf's signature key;
     * ``leaf_node.encryption_key`` differs from ``init_key``;
-    * the KeyPackage's own non-default extensions are in the capabilities.
+    * the KeyPackage's extensions name each type once (§13), and its
+      non-default ones are in the capabilities (§10).
 
     Raises :class:`KeyPackageError` (a :class:`LeafNodeError` from the leaf
     checks is re-raised as one, keeping its message).
@@ -163,8 +166,10 @@ def validate_key_package(kp: KeyPackage, *, group_extensions: Sequence[Extension
         raise KeyPackageError("KeyPackage signature does not verify") from None
     if kp.leaf_node.encryption_key == kp.init_key:
         raise KeyPackageError("init_key equals the leaf's encryption_key")
-    for ext in kp.extensions:
-        if ext.extension_type not in DEFAULT_EXTENSION_TYPES and \
-                ext.extension_type not in kp.leaf_node.capabilities.extensions:
-            raise KeyPackageError(f"KeyPackage extension {ext.extension_type:#06x} not in capabilities")
+    try:
+        check_unique(kp.extensions)
+        check_extensions_listed((e.extension_type for e in kp.extensions), kp.leaf_node.capabilities,
+                                "KeyPackage extension")
+    except (ExtensionError, LeafNodeError) as e:
+        raise KeyPackageError(str(e)) from None
 

@@ -32,8 +32,8 @@ from . import MlsError
 from . import tree_math as tm
 from .extensions import ExtensionError, RequiredCapabilities, check_unique, get_extension
 from .messages import (
-    CIPHER_SUITE_1, Extension, ExtensionType, LeafNode, LeafNodeSource, Lifetime, Node, NodeType,
-    ParentNode, ProposalType, ProtocolVersion, RatchetTree as RatchetTreeWire, UpdatePath,
+    CIPHER_SUITE_1, Capabilities, Extension, ExtensionType, LeafNode, LeafNodeSource, Lifetime, Node,
+    NodeType, ParentNode, ProposalType, ProtocolVersion, RatchetTree as RatchetTreeWire, UpdatePath,
     leaf_node_tbs, select_struct, selected,
 )
 
@@ -684,10 +684,7 @@ def validate_leaf_node(leaf: LeafNode, *, group_id: bytes | None, leaf_index: in
         check_unique(leaf.extensions)
     except ExtensionError as e:
         raise DuplicateLeafExtension(f"leaf extensions: {e}") from None
-    for ext in leaf.extensions:
-        if ext.extension_type not in DEFAULT_EXTENSION_TYPES and \
-                ext.extension_type not in caps.extensions:
-            raise CapabilitiesError(f"extension {ext.extension_type:#06x} not in capabilities")
+    check_extensions_listed((e.extension_type for e in leaf.extensions), caps, "leaf extension")
     check_group_support(leaf, extensions)
     if now is not None and leaf.lifetime is not None:
         check_lifetime(leaf.lifetime, now)
@@ -706,25 +703,30 @@ def check_lifetime(lifetime: Lifetime, now: int) -> None:
 def check_group_support(leaf: LeafNode, extensions: Sequence[Extension]) -> None:
     """The leaf supports the group's GroupContext extensions and required capabilities (§11.1, §13)."""
     caps = leaf.capabilities
-    for ext in extensions:
-        if ext.extension_type not in DEFAULT_EXTENSION_TYPES and \
-                ext.extension_type not in caps.extensions:
-            raise CapabilitiesError(f"GroupContext extension {ext.extension_type:#06x} not supported")
+    check_extensions_listed((e.extension_type for e in extensions), caps, "GroupContext extension")
     try:
         required = get_extension(extensions, RequiredCapabilities)
     except ExtensionError as e:
         raise TreeValidationError(str(e)) from None
     if required is None:
         return
-    for t in required.extension_types:
-        if t not in DEFAULT_EXTENSION_TYPES and t not in caps.extensions:
-            raise CapabilitiesError(f"required extension {t:#06x} not supported")
+    check_extensions_listed(required.extension_types, caps, "required extension")
     for t in required.proposal_types:
         if t not in DEFAULT_PROPOSAL_TYPES and t not in caps.proposals:
             raise CapabilitiesError(f"required proposal type {t:#06x} not supported")
     for t in required.credential_types:
         if t not in caps.credentials:
             raise CapabilitiesError(f"required credential type {t:#06x} not supported")
+
+
+def check_extensions_listed(extension_types: Iterable[int], capabilities: Capabilities,
+                            what: str = "extension") -> None:
+    """Every non-default type of ``extension_types`` is in
+    ``capabilities.extensions`` (§7.2); raises :class:`CapabilitiesError`
+    naming ``what`` the type is for."""
+    for t in extension_types:
+        if t not in DEFAULT_EXTENSION_TYPES and t not in capabilities.extensions:
+            raise CapabilitiesError(f"{what} {t:#06x} not in capabilities")
 
 
 __all__ = [
@@ -735,5 +737,5 @@ __all__ = [
     "MAX_LEAF_LIFETIME_SECONDS", "check_lifetime", "LeafNodeHashInput", "ParentNodeHashInput",
     "TreeHashInput", "ParentHashInput", "DEFAULT_EXTENSION_TYPES", "DEFAULT_PROPOSAL_TYPES",
     "RatchetTree", "verify_leaf_signature", "sign_leaf_node", "validate_leaf_node",
-    "check_group_support",
+    "check_group_support", "check_extensions_listed",
 ]
