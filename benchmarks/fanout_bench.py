@@ -1,0 +1,287 @@
+"""Cost of one fan-out: a FanOutMessage to n queues spread over K homeservers.
+
+For n = 10, 100, 1000 and K = 1, 3 this runs K homeservers in-process
+(``phoenix_ref.testing.Deployment``: real apps, SQLite stores, QS-to-QS
+traffic over HTTP through ASGI with emulated TLS), spreads n client records
+round-robin over them, and hands messages to the first homeserver's QS the
+way its DS does (``hs.qs.local_enqueue``). It reports, against
+``spec/performance_goals.md``:
+
+* **federation requests per message** (target K − 1: one QsToQsMessage per
+  remote homeserver, whatever n);
+* **asymmetric operations per message at each QS** (signatures, signature
+  verifications, HPKE seal/open), for the first message of a group (cold:
+  every sealed queue config is opened and verified once) and for later ones
+  (warm: configs come from the cache);
+* **store reads and writes** per fan-out request at each QS, per delivered
+  message, per federated request, and for one client query (a dequeue;
+  target ≤ 1 read and ≤ 1 write);
+* **CPU time per delivered message** (process time of the whole run from
+  ``local_enqueue`` until every remote homeserver has answered) as a
+  multiple of the **crypto floor**: the cryptography a delivered message
+  cannot avoid, timed in the same run — one queue-encryption step per
+  queue (ratchet derivation + AES-GCM seal of the message,
+  ``queue_crypto.encrypt_for_queue``) plus, per remote homeserver, one
+  QsToQsMessage signature and its verification, divided by n. Target ≤ 3×.
+
+Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import phoenix_ref.auth_tokens as auth_tokens  # noqa: E402
+import phoenix_ref.crypto as crypto  # noqa: E402
+import phoenix_ref.queue_crypto as qc  # noqa: E402
+import phoenix_ref.queuing.core as qs_core  # noqa: E402
+import phoenix_ref.queuing.fanout as fanout  # noqa: E402
+from phoenix_ref.client.qs_client import QsIdentity  # noqa: E402
+from phoenix_ref.codec import encode  # noqa: E402
+from phoenix_ref.ids import GroupId  # noqa: E402
+from phoenix_ref.queuing import messages as m  # noqa: E402
+from phoenix_ref.testing import Deployment  # noqa: E402
+from tests.qs_helpers import application_message  # noqa: E402
+
+NAMES = ["hs1", "hs2", "hs3"]
+BODY = os.urandom(200)   # an application message of ordinary size
+
+# --- counting asymmetric operations, per QS -------------------------------------------------
+
+_current = threading.local()   # .domain: the QS whose core is running in this thread
+asym: Counter[tuple[str, str]] = Counter()
+
+
+def _counted(name: str, fn):
+    def wrapper(*a, **kw):
+        asym[(getattr(_current, "domain", "-"), name)] += 1
+        return fn(*a, **kw)
+    return wrapper
+
+
+def install_crypto_counters() -> None:
+    """Count every asymmetric operation the QS code paths call."""
+    for module, names in ((qs_core, ["hs_sign", "hs_verify", "verify_with_label"]),
+                          (fanout, ["hpke_open", "hs_verify"]),
+                          (qc, ["hpke_seal", "hpke_open"])):
+        for name in names:
+            setattr(module, name, _counted(name, getattr(module, name)))
+    auth_tokens.crypto = _CryptoProxy()
+
+
+class _CryptoProxy:
+    """``crypto`` as auth_tokens sees it, with counted signature checks."""
+    hs_verify = staticmethod(_counted("hs_verify", crypto.hs_verify))
+    hs_sign = staticmethod(_counted("hs_sign", crypto.hs_sign))
+
+    def __getattr__(self, name):
+        return getattr(crypto, name)
+
+
+def tag_core(core, domain: str) -> None:
+    """Attribute the crypto of this core's requests to ``domain``."""
+    for name in ("local_enqueue", "federated_enqueue", "frame_outbound", "dequeue_messages"):
+        fn = getattr(core, name)
+
+        def wrapped(*a, _fn=fn, **kw):
+            before = getattr(_current, "domain", "-")
+            _current.domain = domain
+            try:
+                return _fn(*a, **kw)
+            finally:
+                _current.domain = before
+        setattr(core, name, wrapped)
+
+
+# --- counting store reads and writes ------------------------------------------------------------
+
+READS = {"get_user", "get_client", "client_for_enqueue", "info", "head", "destinations"}
+io: Counter[tuple[str, str]] = Counter()
+
+
+class CountingStore:
+    """A store proxy that counts each call as one read or one write transaction."""
+
+    def __init__(self, inner, domain: str):
+        self._inner, self._domain = inner, domain
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name.startswith("_") or name in ("close", "needs_thread"):
+            return attr
+        kind = "read" if name in READS else "write"
+
+        def wrapped(*a, **kw):
+            io[(self._domain, kind)] += 1
+            return attr(*a, **kw)
+        return wrapped
+
+
+def instrument(hs) -> None:
+    svc, domain = hs.qs, hs.domain
+    svc.core.records = CountingStore(svc.core.records, domain)
+    svc.core.queues.store = CountingStore(svc.core.queues.store, domain)
+    counted_outbound = CountingStore(svc.core.outbound, domain)
+    svc.core.outbound = counted_outbound
+    svc.outbound_sender.store = counted_outbound
+    tag_core(svc.core, domain)
+
+
+# --- the crypto floor -------------------------------------------------------------------------------
+
+def crypto_floor_seconds(n: int, k: int, plaintext: bytes, repeat: int = 5) -> float:
+    """Seconds of unavoidable crypto per delivered message (see module docstring)."""
+    queue_key = crypto.HpkeKeyPair.generate().public
+    material = qc.new_queue(queue_key, 0)[1]
+    signer = crypto.SigningKey.generate()
+    tbs = os.urandom(len(plaintext) + 100)
+
+    def steps(count: int) -> float:
+        mat = material
+        t0 = time.process_time()
+        for seq in range(1, count + 1):
+            _, mat = qc.encrypt_for_queue(mat, seq, plaintext)
+        return time.process_time() - t0
+
+    def sign_verify(count: int) -> float:
+        t0 = time.process_time()
+        for _ in range(count):
+            sig = crypto.hs_sign(signer, "QsToQsMessage", tbs)
+            crypto.hs_verify(signer.public, "QsToQsMessage", tbs, sig)
+        return time.process_time() - t0
+
+    reps = max(200, n)
+    per_step = statistics.median(steps(reps) for _ in range(repeat)) / reps
+    per_sign_verify = statistics.median(sign_verify(200) for _ in range(repeat)) / 200
+    return per_step + (k - 1) * per_sign_verify / n
+
+
+# --- one case ---------------------------------------------------------------------------------------
+
+async def _register(hs, n_here: int) -> list[QsIdentity]:
+    """Client records created through the QS core (setup, not measured)."""
+    ids = []
+    for _ in range(n_here):
+        me = QsIdentity.new(hs.domain)
+        me.created(await hs.qs.call(hs.qs.core.create_user_record, me.create_user_record_params(),
+                                    hs.clock.now_ms()))
+        ids.append(me)
+    return ids
+
+
+async def run_case(n: int, k: int, messages: int) -> dict:
+    async with Deployment("in_process", NAMES[:k]) as d:
+        nodes = [d[name].hs for name in NAMES[:k]]
+        clients: list[tuple[object, QsIdentity]] = []
+        for i, hs in enumerate(nodes):
+            for me in await _register(hs, n // k + (1 if i < n % k else 0)):
+                clients.append((hs, me))
+        configs = [me.client_queue_config(hs.keystore.qs_queue_config_keys[0].public) for hs, me in clients]
+        sender = nodes[0]
+        group = GroupId.random("ds.a.example")
+        for hs in nodes:
+            instrument(hs)
+        delivered = trio.Event()
+        answers = [0]
+        on_delivered = sender.qs.outbound_sender.on_delivered
+
+        def count_answers(item, response):
+            on_delivered(item, response)
+            answers[0] += 1
+            if answers[0] == want[0]:
+                delivered.set()
+        sender.qs.outbound_sender.on_delivered = count_answers
+        want = [0]
+
+        async def one(body: bytes) -> tuple[float, dict, dict, int]:
+            nonlocal delivered
+            asym.clear()
+            io.clear()
+            sent0 = sender.qs.stats["federated_enqueue_sent"]
+            delivered = trio.Event()
+            answers[0] = 0
+            want[0] = k - 1
+            msg = m.FanOutMessage(configs, application_message(group, body))
+            t0 = time.process_time()
+            result = await sender.qs.local_enqueue(msg)
+            if k > 1:
+                with trio.fail_after(600):
+                    await delivered.wait()
+            cpu = time.process_time() - t0
+            assert len(result.enqueued) == len(clients) // k + (1 if n % k else 0) or k == 1
+            return cpu, dict(asym), dict(io), sender.qs.stats["federated_enqueue_sent"] - sent0
+
+        cold = await one(BODY)
+        warm = [await one(BODY) for _ in range(messages)]
+        for hs in nodes:   # every queue got every message exactly once
+            core = hs.qs.core
+            for owner, me in clients:
+                if owner is hs:
+                    info = await hs.qs.call(core.queues.info, encode(me.qs_cid))
+                    assert info.message_count == 1 + 1 + messages, info   # reset + cold + warm
+        # one client query: a dequeue
+        io.clear()
+        hs, me = clients[0]
+        await hs.qs.call(hs.qs.core.dequeue_messages, me.dequeue_request(hs.clock.now_ms()), hs.clock.now_ms())
+        dequeue_io = dict(io)
+        plaintext_len = len(encode(application_message(group, BODY), m.MessageContent))
+        floor = crypto_floor_seconds(n, k, b"\x00" * plaintext_len)
+        return {"n": n, "k": k, "domains": [hs.domain for hs in nodes], "cold": cold, "warm": warm,
+                "dequeue_io": dequeue_io, "floor": floor}
+
+
+def _per(domain_counts: dict, domain: str) -> str:
+    parts = [f"{op} {c}" for (dom, op), c in sorted(domain_counts.items()) if dom == domain]
+    return ", ".join(parts) or "none"
+
+
+def report(r: dict) -> None:
+    n, k = r["n"], r["k"]
+    warm_cpu = statistics.median(c for c, *_ in r["warm"])
+    _, warm_asym, warm_io, warm_requests = r["warm"][-1]
+    cold_cpu, cold_asym, cold_io, cold_requests = r["cold"]
+    per_msg = warm_cpu / n
+    print(f"\n== n = {n} queues over K = {k} homeserver(s) ==")
+    print(f"federation requests per message: {warm_requests} (cold {cold_requests}; target K-1 = {k - 1})")
+    for dom in r["domains"]:
+        print(f"  {dom}: asymmetric ops per message warm [{_per(warm_asym, dom)}]; cold [{_per(cold_asym, dom)}]")
+        reads, writes = warm_io.get((dom, "read"), 0), warm_io.get((dom, "write"), 0)
+        local = n // k + (1 if r["domains"].index(dom) < n % k else 0)
+        print(f"  {dom}: store reads/writes per fan-out request {reads}/{writes} "
+              f"= {reads / local:.2f}/{writes / local:.2f} per delivered message here")
+    print(f"client query (dequeue): reads {r['dequeue_io'].get((r['domains'][0], 'read'), 0)}, "
+          f"writes {r['dequeue_io'].get((r['domains'][0], 'write'), 0)} (target <= 1/1)")
+    print(f"CPU per delivered message: {per_msg * 1e6:.0f} us warm, {cold_cpu / n * 1e6:.0f} us cold; "
+          f"crypto floor {r['floor'] * 1e6:.1f} us -> {per_msg / r['floor']:.1f}x (target <= 3x)")
+
+
+async def main_async(sizes, homeservers, messages) -> None:
+    install_crypto_counters()
+    for k in homeservers:
+        for n in sizes:
+            report(await run_case(n, k, messages))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="10,100,1000")
+    p.add_argument("--homeservers", default="1,3")
+    p.add_argument("--messages", type=int, default=5, help="warm messages per case")
+    a = p.parse_args()
+    trio.run(main_async, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.homeservers.split(",")],
+             a.messages)
+
+
+if __name__ == "__main__":
+    main()
