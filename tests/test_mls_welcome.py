@@ -9,11 +9,12 @@ from phoenix_ref.crypto import HpkeKeyPair, SigningKey
 from phoenix_ref.mls import MlsError
 from phoenix_ref.mls.framing import BadSignature, DecryptionFailed, decode_mls_message
 from phoenix_ref.mls.key_schedule import EpochSecrets
-from phoenix_ref.mls.messages import GroupContext, ProtocolVersion, ResumptionPSKUsage
+from phoenix_ref.mls.messages import Extension, GroupContext, ProtocolVersion, ResumptionPSKUsage
 from phoenix_ref.mls.psk import MissingPsk, external_psk_id, psk_secret, resumption_psk_id
 from phoenix_ref.mls.transcript import BadConfirmationTag, confirmation_tag, interim_transcript_hash
 from phoenix_ref.mls.welcome import (
     CipherSuiteMismatch,
+    InvalidGroupInfo,
     InvalidWelcome,
     NotForThisKeyPackage,
     create_welcome,
@@ -128,3 +129,18 @@ def test_reinit_psk_must_join_epoch_one():
         else:
             with pytest.raises(InvalidWelcome):
                 open_welcome(welcome, alice, alice_priv, committer.public, lambda pid: b"\x0c" * 32)
+
+
+def test_group_info_extension_lists_name_each_type_once():
+    """RFC 9420 §13: neither GroupInfo.extensions nor the GroupContext's may
+    hold two extensions of one type; a joiner refuses such a GroupInfo."""
+    base, committer, gi, joiner, _ = _setup()
+    alice, alice_priv = _member(base)
+    twice = [Extension(0xF0AA, b""), Extension(0xF0AA, b"x")]
+    for ctx, exts in ((gi.group_context, twice),
+                      (dataclasses.replace(gi.group_context, extensions=twice), [])):
+        bad = sign_group_info(committer, ctx, exts, gi.confirmation_tag, 0)
+        with pytest.raises(InvalidGroupInfo):
+            verify_group_info(bad, committer.public)
+        with pytest.raises(InvalidGroupInfo):
+            open_welcome(create_welcome(bad, joiner, [], [(alice, None)]), alice, alice_priv, committer.public)

@@ -36,6 +36,7 @@ from ..crypto import (
     verify_with_label,
 )
 from . import MlsError
+from .extensions import ExtensionError, check_unique
 from .framing import BadSignature, DecryptionFailed, MalformedMessage
 from .key_schedule import EpochSecrets, welcome_key_nonce, welcome_secret
 from .messages import (
@@ -57,7 +58,7 @@ from .transcript import TranscriptHashes, verify_confirmation_tag
 
 __all__ = [
     "GROUP_INFO_TBS_LABEL", "WELCOME_LABEL", "WelcomeError", "NotForThisKeyPackage",
-    "CipherSuiteMismatch", "InvalidWelcome", "OpenedWelcome", "sign_group_info",
+    "CipherSuiteMismatch", "InvalidGroupInfo", "InvalidWelcome", "OpenedWelcome", "sign_group_info",
     "verify_group_info", "encrypt_group_info", "decrypt_group_info", "create_welcome",
     "decrypt_group_secrets", "open_welcome",
 ]
@@ -81,6 +82,12 @@ class CipherSuiteMismatch(WelcomeError):
     """Welcome, KeyPackage and GroupInfo disagree on the cipher suite (§12.4.3.1)."""
 
 
+class InvalidGroupInfo(WelcomeError):
+    """The GroupInfo's extension list, or its GroupContext's, names one type
+    twice (§13: "Any field containing a list of extensions MUST NOT have more
+    than one extension of any given type")."""
+
+
 class InvalidWelcome(WelcomeError):
     """The Welcome breaks another rule of §12.4.3.1 (e.g. a branch or reinit
     PSK joining an epoch other than 1)."""
@@ -97,11 +104,18 @@ def sign_group_info(signing_key: SigningKey | bytes, group_context: GroupContext
 
 
 def verify_group_info(group_info: GroupInfo, signer_key: bytes) -> None:
-    """Verify GroupInfo.signature with the signer's leaf key; :class:`BadSignature`."""
+    """Verify a received GroupInfo (§12.4.3.1): its signature with the
+    signer's leaf key (:class:`BadSignature`), then that its two extension
+    lists name each type once (:class:`InvalidGroupInfo`, §13)."""
     try:
         verify_with_label(signer_key, GROUP_INFO_TBS_LABEL, group_info.tbs(), group_info.signature)
     except CryptoError:
         raise BadSignature("GroupInfo signature does not verify") from None
+    try:
+        check_unique(group_info.extensions)
+        check_unique(group_info.group_context.extensions)
+    except ExtensionError as e:
+        raise InvalidGroupInfo(str(e)) from None
 
 
 def encrypt_group_info(group_info: GroupInfo, joiner_secret: bytes, psk_secret_: bytes | None) -> bytes:
@@ -196,7 +210,7 @@ def open_welcome(welcome: Welcome, key_package: KeyPackage, init_priv: bytes,
     Raises :class:`CipherSuiteMismatch`, :class:`NotForThisKeyPackage`,
     :class:`DecryptionFailed`, :class:`MalformedMessage`,
     :class:`~phoenix_ref.mls.psk.PskError`, :class:`BadSignature`,
-    :class:`InvalidWelcome`,
+    :class:`InvalidGroupInfo`, :class:`InvalidWelcome`,
     :class:`~phoenix_ref.mls.transcript.BadConfirmationTag`.
     """
     secrets = decrypt_group_secrets(welcome, key_package, init_priv)
