@@ -106,7 +106,7 @@ def tag_core(core, domain: str) -> None:
 
 # --- counting store reads and writes ------------------------------------------------------------
 
-READS = {"get_user", "get_client", "client_for_enqueue", "info", "head", "destinations"}
+READS = {"get_user", "get_client", "client_for_enqueue", "clients_for_enqueue", "info", "head", "destinations"}
 io: Counter[tuple[str, str]] = Counter()
 
 

@@ -135,6 +135,11 @@ class QueueStore(Protocol):
     def append(self, queue_id: bytes, build: AppendFn) -> int:
         """Append what ``build`` returns; returns the first sequence number used."""
 
+    def append_many(self, items: list[tuple[bytes, AppendFn]]) -> list[int | None]:
+        """:meth:`append` to several queues in one transaction (a fan-out:
+        ``spec/performance_goals.md``, one write per request). Returns the
+        first sequence number used per item, None for a queue that does not exist."""
+
     def fetch(self, queue_id: bytes, start: int, limit: int,
               activity_ms: int) -> tuple[list[tuple[int, bytes]], int]:
         """Delete messages with a sequence number below ``start``, return up
@@ -199,6 +204,23 @@ class MemoryQueueStore:
             q.next_seq = first + len(payloads)
             q.key_material = material
             return first
+
+    def append_many(self, items):
+        with self._lock:
+            built = []
+            for queue_id, build in items:   # build everything first: a failure changes nothing
+                q = self._queues.get(queue_id)
+                built.append(None if q is None else (q, q.next_seq, *build(q.next_seq, q.key_material)))
+            out = []
+            for entry in built:
+                if entry is None:
+                    out.append(None)
+                    continue
+                q, first, payloads, material = entry
+                q.messages.extend((first + i, p) for i, p in enumerate(payloads))
+                q.next_seq, q.key_material = first + len(payloads), material
+                out.append(first)
+            return out
 
     def fetch(self, queue_id, start, limit, activity_ms):
         with self._lock:
@@ -290,6 +312,25 @@ class SqliteQueueStore:
                        (first + len(payloads), new_material, queue_id))
             return first
 
+    def append_many(self, items):
+        out: list[int | None] = []
+        with self._tx() as db:
+            rows = []
+            for queue_id, build in items:
+                row = db.execute(f"SELECT next_seq, key_material FROM {self._q} WHERE queue_id=?",
+                                 (queue_id,)).fetchone()
+                if row is None:
+                    out.append(None)
+                    continue
+                first, material = row
+                payloads, new_material = build(first, material)
+                rows += [(queue_id, first + i, p) for i, p in enumerate(payloads)]
+                db.execute(f"UPDATE {self._q} SET next_seq=?, key_material=? WHERE queue_id=?",
+                           (first + len(payloads), new_material, queue_id))
+                out.append(first)
+            db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)", rows)
+        return out
+
     def fetch(self, queue_id, start, limit, activity_ms):
         start, limit = min(start, _SQLITE_MAX), min(limit, _SQLITE_MAX)
         with self._tx() as db:
@@ -361,11 +402,10 @@ class Queues:
             return [encode(msg)], encode(material)
         return self.store.append(queue_id, build)
 
-    def enqueue(self, queue_id: bytes, plaintext: bytes, now_ms: int) -> int:
-        """Encrypt and enqueue ``plaintext``; returns its sequence number. If the
-        rotation interval has passed, a ratchet key update goes in just before it."""
+    def _enqueue_step(self, plaintext: bytes, now_ms: int, built: list[int]) -> AppendFn:
+        """The AppendFn of one enqueue; ``built[0]`` tells how many messages it
+        produced (1, or 2 with a ratchet key update first)."""
         interval = self.config.rotation_interval_ms
-        built = [0]  # how many messages build() produced (1, or 2 with an update)
 
         def build(seq: int, raw: bytes) -> tuple[list[bytes], bytes]:
             material = decode(qc.QueueKeyMaterial, raw)
@@ -378,9 +418,22 @@ class Queues:
             out.append(encode(msg))
             built[0] = len(out)
             return out, encode(material)
+        return build
 
-        first = self.store.append(queue_id, build)
+    def enqueue(self, queue_id: bytes, plaintext: bytes, now_ms: int) -> int:
+        """Encrypt and enqueue ``plaintext``; returns its sequence number. If the
+        rotation interval has passed, a ratchet key update goes in just before it."""
+        built = [0]
+        first = self.store.append(queue_id, self._enqueue_step(plaintext, now_ms, built))
         return first + built[0] - 1
+
+    def enqueue_many(self, queue_ids: list[bytes], plaintext: bytes, now_ms: int) -> list[int | None]:
+        """:meth:`enqueue` the same plaintext into several queues in one store
+        transaction; the sequence number per queue, None where it does not exist."""
+        counts = [[0] for _ in queue_ids]
+        firsts = self.store.append_many([(q, self._enqueue_step(plaintext, now_ms, c))
+                                         for q, c in zip(queue_ids, counts)])
+        return [None if f is None else f + c[0] - 1 for f, c in zip(firsts, counts)]
 
     def rotate(self, queue_id: bytes, now_ms: int) -> int:
         """Force a ratchet key update (``#key-updates``); returns its sequence number."""

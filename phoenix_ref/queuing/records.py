@@ -90,6 +90,10 @@ class QsRecords(Protocol):
     def client_for_enqueue(self, qs_cid: QsCid, group_id: GroupId) -> tuple[ClientRecord, bool] | None:
         """The client record and whether ``group_id`` is on its blocklist."""
 
+    def clients_for_enqueue(self, qs_cids: list[QsCid], group_id: GroupId) -> dict[QsCid, tuple[ClientRecord, bool]]:
+        """:meth:`client_for_enqueue` for a whole fan-out in one read; unknown
+        QsCids are absent from the answer."""
+
     def update_client(self, qs_cid: QsCid, client_record_auth_key: bytes, queue_encryption_key: bytes,
                       encrypted_push_token: bytes | None) -> bool: ...
 
@@ -113,6 +117,14 @@ class QsRecords(Protocol):
     def count_hit(self, key: str, now_ms: int, window_ms: int) -> tuple[int, int]:
         """Count one hit for ``key`` in the fixed window containing ``now_ms``;
         returns ``(hits in the window so far, window end in ms)``."""
+
+    def admit(self, limits: list[tuple[str, int, int]], source: str, message_id: bytes, now_ms: int,
+              keep_ms: int) -> tuple[str, int] | bool:
+        """Admission of a federated message in one write: count one hit for
+        every ``(key, limit, window_ms)``; if a count exceeds its limit return
+        ``(key, window end)`` and remember nothing else; otherwise remember
+        ``(source, message_id)`` like :meth:`remember_message_id` and return
+        whether it was new."""
 
     def close(self) -> None: ...
 
@@ -209,6 +221,10 @@ class MemoryQsRecords:
                 return None
             return c, (qs_cid, blocklist_hash(c.blocklist_salt, group_id)) in self._blocked
 
+    def clients_for_enqueue(self, qs_cids, group_id):
+        with self._lock:
+            return {cid: found for cid in qs_cids if (found := self.client_for_enqueue(cid, group_id)) is not None}
+
     def update_client(self, qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token):
         with self._lock:
             c = self._clients.get(qs_cid)
@@ -278,6 +294,14 @@ class MemoryQsRecords:
             n = n + 1 if w == start else 1
             self._hits[key] = (start, n)
             return n, start + window_ms
+
+    def admit(self, limits, source, message_id, now_ms, keep_ms):
+        with self._lock:
+            for key, limit, window_ms in limits:
+                hits, end = self.count_hit(key, now_ms, window_ms)
+                if hits > limit:
+                    return key, end
+            return self.remember_message_id(source, message_id, now_ms, keep_ms)
 
     def close(self):
         pass
@@ -449,6 +473,24 @@ class SqliteQsRecords:
         wanted = blocklist_hash(client.blocklist_salt, group_id)
         return client, any(r[5] is not None and bytes(r[5]) == wanted for r in rows)
 
+    def clients_for_enqueue(self, qs_cids, group_id):
+        cols = ", ".join("c." + x.strip() for x in _CLIENT_COLS.split(","))
+        rows = []
+        with self.lock:   # one read: every record of the fan-out with its blocklist entries
+            ids = list(dict.fromkeys(encode(c) for c in qs_cids))
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                rows += self.connection.execute(
+                    f"SELECT {cols}, b.group_hash FROM qs_clients c LEFT JOIN qs_blocklist b "
+                    f"ON b.qs_cid = c.qs_cid WHERE c.qs_cid IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        out: dict[QsCid, tuple[ClientRecord, bool]] = {}
+        for row in rows:
+            client = _client(row)
+            blocked = row[5] is not None and bytes(row[5]) == blocklist_hash(client.blocklist_salt, group_id)
+            prev = out.get(client.qs_cid)
+            out[client.qs_cid] = (client, blocked or (prev is not None and prev[1]))
+        return out
+
     def update_client(self, qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token):
         with self.transaction() as db:
             cur = db.execute("UPDATE qs_clients SET client_record_auth_key=?, queue_encryption_key=?, "
@@ -520,6 +562,21 @@ class SqliteQsRecords:
                        "window_start = excluded.window_start", (key, start))
             (n,) = db.execute("SELECT hits FROM qs_rate_limits WHERE key=?", (key,)).fetchone()
             return n, start + window_ms
+
+    def admit(self, limits, source, message_id, now_ms, keep_ms):
+        with self.transaction() as db:
+            for key, limit, window_ms in limits:
+                start = now_ms - now_ms % window_ms
+                db.execute("INSERT INTO qs_rate_limits VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
+                           "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
+                           "window_start = excluded.window_start", (key, start))
+                (n,) = db.execute("SELECT hits FROM qs_rate_limits WHERE key=?", (key,)).fetchone()
+                if n > limit:
+                    return key, start + window_ms
+            db.execute("DELETE FROM qs_seen_messages WHERE expires_ms <= ?", (now_ms,))
+            cur = db.execute("INSERT OR IGNORE INTO qs_seen_messages VALUES (?,?,?)",
+                             (source, message_id, now_ms + keep_ms))
+            return cur.rowcount == 1
 
     def close(self):
         with self.lock:
