@@ -13,7 +13,7 @@ from phoenix_ref.mls.framing import (
 )
 from phoenix_ref.mls.group import Group
 from phoenix_ref.mls.messages import (
-    Add, Commit, ExternalInit, GroupContextExtensions, MLSMessage, ParentNode, PreSharedKey, ProposalOrRef,
+    Add, Commit, Credential, ExternalInit, LeafNodeSource, GroupContextExtensions, MLSMessage, ParentNode, PreSharedKey, ProposalOrRef,
     ReInit, Remove, Sender, Update, WireFormat, ProtocolVersion, CIPHER_SUITE_1,
 )
 from phoenix_ref.mls.psk import external_psk_id
@@ -242,3 +242,93 @@ def test_add_with_encryption_key_in_use():
     kp = replace(kp, signature=sign_with_label(b.signing_key, "KeyPackageTBS", kp.tbs()))
     with pytest.raises(DuplicateEncryptionKeyError):
         groups[0].commit(adds=[kp])
+
+
+# --- UpdatePath shape (§7.6), resync (§12.2), credential types (§7.3) -------------------------------
+
+def test_update_path_node_with_a_missing_ciphertext():
+    """§7.6: each UpdatePathNode has one ciphertext per node of the copath
+    child's resolution. Member 0 decrypts the first node only, the DS none:
+    both still refuse a path whose second node lacks a ciphertext."""
+    from phoenix_ref.mls.treekem import UpdatePathError
+    groups, ds = setup(4)
+    commit = valid_path_commit(groups[1])  # leaf 1: nodes 1 and 3; node 3 encrypts to leaves 2 and 3
+    nodes = list(commit.path.nodes)
+    assert len(nodes[1].encrypted_path_secret) == 2
+    nodes[1] = replace(nodes[1], encrypted_path_secret=nodes[1].encrypted_path_secret[:1])
+    msg = forge(groups[1], replace(commit, path=replace(commit.path, nodes=nodes)))
+    both_refuse(groups, groups[0], ds, msg, UpdatePathError)
+
+
+def test_resync_keeps_the_removed_leaf_encryption_key(monkeypatch):
+    """§12.2: a resync's path LeafNode meets the rules of an Update of the
+    removed leaf, so its encryption key must differ from that leaf's."""
+    groups, ds = setup(3)
+    gi = groups[2].group_info(with_ratchet_tree=True)
+    old = groups[1]
+    old_key = old.tree.leaf(1).encryption_key
+    monkeypatch.setattr(HpkeKeyPair, "generate", classmethod(lambda cls: cls(bytes(32), old_key)))
+    _again, msg = Group.join_by_external_commit(gi, old.signing_key, Credential.basic(b"m1"), resync_leaf=1)
+    monkeypatch.undo()
+    assert msg.public_message.content.commit.path.leaf_node.encryption_key == old_key
+    with pytest.raises(c.InvalidUpdatePath, match="encryption key"):
+        groups[0].process(msg)
+    with pytest.raises(c.InvalidUpdatePath, match="encryption key"):
+        ds.validate_commit(msg)
+
+
+def _basic_only_member(groups):
+    """Add a member whose leaf supports basic credentials only; returns its Group."""
+    from phoenix_ref.mls.keypackage import create_key_package
+    from phoenix_ref.mls.messages import Capabilities
+    sk, cred = member(b"basic-only")
+    bundle = create_key_package(sk, cred, now=10**9, capabilities=Capabilities([1], [1], [], [], [1]))
+    res = groups[0].commit(adds=[bundle.key_package])
+    groups[0].merge_pending_commit()
+    for g in groups[1:]:
+        g.process(res.message)
+    return Group.join_from_welcome(res.welcome, bundle)
+
+
+def _x509_key_package(**kw):
+    from phoenix_ref.mls.keypackage import create_key_package
+    return create_key_package(SigningKey.generate(), Credential.x509([b"cert"]), now=10**9, **kw).key_package
+
+
+def test_update_to_a_credential_type_a_member_does_not_support():
+    """§7.3: the credential type of an Update's leaf is supported by all members."""
+    from phoenix_ref.mls.keypackage import make_leaf_node
+    groups, _ = setup(2)
+    groups.append(_basic_only_member(groups))
+    g1 = groups[1]
+    leaf = make_leaf_node(g1.signing_key, Credential.x509([b"cert"]), HpkeKeyPair.generate().public,
+                          LeafNodeSource.update, group_id=g1.group_id, leaf_index=1)
+    msg, _ = g1._send(Update(leaf))
+    groups[0].process(msg)
+    with pytest.raises(c.CredentialNotSupported):
+        groups[0].commit()
+
+
+def test_added_members_support_each_others_credential_types():
+    """§7.3: after a Commit every leaf supports every credential type in use,
+    including those of members added by the same Commit."""
+    from phoenix_ref.mls.keypackage import create_key_package
+    from phoenix_ref.mls.messages import Capabilities
+    groups, ds = setup(2)
+    basic_only = create_key_package(SigningKey.generate(), Credential.basic(b"b"), now=10**9,
+                                    capabilities=Capabilities([1], [1], [], [], [1])).key_package
+    x509 = _x509_key_package()
+    with pytest.raises(c.CredentialNotSupported):
+        groups[0].commit(adds=[basic_only, x509])
+    msg = forge(groups[1], replace(valid_path_commit(groups[1]),
+                                   proposals=[ProposalOrRef.by_value(Add(kp)) for kp in (basic_only, x509)]))
+    both_refuse(groups, groups[0], ds, msg, c.CredentialNotSupported)
+
+
+def test_reinit_extensions_name_each_type_once():
+    """§13 for the extensions a ReInit proposes for the new group."""
+    from phoenix_ref.mls.messages import Extension
+    groups, _ = setup(2)
+    twice = [Extension(0xF0AA, b""), Extension(0xF0AA, b"")]
+    with pytest.raises(c.InvalidProposal, match="ReInit"):
+        groups[0].commit(proposals=[ReInit(b"new", ProtocolVersion.mls10, CIPHER_SUITE_1, twice)])

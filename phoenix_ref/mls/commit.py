@@ -41,16 +41,17 @@ from .messages import (
 )
 from .psk import InvalidPskId, validate_psk_ids
 from .transcript import TranscriptHashes
+from .treekem import check_update_path_shape
 from .tree import (
     DEFAULT_PROPOSAL_TYPES, DuplicateEncryptionKeyError, DuplicateSignatureKeyError,
-    LeafNodeError, RatchetTree, check_group_support, validate_leaf_node,
+    LeafNodeError, RatchetTree, TreeValidationError, check_group_support, validate_leaf_node,
 )
 
 __all__ = [
     "CommitError", "UnknownProposalRef", "ProposalValidationError", "InvalidProposal",
     "ProposalNotAllowed", "CommitterUpdate", "CommitterRemoved", "DuplicateLeafProposals",
     "RemoveOfBlankLeaf", "DuplicateAdd", "AddOfExistingMember", "DuplicatePsk",
-    "MultipleGroupContextExtensions", "ReInitNotAlone", "UnsupportedProposalType",
+    "MultipleGroupContextExtensions", "ReInitNotAlone", "CredentialNotSupported", "UnsupportedProposalType",
     "InvalidExternalCommit", "PathRequired", "InvalidUpdatePath", "ProposalInfo",
     "ProposalStore", "resolve_proposals", "check_proposal_sender", "validate_proposal_list",
     "path_required", "AppliedProposals", "apply_proposals", "StagedCommit", "stage_commit",
@@ -124,6 +125,11 @@ class MultipleGroupContextExtensions(ProposalValidationError):
 
 class ReInitNotAlone(ProposalValidationError):
     """A ReInit together with another proposal (§12.2)."""
+
+
+class CredentialNotSupported(ProposalValidationError):
+    """A new or changed leaf uses a credential type some member does not
+    support, or does not support a type in use after the Commit (§7.3)."""
 
 
 class UnsupportedProposalType(ProposalValidationError):
@@ -294,6 +300,12 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
 
     gce = next((p.proposal for p in proposals if isinstance(p.proposal, GroupContextExtensions)), None)
     extensions = gce.extensions if gce is not None else group_context.extensions
+    # Credential types the Commit brings in: every added or updated leaf must
+    # support them too, not only the types already in use (§7.3).
+    new_types = {p.proposal.leaf_node.credential.credential_type for p in proposals
+                 if isinstance(p.proposal, Update)}
+    new_types |= {p.proposal.key_package.leaf_node.credential.credential_type for p in proposals
+                  if isinstance(p.proposal, Add)}
     me = _committer_leaf(committer)
     removed: set[int] = set()
     touched: set[int] = set()
@@ -317,7 +329,7 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
             if u in touched:
                 raise DuplicateLeafProposals(f"several Update/Remove proposals for leaf {u}")
             touched.add(u)
-            _validate_update(p.proposal, u, tree, group_context, extensions, now)
+            _validate_update(p.proposal, u, tree, group_context, extensions, new_types, now)
 
     added_keys: set[bytes] = set()
     added_enc: set[bytes] = set()
@@ -325,7 +337,7 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
     for p in proposals:
         if isinstance(p.proposal, Add):
             kp = p.proposal.key_package
-            _validate_add(kp, tree, extensions, cred_types, now)
+            _validate_add(kp, tree, extensions, cred_types, new_types, now)
             key = kp.leaf_node.signature_key
             if key in added_keys:
                 raise DuplicateAdd("two Adds for the same signature key")
@@ -348,8 +360,8 @@ def validate_proposal_list(proposals: Sequence[ProposalInfo], *, committer: Send
         raise InvalidProposal(f"PreSharedKey: {e}") from None
 
     for p in proposals:
-        if isinstance(p.proposal, ReInit) and p.proposal.version < group_context.version:
-            raise InvalidProposal("ReInit to a lower protocol version")
+        if isinstance(p.proposal, ReInit):
+            _validate_reinit(p.proposal, group_context)
         if isinstance(p.proposal, GroupContextExtensions):
             _validate_gce(p.proposal, tree, removed, proposals)
 
@@ -370,9 +382,11 @@ def _validate_external_list(proposals: Sequence[ProposalInfo], types: list[Propo
 
 
 def _validate_update(update: Update, leaf_index: int, tree: RatchetTree, ctx: GroupContext,
-                     extensions, now: int | None) -> None:
+                     extensions, new_types: set[int], now: int | None) -> None:
     """§12.1.2 / §7.3: a valid LeafNode with source ``update``, signed for this
-    group and leaf, with a new encryption key."""
+    group and leaf, with a new encryption key, supporting the credential
+    types in use (``new_types``: those the Commit brings in), and of a
+    credential type every other member supports."""
     old = tree.leaf(leaf_index)
     if old is None:
         raise InvalidProposal(f"Update from blank leaf {leaf_index}")
@@ -382,30 +396,63 @@ def _validate_update(update: Update, leaf_index: int, tree: RatchetTree, ctx: Gr
                            credential_types_in_use=tree.credential_types_in_use(leaf_index), now=now)
     except LeafNodeError as e:
         raise InvalidProposal(f"Update: {e}") from None
+    _check_supports_types(update.leaf_node, new_types)
     if update.leaf_node.encryption_key == old.encryption_key:
         raise InvalidProposal("Update keeps the old encryption key")
     if tree.encryption_key_in_use(update.leaf_node.encryption_key):
         raise DuplicateEncryptionKeyError("an Update repeats an encryption key of the tree (§7.3)")
-    sig = update.leaf_node.signature_key
-    if tree.signature_key_count(sig) - (1 if old.signature_key == sig else 0):
-        raise DuplicateSignatureKeyError("an Update repeats another member's signature key (§7.3)")
+    _check_signature_key_unique(tree, update.leaf_node, leaf_index)
+    if update.leaf_node.credential.credential_type != old.credential.credential_type:
+        _check_credential_supported(update.leaf_node, tree, skip=leaf_index)
 
 
-def _validate_add(kp: KeyPackage, tree: RatchetTree, extensions, cred_types, now: int | None) -> None:
-    """§12.1.1: the KeyPackage is valid (§10.1), and every member supports its
-    credential type (§7.3)."""
+def _validate_add(kp: KeyPackage, tree: RatchetTree, extensions, cred_types, new_types: set[int],
+                  now: int | None) -> None:
+    """§12.1.1: the KeyPackage is valid (§10.1), every member supports its
+    credential type, and it supports those the Commit brings in (§7.3)."""
     try:
         validate_key_package(kp, group_extensions=extensions, credential_types_in_use=cred_types, now=now)
     except KeyPackageError as e:
         raise InvalidProposal(f"Add: {e}") from None
+    _check_supports_types(kp.leaf_node, new_types)
     _check_credential_supported(kp.leaf_node, tree)
 
 
-def _check_credential_supported(leaf: LeafNode, tree: RatchetTree) -> None:
+def _check_supports_types(leaf: LeafNode, credential_types: Iterable[int]) -> None:
+    """``leaf`` lists every one of ``credential_types`` (§7.3); raises
+    :class:`CredentialNotSupported`."""
+    missing = set(credential_types) - set(leaf.capabilities.credentials)
+    if missing:
+        raise CredentialNotSupported(f"a new leaf does not support credential types {sorted(missing)} "
+                                     "of other new leaves")
+
+
+def _check_credential_supported(leaf: LeafNode, tree: RatchetTree, skip: int | None = None) -> None:
+    """Every member but ``skip`` lists ``leaf``'s credential type (§7.3);
+    raises :class:`CredentialNotSupported`."""
     ct = leaf.credential.credential_type
     for i, other in tree.leaves():
-        if ct not in other.capabilities.credentials:
-            raise InvalidProposal(f"member {i} does not support credential type {ct}")
+        if i != skip and ct not in other.capabilities.credentials:
+            raise CredentialNotSupported(f"member {i} does not support credential type {ct}")
+
+
+def _check_signature_key_unique(tree: RatchetTree, leaf: LeafNode, leaf_index: int) -> None:
+    """§7.3: ``leaf``, replacing the one at ``leaf_index``, has a signature key
+    no other member has; raises :class:`DuplicateSignatureKeyError`."""
+    old = tree.leaf(leaf_index)
+    sig = leaf.signature_key
+    if tree.signature_key_count(sig) - (1 if old is not None and old.signature_key == sig else 0):
+        raise DuplicateSignatureKeyError(f"leaf {leaf_index}'s new LeafNode repeats another member's signature key")
+
+
+def _validate_reinit(reinit: ReInit, ctx: GroupContext) -> None:
+    """§12.1.5: not to a lower version; its extensions name each type once (§13)."""
+    if reinit.version < ctx.version:
+        raise InvalidProposal("ReInit to a lower protocol version")
+    try:
+        check_unique(reinit.extensions)
+    except ExtensionError as e:
+        raise InvalidProposal(f"ReInit: {e}") from None
 
 
 def _validate_gce(gce: GroupContextExtensions, tree: RatchetTree, removed: set[int],
@@ -420,9 +467,7 @@ def _validate_gce(gce: GroupContextExtensions, tree: RatchetTree, removed: set[i
     for leaf in leaves:
         try:
             check_group_support(leaf, gce.extensions)
-        except LeafNodeError as e:
-            raise InvalidProposal(f"GroupContextExtensions: {e}") from None
-        except MlsError as e:
+        except TreeValidationError as e:
             raise InvalidProposal(f"GroupContextExtensions: {e}") from None
 
 
@@ -505,11 +550,7 @@ def check_path_keys_fresh(tree: RatchetTree, path: UpdatePath, sender: int) -> N
     for key in new_keys:
         if tree.encryption_key_in_use(key):
             raise DuplicateEncryptionKeyError("an UpdatePath key is already in the tree")
-    sig = path.leaf_node.signature_key
-    old = tree.leaf(sender)
-    others = tree.signature_key_count(sig) - (1 if old is not None and old.signature_key == sig else 0)
-    if others:
-        raise DuplicateSignatureKeyError("the UpdatePath leaf repeats another member's signature key")
+    _check_signature_key_unique(tree, path.leaf_node, sender)
 
 
 @dataclass
@@ -546,13 +587,16 @@ def stage_commit(content: AuthenticatedContent, tree: RatchetTree, group_context
     membership tag, signature) has been checked by the caller. Resolves and
     validates the proposals, applies them to a copy of ``tree``, checks the
     path rule, validates the UpdatePath's LeafNode (source ``commit``,
-    signature, capabilities, fresh keys), merges it (which checks its
-    parent hash), and computes the provisional and new GroupContexts and the
-    new transcript hashes. The inputs are not modified.
+    signature, capabilities, fresh keys, for a resync a new encryption key
+    against the removed leaf), merges it (which checks its parent hash),
+    checks the number of ciphertexts of every UpdatePathNode (§7.6), and
+    computes the provisional and new GroupContexts and the new transcript
+    hashes. The inputs are not modified.
 
     Raises :class:`CommitError` subclasses, tree errors
     (:class:`~phoenix_ref.mls.tree.ParentHashError`, duplicate keys, leaf
-    node errors) and :class:`InvalidSender`.
+    node errors), :class:`~phoenix_ref.mls.treekem.UpdatePathError` and
+    :class:`InvalidSender`.
     """
     fc = content.content
     commit = fc.commit
@@ -579,11 +623,16 @@ def stage_commit(content: AuthenticatedContent, tree: RatchetTree, group_context
         path = commit.path
         if external:
             committer = new_tree.free_leaf_index()
-        _validate_path_leaf(path, new_tree, group_context.group_id, committer, applied.extensions,
-                            external, now)
+            # A resync's new leaf meets the rules of an Update of the removed one (§12.2).
+            replaced = tree.leaf(applied.removed[0]) if applied.removed else None
+        else:
+            replaced = new_tree.leaf(committer)
+        _validate_path_leaf(path, new_tree, group_context.group_id, committer, replaced,
+                            applied.extensions, now)
         if external:
             new_tree.add_leaf(path.leaf_node)
         new_tree.apply_update_path(committer, path)
+        check_update_path_shape(new_tree, committer, path, applied.added_leaves)
         provisional = provisional_context(group_context, new_tree, applied.extensions)
     confirmed = transcript.confirm(content)
     ctx = new_group_context(group_context, new_tree, applied.extensions, confirmed)
@@ -592,19 +641,19 @@ def stage_commit(content: AuthenticatedContent, tree: RatchetTree, group_context
 
 
 def _validate_path_leaf(path: UpdatePath, tree: RatchetTree, group_id: bytes, committer: int,
-                        extensions, external: bool, now: int | None) -> None:
+                        replaced: LeafNode | None, extensions, now: int | None) -> None:
     """§12.4.2: validate the UpdatePath's LeafNode (§7.3, source ``commit``)
-    and the freshness of its keys, before merging."""
-    old = tree.leaf(committer)
+    and the freshness of its keys, before merging. ``replaced`` is the leaf
+    it replaces: the committer's, or for a resync the removed one (§12.2);
+    None for a plain external join."""
     try:
         validate_leaf_node(path.leaf_node, group_id=group_id, leaf_index=committer,
                            expected_source=LeafNodeSource.commit, extensions=extensions,
                            credential_types_in_use=tree.credential_types_in_use(committer), now=now)
     except LeafNodeError as e:
         raise InvalidUpdatePath(f"UpdatePath leaf node: {e}") from None
-    if old is not None and old.encryption_key == path.leaf_node.encryption_key:
-        raise InvalidUpdatePath("the UpdatePath keeps the committer's encryption key")
+    if replaced is not None and replaced.encryption_key == path.leaf_node.encryption_key:
+        raise InvalidUpdatePath("the UpdatePath keeps the encryption key of the leaf it replaces")
     check_path_keys_fresh(tree, path, committer)
-    if external or old is None or old.credential != path.leaf_node.credential:
+    if replaced is None or replaced.credential != path.leaf_node.credential:
         _check_credential_supported(path.leaf_node, tree)
-

@@ -229,6 +229,29 @@ def create_update_path(tree: RatchetTree, sender: int, leaf_template: LeafNode,
 # --- receiver side ------------------------------------------------------------------------
 
 
+def check_update_path_shape(tree: RatchetTree, sender: int, path: UpdatePath,
+                            exclude: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """§7.6: one UpdatePathNode per node of ``sender``'s filtered direct path,
+    each with exactly one ciphertext per node of its copath child's
+    resolution without the ``exclude``d (newly added) leaves.
+
+    This needs no private key, so the Delivery Service checks it too: a
+    Commit that some members could not decrypt is refused by all. Returns
+    the (path node, copath child) pairs; raises :class:`UpdatePathError`.
+    """
+    pairs = tree.filtered_path_pairs(sender)
+    if len(pairs) != len(path.nodes):
+        raise UpdatePathError(
+            f"UpdatePath has {len(path.nodes)} nodes, the filtered direct path {len(pairs)}")
+    skip = {2 * leaf for leaf in exclude}
+    for (p, c), node in zip(pairs, path.nodes):
+        expected = sum(1 for x in tree.resolution(c) if x not in skip)
+        if len(node.encrypted_path_secret) != expected:
+            raise UpdatePathError(f"UpdatePath node for {p} has {len(node.encrypted_path_secret)} "
+                                  f"ciphertexts for a resolution of {expected} nodes")
+    return pairs
+
+
 @dataclass
 class ReceivedPath:
     """What a receiver learns from an UpdatePath (§7.5 "decrypts the path secrets")."""
@@ -254,10 +277,7 @@ def decrypt_update_path(tree: RatchetTree, keys: PrivateTreeKeys, sender: int,
     me = 2 * keys.leaf_index
     if keys.leaf_index == sender:
         raise UpdatePathError("a member does not decrypt its own UpdatePath")
-    pairs = tree.filtered_path_pairs(sender)
-    if len(pairs) != len(path.nodes):
-        raise UpdatePathError(
-            f"UpdatePath has {len(path.nodes)} nodes, the filtered direct path {len(pairs)}")
+    pairs = check_update_path_shape(tree, sender, path, exclude)
     start = next((i for i, (_p, c) in enumerate(pairs) if tm.is_ancestor(c, me)), None)
     if start is None:
         raise UpdatePathError("the receiver is not below the sender's filtered direct path")
@@ -265,9 +285,6 @@ def decrypt_update_path(tree: RatchetTree, keys: PrivateTreeKeys, sender: int,
     _p, c = pairs[start]
     resolution = [x for x in tree.resolution(c) if x not in skip]
     cts = path.nodes[start].encrypted_path_secret
-    if len(cts) != len(resolution):
-        raise UpdatePathError(
-            f"{len(cts)} ciphertexts for a resolution of {len(resolution)} nodes")
     holder = next((i for i, x in enumerate(resolution) if x in keys.keys), None)
     if holder is None:
         raise UpdatePathError("the receiver holds no key in the copath resolution")
@@ -294,5 +311,6 @@ def decrypt_update_path(tree: RatchetTree, keys: PrivateTreeKeys, sender: int,
 __all__ = [
     "TreeKemError", "UpdatePathError", "PrivateStateError", "next_path_secret",
     "node_key_pair", "commit_secret_from", "hpke_pair_from_private", "PrivateTreeKeys",
-    "OwnUpdatePath", "create_update_path", "ReceivedPath", "decrypt_update_path",
+    "OwnUpdatePath", "create_update_path", "ReceivedPath", "check_update_path_shape",
+    "decrypt_update_path",
 ]
