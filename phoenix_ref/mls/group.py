@@ -35,7 +35,6 @@ from ..clock import Clock
 from ..codec import encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, random_bytes
 from . import MlsError
-from . import tree_math as tm
 from .commit import (
     AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, apply_proposals,
     check_proposal_sender, external_sender_key, new_group_context, path_required,
@@ -57,8 +56,8 @@ from .messages import (
 from .psk import psk_secret, resolve_psks
 from .secret_tree import SecretTree
 from .transcript import TranscriptHashes, confirmation_tag, verify_confirmation_tag
-from .tree import RatchetTree, TreeValidationError, validate_leaf_node
-from .treekem import PrivateTreeKeys, create_update_path, decrypt_update_path, next_path_secret
+from .tree import RatchetTree, validate_leaf_node
+from .treekem import PrivateTreeKeys, create_update_path, decrypt_update_path
 from .welcome import create_welcome, open_welcome, sign_group_info, verify_group_info
 
 __all__ = [
@@ -566,7 +565,7 @@ class Group:
         keys = PrivateTreeKeys.for_leaf(me, bundle.encryption_priv)
         gs = opened.group_secrets
         if gs.path_secret is not None:
-            _install_path_secret(tree, keys, me, gi.signer, gs.path_secret.path_secret)
+            keys.join_with_path_secret(tree, gi.signer, gs.path_secret.path_secret)
         keys.check_consistent(tree)
         state = _EpochState(ctx, tree, keys, opened.epoch_secrets, opened.transcript, gi.confirmation_tag)
         group = cls(state, bundle.signing_key, external_psks=psks, clock=clock)
@@ -667,21 +666,3 @@ def _tree_for(gi: GroupInfo, given: RatchetTree | bytes | None) -> RatchetTree:
     if ext is None:
         raise MissingRatchetTree("no ratchet tree given and none in the GroupInfo")
     return RatchetTree.from_nodes(ext.ratchet_tree)
-
-
-def _install_path_secret(tree: RatchetTree, keys: PrivateTreeKeys, me: int, signer: int,
-                         path_secret: bytes) -> None:
-    """§12.4.3.1: the Welcome's path secret belongs to the lowest common
-    ancestor of our leaf and the committer's; secrets for the nodes above
-    it on the committer's filtered direct path follow by "path" steps."""
-    lca = tm.common_ancestor(2 * me, 2 * signer)
-    secret = path_secret
-    started = False
-    for p in tree.filtered_direct_path(signer):
-        if p == lca:
-            started = True
-        if started:
-            keys.set_path_secret(p, secret)
-            secret = next_path_secret(secret)
-    if not started:
-        raise TreeValidationError("the common ancestor is not on the committer's filtered direct path")
