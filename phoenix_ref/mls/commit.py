@@ -573,10 +573,6 @@ class StagedCommit:
     group_context: GroupContext
     transcript: TranscriptHashes
 
-    @property
-    def is_external(self) -> bool:
-        return self.content.content.sender.sender_type == SenderType.new_member_commit
-
 
 def stage_commit(content: AuthenticatedContent, tree: RatchetTree, group_context: GroupContext,
                  transcript: TranscriptHashes, store: ProposalStore | None, *,

@@ -41,10 +41,6 @@ def node_width(n_leaves: int) -> int:
     return 0 if n_leaves == 0 else 2 * (n_leaves - 1) + 1
 
 
-def leaf_to_node(leaf_index: int) -> int:
-    return 2 * leaf_index
-
-
 def node_to_leaf(x: int) -> int:
     if not is_leaf(x):
         raise TreeMathError(f"node {x} is not a leaf")
@@ -139,7 +135,7 @@ def common_ancestor(x: int, y: int) -> int:
 
 
 __all__ = [
-    "TreeMathError", "log2", "level", "is_leaf", "node_width", "leaf_to_node", "node_to_leaf",
+    "TreeMathError", "log2", "level", "is_leaf", "node_width", "node_to_leaf",
     "root", "left", "right", "parent", "sibling", "direct_path", "copath", "is_ancestor",
     "subtree_leaves", "common_ancestor",
 ]

@@ -73,11 +73,6 @@ def node_key_pair(path_secret: bytes) -> crypto.HpkeKeyPair:
     return crypto.HpkeKeyPair.derive(crypto.derive_secret(path_secret, "node"))
 
 
-def commit_secret_from(last_path_secret: bytes) -> bytes:
-    """commit_secret: one "path" step past the root's path secret (§8)."""
-    return next_path_secret(last_path_secret)
-
-
 def hpke_pair_from_private(private: bytes) -> crypto.HpkeKeyPair:
     """The X25519 key pair (suite 1's KEM) of a serialized private key."""
     try:
@@ -310,7 +305,7 @@ def decrypt_update_path(tree: RatchetTree, keys: PrivateTreeKeys, sender: int,
 
 __all__ = [
     "TreeKemError", "UpdatePathError", "PrivateStateError", "next_path_secret",
-    "node_key_pair", "commit_secret_from", "hpke_pair_from_private", "PrivateTreeKeys",
+    "node_key_pair", "hpke_pair_from_private", "PrivateTreeKeys",
     "OwnUpdatePath", "create_update_path", "ReceivedPath", "check_update_path_shape",
     "decrypt_update_path",
 ]
