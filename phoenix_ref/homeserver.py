@@ -181,9 +181,11 @@ class Homeserver:
             self.privacy_pass = self.privacy_pass_gate
         self.federation = FederationClient(cfg, clock=self.clock, transport=self._federation_transport)
         self.qs = await qs_routes.start(self)   # QS service + outbound sender in app.nursery
+        await as_routes.start(self)             # AS pruning of inactive client entries
 
     async def _shutdown(self) -> None:
         await qs_routes.stop(self)
+        await as_routes.stop(self)
         if self.federation is not None:
             await self.federation.aclose()
         for store in (self.as_store, self.qs_store, self.ds_store, self.privacy_pass_gate):

@@ -86,3 +86,27 @@ async def test_a_registration_pending_at_restart_must_start_over(deployment):
         # the same user id registers from scratch
         again = await ClientSession.register(http, A, clock=d.clock, user_id=ident.user_id)
         assert again.user_id == ident.user_id
+
+
+@spec("spec/authentication_service.md#configuration", "MUST")
+async def test_inactive_client_entries_are_pruned_after_the_maximal_age(deployment):
+    """"Maximal QS client record age: maximal age of an inactive client entry.
+    Default: 90d" — a client that has not fetched from its direct queue for
+    longer loses its entry (and, as the last client, its user entry)."""
+    d = deployment
+    async with d.client() as http:
+        idle = await ClientSession.register(http, A, clock=d.clock)
+        active = await ClientSession.register(http, A, clock=d.clock)
+        service = d["hs1"].hs.as_service
+        assert await service.prune_inactive(d.clock.now_ms()) == []
+        d.clock.advance(60 * 24 * 3600 * 1000)
+        assert await active.dequeue_connection_messages() == []      # activity: this month
+        d.clock.advance(60 * 24 * 3600 * 1000)                       # 120 days after registration
+        assert await service.prune_inactive(d.clock.now_ms()) == [idle.client_id]
+        with pytest.raises(ProtocolError) as info:
+            await idle.update_profile(b"x")
+        assert info.value.code == "unknown_client"
+        with pytest.raises(ProtocolError) as info:
+            await active.profile(idle.user_id)
+        assert info.value.code == "unknown_user"
+        assert await active.profile(active.user_id) == b""

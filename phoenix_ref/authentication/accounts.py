@@ -81,6 +81,7 @@ class AccountStore(Protocol):
     def set_user_profile(self, user_id: UserId, encrypted_user_profile: bytes) -> None: ...
     def delete_user(self, user_id: UserId) -> list[ClientId]: ...
     def get_client(self, client_id: ClientId) -> ClientEntry | None: ...
+    def delete_client(self, client_id: ClientId) -> bool: ...
     def add_connection_packages(self, client_id: ClientId, packages: list[tuple[bytes, int]]) -> None: ...
     def take_connection_package(self, user_id: UserId, now_ms: int) -> bytes | None: ...
 
@@ -226,6 +227,22 @@ class SqliteAccountStore:
             row = self._db.execute("SELECT client_credential FROM clients WHERE client_id = ?",
                                    (encode(client_id),)).fetchone()
         return None if row is None else ClientEntry(client_id, row[0])
+
+    def delete_client(self, client_id: ClientId) -> bool:
+        """Delete a client entry with its connection packages (the caller
+        deletes its direct queue); the user entry goes with its last client,
+        as a QS user record does (``spec/queuing_service.md#user-record-management-endpoints``).
+        Returns whether the user entry was deleted. Raises NotFound."""
+        cid = encode(client_id)
+        with self._tx() as db:
+            row = db.execute("SELECT user_id FROM clients WHERE client_id = ?", (cid,)).fetchone()
+            if row is None:
+                raise NotFound(f"no client {client_id}", code="unknown_client")
+            db.execute("DELETE FROM clients WHERE client_id = ?", (cid,))
+            if db.execute("SELECT 1 FROM clients WHERE user_id = ?", (row[0],)).fetchone():
+                return False
+            db.execute("DELETE FROM users WHERE user_id = ?", (row[0],))
+            return True
 
     def add_connection_packages(self, client_id: ClientId, packages: list[tuple[bytes, int]]) -> None:
         """Store ``(encoded ConnectionPackage, not_after_ms)`` pairs for a client."""

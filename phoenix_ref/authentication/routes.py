@@ -37,10 +37,11 @@ import trio
 
 from .. import privacy_pass as pp
 from ..credentials import AsCredentialsResponse, TrustStore, UnknownSigner
-from ..errors import Forbidden, UpstreamError
+from ..codec import decode
+from ..errors import Forbidden, NotFound, UpstreamError
 from ..federation.client import FederationError, NotFederated
 from ..http import Call, Handler
-from ..ids import Fqdn
+from ..ids import ClientId, Fqdn
 from ..keystore import Keystore
 from ..privacy_pass_gate import IssuerKeysResponse
 from .core import OPERATIONS, AsConfig, AsSecrets, AuthenticationCore
@@ -74,6 +75,7 @@ class AsService:
         self._core: AuthenticationCore | None = None
         self._version: tuple | None = None
         self._lock = trio.Lock()
+        self.cancel_scope: trio.CancelScope | None = None
 
     def _secrets_version(self, now_ms: int) -> tuple:
         """What the core's secrets depend on; a change means "rebuild them"."""
@@ -128,6 +130,49 @@ class AsService:
         return await trio.to_thread.run_sync(
             functools.partial(core.request_tokens, call.body, call.now_ms, remote_trust=trust))
 
+    # --- #configuration: "Maximal QS client record age" ----------------------------------
+
+    async def prune_inactive(self, now_ms: int) -> list[ClientId]:
+        """Delete client entries whose direct queue was last fetched from
+        longer ago than the configured maximal age (``#configuration``,
+        default 90 days; activity is kept to the month, ``#as-state``), with
+        their connection packages and queues; a user entry goes with its last
+        client. Returns the deleted clients."""
+        store = self.hs.as_store
+        before = now_ms - self.hs.config.limits.as_max_client_age_s * 1000
+
+        def work() -> list[ClientId]:
+            gone = []
+            for queue_id in store.queues.inactive(before):
+                if not queue_id.startswith(b"c"):
+                    continue                       # alias queues: the spec sets no age for them
+                client_id = decode(ClientId, queue_id[1:])
+                try:
+                    store.accounts.delete_client(client_id)
+                except NotFound:
+                    pass                           # a queue left over by an interrupted deletion
+                try:
+                    store.queues.delete(queue_id)
+                except NotFound:
+                    pass
+                gone.append(client_id)
+            return gone
+
+        gone = await trio.to_thread.run_sync(work)
+        if gone:
+            log.info("%s: pruned %d inactive client entries", self.hs.domain, len(gone))
+        return gone
+
+    async def prune_periodically(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run :meth:`prune_inactive` every ``as_prune_interval_s`` until cancelled."""
+        task_status.started()
+        while True:
+            try:
+                await self.prune_inactive(self.hs.clock.now_ms())
+            except Exception:   # a failed round must not stop the homeserver; the next one retries
+                log.exception("%s: pruning inactive client entries failed", self.hs.domain)
+            await trio.sleep(self.hs.config.limits.as_prune_interval_s)
+
     async def _remote_trust(self, domain: Fqdn, want_fingerprint: bytes) -> TrustStore:
         """``domain``'s AS credentials from the remote key cache (TLS only)."""
         try:
@@ -163,3 +208,21 @@ def handlers(hs) -> dict[str, Handler]:
     for op in OPERATIONS:
         table[op.name] = service.request_tokens if op.name == "request_tokens" else run(op.name)
     return table
+
+
+async def start(hs) -> None:
+    """Start the AS's background work (pruning) in ``hs.app.nursery``."""
+    service = hs.as_service
+    service.cancel_scope = trio.CancelScope()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with service.cancel_scope:
+            await service.prune_periodically(task_status=task_status)
+
+    await hs.app.nursery.start(run)
+
+
+async def stop(hs) -> None:
+    service = getattr(hs, "as_service", None)
+    if service is not None and service.cancel_scope is not None:
+        service.cancel_scope.cancel()
