@@ -8,7 +8,8 @@ Commit, i.e. everything that needs no group secret:
   ProposalRef (§5.2, §12 "cached ... retrieved by hash");
 * :func:`resolve_proposals` — ProposalOrRef to proposals with their senders;
 * :func:`check_proposal_sender` — which sender types may send which proposal
-  (§12.1.8, §6);
+  (§12.1.8, §6); :func:`sender_signature_key` — whose key verifies a message
+  (§6.1);
 * :func:`validate_proposal_list` — §12.2 "Proposal List Validation", for
   regular and external Commits, each broken rule its own error class;
 * :func:`path_required` — §12.4 "pathRequiredTypes";
@@ -34,7 +35,7 @@ from .extensions import ExtensionError, ExternalSenders, check_unique, get_exten
 from .framing import InvalidSender
 from .keypackage import KeyPackageError, validate_key_package
 from .messages import (
-    Add, AuthenticatedContent, Commit, ExternalInit, GroupContext,
+    Add, AuthenticatedContent, Commit, ExternalInit, FramedContent, GroupContext,
     GroupContextExtensions, KeyPackage, LeafNode, LeafNodeSource, PreSharedKey,
     PreSharedKeyID, ProposalOrRef, ProposalType, ReInit, Remove, Sender, SenderType,
     Update, UpdatePath, make_proposal_ref, proposal_type,
@@ -53,7 +54,8 @@ __all__ = [
     "RemoveOfBlankLeaf", "DuplicateAdd", "AddOfExistingMember", "DuplicatePsk",
     "MultipleGroupContextExtensions", "ReInitNotAlone", "CredentialNotSupported", "UnsupportedProposalType",
     "InvalidExternalCommit", "PathRequired", "InvalidUpdatePath", "ProposalInfo",
-    "ProposalStore", "resolve_proposals", "check_proposal_sender", "validate_proposal_list",
+    "ProposalStore", "resolve_proposals", "check_proposal_sender", "sender_signature_key",
+    "external_sender_key", "validate_proposal_list",
     "path_required", "AppliedProposals", "apply_proposals", "StagedCommit", "stage_commit",
     "new_group_context", "provisional_context", "check_path_keys_fresh", "EXTERNAL_PROPOSAL_TYPES",
     "PATH_REQUIRED_TYPES",
@@ -251,6 +253,35 @@ def check_proposal_sender(proposal: Any, sender: Sender, group_context: GroupCon
             raise ProposalNotAllowed("a new_member_proposal sender only sends Add")
         return None
     raise ProposalNotAllowed(f"{st.name} senders do not send standalone proposals")
+
+
+def sender_signature_key(sender: Sender, tree: RatchetTree, group_context: GroupContext,
+                         content: FramedContent | None = None) -> bytes:
+    """The key that verifies a message from ``sender`` (§6.1):
+
+    * ``member``: the signature key of its (non-blank) leaf;
+    * ``external``: ``external_senders[sender_index]`` of the GroupContext;
+    * ``new_member_commit``: the key in the leaf of the Commit's path;
+    * ``new_member_proposal``: the key in the leaf of the Add's KeyPackage.
+
+    The last two need ``content`` and fit only a Commit with a path or an Add;
+    anything else raises :class:`InvalidSender` (or
+    :class:`ProposalNotAllowed` for an unknown external sender).
+    """
+    t = sender.sender_type
+    if t == SenderType.member:
+        leaf = tree.leaf(sender.leaf_index)
+        if leaf is None:
+            raise InvalidSender(f"leaf {sender.leaf_index} is blank")
+        return leaf.signature_key
+    if t == SenderType.external:
+        return external_sender_key(group_context, sender.sender_index)
+    if t == SenderType.new_member_commit and content is not None and content.commit is not None \
+            and content.commit.path is not None:
+        return content.commit.path.leaf_node.signature_key
+    if t == SenderType.new_member_proposal and content is not None and isinstance(content.proposal, Add):
+        return content.proposal.key_package.leaf_node.signature_key
+    raise InvalidSender(f"no signature key for this {t.name} message")
 
 
 def external_sender_key(group_context: GroupContext, index: int) -> bytes:

@@ -37,8 +37,8 @@ from ..crypto import CryptoError, HpkeKeyPair, SigningKey, random_bytes
 from . import MlsError
 from .commit import (
     AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, apply_proposals,
-    check_proposal_sender, external_sender_key, new_group_context, path_required,
-    proposal_or_refs, provisional_context, stage_commit, validate_proposal_list,
+    check_proposal_sender, new_group_context, path_required,
+    proposal_or_refs, provisional_context, sender_signature_key, stage_commit, validate_proposal_list,
 )
 from .extensions import ExternalPub, RatchetTreeExtension, get_extension, to_extension
 from .framing import (
@@ -51,7 +51,7 @@ from .messages import (
     CIPHER_SUITE_1, Add, AuthenticatedContent, Commit, ContentType, Credential, Extension,
     ExternalInit, GroupContext, GroupContextExtensions, GroupInfo, KeyPackage,
     LeafNodeSource, MLSMessage, PreSharedKey, PreSharedKeyID, ProtocolVersion,
-    PSKType, PublicMessage, ReInit, Remove, Sender, SenderType, Update, Welcome, WireFormat,
+    PSKType, PublicMessage, ReInit, Remove, Sender, Update, Welcome, WireFormat,
 )
 from .psk import psk_secret, resolve_psks
 from .secret_tree import SecretTree
@@ -423,24 +423,8 @@ class Group:
 
     def _signer(self, content_hint: PublicMessage | None = None) -> Callable[[Sender], bytes]:
         st = self._state
-
-        def lookup(sender: Sender) -> bytes:
-            t = sender.sender_type
-            if t == SenderType.member:
-                leaf = st.tree.leaf(sender.leaf_index)
-                if leaf is None:
-                    raise InvalidSender(f"leaf {sender.leaf_index} is blank")
-                return leaf.signature_key
-            if t == SenderType.external:
-                return external_sender_key(st.group_context, sender.sender_index)
-            fc = content_hint.content if content_hint is not None else None
-            if t == SenderType.new_member_commit and fc is not None and fc.commit is not None \
-                    and fc.commit.path is not None:
-                return fc.commit.path.leaf_node.signature_key
-            if t == SenderType.new_member_proposal and fc is not None and isinstance(fc.proposal, Add):
-                return fc.proposal.key_package.leaf_node.signature_key
-            raise InvalidSender(f"no signature key for a {t.name} sender here")
-        return lookup
+        fc = content_hint.content if content_hint is not None else None
+        return lambda sender: sender_signature_key(sender, st.tree, st.group_context, fc)
 
     def process(self, message: MLSMessage | bytes) -> ApplicationMessage | ProposalMessage | CommitMessage:
         """Process a PublicMessage or PrivateMessage of the current epoch.

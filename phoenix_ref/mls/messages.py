@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import enum as _enum
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable
+from typing import Any, Callable
 
 from .. import crypto
 from ..codec import (

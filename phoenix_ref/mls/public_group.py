@@ -41,7 +41,7 @@ from ..crypto import SigningKey
 from . import MlsError
 from .commit import (
     AppliedProposals, ProposalInfo, ProposalStore, RemoveOfBlankLeaf, StagedCommit, apply_proposals,
-    check_proposal_sender, external_sender_key, stage_commit,
+    check_proposal_sender, sender_signature_key, stage_commit,
 )
 from .extensions import ExternalSenders, get_extension
 from .framing import (
@@ -176,19 +176,7 @@ class PublicGroup:
 
     def _signature_key(self, content: AuthenticatedContent) -> bytes:
         fc = content.content
-        t = fc.sender.sender_type
-        if t == SenderType.member:
-            leaf = self.tree.leaf(fc.sender.leaf_index)
-            if leaf is None:
-                raise InvalidSender(f"leaf {fc.sender.leaf_index} is blank")
-            return leaf.signature_key
-        if t == SenderType.external:
-            return external_sender_key(self.group_context, fc.sender.sender_index)
-        if t == SenderType.new_member_commit and fc.commit is not None and fc.commit.path is not None:
-            return fc.commit.path.leaf_node.signature_key
-        if t == SenderType.new_member_proposal and isinstance(fc.proposal, Add):
-            return fc.proposal.key_package.leaf_node.signature_key
-        raise InvalidSender(f"no signature key for this {t.name} message")
+        return sender_signature_key(fc.sender, self.tree, self.group_context, fc)
 
     def process_proposal(self, message: MLSMessage | PublicMessage | bytes, *,
                          now: int | None = None) -> ProposalInfo:
