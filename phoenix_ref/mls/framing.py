@@ -67,7 +67,7 @@ __all__ = [
     "FramingError", "MalformedMessage", "WrongGroup", "WrongEpoch", "InvalidSender", "ContentNotAllowed",
     "BadSignature", "BadMembershipTag", "DecryptionFailed", "SignerLookup",
     "build_content", "content_body", "content_tbs", "sign_content", "verify_content",
-    "authenticate", "with_confirmation_tag", "protect_public", "unprotect_public",
+    "authenticate", "with_confirmation_tag", "protect_public", "public_content", "unprotect_public",
     "protect_private", "unprotect_private", "decode_mls_message",
 ]
 
@@ -230,6 +230,19 @@ def protect_public(content: AuthenticatedContent, group_context: GroupContext,
     return PublicMessage(fc, content.auth, tag)
 
 
+def public_content(message: PublicMessage, group_context: GroupContext) -> AuthenticatedContent:
+    """The AuthenticatedContent of a PublicMessage after the checks that need
+    no key: group id and epoch, and no application data (§6, §6.2).
+
+    Raises :class:`WrongGroup`, :class:`WrongEpoch`, :class:`ContentNotAllowed`.
+    """
+    fc = message.content
+    _check_group_epoch(fc.group_id, fc.epoch, group_context)
+    if fc.content_type == ContentType.application:
+        raise ContentNotAllowed("application data in a PublicMessage (RFC 9420 §6)")
+    return AuthenticatedContent(WireFormat.mls_public_message, fc, message.auth)
+
+
 def unprotect_public(message: PublicMessage, group_context: GroupContext, membership_key: bytes | None,
                      signer: SignerLookup) -> AuthenticatedContent:
     """Check a PublicMessage and return its AuthenticatedContent (§6.2).
@@ -239,15 +252,12 @@ def unprotect_public(message: PublicMessage, group_context: GroupContext, member
     :class:`BadSignature`, or whatever ``signer`` raises. A Commit's
     confirmation tag is left to the caller.
     """
-    fc = message.content
-    _check_group_epoch(fc.group_id, fc.epoch, group_context)
-    if fc.content_type == ContentType.application:
-        raise ContentNotAllowed("application data in a PublicMessage (RFC 9420 §6)")
-    content = AuthenticatedContent(WireFormat.mls_public_message, fc, message.auth)
-    tbs = content_tbs(content.wire_format, fc, group_context)
+    content = public_content(message, group_context)
+    fc = content.content
     if fc.sender.sender_type == SenderType.member:
         if membership_key is None:
             raise ValueError("a member's PublicMessage is checked with the membership key")
+        tbs = content_tbs(content.wire_format, fc, group_context)
         expected = membership_tag(membership_key, tbs, message.auth)
         if message.membership_tag is None or not _hmac.compare_digest(expected, message.membership_tag):
             raise BadMembershipTag("membership tag does not match")

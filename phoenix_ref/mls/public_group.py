@@ -45,8 +45,8 @@ from .commit import (
 )
 from .extensions import ExternalSenders, get_extension
 from .framing import (
-    ContentNotAllowed, InvalidSender, WrongEpoch, WrongGroup, authenticate, build_content,
-    decode_mls_message, protect_public, verify_content,
+    InvalidSender, authenticate, build_content, decode_mls_message, protect_public, public_content,
+    verify_content,
 )
 from .keypackage import validate_key_package
 from .messages import (
@@ -163,14 +163,7 @@ class PublicGroup:
             if message.wire_format != WireFormat.mls_public_message:
                 raise CommitNotPublic("the DS validates only PublicMessages")
             message = message.public_message
-        fc = message.content
-        if fc.group_id != self.group_id:
-            raise WrongGroup("message is for another group")
-        if fc.epoch != self.epoch:
-            raise WrongEpoch(f"message is for epoch {fc.epoch}, the group is at epoch {self.epoch}")
-        if fc.content_type == ContentType.application:
-            raise ContentNotAllowed("application data in a PublicMessage (RFC 9420 §6)")
-        content = AuthenticatedContent(WireFormat.mls_public_message, fc, message.auth)
+        content = public_content(message, self.group_context)
         verify_content(content, self._signature_key(content), self.group_context)
         return content
 
