@@ -54,11 +54,12 @@ from .messages import (
     PSKType, PublicMessage, ReInit, Remove, Sender, Update, Welcome, WireFormat,
 )
 from .psk import psk_secret, resolve_psks
+from .public_group import PublicGroup
 from .secret_tree import SecretTree
 from .transcript import TranscriptHashes, confirmation_tag, verify_confirmation_tag
 from .tree import RatchetTree, validate_leaf_node
 from .treekem import PrivateTreeKeys, create_update_path, decrypt_update_path
-from .welcome import create_welcome, open_welcome, sign_group_info, verify_group_info
+from .welcome import create_welcome, open_welcome, sign_group_info
 
 __all__ = [
     "GroupError", "GroupInactive", "PendingProposals", "NotInTree", "BadExternalInit",
@@ -574,14 +575,9 @@ class Group:
         leftmost free leaf, and returns the new member's group, already in the
         new epoch, with the Commit to send.
         """
-        tree = _tree_for(group_info, ratchet_tree)
-        ctx = group_info.group_context
-        signer_leaf = tree.leaf(group_info.signer)
-        if signer_leaf is None:
-            raise InvalidSender("the GroupInfo signer's leaf is blank")
-        verify_group_info(group_info, signer_leaf.signature_key)
         now = None if clock is None else clock.now_ms() // 1000
-        tree.validate(ctx.group_id, extensions=ctx.extensions, tree_hash=ctx.tree_hash, now=now)
+        public = PublicGroup.from_group_info(group_info, _tree_for(group_info, ratchet_tree), now=now)
+        tree, ctx = public.tree, public.group_context
         ext_pub = get_extension(group_info.extensions, ExternalPub)
         if ext_pub is None:
             raise GroupError("the GroupInfo has no external_pub (§12.4.3.2)")
@@ -608,8 +604,7 @@ class Group:
         external = dict(external_psks or {})
         psks = resolve_psks(applied.psk_ids, lambda pid: external.get(pid.psk_id)
                             if pid.psktype == PSKType.external else None)
-        old = _EpochState(ctx, tree, own.keys, None, TranscriptHashes.from_group_info(
-            ctx.confirmed_transcript_hash, group_info.confirmation_tag), group_info.confirmation_tag)
+        old = _EpochState(ctx, tree, own.keys, None, public.transcript, group_info.confirmation_tag)
         new_state, content = _finish_epoch(old, new_tree, own.keys, applied, content, init_secret,
                                            own.commit_secret, psks)
         message = MLSMessage.wrap(protect_public(content, ctx, None))
@@ -642,10 +637,9 @@ def _sign_group_info(st: _EpochState, signing_key: SigningKey, with_tree: bool) 
 
 
 def _tree_for(gi: GroupInfo, given: RatchetTree | bytes | None) -> RatchetTree:
-    if isinstance(given, RatchetTree):
-        return given.copy()
-    if isinstance(given, (bytes, bytearray)):
-        return RatchetTree.from_bytes(bytes(given))
+    """The ratchet tree given, else the GroupInfo's ``ratchet_tree`` extension (§12.4.3.3)."""
+    if given is not None:
+        return RatchetTree.of(given)
     ext = get_extension(gi.extensions, RatchetTreeExtension)
     if ext is None:
         raise MissingRatchetTree("no ratchet tree given and none in the GroupInfo")

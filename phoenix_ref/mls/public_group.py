@@ -123,8 +123,7 @@ class PublicGroup:
         joiner would (§12.4.3.1): the GroupInfo signature with the signer's
         leaf key, and the tree (hash, parent hashes, leaves, unmerged leaves,
         unique keys)."""
-        tree = ratchet_tree.copy() if isinstance(ratchet_tree, RatchetTree) \
-            else RatchetTree.from_bytes(bytes(ratchet_tree))
+        tree = RatchetTree.of(ratchet_tree)
         ctx = group_info.group_context
         signer = tree.leaf(group_info.signer)
         if signer is None:
@@ -139,7 +138,7 @@ class PublicGroup:
                   now: int | None = None) -> "PublicGroup":
         """Build from a tree and a GroupContext alone (no GroupInfo yet), after
         validating the tree against it (§12.4.3.1)."""
-        t = tree.copy() if isinstance(tree, RatchetTree) else RatchetTree.from_bytes(bytes(tree))
+        t = RatchetTree.of(tree)
         t.validate(group_context.group_id, extensions=group_context.extensions,
                    tree_hash=group_context.tree_hash, now=now)
         return cls(group_context, t, TranscriptHashes(group_context.confirmed_transcript_hash, b""))

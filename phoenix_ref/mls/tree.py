@@ -216,6 +216,11 @@ class RatchetTree:
         return cls(values + [None] * (width - len(values)))
 
     @classmethod
+    def of(cls, tree: "RatchetTree | bytes") -> "RatchetTree":
+        """An independent tree from a tree (copied) or its ``ratchet_tree`` encoding (decoded)."""
+        return tree.copy() if isinstance(tree, RatchetTree) else cls.from_bytes(bytes(tree))
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> "RatchetTree":
         """Decode ``optional<Node> ratchet_tree<V>``; raises DecodeError or TreeStructureError."""
         return cls.from_nodes(decode(RatchetTreeWire, data))
