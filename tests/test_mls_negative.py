@@ -332,3 +332,20 @@ def test_reinit_extensions_name_each_type_once():
     twice = [Extension(0xF0AA, b""), Extension(0xF0AA, b"")]
     with pytest.raises(c.InvalidProposal, match="ReInit"):
         groups[0].commit(proposals=[ReInit(b"new", ProtocolVersion.mls10, CIPHER_SUITE_1, twice)])
+
+
+def test_external_joiner_must_support_the_group_extensions():
+    """§13: "A client joining a group MUST verify that it supports every
+    extension in the GroupContext"; an external joiner whose capabilities
+    lack one refuses to join instead of sending a Commit members reject."""
+    from phoenix_ref.mls.messages import Extension
+    from phoenix_ref.mls.tree import CapabilitiesError
+    ext = Extension(0xF0AA, b"")
+    sk, cred = member(b"creator")
+    creator = Group.create(sk, cred, extensions=[ext], leaf_extensions=[ext])
+    gi = creator.group_info(with_ratchet_tree=True)
+    with pytest.raises(CapabilitiesError):
+        Group.join_by_external_commit(gi, *member(b"joiner"))
+    joiner, msg = Group.join_by_external_commit(gi, *member(b"joiner"), leaf_extensions=[ext])
+    creator.process(msg)
+    assert creator.epoch_authenticator == joiner.epoch_authenticator

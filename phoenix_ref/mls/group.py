@@ -569,7 +569,9 @@ class Group:
                                 clock: Clock | None = None) -> tuple["Group", MLSMessage]:
         """Join by an external Commit (§12.4.3.2).
 
-        Verifies the GroupInfo and the tree, derives the init secret from
+        Verifies the GroupInfo and the tree, and that our new leaf is valid
+        in the group (it supports every GroupContext extension, §13, else a
+        :class:`~phoenix_ref.mls.tree.LeafNodeError`); derives the init secret from
         ``external_pub`` (§8.3), commits ExternalInit (plus a Remove of
         ``resync_leaf`` for a resync, plus PSKs) with an UpdatePath from the
         leftmost free leaf, and returns the new member's group, already in the
@@ -596,6 +598,10 @@ class Group:
                                   leaf_index=new_tree.free_leaf_index())
         me = new_tree.add_leaf(template)
         own = create_update_path(new_tree, me, template, signing_key, ctx.group_id)
+        # §13: a joiner supports every GroupContext extension; §7.3 for our new leaf.
+        validate_leaf_node(own.leaf_node, group_id=ctx.group_id, leaf_index=me,
+                           expected_source=LeafNodeSource.commit, extensions=applied.extensions,
+                           credential_types_in_use=new_tree.credential_types_in_use(me), now=now)
         prov = provisional_context(ctx, new_tree, applied.extensions)
         update_path = own.encrypt(new_tree, encode(prov))
         commit = Commit(proposal_or_refs(infos), update_path)

@@ -58,9 +58,9 @@ class KeyPackageError(MlsError):
 
 def default_capabilities(extra_extensions: Iterable[int] = ()) -> Capabilities:
     """What phoenix_ref supports: MLS 1.0, suite 1, basic and x509
-    credentials, and the Phoenix extension types (non-default types must be
-    listed, §7.2)."""
-    exts = sorted(set(PHOENIX_EXTENSION_TYPES) | set(extra_extensions))
+    credentials, the Phoenix extension types and ``extra_extensions``
+    (non-default types must be listed, default ones must not, §7.2)."""
+    exts = sorted((set(PHOENIX_EXTENSION_TYPES) | set(extra_extensions)) - DEFAULT_EXTENSION_TYPES)
     return Capabilities([ProtocolVersion.mls10], [CIPHER_SUITE_1], exts, [],
                         [CredentialType.basic, CredentialType.x509])
 
@@ -74,11 +74,13 @@ def make_leaf_node(signing_key: SigningKey, credential: Credential, encryption_k
 
     ``lifetime`` belongs to the ``key_package`` source, ``parent_hash`` to
     ``commit``; ``group_id`` / ``leaf_index`` enter the signature for
-    ``update`` and ``commit``.
+    ``update`` and ``commit``. Without ``capabilities``, the defaults plus
+    the types of ``extensions`` (§7.2: they must be listed).
     """
     leaf = LeafNode(
         encryption_key, signing_key.public, credential,
-        capabilities if capabilities is not None else default_capabilities(),
+        capabilities if capabilities is not None
+        else default_capabilities(e.extension_type for e in extensions),
         source,
         lifetime if source == LeafNodeSource.key_package else None,
         (parent_hash if parent_hash is not None else b"") if source == LeafNodeSource.commit else None,
