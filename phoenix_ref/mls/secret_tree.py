@@ -37,6 +37,7 @@ from typing import Literal
 
 from ..crypto import NH, NK, NN, derive_tree_secret, expand_with_label
 from . import MlsError
+from . import tree_math as tm
 
 __all__ = [
     "DEFAULT_MAX_FORWARD", "DEFAULT_MAX_SKIPPED", "MAX_GENERATION", "RatchetKind",
@@ -132,14 +133,6 @@ class HashRatchet:
             self._skipped[key.generation] = key
 
 
-def _level(node: int) -> int:
-    """Number of trailing one bits: 0 for leaves (Appendix C)."""
-    k = 0
-    while (node >> k) & 1:
-        k += 1
-    return k
-
-
 class SecretTree:
     """The secret tree of one epoch over ``n_leaves`` leaves (§9).
 
@@ -153,13 +146,10 @@ class SecretTree:
                  max_forward: int = DEFAULT_MAX_FORWARD, max_skipped: int = DEFAULT_MAX_SKIPPED):
         if n_leaves < 1:
             raise ValueError("a secret tree has at least one leaf")
-        width = 1
-        while width < n_leaves:
-            width *= 2
         self.n_leaves = n_leaves
         self.max_forward = max_forward
         self.max_skipped = max_skipped
-        self._root = width - 1
+        self._root = tm.root(n_leaves)
         self._nodes: dict[int, bytes] = {self._root: encryption_secret}
         self._ratchets: dict[tuple[int, str], HashRatchet] = {}
 
@@ -168,16 +158,14 @@ class SecretTree:
         ancestor still held, dropping each parent once both children exist."""
         target = 2 * leaf
         path = [self._root]
-        while path[-1] != target:  # walk down from the root (parent=01x => left=00x, right=10x)
+        while path[-1] != target:  # walk down from the root
             x = path[-1]
-            k = _level(x)
-            path.append(x ^ (1 << (k - 1)) if target < x else x ^ (3 << (k - 1)))
+            path.append(tm.left(x) if target < x else tm.right(x))
         start = max(i for i, node in enumerate(path) if node in self._nodes)
         for x in path[start:-1]:
-            k = _level(x)
             secret = self._nodes.pop(x)
-            self._nodes[x ^ (1 << (k - 1))] = expand_with_label(secret, "tree", b"left", NH)
-            self._nodes[x ^ (3 << (k - 1))] = expand_with_label(secret, "tree", b"right", NH)
+            self._nodes[tm.left(x)] = expand_with_label(secret, "tree", b"left", NH)
+            self._nodes[tm.right(x)] = expand_with_label(secret, "tree", b"right", NH)
         return self._nodes.pop(target)
 
     def ratchet(self, leaf: int, kind: RatchetKind) -> HashRatchet:
