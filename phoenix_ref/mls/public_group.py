@@ -232,9 +232,8 @@ class PublicGroup:
 
     def validate_key_package(self, key_package: KeyPackage, *, now: int | None = None) -> None:
         """§10.1 against this group's parameters; raises KeyPackageError."""
-        in_use = {leaf.credential.credential_type for _, leaf in self.tree.leaves()}
         validate_key_package(key_package, group_extensions=self.group_context.extensions,
-                             credential_types_in_use=in_use, now=now)
+                             credential_types_in_use=self.tree.credential_types_in_use(), now=now)
 
     def external_remove_proposal(self, signing_key: SigningKey, removed: int) -> MLSMessage:
         """A Remove signed by the DS as an ``external`` sender

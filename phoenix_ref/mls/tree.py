@@ -415,13 +415,7 @@ class RatchetTree:
         return h
 
     def _compute_hash(self, x: int, child_hash) -> bytes:
-        v = self._nodes[x]
-        if tm.is_leaf(x):
-            inp = TreeHashInput(NodeType.leaf, leaf_node=LeafNodeHashInput(x // 2, v))
-        else:
-            inp = TreeHashInput(NodeType.parent, parent_node=ParentNodeHashInput(
-                v, child_hash(tm.left(x)), child_hash(tm.right(x))))
-        return crypto.hash_(encode(inp))
+        return _node_hash(x, self._nodes[x], child_hash)
 
     def _tree_hash_without(self, x: int, removed: frozenset[int]) -> bytes:
         """Tree hash of ``x`` with the leaves ``removed`` blanked and dropped
@@ -434,13 +428,7 @@ class RatchetTree:
             v = None
         elif v is not None:
             v = replace(v, unmerged_leaves=[u for u in v.unmerged_leaves if u not in removed])
-        if tm.is_leaf(x):
-            inp = TreeHashInput(NodeType.leaf, leaf_node=LeafNodeHashInput(x // 2, v))
-        else:
-            inp = TreeHashInput(NodeType.parent, parent_node=ParentNodeHashInput(
-                v, self._tree_hash_without(tm.left(x), removed),
-                self._tree_hash_without(tm.right(x), removed)))
-        return crypto.hash_(encode(inp))
+        return _node_hash(x, v, lambda c: self._tree_hash_without(c, removed))
 
     # --- parent hash (§7.9) ---------------------------------------------------------------
 
@@ -454,8 +442,7 @@ class RatchetTree:
         node = self._nodes[p]
         if node is None:
             raise TreeOperationError(f"parent node {p} is blank")
-        return crypto.hash_(encode(ParentHashInput(
-            node.encryption_key, node.parent_hash, self.original_sibling_tree_hash(p, s))))
+        return _parent_hash(node.encryption_key, node.parent_hash, self.original_sibling_tree_hash(p, s))
 
     def verify_parent_hashes(self) -> None:
         """Check every non-blank parent node is parent-hash valid (§7.9.2, top down).
@@ -518,7 +505,7 @@ class RatchetTree:
             nodes.append((p, node))
             # The sibling subtree is off the path and unchanged; with no unmerged
             # leaves on the new node its original tree hash is its tree hash.
-            above = crypto.hash_(encode(ParentHashInput(key, above, self.tree_hash(s))))
+            above = _parent_hash(key, above, self.tree_hash(s))
         nodes.reverse()
         return nodes, above
 
@@ -564,7 +551,7 @@ class RatchetTree:
         # as itself rather than as the parent hash failure it also causes.
         self.check_unmerged_leaves()
         self.check_unique_keys()
-        in_use = {leaf.credential.credential_type for _, leaf in self.leaves()}
+        in_use = self.credential_types_in_use()
         for i, leaf in self.leaves():
             validate_leaf_node(leaf, group_id=group_id, leaf_index=i, extensions=extensions,
                                credential_types_in_use=in_use, now=now)
@@ -605,6 +592,22 @@ class RatchetTree:
                 if v.encryption_key in enc_keys:
                     raise DuplicateEncryptionKeyError(f"node {x} repeats an encryption key")
                 enc_keys.add(v.encryption_key)
+
+
+def _node_hash(x: int, v: TreeNode, child_hash) -> bytes:
+    """Hash(TreeHashInput) of node ``x`` holding ``v``, with ``child_hash``
+    giving the children's tree hashes (§7.8)."""
+    if tm.is_leaf(x):
+        inp = TreeHashInput(NodeType.leaf, leaf_node=LeafNodeHashInput(x // 2, v))
+    else:
+        inp = TreeHashInput(NodeType.parent, parent_node=ParentNodeHashInput(
+            v, child_hash(tm.left(x)), child_hash(tm.right(x))))
+    return crypto.hash_(encode(inp))
+
+
+def _parent_hash(encryption_key: bytes, parent_hash: bytes, original_sibling_tree_hash: bytes) -> bytes:
+    """Hash(ParentHashInput) — §7.9."""
+    return crypto.hash_(encode(ParentHashInput(encryption_key, parent_hash, original_sibling_tree_hash)))
 
 
 def _bump(counts: dict, key, delta: int) -> None:
