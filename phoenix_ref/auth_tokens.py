@@ -54,7 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import crypto
-from .codec import U8, U32, U64, String, VarBytes, encode, struct, variant
+from .codec import U8, U32, U64, String, VarBytes, struct, variant
 from .credentials import ClientCredential, CredentialChain, TrustStore
 from .errors import Forbidden, Unauthorized
 from .ids import Alias, Fqdn, GroupId, QsCid, QsUid
@@ -127,13 +127,12 @@ def check_fresh(timestamp: int, now_ms: int, max_age_ms: int = DEFAULT_MAX_AGE_M
         raise TokenExpired(f"{what} is {now_ms - timestamp} ms old, more than the maximum {max_age_ms} ms")
 
 
-def _sign(key: crypto.SigningKey, tbs: object) -> bytes:
-    return crypto.hs_sign(key, type(tbs).__name__, encode(tbs))
+_sign = crypto.hs_sign_struct
 
 
 def _verify(public_key: bytes, tbs: object, signature: bytes, what: str) -> None:
     try:
-        crypto.hs_verify(public_key, type(tbs).__name__, encode(tbs), signature)
+        crypto.hs_verify_struct(public_key, tbs, signature)
     except crypto.CryptoError:
         raise TokenBadSignature(
             f"{what} signature does not verify (wrong key, or made for another request)") from None

@@ -35,6 +35,7 @@ raise :class:`DecodeError`, whose message names the struct and the field.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import enum as _enum
 import struct as _struct
@@ -135,16 +136,18 @@ def decode_varint(r: Reader) -> int:
 
 # --- wire types ---------------------------------------------------------------
 
-class WireType:
+class WireType(abc.ABC):
     """How one value travels. Subclasses implement ``write`` and ``read``."""
 
     name = "?"
 
-    def write(self, value: Any, out: bytearray) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def write(self, value: Any, out: bytearray) -> None:
+        """Append the encoding of ``value`` to ``out``; raise EncodeError if it does not fit."""
 
-    def read(self, r: Reader) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def read(self, r: Reader) -> Any:
+        """Read one value from ``r``; raise DecodeError on malformed input."""
 
     def __repr__(self) -> str:
         return self.name

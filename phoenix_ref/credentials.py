@@ -193,13 +193,12 @@ def _check_ordered(exp: ExpirationData, error: type[Exception], what: str) -> No
         raise error(f"{what}: not_before {exp.not_before} is after not_after {exp.not_after}")
 
 
-def _sign(key: crypto.SigningKey, tbs: object) -> bytes:
-    return crypto.hs_sign(key, type(tbs).__name__, encode(tbs))
+_sign = crypto.hs_sign_struct
 
 
 def _verify(public_key: bytes, tbs: object, signature: bytes, what: str) -> None:
     try:
-        crypto.hs_verify(public_key, type(tbs).__name__, encode(tbs), signature)
+        crypto.hs_verify_struct(public_key, tbs, signature)
     except crypto.CryptoError:
         raise BadSignature(f"{what} does not verify") from None
 

@@ -170,6 +170,17 @@ def hs_verify(public: bytes, label: str, content: bytes, signature: bytes) -> No
     verify(public, _sign_content(HOMESERVER_PREFIX, label, content), signature)
 
 
+def hs_sign_struct(key: SigningKey, tbs: object) -> bytes:
+    """Homeserver signature over an encoded ``@struct``, labelled with the
+    struct's class name (one label per signed struct, docs/wire.md)."""
+    return hs_sign(key, type(tbs).__name__, encode(tbs))
+
+
+def hs_verify_struct(public: bytes, tbs: object, signature: bytes) -> None:
+    """Verify :func:`hs_sign_struct`; raises CryptoError on failure."""
+    hs_verify(public, type(tbs).__name__, encode(tbs), signature)
+
+
 # --- AEAD ------------------------------------------------------------------------
 
 def aead_seal(key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:

@@ -114,7 +114,8 @@ async def send(config, method, url, headers, body) -> httpx.Response:
             return await c.request(method, url, headers=headers, content=body)
 
 
-@pytest.mark.parametrize("ep", ROWS, ids=[f"{e.service or 'well-known'}-{e.name}" for e in ROWS])
+@pytest.mark.parametrize("ep", [pytest.param(e, marks=spec(e.section, "MUST")) for e in ROWS],
+                         ids=[f"{e.service or 'well-known'}-{e.name}" for e in ROWS])
 async def test_endpoint_answers_a_clean_request(config, ep):
     """The control: without a defect the endpoint works (so 4xx below means something)."""
     headers = {} if ep.request is None else {"content-type": MEDIA_TYPE}

@@ -94,13 +94,12 @@ class BadConnectionEstablishmentPackage(Malformed):
     code = "bad_connection_establishment_package"
 
 
-def _sign(key: crypto.SigningKey, tbs: object) -> bytes:
-    return crypto.hs_sign(key, type(tbs).__name__, encode(tbs))
+_sign = crypto.hs_sign_struct
 
 
 def _verify(public_key: bytes, tbs: object, signature: bytes, what: str) -> None:
     try:
-        crypto.hs_verify(public_key, type(tbs).__name__, encode(tbs), signature)
+        crypto.hs_verify_struct(public_key, tbs, signature)
     except crypto.CryptoError:
         raise BadConnectionSignature(f"{what}: signature does not verify under its client credential") from None
 
