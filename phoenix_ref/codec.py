@@ -436,6 +436,14 @@ class _Selected(WireType):
         case = self.cases.get(sel)
         return None if case is None else wire_type_of(case)
 
+    # A selected field has no encoding of its own: only the enclosing
+    # ``@select_struct`` knows the selector.
+    def write(self, value: Any, out: bytearray) -> None:
+        raise TypeError("a selected(...) field is only valid inside a @select_struct")
+
+    def read(self, r: Reader) -> Any:
+        raise TypeError("a selected(...) field is only valid inside a @select_struct")
+
 
 def selected(key: str | Callable[[dict], Any], cases: dict[Any, Any]) -> Any:
     """Annotation for a ``select`` case field (see :class:`_Selected`)."""
