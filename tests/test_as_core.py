@@ -13,7 +13,7 @@ from phoenix_ref.authentication.core import (
     OPERATIONS, AuthenticationCore, AuthMode, NoConnectionPackage, UnknownClient, operation,
 )
 from phoenix_ref.client.as_client import (
-    AliasIdentity, Registration, check_connection_package, trust_for,
+    AliasIdentity, Registration, check_connection_package, new_connection_payload, trust_for,
 )
 from phoenix_ref.codec import encode
 from phoenix_ref.credentials import ClientCredentialCsr, InvalidCsr, TrustStore, UnknownSigner
@@ -286,6 +286,27 @@ def test_expired_connection_packages_are_not_handed_out(asu):
     later = NOW + 31 * 24 * 3600 * 1000
     with pytest.raises(NoConnectionPackage):
         asu.core.user_connection_package(m.UserClientsParams(ident.user_id), later)
+
+
+def test_connection_packages_with_the_largest_u64_lifetime_are_stored(asu):
+    """A lifetime ending at 2^64-1 (u64 on the wire, beyond SQLite's signed
+    64-bit INTEGER) is a valid, never-expiring package, not a crash."""
+    end = 2**64 - 1
+    ident = asu.register(packages=0)
+    payload, keys = new_connection_payload(NOW)
+    payload = dataclasses.replace(payload, lifetime=m.ExpirationData(NOW, end))
+    cp = m.ConnectionPackage.create(ident.signing_key, ident.credential, payload)
+    p = m.UploadUserIdPackages([encode(cp)])
+    asu.core.upload_connection_packages(
+        m.UploadUserIdPackagesRequest(ident.auth("upload_connection_packages", p, NOW), p), NOW)
+    got = asu.core.user_connection_package(m.UserClientsParams(ident.user_id), NOW + 100 * 365 * 86_400_000)
+    assert got.connection_package == cp
+    holder, register = AliasIdentity.new(DOMAIN, "forever")
+    asu.core.register_alias(register, NOW)
+    p = m.UploadAliasPackages(holder.alias, [payload])
+    asu.core.upload_alias_packages(m.UploadAliasPackagesRequest(holder.auth("upload_alias_packages", p, NOW), p),
+                                   NOW)
+    assert asu.core.alias_connection_package(m.AliasClientsParams(holder.alias), NOW).connection_package == payload
 
 
 def test_upload_refuses_foreign_or_bad_packages(asu):

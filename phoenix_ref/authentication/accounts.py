@@ -131,6 +131,16 @@ CREATE TABLE IF NOT EXISTS opaque_key_material (
 """
 
 
+#: SQLite INTEGER is signed 64-bit; a package's ``not_after`` is a client's u64.
+_SQLITE_MAX = (1 << 63) - 1
+
+
+def _package_rows(owner: bytes, packages: list[tuple[bytes, int]]) -> list[tuple[bytes, int, bytes]]:
+    """``(owner, not_after_ms, package)`` rows; a ``not_after`` past SQLite's
+    range is stored as its maximum (the package then never expires, as asked)."""
+    return [(owner, min(not_after, _SQLITE_MAX), p) for p, not_after in packages]
+
+
 def direct_queue_id(owner: QueueOwner) -> bytes:
     """The id of the direct queue of a client or an alias in :mod:`phoenix_ref.queues`."""
     if isinstance(owner, ClientId):
@@ -189,7 +199,7 @@ class SqliteAccountStore:
                        (uid, user.opaque_record, user.encrypted_user_profile))
             db.execute("INSERT INTO clients VALUES (?, ?, ?)", (cid, uid, client.client_credential))
             db.executemany("INSERT INTO connection_packages (client_id, not_after_ms, package) VALUES (?, ?, ?)",
-                           [(cid, not_after, p) for p, not_after in connection_packages])
+                           _package_rows(cid, connection_packages))
 
     def user_exists(self, user_id: UserId) -> bool:
         with self._lock:
@@ -251,7 +261,7 @@ class SqliteAccountStore:
             if not db.execute("SELECT 1 FROM clients WHERE client_id = ?", (cid,)).fetchone():
                 raise NotFound(f"no client {client_id}", code="unknown_client")
             db.executemany("INSERT INTO connection_packages (client_id, not_after_ms, package) VALUES (?, ?, ?)",
-                           [(cid, not_after, p) for p, not_after in packages])
+                           _package_rows(cid, packages))
 
     def take_connection_package(self, user_id: UserId, now_ms: int) -> bytes | None:
         """One connection package of any client of the user (``#get-user-id-connection-package``)."""
@@ -317,7 +327,7 @@ class SqliteAccountStore:
             if not db.execute("SELECT 1 FROM aliases WHERE alias = ?", (key,)).fetchone():
                 raise NotFound(f"no alias {alias}", code="unknown_alias")
             db.executemany("INSERT INTO alias_packages (alias, not_after_ms, payload) VALUES (?, ?, ?)",
-                           [(key, not_after, p) for p, not_after in payloads])
+                           _package_rows(key, payloads))
 
     def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None:
         key = encode(alias)
