@@ -529,6 +529,12 @@ class TrustStore:
     def knows(self, domain: Fqdn) -> bool:
         return domain in self._domains
 
+    def knows_fingerprint(self, domain: Fqdn, fp: bytes) -> bool:
+        """Whether ``domain``'s answer holds a usable AS or intermediate
+        credential with fingerprint ``fp``."""
+        entry = self._domains.get(domain)
+        return entry is not None and (fp in entry.as_credentials or fp in entry.intermediates)
+
     def _entry(self, domain: Fqdn) -> _DomainTrust:
         entry = self._domains.get(domain)
         if entry is None:

@@ -9,7 +9,8 @@ import trustme
 
 from phoenix_ref.clock import FixedClock
 from phoenix_ref.config import Config
-from phoenix_ref.credentials import AsCredential, AsCredentialsResponse
+from phoenix_ref.credentials import (SHA256, AsCredential, AsCredentialsResponse, AsIntermediateCredential,
+                                     AsIntermediateCredentialCsr, CredentialCiphersuite)
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.federation.client import (FederationClient, HttpsFetcher, MalformedAnswer, NotFederated,
                                            NotTls, RemoteRefused, ResolvingBackend, Unreachable,
@@ -17,6 +18,7 @@ from phoenix_ref.federation.client import (FederationClient, HttpsFetcher, Malfo
 from phoenix_ref.federation.discovery import (Discovery, check_base_url, parse_well_known,
                                               subdomain_rule, well_known_document)
 from phoenix_ref.federation.keys import QsVerifyingKeyResponse, RemoteKeyCache, key_id
+from phoenix_ref.ids import Fqdn
 from phoenix_ref.testing import tls_handshake
 
 URLS = {s: f"https://{s}.b.example:8444" for s in ("as", "ds", "qs")}
@@ -222,6 +224,27 @@ async def test_as_answer_for_another_domain_is_refused():
     good = AsCredential.create("b.example", key, 0, 2**62)
     cache = RemoteKeyCache(FakeClient({"as_credentials": AsCredentialsResponse([good], [], [])}))
     assert (await cache.trust_store("b.example")).domains()[0].value == "b.example"
+
+
+async def test_as_answer_with_an_unsupported_ciphersuite_still_serves_its_usable_credentials():
+    """An intermediate of a suite this implementation does not know is skipped
+    (credentials.TrustStore.add), also when a caller asks for a fingerprint
+    the cached answer lacks — never an error blamed on the caller."""
+    clock = FixedClock()
+    as_key, inter_key = SigningKey.generate(), SigningKey.generate()
+    root = AsCredential.create("b.example", as_key, 0, 2**62)
+    good = AsIntermediateCredential.create(root, as_key, inter_key, 0, 2**61)
+    future_suite = CredentialCiphersuite(SHA256, 0x0808)   # ed448: decodes, unsupported
+    odd = AsIntermediateCredential(AsIntermediateCredentialCsr.create(inter_key, root, 0, 2**61, future_suite),
+                                   b"\0" * 64)
+    client = FakeClient({"as_credentials": AsCredentialsResponse([root], [odd, good], [])})
+    cache = RemoteKeyCache(client, clock=clock, cooldown_ms=100)
+    await cache.trust_store("b.example")
+    clock.advance(100)
+    store = await cache.trust_store("b.example", want_fingerprint=good.fingerprint())
+    assert store.knows_fingerprint(Fqdn("b.example"), good.fingerprint())
+    store = await cache.trust_store("b.example", want_fingerprint=b"\1" * 32)   # unknown: one refetch
+    assert client.calls == 2 and not store.knows_fingerprint(Fqdn("b.example"), b"\1" * 32)
 
 
 async def test_federation_client_honours_the_deny_list(tmp_path):

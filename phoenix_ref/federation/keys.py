@@ -185,10 +185,10 @@ class RemoteKeyCache:
         return store
 
     async def _as_entry(self, domain: str, want: bytes | None):
-        def has(value) -> bool:
-            answer = value[0]
-            return want is None or any(c.fingerprint() == want for c in
-                                       [*answer.as_intermediate_credentials, *answer.as_credentials])
+        def has(value: tuple[AsCredentialsResponse, TrustStore]) -> bool:
+            # the TrustStore, not the raw answer: it skips credentials of
+            # unsupported ciphersuites, whose fingerprint cannot be computed
+            return want is None or value[1].knows_fingerprint(Fqdn(domain), want)
         return await self._get("as_credentials", domain, self._fetch_as, has)
 
     async def verify_client_credential(self, cred: ClientCredential, now_ms: int) -> CredentialChain:
