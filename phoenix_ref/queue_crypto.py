@@ -67,13 +67,14 @@ Everything here is sans-IO: functions take and return immutable values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Sequence
 
-from .codec import U8, U64, DecodeError, VarBytes, decode, encode, optional, struct, variant
+from .codec import U8, U64, DecodeError, VarBytes, decode, encode, encode_varint, optional, struct, variant
 from .crypto import (
     HOMESERVER_PREFIX, NH, NK, NN, CryptoError, EncryptContext, HPKECiphertext, KDFLabel,
-    aead_open, aead_seal, hpke_open, hpke_seal, kdf_expand, kdf_extract,
+    aead_open, aead_seal, hmac_, hpke_open, hpke_seal, kdf_expand, kdf_extract,
 )
 from .errors import Malformed
 
@@ -89,6 +90,7 @@ __all__ = [
 QUEUE_LABEL_PREFIX = HOMESERVER_PREFIX + b"queue "
 RATCHET_KEY_LEN = NH  # a RatchetKey is Nh = 32 bytes
 HPKE_PUBLIC_KEY_LEN = 32  # X25519
+_UINT64_CONTEXT_LEN = encode_varint(8)  # the length prefix of an 8-byte opaque<V> context
 
 # Labels (docs: module docstring). Each derivation has its own label.
 LABEL_MESSAGE_KEY = b"message key"
@@ -163,9 +165,22 @@ class QueueRatchetState:
 
 # --- derivations ----------------------------------------------------------------
 
+@functools.lru_cache(maxsize=64)
+def _kdf_label_head(label: bytes, length: int) -> bytes:
+    """The encoded ``KDFLabel`` (RFC 9420 §8) up to its context: ``uint16
+    length`` and ``opaque label<V>`` with the queue prefix. Struct fields are
+    simply concatenated, so the full KDFLabel is this head followed by the
+    encoded context; the head depends only on the label and the length."""
+    return encode(KDFLabel(length, QUEUE_LABEL_PREFIX + label, b""))[:-len(encode_varint(0))]
+
+
 def queue_expand(secret: bytes, label: bytes, sequence_number: int, length: int) -> bytes:
-    """ExpandWithLabel (RFC 9420 §8) with the queue prefix and a uint64 context."""
-    info = encode(KDFLabel(length, QUEUE_LABEL_PREFIX + label, sequence_number.to_bytes(8, "big")))
+    """ExpandWithLabel (RFC 9420 §8) with the queue prefix and a uint64 context:
+    ``KDFLabel{length, prefix + label, uint64(sequence_number)}`` as info (its
+    constant head is encoded once per label, :func:`_kdf_label_head`)."""
+    info = _kdf_label_head(label, length) + _UINT64_CONTEXT_LEN + sequence_number.to_bytes(8, "big")
+    if length <= NH:   # HKDF-Expand (RFC 5869 §2.3) of at most HashLen bytes is T(1) alone
+        return hmac_(secret, info + b"\x01")[:length]
     return kdf_expand(secret, info, length)
 
 
@@ -250,7 +265,7 @@ def encrypt_for_queue(material: QueueKeyMaterial, seq: int,
     _check_seq(material, seq)
     key, nonce, next_key = _message_keys(material.ratchet_key, seq)
     ct = aead_seal(key, nonce, _aad(seq), plaintext)
-    new = dataclasses.replace(material, ratchet_key=next_key, generation=seq + 1)
+    new = QueueKeyMaterial(material.queue_encryption_key, next_key, seq + 1, material.rotated_at_ms)
     return QueueMessage(seq, RatchetedMessage(ct)), new
 
 

@@ -44,14 +44,14 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from . import queue_crypto as qc
 from .codec import U64, decode, encode, struct, vec
 from .errors import Conflict, NotFound
+from .storage import open_connection, transaction
 
 __all__ = [
     "ActivityPrecision", "QueueConfig", "QueueInfo", "DequeueResult", "DequeueMessagesResponse",
@@ -61,6 +61,7 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGES = 500  # spec/queuing_service.md#qs-configuration-options
 _SQLITE_MAX = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
+_MAX_SQL_PARAMS = 500        # host parameters per statement (SQLite allows 32766 since 3.32)
 
 
 class ActivityPrecision(enum.Enum):
@@ -95,7 +96,7 @@ class QueueConfig:
 @dataclass(frozen=True)
 class QueueInfo:
     next_sequence_number: int
-    key_material: bytes
+    key_material: qc.QueueKeyMaterial
     activity_ms: int
     message_count: int
 
@@ -114,10 +115,12 @@ class DequeueMessagesResponse:
     remaining_messages_number: U64
 
 
-# A store calls ``build(next_sequence_number, key_material)`` inside its
-# transaction; it returns the payloads to store at next, next+1, ... and the
-# key material to store in place of the old one.
-AppendFn = Callable[[int, bytes], tuple[list[bytes], bytes]]
+# A store calls ``build(material)`` inside its transaction with the queue's key
+# material, whose ``generation`` is the queue's next sequence number. It
+# returns the payloads to store at that number and the following ones, and the
+# key material to store in place of the old one (its generation advanced by
+# the number of payloads).
+AppendFn = Callable[[qc.QueueKeyMaterial], tuple[list[bytes], qc.QueueKeyMaterial]]
 
 
 class QueueStore(Protocol):
@@ -125,20 +128,24 @@ class QueueStore(Protocol):
 
     Queue ids are opaque bytes chosen by the caller (a QsCid, a ClientId, an
     alias...). Unknown ids raise :class:`NotFound` (code ``queue_not_found``).
+    A queue's next sequence number is its key material's ``generation``.
     """
 
-    def create_queue(self, queue_id: bytes, key_material: bytes, messages: list[bytes],
+    def create_queue(self, queue_id: bytes, material: qc.QueueKeyMaterial, messages: list[bytes],
                      activity_ms: int) -> None:
         """Create a queue whose first messages are ``messages`` (sequence
-        numbers 0, 1, ...). Raises :class:`Conflict` if it exists."""
+        numbers 0, 1, ...; ``material.generation`` must be their number).
+        Raises :class:`Conflict` if it exists."""
 
     def append(self, queue_id: bytes, build: AppendFn) -> int:
         """Append what ``build`` returns; returns the first sequence number used."""
 
-    def append_many(self, items: list[tuple[bytes, AppendFn]]) -> list[int | None]:
-        """:meth:`append` to several queues in one transaction (a fan-out:
-        ``spec/performance_goals.md``, one write per request). Returns the
-        first sequence number used per item, None for a queue that does not exist."""
+    def append_many(self, queue_ids: list[bytes], build: AppendFn) -> list[int | None]:
+        """:meth:`append` with the same ``build`` to several queues in one
+        transaction (a fan-out: ``spec/performance_goals.md``, one write per
+        request). Returns per queue the sequence number of the *last* payload
+        appended, None for a queue that does not exist. A queue named twice is
+        appended to twice, in order. If ``build`` raises, nothing changes."""
 
     def fetch(self, queue_id: bytes, start: int, limit: int,
               activity_ms: int) -> tuple[list[tuple[int, bytes]], int]:
@@ -164,12 +171,21 @@ def _exists(queue_id: bytes) -> Conflict:
     return Conflict(f"queue {queue_id.hex()} already exists", code="queue_exists")
 
 
+def _built(material: qc.QueueKeyMaterial, build: AppendFn) -> tuple[list[bytes], qc.QueueKeyMaterial]:
+    """Run ``build`` and check that the key material advanced with the payloads
+    (sequence number and ratchet generation move together)."""
+    payloads, new = build(material)
+    if new.generation != material.generation + len(payloads):
+        raise ValueError(f"key material generation {new.generation} after {len(payloads)} "
+                         f"payloads from {material.generation}")
+    return payloads, new
+
+
 # --- in-memory store -------------------------------------------------------------
 
 @dataclass
 class _MemQueue:
-    next_seq: int
-    key_material: bytes
+    material: qc.QueueKeyMaterial
     activity_ms: int
     messages: collections.deque  # of (seq, payload), ascending
 
@@ -187,40 +203,41 @@ class MemoryQueueStore:
             raise _not_found(queue_id)
         return q
 
-    def create_queue(self, queue_id, key_material, messages, activity_ms):
+    def create_queue(self, queue_id, material, messages, activity_ms):
+        if material.generation != len(messages):
+            raise ValueError("the key material's generation must be the number of initial messages")
         with self._lock:
             if queue_id in self._queues:
                 raise _exists(queue_id)
-            self._queues[queue_id] = _MemQueue(len(messages), key_material, activity_ms,
-                                               collections.deque(enumerate(messages)))
+            self._queues[queue_id] = _MemQueue(material, activity_ms, collections.deque(enumerate(messages)))
 
     def append(self, queue_id, build):
         with self._lock:
             q = self._get(queue_id)
-            payloads, material = build(q.next_seq, q.key_material)  # may raise: nothing changed yet
-            first = q.next_seq
-            for i, p in enumerate(payloads):
-                q.messages.append((first + i, p))
-            q.next_seq = first + len(payloads)
-            q.key_material = material
+            first = q.material.generation
+            payloads, q.material = _built(q.material, build)  # may raise: nothing changed yet
+            q.messages.extend((first + i, p) for i, p in enumerate(payloads))
             return first
 
-    def append_many(self, items):
+    def append_many(self, queue_ids, build):
         with self._lock:
+            state: dict[bytes, qc.QueueKeyMaterial] = {}   # material after the earlier items
             built = []
-            for queue_id, build in items:   # build everything first: a failure changes nothing
+            for queue_id in queue_ids:   # build everything first: a failure changes nothing
                 q = self._queues.get(queue_id)
-                built.append(None if q is None else (q, q.next_seq, *build(q.next_seq, q.key_material)))
-            out = []
-            for entry in built:
-                if entry is None:
-                    out.append(None)
+                if q is None:
+                    built.append(None)
                     continue
-                q, first, payloads, material = entry
-                q.messages.extend((first + i, p) for i, p in enumerate(payloads))
-                q.next_seq, q.key_material = first + len(payloads), material
-                out.append(first)
-            return out
+                material = state.get(queue_id, q.material)
+                payloads, state[queue_id] = _built(material, build)
+                built.append((q, material.generation, payloads))
+            for entry in built:
+                if entry is not None:
+                    q, first, payloads = entry
+                    q.messages.extend((first + i, p) for i, p in enumerate(payloads))
+            for queue_id, material in state.items():
+                self._queues[queue_id].material = material
+            return [None if e is None else e[1] + len(e[2]) - 1 for e in built]
 
     def fetch(self, queue_id, start, limit, activity_ms):
         with self._lock:
@@ -234,7 +251,7 @@ class MemoryQueueStore:
     def info(self, queue_id):
         with self._lock:
             q = self._get(queue_id)
-            return QueueInfo(q.next_seq, q.key_material, q.activity_ms, len(q.messages))
+            return QueueInfo(q.material.generation, q.material, q.activity_ms, len(q.messages))
 
     def delete_queue(self, queue_id):
         with self._lock:
@@ -256,79 +273,129 @@ class SqliteQueueStore:
     and ``<name>_messages``, so one database file can hold several kinds of
     queue (e.g. the AS's client and alias queues).
 
+    The key material is kept in columns (``next_seq`` is its generation), so
+    a fan-out reads and writes it without serialising anything. Messages live
+    in a rowid table (new rows go to the end of the table) with a
+    ``(queue_id, seq)`` index: a fan-out inserts one row into each of many
+    queues, and a table clustered by queue would dirty one page per queue.
+
+    ``db`` is a path (the store opens its own connection) or an open
+    connection shared with other stores of the same service, with their
+    re-entrant ``lock``; every method is then a unit inside whatever
+    transaction the owner has open (:func:`phoenix_ref.storage.transaction`),
+    so the owner can commit queue writes together with its own.
+
     Safe to call from worker threads (one connection behind a lock).
     """
 
-    def __init__(self, path: str | os.PathLike, name: str = "queue") -> None:
+    def __init__(self, db: str | os.PathLike | sqlite3.Connection, name: str = "queue",
+                 lock: threading.RLock | None = None) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ValueError(f"bad table name prefix {name!r}")
         self._q, self._m = f"{name}_queues", f"{name}_messages"
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        with self._tx() as db:
-            db.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (queue_id BLOB PRIMARY KEY, "
-                       "next_seq INTEGER NOT NULL, key_material BLOB NOT NULL, "
-                       "activity_ms INTEGER NOT NULL) WITHOUT ROWID")
-            db.execute(f"CREATE TABLE IF NOT EXISTS {self._m} (queue_id BLOB NOT NULL, "
-                       "seq INTEGER NOT NULL, payload BLOB NOT NULL, "
-                       "PRIMARY KEY (queue_id, seq)) WITHOUT ROWID")
-            db.execute(f"CREATE INDEX IF NOT EXISTS {self._q}_activity ON {self._q} (activity_ms)")
+        self._own = not isinstance(db, sqlite3.Connection)
+        self._db = open_connection(os.fspath(db)) if self._own else db
+        self._lock = lock or threading.RLock()
+        with self._tx() as conn:
+            self._migrate_blob_material(conn)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (queue_id BLOB PRIMARY KEY, "
+                         "next_seq INTEGER NOT NULL, queue_encryption_key BLOB NOT NULL, "
+                         "ratchet_key BLOB NOT NULL, rotated_at_ms INTEGER NOT NULL, "
+                         "activity_ms INTEGER NOT NULL) WITHOUT ROWID")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {self._q}_activity ON {self._q} (activity_ms)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._m} (queue_id BLOB NOT NULL, "
+                         "seq INTEGER NOT NULL, payload BLOB NOT NULL)")
+            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {self._m}_seq ON {self._m} (queue_id, seq)")
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _migrate_blob_material(self, conn: sqlite3.Connection) -> None:
+        """Files written before the key material had columns kept it encoded
+        in one ``key_material`` column: move it to the columns (once)."""
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._q})")}
+        if "key_material" not in columns:
+            return
+        rows = conn.execute(f"SELECT queue_id, key_material, activity_ms FROM {self._q}").fetchall()
+        conn.execute(f"DROP TABLE {self._q}")
+        conn.execute(f"CREATE TABLE {self._q} (queue_id BLOB PRIMARY KEY, next_seq INTEGER NOT NULL, "
+                     "queue_encryption_key BLOB NOT NULL, ratchet_key BLOB NOT NULL, "
+                     "rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL) WITHOUT ROWID")
+        for queue_id, raw, activity in rows:
+            m = decode(qc.QueueKeyMaterial, bytes(raw))
+            conn.execute(f"INSERT INTO {self._q} VALUES (?,?,?,?,?,?)",
+                         (queue_id, m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms, activity))
 
-    def _row(self, db, queue_id) -> tuple[int, bytes, int]:
-        row = db.execute(f"SELECT next_seq, key_material, activity_ms FROM {self._q} WHERE queue_id=?",
+    def _tx(self):
+        return transaction(self._db, self._lock)
+
+    _MATERIAL = "next_seq, queue_encryption_key, ratchet_key, rotated_at_ms"
+
+    @staticmethod
+    def _material(next_seq: int, queue_key: bytes, ratchet_key: bytes, rotated_at_ms: int) -> qc.QueueKeyMaterial:
+        return qc.QueueKeyMaterial(bytes(queue_key), bytes(ratchet_key), next_seq, rotated_at_ms)
+
+    @staticmethod
+    def _columns(queue_id: bytes, m: qc.QueueKeyMaterial) -> tuple:
+        """Arguments of ``UPDATE … SET {_MATERIAL} = … WHERE queue_id = ?``."""
+        return (m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms, queue_id)
+
+    def _row(self, db, queue_id) -> tuple[qc.QueueKeyMaterial, int]:
+        row = db.execute(f"SELECT {self._MATERIAL}, activity_ms FROM {self._q} WHERE queue_id=?",
                          (queue_id,)).fetchone()
         if row is None:
             raise _not_found(queue_id)
-        return row
+        return self._material(*row[:4]), row[4]
 
-    def create_queue(self, queue_id, key_material, messages, activity_ms):
+    def _update(self, db, rows: list[tuple]) -> None:
+        db.executemany(f"UPDATE {self._q} SET next_seq=?, queue_encryption_key=?, ratchet_key=?, "
+                       "rotated_at_ms=? WHERE queue_id=?", rows)
+
+    def create_queue(self, queue_id, material, messages, activity_ms):
+        if material.generation != len(messages):
+            raise ValueError("the key material's generation must be the number of initial messages")
         with self._tx() as db:
             if db.execute(f"SELECT 1 FROM {self._q} WHERE queue_id=?", (queue_id,)).fetchone():
                 raise _exists(queue_id)
-            db.execute(f"INSERT INTO {self._q} VALUES (?,?,?,?)",
-                       (queue_id, len(messages), key_material, activity_ms))
+            db.execute(f"INSERT INTO {self._q} VALUES (?,?,?,?,?,?)",
+                       (queue_id, material.generation, material.queue_encryption_key, material.ratchet_key,
+                        material.rotated_at_ms, activity_ms))
             db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
                            [(queue_id, i, p) for i, p in enumerate(messages)])
 
     def append(self, queue_id, build):
         with self._tx() as db:
-            first, material, _ = self._row(db, queue_id)
-            payloads, new_material = build(first, material)
+            material, _ = self._row(db, queue_id)
+            first = material.generation
+            payloads, new = _built(material, build)
+            self._update(db, [self._columns(queue_id, new)])
             db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
                            [(queue_id, first + i, p) for i, p in enumerate(payloads)])
-            db.execute(f"UPDATE {self._q} SET next_seq=?, key_material=? WHERE queue_id=?",
-                       (first + len(payloads), new_material, queue_id))
             return first
 
-    def append_many(self, items):
-        out: list[int | None] = []
+    def append_many(self, queue_ids, build):
+        # Statements per fan-out, not per queue: the key material of every
+        # queue in one SELECT (per chunk of ids), then one executemany for the
+        # new messages and one for the new key material.
+        ids = list(dict.fromkeys(queue_ids))
         with self._tx() as db:
-            rows = []
-            for queue_id, build in items:
-                row = db.execute(f"SELECT next_seq, key_material FROM {self._q} WHERE queue_id=?",
-                                 (queue_id,)).fetchone()
-                if row is None:
+            state: dict[bytes, qc.QueueKeyMaterial] = {}
+            for i in range(0, len(ids), _MAX_SQL_PARAMS):
+                chunk = ids[i:i + _MAX_SQL_PARAMS]
+                for queue_id, *material in db.execute(
+                        f"SELECT queue_id, {self._MATERIAL} FROM {self._q} "
+                        f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
+                    state[bytes(queue_id)] = self._material(*material)
+            out: list[int | None] = []
+            messages = []
+            for queue_id in queue_ids:
+                material = state.get(queue_id)
+                if material is None:
                     out.append(None)
                     continue
-                first, material = row
-                payloads, new_material = build(first, material)
-                rows += [(queue_id, first + i, p) for i, p in enumerate(payloads)]
-                db.execute(f"UPDATE {self._q} SET next_seq=?, key_material=? WHERE queue_id=?",
-                           (first + len(payloads), new_material, queue_id))
-                out.append(first)
-            db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)", rows)
+                first = material.generation
+                payloads, state[queue_id] = _built(material, build)
+                messages += [(queue_id, first + i, p) for i, p in enumerate(payloads)]
+                out.append(first + len(payloads) - 1)
+            self._update(db, [self._columns(q, m) for q, m in state.items()])
+            db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)", messages)
         return out
 
     def fetch(self, queue_id, start, limit, activity_ms):
@@ -345,10 +412,10 @@ class SqliteQueueStore:
 
     def info(self, queue_id):
         with self._tx() as db:
-            next_seq, material, activity = self._row(db, queue_id)
+            material, activity = self._row(db, queue_id)
             (count,) = db.execute(f"SELECT COUNT(*) FROM {self._m} WHERE queue_id=?",
                                   (queue_id,)).fetchone()
-            return QueueInfo(next_seq, bytes(material), activity, count)
+            return QueueInfo(material.generation, material, activity, count)
 
     def delete_queue(self, queue_id):
         with self._tx() as db:
@@ -363,8 +430,9 @@ class SqliteQueueStore:
             return [bytes(r[0]) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._own:
+            with self._lock:
+                self._db.close()
 
 
 # --- the core -------------------------------------------------------------------------
@@ -392,48 +460,43 @@ class Queues:
         else:
             material = qc.queue_from_ratchet_key(queue_encryption_key, initial_ratchet_key, now_ms)
             messages = []
-        self.store.create_queue(queue_id, encode(material), messages, self.config.activity(now_ms))
+        self.store.create_queue(queue_id, material, messages, self.config.activity(now_ms))
 
     def _append(self, queue_id: bytes, step) -> int:
         """Run ``step(material, seq) -> (QueueMessage, material)`` in one transaction;
         returns the sequence number it got."""
-        def build(seq: int, raw: bytes) -> tuple[list[bytes], bytes]:
-            msg, material = step(decode(qc.QueueKeyMaterial, raw), seq)
-            return [encode(msg)], encode(material)
+        def build(material: qc.QueueKeyMaterial) -> tuple[list[bytes], qc.QueueKeyMaterial]:
+            msg, material = step(material, material.generation)
+            return [encode(msg)], material
         return self.store.append(queue_id, build)
 
-    def _enqueue_step(self, plaintext: bytes, now_ms: int, built: list[int]) -> AppendFn:
-        """The AppendFn of one enqueue; ``built[0]`` tells how many messages it
-        produced (1, or 2 with a ratchet key update first)."""
+    def _enqueue_step(self, plaintext: bytes, now_ms: int) -> AppendFn:
+        """The AppendFn of one enqueue: the message, preceded by a ratchet key
+        update when the rotation interval has passed."""
         interval = self.config.rotation_interval_ms
 
-        def build(seq: int, raw: bytes) -> tuple[list[bytes], bytes]:
-            material = decode(qc.QueueKeyMaterial, raw)
+        def build(material: qc.QueueKeyMaterial) -> tuple[list[bytes], qc.QueueKeyMaterial]:
             out = []
             if qc.rotation_due(material, now_ms, interval):
-                update, material = qc.rotate_ratchet_key(material, seq, now_ms)
+                update, material = qc.rotate_ratchet_key(material, material.generation, now_ms)
                 out.append(encode(update))
-                seq += 1
-            msg, material = qc.encrypt_for_queue(material, seq, plaintext)
+            msg, material = qc.encrypt_for_queue(material, material.generation, plaintext)
             out.append(encode(msg))
-            built[0] = len(out)
-            return out, encode(material)
+            return out, material
         return build
 
     def enqueue(self, queue_id: bytes, plaintext: bytes, now_ms: int) -> int:
         """Encrypt and enqueue ``plaintext``; returns its sequence number. If the
         rotation interval has passed, a ratchet key update goes in just before it."""
-        built = [0]
-        first = self.store.append(queue_id, self._enqueue_step(plaintext, now_ms, built))
-        return first + built[0] - 1
+        (seq,) = self.enqueue_many([queue_id], plaintext, now_ms)
+        if seq is None:
+            raise _not_found(queue_id)
+        return seq
 
     def enqueue_many(self, queue_ids: list[bytes], plaintext: bytes, now_ms: int) -> list[int | None]:
         """:meth:`enqueue` the same plaintext into several queues in one store
         transaction; the sequence number per queue, None where it does not exist."""
-        counts = [[0] for _ in queue_ids]
-        firsts = self.store.append_many([(q, self._enqueue_step(plaintext, now_ms, c))
-                                         for q, c in zip(queue_ids, counts)])
-        return [None if f is None else f + c[0] - 1 for f, c in zip(firsts, counts)]
+        return self.store.append_many(queue_ids, self._enqueue_step(plaintext, now_ms))
 
     def rotate(self, queue_id: bytes, now_ms: int) -> int:
         """Force a ratchet key update (``#key-updates``); returns its sequence number."""

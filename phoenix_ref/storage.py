@@ -9,6 +9,11 @@ that take the connection; async callers use :meth:`SqliteStore.run`.
 
 The narrow per-service interfaces keep cores independent of SQLite, so a
 PostgreSQL store can be added without touching them.
+
+Several stores of one service may share one connection (the QS's records,
+queues and outbound queues, :mod:`phoenix_ref.queuing.store`) so that one
+request's writes to all of them commit together; :func:`transaction` nests
+for that purpose.
 """
 
 from __future__ import annotations
@@ -22,6 +27,48 @@ from typing import Callable, Iterator, TypeVar
 import trio
 
 T = TypeVar("T")
+
+
+def open_connection(path: Path | str) -> sqlite3.Connection:
+    """An SQLite connection as every store uses it: autocommit mode (the
+    stores issue ``BEGIN`` themselves), WAL journal, foreign keys on, usable
+    from worker threads (callers serialise use with a lock)."""
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
+    """One atomic unit of work on a connection that several stores may share.
+
+    The outermost unit is ``BEGIN IMMEDIATE`` … ``COMMIT``; a unit opened
+    inside it (same thread, ``lock`` is re-entrant) is a ``SAVEPOINT``, so it
+    can fail on its own (rolled back to the savepoint) while only the
+    outermost ``COMMIT`` makes anything durable. Any exception rolls its unit
+    back and propagates.
+    """
+    with lock:
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:   # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
 
 
 class SqliteStore:

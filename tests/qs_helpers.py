@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from phoenix_ref.auth_tokens import QsAuthToken, RequestBinding
 from phoenix_ref.codec import encode
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey, sign_with_label
-from phoenix_ref.federation.outbound import MemoryOutboundStore, SqliteOutboundStore
+from phoenix_ref.federation.outbound import MemoryOutboundStore
 from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
 from phoenix_ref.mls.extensions import LastResortExtension, QueueConfigExtension, to_extension
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
@@ -18,14 +18,15 @@ from phoenix_ref.mls.messages import (
     LeafNodeSource, Lifetime, MLSMessage, PrivateMessage, ProtocolVersion, leaf_node_tbs,
 )
 from phoenix_ref.queue_crypto import QueueRatchetState, decrypt_queue_message
-from phoenix_ref.queues import MemoryQueueStore, Queues, SqliteQueueStore
+from phoenix_ref.queues import MemoryQueueStore, Queues
 from phoenix_ref.queuing.core import QsConfig, QsCore, QsKeys, operation_path
 from phoenix_ref.queuing.fanout import seal_queue_config
 from phoenix_ref.queuing.messages import (
     AddPackage, ApplicationContent, ClientQueueConfig, CreateUserRecordParams, FanOutMessage,
     QueueConfig,
 )
-from phoenix_ref.queuing.records import MemoryQsRecords, SqliteQsRecords
+from phoenix_ref.queuing.records import MemoryQsRecords
+from phoenix_ref.queuing.store import QsStore
 
 NOW = 1_767_225_600_000
 
@@ -33,13 +34,11 @@ NOW = 1_767_225_600_000
 def make_core(domain: str = "a.example", *, sqlite_dir=None, **config) -> QsCore:
     keys = QsKeys(SigningKey.generate(), HpkeKeyPair.generate())
     if sqlite_dir is None:
-        records, queue_store, outbound = MemoryQsRecords(), MemoryQueueStore(), MemoryOutboundStore()
-    else:
-        path = os.path.join(str(sqlite_dir), f"qs-{domain}.sqlite3")
-        records = SqliteQsRecords(path)
-        queue_store = SqliteQueueStore(path, "qs")
-        outbound = SqliteOutboundStore(path)
-    return QsCore(QsConfig(Fqdn(domain), **config), keys, records, Queues(queue_store), outbound)
+        return QsCore(QsConfig(Fqdn(domain), **config), keys, MemoryQsRecords(), Queues(MemoryQueueStore()),
+                      MemoryOutboundStore())
+    store = QsStore(os.path.join(str(sqlite_dir), f"qs-{domain}.sqlite3"))
+    return QsCore(QsConfig(Fqdn(domain), **config), keys, store.records, Queues(store.queue_store), store.outbound,
+                  transaction=store.transaction)
 
 
 @dataclass

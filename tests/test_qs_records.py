@@ -6,10 +6,11 @@ import os
 
 import pytest
 
+from phoenix_ref.codec import encode
 from phoenix_ref.errors import Conflict
 from phoenix_ref.ids import GroupId, QsCid, QsUid
 from phoenix_ref.queuing.records import (
-    ClientRecord, MemoryQsRecords, SqliteQsRecords, UserRecord, blocklist_hash,
+    ClientRecord, EnqueueKeys, MemoryQsRecords, SqliteQsRecords, UserRecord, blocklist_hash,
 )
 
 
@@ -109,3 +110,29 @@ def test_sqlite_records_survive_reopen(tmp_path):
     assert s2.get_client(cid) is not None
     assert not s2.remember_message_id("a.example", b"m" * 16, 5, 10_000)
     s2.close()
+
+
+def test_clients_for_enqueue_one_read_per_fan_out(store):
+    uid, cid = new_user(store)
+    other = ClientRecord(QsCid.random(uid), b"d" * 32, b"r" * 32, None, os.urandom(32))
+    store.add_client(other, 10)
+    g1, g2 = GroupId.random("ds.a.example"), GroupId.random("ds.a.example")
+    store.block(cid, GroupId.random("ds.a.example"))   # several blocklist entries, one matching
+    store.block(cid, g1)
+    store.block(cid, GroupId.random("ds.a.example"))
+    unknown = encode(QsCid.random(uid))
+    found = store.clients_for_enqueue([encode(cid), unknown, encode(other.qs_cid), encode(cid)], g1)
+    assert found == {encode(cid): EnqueueKeys(b"c" * 32, b"q" * 32, True),
+                     encode(other.qs_cid): EnqueueKeys(b"d" * 32, b"r" * 32, False)}
+    assert not store.clients_for_enqueue([encode(cid)], g2)[encode(cid)].blocked
+
+
+def test_admit_counts_every_limit_and_reports_the_exceeded_one(store):
+    limits = [("domain:x", 100, 60_000), ("queue:a", 1, 60_000), ("queue:b", 5, 60_000)]
+    assert store.admit(limits, "x.example", b"1" * 16, 1_000, 100_000) is True
+    assert store.admit(limits, "x.example", b"2" * 16, 2_000, 10_000) == ("queue:a", 60_000)
+    assert store.count_hit("queue:b", 3_000, 60_000) == (3, 60_000)   # the refused message was counted too
+    assert store.remember_message_id("x.example", b"2" * 16, 3_000, 10_000)   # but its id was not kept
+    assert store.admit(limits, "x.example", b"1" * 16, 61_000, 100_000) is False   # new window, known id
+    many = [(f"queue:{i}", 1, 60_000) for i in range(1200)]   # more keys than one statement's parameters
+    assert store.admit(many, "x.example", b"3" * 16, 130_000, 10_000) is True

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from phoenix_ref import queue_crypto as qc
 from phoenix_ref.codec import decode, encode
-from phoenix_ref.crypto import HpkeKeyPair
+from phoenix_ref.crypto import KDFLabel, HpkeKeyPair, kdf_expand
 from phoenix_ref.errors import Malformed
 from phoenix_ref.spec_plugin import spec
 
@@ -242,6 +242,16 @@ def test_labels_are_distinct_and_bound_to_sequence_number():
             (qc.LABEL_MESSAGE_KEY, qc.LABEL_NEXT_RATCHET_KEY, qc.LABEL_ROTATION_KEY, qc.LABEL_UPDATED_RATCHET_KEY)}
     assert len(outs) == 4
     assert qc.queue_expand(r, qc.LABEL_NEXT_RATCHET_KEY, 5, 32) != qc.queue_expand(r, qc.LABEL_NEXT_RATCHET_KEY, 6, 32)
+
+
+@pytest.mark.parametrize("length", [12, 16, 32, 33, 64])
+@pytest.mark.parametrize("seq", [0, 1, 255, 2 ** 40, 2 ** 64 - 1])
+def test_queue_expand_is_expand_with_label_with_the_queue_prefix(length, seq):
+    """The cached KDFLabel head plus the context, and one HMAC block for
+    short outputs, give exactly RFC 9420 §8 ExpandWithLabel (queue prefix)."""
+    secret = bytes(range(32))
+    info = encode(KDFLabel(length, qc.QUEUE_LABEL_PREFIX + qc.LABEL_MESSAGE_KEY, seq.to_bytes(8, "big")))
+    assert qc.queue_expand(secret, qc.LABEL_MESSAGE_KEY, seq, length) == kdf_expand(secret, info, length)
 
 
 def test_deterministic_known_answer():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from phoenix_ref.codec import decode, encode
 from phoenix_ref.crypto import HpkeKeyPair
 from phoenix_ref.errors import Conflict, Malformed, NotFound
 from phoenix_ref.queues import (
-    ActivityPrecision, DequeueMessagesResponse, MemoryQueueStore, QueueConfig, Queues,
+    ActivityPrecision, DequeueMessagesResponse, MemoryQueueStore, QueueConfig, QueueInfo, Queues,
     SqliteQueueStore, month_start_ms,
 )
 from phoenix_ref.spec_plugin import spec
@@ -189,15 +191,67 @@ def test_inactive_queues(store):
 
 
 def test_failed_build_leaves_queue_unchanged(store):
-    store.create_queue(b"q", b"km", [b"p0"], T0)
+    _, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
+    store.create_queue(b"q", material, [b"p0"], T0)
+    store.create_queue(b"r", material, [b"p0"], T0)
 
-    def boom(seq, material):
+    def boom(material):
         raise RuntimeError("no")
 
     with pytest.raises(RuntimeError):
         store.append(b"q", boom)
-    info = store.info(b"q")
-    assert (info.next_sequence_number, info.key_material, info.message_count) == (1, b"km", 1)
+    calls = []
+
+    def boom_second(m):   # the fan-out fails at its second queue: the first is unchanged too
+        calls.append(m)
+        if len(calls) == 2:
+            raise RuntimeError("no")
+        return [b"p1"], dataclasses.replace(m, generation=m.generation + 1)
+
+    with pytest.raises(RuntimeError):
+        store.append_many([b"q", b"r"], boom_second)
+    for q in (b"q", b"r"):
+        info = store.info(q)
+        assert (info.next_sequence_number, info.key_material, info.message_count) == (1, material, 1)
+
+
+def test_append_many_appends_twice_to_a_queue_named_twice(store):
+    _, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
+    store.create_queue(b"q", material, [b"p0"], T0)
+
+    def one(m):
+        return [b"m%d" % m.generation], dataclasses.replace(m, generation=m.generation + 1)
+
+    assert store.append_many([b"q", b"missing", b"q"], one) == [1, None, 2]
+    assert store.fetch(b"q", 0, 10, T0) == ([(0, b"p0"), (1, b"m1"), (2, b"m2")], 0)
+    assert store.info(b"q").key_material.generation == 3
+
+
+def test_build_must_advance_the_generation_with_the_payloads(store):
+    _, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
+    store.create_queue(b"q", material, [b"p0"], T0)
+    with pytest.raises(ValueError):
+        store.append(b"q", lambda m: ([b"p1", b"p2"], dataclasses.replace(m, generation=m.generation + 1)))
+    assert store.info(b"q").message_count == 1
+
+
+def test_sqlite_migrates_key_material_of_older_files(tmp_path):
+    """Files written when the key material was one encoded column open as before."""
+    path = tmp_path / "old.db"
+    reset, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE qs_queues (queue_id BLOB PRIMARY KEY, next_seq INTEGER NOT NULL, "
+               "key_material BLOB NOT NULL, activity_ms INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE qs_messages (queue_id BLOB NOT NULL, seq INTEGER NOT NULL, "
+               "payload BLOB NOT NULL, PRIMARY KEY (queue_id, seq)) WITHOUT ROWID")
+    db.execute("INSERT INTO qs_queues VALUES (?,?,?,?)", (b"q", 1, encode(material), T0))
+    db.execute("INSERT INTO qs_messages VALUES (?,?,?)", (b"q", 0, encode(reset)))
+    db.commit()
+    db.close()
+    queues = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)
+    assert queues.info(b"q") == QueueInfo(1, material, T0, 1)
+    assert queues.enqueue(b"q", b"hello", T0) == 1
+    assert [m.sequence_number for m in queues.dequeue(b"q", 0, 10, T0).messages] == [0, 1]
 
 
 def test_sqlite_survives_reopen_and_separates_table_prefixes(tmp_path):

@@ -47,6 +47,8 @@ from typing import Awaitable, Callable, Protocol
 
 import trio
 
+from ..storage import open_connection, transaction
+
 __all__ = [
     "OutboundItem", "OutboundStore", "MemoryOutboundStore", "SqliteOutboundStore",
     "Delivered", "RetryLater", "Rejected", "Outcome", "BackoffPolicy", "OutboundSender",
@@ -121,8 +123,9 @@ class SqliteOutboundStore:
 
     ``conn`` is either a path (the store opens its own connection, WAL mode)
     or an open ``sqlite3.Connection`` owned by a service store; in the latter
-    case ``lock`` must be that store's lock and statements run inside
-    whatever transaction the owner has open (the owner commits).
+    case ``lock`` must be that store's re-entrant lock, and an append made
+    while the owner has a transaction open (:func:`phoenix_ref.storage.transaction`)
+    commits or rolls back with it.
     """
 
     SCHEMA = """
@@ -139,13 +142,8 @@ class SqliteOutboundStore:
     needs_thread = True
 
     def __init__(self, conn: str | sqlite3.Connection, lock: threading.RLock | None = None):
-        if isinstance(conn, sqlite3.Connection):
-            self._conn = conn
-            self._own = False
-        else:
-            self._conn = sqlite3.connect(conn, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._own = True
+        self._own = not isinstance(conn, sqlite3.Connection)
+        self._conn = open_connection(conn) if self._own else conn
         self._lock = lock or threading.RLock()
         with self._lock:
             self._conn.executescript(self.SCHEMA)
@@ -155,12 +153,10 @@ class SqliteOutboundStore:
             self._conn.close()
 
     def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
-        with self._lock:
-            if self._own or not self._conn.in_transaction:
-                # Standalone use: one statement, one transaction.
-                with self._conn:
-                    return self._conn.execute(sql, args)
-            return self._conn.execute(sql, args)
+        """One statement as one unit: its own transaction, or part of the
+        transaction the owner of a shared connection has open."""
+        with transaction(self._conn, self._lock) as db:
+            return db.execute(sql, args)
 
     def append(self, destination: str, message_id: bytes, payload: bytes, now_ms: int) -> int:
         cur = self._write(

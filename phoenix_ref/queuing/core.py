@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -52,11 +52,11 @@ import trio
 
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, decode, encode
-from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hash_, hs_sign, hs_verify, verify_with_label
+from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify, verify_with_label
 from ..endpoints import PREFIX as OPERATION_PREFIX
 from ..errors import Conflict, Forbidden, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
-from ..ids import Fqdn, QsCid, QsUid
+from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.extensions import (
     LAST_RESORT_EXTENSION_TYPE, ExtensionError, QueueConfigExtension,
     check_unique, find_extension, get_extension,
@@ -65,8 +65,8 @@ from ..mls.messages import CIPHER_SUITE_1, KeyPackage, LeafNodeSource, ProtocolV
 from ..queue_crypto import check_queue_encryption_key
 from ..queues import Queues
 from .fanout import (
-    InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, group_id_of, open_sealed_queue_config,
-    split_by_domain,
+    InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest, group_id_of,
+    open_sealed_queue_config, split_by_domain,
 )
 from .messages import (
     MESSAGE_ID_LEN, AddPackage, AddPackageParams, AddPackageResponse, AddPackageResponseTBS,
@@ -187,6 +187,10 @@ def operation_path(name: str) -> str:
 KeyLookup = Callable[[Fqdn, bool], "bytes | list[bytes]"]
 
 
+# A config of a fan-out after opening: (config, its digest, what it opened to).
+_OpenedConfig = tuple[ClientQueueConfig, bytes, "OpenedQueueConfig | QsCid | None"]
+
+
 def _queue_id(qs_cid: QsCid) -> bytes:
     return encode(qs_cid)
 
@@ -207,16 +211,25 @@ def _check_friendship_token(token: bytes) -> bytes:
 
 class QsCore:
     """The QS's protocol rules over its stores. Thread-safe as far as its
-    stores are; every public method is one request."""
+    stores are; every public method is one request.
+
+    ``records``, ``queues`` and ``outbound`` may be one database
+    (:class:`~.store.QsStore`); ``transaction`` then makes a fan-out's writes
+    to all three one atomic unit."""
 
     def __init__(self, config: QsConfig, keys: QsKeys, records: QsRecords, queues: Queues,
-                 outbound: OutboundStore, *, config_cache: SealedConfigCache | None = None):
+                 outbound: OutboundStore, *, config_cache: SealedConfigCache | None = None,
+                 transaction: Callable[[], AbstractContextManager] = nullcontext):
         self.config = config
         self.keys = keys
         self.records = records
         self.queues = queues
         self.outbound = outbound
         self.config_cache = config_cache if config_cache is not None else SealedConfigCache()
+        #: Groups store calls into one atomic write (``QsStore.transaction``
+        #: when the stores share an SQLite database; the in-memory test stores
+        #: have no rollback and use ``nullcontext``).
+        self.transaction = transaction
 
     # --- authentication (#authentication) ----------------------------------------------
 
@@ -388,7 +401,7 @@ class QsCore:
         cqc = qce.client_queue_config
         if cqc.client_homeserver_domain != self.config.domain.value.encode():
             raise Malformed(f"{where}: the queue config names another homeserver", code="foreign_queue_config")
-        opened = self._open(cqc.sealed_config)
+        opened = self._open(cqc.sealed_config, config_digest(cqc.sealed_config))
         if not isinstance(opened, OpenedQueueConfig) or opened.qs_cid != qs_cid:
             raise Malformed(f"{where}: the queue config is not this client's", code="foreign_queue_config")
 
@@ -438,66 +451,82 @@ class QsCore:
         c = self.records.get_client(qs_cid)
         return None if c is None else (c.client_record_auth_key, c.queue_encryption_key)
 
-    def _open(self, sealed_config: bytes) -> OpenedQueueConfig | QsCid:
-        """Open a sealed config through the cache (``spec/performance_goals.md``)."""
-        hit = self.config_cache.get(sealed_config)
+    def _open(self, sealed_config: bytes, digest: bytes) -> OpenedQueueConfig | QsCid:
+        """Open a sealed config through the cache (``spec/performance_goals.md``);
+        ``digest`` is its :func:`~.fanout.config_digest`."""
+        hit = self.config_cache.get(digest)
         if hit is not None:
             return hit
         opened = open_sealed_queue_config(self.keys.queue_config_key.private, sealed_config, self._client_keys)
         if isinstance(opened, OpenedQueueConfig):
-            self.config_cache.put(sealed_config, opened)
+            self.config_cache.put(digest, opened)
         return opened
 
-    def _enqueue_local(self, message: FanOutMessage, now_ms: int, result: LocalEnqueueResult) -> None:
-        """Enqueue a FanOutMessage whose configs all name this homeserver.
+    def _open_all(self, configs: list[ClientQueueConfig]) -> list[_OpenedConfig]:
+        """Open every config of a fan-out: ``(config, digest, opened)`` where
+        ``opened`` is the :class:`OpenedQueueConfig`, the QsCid alone when
+        that client record does not exist, or None when the config does not
+        open or verify."""
+        out = []
+        for cqc in configs:
+            digest = config_digest(cqc.sealed_config)
+            try:
+                opened = self._open(cqc.sealed_config, digest)
+            except InvalidQueueConfig as e:
+                log.info("refused queue config: %s", e.message)
+                opened = None
+            out.append((cqc, digest, opened))
+        return out
+
+    @staticmethod
+    def _candidates(opened: list[_OpenedConfig], group_id: GroupId,
+                    result: LocalEnqueueResult) -> list[tuple[ClientQueueConfig, OpenedQueueConfig]]:
+        """The configs that opened to an existing record; the others are
+        reported in ``result`` (rejected, or ``QueueDeleted``)."""
+        candidates = []
+        for cqc, _, o in opened:
+            if o is None:
+                result.rejected.append(cqc)
+            elif isinstance(o, QsCid):   # opened, but no such client record
+                result.queue_deleted.append(QueueDeleted(cqc, group_id))
+            else:
+                candidates.append((cqc, o))
+        return candidates
+
+    def _enqueue_candidates(self, candidates: list[tuple[ClientQueueConfig, OpenedQueueConfig]], group_id: GroupId,
+                            plaintext: bytes, now_ms: int, result: LocalEnqueueResult) -> None:
+        """Enqueue ``plaintext`` (an encoded MessageContent) for opened configs
+        of this homeserver (``#enqueuing-messages``): skip records that are
+        gone (``QueueDeleted``), whose keys changed since the config was
+        verified (rejected) or that block the group (blocked).
 
         ``spec/performance_goals.md`` (IO overhead): with the sealed configs
         cached, the whole fan-out costs one store read (every client record
         with its blocklist) and one store write (every queue, one transaction).
         """
-        group_id = group_id_of(message)
-        plaintext = encode(message.message_content, MessageContent)
-        candidates: list[tuple[ClientQueueConfig, OpenedQueueConfig]] = []
-        for cqc in message.client_queue_configs:
-            try:
-                opened = self._open(cqc.sealed_config)
-            except InvalidQueueConfig as e:
-                log.info("refused queue config: %s", e.message)
-                result.rejected.append(cqc)
-                continue
-            if isinstance(opened, QsCid):  # opened, but no such client record
-                result.queue_deleted.append(QueueDeleted(cqc, group_id))
-                continue
-            candidates.append((cqc, opened))
         if not candidates:
             return
-        # One read: the records (a cache hit may be stale) and their blocklists.
-        found = self.records.clients_for_enqueue([o.qs_cid for _, o in candidates], group_id)
-        targets: list[tuple[ClientQueueConfig, QsCid]] = []
+        found = self.records.clients_for_enqueue([o.queue_id for _, o in candidates], group_id)
+        targets: list[tuple[ClientQueueConfig, OpenedQueueConfig]] = []
         for cqc, opened in candidates:
-            hit = found.get(opened.qs_cid)
-            if hit is None:
+            keys = found.get(opened.queue_id)
+            if keys is None:
                 result.queue_deleted.append(QueueDeleted(cqc, group_id))
-                continue
-            record, blocked = hit
-            if (record.client_record_auth_key != opened.client_record_auth_key
-                    or record.queue_encryption_key != opened.queue_encryption_key):
-                # keys rotated since this config was verified: it is no longer valid
-                result.rejected.append(cqc)
-                continue
-            if blocked:
+            elif (keys.client_record_auth_key != opened.client_record_auth_key
+                  or keys.queue_encryption_key != opened.queue_encryption_key):
+                result.rejected.append(cqc)   # keys rotated since this config was verified
+            elif keys.blocked:
                 result.blocked.append(cqc)
-                continue
-            targets.append((cqc, opened.qs_cid))
+            else:
+                targets.append((cqc, opened))
         if not targets:
             return
-        # One write: every queue of the fan-out in one transaction.
-        seqs = self.queues.enqueue_many([_queue_id(cid) for _, cid in targets], plaintext, now_ms)
-        for (cqc, qs_cid), seq in zip(targets, seqs):
+        seqs = self.queues.enqueue_many([o.queue_id for _, o in targets], plaintext, now_ms)
+        for (cqc, opened), seq in zip(targets, seqs):
             if seq is None:
                 result.queue_deleted.append(QueueDeleted(cqc, group_id))
             else:
-                result.enqueued.append(qs_cid)
+                result.enqueued.append(opened.qs_cid)
 
     def local_enqueue(self, message: FanOutMessage, now_ms: int) -> LocalEnqueueResult:
         """``#local-enqueue-message``: the local DS hands over a FanOutMessage.
@@ -507,16 +536,28 @@ class QsCore:
         outbound queue, to be framed as a signed QsToQsMessage when sent. A
         domain the operator does not federate with gets nothing; its configs
         are reported in ``rejected``. Not reachable over HTTP.
+
+        Everything that can fail (decoding, opening configs) happens first;
+        then the local queue writes and the outbound messages are one store
+        transaction, so after a crash either the whole fan-out happened or
+        none of it (a DS that got no answer hands it over again).
         """
         result = LocalEnqueueResult()
-        group_id_of(message)  # refuse undeliverable content before anything is queued
+        group_id = group_id_of(message)  # refuse undeliverable content before anything is queued
+        plaintext = encode(message.message_content, MessageContent)
+        candidates: list[tuple[ClientQueueConfig, OpenedQueueConfig]] = []
+        forward: list[tuple[Fqdn, bytes, bytes]] = []
         for domain, part in split_by_domain(message).items():
             if domain == self.config.domain:
-                self._enqueue_local(part, now_ms, result)
+                candidates = self._candidates(self._open_all(part.client_queue_configs), group_id, result)
             elif not self.config.federates_with(domain):
                 result.rejected.extend(part.client_queue_configs)
             else:
-                self.outbound.append(domain.value, os.urandom(MESSAGE_ID_LEN), encode(part), now_ms)
+                forward.append((domain, os.urandom(MESSAGE_ID_LEN), encode(part)))
+        with self.transaction():
+            self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
+            for domain, message_id, payload in forward:
+                self.outbound.append(domain.value, message_id, payload, now_ms)
                 result.forwarded.append(domain)
         return result
 
@@ -557,25 +598,27 @@ class QsCore:
         self._verify_remote_signature(message, key_lookup)
         if any(c.client_homeserver_domain != cfg.domain for c in message.payload.client_queue_configs):
             raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
-        group_id_of(message.payload)
+        group_id = group_id_of(message.payload)
 
-        # Rate limits (#rate-limiting) and the replay check in one store write,
-        # before anything is enqueued: a 429 leaves no trace but the counters
-        # (the message id is not remembered), so the sender's retry is clean.
+        # Rate limits (#rate-limiting), the replay check and the enqueue in one
+        # store transaction, so a message id is remembered exactly when the
+        # message was enqueued. A 429 leaves no trace but the counters (the
+        # message id is not remembered), so the sender's retry is clean.
         source = message.source.value
+        opened = self._open_all(message.payload.client_queue_configs)
         limits: list[tuple[str, RateLimit | None]] = [(f"domain:{source}", cfg.rate_limit_per_domain)]
-        for cqc in message.payload.client_queue_configs:
-            limits.append((f"config:{self.config_cache_key(cqc)}", cfg.rate_limit_per_client_queue_config))
-        for cqc in message.payload.client_queue_configs:
-            try:
-                opened = self._open(cqc.sealed_config)
-            except InvalidQueueConfig:
-                continue
-            qs_cid = opened if isinstance(opened, QsCid) else opened.qs_cid
-            limits.append((f"queue:{qs_cid}", cfg.rate_limit_per_queue))
-        admitted = self.records.admit([(key, lim.limit, lim.window_ms) for key, lim in limits if lim is not None],
-                                      source, message.message_id, now_ms,
-                                      cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
+        limits += [(f"config:{digest.hex()}", cfg.rate_limit_per_client_queue_config) for _, digest, _ in opened]
+        limits += [(f"queue:{(o.queue_id if isinstance(o, OpenedQueueConfig) else encode(o)).hex()}",
+                    cfg.rate_limit_per_queue) for _, _, o in opened if o is not None]
+        result = LocalEnqueueResult()
+        candidates = self._candidates(opened, group_id, result)
+        plaintext = encode(message.payload.message_content, MessageContent)
+        with self.transaction():
+            admitted = self.records.admit([(key, lim.limit, lim.window_ms) for key, lim in limits if lim is not None],
+                                          source, message.message_id, now_ms,
+                                          cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
+            if admitted is True:
+                self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
         if isinstance(admitted, tuple):
             key, window_end = admitted
             retry_after = max(1, -(-(window_end - now_ms) // 1000))
@@ -583,14 +626,7 @@ class QsCore:
         if not admitted:
             log.info("replayed QsToQsMessage %s from %s refused", message.message_id.hex(), source)
             raise DuplicateMessage(f"message {message.message_id.hex()} from {source} was already received")
-        result = LocalEnqueueResult()
-        self._enqueue_local(message.payload, now_ms, result)
         return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
-
-    @staticmethod
-    def config_cache_key(cqc: ClientQueueConfig) -> str:
-        """Rate-limit key of a client queue config: the hash of its sealed bytes."""
-        return hash_(cqc.sealed_config).hex()
 
     def _verify_remote_signature(self, message: QsToQsMessage, key_lookup: KeyLookup) -> None:
         tbs = message.tbs()

@@ -8,7 +8,7 @@
   The signature is how a sender proves it may deliver to the target client:
   only configs the client itself issued open and verify.
 * :class:`SealedConfigCache` — the decryption of a sealed config is cached
-  by the hash of its bytes, so that a busy group costs one set of HPKE
+  by the hash of its bytes (:func:`config_digest`), so that a busy group costs one set of HPKE
   operations per member, not per member per message
   (``spec/performance_goals.md``, homeserver computational overhead).
 * :func:`split_by_domain` — ``spec/queuing_service.md#local-enqueue-message``:
@@ -41,6 +41,7 @@ rotates them must hand fresh ClientQueueConfigs to its groups.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ from .messages import (
 
 __all__ = [
     "SEALED_CONFIG_LABEL", "SEALED_SENDER_LABEL", "seal_queue_config", "OpenedQueueConfig",
-    "InvalidQueueConfig", "peek_sender", "open_sealed_queue_config", "SealedConfigCache",
+    "InvalidQueueConfig", "peek_sender", "open_sealed_queue_config", "config_digest", "SealedConfigCache",
     "split_by_domain", "group_id_of",
 ]
 
@@ -114,6 +115,12 @@ class OpenedQueueConfig:
     def qs_cid(self) -> QsCid:
         return self.queue_config.pseudonymous_client_id
 
+    @functools.cached_property
+    def queue_id(self) -> bytes:
+        """The encoded QsCid: the id of the client's queue and record in the
+        stores (encoded once per cached config, not once per message)."""
+        return encode(self.qs_cid)
+
 
 def peek_sender(qs_config_private_key: bytes, sealed_config: bytes) -> tuple[SealedQueueConfig, QsCid]:
     """First step of opening: decode and learn which QsCid claims the config.
@@ -156,8 +163,14 @@ def open_sealed_queue_config(qs_config_private_key: bytes, sealed_config: bytes,
     return OpenedQueueConfig(config, auth_key, queue_key)
 
 
+def config_digest(sealed_config: bytes) -> bytes:
+    """``Hash(sealed_config)``: the key of a sealed config in the cache and in
+    the per-config rate limit (``#rate-limiting``)."""
+    return hash_(sealed_config)
+
+
 class SealedConfigCache:
-    """LRU cache: ``Hash(sealed_config)`` → :class:`OpenedQueueConfig`.
+    """LRU cache: :func:`config_digest` of a sealed config → :class:`OpenedQueueConfig`.
 
     A hit is only used while the client record still has the keys the config
     was verified with (a key rotation invalidates it). Thread-safe: cores run
@@ -171,22 +184,20 @@ class SealedConfigCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, sealed_config: bytes) -> OpenedQueueConfig | None:
-        key = hash_(sealed_config)
+    def get(self, digest: bytes) -> OpenedQueueConfig | None:
         with self._lock:
-            hit = self._entries.get(key)
+            hit = self._entries.get(digest)
             if hit is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(key)
+            self._entries.move_to_end(digest)
             self.hits += 1
             return hit
 
-    def put(self, sealed_config: bytes, opened: OpenedQueueConfig) -> None:
-        key = hash_(sealed_config)
+    def put(self, digest: bytes, opened: OpenedQueueConfig) -> None:
         with self._lock:
-            self._entries[key] = opened
-            self._entries.move_to_end(key)
+            self._entries[digest] = opened
+            self._entries.move_to_end(digest)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 

@@ -27,26 +27,27 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Protocol
+from typing import NamedTuple, Protocol
 
 from ..codec import decode, encode
 from ..crypto import hash_
 from ..errors import Conflict
 from ..ids import GroupId, QsCid, QsUid
+from ..storage import open_connection, transaction
 
 __all__ = [
-    "UserRecord", "ClientRecord", "QsRecords", "MemoryQsRecords", "SqliteQsRecords",
+    "UserRecord", "ClientRecord", "EnqueueKeys", "QsRecords", "MemoryQsRecords", "SqliteQsRecords",
     "blocklist_hash", "BLOCKLIST_SALT_LEN",
 ]
 
 BLOCKLIST_SALT_LEN = 32
 
 
-def blocklist_hash(salt: bytes, group_id: GroupId) -> bytes:
-    """``Hash(salt || encode(GroupId))``: what the blocklist stores (``#qs-state``)."""
-    return hash_(salt + encode(group_id))
+def blocklist_hash(salt: bytes, group_id: GroupId | bytes) -> bytes:
+    """``Hash(salt || encode(GroupId))``: what the blocklist stores (``#qs-state``).
+    ``group_id`` may be given already encoded."""
+    return hash_(salt + (group_id if isinstance(group_id, bytes) else encode(group_id)))
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,13 @@ class ClientRecord:
     queue_encryption_key: bytes
     encrypted_push_token: bytes | None
     blocklist_salt: bytes
+
+
+class EnqueueKeys(NamedTuple):
+    """A client record as a fan-out sees it (:meth:`QsRecords.clients_for_enqueue`)."""
+    client_record_auth_key: bytes
+    queue_encryption_key: bytes
+    blocked: bool
 
 
 class QsRecords(Protocol):
@@ -90,9 +98,10 @@ class QsRecords(Protocol):
     def client_for_enqueue(self, qs_cid: QsCid, group_id: GroupId) -> tuple[ClientRecord, bool] | None:
         """The client record and whether ``group_id`` is on its blocklist."""
 
-    def clients_for_enqueue(self, qs_cids: list[QsCid], group_id: GroupId) -> dict[QsCid, tuple[ClientRecord, bool]]:
-        """:meth:`client_for_enqueue` for a whole fan-out in one read; unknown
-        QsCids are absent from the answer."""
+    def clients_for_enqueue(self, qs_cids: list[bytes], group_id: GroupId) -> dict[bytes, EnqueueKeys]:
+        """What a fan-out needs of its clients, in one read: for every encoded
+        QsCid in ``qs_cids`` that has a client record, its keys and whether
+        ``group_id`` is on its blocklist. Unknown QsCids are absent."""
 
     def update_client(self, qs_cid: QsCid, client_record_auth_key: bytes, queue_encryption_key: bytes,
                       encrypted_push_token: bytes | None) -> bool: ...
@@ -223,7 +232,13 @@ class MemoryQsRecords:
 
     def clients_for_enqueue(self, qs_cids, group_id):
         with self._lock:
-            return {cid: found for cid in qs_cids if (found := self.client_for_enqueue(cid, group_id)) is not None}
+            out = {}
+            for raw in qs_cids:
+                found = self.client_for_enqueue(decode(QsCid, raw), group_id)
+                if found is not None:
+                    c, blocked = found
+                    out[raw] = EnqueueKeys(c.client_record_auth_key, c.queue_encryption_key, blocked)
+            return out
 
     def update_client(self, qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token):
         with self._lock:
@@ -297,9 +312,9 @@ class MemoryQsRecords:
 
     def admit(self, limits, source, message_id, now_ms, keep_ms):
         with self._lock:
-            for key, limit, window_ms in limits:
-                hits, end = self.count_hit(key, now_ms, window_ms)
-                if hits > limit:
+            ends = [self.count_hit(key, now_ms, window_ms)[1] for key, _, window_ms in limits]
+            for (key, limit, _), end in zip(limits, ends):
+                if self._hits[key][1] > limit:
                     return key, end
             return self.remember_message_id(source, message_id, now_ms, keep_ms)
 
@@ -350,6 +365,11 @@ CREATE TABLE IF NOT EXISTS qs_rate_limits (
 ) WITHOUT ROWID;
 """
 
+# One hit for key ? in the fixed window starting at ? (a new window restarts at 1).
+_COUNT_HIT = ("INSERT INTO qs_rate_limits VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
+              "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
+              "window_start = excluded.window_start")
+_MAX_SQL_PARAMS = 500   # host parameters per statement (SQLite allows 32766 since 3.32)
 _CLIENT_COLS = "qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token, blocklist_salt"
 
 
@@ -361,31 +381,24 @@ def _client(row) -> ClientRecord:
 class SqliteQsRecords:
     """:class:`QsRecords` in an SQLite file (tables ``qs_*``).
 
-    ``connection`` and ``lock`` expose the connection so that another store of
-    the same service (e.g. the outbound queue,
-    :class:`phoenix_ref.federation.outbound.SqliteOutboundStore`) can share it.
+    ``db`` is a path (the store opens its own connection) or a connection
+    shared with the other stores of the QS (:class:`phoenix_ref.queuing.store.QsStore`)
+    with their re-entrant ``lock``; ``connection``, ``lock`` and
+    :meth:`transaction` are public so that those stores can join its
+    transactions.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.lock = threading.RLock()
-        self.connection = sqlite3.connect(os.fspath(path), isolation_level=None, check_same_thread=False)
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("PRAGMA foreign_keys=ON")
+    def __init__(self, db: str | os.PathLike | sqlite3.Connection, lock: threading.RLock | None = None) -> None:
+        self._own = not isinstance(db, sqlite3.Connection)
+        self.connection = open_connection(os.fspath(db)) if self._own else db
+        self.lock = lock or threading.RLock()
         with self.lock:
             self.connection.executescript(_SCHEMA)
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, rollback on error)."""
-        with self.lock:
-            db = self.connection
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def transaction(self):
+        """One unit of work (:func:`phoenix_ref.storage.transaction`: a
+        transaction, or a savepoint inside the owner's)."""
+        return transaction(self.connection, self.lock)
 
     def create_user(self, user, client):
         with self.transaction() as db:
@@ -474,21 +487,26 @@ class SqliteQsRecords:
         return client, any(r[5] is not None and bytes(r[5]) == wanted for r in rows)
 
     def clients_for_enqueue(self, qs_cids, group_id):
-        cols = ", ".join("c." + x.strip() for x in _CLIENT_COLS.split(","))
+        # One read: every record of the fan-out with its blocklist entries (a
+        # LEFT JOIN gives one row per entry, or one with NULL). The salted hash
+        # needs each record's salt, so it is compared here; the GroupId is
+        # encoded once.
+        ids = list(dict.fromkeys(qs_cids))
         rows = []
-        with self.lock:   # one read: every record of the fan-out with its blocklist entries
-            ids = list(dict.fromkeys(encode(c) for c in qs_cids))
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
+        with self.lock:
+            for i in range(0, len(ids), _MAX_SQL_PARAMS):
+                chunk = ids[i:i + _MAX_SQL_PARAMS]
                 rows += self.connection.execute(
-                    f"SELECT {cols}, b.group_hash FROM qs_clients c LEFT JOIN qs_blocklist b "
-                    f"ON b.qs_cid = c.qs_cid WHERE c.qs_cid IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-        out: dict[QsCid, tuple[ClientRecord, bool]] = {}
-        for row in rows:
-            client = _client(row)
-            blocked = row[5] is not None and bytes(row[5]) == blocklist_hash(client.blocklist_salt, group_id)
-            prev = out.get(client.qs_cid)
-            out[client.qs_cid] = (client, blocked or (prev is not None and prev[1]))
+                    "SELECT c.qs_cid, c.client_record_auth_key, c.queue_encryption_key, c.blocklist_salt, "
+                    "b.group_hash FROM qs_clients c LEFT JOIN qs_blocklist b ON b.qs_cid = c.qs_cid "
+                    f"WHERE c.qs_cid IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        group = encode(group_id)
+        out: dict[bytes, EnqueueKeys] = {}
+        for cid, auth_key, queue_key, salt, group_hash in rows:
+            blocked = group_hash is not None and bytes(group_hash) == blocklist_hash(bytes(salt), group)
+            cid = bytes(cid)
+            if blocked or cid not in out:
+                out[cid] = EnqueueKeys(bytes(auth_key), bytes(queue_key), blocked)
         return out
 
     def update_client(self, qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token):
@@ -557,21 +575,24 @@ class SqliteQsRecords:
     def count_hit(self, key, now_ms, window_ms):
         start = now_ms - now_ms % window_ms
         with self.transaction() as db:
-            db.execute("INSERT INTO qs_rate_limits VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
-                       "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
-                       "window_start = excluded.window_start", (key, start))
+            db.execute(_COUNT_HIT, (key, start))
             (n,) = db.execute("SELECT hits FROM qs_rate_limits WHERE key=?", (key,)).fetchone()
             return n, start + window_ms
 
     def admit(self, limits, source, message_id, now_ms, keep_ms):
+        # One statement for all counters, one read of them back (not two
+        # statements per key): a fan-out names hundreds of configs and queues.
         with self.transaction() as db:
-            for key, limit, window_ms in limits:
-                start = now_ms - now_ms % window_ms
-                db.execute("INSERT INTO qs_rate_limits VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
-                           "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
-                           "window_start = excluded.window_start", (key, start))
-                (n,) = db.execute("SELECT hits FROM qs_rate_limits WHERE key=?", (key,)).fetchone()
-                if n > limit:
+            rows = [(key, now_ms - now_ms % window_ms) for key, _, window_ms in limits]
+            db.executemany(_COUNT_HIT, rows)
+            keys = list(dict.fromkeys(key for key, _ in rows))
+            hits: dict[str, int] = {}
+            for i in range(0, len(keys), _MAX_SQL_PARAMS):
+                chunk = keys[i:i + _MAX_SQL_PARAMS]
+                hits.update(db.execute(f"SELECT key, hits FROM qs_rate_limits WHERE key IN "
+                                       f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            for (key, limit, window_ms), (_, start) in zip(limits, rows):
+                if hits[key] > limit:
                     return key, start + window_ms
             db.execute("DELETE FROM qs_seen_messages WHERE expires_ms <= ?", (now_ms,))
             cur = db.execute("INSERT OR IGNORE INTO qs_seen_messages VALUES (?,?,?)",
@@ -579,5 +600,6 @@ class SqliteQsRecords:
             return cur.rowcount == 1
 
     def close(self):
-        with self.lock:
-            self.connection.close()
+        if self._own:
+            with self.lock:
+                self.connection.close()

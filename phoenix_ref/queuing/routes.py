@@ -223,7 +223,7 @@ async def start(hs) -> QsService:
     sender in ``hs.app.nursery``; returns the service (``hs.qs``)."""
     store = hs.qs_store
     core = QsCore(_qs_config(hs), KeystoreQsKeys(hs.keystore), store.records, Queues(store.queue_store),
-                  store.outbound)
+                  store.outbound, transaction=store.transaction)
     svc = QsService(core, hs.clock, on_queue_deleted=lambda deleted: _queue_deleted(hs, deleted))
 
     async def send(item: OutboundItem) -> Outcome:

@@ -11,35 +11,50 @@ homeserver's ``qs.sqlite3``, in three groups of tables:
 * ``qs_queues``, ``qs_messages`` — the fan-out queues with their encryption
   key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
 * ``outbound_queue`` — the durable per-destination queues of QsToQsMessages
-  ("QS-to-QS queues", :class:`~phoenix_ref.federation.outbound.SqliteOutboundStore`),
-  sharing the records' connection.
+  ("QS-to-QS queues", :class:`~phoenix_ref.federation.outbound.SqliteOutboundStore`).
 
-Every store method is one transaction and runs in a worker thread (GUIDE §4).
+All three share one connection (and its lock). Every store method is one
+unit of work and runs in a worker thread (GUIDE §4); :meth:`QsStore.transaction`
+groups several into one SQLite transaction. The QS core uses it so that a
+fan-out's local queue writes and its outbound messages for other homeservers
+commit together: after a crash either the whole fan-out happened or none of
+it (``spec/queuing_service.md#local-enqueue-message``; a split would leave
+local members and remote members with different views of the group).
 """
 
 from __future__ import annotations
 
-import os
+import threading
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import trio
 
 from ..federation.outbound import SqliteOutboundStore
 from ..queues import SqliteQueueStore
+from ..storage import open_connection, transaction
 from .records import SqliteQsRecords
 
 __all__ = ["QsStore"]
 
 
 class QsStore:
-    """The QS's SQLite file: ``records``, ``queue_store`` and ``outbound``."""
+    """The QS's SQLite file: ``records``, ``queue_store`` and ``outbound``
+    over one connection."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records = SqliteQsRecords(os.fspath(self.path))
-        self.queue_store = SqliteQueueStore(os.fspath(self.path), "qs")
-        self.outbound = SqliteOutboundStore(self.records.connection, self.records.lock)
+        self.lock = threading.RLock()
+        self.connection = open_connection(self.path)
+        self.records = SqliteQsRecords(self.connection, self.lock)
+        self.queue_store = SqliteQueueStore(self.connection, "qs", self.lock)
+        self.outbound = SqliteOutboundStore(self.connection, self.lock)
+
+    def transaction(self) -> AbstractContextManager:
+        """One SQLite transaction around the store calls made inside it (same
+        thread): they all commit at its end or none does."""
+        return transaction(self.connection, self.lock)
 
     @classmethod
     async def open(cls, path: Path | str) -> "QsStore":
@@ -47,6 +62,5 @@ class QsStore:
         return await trio.to_thread.run_sync(cls, path)
 
     def close(self) -> None:
-        self.queue_store.close()
-        self.outbound.close()
-        self.records.close()
+        with self.lock:
+            self.connection.close()

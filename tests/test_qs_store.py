@@ -1,0 +1,154 @@
+"""The QS store (phoenix_ref/queuing/store.py): one SQLite database, one
+transaction per fan-out.
+
+``spec/queuing_service.md#local-enqueue-message``: a FanOutMessage is
+enqueued for local clients and forwarded once to every other homeserver. The
+local queue writes and the outbound messages are one transaction, so a crash
+(or any failure) between them cannot split a fan-out: either every local
+queue and every remote domain get the message, or none does and the DS's
+retry starts from a clean state.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from phoenix_ref.codec import encode
+from phoenix_ref.ids import Fqdn, GroupId
+from phoenix_ref.queuing.messages import ClientQueueConfig
+from phoenix_ref.queuing.store import QsStore
+from phoenix_ref.spec_plugin import spec
+
+from tests.qs_helpers import NOW, Client, fan_out, make_core
+
+LOCAL_ENQUEUE = "spec/queuing_service.md#local-enqueue-message"
+GROUP = GroupId.random("ds.a.example")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def remote_config() -> ClientQueueConfig:
+    """A config of another homeserver: the sending QS forwards it unopened."""
+    return ClientQueueConfig(Fqdn("b.example"), os.urandom(120))
+
+
+def counts(path) -> tuple[int, int]:
+    """(stored queue messages, pending outbound messages) in a QS database file."""
+    with sqlite3.connect(path) as db:
+        return (db.execute("SELECT COUNT(*) FROM qs_messages").fetchone()[0],
+                db.execute("SELECT COUNT(*) FROM outbound_queue").fetchone()[0])
+
+
+@spec(LOCAL_ENQUEUE, "MUST")
+def test_failure_between_queue_writes_and_outbound_append_commits_nothing(tmp_path):
+    core = make_core("a.example", sqlite_dir=tmp_path)
+    alice, bob = Client.register(core), Client.register(core)
+    queue = encode(alice.qs_cid)
+    before = core.queues.info(queue)
+    message = fan_out([alice.client_queue_config(), bob.client_queue_config(), remote_config()], GROUP, b"m1")
+
+    def crash(*args):
+        assert core.queues.info(queue).next_sequence_number == before.next_sequence_number + 1  # written …
+        raise RuntimeError("crash between the two writes")                                     # … not committed
+
+    core.outbound.append = crash
+    with pytest.raises(RuntimeError):
+        core.local_enqueue(message, NOW)
+    assert core.queues.info(queue) == before
+    assert core.outbound.destinations() == []
+
+    del core.outbound.append   # the DS hands the message over again: all of it happens, once
+    result = core.local_enqueue(message, NOW)
+    assert len(result.enqueued) == 2 and [str(d) for d in result.forwarded] == ["b.example"]
+    assert core.queues.info(queue).next_sequence_number == before.next_sequence_number + 1
+    assert core.outbound.head("b.example") is not None
+
+
+@spec(LOCAL_ENQUEUE, "MUST")
+def test_failure_in_a_later_queue_write_rolls_back_the_earlier_ones(tmp_path):
+    core = make_core("a.example", sqlite_dir=tmp_path)
+    clients = [Client.register(core) for _ in range(3)]
+    before = [core.queues.info(encode(c.qs_cid)) for c in clients]
+    step = core.queues._enqueue_step
+    built = []
+
+    def failing_step(plaintext, now_ms):
+        build = step(plaintext, now_ms)
+
+        def third_fails(material):
+            built.append(material)
+            if len(built) == 3:
+                raise RuntimeError("crash in the middle of the fan-out")
+            return build(material)
+        return third_fails
+
+    core.queues._enqueue_step = failing_step
+    with pytest.raises(RuntimeError):
+        core.local_enqueue(fan_out([c.client_queue_config() for c in clients] + [remote_config()], GROUP), NOW)
+    assert [core.queues.info(encode(c.qs_cid)) for c in clients] == before
+    assert core.outbound.destinations() == []
+
+
+CRASHING_SENDER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    from tests.qs_helpers import NOW, Client, fan_out, make_core
+    from tests.test_qs_store import GROUP, remote_config
+
+    core = make_core("a.example", sqlite_dir=sys.argv[2])
+    alice = Client.register(core)
+    append = core.outbound.append
+
+    def killed(*args):
+        if sys.argv[3] == "after":
+            append(*args)
+        os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no rollback: like a power cut of the process
+
+    core.outbound.append = killed
+    core.local_enqueue(fan_out([alice.client_queue_config(), remote_config()], GROUP), NOW)
+    sys.exit("not killed")
+""")
+
+
+@spec(LOCAL_ENQUEUE, "MUST")
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_sender_killed_during_a_fan_out_leaves_all_or_nothing(tmp_path, when):
+    """A QS process killed with SIGKILL while it enqueues a fan-out (before or
+    after its outbound append, always before the commit): the database holds
+    none of the fan-out — neither the local message nor the outbound one."""
+    proc = subprocess.run([sys.executable, "-c", CRASHING_SENDER, str(REPO), str(tmp_path), when],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    path = tmp_path / "qs-a.example.sqlite3"
+    assert counts(path) == (1, 0)   # alice's initial reset message only; nothing outbound
+    store = QsStore(path)           # the file opens and works after the crash
+    try:
+        assert store.outbound.destinations() == []
+    finally:
+        store.close()
+
+
+def test_qs_store_shares_one_connection(tmp_path):
+    store = QsStore(tmp_path / "qs.sqlite3")
+    try:
+        with store.transaction():
+            store.outbound.append("b.example", b"\x01" * 16, b"payload", NOW)
+            with pytest.raises(RuntimeError):
+                with store.transaction():   # a nested unit fails on its own …
+                    store.outbound.append("c.example", b"\x02" * 16, b"payload", NOW)
+                    raise RuntimeError("inner")
+        assert store.outbound.destinations() == ["b.example"]   # … the outer one commits
+        with pytest.raises(RuntimeError):
+            with store.transaction():
+                store.outbound.append("d.example", b"\x03" * 16, b"payload", NOW)
+                raise RuntimeError("outer")
+        assert store.outbound.destinations() == ["b.example"]
+    finally:
+        store.close()
