@@ -653,11 +653,15 @@ class IssuanceLimits:
     the "default token allowance" per client in it. ``domain_allowance`` is
     the additional budget shared by all clients of one other homeserver
     (``#rate-limiting``: "per-homeserver (or per homeserver domain)").
+    ``pending_allowance`` is what a local client whose registration is still
+    pending may draw in all (docs/decisions.md: one token, the one *finish
+    user registration* needs), because starting a registration is free.
     """
     time_frame_ms: int = 24 * 3600 * 1000
     client_allowance: int = 100
     domain_allowance: int = 10_000
     max_batch: int = DEFAULT_MAX_BATCH
+    pending_allowance: int = 1
 
 
 @dataclass(frozen=True)
@@ -700,7 +704,10 @@ class IssuancePolicy:
     within it at most the allowance is issued, after it the count restarts
     (the spec's "amount of time which each client has to wait until it can
     obtain new anonymous authentication tokens"). A client of another
-    homeserver is charged both its own allowance and its domain's.
+    homeserver is charged both its own allowance and its domain's. A client
+    whose registration is ``pending`` has the same counter, held to
+    ``pending_allowance``; once registered, what it drew counts against its
+    allowance.
     """
 
     def __init__(self, limits: IssuanceLimits, store: CounterStore, local_domain: Any):
@@ -708,8 +715,9 @@ class IssuancePolicy:
         self.store = store
         self.local_domain = str(local_domain)
 
-    def _subjects(self, client_id: str, client_domain: str) -> list[tuple[str, int]]:
-        subjects = [(f"client:{client_id}", self.limits.client_allowance)]
+    def _subjects(self, client_id: str, client_domain: str, pending: bool = False) -> list[tuple[str, int]]:
+        allowance = self.limits.pending_allowance if pending else self.limits.client_allowance
+        subjects = [(f"client:{client_id}", allowance)]
         if str(client_domain) != self.local_domain:
             subjects.append((f"domain:{client_domain}", self.limits.domain_allowance))
         return subjects
@@ -719,14 +727,14 @@ class IssuancePolicy:
             return AllowanceWindow(now_ms, 0)
         return w
 
-    def consume(self, *, client_id: Any, client_domain: Any, n: int, now_ms: int) -> None:
+    def consume(self, *, client_id: Any, client_domain: Any, n: int, now_ms: int, pending: bool = False) -> None:
         """Charge ``n`` tokens or raise; nothing is charged when it raises.
 
         :class:`InvalidTokenRequest` if ``n`` exceeds an allowance outright
         (waiting would not help); :class:`RateLimited` with ``retry_after``
         in seconds until the exhausted window ends.
         """
-        subjects = self._subjects(str(client_id), str(client_domain))
+        subjects = self._subjects(str(client_id), str(client_domain), pending)
         for _, allowance in subjects:
             if n > allowance:
                 raise InvalidTokenRequest(f"{n} tokens exceed the allowance of {allowance} per time frame")
@@ -742,10 +750,10 @@ class IssuancePolicy:
 
         self.store.update([s for s, _ in subjects], charge)
 
-    def remaining(self, *, client_id: Any, client_domain: Any, now_ms: int) -> int:
+    def remaining(self, *, client_id: Any, client_domain: Any, now_ms: int, pending: bool = False) -> int:
         """How many tokens the client could get now."""
         left = []
-        for key, allowance in self._subjects(str(client_id), str(client_domain)):
+        for key, allowance in self._subjects(str(client_id), str(client_domain), pending):
             w = self._current(self.store.load(key), now_ms)
             left.append(max(0, allowance - w.issued))
         return min(left)

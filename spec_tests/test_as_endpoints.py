@@ -101,7 +101,10 @@ async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(de
         reg, init = Registration.start(A, b"pw", inter.fingerprint(), now, user_id=first.user_id)
         ident, finish = reg.finish(await c.call(A, "init_user_registration", init), now, connection_packages=2)
         pending = ClientSession(c, ident, clock=deployment.clock)
-        await pending.fetch_tokens(A, 8)     # a pending registration may already fetch tokens
+        await pending.fetch_tokens(A, 1)     # a pending registration may fetch the token finishing needs
+        await refused(pending.fetch_tokens(A, 1), 429)   # and no more (docs/decisions.md)
+        # tokens are unlinkable: the failed attempts below spend another client's
+        pending.wallet.add(A, await (await register(http, deployment)).fetch_tokens(A, 3))
 
         # "look up the initial client's ClientCredential in the ephemeral DB based on the user_id":
         # the first credential is no longer the one the AS waits for

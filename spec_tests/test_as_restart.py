@@ -76,7 +76,7 @@ async def test_a_registration_pending_at_restart_must_start_over(deployment):
         reg, init = Registration.start(A, b"pw", inter.fingerprint(), now)
         ident, finish = reg.finish(await c.call(A, "init_user_registration", init), now)
         pending = ClientSession(c, ident, clock=d.clock)
-        await pending.fetch_tokens(A, 2)
+        await pending.fetch_tokens(A, 1)
         await d.restart("hs1")
     async with d.client() as http:
         pending.as_client = AsClient(http)

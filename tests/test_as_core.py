@@ -476,9 +476,24 @@ def test_local_token_issuance_and_allowance(asu):
 def test_registering_client_gets_tokens_but_strangers_do_not(asu):
     reg, init = start_registration(asu)
     resp = asu.core.init_user_registration(init, NOW)
-    pending, _ = reg.finish(resp, NOW)
+    pending, finish = reg.finish(resp, NOW)
     _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
     asu.core.request_tokens(req, NOW)
+    # starting a registration is free, so a pending one gets only the token
+    # finishing needs (docs/decisions.md), not a client's allowance
+    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    with pytest.raises(RateLimited):
+        asu.core.request_tokens(req, NOW)
+    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 2, NOW)
+    with pytest.raises(pp.InvalidTokenRequest):
+        asu.core.request_tokens(req, NOW)
+    # once registered, the client draws its allowance (10 here), the pending token included
+    asu.core.finish_user_registration(finish, NOW)
+    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 9, NOW)
+    asu.core.request_tokens(req, NOW)
+    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    with pytest.raises(RateLimited):
+        asu.core.request_tokens(req, NOW)
     ident = asu.register()
     state, r = ident.initiate_2fa(NOW)
     asu.core.delete_user(ident.delete_user(state, asu.core.initiate_2fa(r, NOW), NOW), NOW)

@@ -483,8 +483,9 @@ class AuthenticationCore:
         Credential, also for clients of other homeservers; no Privacy Pass.
 
         A local client must have a client entry with this credential or a
-        registration in progress with it (it needs tokens to finish
-        registering). A client of domain D is verified against D's AS
+        registration in progress with it; the latter may draw only the
+        ``pending_allowance`` (the token *finish user registration* needs),
+        since starting a registration costs nothing. A client of domain D is verified against D's AS
         credentials in ``remote_trust``; without them this raises
         :class:`UnknownSigner` with ``domain = D`` for the caller to fetch
         them and retry. The allowance is charged per client and, for
@@ -494,11 +495,11 @@ class AuthenticationCore:
         credential = req.auth.client_credential
         client_id = credential.client_id
         domain = client_id.as_domain
+        registering = False
         if domain == self.domain:
             self._verify_credential_auth("request_tokens", req.auth, req.params, now_ms)
             entry = self.accounts.get_client(client_id)
             registered = entry is not None and entry.client_credential == encode(credential)
-            registering = False
             if not registered:
                 try:
                     pending = self.ephemeral.get(_ephemeral_key(client_id.user_id), now_ms)
@@ -515,6 +516,6 @@ class AuthenticationCore:
         pp.check_token_request(token_request, self.secrets.token_keys,
                                max_batch=self.issuance.limits.max_batch)
         self.issuance.consume(client_id=client_id, client_domain=domain,
-                              n=len(token_request.blinded_msgs), now_ms=now_ms)
+                              n=len(token_request.blinded_msgs), now_ms=now_ms, pending=registering)
         response = pp.issue(token_request, self.secrets.token_keys, max_batch=self.issuance.limits.max_batch)
         return m.TokenResponse(response)

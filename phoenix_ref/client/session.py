@@ -5,9 +5,9 @@ high-level side of the Authentication Service (``spec/authentication_service.md`
 :class:`~.as_client.AsClient`:
 
 * :meth:`ClientSession.register` — the whole registration: fetch the AS
-  credentials, *init user registration* (no token needed), fetch Privacy
-  Pass tokens with the fresh credential (the AS accepts a client whose
-  registration is pending), *finish user registration* with a token;
+  credentials, *init user registration* (no token needed), fetch one Privacy
+  Pass token with the fresh credential (the AS issues that one to a client
+  whose registration is pending), *finish user registration* with it;
 * a **token wallet** per issuing domain: :meth:`ClientSession.token` hands
   out an unspent token of ``domain``'s AS, fetching a batch (*token
   issuance*, also at other homeservers' ASs,
@@ -136,6 +136,8 @@ class ClientSession:
         response = await as_client.call(domain, "init_user_registration", init)
         identity, finish = reg.finish(response, clock.now_ms(), connection_packages=connection_packages)
         session = cls(as_client, identity, clock=clock, token_batch=token_batch)
+        # while pending, the AS issues only the one token finishing needs
+        await session.fetch_tokens(domain, 1)
         await session.call(domain, "finish_user_registration", finish)
         return session
 
