@@ -56,7 +56,7 @@ __all__ = [
     "ClientStart", "ClientRegistrationFinish", "ClientLoginFinish", "ServerLoginStart",
     "client_registration_start", "client_registration_finish", "server_registration_start",
     "server_registration_finish", "client_login_start", "client_login_finish",
-    "server_login_start", "server_login_finish", "EphemeralEntry", "EphemeralOpaqueDb",
+    "server_login_start", "server_login_finish", "EPHEMERAL_TTL_MS", "EphemeralEntry", "EphemeralOpaqueDb",
 ]
 
 REGISTRATION_REQUEST_LEN = 32
@@ -66,6 +66,8 @@ KE1_LEN = 96
 KE2_LEN = 320
 KE3_LEN = 64
 SERVER_SETUP_LEN = 128  # oprf_seed (64) ‖ server private key (32) ‖ fake private key (32)
+#: Lifetime of an ephemeral OPAQUE DB entry (docs/decisions.md, "Ephemeral OPAQUE DB").
+EPHEMERAL_TTL_MS = 5 * 60 * 1000
 _CLIENT_REGISTRATION_STATE_LEN = 64
 _CLIENT_LOGIN_STATE_LEN = 192
 _SERVER_LOGIN_STATE_LEN = 128
@@ -257,7 +259,7 @@ class EphemeralOpaqueDb:
     Thread-safe.
     """
 
-    def __init__(self, ttl_ms: int = 5 * 60 * 1000, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl_ms: int = EPHEMERAL_TTL_MS, max_entries: int = 100_000) -> None:
         self.ttl_ms = ttl_ms
         self.max_entries = max_entries
         self._entries: dict[bytes, EphemeralEntry] = {}

@@ -175,7 +175,7 @@ class AsConfig:
     """
     domain: Fqdn
     auth_max_age_ms: int = DEFAULT_MAX_AGE_MS
-    ephemeral_ttl_ms: int = 10 * 60 * 1000          # lifetime of ephemeral OPAQUE DB entries
+    ephemeral_ttl_ms: int = opaque.EPHEMERAL_TTL_MS  # lifetime of ephemeral OPAQUE DB entries
     max_client_credential_validity_ms: int = 2 * 365 * 24 * 3600 * 1000
     max_connection_packages_per_upload: int = 100
 
@@ -206,14 +206,13 @@ class AuthenticationCore:
     a worker thread (GUIDE §4). It owns none of the stores it is given."""
 
     def __init__(self, config: AsConfig, secrets: AsSecrets, accounts: AccountStore, queues: Queues,
-                 issuance: pp.IssuancePolicy, ephemeral: opaque.EphemeralOpaqueDb | None = None):
+                 issuance: pp.IssuancePolicy):
         self.config = config
         self.domain = config.domain
         self.accounts = accounts
         self.queues = queues
         self.issuance = issuance
-        self.ephemeral = (ephemeral if ephemeral is not None
-                          else opaque.EphemeralOpaqueDb(ttl_ms=config.ephemeral_ttl_ms))
+        self.ephemeral = opaque.EphemeralOpaqueDb(ttl_ms=config.ephemeral_ttl_ms)
         self.set_secrets(secrets)
 
     def set_secrets(self, secrets: AsSecrets) -> None:
