@@ -13,7 +13,7 @@ from phoenix_ref.credentials import (SHA256, AsCredential, AsCredentialsResponse
                                      AsIntermediateCredentialCsr, CredentialCiphersuite)
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.federation.client import (FederationClient, HttpsFetcher, MalformedAnswer, NotFederated,
-                                           NotTls, RemoteRefused, ResolvingBackend, Unreachable,
+                                           NotTls, RemoteRefused, ResolvingBackend, TtlCache, Unreachable,
                                            client_ssl_context, fetch_many)
 from phoenix_ref.federation.discovery import (Discovery, check_base_url, parse_well_known,
                                               subdomain_rule, well_known_document)
@@ -245,6 +245,30 @@ async def test_as_answer_with_an_unsupported_ciphersuite_still_serves_its_usable
     assert store.knows_fingerprint(Fqdn("b.example"), good.fingerprint())
     store = await cache.trust_store("b.example", want_fingerprint=b"\1" * 32)   # unknown: one refetch
     assert client.calls == 2 and not store.knows_fingerprint(Fqdn("b.example"), b"\1" * 32)
+
+
+def test_ttl_cache_is_bounded_dropping_expired_then_oldest():
+    cache = TtlCache(ttl_ms=100, max_entries=3)
+    cache.put("a", 1, 0)
+    cache.put("b", 2, 50)
+    cache.put("c", 3, 60)
+    cache.put("a", 4, 70)                      # refreshed: now the newest
+    cache.put("d", 5, 80)                      # full, nothing expired: the oldest ("b") goes
+    assert cache.keys() == ["c", "a", "d"]
+    assert cache.get("a", 169) == (70, 4) and cache.get("a", 170) is None
+    cache.put("e", 6, 165)                     # "c" (60) expired: dropped first
+    assert sorted(cache.keys()) == ["a", "d", "e"]
+
+
+async def test_key_cache_of_many_domains_stays_bounded():
+    """Any unauthenticated token request names a domain; the cache must not
+    grow with every domain ever named."""
+    key = SigningKey.generate().public
+    cache = RemoteKeyCache(FakeClient({"qs_verifying_key": QsVerifyingKeyResponse([key])}))
+    cache._cache.max_entries = 5
+    for i in range(20):
+        await cache.qs_verifying_keys(f"d{i}.example")
+    assert len(cache._cache) == 5 and cache._locks == {}
 
 
 async def test_federation_client_honours_the_deny_list(tmp_path):

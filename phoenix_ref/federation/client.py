@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 import httpcore
 import httpx
@@ -35,6 +35,8 @@ from ..clock import Clock
 from ..codec import DecodeError, decode
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 # --- typed errors ---------------------------------------------------------------------
@@ -234,6 +236,46 @@ def _refused(resp: httpx.Response, body: bytes, domain: str | None, url: str) ->
                          status=resp.status_code, code=code,
                          retry_after=int(retry) if retry and retry.isdigit() else None,
                          domain=domain, url=url)
+
+
+# --- caches of what remote homeservers answered ------------------------------------------
+
+class TtlCache(Generic[K, V]):
+    """Answers of remote homeservers with the time they were fetched.
+
+    :meth:`get` returns only entries younger than ``ttl_ms``. The cache holds
+    at most ``max_entries``: unauthenticated requests can name any domain
+    (a client credential of ``x.example`` makes the AS fetch ``x.example``'s
+    credentials), so when full it drops expired entries, then the oldest.
+    """
+
+    def __init__(self, ttl_ms: int, max_entries: int = 10_000):
+        self.ttl_ms = ttl_ms
+        self.max_entries = max_entries
+        self._entries: dict[K, tuple[int, V]] = {}
+
+    def get(self, key: K, now_ms: int) -> tuple[int, V] | None:
+        """``(fetched_ms, value)`` if ``key`` was fetched less than ``ttl_ms`` ago."""
+        hit = self._entries.get(key)
+        return hit if hit is not None and now_ms - hit[0] < self.ttl_ms else None
+
+    def put(self, key: K, value: V, now_ms: int) -> None:
+        self._entries.pop(key, None)                 # re-inserted: now the newest
+        if len(self._entries) >= self.max_entries:
+            for k in [k for k, (t, _) in self._entries.items() if now_ms - t >= self.ttl_ms]:
+                del self._entries[k]
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+        self._entries[key] = (now_ms, value)
+
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def keys(self) -> list[K]:
+        return list(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # --- structured concurrency over several domains -----------------------------------------

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from ..clock import Clock
 from ..ids import Fqdn, InvalidId
-from .client import FederationError, HttpsFetcher, MalformedAnswer, NotTls, Unreachable
+from .client import FederationError, HttpsFetcher, MalformedAnswer, NotTls, TtlCache, Unreachable
 
 SERVICES = ("as", "ds", "qs")
 WELL_KNOWN_PATH = "/.well-known/phoenix"
@@ -109,21 +109,21 @@ class Discovery:
         self.overrides = {check_domain(d): u for d, u in (overrides or {}).items()}
         self.clock = clock or Clock()
         self.ttl_ms = ttl_ms
-        self._cache: dict[str, tuple[int, ServiceUrls]] = {}
+        self._cache: TtlCache[str, ServiceUrls] = TtlCache(ttl_ms)
 
     async def discover(self, domain: str) -> ServiceUrls:
         domain = check_domain(domain)
         now = self.clock.now_ms()
-        hit = self._cache.get(domain)
-        if hit is not None and now - hit[0] < self.ttl_ms:
+        hit = self._cache.get(domain, now)
+        if hit is not None:
             return hit[1]
         urls, definite = await self._discover(domain)
         if definite:   # a fallback because the peer was down is not remembered
-            self._cache[domain] = (now, urls)
+            self._cache.put(domain, urls, now)
         return urls
 
     def forget(self, domain: str) -> None:
-        self._cache.pop(check_domain(domain), None)
+        self._cache.discard(check_domain(domain))
 
     async def _discover(self, domain: str) -> tuple[ServiceUrls, bool]:
         override = self.overrides.get(domain)

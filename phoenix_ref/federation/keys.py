@@ -23,7 +23,6 @@ make it loop or hammer the remote homeserver.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -34,7 +33,7 @@ from ..credentials import (AsCredentialsResponse, ClientCredential, CredentialCh
                            TrustStore)
 from ..crypto import hash_
 from ..ids import Fqdn
-from .client import MalformedAnswer
+from .client import MalformedAnswer, TtlCache
 
 ED25519_PUBLIC_LEN = 32
 X25519_PUBLIC_LEN = 32
@@ -73,12 +72,6 @@ def _check_keys(keys: list[bytes], length: int, what: str) -> list[bytes]:
     return list(keys)
 
 
-@dataclass
-class _Entry:
-    value: Any
-    fetched_ms: int
-
-
 class RemoteKeyCache:
     """Remote key material per (kind, domain), fetched through a FederationClient.
 
@@ -92,13 +85,13 @@ class RemoteKeyCache:
         self.ttl_ms = ttl_ms
         self.cooldown_ms = cooldown_ms
         self.fetches: Counter[tuple[str, str]] = Counter()
-        self._cache: dict[tuple[str, str], _Entry] = {}
-        self._locks: dict[tuple[str, str], trio.Lock] = {}
+        self._cache: TtlCache[tuple[str, str], Any] = TtlCache(ttl_ms)
+        self._locks: dict[tuple[str, str], trio.Lock] = {}   # only while someone fetches or waits
 
     def invalidate(self, domain: str | None = None) -> None:
         """Drop cached material of ``domain`` (all domains if None)."""
-        for key in [k for k in self._cache if domain is None or k[1] == domain]:
-            del self._cache[key]
+        for key in [k for k in self._cache.keys() if domain is None or k[1] == domain]:
+            self._cache.discard(key)
 
     async def _get(self, kind: str, domain: str, fetch: Callable[[str], Awaitable[Any]],
                    has: Callable[[Any], bool] | None = None, refresh: bool = False) -> Any:
@@ -109,16 +102,22 @@ class RemoteKeyCache:
         domain = str(Fqdn(domain))
         key = (kind, domain)
         lock = self._locks.setdefault(key, trio.Lock())
-        async with lock:   # concurrent callers share one fetch
-            now = self.clock.now_ms()
-            entry = self._cache.get(key)
-            if entry is not None and now - entry.fetched_ms < self.ttl_ms:
-                if has is None or has(entry.value) or now - entry.fetched_ms < self.cooldown_ms:
-                    return entry.value
-            value = await fetch(domain)
-            self.fetches[key] += 1
-            self._cache[key] = _Entry(value, now)
-            return value
+        try:
+            async with lock:   # concurrent callers share one fetch
+                now = self.clock.now_ms()
+                hit = self._cache.get(key, now)
+                if hit is not None:
+                    fetched_ms, value = hit
+                    if has is None or has(value) or now - fetched_ms < self.cooldown_ms:
+                        return value
+                value = await fetch(domain)
+                self.fetches[key] += 1
+                self._cache.put(key, value, now)
+                return value
+        finally:
+            # a waiter owns the lock as soon as it is released: drop it only if idle
+            if not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]
 
     # --- QS and DS keys -----------------------------------------------------------------
 
