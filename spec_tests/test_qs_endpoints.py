@@ -186,6 +186,27 @@ async def test_queue_config_key_seals_configs_the_qs_opens(deployment):
         assert result.enqueued == [alice.qs_cid]
 
 
+@spec(QS + "fetch-queue-config-encryption-key", "MUST")
+@spec("spec/glossary.md#queueconfig-encryption-key", "MUST")
+async def test_configs_sealed_to_a_rotated_out_key_still_deliver(deployment):
+    """After the operator rotates the QueueConfig encryption key, the answer
+    lists the new key and the old one, and configs that group members hold,
+    sealed to the old key, still deliver next to configs sealed to the new one."""
+    hs = deployment["hs1"].hs
+    async with deployment.client() as http:
+        qs = await qs_client(deployment, http)
+        alice = await qs.register("a.example")
+        old_key = await qs.queue_config_key("a.example")
+        old_cfg = alice.client_queue_config(old_key)
+        new_key = await hs.operator.rotate_queue_config_key()
+        answer = await qs.call("a.example", "queue_config_encryption_key")
+        assert answer.encryption_keys == [new_key, old_key]
+        new_cfg = await qs.client_queue_config(alice)
+        result = await hs.qs.local_enqueue(message([old_cfg, new_cfg], b"x"))
+        assert result.rejected == [] and result.enqueued == [alice.qs_cid, alice.qs_cid]
+        assert await read_all(qs, alice, 2) == [b"x", b"x"]
+
+
 @spec(QS + "publish-keypackages", "MUST")
 @spec(QS + "get-addpackage", "MUST")
 async def test_publish_key_packages_and_get_add_package(deployment):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -11,8 +12,10 @@ from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from phoenix_ref.federation.outbound import OutboundItem
 from phoenix_ref.ids import Fqdn, GroupId, QsCid
-from phoenix_ref.queuing.core import ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, RateLimit
-from phoenix_ref.queuing.fanout import seal_queue_config
+from phoenix_ref.queuing.core import (
+    ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, QsKeys, RateLimit,
+)
+from phoenix_ref.queuing.fanout import config_key_id, seal_queue_config
 from phoenix_ref.queuing.messages import (
     AddPackageParams, AddPackageResponseTBS, BlockGroupParams, BlockGroupRequest, ClientQueueConfig,
     CreateClientRecordParams, CreateClientRecordRequest, CreateUserRecordParams,
@@ -21,6 +24,7 @@ from phoenix_ref.queuing.messages import (
     MessageContent, PublishKeyPackagesParams, PublishKeyPackagesRequest, QsToQsMessage, QueueConfig,
     UpdateClientRecordParams, UpdateClientRecordRequest, UpdateUserRecordParams,
     UpdateUserRecordRequest, UserRecordParams, UserRecordRequest, WsParams, WsRequest,
+    decode_sealed_queue_config,
 )
 
 from tests.qs_helpers import NOW, Client, fan_out, make_core
@@ -630,3 +634,63 @@ def test_cached_fan_out_costs_one_record_read_and_one_queue_write():
     assert sorted(result.enqueued, key=str) == sorted((c.qs_cid for c in clients), key=str)
     for c in clients:
         assert received(c) == [content_bytes(b"warm"), content_bytes(b"hot")]
+
+
+# --- rotated QueueConfig encryption keys (spec/glossary.md#queueconfig-encryption-key) -----------
+
+def _rotate_config_key(core) -> HpkeKeyPair:
+    """The operator rotates the QueueConfig key; the old one stays published."""
+    old = core.keys.queue_config_key
+    core.keys = QsKeys(core.keys.signing_key, HpkeKeyPair.generate(), (old, *core.keys.older_queue_config_keys))
+    return old
+
+
+def test_config_sealed_to_a_rotated_out_published_key_still_opens(core):
+    alice = Client.register(core)
+    old_cqc = alice.client_queue_config()            # sealed to the key that is current now
+    old = _rotate_config_key(core)
+    assert decode_sealed_queue_config(old_cqc.sealed_config).config_key_id == config_key_id(old.public)
+    new_cqc = alice.client_queue_config()            # sealed to the new current key
+    assert decode_sealed_queue_config(new_cqc.sealed_config).config_key_id == config_key_id(
+        core.keys.queue_config_key.public)
+    result = core.local_enqueue(fan_out([old_cqc, new_cqc], GROUP, b"both"), NOW)
+    assert result.rejected == [] and result.enqueued == [alice.qs_cid, alice.qs_cid]
+    assert received(alice) == [content_bytes(b"both")] * 2
+
+
+def test_config_sealed_to_a_key_no_longer_published_is_refused(core):
+    alice = Client.register(core)
+    cached, uncached = alice.client_queue_config(), alice.client_queue_config()
+    core.local_enqueue(fan_out([cached], GROUP, b"warm"), NOW)       # now in the cache
+    _rotate_config_key(core)
+    core.keys = QsKeys(core.keys.signing_key, core.keys.queue_config_key)   # the old key is retired
+    result = core.local_enqueue(fan_out([cached, uncached], GROUP, b"late"), NOW)
+    assert result.rejected == [cached, uncached] and result.enqueued == []
+
+
+def test_config_key_id_picks_the_key_without_trying_others(core, monkeypatch):
+    """The key id names the key: a config for an unknown key costs no HPKE
+    operation, and a known one exactly the two opens of its layers."""
+    import phoenix_ref.queuing.fanout as fanout
+    alice = Client.register(core)
+    for _ in range(3):
+        _rotate_config_key(core)
+    opens = []
+    real_open = fanout.hpke_open
+    monkeypatch.setattr(fanout, "hpke_open", lambda *a, **kw: opens.append(a[0]) or real_open(*a, **kw))
+    stranger = seal_queue_config(HpkeKeyPair.generate().public, QueueConfig(None, alice.qs_cid),
+                                 queue_encryption_key=alice.queue_key, client_record_key=alice.client_key)
+    result = core.local_enqueue(fan_out([ClientQueueConfig(core.config.domain, stranger)], GROUP), NOW)
+    assert len(result.rejected) == 1 and opens == []
+    result = core.local_enqueue(fan_out([alice.client_queue_config()], GROUP), NOW)
+    assert result.enqueued == [alice.qs_cid] and opens == [core.keys.queue_config_key.private] * 2
+
+
+def test_config_key_id_is_signed(core):
+    alice = Client.register(core)
+    _rotate_config_key(core)
+    sealed = decode_sealed_queue_config(alice.sealed_config())
+    other_id = config_key_id(core.keys.older_queue_config_keys[0].public)   # another published key
+    moved = encode(dataclasses.replace(sealed, config_key_id=other_id))
+    result = core.local_enqueue(fan_out([ClientQueueConfig(core.config.domain, moved)], GROUP), NOW)
+    assert len(result.rejected) == 1 and result.enqueued == []

@@ -65,7 +65,7 @@ from ..mls.messages import CIPHER_SUITE_1, KeyPackage, LeafNodeSource, ProtocolV
 from ..queue_crypto import check_queue_encryption_key
 from ..queues import Queues
 from .fanout import (
-    InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest, group_id_of,
+    InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest, config_key_id, group_id_of,
     open_sealed_queue_config, split_by_domain,
 )
 from .messages import (
@@ -137,9 +137,15 @@ class QsConfig:
 @dataclass(frozen=True)
 class QsKeys:
     """The QS's own keys (``#qs-state``): the QS signing key and the
-    QueueConfig encryption key pair."""
+    QueueConfig encryption key pair, plus the rotated-out QueueConfig keys
+    it still publishes (newest first) — configs sealed to them still open."""
     signing_key: SigningKey
     queue_config_key: HpkeKeyPair
+    older_queue_config_keys: tuple[HpkeKeyPair, ...] = ()
+
+    def queue_config_keys_by_id(self) -> dict[bytes, bytes]:
+        """Key id → private key of every published QueueConfig encryption key."""
+        return {config_key_id(k.public): k.private for k in (self.queue_config_key, *self.older_queue_config_keys)}
 
 
 @dataclass
@@ -401,7 +407,7 @@ class QsCore:
         cqc = qce.client_queue_config
         if cqc.client_homeserver_domain != self.config.domain.value.encode():
             raise Malformed(f"{where}: the queue config names another homeserver", code="foreign_queue_config")
-        opened = self._open(cqc.sealed_config, config_digest(cqc.sealed_config))
+        opened = self._open(cqc.sealed_config, config_digest(cqc.sealed_config), self.keys.queue_config_keys_by_id())
         if not isinstance(opened, OpenedQueueConfig) or opened.qs_cid != qs_cid:
             raise Malformed(f"{where}: the queue config is not this client's", code="foreign_queue_config")
 
@@ -451,13 +457,18 @@ class QsCore:
         c = self.records.get_client(qs_cid)
         return None if c is None else (c.client_record_auth_key, c.queue_encryption_key)
 
-    def _open(self, sealed_config: bytes, digest: bytes) -> OpenedQueueConfig | QsCid:
+    def _open(self, sealed_config: bytes, digest: bytes, config_keys: dict[bytes, bytes]) -> OpenedQueueConfig | QsCid:
         """Open a sealed config through the cache (``spec/performance_goals.md``);
-        ``digest`` is its :func:`~.fanout.config_digest`."""
+        ``digest`` is its :func:`~.fanout.config_digest`, ``config_keys`` the
+        QS's published QueueConfig keys by id (a cached config sealed to a key
+        the QS no longer publishes is refused)."""
         hit = self.config_cache.get(digest)
         if hit is not None:
+            if hit.config_key_id not in config_keys:
+                raise InvalidQueueConfig("sealed to a queue config encryption key this QS no longer publishes",
+                                         code="unknown_queue_config_key")
             return hit
-        opened = open_sealed_queue_config(self.keys.queue_config_key.private, sealed_config, self._client_keys)
+        opened = open_sealed_queue_config(config_keys, sealed_config, self._client_keys)
         if isinstance(opened, OpenedQueueConfig):
             self.config_cache.put(digest, opened)
         return opened
@@ -467,11 +478,12 @@ class QsCore:
         ``opened`` is the :class:`OpenedQueueConfig`, the QsCid alone when
         that client record does not exist, or None when the config does not
         open or verify."""
+        config_keys = self.keys.queue_config_keys_by_id()
         out = []
         for cqc in configs:
             digest = config_digest(cqc.sealed_config)
             try:
-                opened = self._open(cqc.sealed_config, digest)
+                opened = self._open(cqc.sealed_config, digest, config_keys)
             except InvalidQueueConfig as e:
                 log.info("refused queue config: %s", e.message)
                 opened = None

@@ -22,14 +22,18 @@ Layering of a sealed config (the decision is in
 public key to open, and the QS learns which client sealed the config only by
 opening it. So::
 
+    config_key_id       = SHA-256(pkQS)
     sealed_sender       = SealBase(pkQS, info("SealedQueueConfig sender"), aad="", QsCid)
     sealed_queue_config = SealAuth(pkQS, info("SealedQueueConfig"),
                                    aad=encode(sealed_sender), QueueConfig, skS = queue decryption key)
     signature           = SignWithLabel(client record key, "SealedQueueConfig",
-                                        encode(sealed_sender) || encode(sealed_queue_config))
+                                        config_key_id || encode(sealed_sender) || encode(sealed_queue_config))
 
 (``info(l)`` is ``EncryptContext("Phoenix Homeserver Protocol 1.0 " + l, "")``,
-the signature uses the homeserver prefix.) Opening reverses this: learn the
+the signature uses the homeserver prefix.) Opening reverses this: pick the
+QS's private key by ``config_key_id`` among the keys the QS still publishes
+(current and rotated-out ones, ``spec/glossary.md#queueconfig-encryption-key``;
+an id it does not publish is refused without any HPKE operation), learn the
 QsCid, fetch that client record, open with its queue encryption key as the
 sender key, verify with its client record key, and check the QueueConfig
 names the same QsCid.
@@ -45,7 +49,7 @@ import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from ..codec import DecodeError, decode, encode
 from ..crypto import (
@@ -61,7 +65,7 @@ from .messages import (
 )
 
 __all__ = [
-    "SEALED_CONFIG_LABEL", "SEALED_SENDER_LABEL", "seal_queue_config", "OpenedQueueConfig",
+    "SEALED_CONFIG_LABEL", "SEALED_SENDER_LABEL", "seal_queue_config", "config_key_id", "OpenedQueueConfig",
     "InvalidQueueConfig", "peek_sender", "open_sealed_queue_config", "config_digest", "SealedConfigCache",
     "split_by_domain", "group_id_of",
 ]
@@ -80,8 +84,15 @@ def _info(label: str) -> bytes:
     return encode(EncryptContext(HOMESERVER_PREFIX + label.encode(), b""))
 
 
-def _signed_content(sealed_sender: HPKECiphertext, sealed_queue_config: HPKECiphertext) -> bytes:
-    return encode(sealed_sender) + encode(sealed_queue_config)
+def _signed_content(config_key_id: bytes, sealed_sender: HPKECiphertext,
+                    sealed_queue_config: HPKECiphertext) -> bytes:
+    return config_key_id + encode(sealed_sender) + encode(sealed_queue_config)
+
+
+def config_key_id(public_key: bytes) -> bytes:
+    """The id of a QueueConfig encryption key carried in a sealed config: SHA-256
+    of the public key, as every QS/DS key id (:func:`phoenix_ref.federation.keys.key_id`)."""
+    return hash_(public_key)
 
 
 def seal_queue_config(qs_config_key: bytes, queue_config: QueueConfig, *,
@@ -95,21 +106,24 @@ def seal_queue_config(qs_config_key: bytes, queue_config: QueueConfig, *,
     handed to different groups cannot be linked by the DS.
     """
     qs_cid = queue_config.pseudonymous_client_id
+    key_id = config_key_id(qs_config_key)
     enc, ct = hpke_seal(qs_config_key, _info(SEALED_SENDER_LABEL), b"", encode(qs_cid))
     sealed_sender = HPKECiphertext(enc, ct)
     enc2, ct2 = hpke_seal(qs_config_key, _info(SEALED_CONFIG_LABEL), encode(sealed_sender),
                           encode(queue_config), sender=queue_encryption_key)
     sealed_config = HPKECiphertext(enc2, ct2)
-    signature = hs_sign(client_record_key, SEALED_CONFIG_LABEL, _signed_content(sealed_sender, sealed_config))
-    return encode(SealedQueueConfig(sealed_sender, sealed_config, signature))
+    signature = hs_sign(client_record_key, SEALED_CONFIG_LABEL, _signed_content(key_id, sealed_sender, sealed_config))
+    return encode(SealedQueueConfig(key_id, sealed_sender, sealed_config, signature))
 
 
 @dataclass(frozen=True)
 class OpenedQueueConfig:
-    """A verified QueueConfig and the client keys it was verified with."""
+    """A verified QueueConfig, the client keys it was verified with and the
+    id of the QS key it was sealed to."""
     queue_config: QueueConfig
     client_record_auth_key: bytes
     queue_encryption_key: bytes
+    config_key_id: bytes
 
     @property
     def qs_cid(self) -> QsCid:
@@ -122,45 +136,57 @@ class OpenedQueueConfig:
         return encode(self.qs_cid)
 
 
-def peek_sender(qs_config_private_key: bytes, sealed_config: bytes) -> tuple[SealedQueueConfig, QsCid]:
-    """First step of opening: decode and learn which QsCid claims the config.
-    Raises :class:`InvalidQueueConfig`."""
+def peek_sender(config_keys: Mapping[bytes, bytes], sealed_config: bytes) -> tuple[SealedQueueConfig, QsCid]:
+    """First step of opening: decode, pick the QS private key named by the
+    config's key id in ``config_keys`` (key id → private key of every key the
+    QS publishes) and learn which QsCid claims the config. Raises
+    :class:`InvalidQueueConfig`."""
     try:
         sealed = decode(SealedQueueConfig, sealed_config)
-        raw = hpke_open(qs_config_private_key, sealed.sealed_sender.kem_output, _info(SEALED_SENDER_LABEL),
+    except DecodeError as e:
+        raise InvalidQueueConfig(f"sealed queue config does not decode: {e}") from None
+    private_key = config_keys.get(sealed.config_key_id)
+    if private_key is None:
+        raise InvalidQueueConfig("sealed queue config names a queue config encryption key this QS does not publish",
+                                 code="unknown_queue_config_key")
+    try:
+        raw = hpke_open(private_key, sealed.sealed_sender.kem_output, _info(SEALED_SENDER_LABEL),
                         b"", sealed.sealed_sender.ciphertext)
         return sealed, decode(QsCid, raw)
     except (DecodeError, CryptoError) as e:
         raise InvalidQueueConfig(f"sealed queue config does not open: {e}") from None
 
 
-def open_sealed_queue_config(qs_config_private_key: bytes, sealed_config: bytes,
+def open_sealed_queue_config(config_keys: Mapping[bytes, bytes], sealed_config: bytes,
                              client_keys: Callable[[QsCid], tuple[bytes, bytes] | None]) -> OpenedQueueConfig | QsCid:
     """Open and verify a sealed config (see the module docstring).
 
+    ``config_keys`` maps the id (:func:`config_key_id`) of every QueueConfig
+    encryption key the QS still publishes to its private key.
     ``client_keys(qs_cid)`` returns ``(client_record_auth_key,
     queue_encryption_key)`` of an existing client record, or None. Returns
     the :class:`OpenedQueueConfig`, or just the QsCid when no such record
     exists (the caller answers ``QueueDeleted``). Raises
     :class:`InvalidQueueConfig` when anything does not open or verify.
     """
-    sealed, qs_cid = peek_sender(qs_config_private_key, sealed_config)
+    sealed, qs_cid = peek_sender(config_keys, sealed_config)
     keys = client_keys(qs_cid)
     if keys is None:
         return qs_cid
     auth_key, queue_key = keys
     try:
         hs_verify(auth_key, SEALED_CONFIG_LABEL,
-                  _signed_content(sealed.sealed_sender, sealed.sealed_queue_config), sealed.signature)
-        raw = hpke_open(qs_config_private_key, sealed.sealed_queue_config.kem_output, _info(SEALED_CONFIG_LABEL),
-                        encode(sealed.sealed_sender), sealed.sealed_queue_config.ciphertext,
-                        sender_public=queue_key)
+                  _signed_content(sealed.config_key_id, sealed.sealed_sender, sealed.sealed_queue_config),
+                  sealed.signature)
+        raw = hpke_open(config_keys[sealed.config_key_id], sealed.sealed_queue_config.kem_output,
+                        _info(SEALED_CONFIG_LABEL), encode(sealed.sealed_sender),
+                        sealed.sealed_queue_config.ciphertext, sender_public=queue_key)
         config = decode(QueueConfig, raw)
     except (DecodeError, CryptoError) as e:
         raise InvalidQueueConfig(f"sealed queue config of {qs_cid} does not verify: {e}") from None
     if config.pseudonymous_client_id != qs_cid:
         raise InvalidQueueConfig("sealed queue config names two different clients")
-    return OpenedQueueConfig(config, auth_key, queue_key)
+    return OpenedQueueConfig(config, auth_key, queue_key, sealed.config_key_id)
 
 
 def config_digest(sealed_config: bytes) -> bytes:
@@ -173,7 +199,8 @@ class SealedConfigCache:
     """LRU cache: :func:`config_digest` of a sealed config → :class:`OpenedQueueConfig`.
 
     A hit is only used while the client record still has the keys the config
-    was verified with (a key rotation invalidates it). Thread-safe: cores run
+    was verified with (a key rotation invalidates it) and while the QS still
+    publishes the key it was sealed to. Thread-safe: cores run
     in worker threads. ``hits``/``misses`` count lookups (tests, metrics).
     """
 

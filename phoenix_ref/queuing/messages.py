@@ -54,7 +54,9 @@ Choices where the spec is silent (docs/decisions.md):
   base-mode ``sealed_sender`` that tells only the QS which QsCid sealed it,
   and an auth-mode ``sealed_queue_config`` whose sender key is that client's
   queue encryption key, both signed together with the client record auth
-  key (see :mod:`phoenix_ref.queuing.fanout`).
+  key (see :mod:`phoenix_ref.queuing.fanout`). A ``config_key_id`` in front
+  names the QS key it is sealed to, so configs sealed to a rotated-out key
+  the QS still publishes keep working.
 * **QsToQsMessage** carries two fields beyond the spec's: ``timestamp``
   (uint64 ms, checked against the maximal age of
   ``#qs-configuration-options``) and a random 16-byte ``message_id`` that the
@@ -125,14 +127,18 @@ class QueueConfig:
 class SealedQueueConfig:
     """A QueueConfig that only the client's QS can open (see the module docstring).
 
+    * ``config_key_id``: SHA-256 of the QueueConfig encryption key it is
+      sealed to, so that the QS picks the right one of the keys it publishes
+      (current and rotated-out) without trying each;
     * ``sealed_sender``: HPKE base mode to the QueueConfig encryption key,
       plaintext the encoded QsCid of the client;
     * ``sealed_queue_config``: HPKE auth mode to the same key, sender key the
       client's queue encryption key, plaintext the encoded QueueConfig, AAD the
       encoded ``sealed_sender``;
     * ``signature``: the client record auth key's signature, label
-      ``"SealedQueueConfig"``, over ``sealed_sender || sealed_queue_config``.
+      ``"SealedQueueConfig"``, over ``config_key_id || sealed_sender || sealed_queue_config``.
     """
+    config_key_id: fixed(32)
     sealed_sender: HPKECiphertext
     sealed_queue_config: HPKECiphertext
     signature: VarBytes

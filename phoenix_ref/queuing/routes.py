@@ -47,6 +47,7 @@ from ..http import MEDIA_TYPE, Call, Handler, decode_body
 from ..ids import Fqdn
 from ..queues import Queues
 from .core import QsConfig, QsCore, QsService
+from .fanout import config_key_id
 from .messages import QsWsMessage, WsConnected, WsQueueUpdate, WsRequest
 
 __all__ = ["handlers", "websocket_handlers", "start", "stop", "UpgradeRequired", "KeystoreQsKeys",
@@ -66,10 +67,13 @@ class UpgradeRequired(ProtocolError):
 
 class KeystoreQsKeys:
     """The QS keys of :class:`~.core.QsKeys`, read from the homeserver's
-    keystore at every use, so an operator's key rotation takes effect at once."""
+    keystore at every use, so an operator's key rotation takes effect at once:
+    the current QueueConfig key is handed out, and configs sealed to any key
+    the QS publishes (the keystore's list, current first) still open."""
 
     def __init__(self, keystore):
         self.keystore = keystore
+        self._by_id: tuple[tuple[bytes, ...], dict[bytes, bytes]] = ((), {})
 
     @property
     def signing_key(self):
@@ -78,6 +82,12 @@ class KeystoreQsKeys:
     @property
     def queue_config_key(self):
         return self.keystore.qs_queue_config_keys[0]
+
+    def queue_config_keys_by_id(self) -> dict[bytes, bytes]:
+        keys = tuple(k.public for k in self.keystore.qs_queue_config_keys)
+        if keys != self._by_id[0]:   # recomputed only after a rotation
+            self._by_id = (keys, {config_key_id(k.public): k.private for k in self.keystore.qs_queue_config_keys})
+        return self._by_id[1]
 
 
 #: Endpoint name → QsCore method, for the client endpoints.
