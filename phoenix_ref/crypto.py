@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
@@ -229,10 +230,27 @@ def _priv(private: bytes):
         raise CryptoError("invalid HPKE private key") from e
 
 
+_DH_PROBE = X25519PrivateKey.generate()
+
+
+def check_hpke_public_key(public: bytes) -> bytes:
+    """A key HPKE can seal to: an X25519 public key that is not a low-order
+    point, whose Diffie-Hellman output is all zero (RFC 7748 §6.1; RFC 9180
+    §7.1.4 makes DH fail on it). Raises CryptoError; returns the key."""
+    if not isinstance(public, (bytes, bytearray)) or len(public) != NPK:
+        raise CryptoError(f"an HPKE public key is {NPK} bytes")
+    try:
+        _DH_PROBE.exchange(X25519PublicKey.from_public_bytes(bytes(public)))
+    except ValueError:
+        raise CryptoError("the HPKE public key is a low-order X25519 point") from None
+    return bytes(public)
+
+
 def hpke_seal(public: bytes, info: bytes, aad: bytes, plaintext: bytes,
               sender: HpkeKeyPair | None = None) -> tuple[bytes, bytes]:
-    """SealBase (or SealAuth when ``sender`` is given); returns (enc, ct)."""
-    pk = _pub(public)
+    """SealBase (or SealAuth when ``sender`` is given); returns (enc, ct).
+    Raises CryptoError for a key :func:`check_hpke_public_key` refuses."""
+    pk = _pub(check_hpke_public_key(public))
     if sender is None:
         enc, ctx = _SUITE.create_sender_context(pk, info=info)
     else:
@@ -315,7 +333,7 @@ __all__ = [
     "CIPHER_SUITE", "NH", "NK", "NN", "CryptoError", "hash_", "hmac_", "kdf_extract",
     "kdf_expand", "expand_with_label", "derive_secret", "derive_tree_secret", "ref_hash",
     "SigningKey", "verify", "sign_with_label", "verify_with_label", "hs_sign", "hs_verify",
-    "aead_seal", "aead_open", "HpkeKeyPair", "hpke_seal", "hpke_open", "HPKECiphertext",
+    "aead_seal", "aead_open", "HpkeKeyPair", "check_hpke_public_key", "hpke_seal", "hpke_open", "HPKECiphertext",
     "hpke_export_sender", "hpke_export_receiver",
     "encrypt_with_label", "decrypt_with_label", "random_bytes",
 ]

@@ -74,7 +74,7 @@ from collections.abc import Sequence
 from .codec import U8, U64, DecodeError, VarBytes, decode, encode, encode_varint, optional, struct, variant
 from .crypto import (
     HOMESERVER_PREFIX, NH, NK, NN, CryptoError, EncryptContext, HPKECiphertext, KDFLabel,
-    aead_open, aead_seal, hmac_, hpke_open, hpke_seal, kdf_expand, kdf_extract,
+    aead_open, aead_seal, check_hpke_public_key, hmac_, hpke_open, hpke_seal, kdf_expand, kdf_extract,
 )
 from .errors import Malformed
 
@@ -215,11 +215,13 @@ def check_ratchet_key(key: bytes) -> bytes:
 
 
 def check_queue_encryption_key(public_key: bytes) -> bytes:
-    """A queue encryption key must be an X25519 HPKE public key (32 bytes)."""
-    if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != HPKE_PUBLIC_KEY_LEN:
-        raise Malformed("queue encryption key must be a 32-byte X25519 public key",
-                        code="bad_queue_encryption_key")
-    return bytes(public_key)
+    """A queue encryption key must be an X25519 HPKE public key (32 bytes)
+    the service can seal key updates to (not a low-order point), else 400."""
+    try:
+        return check_hpke_public_key(public_key)
+    except CryptoError:
+        raise Malformed("queue encryption key must be a 32-byte X25519 public key of full order",
+                        code="bad_queue_encryption_key") from None
 
 
 def _check_seq(material: QueueKeyMaterial, seq: int) -> None:

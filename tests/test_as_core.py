@@ -431,9 +431,16 @@ def test_alias_auth_key_is_enforced(asu):
     assert asu.core.accounts.get_alias(holder.alias) is not None
 
 
+#: X25519 points of low order: HPKE to them fails (RFC 7748 §6.1)
+LOW_ORDER = [bytes(32), b"\x01" + bytes(31), bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")]
+
+
 def test_register_alias_refuses_bad_keys(asu):
     _, reg = AliasIdentity.new(DOMAIN, "erin")
-    for change in ({"alias_auth_key": b"k"}, {"queue_encryption_key": b"k"}, {"initial_queue_ratchet_key": b"k"}):
+    changes = [{"alias_auth_key": b"k"}, {"queue_encryption_key": b"k"}, {"initial_queue_ratchet_key": b"k"}]
+    # a queue key the AS could not seal its key updates to would fail every later enqueue
+    changes += [{"queue_encryption_key": k} for k in LOW_ORDER]
+    for change in changes:
         with pytest.raises(Malformed):
             asu.core.register_alias(dataclasses.replace(reg, **change), NOW)
     assert asu.core.accounts.get_alias(Alias("erin")) is None
@@ -444,11 +451,12 @@ def test_alias_packages_checked(asu):
     asu.core.register_alias(register, NOW)
     with pytest.raises(NoConnectionPackage):
         asu.core.alias_connection_package(m.AliasClientsParams(holder.alias), NOW)
-    bad = m.ConnectionPackagePayload(b"short", m.ExpirationData(NOW, NOW + 1000))
-    p = m.UploadAliasPackages(holder.alias, [bad])
-    with pytest.raises(Malformed):
-        asu.core.upload_alias_packages(m.UploadAliasPackagesRequest(holder.auth("upload_alias_packages", p, NOW), p),
-                                       NOW)
+    for key in [b"short", *LOW_ORDER]:     # a sender could not seal to a low-order key
+        bad = m.ConnectionPackagePayload(key, m.ExpirationData(NOW, NOW + 1000))
+        p = m.UploadAliasPackages(holder.alias, [bad])
+        with pytest.raises(Malformed):
+            asu.core.upload_alias_packages(
+                m.UploadAliasPackagesRequest(holder.auth("upload_alias_packages", p, NOW), p), NOW)
 
 
 # --- token issuance ---------------------------------------------------------------------------------

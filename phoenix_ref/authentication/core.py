@@ -54,7 +54,7 @@ from ..credentials import (
     AsCredentialsResponse, AsIntermediateCredential, ClientCredential, CredentialChain, TrustStore,
     UnknownSigner, sign_csr,
 )
-from ..crypto import CryptoError, SigningKey
+from ..crypto import CryptoError, SigningKey, check_hpke_public_key
 from ..errors import Conflict, Malformed, NotFound, Unauthorized
 from ..ids import Alias, ClientId, Fqdn, UserId
 from ..queue_crypto import check_queue_encryption_key, check_ratchet_key
@@ -314,10 +314,13 @@ class AuthenticationCore:
 
     @staticmethod
     def _check_payload(payload: m.ConnectionPackagePayload, now_ms: int) -> int:
-        """A publishable payload: an X25519 key and a lifetime that has not ended."""
-        if len(payload.encryption_key) != 32:
-            raise Malformed("connection encryption key must be a 32-byte X25519 public key",
-                            code="bad_connection_package")
+        """A publishable payload: an X25519 key one can seal to and a lifetime
+        that has not ended."""
+        try:
+            check_hpke_public_key(payload.encryption_key)
+        except CryptoError:
+            raise Malformed("connection encryption key must be a 32-byte X25519 public key of full order",
+                            code="bad_connection_package") from None
         life = payload.lifetime
         if life.not_before > life.not_after or life.not_after < now_ms:
             raise Malformed("connection package lifetime is empty or over", code="bad_connection_package")
