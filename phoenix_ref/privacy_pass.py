@@ -62,7 +62,7 @@ __all__ = [
     "TokenChallenge", "homeserver_challenge", "AmortizedBatchTokenRequest",
     "AmortizedBatchTokenResponse", "TokenRequest", "TokenResponse", "Token",
     "decode_token_request", "decode_token_response", "decode_token",
-    "IssuerKey", "IssuerKeys", "IssuanceState", "begin_issuance", "issue",
+    "IssuerKey", "IssuerKeys", "IssuanceState", "begin_issuance", "evaluate", "issue",
     "check_token_request", "finalize", "token_key_id", "SpentTokenStore",
     "MemorySpentTokenStore", "spend_id", "redeem", "authorization_header",
     "parse_authorization", "www_authenticate_header", "IssuanceLimits",
@@ -475,15 +475,19 @@ def check_token_request(request: AmortizedBatchTokenRequest, keys: IssuerKeys | 
     return key, elements
 
 
-def issue(request: AmortizedBatchTokenRequest, keys: IssuerKeys | IssuerKey, *,
-          max_batch: int = DEFAULT_MAX_BATCH, r: bytes | None = None) -> AmortizedBatchTokenResponse:
-    """BlindEvaluateBatch: evaluate every blinded element, one proof for all.
-
-    ``r`` is the proof randomness, for tests only.
-    """
-    key, elements = check_token_request(request, keys, max_batch=max_batch)
+def evaluate(key: IssuerKey, elements: list[bytes], r: bytes | None = None) -> AmortizedBatchTokenResponse:
+    """BlindEvaluateBatch on what :func:`check_token_request` returned: every
+    blinded element evaluated, one proof for all. ``r`` is the proof
+    randomness, for tests only."""
     evaluated, proof = _VOPRF.blind_evaluate_batch(key.private_key, key.public_key, elements, r)
     return AmortizedBatchTokenResponse(evaluated, proof)
+
+
+def issue(request: AmortizedBatchTokenRequest, keys: IssuerKeys | IssuerKey, *,
+          max_batch: int = DEFAULT_MAX_BATCH, r: bytes | None = None) -> AmortizedBatchTokenResponse:
+    """:func:`check_token_request`, then :func:`evaluate` (raises InvalidTokenRequest)."""
+    key, elements = check_token_request(request, keys, max_batch=max_batch)
+    return evaluate(key, elements, r)
 
 
 # --- redemption ---------------------------------------------------------------------

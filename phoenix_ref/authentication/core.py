@@ -514,10 +514,8 @@ class AuthenticationCore:
             if remote_trust is None or not remote_trust.knows(domain):
                 raise UnknownSigner(f"the AS credentials of {domain} are needed", domain=domain)
             self._verify_credential_auth("request_tokens", req.auth, req.params, now_ms, remote_trust)
-        token_request = req.params.token_request
-        pp.check_token_request(token_request, self.secrets.token_keys,
-                               max_batch=self.issuance.limits.max_batch)
-        self.issuance.consume(client_id=client_id, client_domain=domain,
-                              n=len(token_request.blinded_msgs), now_ms=now_ms, pending=registering)
-        response = pp.issue(token_request, self.secrets.token_keys, max_batch=self.issuance.limits.max_batch)
-        return m.TokenResponse(response)
+        key, elements = pp.check_token_request(req.params.token_request, self.secrets.token_keys,
+                                               max_batch=self.issuance.limits.max_batch)
+        self.issuance.consume(client_id=client_id, client_domain=domain, n=len(elements), now_ms=now_ms,
+                              pending=registering)
+        return m.TokenResponse(pp.evaluate(key, elements))
