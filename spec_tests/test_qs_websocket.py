@@ -77,3 +77,34 @@ async def test_plain_get_of_the_websocket_endpoint_needs_an_upgrade(deployment):
         resp = await http.request("GET", url, content=body, headers={"content-type": MEDIA_TYPE})
         assert resp.status_code == 426
         assert decode(ErrorResponse, resp.content).code == "websocket_required"
+
+
+@spec(WS, "MUST")
+@spec("spec/queuing_service.md#user-record-management-endpoints", "MUST")
+async def test_websocket_closes_when_its_client_record_is_deleted(deployment):
+    """The socket watches a queue; when the client record (and so the queue)
+    is deleted — by *delete client record* or with its user record — the QS
+    closes the socket with 4410 ``client_record_deleted``, not leaving it
+    open for a queue that no longer exists."""
+    hs = deployment["hs1"].hs
+    async with deployment.client() as http:
+        qs = await qs_client(deployment, http)
+        alice, bob, carol = [await qs.register("a.example") for _ in range(3)]
+        async with deployment.websocket("hs1", "qs", PATH) as ws_a, \
+                deployment.websocket("hs1", "qs", PATH) as ws_b, \
+                deployment.websocket("hs1", "qs", PATH) as ws_c:
+            events_a = await qs.open_websocket(alice, ws_a)
+            events_b = await qs.open_websocket(bob, ws_b)
+            events_c = await qs.open_websocket(carol, ws_c)
+            await qs.send(alice, "delete_client_record", m.DeleteClientRecordParams(alice.qs_cid))
+            await qs.send(bob, "delete_user_record", m.DeleteUserRecordParams(bob.qs_uid))
+            for events in (events_a, events_b):
+                with trio.fail_after(10), pytest.raises(WebsocketRefused) as e:
+                    await events.next_event()
+                assert (e.value.code, e.value.reason) == (4410, "client_record_deleted")
+            assert hs.qs.notifier.listeners(alice.qs_cid) == hs.qs.notifier.listeners(bob.qs_cid) == 0
+            # carol's socket is untouched and still wakes up
+            key = await qs.queue_config_key("a.example")
+            await hs.qs.local_enqueue(message([carol.client_queue_config(key)], b"still here"))
+            with trio.fail_after(10):
+                assert isinstance(await events_c.next_event(), m.WsQueueUpdate)

@@ -694,3 +694,20 @@ def test_config_key_id_is_signed(core):
     moved = encode(dataclasses.replace(sealed, config_key_id=other_id))
     result = core.local_enqueue(fan_out([ClientQueueConfig(core.config.domain, moved)], GROUP), NOW)
     assert len(result.rejected) == 1 and result.enqueued == []
+
+
+def test_deleted_client_records_are_reported_for_their_websockets(core):
+    """``on_clients_deleted`` hears of every deleted client record (the
+    service closes their websockets), once, after the deletion."""
+    deleted = []
+    core.on_clients_deleted = deleted.append
+    alice, bob = Client.register(core), Client.register(core)
+    params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
+    second = core.create_client_record(alice.request(CreateClientRecordRequest, "create_client_record", params,
+                                                     as_user=True), NOW).qs_cid
+    core.delete_client_record(bob.request(DeleteClientRecordRequest, "delete_client_record",
+                                          DeleteClientRecordParams(bob.qs_cid)), NOW)
+    assert deleted == [[bob.qs_cid]] and core.records.get_client(bob.qs_cid) is None
+    core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record",
+                                          DeleteUserRecordParams(alice.qs_uid), as_user=True), NOW)
+    assert sorted(map(str, deleted[1])) == sorted(map(str, [alice.qs_cid, second]))

@@ -236,6 +236,9 @@ class QsCore:
         #: when the stores share an SQLite database; the in-memory test stores
         #: have no rollback and use ``nullcontext``).
         self.transaction = transaction
+        #: Called with the QsCids of deleted client records, after the deletion
+        #: (the service closes their websockets). Any thread may call it.
+        self.on_clients_deleted: Callable[[list[QsCid]], None] | None = None
 
     # --- authentication (#authentication) ----------------------------------------------
 
@@ -322,9 +325,15 @@ class QsCore:
         """``#delete-qs-user-record`` (auth: QsUid): the user, its clients and queues."""
         params = request.params
         self._authenticate(request, "delete_user_record", params.qs_uid, now_ms)
-        for qs_cid in self.records.delete_user(params.qs_uid):
+        deleted = self.records.delete_user(params.qs_uid)
+        for qs_cid in deleted:
             self._delete_queue(qs_cid)
+        self._clients_deleted(deleted)
         return Empty()
+
+    def _clients_deleted(self, qs_cids: list[QsCid]) -> None:
+        if qs_cids and self.on_clients_deleted is not None:
+            self.on_clients_deleted(qs_cids)
 
     def _delete_queue(self, qs_cid: QsCid) -> None:
         try:
@@ -369,8 +378,10 @@ class QsCore:
         takes the user record with it (``#user-record-management-endpoints``)."""
         params = request.params
         self._authenticate(request, "delete_client_record", params.qs_cid, now_ms)
-        self.records.delete_client(params.qs_cid)
+        existed, _ = self.records.delete_client(params.qs_cid)
         self._delete_queue(params.qs_cid)
+        if existed:
+            self._clients_deleted([params.qs_cid])
         return Empty()
 
     def block_group(self, request: BlockGroupRequest, now_ms: int) -> Empty:
@@ -666,7 +677,8 @@ class QueueNotifier:
 
     A connection ``subscribe``\\ s to its QsCid and receives one item on its
     channel whenever messages land in that queue (coalesced: a listener
-    that has not read yet gets no second item). Lives in the Trio thread.
+    that has not read yet gets no second item); the channel ends when the
+    client record is deleted (:meth:`disconnect`). Lives in the Trio thread.
     """
 
     def __init__(self) -> None:
@@ -687,6 +699,17 @@ class QueueNotifier:
             send.close()
             receive.close()
 
+    def disconnect(self, qs_cids) -> int:
+        """The client records of these queues are gone: close their listeners'
+        channels (a listener's ``async for`` ends once it has read what was
+        pending); returns how many were closed."""
+        closed = 0
+        for qs_cid in set(qs_cids):
+            for send in self._listeners.pop(qs_cid, ()):
+                send.close()
+                closed += 1
+        return closed
+
     def notify(self, qs_cids) -> int:
         """Wake the listeners of these queues; returns how many were woken."""
         woken = 0
@@ -703,6 +726,13 @@ class QueueNotifier:
 
     def listeners(self, qs_cid: QsCid) -> int:
         return len(self._listeners.get(qs_cid, ()))
+
+
+def _current_trio_token() -> trio.lowlevel.TrioToken | None:
+    try:
+        return trio.lowlevel.current_trio_token()
+    except RuntimeError:   # built outside a Trio run (tests of the core)
+        return None
 
 
 class QsService:
@@ -725,6 +755,8 @@ class QsService:
         self.clock = clock
         self.notifier = notifier or QueueNotifier()
         self.on_queue_deleted = on_queue_deleted
+        self._trio_token = _current_trio_token()
+        core.on_clients_deleted = self._clients_deleted
         self.outbound_sender = None  # set by the homeserver: an OutboundSender
         self.cancel_scope: trio.CancelScope | None = None  # stops the sender (homeserver shutdown)
         #: counters for tests and metrics, e.g. "federated_enqueue_sent"/"_received"
@@ -732,6 +764,14 @@ class QsService:
 
     async def call(self, method, *args):
         return await trio.to_thread.run_sync(method, *args)
+
+    def _clients_deleted(self, qs_cids: list[QsCid]) -> None:
+        """Core hook (worker thread): close the websockets of deleted client
+        records in the Trio thread."""
+        if self._trio_token is None:
+            self.notifier.disconnect(qs_cids)
+        else:
+            self._trio_token.run_sync_soon(self.notifier.disconnect, qs_cids)
 
     async def local_enqueue(self, message: FanOutMessage) -> LocalEnqueueResult:
         result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms())

@@ -11,7 +11,8 @@ What lives here (the protocol rules are in :mod:`.core`):
   connection*) before the handler runs.
 * :func:`websocket_handlers` — ``#negotiate-websocket-connection`` as a real
   websocket (framing in :mod:`.messages`); a plain HTTP GET of the same path
-  gets ``426 websocket_required`` once its token checks out.
+  gets ``426 websocket_required`` once its token checks out. The QS closes
+  a socket whose client record is deleted with 4410 ``client_record_deleted``.
 * :func:`start` / :func:`stop` — at homeserver startup: the
   :class:`~.core.QsService` over the homeserver's QS store and key material,
   and the :class:`~phoenix_ref.federation.outbound.OutboundSender` that
@@ -56,7 +57,8 @@ __all__ = ["handlers", "websocket_handlers", "start", "stop", "UpgradeRequired",
 log = logging.getLogger(__name__)
 
 #: A refused websocket closes with ``WS_CLOSE_BASE + HTTP status`` (RFC 6455
-#: §7.4.2: 4000-4999 are for applications), the error code as reason.
+#: §7.4.2: 4000-4999 are for applications), the error code as reason; one
+#: whose client record was deleted with 4410 (410 Gone), ``client_record_deleted``.
 WS_CLOSE_BASE = 4000
 
 
@@ -186,16 +188,26 @@ def websocket_handlers(hs) -> dict[str, Any]:
                 raise Malformed("the WsRequest is a binary message", code="text_message")
             request = decode_body(WsRequest, bytes(first), hs.config.limits.max_body_bytes)
             svc = _service(hs)
-            qs_cid = await svc.call(svc.core.authorize_websocket, request, hs.clock.now_ms())
         except ProtocolError as e:
             await ws.close(WS_CLOSE_BASE + e.status, e.code)
             return
-        async with svc.notifier.subscribe(qs_cid) as wakeups:
+        # Subscribe before authorising: a deletion of the client record after
+        # this point ends the subscription, one before it fails the check, so
+        # no socket outlives its record. Nothing is sent before WsConnected.
+        async with svc.notifier.subscribe(request.params.qs_cid) as wakeups:
+            try:
+                await svc.call(svc.core.authorize_websocket, request, hs.clock.now_ms())
+            except ProtocolError as e:
+                await ws.close(WS_CLOSE_BASE + e.status, e.code)
+                return
             await ws.send(encode(WsConnected(), QsWsMessage))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_refuse_further_messages, ws, nursery.cancel_scope)
                 async for _ in wakeups:
                     await ws.send(encode(WsQueueUpdate(), QsWsMessage))
+                # the subscription ended: the client record was deleted
+                await ws.close(WS_CLOSE_BASE + 410, "client_record_deleted")
+                nursery.cancel_scope.cancel()
 
     return {"websocket": websocket}
 
