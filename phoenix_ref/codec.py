@@ -354,6 +354,10 @@ String = Annotated[str, _String()]
 
 def wire_type_of(t: Any) -> WireType:
     """The wire type behind an annotation, a struct class or a wire type."""
+    if isinstance(t, type):   # a struct class, the common case (every encode): no typing introspection
+        wt = getattr(t, "__wire_type__", None)
+        if wt is not None:
+            return wt
     if isinstance(t, WireType):
         return t
     return _wire_type_from_hint(t, type(t), "?")
