@@ -39,6 +39,9 @@ from .crypto import HpkeKeyPair, SigningKey, random_bytes
 DAY_MS = 86_400_000
 AS_CREDENTIAL_VALIDITY_MS = 10 * 365 * DAY_MS     # credentials.md: "valid for a long time, e.g. 10 years"
 INTERMEDIATE_VALIDITY_MS = 365 * DAY_MS
+#: The AS issues a new intermediate once the current one has less than this
+#: left (docs/decisions.md): a client credential must end before its signer.
+INTERMEDIATE_RENEW_MS = 90 * DAY_MS
 BACKDATE_MS = 5 * 60_000                           # tolerate peers whose clocks run a little behind
 
 KINDS = ("as_credential", "as_intermediate", "qs_signing", "qs_queue_config", "ds_signing")
@@ -124,14 +127,23 @@ class Keystore:
 
     # --- rotation (operator actions) ------------------------------------------------------
 
+    def _intermediate_end(self, now_ms: int) -> int:
+        """When an intermediate issued now ends: a year on, or with the AS credential."""
+        return min(now_ms + INTERMEDIATE_VALIDITY_MS, self.as_credentials[0][0].expiration_data.not_after)
+
+    def intermediate_due(self, now_ms: int) -> bool:
+        """Whether the current intermediate ends within ``INTERMEDIATE_RENEW_MS``
+        and a new one would end later."""
+        current = self.as_intermediates[0][0].expiration_data.not_after
+        return current - now_ms < INTERMEDIATE_RENEW_MS and self._intermediate_end(now_ms) > current
+
     def issue_intermediate(self, now_ms: int) -> AsIntermediateCredential:
         """Issue a new current intermediate credential, signed by the current AS credential."""
         root, root_key = self.as_credentials[0]
         key = SigningKey.generate()
-        not_after = min(now_ms + INTERMEDIATE_VALIDITY_MS, root.expiration_data.not_after)
         inter = AsIntermediateCredential.create(root, root_key, key,
                                                 max(now_ms - BACKDATE_MS, root.expiration_data.not_before),
-                                                not_after)
+                                                self._intermediate_end(now_ms))
         self._write("as_intermediate", self._next("as_intermediate"), key.private, encode(inter))
         self.as_intermediates.insert(0, (inter, key))
         return inter

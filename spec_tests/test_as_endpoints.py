@@ -357,6 +357,26 @@ async def test_get_as_credentials_needs_no_authentication(deployment):
         assert answer.as_intermediate_credentials == [c for c, _ in ks.as_intermediates]
 
 
+@spec(AS + "get-as-credentials", "MUST")
+@spec(AS + "initialize-user-registration", "MUST")
+async def test_the_as_issues_a_new_intermediate_before_the_current_one_ends(deployment):
+    """A client credential must end before the intermediate that signs it, so
+    an AS that kept its first intermediate would, after a year, register
+    nobody (docs/decisions.md)."""
+    d = deployment
+    async with d.client() as http:
+        early = await register(http, d)
+        first = (await AsClient(http).as_credentials(A)).as_intermediate_credentials
+        d.clock.advance(300 * 24 * 3600 * 1000)     # the first intermediate has 65 days left
+        answer = await AsClient(http).as_credentials(A)
+        assert len(answer.as_intermediate_credentials) == 2 and answer.as_intermediate_credentials[1:] == first
+        late = await register(http, d)
+        assert late.credential.signer_fingerprint == answer.as_intermediate_credentials[0].fingerprint()
+        assert late.credential.expiration_data.not_after - d.clock.now_ms() > 300 * 24 * 3600 * 1000
+        # clients certified by the older intermediate keep working
+        assert await early.profile(late.user_id) == b""
+
+
 @spec(AS + "token-issuance", "MUST")
 async def test_issuer_keys_endpoint_names_the_key_tokens_are_issued_under(deployment):
     async with deployment.client() as http:

@@ -154,3 +154,22 @@ async def test_key_material_and_revocations_survive_a_restart(tmp_path):
     qs = decode(QsVerifyingKeyResponse, await _get(second, "https://qs.a.example/phoenix/v1/qs_verifying_key"))
     assert qs.verifying_keys == qs_before and len(qs_before) == 2
     assert cfg.domain == "a.example"
+
+
+def test_keystore_renews_the_intermediate_near_its_end_but_never_past_the_as_credential(tmp_path):
+    from phoenix_ref.keystore import DAY_MS, INTERMEDIATE_RENEW_MS, INTERMEDIATE_VALIDITY_MS
+    t0 = 1_767_225_600_000
+    ks = Keystore.create(tmp_path / "k", "a.example", t0)
+    end = ks.as_intermediates[0][0].expiration_data.not_after
+    assert end == t0 + INTERMEDIATE_VALIDITY_MS
+    assert not ks.intermediate_due(end - INTERMEDIATE_RENEW_MS)
+    soon = end - INTERMEDIATE_RENEW_MS + 1
+    assert ks.intermediate_due(soon)
+    new = ks.issue_intermediate(soon)
+    assert not ks.intermediate_due(soon) and new.expiration_data.not_after == soon + INTERMEDIATE_VALIDITY_MS
+    assert Keystore.load(tmp_path / "k", "a.example").as_intermediates[0][0] == new
+    # near the AS credential's end a new intermediate would not last longer: nothing to do
+    root_end = ks.as_credentials[0][0].expiration_data.not_after
+    ks.issue_intermediate(root_end - 10 * DAY_MS)
+    assert not ks.intermediate_due(root_end - 5 * DAY_MS)
+

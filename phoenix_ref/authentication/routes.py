@@ -13,7 +13,8 @@ The core is built on first use from what the homeserver opened at startup:
 * the AS credential key material — the keystore's credentials, its current
   intermediate (which signs CSRs) and the revoked fingerprints
   (``#get-as-credentials``); refreshed when the operator revokes or issues
-  an intermediate;
+  an intermediate, and when the AS issues a new one itself because the
+  current one nears its end (``keystore.INTERMEDIATE_RENEW_MS``);
 * the AS OPAQUE key material, kept next to the user records
   (``accounts.opaque_server_setup()``);
 * the Privacy Pass issuer keys and issuance counters of the homeserver's
@@ -90,8 +91,10 @@ class AsService:
         return AsSecrets(creds, inter, inter_key, store.accounts.opaque_server_setup(), self.hs.privacy_pass_gate.keys)
 
     async def core(self, now_ms: int) -> AuthenticationCore:
-        """The core, built on first use, with up-to-date key material."""
+        """The core, built on first use, with up-to-date key material; a new
+        intermediate is issued when the current one nears its end."""
         async with self._lock:
+            await self._renew_intermediate(now_ms)
             version = self._secrets_version(now_ms)
             if self._core is None or version != self._version:
                 secrets = await trio.to_thread.run_sync(self._secrets, now_ms)
@@ -101,6 +104,17 @@ class AsService:
                     self._core.set_secrets(secrets)
                 self._version = version
             return self._core
+
+    async def _renew_intermediate(self, now_ms: int) -> None:
+        if self.hs.keystore.intermediate_due(now_ms):
+            await trio.to_thread.run_sync(self.hs.keystore.issue_intermediate, now_ms)
+
+    async def credentials(self, now_ms: int) -> AsCredentialsResponse:
+        """*Get AS credentials*, after renewing a current intermediate near its
+        end, so that clients name the intermediate that will sign their CSR."""
+        async with self._lock:
+            await self._renew_intermediate(now_ms)
+        return as_credentials_response(self.hs.keystore, await self.hs.as_store.revoked(), now_ms)
 
     def _build(self, secrets: AsSecrets) -> AuthenticationCore:
         hs, lim = self.hs, self.hs.config.limits
@@ -190,7 +204,7 @@ def handlers(hs) -> dict[str, Handler]:
     hs.as_service = service
 
     async def as_credentials(call: Call) -> AsCredentialsResponse:
-        return as_credentials_response(hs.keystore, await hs.as_store.revoked(), call.now_ms)
+        return await service.credentials(call.now_ms)
 
     async def privacy_pass_issuer_keys(call: Call) -> IssuerKeysResponse:
         """Clients fetch the key to request tokens under (docs/decisions.md)."""
