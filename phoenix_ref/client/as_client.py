@@ -38,7 +38,8 @@ from ..authentication.core import PREFIX, operation
 
 __all__ = [
     "Registration", "AsIdentity", "AliasIdentity", "DirectQueueReader", "new_connection_payload",
-    "check_connection_package", "open_connection_establishment", "make_connection_establishment",
+    "check_connection_package", "open_sealed_establishment", "verify_connection_establishment",
+    "open_connection_establishment", "make_connection_establishment",
     "AsClient", "error_from_response", "trust_for",
 ]
 
@@ -263,22 +264,32 @@ def make_connection_establishment(key: crypto.SigningKey, credential: ClientCred
     return cep.seal(package_key)
 
 
-def open_connection_establishment(keys: Any, ctxt: bytes, trust: TrustStore,
-                                  now_ms: int) -> m.ConnectionEstablishmentPackage:
-    """The responder's side: open with one of its connection keys, verify the
-    signature and the sender's credential chain (``trust`` must hold the
-    sender's AS credentials). Raises a ProtocolError subclass."""
+def open_sealed_establishment(keys: Any, ctxt: bytes) -> m.ConnectionEstablishmentPackage:
+    """Decrypt ``ctxt`` with the first of the connection key pairs ``keys``
+    that opens it; nothing verified yet. Raises BadConnectionEstablishmentPackage."""
     last: Exception | None = None
     for kp in keys:
         try:
-            cep = m.ConnectionEstablishmentPackage.open(kp.private, ctxt)
-            break
+            return m.ConnectionEstablishmentPackage.open(kp.private, ctxt)
         except m.BadConnectionEstablishmentPackage as e:
             last = e
-    else:
-        raise last or m.BadConnectionEstablishmentPackage("no connection key to open it with")
+    raise last or m.BadConnectionEstablishmentPackage("no connection key to open it with")
+
+
+def verify_connection_establishment(cep: m.ConnectionEstablishmentPackage, trust: TrustStore,
+                                    now_ms: int) -> CredentialChain:
+    """The signature and the sender's credential chain (``trust`` must hold
+    the sender's AS credentials). Raises a ProtocolError subclass."""
     cep.verify_signature()
-    trust.verify_client_credential(cep.sender_client_credential, now_ms)
+    return trust.verify_client_credential(cep.sender_client_credential, now_ms)
+
+
+def open_connection_establishment(keys: Any, ctxt: bytes, trust: TrustStore,
+                                  now_ms: int) -> m.ConnectionEstablishmentPackage:
+    """The responder's side: :func:`open_sealed_establishment`, then
+    :func:`verify_connection_establishment`. Raises a ProtocolError subclass."""
+    cep = open_sealed_establishment(keys, ctxt)
+    verify_connection_establishment(cep, trust, now_ms)
     return cep
 
 

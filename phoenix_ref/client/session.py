@@ -42,6 +42,7 @@ from ..ids import Alias, ClientId, Fqdn, GroupId, UserId
 from ..privacy_pass_gate import IssuerKeysResponse
 from .as_client import (
     AliasIdentity, AsClient, AsIdentity, Registration, check_connection_package, error_from_response,
+    open_sealed_establishment, verify_connection_establishment,
 )
 
 __all__ = ["ClientSession", "TokenWallet", "DEFAULT_TOKEN_BATCH"]
@@ -238,19 +239,14 @@ class ClientSession:
         return [await self._open(ctxt, trust, self.identity) for ctxt in plaintexts]
 
     async def _open(self, ctxt: bytes, trust: TrustStore | None, holder: Any) -> m.ConnectionEstablishmentPackage:
+        """Open a message of a direct queue and verify it; the sender's domain
+        is inside the sealed package, so its AS credentials are fetched after
+        opening when ``trust`` is None."""
+        cep = open_sealed_establishment(holder.connection_keys.values(), ctxt)
         if trust is None:
-            # the sender's domain is inside the sealed package: open once
-            # without a chain check, then verify against a fresh fetch
-            for kp in holder.connection_keys.values():
-                try:
-                    cep = m.ConnectionEstablishmentPackage.open(kp.private, ctxt)
-                    break
-                except m.BadConnectionEstablishmentPackage:
-                    continue
-            else:
-                raise m.BadConnectionEstablishmentPackage("no connection key opens this message")
             trust = await self.trust(cep.sender_client_credential.client_id.as_domain)
-        return holder.open_connection_establishment(ctxt, trust, self.now())
+        verify_connection_establishment(cep, trust, self.now())
+        return cep
 
     # --- connection establishment (connection_establishment.md#connection-group-creation) -----
 
