@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from phoenix_ref.codec import decode, encode
+from phoenix_ref.codec import DecodeError, decode, encode
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from phoenix_ref.federation.outbound import OutboundItem
@@ -405,7 +405,7 @@ class Federation:
         self.a.local_enqueue(fan_out(configs, GROUP, body), now_ms)
         item = self.a.outbound.head("b.example")
         self.a.outbound.remove("b.example", item.seq)
-        return self.a.frame_outbound(item, now_ms)
+        return decode(QsToQsMessage, self.a.frame_outbound(item, now_ms))
 
     def deliver(self, msg, now_ms=NOW):
         return self.b.federated_enqueue(msg, now_ms, self.lookup)
@@ -451,7 +451,7 @@ def test_signature_by_another_qs_is_refused():
     impostor = make_core("c.example")
     impostor.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP), NOW)
     item = impostor.outbound.head("b.example")
-    msg = impostor.frame_outbound(item, NOW)
+    msg = decode(QsToQsMessage, impostor.frame_outbound(item, NOW))
     import dataclasses
     claimed = dataclasses.replace(msg, source=Fqdn("a.example"))
     with pytest.raises(Unauthorized):
@@ -496,7 +496,7 @@ def test_replay_memory_survives_restart(tmp_path):
     b = make_core("b.example", sqlite_dir=tmp_path)
     bob = Client.register(b)
     a.local_enqueue(fan_out([bob.client_queue_config()], GROUP), NOW)
-    msg = a.frame_outbound(a.outbound.head("b.example"), NOW)
+    msg = decode(QsToQsMessage, a.frame_outbound(a.outbound.head("b.example"), NOW))
     b.federated_enqueue(msg, NOW, lambda d, r: a.keys.signing_key.public)
     b.records.close()
     b2 = make_core("b.example", sqlite_dir=tmp_path)
@@ -592,15 +592,28 @@ def test_outbound_item_is_reframed_with_fresh_timestamp_same_id():
     f = Federation()
     f.a.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP), NOW)
     item = f.a.outbound.head("b.example")
-    first, later = f.a.frame_outbound(item, NOW), f.a.frame_outbound(item, NOW + 7_200_000)
+    first, later = (decode(QsToQsMessage, f.a.frame_outbound(item, t)) for t in (NOW, NOW + 7_200_000))
     assert first.message_id == later.message_id and later.timestamp == NOW + 7_200_000
     assert f.deliver(later, NOW + 7_200_000).enqueued
 
 
-def test_outbound_item_for_unknown_item_type_rejected():
+def test_outbound_frame_is_the_encoded_signed_message_without_decoding_the_payload():
+    """The sender frames the stored payload as is; the result is exactly the
+    encoding of the QsToQsMessage with that payload, signed over its TBS."""
     f = Federation()
-    with pytest.raises(Exception):
-        f.a.frame_outbound(OutboundItem("b.example", 1, b"\x00" * 16, b"garbage", NOW), NOW)
+    f.a.local_enqueue(fan_out([f.bob.client_queue_config(), f.bob.client_queue_config()], GROUP), NOW)
+    item = f.a.outbound.head("b.example")
+    framed = f.a.frame_outbound(item, NOW)
+    msg = decode(QsToQsMessage, framed)
+    assert encode(msg.payload) == item.payload and (msg.source.value, msg.destination.value) == ("a.example",
+                                                                                                  "b.example")
+    assert encode(QsToQsMessage(msg.source, msg.destination, NOW, item.message_id, msg.payload,
+                                msg.signature)) == framed
+    hs_verify(f.a.keys.signing_key.public, QS_TO_QS_LABEL, msg.tbs(), msg.signature)
+    # a stored payload that is not a FanOutMessage gives a frame no receiver decodes
+    garbage = f.a.frame_outbound(OutboundItem("b.example", 1, b"\x00" * 16, b"garbage", NOW), NOW)
+    with pytest.raises(DecodeError):
+        decode(QsToQsMessage, garbage)
 
 
 def test_cached_fan_out_costs_one_record_read_and_one_queue_write():

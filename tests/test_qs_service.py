@@ -40,7 +40,7 @@ def test_qs_to_qs_message_decoding_is_strict():
     b = make_core("b.example")
     bob = Client.register(b)
     a.local_enqueue(fan_out([bob.client_queue_config()], GROUP), NOW)
-    data = encode(a.frame_outbound(a.outbound.head("b.example"), NOW))
+    data = a.frame_outbound(a.outbound.head("b.example"), NOW)
     assert encode(decode(QsToQsMessage, data)) == data
     for bad in (data + b"\x00", data[:-1], data[:40]):
         with pytest.raises(DecodeError):

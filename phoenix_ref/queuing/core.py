@@ -51,7 +51,7 @@ from typing import AsyncIterator, Awaitable, Callable
 import trio
 
 from ..auth_tokens import RequestBinding
-from ..codec import DecodeError, decode, encode
+from ..codec import DecodeError, VarBytes, decode, encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify, verify_with_label
 from ..endpoints import PREFIX as OPERATION_PREFIX
 from ..errors import Conflict, Forbidden, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
@@ -75,7 +75,7 @@ from .messages import (
     DeleteClientRecordRequest, DeleteUserRecordRequest, DequeueMessagesRequest, DequeueMessagesResponse,
     Empty, FanOutMessage, FederatedEnqueueResponse, MessageContent, PublishKeyPackagesRequest,
     QsToQsMessage, QueueDeleted, UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest,
-    UserRecordResponse, WsRequest,
+    UserRecordResponse, WsRequest, encode_qs_to_qs_tbs,
 )
 from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
 
@@ -586,14 +586,14 @@ class QsCore:
 
     # --- federation (#federated-qs-to-qs-communication) -----------------------------------------
 
-    def frame_outbound(self, item: OutboundItem, now_ms: int) -> QsToQsMessage:
-        """Frame a stored outbound payload as a signed QsToQsMessage. Called at
-        every attempt, so the timestamp is that of the attempt while the
-        message id (the receiver's dedupe key) stays the same."""
-        payload = decode(FanOutMessage, item.payload)
-        unsigned = QsToQsMessage(self.config.domain, Fqdn(item.destination), now_ms, item.message_id, payload, b"")
-        return QsToQsMessage(unsigned.source, unsigned.destination, now_ms, item.message_id, payload,
-                             hs_sign(self.keys.signing_key, QS_TO_QS_LABEL, unsigned.tbs()))
+    def frame_outbound(self, item: OutboundItem, now_ms: int) -> bytes:
+        """Frame a stored outbound payload (an encoded FanOutMessage) as an
+        encoded, signed QsToQsMessage. Called at every attempt, so the
+        timestamp is that of the attempt while the message id (the receiver's
+        dedupe key) stays the same. The payload is framed as stored, never
+        decoded (:func:`~.messages.encode_qs_to_qs_tbs`)."""
+        tbs = encode_qs_to_qs_tbs(self.config.domain, Fqdn(item.destination), now_ms, item.message_id, item.payload)
+        return tbs + encode(hs_sign(self.keys.signing_key, QS_TO_QS_LABEL, tbs), VarBytes)
 
     def federated_enqueue(self, message: QsToQsMessage, now_ms: int, key_lookup: KeyLookup) -> FederatedEnqueueResult:
         """Accept a QsToQsMessage from a remote QS.
@@ -712,6 +712,8 @@ class QueueNotifier:
 
     def notify(self, qs_cids) -> int:
         """Wake the listeners of these queues; returns how many were woken."""
+        if not self._listeners:   # nobody is watching: no need to hash a whole fan-out's ids
+            return 0
         woken = 0
         for qs_cid in set(qs_cids):
             for send in list(self._listeners.get(qs_cid, ())):
@@ -792,7 +794,7 @@ class QsService:
         return result
 
     def frame_outbound(self, item: OutboundItem) -> bytes:
-        return encode(self.core.frame_outbound(item, self.clock.now_ms()))
+        return self.core.frame_outbound(item, self.clock.now_ms())
 
     def on_delivered(self, item: OutboundItem, response: bytes) -> None:
         try:

@@ -90,7 +90,7 @@ __all__ = [
     "SignaturePublicKey", "HpkePublicKey", "FriendshipToken", "MESSAGE_ID_LEN",
     "QueueConfig", "SealedQueueConfig", "ClientQueueConfig",
     "CommitContent", "ApplicationContent", "WelcomeBundle", "MessageContent", "FanOutMessage",
-    "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "FederatedEnqueueResponse",
+    "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "encode_qs_to_qs_tbs", "FederatedEnqueueResponse",
     "AddPackage", "CreateUserRecordParams", "CreateUserRecordResponse", "UpdateUserRecordParams",
     "UserRecordParams", "ClientRecordResponse", "UserRecordResponse", "DeleteUserRecordParams",
     "CreateClientRecordParams", "CreateClientRecordResponse", "UpdateClientRecordParams",
@@ -220,6 +220,18 @@ class QsToQsMessage:
     def tbs(self) -> bytes:
         return encode(QsToQsMessageTBS(self.source, self.destination, self.timestamp,
                                        self.message_id, self.payload))
+
+
+def encode_qs_to_qs_tbs(source: Fqdn, destination: Fqdn, timestamp: int, message_id: bytes,
+                        payload: bytes) -> bytes:
+    """``encode(QsToQsMessageTBS(...))`` for a ``payload`` that is already an
+    encoded FanOutMessage (as an outbound queue stores it). A struct encodes
+    as its fields' encodings in order, so this is the other fields followed
+    by the payload bytes: a sender frames a large fan-out without decoding
+    and re-encoding it. The encoded QsToQsMessage is this followed by the
+    encoded ``signature``."""
+    return (encode(source) + encode(destination) + encode(timestamp, U64)
+            + encode(message_id, fixed(MESSAGE_ID_LEN)) + payload)
 
 
 @struct
