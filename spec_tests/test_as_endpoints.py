@@ -14,8 +14,9 @@ import pytest
 from phoenix_ref import privacy_pass as pp
 from phoenix_ref.auth_tokens import AliasAuth, ClientCredentialAuth
 from phoenix_ref.authentication import messages as m
+from phoenix_ref.authentication.core import request_binding
 from phoenix_ref.client.as_client import (
-    AliasIdentity, AsClient, Registration, _binding, check_connection_package,
+    AliasIdentity, AsClient, Registration, check_connection_package,
 )
 from phoenix_ref.client.session import ClientSession
 from phoenix_ref.codec import decode, encode
@@ -114,7 +115,7 @@ async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(de
         await refused(pending.call(A, "finish_user_registration", tampered), 401)
         wrong_key = m.FinishUserRegistrationRequest(
             ClientCredentialAuth.create(SigningKey.generate(), ident.credential, now,
-                                        _binding(A, "finish_user_registration", finish.params)), finish.params)
+                                        request_binding(A, "finish_user_registration", finish.params)), finish.params)
         await refused(pending.call(A, "finish_user_registration", wrong_key), 401)
         # the Privacy Pass token is required
         await refused(c.call(A, "finish_user_registration", finish), 401, "token_required")
@@ -144,7 +145,7 @@ async def test_update_user_profile_is_client_credential_authenticated(deployment
         p = m.UpdateUserProfileParams(b"defaced")
         forged = m.UpdateUserProfileRequest(       # Alice's credential, Bob's key
             ClientCredentialAuth.create(bob.identity.signing_key, alice.credential, now,
-                                        _binding(A, "update_user_profile", p)), p)
+                                        request_binding(A, "update_user_profile", p)), p)
         await refused(bob.call(A, "update_user_profile", forged), 401)
         stale = alice.identity.update_profile(b"old", now - 2 * 3600 * 1000)   # older than 1 h
         await refused(alice.call(A, "update_user_profile", stale), 401)
@@ -244,7 +245,7 @@ async def test_direct_queue_enqueue_and_dequeue(deployment):
         # only the owner dequeues: Bob's key over Alice's credential is refused
         p = m.DequeueMessagesParams(0, 10)
         forged = m.DequeueMessagesRequest(ClientCredentialAuth.create(
-            bob.identity.signing_key, alice.credential, now, _binding(A, "as_dequeue_messages", p)), p)
+            bob.identity.signing_key, alice.credential, now, request_binding(A, "as_dequeue_messages", p)), p)
         await refused(bob.call(A, "as_dequeue_messages", forged), 401)
         # enqueueing needs no authentication, but the client must exist here
         unknown = ClientId.random(UserId.random(A))
@@ -290,7 +291,7 @@ async def test_register_alias_and_its_connection_package_payloads(deployment):
         now = deployment.clock.now_ms()
         p = m.UploadAliasPackages(ident.alias, [])
         forged = m.UploadAliasPackagesRequest(AliasAuth.create(SigningKey.generate(), ident.alias, now,
-                                                               _binding(A, "upload_alias_packages", p)), p)
+                                                               request_binding(A, "upload_alias_packages", p)), p)
         await refused(alice.call(A, "upload_alias_packages", forged), 401)
         await refused(bob.alias_connection_package(A, "nobody.here"), 404, "unknown_alias")
 
@@ -313,7 +314,7 @@ async def test_alias_queue_enqueue_and_dequeue(deployment):
         now = deployment.clock.now_ms()
         p = m.DequeueAliasMessagesParams(ident.alias, 0, 10)
         forged = m.DequeueAliasMessagesRequest(AliasAuth.create(SigningKey.generate(), ident.alias, now,
-                                                                _binding(A, "dequeue_alias_messages", p)), p)
+                                                                request_binding(A, "dequeue_alias_messages", p)), p)
         await refused(bob.call(A, "dequeue_alias_messages", forged), 401)
         await refused(bob.call(A, "enqueue_alias_message", m.EnqueueAliasMessageParams(Alias("nobody"), b"x")),
                       404, "unknown_alias")
@@ -327,7 +328,7 @@ async def test_delete_alias_needs_the_alias_auth_key_and_removes_everything(depl
         now = deployment.clock.now_ms()
         p = m.DeleteAlias(ident.alias)
         other_key = m.DeleteAliasRequest(AliasAuth.create(SigningKey.generate(), ident.alias, now,
-                                                          _binding(A, "delete_alias", p)), p)
+                                                          request_binding(A, "delete_alias", p)), p)
         await refused(alice.call(A, "delete_alias", other_key), 401)
         # a valid signature for another alias does not delete this one
         other = await alice.register_alias("other.alias", packages=0)
@@ -426,7 +427,7 @@ async def test_token_issuance_refuses_bad_requests_and_bad_authentication(deploy
         # Client Credential authentication: someone else's key over Alice's credential
         _, good = alice.identity.request_tokens(key, A, 2, now)
         forged = dataclasses.replace(good, auth=ClientCredentialAuth.create(
-            SigningKey.generate(), alice.credential, now, _binding(A, "request_tokens", good.params)))
+            SigningKey.generate(), alice.credential, now, request_binding(A, "request_tokens", good.params)))
         await refused(alice.as_client.call(A, "request_tokens", forged), 401)
         # a signature addressed to another AS is not valid here
         misaddressed = dataclasses.replace(good, auth=alice.identity.auth("request_tokens", good.params, now,

@@ -63,7 +63,7 @@ from . import messages as m
 from .accounts import AccountStore, AliasEntry, ClientEntry, UserEntry, direct_queue_id
 
 __all__ = [
-    "PREFIX", "AuthMode", "AsOperation", "OPERATIONS", "operation", "AsConfig", "AsSecrets",
+    "PREFIX", "AuthMode", "AsOperation", "OPERATIONS", "operation", "request_binding", "AsConfig", "AsSecrets",
     "AuthenticationCore", "NoConnectionPackage", "UnknownClient",
 ]
 
@@ -150,6 +150,14 @@ def operation(name: str) -> AsOperation:
     return _BY_NAME[name]
 
 
+def request_binding(domain: Fqdn, name: str, params: Any) -> RequestBinding:
+    """What an authenticated request to operation ``name`` of ``domain``'s AS
+    signs besides the spec's fields (:mod:`phoenix_ref.auth_tokens`): the
+    domain, the endpoint path and the encoded params. Client and AS build
+    it alike."""
+    return RequestBinding(domain, operation(name).path, encode(params))
+
+
 # --- errors ---------------------------------------------------------------------------
 
 class NoConnectionPackage(NotFound):
@@ -223,7 +231,7 @@ class AuthenticationCore:
     # --- authentication helpers ---------------------------------------------------------
 
     def _binding(self, name: str, params: Any) -> RequestBinding:
-        return RequestBinding(self.domain, operation(name).path, encode(params))
+        return request_binding(self.domain, name, params)
 
     def _verify_credential_auth(self, name: str, auth: ClientCredentialAuth, params: Any,
                                 now_ms: int, trust: TrustStore | None = None) -> CredentialChain:

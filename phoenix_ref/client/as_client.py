@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import crypto, opaque
 from .. import privacy_pass as pp
-from ..auth_tokens import AliasAuth, ClientCredentialAuth, RequestBinding
+from ..auth_tokens import AliasAuth, ClientCredentialAuth
 from ..codec import encode
 from ..errors import Unauthorized
 from ..credentials import (
@@ -34,7 +34,7 @@ from ..credentials import (
 from ..ids import Alias, ClientId, Fqdn, GroupId, UserId
 from ..queue_crypto import QueueMessage, QueueRatchetState, RATCHET_KEY_LEN, decrypt_queue_message
 from ..authentication import messages as m
-from ..authentication.core import PREFIX, operation
+from ..authentication.core import PREFIX, operation, request_binding
 
 __all__ = [
     "Registration", "AsIdentity", "AliasIdentity", "DirectQueueReader", "new_connection_payload",
@@ -44,10 +44,6 @@ __all__ = [
 ]
 
 DAY_MS = 24 * 3600 * 1000
-
-
-def _binding(domain: Fqdn, name: str, params: Any) -> RequestBinding:
-    return RequestBinding(domain, operation(name).path, encode(params))
 
 
 @dataclass
@@ -104,7 +100,7 @@ class AsIdentity:
         """Mode **Client Credential** for endpoint ``name`` of the AS of
         ``audience`` (default: the client's own AS)."""
         return ClientCredentialAuth.create(self.signing_key, self.credential, now_ms,
-                                           _binding(audience or self.domain, name, params))
+                                           request_binding(audience or self.domain, name, params))
 
     def connection_package(self, now_ms: int, lifetime_ms: int = 30 * DAY_MS) -> m.ConnectionPackage:
         """A signed connection package; its decryption key is kept."""
@@ -216,7 +212,7 @@ class AliasIdentity:
         return ident, req
 
     def auth(self, name: str, params: Any, now_ms: int) -> AliasAuth:
-        return AliasAuth.create(self.auth_key, self.alias, now_ms, _binding(self.domain, name, params))
+        return AliasAuth.create(self.auth_key, self.alias, now_ms, request_binding(self.domain, name, params))
 
     def upload_packages(self, n: int, now_ms: int) -> m.UploadAliasPackagesRequest:
         payloads = []
