@@ -98,6 +98,12 @@ class AsOperation:
     def path(self) -> str:
         return f"{PREFIX}/{self.name}"
 
+    @property
+    def method(self) -> str:
+        """The :class:`AuthenticationCore` method: the name without the
+        ``as_`` that keeps two endpoint names apart from the QS's."""
+        return self.name.removeprefix("as_")
+
 
 _S = "spec/authentication_service.md#"
 _A = AuthMode

@@ -45,14 +45,11 @@ from ..http import Call, Handler
 from ..ids import ClientId, Fqdn
 from ..keystore import Keystore
 from ..privacy_pass_gate import IssuerKeysResponse
-from .core import OPERATIONS, AsConfig, AsSecrets, AuthenticationCore
+from .core import OPERATIONS, AsConfig, AsSecrets, AuthenticationCore, operation
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
-
-#: Core method of each operation whose name differs from the endpoint name.
-_METHOD = {"as_dequeue_messages": "dequeue_messages", "as_enqueue_message": "enqueue_message"}
 
 
 def as_credentials_response(keystore: Keystore, revoked: list[bytes], now_ms: int) -> AsCredentialsResponse:
@@ -129,7 +126,7 @@ class AsService:
     async def run(self, name: str, call: Call) -> Any:
         """Run the core method of operation ``name`` on the decoded body."""
         core = await self.core(call.now_ms)
-        method = getattr(core, _METHOD.get(name, name))
+        method = getattr(core, operation(name).method)
         return await trio.to_thread.run_sync(method, call.body, call.now_ms)
 
     async def request_tokens(self, call: Call) -> Any:
