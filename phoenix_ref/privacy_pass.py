@@ -338,9 +338,13 @@ class IssuerKeys:
         self.current = dataclasses.replace(new_key, redeem_until_ms=None)
         return self.current
 
+    def rotation_due(self, now_ms: int, rotation_period_ms: int) -> bool:
+        """Whether the current key is ``rotation_period_ms`` old."""
+        return now_ms - self.current.created_ms >= rotation_period_ms
+
     def maybe_rotate(self, now_ms: int, rotation_period_ms: int, overlap_ms: int) -> IssuerKey | None:
-        """Rotate when the current key is older than ``rotation_period_ms``."""
-        if now_ms - self.current.created_ms >= rotation_period_ms:
+        """:meth:`rotate` if :meth:`rotation_due`; returns the new key or None."""
+        if self.rotation_due(now_ms, rotation_period_ms):
             return self.rotate(now_ms, overlap_ms)
         return None
 

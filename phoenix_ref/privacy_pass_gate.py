@@ -135,7 +135,7 @@ class PrivacyPassGate:
         Rotation limits token hoarding
         (``threat_model/qualitative/federation.md#hoarding-attacks``)."""
         async with self._lock:
-            if now_ms - self.keys.current.created_ms < self.rotation_ms and \
+            if not self.keys.rotation_due(now_ms, self.rotation_ms) and \
                     all(k.redeemable_at(now_ms) for k in self.keys.previous):
                 return False
             await trio.to_thread.run_sync(self._rotate_sync, now_ms, False)
@@ -150,8 +150,10 @@ class PrivacyPassGate:
     def _rotate_sync(self, now_ms: int, force: bool) -> None:
         keys = pp.IssuerKeys(self.keys.current, self.keys.previous)   # a copy: swap when saved
         gone = keys.prune(now_ms)
-        if force or now_ms - keys.current.created_ms >= self.rotation_ms:
+        if force:
             keys.rotate(now_ms, self.overlap_ms)
+        else:
+            keys.maybe_rotate(now_ms, self.rotation_ms, self.overlap_ms)
         self.store.save_issuer_keys(keys)
         self.keys = keys
         for key_id in gone:

@@ -122,9 +122,6 @@ class Discovery:
             self._cache.put(domain, urls, now)
         return urls
 
-    def forget(self, domain: str) -> None:
-        self._cache.discard(check_domain(domain))
-
     async def _discover(self, domain: str) -> tuple[ServiceUrls, bool]:
         override = self.overrides.get(domain)
         if override is not None:
