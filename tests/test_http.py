@@ -19,10 +19,14 @@ class Pair:
 
 
 class _Exploding(WireType):
+    """A wire type whose reader fails with something other than DecodeError."""
     name = "exploding"
 
     def read(self, r):
         raise ValueError("a validator refused the value")
+
+    def write(self, value, out):
+        out.append(value)
 
 
 @struct
