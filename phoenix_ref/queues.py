@@ -382,7 +382,7 @@ class SqliteQueueStore:
                 for queue_id, *material in db.execute(
                         f"SELECT queue_id, {self._MATERIAL} FROM {self._q} "
                         f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
-                    state[bytes(queue_id)] = self._material(*material)
+                    state[queue_id] = self._material(*material)
             out: list[int | None] = []
             messages = []
             for queue_id in queue_ids:
@@ -390,10 +390,12 @@ class SqliteQueueStore:
                 if material is None:
                     out.append(None)
                     continue
-                first = material.generation
+                seq = material.generation
                 payloads, state[queue_id] = _built(material, build)
-                messages += [(queue_id, first + i, p) for i, p in enumerate(payloads)]
-                out.append(first + len(payloads) - 1)
+                for payload in payloads:
+                    messages.append((queue_id, seq, payload))
+                    seq += 1
+                out.append(seq - 1)
             self._update(db, [self._columns(q, m) for q, m in state.items()])
             db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)", messages)
         return out
