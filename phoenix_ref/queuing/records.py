@@ -366,9 +366,15 @@ CREATE TABLE IF NOT EXISTS qs_rate_limits (
 """
 
 # One hit for key ? in the fixed window starting at ? (a new window restarts at 1).
-_COUNT_HIT = ("INSERT INTO qs_rate_limits VALUES (?,?,1) ON CONFLICT(key) DO UPDATE SET "
-              "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
-              "window_start = excluded.window_start")
+_ON_HIT = (" ON CONFLICT(key) DO UPDATE SET "
+           "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
+           "window_start = excluded.window_start")
+_COUNT_HIT = "INSERT INTO qs_rate_limits VALUES (?,?,1)" + _ON_HIT
+
+
+def _count_hits(n: int) -> str:
+    """:data:`_COUNT_HIT` for ``n`` keys in one statement, returning each key's new count."""
+    return "INSERT INTO qs_rate_limits VALUES " + ",".join(["(?,?,1)"] * n) + _ON_HIT + " RETURNING key, hits"
 _MAX_SQL_PARAMS = 500   # host parameters per statement (SQLite allows 32766 since 3.32)
 _CLIENT_COLS = "qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token, blocklist_salt"
 
@@ -580,17 +586,18 @@ class SqliteQsRecords:
             return n, start + window_ms
 
     def admit(self, limits, source, message_id, now_ms, keep_ms):
-        # One statement for all counters, one read of them back (not two
-        # statements per key): a fan-out names hundreds of configs and queues.
+        # A fan-out names hundreds of configs and queues: their counters are
+        # counted by multi-row upserts that return the new counts (one
+        # statement per chunk, not two per key).
         with self.transaction() as db:
             rows = [(key, now_ms - now_ms % window_ms) for key, _, window_ms in limits]
-            db.executemany(_COUNT_HIT, rows)
-            keys = list(dict.fromkeys(key for key, _ in rows))
             hits: dict[str, int] = {}
-            for i in range(0, len(keys), _MAX_SQL_PARAMS):
-                chunk = keys[i:i + _MAX_SQL_PARAMS]
-                hits.update(db.execute(f"SELECT key, hits FROM qs_rate_limits WHERE key IN "
-                                       f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            per_chunk = _MAX_SQL_PARAMS // 2
+            for i in range(0, len(rows), per_chunk):
+                chunk = rows[i:i + per_chunk]
+                counted = db.execute(_count_hits(len(chunk)), [x for row in chunk for x in row]).fetchall()
+                for key, n in counted:   # a key named twice is counted twice; keep its final count
+                    hits[key] = max(n, hits.get(key, 0))
             for (key, limit, window_ms), (_, start) in zip(limits, rows):
                 if hits[key] > limit:
                     return key, start + window_ms
