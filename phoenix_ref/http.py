@@ -46,6 +46,10 @@ class Call:
     body: Any                 # instance of the endpoint's request struct, or None
     headers: Any              # the request headers (case-insensitive mapping)
     now_ms: int
+    #: the request body exactly as received. ``body`` was decoded from it
+    #: strictly, so it is ``body``'s canonical encoding: a handler may check
+    #: a signature over a slice of it instead of re-encoding ``body``.
+    raw: bytes = b""
 
 
 Handler = Callable[[Call], Awaitable[Any]]
@@ -113,7 +117,7 @@ def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
             ctype = (request.mimetype or "").lower()
             if ctype != MEDIA_TYPE:
                 raise UnsupportedMediaType(f"request bodies are {MEDIA_TYPE}, not {ctype or 'untyped'}")
-        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now_ms())
+        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now_ms(), data)
         if check is not None:
             await check(endpoint, call)
         result = await handler(call)

@@ -42,6 +42,7 @@ Choices the spec leaves open (docs/decisions.md):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import unicodedata
 import uuid
@@ -111,14 +112,22 @@ class _CanonicalStringWire(WireType):
     def __init__(self, cls: type):
         self.cls = cls
         self.name = cls.__name__
+        self._string = wire_type_of(String)
+        # A fan-out names the same few domains hundreds of times. The values
+        # are immutable, so a valid canonical text is parsed once and the
+        # instance shared; invalid texts raise and are never cached (the
+        # cache is bounded, so unique names cannot grow it).
+        self._parse_canonical = functools.lru_cache(maxsize=4096)(self._parse_uncached)
 
     def write(self, value: Any, out: bytearray) -> None:
         if not isinstance(value, self.cls):
             raise EncodeError(f"{type(value).__name__} is not a {self.name}")
-        wire_type_of(String).write(value.value, out)
+        self._string.write(value.value, out)
 
     def read(self, r: Reader) -> Any:
-        text = wire_type_of(String).read(r)
+        return self._parse_canonical(self._string.read(r))
+
+    def _parse_uncached(self, text: str) -> Any:
         try:
             parsed = self.cls(text)
         except InvalidId as e:

@@ -114,6 +114,18 @@ def test_fqdn_decode_rejects_invalid_or_non_canonical(bad):
     assert "_Holder.domain" in str(e.value)
 
 
+def test_fqdn_decode_is_cached_only_for_valid_canonical_names():
+    """Decoding parses a canonical name once and shares the (immutable)
+    value; an invalid or non-canonical name is refused every time."""
+    raw = encode(_Holder(Fqdn("cache.example")))
+    first, second = decode(_Holder, raw), decode(_Holder, raw)
+    assert first == second == _Holder(Fqdn("cache.example"))
+    assert first.domain is second.domain
+    for _ in range(2):
+        with pytest.raises(DecodeError):
+            decode(_Holder, b"\x0dCache.example")
+
+
 def test_fqdn_encode_requires_fqdn():
     holder = object.__new__(_Holder)
     object.__setattr__(holder, "domain", "a.example")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from phoenix_ref.codec import DecodeError, decode, encode
+from phoenix_ref.codec import DecodeError, VarBytes, decode, encode
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from phoenix_ref.federation.outbound import OutboundItem
@@ -24,7 +24,7 @@ from phoenix_ref.queuing.messages import (
     MessageContent, PublishKeyPackagesParams, PublishKeyPackagesRequest, QsToQsMessage, QueueConfig,
     UpdateClientRecordParams, UpdateClientRecordRequest, UpdateUserRecordParams,
     UpdateUserRecordRequest, UserRecordParams, UserRecordRequest, WsParams, WsRequest,
-    decode_sealed_queue_config,
+    decode_sealed_queue_config, received_qs_to_qs_tbs,
 )
 
 from tests.qs_helpers import NOW, Client, fan_out, make_core
@@ -724,3 +724,30 @@ def test_deleted_client_records_are_reported_for_their_websockets(core):
     core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record",
                                           DeleteUserRecordParams(alice.qs_uid), as_user=True), NOW)
     assert sorted(map(str, deleted[1])) == sorted(map(str, [alice.qs_cid, second]))
+
+
+def test_signature_is_checked_over_the_received_bytes():
+    """The receiver checks the QsToQsMessage signature over the bytes it
+    received (minus the signature) instead of re-encoding the fan-out; those
+    are exactly ``msg.tbs()`` because strict decoding accepts only canonical
+    bytes. A forged or tampered message is refused the same way."""
+    f = Federation()
+    f.a.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP, b"raw"), NOW)
+    item = f.a.outbound.head("b.example")
+    framed = f.a.frame_outbound(item, NOW)
+    msg = decode(QsToQsMessage, framed)
+    assert received_qs_to_qs_tbs(framed, msg) == msg.tbs()
+    with pytest.raises(ValueError):
+        received_qs_to_qs_tbs(framed[:-1] + bytes([framed[-1] ^ 1]), msg)
+    forged = dataclasses.replace(msg, signature=SigningKey.generate().sign(msg.tbs()))
+    with pytest.raises(Unauthorized):
+        f.b.federated_enqueue(forged, NOW, f.lookup, received=encode(forged))
+    # one flipped bit in the signed part: the received bytes decode, the signature fails
+    tampered_raw = bytearray(framed)
+    tampered_raw[len(framed) - len(encode(msg.signature, VarBytes)) - 1] ^= 1
+    tampered = decode(QsToQsMessage, bytes(tampered_raw))
+    with pytest.raises(Unauthorized):
+        f.b.federated_enqueue(tampered, NOW, f.lookup, received=bytes(tampered_raw))
+    _nothing_enqueued(f)
+    result = f.b.federated_enqueue(msg, NOW, f.lookup, received=framed)
+    assert result.enqueued == [f.bob.qs_cid] and received(f.bob) == [content_bytes(b"raw")]

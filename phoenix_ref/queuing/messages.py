@@ -90,7 +90,7 @@ __all__ = [
     "SignaturePublicKey", "HpkePublicKey", "FriendshipToken", "MESSAGE_ID_LEN",
     "QueueConfig", "SealedQueueConfig", "ClientQueueConfig",
     "CommitContent", "ApplicationContent", "WelcomeBundle", "MessageContent", "FanOutMessage",
-    "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "encode_qs_to_qs_tbs", "FederatedEnqueueResponse",
+    "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "encode_qs_to_qs_tbs", "received_qs_to_qs_tbs", "FederatedEnqueueResponse",
     "AddPackage", "CreateUserRecordParams", "CreateUserRecordResponse", "UpdateUserRecordParams",
     "UserRecordParams", "ClientRecordResponse", "UserRecordResponse", "DeleteUserRecordParams",
     "CreateClientRecordParams", "CreateClientRecordResponse", "UpdateClientRecordParams",
@@ -232,6 +232,25 @@ def encode_qs_to_qs_tbs(source: Fqdn, destination: Fqdn, timestamp: int, message
     encoded ``signature``."""
     return (encode(source) + encode(destination) + encode(timestamp, U64)
             + encode(message_id, fixed(MESSAGE_ID_LEN)) + payload)
+
+
+def received_qs_to_qs_tbs(received: bytes, message: QsToQsMessage) -> bytes:
+    """The signed bytes of a QsToQsMessage taken from the bytes it arrived
+    as (``received``, which strictly decoded to ``message``), without
+    re-encoding a fan-out of hundreds of configs.
+
+    Equivalent to ``message.tbs()``: strict decoding (minimal varints, no
+    trailing bytes, canonical Fqdns, known tags) accepts exactly the
+    canonical encoding of the value it returns, so ``received ==
+    encode(message)``; and a struct encodes as its fields in order, so the
+    signed part is ``received`` without the encoded ``signature`` at its
+    end. Raises ValueError if ``received`` does not end with it (a caller
+    passed bytes that are not the message).
+    """
+    sig = encode(message.signature, VarBytes)
+    if len(received) < len(sig) or not received.endswith(sig):
+        raise ValueError("the received bytes do not end with the message's signature")
+    return received[:len(received) - len(sig)]
 
 
 @struct

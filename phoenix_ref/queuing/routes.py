@@ -143,7 +143,7 @@ def handlers(hs) -> dict[str, Handler]:
         """``#federated-qs-to-qs-communication``: checks in :meth:`QsCore.federated_enqueue`."""
         svc = _service(hs)
         svc.stats["federated_enqueue_received"] += 1
-        result = await svc.federated_enqueue(call.body, lambda d, r: _source_keys(hs, d, r))
+        result = await svc.federated_enqueue(call.body, lambda d, r: _source_keys(hs, d, r), call.raw or None)
         return result.response
 
     table: dict[str, Handler] = {name: client_handler(m) for name, m in CLIENT_METHODS.items()}
