@@ -74,7 +74,7 @@ def _counted(name: str, fn):
 
 def install_crypto_counters() -> None:
     """Count every asymmetric operation the QS code paths call."""
-    for module, names in ((qs_core, ["hs_sign", "hs_verify", "verify_with_label"]),
+    for module, names in ((qs_core, ["hs_sign", "hs_verify"]),
                           (fanout, ["hpke_open", "hs_verify"]),
                           (qc, ["hpke_seal", "hpke_open"])):
         for name in names:

@@ -216,7 +216,8 @@ async def test_publish_key_packages_and_get_add_package(deployment):
         key = await qs.queue_config_key("a.example")
 
         def add_package(last_resort=False, config=None):
-            kp = make_key_package("a.example", config or alice.sealed_config(key), last_resort=last_resort)
+            kp = make_key_package("a.example", config or alice.sealed_config(key), last_resort=last_resort,
+                                  now_ms=deployment.clock.now_ms())
             return m.AddPackage(kp, os.urandom(40), os.urandom(40))
 
         with pytest.raises(Malformed) as e:   # at least one KeyPackage of last resort

@@ -8,15 +8,13 @@ from dataclasses import dataclass
 
 from phoenix_ref.auth_tokens import QsAuthToken, RequestBinding
 from phoenix_ref.codec import encode
-from phoenix_ref.crypto import HpkeKeyPair, SigningKey, sign_with_label
+from phoenix_ref.crypto import HpkeKeyPair, SigningKey
 from phoenix_ref.federation.outbound import MemoryOutboundStore
 from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
 from phoenix_ref.mls.extensions import LastResortExtension, QueueConfigExtension, to_extension
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
-from phoenix_ref.mls.messages import (
-    CIPHER_SUITE_1, Capabilities, ContentType, Credential, KeyPackage, KeyPackageTBS, LeafNode,
-    LeafNodeSource, Lifetime, MLSMessage, PrivateMessage, ProtocolVersion, leaf_node_tbs,
-)
+from phoenix_ref.mls.keypackage import DEFAULT_LIFETIME_SECONDS, create_key_package
+from phoenix_ref.mls.messages import ContentType, Credential, KeyPackage, MLSMessage, PrivateMessage
 from phoenix_ref.queue_crypto import QueueRatchetState, decrypt_queue_message
 from phoenix_ref.queues import MemoryQueueStore, Queues
 from phoenix_ref.queuing.core import QsConfig, QsCore, QsKeys, operation_path
@@ -80,10 +78,10 @@ class Client:
         return ClientQueueConfig(self.core.config.domain, self.sealed_config())
 
     def key_package(self, *, last_resort: bool = False, with_queue_config: bool = True,
-                    config: bytes | None = None) -> KeyPackage:
+                    config: bytes | None = None, **kw) -> KeyPackage:
         return make_key_package(self.core.config.domain.value,
                                 config if config is not None else self.sealed_config(),
-                                last_resort=last_resort, with_queue_config=with_queue_config)
+                                last_resort=last_resort, with_queue_config=with_queue_config, **kw)
 
     def add_package(self, **kw) -> AddPackage:
         return AddPackage(self.key_package(**kw), os.urandom(40), os.urandom(40))
@@ -101,22 +99,18 @@ class Client:
 
 
 def make_key_package(domain: str, sealed_config: bytes, *, last_resort: bool = False,
-                     with_queue_config: bool = True, signer: SigningKey | None = None) -> KeyPackage:
-    sig_key = signer or SigningKey.generate()
+                     with_queue_config: bool = True, signer: SigningKey | None = None,
+                     now_ms: int = NOW, lifetime_seconds: int = DEFAULT_LIFETIME_SECONDS) -> KeyPackage:
+    """A KeyPackage made by the MLS module (RFC 9420 §10: signed leaf, default
+    capabilities, lifetime from ``now_ms``) carrying the client's queue config."""
     exts = []
     if with_queue_config:
         exts.append(to_extension(QueueConfigExtension(ExtClientQueueConfig(domain.encode(), sealed_config))))
     if last_resort:
         exts.append(to_extension(LastResortExtension()))
-    leaf = LeafNode(HpkeKeyPair.generate().public, sig_key.public, Credential.basic(b"pseudonym"),
-                    Capabilities([1], [1], [0xF001, 0xF002], [], [1]), LeafNodeSource.key_package,
-                    Lifetime(0, 2 ** 63), None, [], b"")
-    leaf = LeafNode(**{**leaf.__dict__, "signature": sign_with_label(
-        sig_key, "LeafNodeTBS", leaf_node_tbs(leaf, None, None))})
-    init = HpkeKeyPair.generate().public
-    tbs = KeyPackageTBS(ProtocolVersion.mls10, CIPHER_SUITE_1, init, leaf, exts)
-    return KeyPackage(ProtocolVersion.mls10, CIPHER_SUITE_1, init, leaf, exts,
-                      sign_with_label(sig_key, "KeyPackageTBS", encode(tbs)))
+    return create_key_package(signer or SigningKey.generate(), Credential.basic(b"pseudonym"),
+                              now=now_ms // 1000, lifetime_seconds=lifetime_seconds,
+                              extensions=exts).key_package
 
 
 def application_message(group_id: GroupId, body: bytes = b"hello") -> ApplicationContent:

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from phoenix_ref.codec import DecodeError, VarBytes, decode, encode
-from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify
+from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify, sign_with_label
+from phoenix_ref.mls.messages import leaf_node_tbs
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from phoenix_ref.federation.outbound import OutboundItem
 from phoenix_ref.ids import Fqdn, GroupId, QsCid
@@ -17,7 +18,7 @@ from phoenix_ref.queuing.core import (
 )
 from phoenix_ref.queuing.fanout import config_key_id, seal_queue_config
 from phoenix_ref.queuing.messages import (
-    AddPackageParams, AddPackageResponseTBS, BlockGroupParams, BlockGroupRequest, ClientQueueConfig,
+    AddPackage, AddPackageParams, AddPackageResponseTBS, BlockGroupParams, BlockGroupRequest, ClientQueueConfig,
     CreateClientRecordParams, CreateClientRecordRequest, CreateUserRecordParams,
     DeleteClientRecordParams, DeleteClientRecordRequest, DeleteUserRecordParams,
     DeleteUserRecordRequest, DequeueMessagesParams, DequeueMessagesRequest, FanOutMessage,
@@ -252,6 +253,36 @@ def test_publish_refuses_bad_key_package_signature(core):
     bad = dataclasses.replace(ap, key_package=dataclasses.replace(ap.key_package, signature=bytes(64)))
     with pytest.raises(Malformed):
         publish(alice, [bad])
+
+
+def test_publish_validates_key_packages_as_the_mls_module_does(core):
+    """RFC 9420 §10.1 with the leaf checks of §7.3: a KeyPackage whose leaf
+    signature does not verify (KeyPackage signature valid), whose lifetime
+    has ended or not begun, or whose capabilities do not list its extensions,
+    is refused at publish; nothing is stored."""
+    alice = Client.register(core)
+    signer = SigningKey.generate()
+    kp = alice.key_package(last_resort=True, signer=signer)
+    bad_leaf = dataclasses.replace(kp.leaf_node, signature=bytes(64))
+    unsigned = dataclasses.replace(kp, leaf_node=bad_leaf)
+    resigned = dataclasses.replace(unsigned, signature=sign_with_label(signer, "KeyPackageTBS", unsigned.tbs()))
+    expired = alice.key_package(last_resort=True, now_ms=NOW - 100 * 86_400_000)   # 90 days, ended
+    future = alice.key_package(last_resort=True, now_ms=NOW + 2 * 3_600_000)      # begins in an hour
+    caps = dataclasses.replace(kp.leaf_node.capabilities, extensions=[])
+    no_caps_leaf = dataclasses.replace(kp.leaf_node, capabilities=caps)
+    no_caps_leaf = dataclasses.replace(no_caps_leaf, signature=sign_with_label(
+        signer, "LeafNodeTBS", leaf_node_tbs(no_caps_leaf, None, None)))
+    no_caps = dataclasses.replace(kp, leaf_node=no_caps_leaf)
+    no_caps = dataclasses.replace(no_caps, signature=sign_with_label(signer, "KeyPackageTBS", no_caps.tbs()))
+    for bad, why in ((resigned, "signature"), (expired, "lifetime"), (future, "lifetime"),
+                     (no_caps, "capabilities")):
+        with pytest.raises(Malformed) as e:
+            publish(alice, [AddPackage(bad, os.urandom(40), os.urandom(40))])
+        assert e.value.code == "bad_key_package" and why in e.value.message, e.value.message
+    assert core.records.take_add_packages(alice.friendship_token) == []
+    publish(alice, [AddPackage(kp, os.urandom(40), os.urandom(40))])   # the untouched one is accepted
+    got = core.get_add_packages(AddPackageParams(alice.friendship_token), NOW)
+    assert [ap.key_package for ap in got.add_packages] == [kp]
 
 
 # --- local enqueue (#local-enqueue-message) ------------------------------------------------------------

@@ -15,8 +15,10 @@ Sections and where they are enforced:
 * ``#user-record-management-endpoints`` and its sub-sections — one method per
   endpoint; client records (decision in :mod:`.messages`).
 * ``#publish-keypackages`` — :meth:`QsCore.publish_key_packages` validates
-  every KeyPackage (RFC 9420 §10.1 signature, QueueConfig extension naming
-  this client, at least one last-resort KeyPackage).
+  every KeyPackage with the MLS module (RFC 9420 §10.1 with the leaf checks
+  of §7.3: signatures, capabilities, lifetime), and the spec's rules: a
+  QueueConfig extension naming this client, at least one last-resort
+  KeyPackage.
 * ``#get-addpackage`` — :meth:`QsCore.get_add_packages`.
 * ``#dequeue-messages`` — :meth:`QsCore.dequeue_messages` (queue semantics in
   :mod:`phoenix_ref.queues`, encryption in :mod:`phoenix_ref.queue_crypto`).
@@ -53,16 +55,16 @@ import trio
 
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, VarBytes, decode, encode
-from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify, verify_with_label
+from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify
 from ..endpoints import PREFIX as OPERATION_PREFIX
 from ..errors import Conflict, Forbidden, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.extensions import (
-    LAST_RESORT_EXTENSION_TYPE, ExtensionError, QueueConfigExtension,
-    check_unique, find_extension, get_extension,
+    LAST_RESORT_EXTENSION_TYPE, ExtensionError, QueueConfigExtension, find_extension, get_extension,
 )
-from ..mls.messages import CIPHER_SUITE_1, KeyPackage, LeafNodeSource, ProtocolVersion
+from ..mls.keypackage import KeyPackageError, validate_key_package
+from ..mls.messages import KeyPackage
 from ..queue_crypto import check_queue_encryption_key
 from ..queues import Queues
 from .fanout import (
@@ -394,20 +396,17 @@ class QsCore:
 
     # --- KeyPackages (#publish-keypackages, #get-addpackage) -----------------------------------
 
-    def _validate_key_package(self, kp: KeyPackage, qs_cid: QsCid, index: int) -> bool:
-        """RFC 9420 §10.1 checks and the spec's: returns whether it is last resort."""
+    def _validate_key_package(self, kp: KeyPackage, qs_cid: QsCid, index: int, now_ms: int) -> bool:
+        """The MLS module's KeyPackage validation (RFC 9420 §10.1, with the
+        leaf node checks of §7.3 — leaf signature, capabilities, lifetime
+        containing now — and unique extensions, §13), then the spec's: a
+        QueueConfig extension naming this client. Returns whether the
+        KeyPackage is a last-resort one."""
         where = f"add_packages[{index}].key_package"
-        if kp.version != ProtocolVersion.mls10 or kp.cipher_suite != CIPHER_SUITE_1:
-            raise Malformed(f"{where}: only MLS 1.0 with ciphersuite 1 is supported", code="bad_key_package")
-        if kp.leaf_node.leaf_node_source != LeafNodeSource.key_package:
-            raise Malformed(f"{where}: leaf_node_source must be key_package", code="bad_key_package")
-        if kp.init_key == kp.leaf_node.encryption_key:
-            raise Malformed(f"{where}: init_key equals the leaf encryption key", code="bad_key_package")
         try:
-            verify_with_label(kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature)
-            check_unique(kp.extensions)
+            validate_key_package(kp, now=now_ms // 1000)
             qce = get_extension(kp.extensions, QueueConfigExtension)
-        except (CryptoError, ExtensionError) as e:
+        except (KeyPackageError, ExtensionError) as e:
             raise Malformed(f"{where}: {e}", code="bad_key_package") from None
         if qce is None:
             raise Malformed(f"{where}: the QueueConfig extension is missing", code="missing_queue_config")
@@ -431,7 +430,7 @@ class QsCore:
             raise Malformed("no AddPackages", code="bad_key_package")
         rows = []
         for i, ap in enumerate(params.add_packages):
-            rows.append((encode(ap), self._validate_key_package(ap.key_package, params.qs_cid, i)))
+            rows.append((encode(ap), self._validate_key_package(ap.key_package, params.qs_cid, i, now_ms)))
         if not any(lr for _, lr in rows):
             raise Malformed("no KeyPackage of last resort among the AddPackages", code="missing_last_resort")
         self.records.replace_add_packages(params.qs_cid, rows)
