@@ -69,7 +69,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .codec import U8, U64, DecodeError, VarBytes, decode, encode, encode_varint, optional, struct, variant
 from .crypto import (
@@ -83,7 +83,7 @@ __all__ = [
     "QueueMessage", "RatchetedMessage", "RatchetKeyUpdate", "RatchetKeyReset",
     "QueueDecryptError", "queue_expand", "new_queue", "queue_from_ratchet_key",
     "encrypt_for_queue", "rotate_ratchet_key", "set_ratchet_key", "set_queue_encryption_key",
-    "rotation_due", "decrypt_queue_message", "decode_queue_message", "check_ratchet_key",
+    "rotation_due", "decrypt_queue_message", "read_queue_messages", "decode_queue_message", "check_ratchet_key",
     "check_queue_encryption_key",
 ]
 
@@ -369,3 +369,26 @@ def decrypt_queue_message(private_key: bytes | Sequence[bytes], state: QueueRatc
     except CryptoError:
         raise QueueDecryptError(f"queue message {seq}: decryption failed") from None
     return plaintext, QueueRatchetState(next_key, seq + 1)
+
+
+def read_queue_messages(private_key: bytes | Sequence[bytes], state: QueueRatchetState,
+                        messages: Iterable[QueueMessage]) -> tuple[list[bytes], QueueRatchetState]:
+    """Owner side of a dequeue (QS client queues and AS direct queues alike):
+    process dequeued ``messages`` in order with :func:`decrypt_queue_message`.
+
+    Messages below ``state.generation`` were processed by an earlier read
+    (a dequeue answer may repeat them, ``spec/queuing_service.md#dequeue-messages``)
+    and are skipped. Returns the application plaintexts (update and reset
+    messages carry none) and the state after the last message. Nothing is
+    returned on :class:`QueueDecryptError`, so the caller keeps its old state
+    and reads the same messages again (they stay queued until a later dequeue
+    starts past them).
+    """
+    out = []
+    for msg in messages:
+        if msg.sequence_number < state.generation:
+            continue
+        plain, state = decrypt_queue_message(private_key, state, msg)
+        if plain is not None:
+            out.append(plain)
+    return out, state

@@ -15,7 +15,7 @@ from phoenix_ref.mls.extensions import LastResortExtension, QueueConfigExtension
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
 from phoenix_ref.mls.keypackage import DEFAULT_LIFETIME_SECONDS, create_key_package
 from phoenix_ref.mls.messages import ContentType, Credential, KeyPackage, MLSMessage, PrivateMessage
-from phoenix_ref.queue_crypto import QueueRatchetState, decrypt_queue_message
+from phoenix_ref.queue_crypto import QueueRatchetState, read_queue_messages
 from phoenix_ref.queues import MemoryQueueStore, Queues
 from phoenix_ref.queuing.core import QsConfig, QsCore, QsKeys, operation_path
 from phoenix_ref.queuing.fanout import seal_queue_config
@@ -88,13 +88,7 @@ class Client:
 
     def read_queue(self, messages) -> list[bytes]:
         """Decrypt dequeued messages in order (skipping ratchet control messages)."""
-        out = []
-        for m in messages:
-            if m.sequence_number < self.ratchet.generation:
-                continue
-            plain, self.ratchet = decrypt_queue_message(self.queue_key.private, self.ratchet, m)
-            if plain is not None:
-                out.append(plain)
+        out, self.ratchet = read_queue_messages(self.queue_key.private, self.ratchet, messages)
         return out
 
 

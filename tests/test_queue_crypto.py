@@ -302,3 +302,24 @@ def test_reset_with_wrong_key_length_is_refused():
     bad = qc.QueueMessage(0, qc.RatchetKeyReset(HPKECiphertext(enc, ct)))
     with pytest.raises(qc.QueueDecryptError, match="byte key"):
         qc.decrypt_queue_message(owner.private, qc.QueueRatchetState(None, 0), bad)
+
+
+def test_read_queue_messages_skips_repeats_and_keeps_state_on_failure():
+    """The one reading loop of QS client queues and AS direct queues: already
+    read messages (a repeated dequeue answer) are skipped, control messages
+    yield nothing, and a failure returns nothing so the caller's state stays."""
+    owner = HpkeKeyPair.generate()
+    reset, material = qc.new_queue(owner.public, T0)
+    msgs = [reset]
+    for i, text in enumerate([b"a", b"b"], start=1):
+        m, material = qc.encrypt_for_queue(material, i, text)
+        msgs.append(m)
+    start = qc.QueueRatchetState(None, 0)
+    out, state = qc.read_queue_messages(owner.private, start, msgs[:2])
+    assert out == [b"a"] and state.generation == 2
+    out, state = qc.read_queue_messages(owner.private, state, msgs)   # 0 and 1 again
+    assert out == [b"b"] and state == qc.QueueRatchetState(material.ratchet_key, 3)
+    assert qc.read_queue_messages(owner.private, state, msgs) == ([], state)
+    bad = dataclasses.replace(msgs[2], payload=qc.RatchetedMessage(bytes(len(msgs[2].payload.ciphertext))))
+    with pytest.raises(qc.QueueDecryptError):
+        qc.read_queue_messages(owner.private, start, [msgs[0], msgs[1], bad])

@@ -32,7 +32,7 @@ from ..credentials import (
     AsCredentialsResponse, ClientCredential, ClientCredentialCsr, CredentialChain, ExpirationData, TrustStore,
 )
 from ..ids import Alias, ClientId, Fqdn, GroupId, UserId
-from ..queue_crypto import QueueMessage, QueueRatchetState, RATCHET_KEY_LEN, decrypt_queue_message
+from ..queue_crypto import RATCHET_KEY_LEN, QueueMessage, QueueRatchetState, read_queue_messages
 from ..authentication import messages as m
 from ..authentication.core import PREFIX, operation, request_binding
 
@@ -61,13 +61,7 @@ class DirectQueueReader:
         """Decrypt dequeued messages in order; returns the application
         payloads (ratchet updates carry none). Messages already processed
         (a repeated dequeue) are skipped."""
-        out = []
-        for msg in messages:
-            if msg.sequence_number < self.state.generation:
-                continue
-            plain, self.state = decrypt_queue_message(self.keys.private, self.state, msg)
-            if plain is not None:
-                out.append(plain)
+        out, self.state = read_queue_messages(self.keys.private, self.state, messages)
         return out
 
     @property

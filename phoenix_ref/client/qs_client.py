@@ -32,7 +32,7 @@ from ..auth_tokens import QsAuthToken, RequestBinding
 from ..codec import decode, encode
 from ..crypto import HpkeKeyPair, SigningKey
 from ..ids import Fqdn, QsCid, QsUid
-from ..queue_crypto import QueueMessage, QueueRatchetState, decrypt_queue_message
+from ..queue_crypto import QueueMessage, QueueRatchetState, read_queue_messages
 from ..queuing import messages as m
 from ..queuing.fanout import seal_queue_config
 from .as_client import MEDIA_TYPE, error_from_response
@@ -111,13 +111,7 @@ class QsIdentity:
     def read(self, messages: list[QueueMessage]) -> list[bytes]:
         """Decrypt dequeued messages in order; returns the enqueued plaintexts
         (encoded MessageContents). Messages already read are skipped."""
-        out = []
-        for msg in messages:
-            if msg.sequence_number < self.ratchet.generation:
-                continue
-            plain, self.ratchet = decrypt_queue_message(self.queue_key.private, self.ratchet, msg)
-            if plain is not None:
-                out.append(plain)
+        out, self.ratchet = read_queue_messages(self.queue_key.private, self.ratchet, messages)
         return out
 
 
