@@ -83,7 +83,7 @@ __all__ = [
     "QueueMessage", "RatchetedMessage", "RatchetKeyUpdate", "RatchetKeyReset",
     "QueueDecryptError", "queue_expand", "new_queue", "queue_from_ratchet_key",
     "encrypt_for_queue", "rotate_ratchet_key", "set_ratchet_key", "set_queue_encryption_key",
-    "rotation_due", "decrypt_queue_message", "read_queue_messages", "decode_queue_message", "check_ratchet_key",
+    "rotation_due", "encode_queue_message", "decrypt_queue_message", "read_queue_messages", "decode_queue_message", "check_ratchet_key",
     "check_queue_encryption_key",
 ]
 
@@ -269,6 +269,17 @@ def encrypt_for_queue(material: QueueKeyMaterial, seq: int,
     ct = aead_seal(key, nonce, _aad(seq), plaintext)
     new = QueueKeyMaterial(material.queue_encryption_key, next_key, seq + 1, material.rotated_at_ms)
     return QueueMessage(seq, RatchetedMessage(ct)), new
+
+
+def encode_queue_message(msg: QueueMessage) -> bytes:
+    """``encode(msg)``, written out for the ratcheted message a fan-out stores
+    once per queue: ``uint64 sequence_number``, the ``uint8`` tag 1 and the
+    ciphertext as ``opaque<V>`` (the struct's fields in order). Other
+    payloads go through the codec."""
+    if isinstance(msg.payload, RatchetedMessage):
+        ct = msg.payload.ciphertext
+        return msg.sequence_number.to_bytes(8, "big") + b"\x01" + encode_varint(len(ct)) + ct
+    return encode(msg)
 
 
 def rotate_ratchet_key(material: QueueKeyMaterial, seq: int, now_ms: int,

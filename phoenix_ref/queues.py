@@ -483,7 +483,7 @@ class Queues:
                 update, material = qc.rotate_ratchet_key(material, material.generation, now_ms)
                 out.append(encode(update))
             msg, material = qc.encrypt_for_queue(material, material.generation, plaintext)
-            out.append(encode(msg))
+            out.append(qc.encode_queue_message(msg))
             return out, material
         return build
 

@@ -323,3 +323,14 @@ def test_read_queue_messages_skips_repeats_and_keeps_state_on_failure():
     bad = dataclasses.replace(msgs[2], payload=qc.RatchetedMessage(bytes(len(msgs[2].payload.ciphertext))))
     with pytest.raises(qc.QueueDecryptError):
         qc.read_queue_messages(owner.private, start, [msgs[0], msgs[1], bad])
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 16383, 16384])
+def test_encode_queue_message_is_the_codec_encoding(length):
+    owner = HpkeKeyPair.generate()
+    reset, material = qc.new_queue(owner.public, T0)
+    msg, material = qc.encrypt_for_queue(material, 1, bytes(length))
+    assert qc.encode_queue_message(msg) == encode(msg)
+    assert qc.encode_queue_message(reset) == encode(reset)
+    update, _ = qc.rotate_ratchet_key(material, 2, T0)
+    assert qc.encode_queue_message(update) == encode(update)
