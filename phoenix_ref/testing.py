@@ -9,7 +9,10 @@
   routes by host name to the right app with scheme ``https``. Before
   delivering a request it runs a real TLS handshake in memory between the
   caller's ``ssl.SSLContext`` and the target's certificate, so certificate
-  checks (and a plain-HTTP peer) fail exactly as on a network.
+  checks (and a plain-HTTP peer) fail exactly as on a network. Like the
+  keep-alive pool of a real httpx client, a transport reuses a connection
+  that completed its handshake: it handshakes again only after the
+  homeserver went down or restarted (or its server context changed).
 * ``"sockets"``: hypercorn serves every homeserver over TLS on 127.0.0.1
   (port bound first with port 0); the federation clients use the resolve
   override so the certificates are checked against the real names.
@@ -121,9 +124,22 @@ class InProcessNetwork:
 
 
 class _RoutingTransport(httpx.AsyncBaseTransport):
+    """Routes requests to in-process apps, modelling a keep-alive connection pool.
+
+    A real httpx client keeps a connection per host open and runs the TLS
+    handshake once per connection, not per request. This transport does the
+    same: it remembers, per host, the node incarnation (``Node.epoch``) and
+    server context its last successful handshake was made with, and skips the
+    handshake while both are unchanged. A node going down or restarting (a
+    new epoch) or changing its server context drops the connection, so the
+    next request handshakes again and certificate checks fail as before.
+    This is harness realism only; no server behaviour depends on it.
+    """
+
     def __init__(self, network: InProcessNetwork, ssl_context: ssl.SSLContext):
         self.network = network
         self.ssl_context = ssl_context
+        self._pool: dict[str, tuple[int, ssl.SSLContext]] = {}   # host → (node epoch, server ctx)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -133,10 +149,14 @@ class _RoutingTransport(httpx.AsyncBaseTransport):
         if not node.up or node.hs is None:
             raise httpx.ConnectError(f"{host}: connection refused", request=request)
         if request.url.scheme == "https":
-            try:
-                tls_handshake(self.ssl_context, node.server_ssl_context, host)
-            except ssl.SSLError as e:
-                raise httpx.ConnectError(f"{host}: {e}", request=request) from e
+            pooled = self._pool.get(host)
+            if pooled is None or pooled[0] != node.epoch or pooled[1] is not node.server_ssl_context:
+                self._pool.pop(host, None)
+                try:
+                    tls_handshake(self.ssl_context, node.server_ssl_context, host)
+                except ssl.SSLError as e:
+                    raise httpx.ConnectError(f"{host}: {e}", request=request) from e
+                self._pool[host] = (node.epoch, node.server_ssl_context)
         elif node.server_ssl_context is not None:
             raise httpx.ConnectError(f"{host}: plain HTTP to a TLS port", request=request)
         return await httpx.ASGITransport(app=node.hs.asgi).handle_async_request(request)
@@ -157,6 +177,7 @@ class Node:
     hs: Homeserver | None = None
     up: bool = False
     server_ssl_context: ssl.SSLContext | None = None
+    epoch: int = 0                # bumped at every start and stop: pooled connections end
     _stop: trio.Event | None = field(default=None, repr=False)
     _stopped: trio.Event | None = field(default=None, repr=False)
 
@@ -282,6 +303,7 @@ class Deployment:
         if node.up:
             return node
         node.hs = self._new_homeserver(node)
+        node.epoch += 1
         node._stop = trio.Event()
         node._stopped = trio.Event()
         runner = self._run_in_process if self.mode == "in_process" else self._run_sockets
@@ -311,6 +333,7 @@ class Deployment:
         """Make homeserver ``name`` unreachable (its data stays)."""
         node = self.nodes[name]
         node.up = False
+        node.epoch += 1
         if node._stop is not None:
             node._stop.set()
             await node._stopped.wait()
