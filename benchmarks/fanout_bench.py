@@ -24,7 +24,14 @@ way its DS does (``hs.qs.local_enqueue``). It reports, against
   ``queue_crypto.encrypt_for_queue``) plus, per remote homeserver, one
   QsToQsMessage signature and its verification, divided by n. The floor is
   timed right after every warm message (the machine may be shared) and the
-  multiple is the median of the per-message ratios. Target ≤ 3×.
+  multiple is the median of the per-message ratios. Target ≤ 3×;
+* **where the CPU goes** (warm, median per message): thread CPU time of
+  each QS core call (``local_enqueue``, ``federated_enqueue``,
+  ``frame_outbound``), of the store calls inside it (``append_many``
+  includes the queue encryption it runs, shown separately), and the rest
+  of the process (HTTP, ASGI, emulated TLS, Trio, thread hand-offs). Thread
+  CPU is less disturbed by other load than wall time, but on a shared
+  machine it still varies by 20% or more between runs.
 
 Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 5]``.
 """
@@ -63,6 +70,18 @@ BODY = os.urandom(200)   # an application message of ordinary size
 
 _current = threading.local()   # .domain: the QS whose core is running in this thread
 asym: Counter[tuple[str, str]] = Counter()
+cpu_parts: Counter[tuple[str, str]] = Counter()   # (domain, what) → thread CPU seconds
+
+
+def _timed(domain_of, what: str, fn):
+    """``fn`` with its thread CPU time added to ``cpu_parts[(domain_of(), what)]``."""
+    def wrapper(*a, **kw):
+        t0 = time.thread_time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            cpu_parts[(domain_of(), what)] += time.thread_time() - t0
+    return wrapper
 
 
 def _counted(name: str, fn):
@@ -80,6 +99,8 @@ def install_crypto_counters() -> None:
         for name in names:
             setattr(module, name, _counted(name, getattr(module, name)))
     auth_tokens.crypto = _CryptoProxy()
+    qc.encrypt_for_queue = _timed(lambda: getattr(_current, "domain", "-"), "queue encryption",
+                                  qc.encrypt_for_queue)
 
 
 class _CryptoProxy:
@@ -103,7 +124,7 @@ def tag_core(core, domain: str) -> None:
                 return _fn(*a, **kw)
             finally:
                 _current.domain = before
-        setattr(core, name, wrapped)
+        setattr(core, name, _timed(lambda: domain, f"core {name}", wrapped))
 
 
 # --- counting store reads and writes ------------------------------------------------------------
@@ -127,7 +148,7 @@ class CountingStore:
         def wrapped(*a, **kw):
             io[(self._domain, kind)] += 1
             return attr(*a, **kw)
-        return wrapped
+        return _timed(lambda: self._domain, f"store {name}", wrapped)
 
 
 def instrument(hs) -> None:
@@ -210,6 +231,7 @@ async def run_case(n: int, k: int, messages: int) -> dict:
             nonlocal delivered
             asym.clear()
             io.clear()
+            cpu_parts.clear()
             sent0 = sender.qs.stats["federated_enqueue_sent"]
             delivered = trio.Event()
             answers[0] = 0
@@ -222,7 +244,8 @@ async def run_case(n: int, k: int, messages: int) -> dict:
                     await delivered.wait()
             cpu = time.process_time() - t0
             assert len(result.enqueued) == len(clients) // k + (1 if n % k else 0) or k == 1
-            return cpu, dict(asym), dict(io), sender.qs.stats["federated_enqueue_sent"] - sent0
+            return (cpu, dict(asym), dict(io), sender.qs.stats["federated_enqueue_sent"] - sent0,
+                    dict(cpu_parts))
 
         plaintext_len = len(encode(application_message(group, BODY), m.MessageContent))
         cold = await one(BODY)
@@ -254,8 +277,8 @@ def _per(domain_counts: dict, domain: str) -> str:
 def report(r: dict) -> None:
     n, k = r["n"], r["k"]
     warm_cpu = statistics.median(c for c, *_ in r["warm"])
-    _, warm_asym, warm_io, warm_requests = r["warm"][-1]
-    cold_cpu, cold_asym, cold_io, cold_requests = r["cold"]
+    _, warm_asym, warm_io, warm_requests, _ = r["warm"][-1]
+    cold_cpu, cold_asym, cold_io, cold_requests, _ = r["cold"]
     per_msg = warm_cpu / n
     print(f"\n== n = {n} queues over K = {k} homeserver(s) ==")
     print(f"federation requests per message: {warm_requests} (cold {cold_requests}; target K-1 = {k - 1})")
@@ -271,6 +294,21 @@ def report(r: dict) -> None:
     ratio = statistics.median(c / n / f for (c, *_), f in zip(r["warm"], r["floors"]))
     print(f"CPU per delivered message: {per_msg * 1e6:.0f} us warm, {cold_cpu / n * 1e6:.0f} us cold; "
           f"crypto floor {floor * 1e6:.1f} us -> {ratio:.1f}x (target <= 3x)")
+    report_cpu(r)
+
+
+def report_cpu(r: dict) -> None:
+    """Where the warm CPU goes: median ms per message of every (domain, what)."""
+    keys = sorted({key for *_, parts in r["warm"] for key in parts})
+    med = {key: statistics.median(parts.get(key, 0.0) for *_, parts in r["warm"]) for key in keys}
+    total = statistics.median(c for c, *_ in r["warm"])
+    cores = statistics.median(sum(v for (_, what), v in parts.items() if what.startswith("core "))
+                              for *_, parts in r["warm"])
+    print(f"CPU breakdown, warm, ms per message (total {total * 1e3:.1f}; outside the QS cores "
+          f"{(total - cores) * 1e3:.1f}: HTTP, ASGI, emulated TLS, Trio, thread hand-offs):")
+    for dom in r["domains"]:
+        parts = [f"{what} {med[(d, what)] * 1e3:.2f}" for d, what in keys if d == dom and med[(d, what)] >= 5e-5]
+        print(f"  {dom}: " + ", ".join(parts))
 
 
 async def main_async(sizes, homeservers, messages) -> None:
