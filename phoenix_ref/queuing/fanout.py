@@ -261,4 +261,4 @@ def group_id_of(message: FanOutMessage) -> GroupId:
             return GroupId.from_mls(raw)
         except DecodeError as e:
             raise Malformed(f"MLS group_id is not a Phoenix GroupId: {e}", code="bad_group_id") from None
-    raise Malformed("unknown message content")  # pragma: no cover - the codec admits no other case
+    raise Malformed("unknown message content")  # unreachable: the codec admits no other case

@@ -109,7 +109,7 @@ CLIENT_METHODS = {
 
 
 def _service(hs) -> QsService:
-    if hs.qs is None:  # pragma: no cover - routes run only between startup and shutdown
+    if hs.qs is None:  # only before startup or after shutdown
         raise UpstreamError("the QS is not running", code="qs_not_running")
     return hs.qs
 
