@@ -197,7 +197,7 @@ def test_publish_and_get_add_packages(core):
     ordinary = [alice.add_package() for _ in range(2)]
     last = alice.add_package(last_resort=True)
     publish(alice, ordinary + [last])
-    got = [core.get_add_packages(AddPackageParams(alice.friendship_token), NOW) for _ in range(4)]
+    got = [core.get_add_package(AddPackageParams(alice.friendship_token), NOW) for _ in range(4)]
     assert [r.add_packages for r in got] == [[ordinary[0]], [ordinary[1]], [last], [last]]
     # the answer is signed by the QS signing key
     tbs = encode(AddPackageResponseTBS(alice.friendship_token, got[0].add_packages))
@@ -205,7 +205,7 @@ def test_publish_and_get_add_packages(core):
     # publishing again replaces everything
     newer = alice.add_package(last_resort=True)
     publish(alice, [newer])
-    assert core.get_add_packages(AddPackageParams(alice.friendship_token), NOW).add_packages == [newer]
+    assert core.get_add_package(AddPackageParams(alice.friendship_token), NOW).add_packages == [newer]
 
 
 def test_add_packages_one_per_client(core):
@@ -217,12 +217,12 @@ def test_add_packages_one_per_client(core):
         alice.request(CreateClientRecordRequest, "create_client_record", params, as_user=True), NOW).qs_cid
     publish(alice, [alice.add_package(last_resort=True)])
     publish(second, [second.add_package(last_resort=True)])
-    assert len(core.get_add_packages(AddPackageParams(alice.friendship_token), NOW).add_packages) == 2
+    assert len(core.get_add_package(AddPackageParams(alice.friendship_token), NOW).add_packages) == 2
 
 
 def test_unknown_friendship_token_is_refused(core):
     with pytest.raises(Unauthorized):
-        core.get_add_packages(AddPackageParams(os.urandom(32)), NOW)
+        core.get_add_package(AddPackageParams(os.urandom(32)), NOW)
 
 
 def test_publish_requires_last_resort(core):
@@ -281,7 +281,7 @@ def test_publish_validates_key_packages_as_the_mls_module_does(core):
         assert e.value.code == "bad_key_package" and why in e.value.message, e.value.message
     assert core.records.take_add_packages(alice.friendship_token) == []
     publish(alice, [AddPackage(kp, os.urandom(40), os.urandom(40))])   # the untouched one is accepted
-    got = core.get_add_packages(AddPackageParams(alice.friendship_token), NOW)
+    got = core.get_add_package(AddPackageParams(alice.friendship_token), NOW)
     assert [ap.key_package for ap in got.add_packages] == [kp]
 
 

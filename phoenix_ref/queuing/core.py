@@ -19,7 +19,7 @@ Sections and where they are enforced:
   of §7.3: signatures, capabilities, lifetime), and the spec's rules: a
   QueueConfig extension naming this client, at least one last-resort
   KeyPackage.
-* ``#get-addpackage`` — :meth:`QsCore.get_add_packages`.
+* ``#get-addpackage`` — :meth:`QsCore.get_add_package`.
 * ``#dequeue-messages`` — :meth:`QsCore.dequeue_messages` (queue semantics in
   :mod:`phoenix_ref.queues`, encryption in :mod:`phoenix_ref.queue_crypto`).
 * ``#negotiate-websocket-connection`` — :meth:`QsCore.authorize_websocket`
@@ -436,7 +436,7 @@ class QsCore:
         self.records.replace_add_packages(params.qs_cid, rows)
         return Empty()
 
-    def get_add_packages(self, params: AddPackageParams, now_ms: int) -> AddPackageResponse:
+    def get_add_package(self, params: AddPackageParams, now_ms: int) -> AddPackageResponse:
         """``#get-addpackage``: the friendship token authenticates; one AddPackage
         per client of the user, signed by the QS."""
         taken = self.records.take_add_packages(params.friendship_token)

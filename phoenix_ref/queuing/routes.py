@@ -92,20 +92,12 @@ class KeystoreQsKeys:
         return self._by_id[1]
 
 
-#: Endpoint name → QsCore method, for the client endpoints.
-CLIENT_METHODS = {
-    "create_user_record": "create_user_record",
-    "update_user_record": "update_user_record",
-    "get_user_record": "get_user_record",
-    "delete_user_record": "delete_user_record",
-    "create_client_record": "create_client_record",
-    "update_client_record": "update_client_record",
-    "delete_client_record": "delete_client_record",
-    "block_group": "block_group",
-    "publish_key_packages": "publish_key_packages",
-    "get_add_package": "get_add_packages",
-    "dequeue_messages": "dequeue_messages",
-}
+#: The client endpoints; each is served by the QsCore method of the same name.
+CLIENT_OPERATIONS = (
+    "create_user_record", "update_user_record", "get_user_record", "delete_user_record",
+    "create_client_record", "update_client_record", "delete_client_record", "block_group",
+    "publish_key_packages", "get_add_package", "dequeue_messages",
+)
 
 
 def _service(hs) -> QsService:
@@ -146,7 +138,7 @@ def handlers(hs) -> dict[str, Handler]:
         result = await svc.federated_enqueue(call.body, lambda d, r: _source_keys(hs, d, r), call.raw or None)
         return result.response
 
-    table: dict[str, Handler] = {name: client_handler(m) for name, m in CLIENT_METHODS.items()}
+    table: dict[str, Handler] = {name: client_handler(name) for name in CLIENT_OPERATIONS}
     table.update(qs_verifying_key=qs_verifying_key, queue_config_encryption_key=queue_config_encryption_key,
                  websocket=websocket, federated_enqueue=federated_enqueue)
     return table
