@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import datetime
 import enum
+import functools
 import os
 import re
 import sqlite3
@@ -51,7 +52,7 @@ from typing import Protocol
 from . import queue_crypto as qc
 from .codec import U64, decode, encode, struct, vec
 from .errors import Conflict, NotFound
-from .storage import open_connection, transaction
+from .storage import Connection, open_connection, transaction
 
 __all__ = [
     "ActivityPrecision", "QueueConfig", "QueueInfo", "DequeueResult", "DequeueMessagesResponse",
@@ -273,11 +274,30 @@ class SqliteQueueStore:
     and ``<name>_messages``, so one database file can hold several kinds of
     queue (e.g. the AS's client and alias queues).
 
-    The key material is kept in columns (``next_seq`` is its generation), so
-    a fan-out reads and writes it without serialising anything. Messages live
-    in a rowid table (new rows go to the end of the table) with a
-    ``(queue_id, seq)`` index: a fan-out inserts one row into each of many
-    queues, and a table clustered by queue would dirty one page per queue.
+    Layout (``docs/decisions.md``, QS queue storage layout): each queue row
+    has an integer *queue number* ``qn`` (its rowid) besides the caller's
+    ``queue_id``; messages name the queue by number. The key material is kept
+    in columns (``next_seq`` is its generation), so a fan-out reads and
+    writes it without serialising anything. Messages live in a rowid table
+    (new rows go to the end of the table) with a ``(qn, seq)`` index: a
+    fan-out inserts one row into each of many queues, and a table clustered
+    by queue would dirty one page per queue. Integer keys keep both B-trees
+    small and make a fan-out's row updates and inserts several times cheaper
+    than 32-byte blob keys.
+
+    A fan-out's writes are multi-row statements (up to :data:`_MAX_SQL_PARAMS`
+    values each), not one statement per queue: each statement costs one
+    round into SQLite, and a worker thread gives up the GIL for each.
+
+    **Key-material cache.** The store keeps a copy of the queue number and
+    key material it last read or wrote per queue (at most ``max_cached``
+    queues, oldest dropped first), so a busy queue's fan-out needs no read.
+    It is written through: every change goes to the database in the same
+    unit of work. When a unit on the connection is rolled back, the whole
+    cache is dropped (:class:`phoenix_ref.storage.Connection`), so it never
+    holds material that was not committed. The cache assumes this store is
+    the only writer of its tables; a connection that is not a
+    :class:`~phoenix_ref.storage.Connection` gets no cache.
 
     ``db`` is a path (the store opens its own connection) or an open
     connection shared with other stores of the same service, with their
@@ -289,42 +309,64 @@ class SqliteQueueStore:
     """
 
     def __init__(self, db: str | os.PathLike | sqlite3.Connection, name: str = "queue",
-                 lock: threading.RLock | None = None) -> None:
+                 lock: threading.RLock | None = None, *, max_cached: int = 100_000) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ValueError(f"bad table name prefix {name!r}")
         self._q, self._m = f"{name}_queues", f"{name}_messages"
         self._own = not isinstance(db, sqlite3.Connection)
         self._db = open_connection(os.fspath(db)) if self._own else db
         self._lock = lock or threading.RLock()
+        self._cache: dict[bytes, tuple[int, qc.QueueKeyMaterial]] = {}
+        self._max_cached = max_cached if isinstance(self._db, Connection) else 0
+        if self._max_cached:
+            self._db.rollback_listeners.append(self._cache.clear)
         with self._tx() as conn:
-            self._migrate_blob_material(conn)
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (queue_id BLOB PRIMARY KEY, "
-                         "next_seq INTEGER NOT NULL, queue_encryption_key BLOB NOT NULL, "
-                         "ratchet_key BLOB NOT NULL, rotated_at_ms INTEGER NOT NULL, "
-                         "activity_ms INTEGER NOT NULL) WITHOUT ROWID")
+            old = self._read_older_layout(conn)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (qn INTEGER PRIMARY KEY, "
+                         "queue_id BLOB NOT NULL UNIQUE, next_seq INTEGER NOT NULL, "
+                         "queue_encryption_key BLOB NOT NULL, ratchet_key BLOB NOT NULL, "
+                         "rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL)")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {self._q}_activity ON {self._q} (activity_ms)")
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._m} (queue_id BLOB NOT NULL, "
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._m} (qn INTEGER NOT NULL, "
                          "seq INTEGER NOT NULL, payload BLOB NOT NULL)")
-            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {self._m}_seq ON {self._m} (queue_id, seq)")
+            conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {self._m}_seq ON {self._m} (qn, seq)")
+            if old is not None:
+                self._write_older_layout(conn, *old)
 
-    def _migrate_blob_material(self, conn: sqlite3.Connection) -> None:
-        """Files written before the key material had columns kept it encoded
-        in one ``key_material`` column: move it to the columns (once)."""
+    # --- files of earlier versions ---
+
+    def _read_older_layout(self, conn: sqlite3.Connection) -> tuple[list, list] | None:
+        """Files written by earlier versions keyed both tables by ``queue_id``
+        (and, earliest, kept the key material encoded in one ``key_material``
+        column). Read their rows and drop the tables; None if the file has
+        the current layout or no tables yet."""
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._q})")}
-        if "key_material" not in columns:
-            return
-        rows = conn.execute(f"SELECT queue_id, key_material, activity_ms FROM {self._q}").fetchall()
+        if not columns or "qn" in columns:
+            return None
+        if "key_material" in columns:
+            queues = []
+            for queue_id, raw, activity in conn.execute(f"SELECT queue_id, key_material, activity_ms FROM {self._q}"):
+                m = decode(qc.QueueKeyMaterial, bytes(raw))
+                queues.append((queue_id, m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms,
+                               activity))
+        else:
+            queues = conn.execute(f"SELECT queue_id, {self._MATERIAL}, activity_ms FROM {self._q}").fetchall()
+        messages = conn.execute(f"SELECT queue_id, seq, payload FROM {self._m}").fetchall()
+        conn.execute(f"DROP TABLE {self._m}")
         conn.execute(f"DROP TABLE {self._q}")
-        conn.execute(f"CREATE TABLE {self._q} (queue_id BLOB PRIMARY KEY, next_seq INTEGER NOT NULL, "
-                     "queue_encryption_key BLOB NOT NULL, ratchet_key BLOB NOT NULL, "
-                     "rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL) WITHOUT ROWID")
-        for queue_id, raw, activity in rows:
-            m = decode(qc.QueueKeyMaterial, bytes(raw))
-            conn.execute(f"INSERT INTO {self._q} VALUES (?,?,?,?,?,?)",
-                         (queue_id, m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms, activity))
+        return queues, messages
+
+    def _write_older_layout(self, conn: sqlite3.Connection, queues: list, messages: list) -> None:
+        conn.executemany(f"INSERT INTO {self._q} (queue_id, {self._MATERIAL}, activity_ms) VALUES (?,?,?,?,?,?)",
+                         queues)
+        numbers = dict(conn.execute(f"SELECT queue_id, qn FROM {self._q}").fetchall())
+        conn.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
+                         [(numbers[q], seq, payload) for q, seq, payload in messages if q in numbers])
 
     def _tx(self):
         return transaction(self._db, self._lock)
+
+    # --- key material: columns and cache ---
 
     _MATERIAL = "next_seq, queue_encryption_key, ratchet_key, rotated_at_ms"
 
@@ -332,21 +374,61 @@ class SqliteQueueStore:
     def _material(next_seq: int, queue_key: bytes, ratchet_key: bytes, rotated_at_ms: int) -> qc.QueueKeyMaterial:
         return qc.QueueKeyMaterial(bytes(queue_key), bytes(ratchet_key), next_seq, rotated_at_ms)
 
-    @staticmethod
-    def _columns(queue_id: bytes, m: qc.QueueKeyMaterial) -> tuple:
-        """Arguments of ``UPDATE … SET {_MATERIAL} = … WHERE queue_id = ?``."""
-        return (m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms, queue_id)
+    def _remember(self, queue_id: bytes, qn: int, material: qc.QueueKeyMaterial) -> None:
+        cache = self._cache
+        if queue_id not in cache and len(cache) >= self._max_cached:
+            if not self._max_cached:
+                return
+            del cache[next(iter(cache))]
+        cache[queue_id] = (qn, material)
 
-    def _row(self, db, queue_id) -> tuple[qc.QueueKeyMaterial, int]:
-        row = db.execute(f"SELECT {self._MATERIAL}, activity_ms FROM {self._q} WHERE queue_id=?",
-                         (queue_id,)).fetchone()
+    def _queues(self, db, ids: list[bytes]) -> dict[bytes, tuple[int, qc.QueueKeyMaterial]]:
+        """``queue_id → (qn, key material)`` for the existing queues among
+        ``ids`` (distinct): from the cache, the rest with one ``SELECT … IN``
+        per chunk."""
+        cache = self._cache
+        found = {q: cache[q] for q in ids if q in cache}
+        missing = [q for q in ids if q not in found]
+        for i in range(0, len(missing), _MAX_SQL_PARAMS):
+            chunk = missing[i:i + _MAX_SQL_PARAMS]
+            for queue_id, qn, *columns in db.execute(
+                    f"SELECT queue_id, qn, {self._MATERIAL} FROM {self._q} "
+                    f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
+                entry = found[queue_id] = (qn, self._material(*columns))
+                self._remember(queue_id, *entry)
+        return found
+
+    def _number(self, db, queue_id: bytes) -> tuple[int, int]:
+        """``(qn, activity_ms)`` of a queue; :class:`NotFound` if there is none."""
+        row = db.execute(f"SELECT qn, activity_ms FROM {self._q} WHERE queue_id=?", (queue_id,)).fetchone()
         if row is None:
             raise _not_found(queue_id)
-        return self._material(*row[:4]), row[4]
+        return row
 
-    def _update(self, db, rows: list[tuple]) -> None:
-        db.executemany(f"UPDATE {self._q} SET next_seq=?, queue_encryption_key=?, ratchet_key=?, "
-                       "rotated_at_ms=? WHERE queue_id=?", rows)
+    def _store_materials(self, db, updated: list[tuple[bytes, int, qc.QueueKeyMaterial]]) -> None:
+        """Write the key material of existing queues ``(queue_id, qn,
+        material)``: one ``UPDATE … FROM (VALUES …)`` per chunk."""
+        per = _MAX_SQL_PARAMS // 5
+        for i in range(0, len(updated), per):
+            chunk = updated[i:i + per]
+            args = []
+            for _, qn, m in chunk:
+                args += (qn, m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms)
+            db.execute(f"UPDATE {self._q} SET next_seq = v.column2, queue_encryption_key = v.column3, "
+                       "ratchet_key = v.column4, rotated_at_ms = v.column5 "
+                       f"FROM (VALUES {_placeholders(len(chunk), 5)}) AS v WHERE qn = v.column1", args)
+        for queue_id, qn, m in updated:
+            self._remember(queue_id, qn, m)
+
+    def _insert_messages(self, db, messages: list[tuple[int, int, bytes]]) -> None:
+        """Insert ``(qn, seq, payload)`` rows, a multi-row INSERT per chunk."""
+        per = _MAX_SQL_PARAMS // 3
+        for i in range(0, len(messages), per):
+            chunk = messages[i:i + per]
+            db.execute(f"INSERT INTO {self._m} VALUES {_placeholders(len(chunk), 3)}",
+                       [x for row in chunk for x in row])
+
+    # --- QueueStore ---
 
     def create_queue(self, queue_id, material, messages, activity_ms):
         if material.generation != len(messages):
@@ -354,76 +436,75 @@ class SqliteQueueStore:
         with self._tx() as db:
             if db.execute(f"SELECT 1 FROM {self._q} WHERE queue_id=?", (queue_id,)).fetchone():
                 raise _exists(queue_id)
-            db.execute(f"INSERT INTO {self._q} VALUES (?,?,?,?,?,?)",
-                       (queue_id, material.generation, material.queue_encryption_key, material.ratchet_key,
-                        material.rotated_at_ms, activity_ms))
-            db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
-                           [(queue_id, i, p) for i, p in enumerate(messages)])
+            qn = db.execute(f"INSERT INTO {self._q} (queue_id, {self._MATERIAL}, activity_ms) VALUES (?,?,?,?,?,?)",
+                            (queue_id, material.generation, material.queue_encryption_key, material.ratchet_key,
+                             material.rotated_at_ms, activity_ms)).lastrowid
+            self._insert_messages(db, [(qn, i, p) for i, p in enumerate(messages)])
+            self._remember(queue_id, qn, material)
 
     def append(self, queue_id, build):
         with self._tx() as db:
-            material, _ = self._row(db, queue_id)
+            entry = self._queues(db, [queue_id]).get(queue_id)
+            if entry is None:
+                raise _not_found(queue_id)
+            qn, material = entry
             first = material.generation
             payloads, new = _built(material, build)
-            self._update(db, [self._columns(queue_id, new)])
-            db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
-                           [(queue_id, first + i, p) for i, p in enumerate(payloads)])
+            self._store_materials(db, [(queue_id, qn, new)])
+            self._insert_messages(db, [(qn, first + i, p) for i, p in enumerate(payloads)])
             return first
 
     def append_many(self, queue_ids, build):
-        # Statements per fan-out, not per queue: the key material of every
-        # queue in one SELECT (per chunk of ids), then one executemany for the
-        # new messages and one for the new key material.
-        ids = list(dict.fromkeys(queue_ids))
+        # Statements per fan-out, not per queue: the key material of the
+        # queues not in the cache in one SELECT (per chunk of ids), then
+        # multi-row statements for the new messages and the new key material.
         with self._tx() as db:
-            state: dict[bytes, qc.QueueKeyMaterial] = {}
-            for i in range(0, len(ids), _MAX_SQL_PARAMS):
-                chunk = ids[i:i + _MAX_SQL_PARAMS]
-                for queue_id, *material in db.execute(
-                        f"SELECT queue_id, {self._MATERIAL} FROM {self._q} "
-                        f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
-                    state[queue_id] = self._material(*material)
+            state = self._queues(db, list(dict.fromkeys(queue_ids)))
             out: list[int | None] = []
             messages = []
             for queue_id in queue_ids:
-                material = state.get(queue_id)
-                if material is None:
+                entry = state.get(queue_id)
+                if entry is None:
                     out.append(None)
                     continue
+                qn, material = entry
                 seq = material.generation
-                payloads, state[queue_id] = _built(material, build)
+                payloads, new = _built(material, build)
+                state[queue_id] = (qn, new)
                 for payload in payloads:
-                    messages.append((queue_id, seq, payload))
+                    messages.append((qn, seq, payload))
                     seq += 1
                 out.append(seq - 1)
-            self._update(db, [self._columns(q, m) for q, m in state.items()])
-            db.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)", messages)
+            self._store_materials(db, [(queue_id, qn, m) for queue_id, (qn, m) in state.items()])
+            self._insert_messages(db, messages)
         return out
 
     def fetch(self, queue_id, start, limit, activity_ms):
         start, limit = min(start, _SQLITE_MAX), min(limit, _SQLITE_MAX)
         with self._tx() as db:
-            self._row(db, queue_id)
-            db.execute(f"DELETE FROM {self._m} WHERE queue_id=? AND seq<?", (queue_id, start))
-            rows = db.execute(f"SELECT seq, payload FROM {self._m} WHERE queue_id=? "
-                              "ORDER BY seq LIMIT ?", (queue_id, limit)).fetchall()
-            (total,) = db.execute(f"SELECT COUNT(*) FROM {self._m} WHERE queue_id=?",
-                                  (queue_id,)).fetchone()
-            db.execute(f"UPDATE {self._q} SET activity_ms=? WHERE queue_id=?", (activity_ms, queue_id))
+            qn, _ = self._number(db, queue_id)
+            db.execute(f"DELETE FROM {self._m} WHERE qn=? AND seq<?", (qn, start))
+            rows = db.execute(f"SELECT seq, payload FROM {self._m} WHERE qn=? ORDER BY seq LIMIT ?",
+                              (qn, limit)).fetchall()
+            (total,) = db.execute(f"SELECT COUNT(*) FROM {self._m} WHERE qn=?", (qn,)).fetchone()
+            db.execute(f"UPDATE {self._q} SET activity_ms=? WHERE qn=?", (activity_ms, qn))
             return [(s, bytes(p)) for s, p in rows], total - len(rows)
 
     def info(self, queue_id):
         with self._tx() as db:
-            material, activity = self._row(db, queue_id)
-            (count,) = db.execute(f"SELECT COUNT(*) FROM {self._m} WHERE queue_id=?",
-                                  (queue_id,)).fetchone()
-            return QueueInfo(material.generation, material, activity, count)
+            row = db.execute(f"SELECT qn, {self._MATERIAL}, activity_ms FROM {self._q} WHERE queue_id=?",
+                             (queue_id,)).fetchone()
+            if row is None:
+                raise _not_found(queue_id)
+            (count,) = db.execute(f"SELECT COUNT(*) FROM {self._m} WHERE qn=?", (row[0],)).fetchone()
+            return QueueInfo(row[1], self._material(*row[1:5]), row[5], count)
 
     def delete_queue(self, queue_id):
         with self._tx() as db:
-            self._row(db, queue_id)
-            db.execute(f"DELETE FROM {self._m} WHERE queue_id=?", (queue_id,))
-            db.execute(f"DELETE FROM {self._q} WHERE queue_id=?", (queue_id,))
+            qn, _ = self._number(db, queue_id)
+            db.execute(f"DELETE FROM {self._m} WHERE qn=?", (qn,))
+            db.execute(f"DELETE FROM {self._q} WHERE qn=?", (qn,))
+            self._cache.pop(queue_id, None)
 
     def inactive_queues(self, before_ms):
         with self._tx() as db:
@@ -435,6 +516,12 @@ class SqliteQueueStore:
         if self._own:
             with self._lock:
                 self._db.close()
+
+
+@functools.lru_cache(maxsize=64)
+def _placeholders(rows: int, columns: int) -> str:
+    """``(?,…,?),(?,…,?)…``: ``rows`` groups of ``columns`` parameters."""
+    return ",".join(["(" + ",".join("?" * columns) + ")"] * rows)
 
 
 # --- the core -------------------------------------------------------------------------

@@ -22,21 +22,41 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import trio
 
 T = TypeVar("T")
 
 
-def open_connection(path: Path | str) -> sqlite3.Connection:
+class Connection(sqlite3.Connection):
+    """An ``sqlite3`` connection that tells listeners when a unit of work is
+    rolled back, so that a store can drop in-memory copies of rows that
+    were written inside it (:class:`~phoenix_ref.queues.SqliteQueueStore`
+    keeps the key material of busy queues)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rollback_listeners: list[Callable[[], None]] = []
+
+    def rolled_back(self) -> None:
+        for listener in self.rollback_listeners:
+            listener()
+
+
+def open_connection(path: Path | str) -> Connection:
     """An SQLite connection as every store uses it: autocommit mode (the
     stores issue ``BEGIN`` themselves), WAL journal, foreign keys on, usable
     from worker threads (callers serialise use with a lock)."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=Connection)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _rolled_back(conn: sqlite3.Connection) -> None:
+    if isinstance(conn, Connection):
+        conn.rolled_back()
 
 
 @contextmanager
@@ -46,19 +66,21 @@ def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
     The outermost unit is ``BEGIN IMMEDIATE`` … ``COMMIT``; a unit opened
     inside it (same thread, ``lock`` is re-entrant) is a ``SAVEPOINT``, so it
     can fail on its own (rolled back to the savepoint) while only the
-    outermost ``COMMIT`` makes anything durable. Any exception rolls its unit
-    back and propagates.
+    outermost ``COMMIT`` makes anything durable. Any exception (a failing
+    ``COMMIT`` too) rolls its unit back, tells the connection's rollback
+    listeners (:class:`Connection`) and propagates.
     """
     with lock:
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:   # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
+                _rolled_back(conn)
                 raise
-            conn.execute("COMMIT")
             return
         conn.execute("SAVEPOINT nested")
         try:
@@ -67,6 +89,7 @@ def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
             if conn.in_transaction:
                 conn.execute("ROLLBACK TO nested")
                 conn.execute("RELEASE nested")
+            _rolled_back(conn)
             raise
         conn.execute("RELEASE nested")
 

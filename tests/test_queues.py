@@ -7,6 +7,7 @@ import datetime
 import shutil
 import sqlite3
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from phoenix_ref.queues import (
     SqliteQueueStore, month_start_ms,
 )
 from phoenix_ref.spec_plugin import spec
+from phoenix_ref.storage import open_connection, transaction
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 QS_DEQUEUE = "spec/queuing_service.md#dequeue-messages"
@@ -252,6 +254,62 @@ def test_sqlite_migrates_key_material_of_older_files(tmp_path):
     assert queues.info(b"q") == QueueInfo(1, material, T0, 1)
     assert queues.enqueue(b"q", b"hello", T0) == 1
     assert [m.sequence_number for m in queues.dequeue(b"q", 0, 10, T0).messages] == [0, 1]
+
+
+def test_sqlite_migrates_queue_id_keyed_files(tmp_path):
+    """Files whose tables were keyed by queue id (before queue numbers) open
+    with every queue, its key material and its messages."""
+    path = tmp_path / "old.db"
+    reset, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE qs_queues (queue_id BLOB PRIMARY KEY, next_seq INTEGER NOT NULL, "
+               "queue_encryption_key BLOB NOT NULL, ratchet_key BLOB NOT NULL, rotated_at_ms INTEGER NOT NULL, "
+               "activity_ms INTEGER NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE qs_messages (queue_id BLOB NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL)")
+    db.execute("CREATE UNIQUE INDEX qs_messages_seq ON qs_messages (queue_id, seq)")
+    for q in (b"q1", b"q2"):
+        db.execute("INSERT INTO qs_queues VALUES (?,?,?,?,?,?)", (q, 1, material.queue_encryption_key,
+                                                                   material.ratchet_key, material.rotated_at_ms, T0))
+        db.execute("INSERT INTO qs_messages VALUES (?,?,?)", (q, 0, encode(reset)))
+    db.commit()
+    db.close()
+    queues = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)
+    try:
+        assert queues.info(b"q2") == QueueInfo(1, material, T0, 1)
+        assert queues.enqueue_many([b"q1", b"q2"], b"hello", T0) == [1, 1]
+        assert [m.sequence_number for m in queues.dequeue(b"q1", 0, 10, T0).messages] == [0, 1]
+    finally:
+        queues.store.close()
+
+
+def test_sqlite_key_material_cache_is_dropped_when_the_owner_rolls_back(tmp_path):
+    """The store caches key material it wrote; a unit rolled back after the
+    write (here: by the owner of a shared connection) must not leave the
+    cache ahead of the database, or the next message would skip ratchet steps."""
+    conn, lock = open_connection(tmp_path / "shared.db"), threading.RLock()
+    queues = Queues(SqliteQueueStore(conn, "qs", lock), NO_ROTATION)
+    queues.create(b"q", OWNER.public, T0, initial_ratchet_key=bytes(32))
+    assert queues.enqueue(b"q", b"one", T0) == 0
+    with pytest.raises(RuntimeError):
+        with transaction(conn, lock):
+            assert queues.enqueue_many([b"q"], b"lost", T0) == [1]
+            raise RuntimeError("the owner's later write failed")
+    assert queues.info(b"q").next_sequence_number == 1
+    assert queues.enqueue(b"q", b"two", T0) == 1
+    msgs = queues.dequeue(b"q", 0, 10, T0).messages
+    assert Owner(qc.QueueRatchetState(bytes(32), 0)).take(msgs) == [b"one", b"two"]
+    conn.close()
+
+
+def test_sqlite_key_material_cache_is_bounded(tmp_path):
+    store = SqliteQueueStore(tmp_path / "q.db", max_cached=3)
+    queues = Queues(store, NO_ROTATION)
+    for i in range(10):
+        queues.create(bytes([i]), OWNER.public, T0, initial_ratchet_key=bytes(32))
+    assert queues.enqueue_many([bytes([i]) for i in range(10)], b"x", T0) == [0] * 10
+    assert len(store._cache) == 3
+    assert queues.enqueue_many([bytes([i]) for i in range(10)], b"y", T0) == [1] * 10
+    store.close()
 
 
 def test_sqlite_survives_reopen_and_separates_table_prefixes(tmp_path):

@@ -67,6 +67,7 @@ from ..mls.keypackage import KeyPackageError, validate_key_package
 from ..mls.messages import KeyPackage
 from ..queue_crypto import check_queue_encryption_key
 from ..queues import Queues
+from ..rate_limit import WindowCounters
 from .fanout import (
     InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest, config_key_id, group_id_of,
     open_sealed_queue_config, split_by_domain,
@@ -228,13 +229,16 @@ class QsCore:
 
     def __init__(self, config: QsConfig, keys: QsKeys, records: QsRecords, queues: Queues,
                  outbound: OutboundStore, *, config_cache: SealedConfigCache | None = None,
-                 transaction: Callable[[], AbstractContextManager] = nullcontext):
+                 transaction: Callable[[], AbstractContextManager] = nullcontext,
+                 rate_limits: WindowCounters | None = None):
         self.config = config
         self.keys = keys
         self.records = records
         self.queues = queues
         self.outbound = outbound
         self.config_cache = config_cache if config_cache is not None else SealedConfigCache()
+        #: Federation rate-limit counters (``#rate-limiting``), in memory.
+        self.rate_limits = rate_limits if rate_limits is not None else WindowCounters()
         #: Groups store calls into one atomic write (``QsStore.transaction``
         #: when the stores share an SQLite database; the in-memory test stores
         #: have no rollback and use ``nullcontext``).
@@ -629,30 +633,34 @@ class QsCore:
             raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
         group_id = group_id_of(message.payload)
 
-        # Rate limits (#rate-limiting), the replay check and the enqueue in one
-        # store transaction, so a message id is remembered exactly when the
-        # message was enqueued. A 429 leaves no trace but the counters (the
-        # message id is not remembered), so the sender's retry is clean.
+        # Rate limits (#rate-limiting) first: in-memory counters
+        # (docs/decisions.md); a 429 leaves no trace but the counters, so the
+        # sender's retry is clean. Then the replay check and the enqueue in
+        # one store transaction, so a message id is remembered exactly when
+        # the message was enqueued.
         source = message.source.value
         opened = self._open_all(message.payload.client_queue_configs)
-        limits: list[tuple[str, RateLimit | None]] = [(f"domain:{source}", cfg.rate_limit_per_domain)]
-        limits += [(f"config:{digest.hex()}", cfg.rate_limit_per_client_queue_config) for _, digest, _ in opened]
-        limits += [(f"queue:{(o.queue_id if isinstance(o, OpenedQueueConfig) else encode(o)).hex()}",
-                    cfg.rate_limit_per_queue) for _, _, o in opened if o is not None]
+        limits = [(("domain", source), cfg.rate_limit_per_domain)]
+        for _, digest, o in opened:
+            if o is not None:   # configs that do not open reach nobody: they are only refused
+                queue_id = o.queue_id if isinstance(o, OpenedQueueConfig) else _queue_id(o)
+                limits += [(("config", digest), cfg.rate_limit_per_client_queue_config),
+                           (("queue", queue_id), cfg.rate_limit_per_queue)]
+        over = self.rate_limits.hit_all(
+            [(key, lim.limit, lim.window_ms) for key, lim in limits if lim is not None], now_ms)
+        if over is not None:
+            (kind, _), window_end = over
+            retry_after = max(1, -(-(window_end - now_ms) // 1000))
+            raise RateLimited(f"rate limit for {kind} exceeded", retry_after=retry_after)
         result = LocalEnqueueResult()
         candidates = self._candidates(opened, group_id, result)
         plaintext = encode(message.payload.message_content, MessageContent)
         with self.transaction():
-            admitted = self.records.admit([(key, lim.limit, lim.window_ms) for key, lim in limits if lim is not None],
-                                          source, message.message_id, now_ms,
-                                          cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
-            if admitted is True:
+            fresh = self.records.remember_message_id(source, message.message_id, now_ms,
+                                                     cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
+            if fresh:
                 self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
-        if isinstance(admitted, tuple):
-            key, window_end = admitted
-            retry_after = max(1, -(-(window_end - now_ms) // 1000))
-            raise RateLimited(f"rate limit for {key.split(':', 1)[0]} exceeded", retry_after=retry_after)
-        if not admitted:
+        if not fresh:
             log.info("replayed QsToQsMessage %s from %s refused", message.message_id.hex(), source)
             raise DuplicateMessage(f"message {message.message_id.hex()} from {source} was already received")
         return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)

@@ -13,7 +13,6 @@ What lives here:
   "List of salted group ID hashes"); see :func:`blocklist_hash`.
 * **Replay cache** of federated message ids (``#federated-qs-to-qs-communication``,
   decision in :mod:`phoenix_ref.queuing.messages`).
-* **Rate-limit counters** (fixed windows) for ``#rate-limiting``.
 
 Every method is one atomic transaction, so a request that needs one read and
 one write touches the store twice at most (``spec/performance_goals.md``,
@@ -123,18 +122,6 @@ class QsRecords(Protocol):
         """True if ``(source, message_id)`` is new (then kept ``keep_ms``), False
         for a replay. Expired ids are purged."""
 
-    def count_hit(self, key: str, now_ms: int, window_ms: int) -> tuple[int, int]:
-        """Count one hit for ``key`` in the fixed window containing ``now_ms``;
-        returns ``(hits in the window so far, window end in ms)``."""
-
-    def admit(self, limits: list[tuple[str, int, int]], source: str, message_id: bytes, now_ms: int,
-              keep_ms: int) -> tuple[str, int] | bool:
-        """Admission of a federated message in one write: count one hit for
-        every ``(key, limit, window_ms)``; if a count exceeds its limit return
-        ``(key, window end)`` and remember nothing else; otherwise remember
-        ``(source, message_id)`` like :meth:`remember_message_id` and return
-        whether it was new."""
-
     def close(self) -> None: ...
 
 
@@ -156,7 +143,6 @@ class MemoryQsRecords:
         self._kps: dict[QsCid, list[tuple[int, bytes, bool]]] = {}
         self._blocked: set[tuple[QsCid, bytes]] = set()
         self._seen: dict[tuple[str, bytes], int] = {}
-        self._hits: dict[str, tuple[int, int]] = {}
         self._kp_seq = 0
 
     def _token_owner(self, token: bytes) -> QsUid | None:
@@ -302,22 +288,6 @@ class MemoryQsRecords:
             self._seen[(source, message_id)] = now_ms + keep_ms
             return True
 
-    def count_hit(self, key, now_ms, window_ms):
-        with self._lock:
-            start = now_ms - now_ms % window_ms
-            w, n = self._hits.get(key, (start, 0))
-            n = n + 1 if w == start else 1
-            self._hits[key] = (start, n)
-            return n, start + window_ms
-
-    def admit(self, limits, source, message_id, now_ms, keep_ms):
-        with self._lock:
-            ends = [self.count_hit(key, now_ms, window_ms)[1] for key, _, window_ms in limits]
-            for (key, limit, _), end in zip(limits, ends):
-                if self._hits[key][1] > limit:
-                    return key, end
-            return self.remember_message_id(source, message_id, now_ms, keep_ms)
-
     def close(self):
         pass
 
@@ -358,23 +328,9 @@ CREATE TABLE IF NOT EXISTS qs_seen_messages (
     PRIMARY KEY (source, message_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS qs_seen_messages_exp ON qs_seen_messages (expires_ms);
-CREATE TABLE IF NOT EXISTS qs_rate_limits (
-    key TEXT PRIMARY KEY,
-    window_start INTEGER NOT NULL,
-    hits INTEGER NOT NULL
-) WITHOUT ROWID;
+DROP TABLE IF EXISTS qs_rate_limits;
 """
 
-# One hit for key ? in the fixed window starting at ? (a new window restarts at 1).
-_ON_HIT = (" ON CONFLICT(key) DO UPDATE SET "
-           "hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END, "
-           "window_start = excluded.window_start")
-_COUNT_HIT = "INSERT INTO qs_rate_limits VALUES (?,?,1)" + _ON_HIT
-
-
-def _count_hits(n: int) -> str:
-    """:data:`_COUNT_HIT` for ``n`` keys in one statement, returning each key's new count."""
-    return "INSERT INTO qs_rate_limits VALUES " + ",".join(["(?,?,1)"] * n) + _ON_HIT + " RETURNING key, hits"
 _MAX_SQL_PARAMS = 500   # host parameters per statement (SQLite allows 32766 since 3.32)
 _CLIENT_COLS = "qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token, blocklist_salt"
 
@@ -573,34 +529,6 @@ class SqliteQsRecords:
 
     def remember_message_id(self, source, message_id, now_ms, keep_ms):
         with self.transaction() as db:
-            db.execute("DELETE FROM qs_seen_messages WHERE expires_ms <= ?", (now_ms,))
-            cur = db.execute("INSERT OR IGNORE INTO qs_seen_messages VALUES (?,?,?)",
-                             (source, message_id, now_ms + keep_ms))
-            return cur.rowcount == 1
-
-    def count_hit(self, key, now_ms, window_ms):
-        start = now_ms - now_ms % window_ms
-        with self.transaction() as db:
-            db.execute(_COUNT_HIT, (key, start))
-            (n,) = db.execute("SELECT hits FROM qs_rate_limits WHERE key=?", (key,)).fetchone()
-            return n, start + window_ms
-
-    def admit(self, limits, source, message_id, now_ms, keep_ms):
-        # A fan-out names hundreds of configs and queues: their counters are
-        # counted by multi-row upserts that return the new counts (one
-        # statement per chunk, not two per key).
-        with self.transaction() as db:
-            rows = [(key, now_ms - now_ms % window_ms) for key, _, window_ms in limits]
-            hits: dict[str, int] = {}
-            per_chunk = _MAX_SQL_PARAMS // 2
-            for i in range(0, len(rows), per_chunk):
-                chunk = rows[i:i + per_chunk]
-                counted = db.execute(_count_hits(len(chunk)), [x for row in chunk for x in row]).fetchall()
-                for key, n in counted:   # a key named twice is counted twice; keep its final count
-                    hits[key] = max(n, hits.get(key, 0))
-            for (key, limit, window_ms), (_, start) in zip(limits, rows):
-                if hits[key] > limit:
-                    return key, start + window_ms
             db.execute("DELETE FROM qs_seen_messages WHERE expires_ms <= ?", (now_ms,))
             cur = db.execute("INSERT OR IGNORE INTO qs_seen_messages VALUES (?,?,?)",
                              (source, message_id, now_ms + keep_ms))

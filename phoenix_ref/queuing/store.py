@@ -5,8 +5,8 @@ keystore. Everything else the spec lists under *QS state* lives in the
 homeserver's ``qs.sqlite3``, in three groups of tables:
 
 * ``qs_users``, ``qs_clients``, ``qs_key_packages``, ``qs_blocklist``,
-  ``qs_seen_messages``, ``qs_rate_limits`` — records, KeyPackages,
-  blocklists, the federated replay cache and rate-limit counters
+  ``qs_seen_messages`` — records, KeyPackages, blocklists and the
+  federated replay cache
   (:class:`~phoenix_ref.queuing.records.SqliteQsRecords`);
 * ``qs_queues``, ``qs_messages`` — the fan-out queues with their encryption
   key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
