@@ -405,20 +405,26 @@ class SqliteQueueStore:
             raise _not_found(queue_id)
         return row
 
-    def _store_materials(self, db, updated: list[tuple[bytes, int, qc.QueueKeyMaterial]]) -> None:
-        """Write the key material of existing queues ``(queue_id, qn,
-        material)``: one ``UPDATE … FROM (VALUES …)`` per chunk."""
-        per = _MAX_SQL_PARAMS // 5
-        for i in range(0, len(updated), per):
-            chunk = updated[i:i + per]
-            args = []
-            for _, qn, m in chunk:
-                args += (qn, m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms)
-            db.execute(f"UPDATE {self._q} SET next_seq = v.column2, queue_encryption_key = v.column3, "
-                       "ratchet_key = v.column4, rotated_at_ms = v.column5 "
-                       f"FROM (VALUES {_placeholders(len(chunk), 5)}) AS v WHERE qn = v.column1", args)
-        for queue_id, qn, m in updated:
-            self._remember(queue_id, qn, m)
+    def _store_materials(self, db, updated: list[tuple[bytes, int, qc.QueueKeyMaterial, qc.QueueKeyMaterial]]) -> None:
+        """Write the key material of existing queues ``(queue_id, qn, old,
+        new)``: one ``UPDATE … FROM (VALUES …)`` per chunk, of the ratchet
+        columns only where nothing else changed (an ordinary enqueue)."""
+        steps, other = [], []
+        for _, qn, old, new in updated:
+            if (new.queue_encryption_key is old.queue_encryption_key
+                    or new.queue_encryption_key == old.queue_encryption_key) and new.rotated_at_ms == old.rotated_at_ms:
+                steps += (qn, new.generation, new.ratchet_key)
+            else:
+                other += (qn, new.generation, new.ratchet_key, new.rotated_at_ms, new.queue_encryption_key)
+        for args, columns in ((steps, _RATCHET_COLUMNS), (other, _MATERIAL_COLUMNS)):
+            per = _MAX_SQL_PARAMS // len(columns) * len(columns)
+            for i in range(0, len(args), per):
+                chunk = args[i:i + per]
+                db.execute(f"UPDATE {self._q} SET {_set_from_values(columns)} FROM "
+                           f"(VALUES {_placeholders(len(chunk) // len(columns), len(columns))}) AS v "
+                           "WHERE qn = v.column1", chunk)
+        for queue_id, qn, _, new in updated:
+            self._remember(queue_id, qn, new)
 
     def _insert_messages(self, db, messages: list[tuple[int, int, bytes]]) -> None:
         """Insert ``(qn, seq, payload)`` rows, a multi-row INSERT per chunk."""
@@ -450,7 +456,7 @@ class SqliteQueueStore:
             qn, material = entry
             first = material.generation
             payloads, new = _built(material, build)
-            self._store_materials(db, [(queue_id, qn, new)])
+            self._store_materials(db, [(queue_id, qn, material, new)])
             self._insert_messages(db, [(qn, first + i, p) for i, p in enumerate(payloads)])
             return first
 
@@ -459,7 +465,8 @@ class SqliteQueueStore:
         # queues not in the cache in one SELECT (per chunk of ids), then
         # multi-row statements for the new messages and the new key material.
         with self._tx() as db:
-            state = self._queues(db, list(dict.fromkeys(queue_ids)))
+            found = self._queues(db, list(dict.fromkeys(queue_ids)))
+            state = dict(found)
             out: list[int | None] = []
             messages = []
             for queue_id in queue_ids:
@@ -475,7 +482,8 @@ class SqliteQueueStore:
                     messages.append((qn, seq, payload))
                     seq += 1
                 out.append(seq - 1)
-            self._store_materials(db, [(queue_id, qn, m) for queue_id, (qn, m) in state.items()])
+            self._store_materials(db, [(queue_id, qn, found[queue_id][1], new)
+                                       for queue_id, (qn, new) in state.items()])
             self._insert_messages(db, messages)
         return out
 
@@ -516,6 +524,17 @@ class SqliteQueueStore:
         if self._own:
             with self._lock:
                 self._db.close()
+
+
+# Key-material columns in the order _store_materials passes them (after qn).
+_RATCHET_COLUMNS = ("qn", "next_seq", "ratchet_key")
+_MATERIAL_COLUMNS = _RATCHET_COLUMNS + ("rotated_at_ms", "queue_encryption_key")
+
+
+@functools.lru_cache(maxsize=8)
+def _set_from_values(columns: tuple[str, ...]) -> str:
+    """``c2 = v.column2, …``: the SET clause of an ``UPDATE … FROM (VALUES …) AS v``."""
+    return ", ".join(f"{c} = v.column{i}" for i, c in enumerate(columns[1:], start=2))
 
 
 @functools.lru_cache(maxsize=64)

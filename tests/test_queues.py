@@ -301,6 +301,26 @@ def test_sqlite_key_material_cache_is_dropped_when_the_owner_rolls_back(tmp_path
     conn.close()
 
 
+def test_sqlite_cached_key_material_matches_the_file(tmp_path):
+    """Every kind of key-material change reaches the database, not only the
+    cache: a second store on the same file sees the same material."""
+    path = tmp_path / "q.db"
+    q = Queues(SqliteQueueStore(path), QueueConfig(rotation_interval_ms=1000))
+    q.create(b"c", OWNER.public, T0)
+    q.enqueue_many([b"c"], b"a", T0)                                  # ratchet step
+    q.enqueue_many([b"c"], b"b", T0 + 5000)                           # rotation due: update + step
+    q.set_queue_encryption_key(b"c", HpkeKeyPair.generate().public, T0 + 6000)
+    q.set_ratchet_key(b"c", b"\x02" * 32, T0 + 7000)
+    q.enqueue(b"c", b"c", T0 + 7000)
+    fresh = SqliteQueueStore(path)
+    try:
+        assert fresh.info(b"c") == q.info(b"c")
+        assert fresh.info(b"c").key_material == q.store._cache[b"c"][1]
+    finally:
+        fresh.close()
+        q.store.close()
+
+
 def test_sqlite_key_material_cache_is_bounded(tmp_path):
     store = SqliteQueueStore(tmp_path / "q.db", max_cached=3)
     queues = Queues(store, NO_ROTATION)

@@ -422,7 +422,9 @@ class QsCore:
         cqc = qce.client_queue_config
         if cqc.client_homeserver_domain != self.config.domain.value.encode():
             raise Malformed(f"{where}: the queue config names another homeserver", code="foreign_queue_config")
-        opened = self._open(cqc.sealed_config, config_digest(cqc.sealed_config), self.keys.queue_config_keys_by_id())
+        digest = config_digest(cqc.sealed_config)
+        opened = self._open(cqc.sealed_config, digest, self.keys.queue_config_keys_by_id(),
+                            self.config_cache.get(digest))
         if not isinstance(opened, OpenedQueueConfig) or opened.qs_cid != qs_cid:
             raise Malformed(f"{where}: the queue config is not this client's", code="foreign_queue_config")
 
@@ -472,12 +474,13 @@ class QsCore:
         c = self.records.get_client(qs_cid)
         return None if c is None else (c.client_record_auth_key, c.queue_encryption_key)
 
-    def _open(self, sealed_config: bytes, digest: bytes, config_keys: dict[bytes, bytes]) -> OpenedQueueConfig | QsCid:
-        """Open a sealed config through the cache (``spec/performance_goals.md``);
-        ``digest`` is its :func:`~.fanout.config_digest`, ``config_keys`` the
-        QS's published QueueConfig keys by id (a cached config sealed to a key
-        the QS no longer publishes is refused)."""
-        hit = self.config_cache.get(digest)
+    def _open(self, sealed_config: bytes, digest: bytes, config_keys: dict[bytes, bytes],
+              hit: OpenedQueueConfig | None) -> OpenedQueueConfig | QsCid:
+        """Open a sealed config, or take ``hit``, its entry in the cache
+        (``spec/performance_goals.md``); ``digest`` is its
+        :func:`~.fanout.config_digest`, ``config_keys`` the QS's published
+        QueueConfig keys by id (a cached config sealed to a key the QS no
+        longer publishes is refused)."""
         if hit is not None:
             if hit.config_key_id not in config_keys:
                 raise InvalidQueueConfig("sealed to a queue config encryption key this QS no longer publishes",
@@ -494,11 +497,11 @@ class QsCore:
         that client record does not exist, or None when the config does not
         open or verify."""
         config_keys = self.keys.queue_config_keys_by_id()
+        digests = [config_digest(cqc.sealed_config) for cqc in configs]
         out = []
-        for cqc in configs:
-            digest = config_digest(cqc.sealed_config)
+        for cqc, digest, hit in zip(configs, digests, self.config_cache.get_many(digests)):
             try:
-                opened = self._open(cqc.sealed_config, digest, config_keys)
+                opened = self._open(cqc.sealed_config, digest, config_keys, hit)
             except InvalidQueueConfig as e:
                 log.info("refused queue config: %s", e.message)
                 opened = None

@@ -221,6 +221,19 @@ class SealedConfigCache:
             self.hits += 1
             return hit
 
+    def get_many(self, digests: list[bytes]) -> list[OpenedQueueConfig | None]:
+        """:meth:`get` for each digest, under one lock."""
+        with self._lock:
+            entries = self._entries
+            out = [entries.get(d) for d in digests]
+            for d, hit in zip(digests, out):
+                if hit is not None:
+                    entries.move_to_end(d)
+            found = sum(hit is not None for hit in out)
+            self.hits += found
+            self.misses += len(out) - found
+            return out
+
     def put(self, digest: bytes, opened: OpenedQueueConfig) -> None:
         with self._lock:
             self._entries[digest] = opened
