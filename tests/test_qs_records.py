@@ -118,3 +118,37 @@ def test_clients_for_enqueue_one_read_per_fan_out(store):
     assert found == {encode(cid): EnqueueKeys(b"c" * 32, b"q" * 32, True),
                      encode(other.qs_cid): EnqueueKeys(b"d" * 32, b"r" * 32, False)}
     assert not store.clients_for_enqueue([encode(cid)], g2)[encode(cid)].blocked
+
+
+def test_clients_for_enqueue_sees_every_change_after_a_first_read(store):
+    """The SQLite store caches what fan-outs read; every write that changes
+    it (key update, block, client and user deletion) must show at once."""
+    uid, cid = new_user(store)
+    other_uid, other = new_user(store)
+    g = GroupId.random("ds.a.example")
+    key = encode(cid)
+    assert store.clients_for_enqueue([key], g) == {key: EnqueueKeys(b"c" * 32, b"q" * 32, False)}
+    assert store.update_client(cid, b"C" * 32, b"Q" * 32, None)
+    assert store.clients_for_enqueue([key], g) == {key: EnqueueKeys(b"C" * 32, b"Q" * 32, False)}
+    assert store.block(cid, g)
+    assert store.clients_for_enqueue([key], g)[key].blocked
+    assert store.delete_client(cid) == (True, True)
+    assert store.clients_for_enqueue([key], g) == {}
+    assert store.clients_for_enqueue([encode(other)], g)
+    assert store.delete_user(other_uid) == [other]
+    assert store.clients_for_enqueue([encode(other)], g) == {}
+
+
+def test_sqlite_enqueue_cache_is_dropped_when_a_write_rolls_back(tmp_path):
+    s = SqliteQsRecords(tmp_path / "qs.sqlite3")
+    _, cid = new_user(s)
+    g = GroupId.random("ds.a.example")
+    key = encode(cid)
+    assert s.clients_for_enqueue([key], g)[key].queue_encryption_key == b"q" * 32
+    with pytest.raises(RuntimeError):
+        with s.transaction():
+            assert s.update_client(cid, b"C" * 32, b"Q" * 32, None)
+            assert s.clients_for_enqueue([key], g)[key].queue_encryption_key == b"Q" * 32   # read inside
+            raise RuntimeError("a later write of the same unit failed")
+    assert s.clients_for_enqueue([key], g)[key].queue_encryption_key == b"q" * 32
+    s.close()

@@ -33,7 +33,7 @@ from ..codec import decode, encode
 from ..crypto import hash_
 from ..errors import Conflict
 from ..ids import GroupId, QsCid, QsUid
-from ..storage import open_connection, transaction
+from ..storage import Connection, open_connection, transaction
 
 __all__ = [
     "UserRecord", "ClientRecord", "EnqueueKeys", "QsRecords", "MemoryQsRecords", "SqliteQsRecords",
@@ -350,12 +350,28 @@ class SqliteQsRecords:
     transactions.
     """
 
-    def __init__(self, db: str | os.PathLike | sqlite3.Connection, lock: threading.RLock | None = None) -> None:
+    def __init__(self, db: str | os.PathLike | sqlite3.Connection, lock: threading.RLock | None = None, *,
+                 max_cached: int = 100_000) -> None:
         self._own = not isinstance(db, sqlite3.Connection)
         self.connection = open_connection(os.fspath(db)) if self._own else db
         self.lock = lock or threading.RLock()
+        # What fan-outs need of a client record, per encoded QsCid: (client
+        # record auth key, queue encryption key, blocklist salt, blocklist
+        # hashes). Filled and invalidated under ``lock`` only, so a fill
+        # cannot race an invalidation; dropped whenever a unit of work on the
+        # connection rolls back (storage.Connection). Connections that are
+        # not a storage.Connection get no cache.
+        self._enqueue_cache: dict[bytes, tuple[bytes, bytes, bytes, frozenset[bytes]]] = {}
+        self._max_cached = max_cached if isinstance(self.connection, Connection) else 0
+        if self._max_cached:
+            self.connection.rollback_listeners.append(self._enqueue_cache.clear)
         with self.lock:
             self.connection.executescript(_SCHEMA)
+
+    def _forget(self, cids: list[bytes]) -> None:
+        """Drop cached fan-out data of these encoded QsCids (caller holds the lock)."""
+        for cid in cids:
+            self._enqueue_cache.pop(cid, None)
 
     def transaction(self):
         """One unit of work (:func:`phoenix_ref.storage.transaction`: a
@@ -398,8 +414,8 @@ class SqliteQsRecords:
                              (user_record_auth_key, friendship_token, encode(qs_uid)))
             return cur.rowcount == 1
 
-    @staticmethod
-    def _drop_clients(db, cids: list[bytes]) -> None:
+    def _drop_clients(self, db, cids: list[bytes]) -> None:
+        self._forget(cids)
         for cid in cids:
             db.execute("DELETE FROM qs_key_packages WHERE qs_cid=?", (cid,))
             db.execute("DELETE FROM qs_blocklist WHERE qs_cid=?", (cid,))
@@ -449,30 +465,40 @@ class SqliteQsRecords:
         return client, any(r[5] is not None and bytes(r[5]) == wanted for r in rows)
 
     def clients_for_enqueue(self, qs_cids, group_id):
-        # One read: every record of the fan-out with its blocklist entries (a
-        # LEFT JOIN gives one row per entry, or one with NULL). The salted hash
-        # needs each record's salt, so it is compared here; the GroupId is
-        # encoded once.
+        # One read for the records not in the cache: every record of the
+        # fan-out with its blocklist entries (a LEFT JOIN gives one row per
+        # entry, or one with NULL). The salted hash needs each record's salt,
+        # so it is compared here; the GroupId is encoded once.
         ids = list(dict.fromkeys(qs_cids))
-        rows = []
+        cache = self._enqueue_cache
         with self.lock:
-            for i in range(0, len(ids), _MAX_SQL_PARAMS):
-                chunk = ids[i:i + _MAX_SQL_PARAMS]
+            found = {cid: cache[cid] for cid in ids if cid in cache}
+            missing = [cid for cid in ids if cid not in found]
+            rows = []
+            for i in range(0, len(missing), _MAX_SQL_PARAMS):
+                chunk = missing[i:i + _MAX_SQL_PARAMS]
                 rows += self.connection.execute(
                     "SELECT c.qs_cid, c.client_record_auth_key, c.queue_encryption_key, c.blocklist_salt, "
                     "b.group_hash FROM qs_clients c LEFT JOIN qs_blocklist b ON b.qs_cid = c.qs_cid "
                     f"WHERE c.qs_cid IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            read: dict[bytes, tuple[bytes, bytes, bytes, set[bytes]]] = {}
+            for cid, auth_key, queue_key, salt, group_hash in rows:
+                entry = read.setdefault(bytes(cid), (bytes(auth_key), bytes(queue_key), bytes(salt), set()))
+                if group_hash is not None:
+                    entry[3].add(bytes(group_hash))
+            for cid, (auth_key, queue_key, salt, hashes) in read.items():
+                found[cid] = entry = (auth_key, queue_key, salt, frozenset(hashes))
+                if self._max_cached:
+                    if len(cache) >= self._max_cached:
+                        del cache[next(iter(cache))]
+                    cache[cid] = entry
         group = encode(group_id)
-        out: dict[bytes, EnqueueKeys] = {}
-        for cid, auth_key, queue_key, salt, group_hash in rows:
-            blocked = group_hash is not None and bytes(group_hash) == blocklist_hash(bytes(salt), group)
-            cid = bytes(cid)
-            if blocked or cid not in out:
-                out[cid] = EnqueueKeys(bytes(auth_key), bytes(queue_key), blocked)
-        return out
+        return {cid: EnqueueKeys(auth_key, queue_key, bool(hashes) and blocklist_hash(salt, group) in hashes)
+                for cid, (auth_key, queue_key, salt, hashes) in found.items()}
 
     def update_client(self, qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token):
         with self.transaction() as db:
+            self._forget([encode(qs_cid)])
             cur = db.execute("UPDATE qs_clients SET client_record_auth_key=?, queue_encryption_key=?, "
                              "encrypted_push_token=? WHERE qs_cid=?",
                              (client_record_auth_key, queue_encryption_key, encrypted_push_token, encode(qs_cid)))
@@ -495,6 +521,7 @@ class SqliteQsRecords:
             row = db.execute("SELECT blocklist_salt FROM qs_clients WHERE qs_cid=?", (encode(qs_cid),)).fetchone()
             if row is None:
                 return False
+            self._forget([encode(qs_cid)])
             db.execute("INSERT OR IGNORE INTO qs_blocklist VALUES (?,?)",
                        (encode(qs_cid), blocklist_hash(bytes(row[0]), group_id)))
             return True
