@@ -26,6 +26,11 @@ way its DS does (``hs.qs.local_enqueue``). It reports, against
   (that homeserver's sealed configs and the content), divided by n. The floor is
   timed right after every warm message (the machine may be shared) and the
   multiple is the median of the per-message ratios. Target ≤ 3×;
+* **fixed and marginal cost** per homeserver count: the warm CPU of the
+  two largest n split into a fixed cost per fan-out (HTTP, transactions,
+  thread hand-offs) and a marginal cost per delivered message, the latter
+  as a multiple of the floor. At small n the fixed cost dominates the
+  per-message figure above;
 * **where the CPU goes** (warm, median per message): thread CPU time of
   each QS core call (``local_enqueue``, ``federated_enqueue``,
   ``frame_outbound``), of the store calls inside it (``append_many``
@@ -34,7 +39,7 @@ way its DS does (``hs.qs.local_enqueue``). It reports, against
   CPU is less disturbed by other load than wall time, but on a shared
   machine it still varies by 20% or more between runs.
 
-Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 5]``.
+Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 9]``.
 """
 
 from __future__ import annotations
@@ -320,18 +325,39 @@ def report_cpu(r: dict) -> None:
         print(f"  {dom}: " + ", ".join(parts))
 
 
+def report_fixed_and_marginal(results: list[dict]) -> None:
+    """Split the warm CPU of one homeserver count into a fixed cost per
+    fan-out (HTTP requests, transactions, thread hand-offs: independent of
+    n) and a marginal cost per delivered message, from the two largest n:
+    ``cpu(n) = fixed + n * marginal``. The marginal cost is compared with
+    the floor of the largest n."""
+    if len(results) < 2:
+        return
+    small, large = sorted(results, key=lambda r: r["n"])[-2:]
+    cpu = {r["n"]: statistics.median(c for c, *_ in r["warm"]) for r in (small, large)}
+    marginal = (cpu[large["n"]] - cpu[small["n"]]) / (large["n"] - small["n"])
+    fixed = cpu[small["n"]] - small["n"] * marginal
+    floor = statistics.median(large["floors"])
+    print(f"\n== K = {large['k']}: fixed cost per fan-out {fixed * 1e3:.2f} ms; marginal CPU per delivered "
+          f"message (n = {small['n']} -> {large['n']}) {marginal * 1e6:.0f} us = {marginal / floor:.1f}x the "
+          f"crypto floor of n = {large['n']} ==")
+
+
 async def main_async(sizes, homeservers, messages) -> None:
     install_crypto_counters()
     for k in homeservers:
+        results = []
         for n in sizes:
-            report(await run_case(n, k, messages))
+            results.append(await run_case(n, k, messages))
+            report(results[-1])
+        report_fixed_and_marginal(results)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10,100,1000")
     p.add_argument("--homeservers", default="1,3")
-    p.add_argument("--messages", type=int, default=5, help="warm messages per case")
+    p.add_argument("--messages", type=int, default=9, help="warm messages per case")
     a = p.parse_args()
     trio.run(main_async, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.homeservers.split(",")],
              a.messages)
