@@ -14,6 +14,7 @@ signature made for one protocol can never verify in the other
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -134,7 +135,15 @@ class SigningKey:
         return cls(private, pub)
 
     def sign(self, data: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(self.private).sign(data)
+        return _ed25519_private(self.private).sign(data)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ed25519_private(private: bytes) -> Ed25519PrivateKey:
+    """The key object of a private key. Loading one derives the public key
+    (a scalar multiplication, as costly as a signature), so the objects of
+    keys in use are kept."""
+    return Ed25519PrivateKey.from_private_bytes(private)
 
 
 def verify(public: bytes, data: bytes, signature: bytes) -> None:
