@@ -180,6 +180,9 @@ def test_backoff_policy_caps_and_jitter_bounds():
         assert 0.75 * nominal <= d <= nominal
     assert policy.delay(3, rng, retry_after=12.5) == 12.5
     assert policy.delay(3, rng, retry_after=10 ** 9) == policy.max_retry_after
+    # a long outage (default policy: about four days at the cap) must not overflow the float power
+    for failures in (1100, 10 ** 6):
+        assert 30.0 <= BackoffPolicy().delay(failures, rng) <= 300.0
 
 
 @pytest.mark.trio
@@ -241,3 +244,18 @@ def test_sqlite_store_joins_an_owner_transaction(tmp_path):
     conn.execute("COMMIT")
     item = store.head("b.example")
     assert item is not None and item.seq == seq and item.payload == b"p" and item.enqueued_ms == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_remove_returns_the_next_head(tmp_path, kind):
+    """A sender removes a delivered item and learns what comes next in one call."""
+    store = MemoryOutboundStore() if kind == "memory" else SqliteOutboundStore(str(tmp_path / "o.db"))
+    first = store.append("b.example", b"\x01" * 16, b"one", 1)
+    second = store.append("b.example", b"\x02" * 16, b"two", 2)
+    store.append("c.example", b"\x03" * 16, b"other", 3)
+    nxt = store.remove("b.example", first)
+    assert (nxt.seq, nxt.payload) == (second, b"two")
+    assert store.remove("b.example", second) is None
+    assert store.head("c.example").payload == b"other"
+    if kind == "sqlite":
+        store.close()

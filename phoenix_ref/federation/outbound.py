@@ -77,8 +77,10 @@ class OutboundStore(Protocol):
     def head(self, destination: str) -> OutboundItem | None:
         """The oldest pending item for ``destination``, or None."""
 
-    def remove(self, destination: str, seq: int) -> None:
-        """Drop a delivered (or definitively refused) item."""
+    def remove(self, destination: str, seq: int) -> OutboundItem | None:
+        """Drop a delivered (or definitively refused) item; return the new
+        head of ``destination``'s queue (one call where a sender would
+        otherwise make two)."""
 
     def destinations(self) -> list[str]:
         """Every destination that has at least one pending item."""
@@ -108,10 +110,10 @@ class MemoryOutboundStore:
             q = self._queues.get(destination)
             return q[0] if q else None
 
-    def remove(self, destination: str, seq: int) -> None:
+    def remove(self, destination: str, seq: int) -> OutboundItem | None:
         with self._lock:
-            q = self._queues.get(destination, [])
-            self._queues[destination] = [i for i in q if i.seq != seq]
+            q = self._queues[destination] = [i for i in self._queues.get(destination, []) if i.seq != seq]
+            return q[0] if q else None
 
     def destinations(self) -> list[str]:
         with self._lock:
@@ -173,8 +175,10 @@ class SqliteOutboundStore:
             return None
         return OutboundItem(destination, row[0], bytes(row[1]), bytes(row[2]), row[3])
 
-    def remove(self, destination: str, seq: int) -> None:
-        self._write("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
+    def remove(self, destination: str, seq: int) -> OutboundItem | None:
+        with self._lock:
+            self._write("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
+            return self.head(destination)
 
     def destinations(self) -> list[str]:
         with self._lock:
@@ -232,7 +236,10 @@ class BackoffPolicy:
     def delay(self, failures: int, rng: _random.Random, retry_after: float | None = None) -> float:
         if retry_after is not None and retry_after >= 0 and math.isfinite(retry_after):
             return min(retry_after, self.max_retry_after)
-        exp = min(self.max_delay, self.base_delay * self.factor ** max(0, failures - 1))
+        try:
+            exp = min(self.max_delay, self.base_delay * self.factor ** max(0, failures - 1))
+        except OverflowError:   # a long outage: factor**n no longer fits a float
+            exp = self.max_delay
         return exp * (1.0 - self.jitter * rng.random())
 
 
@@ -311,13 +318,16 @@ class OutboundSender:
         return state.failures if state else 0
 
     async def _serve(self, destination: str, state: _Destination) -> None:
+        # A fresh event before every read of the head: a wake() after the
+        # read sets it, so no wake-up is lost. Only this task removes items
+        # of ``destination``, so a head it has read stays the head.
+        state.wakeup = trio.Event()
+        item = await self._store(self.store.head, destination)
         while True:
-            # A fresh event before reading the store: a wake() after the read
-            # sets it, so no wake-up is lost.
-            state.wakeup = trio.Event()
-            item = await self._store(self.store.head, destination)
             if item is None:
                 await state.wakeup.wait()
+                state.wakeup = trio.Event()
+                item = await self._store(self.store.head, destination)
                 continue
             outcome = await self._attempt(item)
             if isinstance(outcome, RetryLater):
@@ -339,7 +349,8 @@ class OutboundSender:
                         self.on_rejected(item, outcome)
             except Exception:  # a callback bug must not stall the queue
                 log.exception("outbound callback failed for %s", destination)
-            await self._store(self.store.remove, destination, item.seq)
+            state.wakeup = trio.Event()
+            item = await self._store(self.store.remove, destination, item.seq)
 
     async def _attempt(self, item: OutboundItem) -> Outcome:
         """One try, bounded in time; any exception counts as transient."""
