@@ -104,6 +104,31 @@ async def test_forged_misdirected_stale_and_replayed_messages_are_refused(deploy
 
 
 @spec(FEDERATED, "MUST")
+async def test_a_rotated_source_key_is_refetched_once_and_then_cached(deployment):
+    """The receiver checks a QsToQsMessage with the source's verifying keys
+    from its cache; a message signed with a key the source published after
+    that is verified after one refetch, and the next one from the cache."""
+    d = deployment
+    async with d.client() as http:
+        qs = await qs_client(d, http, "b.example")
+        bob = await qs.register("b.example")
+        payload = message([await qs.client_queue_config(bob)], b"first")
+        headers = {"content-type": MEDIA_TYPE}
+        assert (await http.post(URL, content=_frame(d, payload), headers=headers)).status_code == 200
+        keys = d["hs2"].hs.federation.keys
+        fetched = keys.fetches[("qs_verifying_key", "a.example")]
+        assert keys.cached_qs_verifying_keys("a.example") == [d["hs1"].hs.keystore.qs_signing_keys[0].public]
+        new_key = d["hs1"].hs.keystore.rotate_qs_signing_key()      # a.example publishes a new current key
+        d.clock.advance(keys.cooldown_ms)   # (a refetch within the cooldown would be refused: flood guard)
+        for text in (b"second", b"third"):
+            body = _frame(d, message([await qs.client_queue_config(bob)], text), key=new_key)
+            assert (await http.post(URL, content=body, headers=headers)).status_code == 200
+        assert keys.fetches[("qs_verifying_key", "a.example")] == fetched + 1
+        assert keys.cached_qs_verifying_keys("a.example")[0] == new_key.public
+        assert await read_all(qs, bob, 3) == [b"first", b"second", b"third"]
+
+
+@spec(FEDERATED, "MUST")
 @spec("spec/queuing_service.md#enqueuing-messages", "MUST")
 async def test_remote_queue_deleted_travels_back(deployment):
     d = deployment

@@ -126,6 +126,12 @@ class RemoteKeyCache:
         answer = await self.client.get_struct(domain, by_name(service, name))
         return _check_keys(getattr(answer, field), length, f"{domain} {name}")
 
+    def cached_qs_verifying_keys(self, domain: str) -> list[bytes] | None:
+        """The QS verifying keys of ``domain`` if the cache holds them and
+        they have not expired; never fetches (no I/O, no await)."""
+        hit = self._cache.get(("qs_verifying_key", str(Fqdn(domain))), self.clock.now_ms())
+        return None if hit is None else hit[1]
+
     async def qs_verifying_keys(self, domain: str, *, want_key_id: bytes | None = None,
                                 refresh: bool = False) -> list[bytes]:
         """The QS verifying keys of ``domain`` (current first). ``want_key_id``

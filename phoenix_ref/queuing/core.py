@@ -803,8 +803,14 @@ class QsService:
 
     async def federated_enqueue(self, message: QsToQsMessage,
                                 fetch_key: Callable[[Fqdn, bool], Awaitable[bytes | list[bytes]]],
-                                received: bytes | None = None) -> FederatedEnqueueResult:
+                                received: bytes | None = None,
+                                cached_key: bytes | list[bytes] | None = None) -> FederatedEnqueueResult:
+        """``cached_key``: the source's verifying keys as the remote key cache
+        holds them now, if it does; the core then needs no trip back to the
+        Trio thread unless they fail to verify (a refresh)."""
         def lookup(domain: Fqdn, refresh: bool) -> bytes | list[bytes]:
+            if cached_key is not None and not refresh and domain == message.source:
+                return cached_key
             return trio.from_thread.run(fetch_key, domain, refresh)
 
         result = await trio.to_thread.run_sync(

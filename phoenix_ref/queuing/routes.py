@@ -135,7 +135,9 @@ def handlers(hs) -> dict[str, Handler]:
         """``#federated-qs-to-qs-communication``: checks in :meth:`QsCore.federated_enqueue`."""
         svc = _service(hs)
         svc.stats["federated_enqueue_received"] += 1
-        result = await svc.federated_enqueue(call.body, lambda d, r: _source_keys(hs, d, r), call.raw or None)
+        cached = hs.federation.keys.cached_qs_verifying_keys(call.body.source.value)
+        result = await svc.federated_enqueue(call.body, lambda d, r: _source_keys(hs, d, r), call.raw or None,
+                                             cached)
         return result.response
 
     table: dict[str, Handler] = {name: client_handler(name) for name in CLIENT_OPERATIONS}
