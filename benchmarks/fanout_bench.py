@@ -44,7 +44,7 @@ way its DS does (``hs.qs.local_enqueue``). It reports, against
   CPU is less disturbed by other load than wall time, but on a shared
   machine it still varies by 20% or more between runs.
 
-Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 9]``.
+Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 15]``.
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10,100,1000")
     p.add_argument("--homeservers", default="1,3")
-    p.add_argument("--messages", type=int, default=9, help="warm messages per case")
+    p.add_argument("--messages", type=int, default=15, help="warm messages per case")
     a = p.parse_args()
     trio.run(main_async, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.homeservers.split(",")],
              a.messages)
