@@ -75,6 +75,8 @@ class Limits:
     as_max_messages: int = 500             # "maximal number of requested messages" per dequeue
     as_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age": inactive AS client entries go
     as_prune_interval_s: int = 3600        # how often the AS looks for inactive client entries
+    qs_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age" (#qs-configuration-options)
+    qs_prune_interval_s: int = 3600        # how often the QS looks for inactive client records
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff
     federation_retry_base_s: float = 1.0   # first retry delay after a failed delivery attempt
     federation_retry_max_s: float = 300.0  # cap of the retry delay

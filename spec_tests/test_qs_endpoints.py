@@ -312,3 +312,28 @@ async def test_local_enqueue_is_not_reachable_over_http(deployment):
         assert resp.status_code == 400   # a FanOutMessage is not a QsToQsMessage
         got = await qs.dequeue(alice)
         assert alice.read(got.messages) == []
+
+
+@spec(QS + "qs-configuration-options", "MUST")
+async def test_inactive_client_records_are_pruned_after_the_maximal_age(deployment):
+    """"Maximal QS client record age: maximal age of an inactive QS client
+    record" (default 90 days here): a client that has not fetched from its
+    queue for longer loses its record, its queue and, as the last client,
+    its user record; one that dequeued meanwhile keeps them."""
+    d = deployment
+    day = 24 * 3600 * 1000
+    async with d.client() as http:
+        qs = await qs_client(d, http)
+        idle, active = await qs.register("a.example"), await qs.register("a.example")
+        svc = d["hs1"].hs.qs
+        assert await svc.call(svc.core.prune_inactive, d.clock.now_ms()) == []
+        d.clock.advance(60 * day)
+        assert await qs.receive(active) == []                 # a dequeue is activity
+        d.clock.advance(60 * day)                             # 120 days after registration
+        assert await svc.call(svc.core.prune_inactive, d.clock.now_ms()) == [idle.qs_cid]
+        with pytest.raises(Unauthorized) as e:
+            await qs.dequeue(idle)
+        assert e.value.code == "unknown_record"
+        with pytest.raises(Unauthorized):
+            await qs.send(idle, "get_user_record", m.UserRecordParams(idle.qs_uid))
+        assert await qs.receive(active) == []

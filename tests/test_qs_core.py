@@ -8,6 +8,7 @@ import os
 import pytest
 
 from phoenix_ref.codec import DecodeError, VarBytes, decode, encode
+from phoenix_ref.spec_plugin import spec
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify, sign_with_label
 from phoenix_ref.mls.messages import leaf_node_tbs
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
@@ -782,3 +783,27 @@ def test_signature_is_checked_over_the_received_bytes():
     _nothing_enqueued(f)
     result = f.b.federated_enqueue(msg, NOW, f.lookup, received=framed)
     assert result.enqueued == [f.bob.qs_cid] and received(f.bob) == [content_bytes(b"raw")]
+
+
+@spec("spec/queuing_service.md#qs-configuration-options", "MUST")
+def test_inactive_client_records_are_pruned_after_the_maximal_age(core):
+    """"Maximal QS client record age": a client record whose queue nobody
+    fetched from for longer goes, with its queue and its KeyPackages; a
+    user record goes with its last client record; a recent dequeue keeps a
+    record; the websockets of deleted records are told."""
+    age = core.config.max_client_record_age_ms
+    deleted = []
+    core.on_clients_deleted = deleted.append
+    idle, active = Client.register(core), Client.register(core)
+    publish(idle, [idle.add_package(last_resort=True)])
+    assert core.prune_inactive(NOW + age) == []                  # exactly the maximal age: still kept
+    later = NOW + age // 2
+    dequeue(active, now_ms=later)                               # fetching counts as activity
+    assert core.prune_inactive(NOW + age + 1) == [idle.qs_cid]
+    assert deleted == [[idle.qs_cid]]
+    assert core.records.get_client(idle.qs_cid) is None and core.records.get_user(idle.qs_uid) is None
+    assert core.records.take_add_packages(idle.friendship_token) is None
+    with pytest.raises(NotFound):
+        core.queues.info(encode(idle.qs_cid))
+    assert core.records.get_client(active.qs_cid) is not None
+    assert core.prune_inactive(later + age + 1) == [active.qs_cid]

@@ -115,6 +115,9 @@ class QsConfig:
       the same 1 h).
     * ``max_clock_skew_ms`` — how far in the future a timestamp may be.
     * ``max_client_records_per_user`` — 10.
+    * ``max_client_record_age_ms`` — "Maximal QS client record age": a
+      client record whose queue nobody fetched from (or that was created)
+      longer ago is deleted by :meth:`QsCore.prune_inactive` (decision: 90 days).
     * ``rate_limit_*`` — ``#rate-limiting``; ``None`` disables one.
     * ``federation_allow`` / ``federation_deny`` — operator lists of domains
       (``spec/federation/use_cases.md``: "what other homeservers it wants to
@@ -126,6 +129,7 @@ class QsConfig:
     max_client_token_age_ms: int = 3_600_000
     max_clock_skew_ms: int = 60_000
     max_client_records_per_user: int = 10
+    max_client_record_age_ms: int = 90 * 86_400_000
     rate_limit_per_domain: RateLimit | None = RateLimit(6000)
     rate_limit_per_client_queue_config: RateLimit | None = RateLimit(600)
     rate_limit_per_queue: RateLimit | None = RateLimit(1200)
@@ -347,6 +351,34 @@ class QsCore:
             self.queues.delete(_queue_id(qs_cid))
         except NotFound:
             pass
+
+    def prune_inactive(self, now_ms: int) -> list[QsCid]:
+        """Delete the client records whose queue has been inactive for longer
+        than ``max_client_record_age_ms`` (``#qs-configuration-options``;
+        activity: creation or the last dequeue, ``#qs-state``), each with its
+        queue, KeyPackages and blocklist in one transaction; a user record
+        goes with its last client record. The activity is checked again
+        inside the transaction, so a client that dequeues meanwhile stays.
+        Websockets of deleted records are closed. Returns the deleted QsCids."""
+        before = now_ms - self.config.max_client_record_age_ms
+        gone = []
+        for queue_id in self.queues.inactive(before):
+            try:
+                qs_cid = decode(QsCid, queue_id)
+            except DecodeError:   # not a queue of a client record: leave it alone
+                continue
+            with self.transaction():
+                try:
+                    if self.queues.info(queue_id).activity_ms >= before:
+                        continue
+                except NotFound:
+                    continue
+                existed, _ = self.records.delete_client(qs_cid)
+                self._delete_queue(qs_cid)
+            if existed:
+                gone.append(qs_cid)
+        self._clients_deleted(gone)
+        return gone
 
     # --- client records (decision, see .messages) ------------------------------------------
 
@@ -792,6 +824,17 @@ class QsService:
             self.notifier.disconnect(qs_cids)
         else:
             self._trio_token.run_sync_soon(self.notifier.disconnect, qs_cids)
+
+    async def prune_periodically(self, interval_s: float) -> None:
+        """Run :meth:`QsCore.prune_inactive` every ``interval_s`` until cancelled."""
+        while True:
+            try:
+                gone = await trio.to_thread.run_sync(self.core.prune_inactive, self.clock.now_ms())
+                if gone:
+                    log.info("deleted %d inactive QS client records", len(gone))
+            except Exception:   # a failed round must not stop the homeserver; the next one retries
+                log.exception("pruning inactive QS client records failed")
+            await trio.sleep(interval_s)
 
     async def local_enqueue(self, message: FanOutMessage) -> LocalEnqueueResult:
         result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms())

@@ -225,7 +225,8 @@ def _qs_config(hs) -> QsConfig:
     cfg = hs.config
     allow = frozenset(Fqdn(d) for d in cfg.federation_allow) if cfg.federation_allow else None
     return QsConfig(Fqdn(cfg.domain), federation_allow=allow,
-                    federation_deny=frozenset(Fqdn(d) for d in cfg.federation_deny))
+                    federation_deny=frozenset(Fqdn(d) for d in cfg.federation_deny),
+                    max_client_record_age_ms=cfg.limits.qs_max_client_age_s * 1000)
 
 
 def backoff_policy(limits) -> BackoffPolicy:
@@ -252,14 +253,17 @@ async def start(hs) -> QsService:
 
     async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
         with svc.cancel_scope:
-            await sender.run(task_status=task_status)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(sender.run)
+                nursery.start_soon(svc.prune_periodically, hs.config.limits.qs_prune_interval_s)
+                task_status.started()
 
     await hs.app.nursery.start(run)
     return svc
 
 
 async def stop(hs) -> None:
-    """Stop the outbound sender (pending messages stay in the store)."""
+    """Stop the outbound sender (pending messages stay in the store) and the pruning."""
     svc = hs.qs
     if svc is not None and svc.cancel_scope is not None:
         svc.cancel_scope.cancel()
