@@ -117,7 +117,7 @@ class QsConfig:
     * ``max_client_records_per_user`` — 10.
     * ``max_client_record_age_ms`` — "Maximal QS client record age": a
       client record whose queue nobody fetched from (or that was created)
-      longer ago is deleted by :meth:`QsCore.prune_inactive` (decision: 90 days).
+      longer ago is deleted by :meth:`QsCore.prune_inactive` (default 90 days).
     * ``rate_limit_*`` — ``#rate-limiting``; ``None`` disables one.
     * ``federation_allow`` / ``federation_deny`` — operator lists of domains
       (``spec/federation/use_cases.md``: "what other homeservers it wants to
