@@ -52,7 +52,7 @@ from typing import Protocol
 from . import queue_crypto as qc
 from .codec import U64, decode, encode, struct, vec
 from .errors import Conflict, NotFound
-from .storage import Connection, open_connection, transaction
+from .storage import RowCache, open_connection, transaction
 
 __all__ = [
     "ActivityPrecision", "QueueConfig", "QueueInfo", "DequeueResult", "DequeueMessagesResponse",
@@ -293,11 +293,10 @@ class SqliteQueueStore:
     key material it last read or wrote per queue (at most ``max_cached``
     queues, oldest dropped first), so a busy queue's fan-out needs no read.
     It is written through: every change goes to the database in the same
-    unit of work. When a unit on the connection is rolled back, the whole
-    cache is dropped (:class:`phoenix_ref.storage.Connection`), so it never
-    holds material that was not committed. The cache assumes this store is
-    the only writer of its tables; a connection that is not a
-    :class:`~phoenix_ref.storage.Connection` gets no cache.
+    unit of work, and a rollback on the connection empties the cache
+    (:class:`phoenix_ref.storage.RowCache`), so it never holds material that
+    was not committed. It assumes this store is the only writer of its
+    tables.
 
     ``db`` is a path (the store opens its own connection) or an open
     connection shared with other stores of the same service, with their
@@ -316,10 +315,7 @@ class SqliteQueueStore:
         self._own = not isinstance(db, sqlite3.Connection)
         self._db = open_connection(os.fspath(db)) if self._own else db
         self._lock = lock or threading.RLock()
-        self._cache: dict[bytes, tuple[int, qc.QueueKeyMaterial]] = {}
-        self._max_cached = max_cached if isinstance(self._db, Connection) else 0
-        if self._max_cached:
-            self._db.rollback_listeners.append(self._cache.clear)
+        self._cache: RowCache[bytes, tuple[int, qc.QueueKeyMaterial]] = RowCache(self._db, max_cached)
         with self._tx() as conn:
             old = self._read_older_layout(conn)
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (qn INTEGER PRIMARY KEY, "
@@ -374,28 +370,18 @@ class SqliteQueueStore:
     def _material(next_seq: int, queue_key: bytes, ratchet_key: bytes, rotated_at_ms: int) -> qc.QueueKeyMaterial:
         return qc.QueueKeyMaterial(bytes(queue_key), bytes(ratchet_key), next_seq, rotated_at_ms)
 
-    def _remember(self, queue_id: bytes, qn: int, material: qc.QueueKeyMaterial) -> None:
-        cache = self._cache
-        if queue_id not in cache and len(cache) >= self._max_cached:
-            if not self._max_cached:
-                return
-            del cache[next(iter(cache))]
-        cache[queue_id] = (qn, material)
-
     def _queues(self, db, ids: list[bytes]) -> dict[bytes, tuple[int, qc.QueueKeyMaterial]]:
         """``queue_id → (qn, key material)`` for the existing queues among
         ``ids`` (distinct): from the cache, the rest with one ``SELECT … IN``
         per chunk."""
-        cache = self._cache
-        found = {q: cache[q] for q in ids if q in cache}
-        missing = [q for q in ids if q not in found]
+        found, missing = self._cache.lookup(ids)
         for i in range(0, len(missing), _MAX_SQL_PARAMS):
             chunk = missing[i:i + _MAX_SQL_PARAMS]
             for queue_id, qn, *columns in db.execute(
                     f"SELECT queue_id, qn, {self._MATERIAL} FROM {self._q} "
                     f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
                 entry = found[queue_id] = (qn, self._material(*columns))
-                self._remember(queue_id, *entry)
+                self._cache.put(queue_id, entry)
         return found
 
     def _number(self, db, queue_id: bytes) -> tuple[int, int]:
@@ -424,7 +410,7 @@ class SqliteQueueStore:
                            f"(VALUES {_placeholders(len(chunk) // len(columns), len(columns))}) AS v "
                            "WHERE qn = v.column1", chunk)
         for queue_id, qn, _, new in updated:
-            self._remember(queue_id, qn, new)
+            self._cache.put(queue_id, (qn, new))
 
     def _insert_messages(self, db, messages: list[tuple[int, int, bytes]]) -> None:
         """Insert ``(qn, seq, payload)`` rows, a multi-row INSERT per chunk."""
@@ -446,7 +432,7 @@ class SqliteQueueStore:
                             (queue_id, material.generation, material.queue_encryption_key, material.ratchet_key,
                              material.rotated_at_ms, activity_ms)).lastrowid
             self._insert_messages(db, [(qn, i, p) for i, p in enumerate(messages)])
-            self._remember(queue_id, qn, material)
+            self._cache.put(queue_id, (qn, material))
 
     def append(self, queue_id, build):
         with self._tx() as db:
@@ -512,7 +498,7 @@ class SqliteQueueStore:
             qn, _ = self._number(db, queue_id)
             db.execute(f"DELETE FROM {self._m} WHERE qn=?", (qn,))
             db.execute(f"DELETE FROM {self._q} WHERE qn=?", (qn,))
-            self._cache.pop(queue_id, None)
+            self._cache.discard(queue_id)
 
     def inactive_queues(self, before_ms):
         with self._tx() as db:

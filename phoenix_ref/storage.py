@@ -22,11 +22,13 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 
 import trio
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class Connection(sqlite3.Connection):
@@ -52,6 +54,54 @@ def open_connection(path: Path | str) -> Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+class RowCache(Generic[K, V]):
+    """In-memory copies of rows a store read or wrote, for a store that is
+    the only writer of its tables and keeps them current in the same unit of
+    work as every change (write-through).
+
+    Bounded by ``max_entries`` (the oldest entry is dropped first) and
+    emptied whenever a unit of work on ``conn`` rolls back, so it never holds
+    what was not committed. A connection that is not a :class:`Connection`
+    cannot report rollbacks: the cache then keeps nothing. Not locked: the
+    store calls it under the lock it holds for the connection.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, max_entries: int):
+        self._entries: dict[K, V] = {}
+        self.max_entries = max_entries if isinstance(conn, Connection) else 0
+        if self.max_entries:
+            conn.rollback_listeners.append(self._entries.clear)
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)
+
+    def lookup(self, keys: list[K]) -> tuple[dict[K, V], list[K]]:
+        """``(cached entries by key, keys not cached)`` for ``keys``."""
+        found: dict[K, V] = {}
+        missing: list[K] = []
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None:
+                missing.append(key)
+            else:
+                found[key] = entry
+        return found, missing
+
+    def put(self, key: K, value: V) -> None:
+        entries = self._entries
+        if key not in entries and len(entries) >= self.max_entries:
+            if not self.max_entries:
+                return
+            del entries[next(iter(entries))]
+        entries[key] = value
+
+    def discard(self, key: K) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _rolled_back(conn: sqlite3.Connection) -> None:

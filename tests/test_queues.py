@@ -315,7 +315,7 @@ def test_sqlite_cached_key_material_matches_the_file(tmp_path):
     fresh = SqliteQueueStore(path)
     try:
         assert fresh.info(b"c") == q.info(b"c")
-        assert fresh.info(b"c").key_material == q.store._cache[b"c"][1]
+        assert fresh.info(b"c").key_material == q.store._cache.get(b"c")[1]
     finally:
         fresh.close()
         q.store.close()

@@ -33,7 +33,7 @@ from ..codec import decode, encode
 from ..crypto import hash_
 from ..errors import Conflict
 from ..ids import GroupId, QsCid, QsUid
-from ..storage import Connection, open_connection, transaction
+from ..storage import RowCache, open_connection, transaction
 
 __all__ = [
     "UserRecord", "ClientRecord", "EnqueueKeys", "QsRecords", "MemoryQsRecords", "SqliteQsRecords",
@@ -358,20 +358,16 @@ class SqliteQsRecords:
         # What fan-outs need of a client record, per encoded QsCid: (client
         # record auth key, queue encryption key, blocklist salt, blocklist
         # hashes). Filled and invalidated under ``lock`` only, so a fill
-        # cannot race an invalidation; dropped whenever a unit of work on the
-        # connection rolls back (storage.Connection). Connections that are
-        # not a storage.Connection get no cache.
-        self._enqueue_cache: dict[bytes, tuple[bytes, bytes, bytes, frozenset[bytes]]] = {}
-        self._max_cached = max_cached if isinstance(self.connection, Connection) else 0
-        if self._max_cached:
-            self.connection.rollback_listeners.append(self._enqueue_cache.clear)
+        # cannot race an invalidation.
+        self._enqueue_cache: RowCache[bytes, tuple[bytes, bytes, bytes, frozenset[bytes]]] = \
+            RowCache(self.connection, max_cached)
         with self.lock:
             self.connection.executescript(_SCHEMA)
 
     def _forget(self, cids: list[bytes]) -> None:
         """Drop cached fan-out data of these encoded QsCids (caller holds the lock)."""
         for cid in cids:
-            self._enqueue_cache.pop(cid, None)
+            self._enqueue_cache.discard(cid)
 
     def transaction(self):
         """One unit of work (:func:`phoenix_ref.storage.transaction`: a
@@ -470,10 +466,8 @@ class SqliteQsRecords:
         # entry, or one with NULL). The salted hash needs each record's salt,
         # so it is compared here; the GroupId is encoded once.
         ids = list(dict.fromkeys(qs_cids))
-        cache = self._enqueue_cache
         with self.lock:
-            found = {cid: cache[cid] for cid in ids if cid in cache}
-            missing = [cid for cid in ids if cid not in found]
+            found, missing = self._enqueue_cache.lookup(ids)
             rows = []
             for i in range(0, len(missing), _MAX_SQL_PARAMS):
                 chunk = missing[i:i + _MAX_SQL_PARAMS]
@@ -488,10 +482,7 @@ class SqliteQsRecords:
                     entry[3].add(bytes(group_hash))
             for cid, (auth_key, queue_key, salt, hashes) in read.items():
                 found[cid] = entry = (auth_key, queue_key, salt, frozenset(hashes))
-                if self._max_cached:
-                    if len(cache) >= self._max_cached:
-                        del cache[next(iter(cache))]
-                    cache[cid] = entry
+                self._enqueue_cache.put(cid, entry)
         group = encode(group_id)
         return {cid: EnqueueKeys(auth_key, queue_key, bool(hashes) and blocklist_hash(salt, group) in hashes)
                 for cid, (auth_key, queue_key, salt, hashes) in found.items()}
