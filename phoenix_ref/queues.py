@@ -52,7 +52,7 @@ from typing import Protocol
 from . import queue_crypto as qc
 from .codec import U64, decode, encode, struct, vec
 from .errors import Conflict, NotFound
-from .storage import RowCache, open_connection, transaction
+from .storage import RowCache, chunks, open_connection, transaction
 
 __all__ = [
     "ActivityPrecision", "QueueConfig", "QueueInfo", "DequeueResult", "DequeueMessagesResponse",
@@ -62,7 +62,6 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGES = 500  # spec/queuing_service.md#qs-configuration-options
 _SQLITE_MAX = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
-_MAX_SQL_PARAMS = 500        # host parameters per statement (SQLite allows 32766 since 3.32)
 
 
 class ActivityPrecision(enum.Enum):
@@ -285,7 +284,7 @@ class SqliteQueueStore:
     small and make a fan-out's row updates and inserts several times cheaper
     than 32-byte blob keys.
 
-    A fan-out's writes are multi-row statements (up to :data:`_MAX_SQL_PARAMS`
+    A fan-out's writes are multi-row statements (up to :data:`~phoenix_ref.storage.MAX_SQL_PARAMS`
     values each), not one statement per queue: each statement costs one
     round into SQLite, and a worker thread gives up the GIL for each.
 
@@ -375,8 +374,7 @@ class SqliteQueueStore:
         ``ids`` (distinct): from the cache, the rest with one ``SELECT … IN``
         per chunk."""
         found, missing = self._cache.lookup(ids)
-        for i in range(0, len(missing), _MAX_SQL_PARAMS):
-            chunk = missing[i:i + _MAX_SQL_PARAMS]
+        for chunk in chunks(missing):
             for queue_id, qn, *columns in db.execute(
                     f"SELECT queue_id, qn, {self._MATERIAL} FROM {self._q} "
                     f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
@@ -384,12 +382,12 @@ class SqliteQueueStore:
                 self._cache.put(queue_id, entry)
         return found
 
-    def _number(self, db, queue_id: bytes) -> tuple[int, int]:
-        """``(qn, activity_ms)`` of a queue; :class:`NotFound` if there is none."""
-        row = db.execute(f"SELECT qn, activity_ms FROM {self._q} WHERE queue_id=?", (queue_id,)).fetchone()
+    def _number(self, db, queue_id: bytes) -> int:
+        """The queue number of a queue; :class:`NotFound` if there is none."""
+        row = db.execute(f"SELECT qn FROM {self._q} WHERE queue_id=?", (queue_id,)).fetchone()
         if row is None:
             raise _not_found(queue_id)
-        return row
+        return row[0]
 
     def _store_materials(self, db, updated: list[tuple[bytes, int, qc.QueueKeyMaterial, qc.QueueKeyMaterial]]) -> None:
         """Write the key material of existing queues ``(queue_id, qn, old,
@@ -397,26 +395,21 @@ class SqliteQueueStore:
         columns only where nothing else changed (an ordinary enqueue)."""
         steps, other = [], []
         for _, qn, old, new in updated:
-            if (new.queue_encryption_key is old.queue_encryption_key
-                    or new.queue_encryption_key == old.queue_encryption_key) and new.rotated_at_ms == old.rotated_at_ms:
-                steps += (qn, new.generation, new.ratchet_key)
+            if new.queue_encryption_key == old.queue_encryption_key and new.rotated_at_ms == old.rotated_at_ms:
+                steps.append((qn, new.generation, new.ratchet_key))
             else:
-                other += (qn, new.generation, new.ratchet_key, new.rotated_at_ms, new.queue_encryption_key)
-        for args, columns in ((steps, _RATCHET_COLUMNS), (other, _MATERIAL_COLUMNS)):
-            per = _MAX_SQL_PARAMS // len(columns) * len(columns)
-            for i in range(0, len(args), per):
-                chunk = args[i:i + per]
+                other.append((qn, new.generation, new.ratchet_key, new.rotated_at_ms, new.queue_encryption_key))
+        for rows, columns in ((steps, _RATCHET_COLUMNS), (other, _MATERIAL_COLUMNS)):
+            for chunk in chunks(rows, len(columns)):
                 db.execute(f"UPDATE {self._q} SET {_set_from_values(columns)} FROM "
-                           f"(VALUES {_placeholders(len(chunk) // len(columns), len(columns))}) AS v "
-                           "WHERE qn = v.column1", chunk)
+                           f"(VALUES {_placeholders(len(chunk), len(columns))}) AS v "
+                           "WHERE qn = v.column1", [x for row in chunk for x in row])
         for queue_id, qn, _, new in updated:
             self._cache.put(queue_id, (qn, new))
 
     def _insert_messages(self, db, messages: list[tuple[int, int, bytes]]) -> None:
         """Insert ``(qn, seq, payload)`` rows, a multi-row INSERT per chunk."""
-        per = _MAX_SQL_PARAMS // 3
-        for i in range(0, len(messages), per):
-            chunk = messages[i:i + per]
+        for chunk in chunks(messages, 3):
             db.execute(f"INSERT INTO {self._m} VALUES {_placeholders(len(chunk), 3)}",
                        [x for row in chunk for x in row])
 
@@ -476,7 +469,7 @@ class SqliteQueueStore:
     def fetch(self, queue_id, start, limit, activity_ms):
         start, limit = min(start, _SQLITE_MAX), min(limit, _SQLITE_MAX)
         with self._tx() as db:
-            qn, _ = self._number(db, queue_id)
+            qn = self._number(db, queue_id)
             db.execute(f"DELETE FROM {self._m} WHERE qn=? AND seq<?", (qn, start))
             rows = db.execute(f"SELECT seq, payload FROM {self._m} WHERE qn=? ORDER BY seq LIMIT ?",
                               (qn, limit)).fetchall()
@@ -495,7 +488,7 @@ class SqliteQueueStore:
 
     def delete_queue(self, queue_id):
         with self._tx() as db:
-            qn, _ = self._number(db, queue_id)
+            qn = self._number(db, queue_id)
             db.execute(f"DELETE FROM {self._m} WHERE qn=?", (qn,))
             db.execute(f"DELETE FROM {self._q} WHERE qn=?", (qn,))
             self._cache.discard(queue_id)

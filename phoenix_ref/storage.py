@@ -22,13 +22,26 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
+from typing import Any, Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
 import trio
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+#: Host parameters per statement: a store that binds one parameter per row
+#: (``IN (…)``, multi-row ``VALUES``) splits its rows into statements of at
+#: most this many (SQLite allows 32766 since 3.32; older builds 999).
+MAX_SQL_PARAMS = 500
+
+
+def chunks(items: Sequence[T], params_per_item: int = 1) -> Iterator[Sequence[T]]:
+    """``items`` in consecutive slices of at most :data:`MAX_SQL_PARAMS`
+    parameters, when each item binds ``params_per_item`` of them."""
+    size = max(1, MAX_SQL_PARAMS // params_per_item)
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 class Connection(sqlite3.Connection):

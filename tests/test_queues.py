@@ -513,3 +513,19 @@ TestQueueModelMemory = QueueMachine.TestCase
 TestQueueModelMemory.settings = _settings
 TestQueueModelSqlite = SqliteMonthQueueMachine.TestCase
 TestQueueModelSqlite.settings = _settings
+
+
+def test_sqlite_fan_out_larger_than_one_statement(tmp_path):
+    """A fan-out to more queues than one statement's parameters (reads, key
+    material updates and message inserts are each split into chunks)."""
+    store = SqliteQueueStore(tmp_path / "q.db", max_cached=0)     # every read goes to the database
+    queues = Queues(store, NO_ROTATION)
+    ids = [i.to_bytes(2, "big") for i in range(700)]
+    for q in ids:
+        queues.create(q, OWNER.public, T0, initial_ratchet_key=bytes(32))
+    assert queues.enqueue_many(ids, b"one", T0) == [0] * 700
+    assert queues.enqueue_many(ids + [b"gone"], b"two", T0) == [1] * 700 + [None]
+    for q in (ids[0], ids[499], ids[699]):
+        msgs = queues.dequeue(q, 0, 10, T0).messages
+        assert Owner(qc.QueueRatchetState(bytes(32), 0)).take(msgs) == [b"one", b"two"]
+    store.close()

@@ -33,7 +33,7 @@ from ..codec import decode, encode
 from ..crypto import hash_
 from ..errors import Conflict
 from ..ids import GroupId, QsCid, QsUid
-from ..storage import RowCache, open_connection, transaction
+from ..storage import RowCache, chunks, open_connection, transaction
 
 __all__ = [
     "UserRecord", "ClientRecord", "EnqueueKeys", "QsRecords", "MemoryQsRecords", "SqliteQsRecords",
@@ -331,7 +331,6 @@ CREATE INDEX IF NOT EXISTS qs_seen_messages_exp ON qs_seen_messages (expires_ms)
 DROP TABLE IF EXISTS qs_rate_limits;
 """
 
-_MAX_SQL_PARAMS = 500   # host parameters per statement (SQLite allows 32766 since 3.32)
 _CLIENT_COLS = "qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token, blocklist_salt"
 
 
@@ -469,8 +468,7 @@ class SqliteQsRecords:
         with self.lock:
             found, missing = self._enqueue_cache.lookup(ids)
             rows = []
-            for i in range(0, len(missing), _MAX_SQL_PARAMS):
-                chunk = missing[i:i + _MAX_SQL_PARAMS]
+            for chunk in chunks(missing):
                 rows += self.connection.execute(
                     "SELECT c.qs_cid, c.client_record_auth_key, c.queue_encryption_key, c.blocklist_salt, "
                     "b.group_hash FROM qs_clients c LEFT JOIN qs_blocklist b ON b.qs_cid = c.qs_cid "
