@@ -90,6 +90,29 @@ class Reader:
         self.pos += n
         return self.data[start:self.pos]
 
+    def take_prefixed(self) -> bytes:
+        """A varint length, then that many bytes (``opaque<V>`` and the
+        body of every ``<V>`` field). Lengths of one and two bytes, the
+        common ones, are read here without the general varint path; the
+        checks are the same as :func:`decode_varint` and :meth:`take`."""
+        data, pos, end = self.data, self.pos, self.end
+        if pos + 1 < end:
+            first = data[pos]
+            if first < 0x40:
+                n, pos = first, pos + 1
+            elif first < 0x80:
+                n = ((first & 0x3F) << 8) | data[pos + 1]
+                if n < 0x40:
+                    raise DecodeError("non-minimal varint")
+                pos += 2
+            else:
+                return self.take(decode_varint(self))
+            if n > end - pos:
+                raise DecodeError(f"needs {n} bytes, only {end - pos} left")
+            self.pos = pos + n
+            return data[pos:pos + n]
+        return self.take(decode_varint(self))
+
     def sub(self, n: int) -> "Reader":
         """A reader over the next ``n`` bytes; this reader skips them."""
         if n > self.end - self.pos:
@@ -179,7 +202,7 @@ class _VarBytes(WireType):
         out += value
 
     def read(self, r: Reader) -> bytes:
-        return r.take(decode_varint(r))
+        return r.take_prefixed()
 
 
 class _String(WireType):
@@ -191,7 +214,7 @@ class _String(WireType):
         out += data
 
     def read(self, r: Reader) -> str:
-        raw = r.take(decode_varint(r))
+        raw = r.take_prefixed()
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -140,3 +140,41 @@ def test_encode_rejects_out_of_range():
         encode(Leaf(2**32, b""))
     with pytest.raises(EncodeError):
         encode_varint(2**30)
+
+
+def _reference_prefixed(r: Reader) -> bytes:
+    return r.take(decode_varint(r))
+
+
+@given(st.binary(max_size=70), st.integers(0, 3))
+def test_take_prefixed_agrees_with_the_general_path(raw, start):
+    """``Reader.take_prefixed`` (the short-length fast path every
+    ``opaque<V>`` field decodes through) accepts, refuses and positions
+    exactly like a varint read followed by ``take``."""
+    start = min(start, len(raw))
+    for data in (raw, b"\x01x" + raw, b"\x40\x41" + b"y" * 65 + raw, b"\x40\x05abcde", b"\x3f" + raw):
+        fast, slow = Reader(data, start), Reader(data, start)
+        try:
+            expected = _reference_prefixed(slow)
+        except DecodeError as e:
+            with pytest.raises(DecodeError) as got:
+                fast.take_prefixed()
+            assert str(got.value) == str(e)
+            continue
+        assert fast.take_prefixed() == expected
+        assert fast.pos == slow.pos
+
+
+def test_take_prefixed_edges():
+    assert Reader(b"\x00").take_prefixed() == b""            # empty, at the very end
+    assert Reader(b"\x02ab").take_prefixed() == b"ab"
+    assert Reader(b"\x40\x40" + b"z" * 64).take_prefixed() == b"z" * 64   # smallest 2-byte length
+    assert Reader(b"\x80\x00\x40\x00" + b"q" * 0x4000).take_prefixed() == b"q" * 0x4000
+    with pytest.raises(DecodeError, match="non-minimal"):
+        Reader(b"\x40\x3f" + b"z" * 63).take_prefixed()
+    with pytest.raises(DecodeError, match="needs 3 bytes, only 2 left"):
+        Reader(b"\x03ab").take_prefixed()
+    with pytest.raises(DecodeError, match="0b11"):
+        Reader(b"\xc0\x00").take_prefixed()
+    with pytest.raises(DecodeError):
+        Reader(b"").take_prefixed()
