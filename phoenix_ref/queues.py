@@ -269,15 +269,19 @@ class MemoryQueueStore:
 # --- SQLite store -----------------------------------------------------------------
 
 class SqliteQueueStore:
-    """A :class:`QueueStore` in an SQLite file (WAL), tables ``<name>_queues``
-    and ``<name>_messages``, so one database file can hold several kinds of
-    queue (e.g. the AS's client and alias queues).
+    """A :class:`QueueStore` in an SQLite file (WAL), tables ``<name>_queues``,
+    ``<name>_ratchets`` and ``<name>_messages``, so one database file can
+    hold several kinds of queue (e.g. the AS's client and alias queues).
 
     Layout (``docs/decisions.md``, QS queue storage layout): each queue row
     has an integer *queue number* ``qn`` (its rowid) besides the caller's
-    ``queue_id``; messages name the queue by number. The key material is kept
-    in columns (``next_seq`` is its generation), so a fan-out reads and
-    writes it without serialising anything. Messages live in a rowid table
+    ``queue_id``; ratchets and messages name the queue by number. The key
+    material is kept in columns (``next_seq`` is its generation), so a
+    fan-out reads and writes it without serialising anything; the two
+    columns every enqueue changes (``next_seq``, ``ratchet_key``) are a
+    narrow table of their own, written with one multi-row upsert per
+    fan-out (cheaper than an ``UPDATE … FROM`` of the wide queue rows, and
+    fewer pages to commit). Messages live in a rowid table
     (new rows go to the end of the table) with a ``(qn, seq)`` index: a
     fan-out inserts one row into each of many queues, and a table clustered
     by queue would dirty one page per queue. Integer keys keep both B-trees
@@ -310,7 +314,7 @@ class SqliteQueueStore:
                  lock: threading.RLock | None = None, *, max_cached: int = 100_000) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise ValueError(f"bad table name prefix {name!r}")
-        self._q, self._m = f"{name}_queues", f"{name}_messages"
+        self._q, self._r, self._m = f"{name}_queues", f"{name}_ratchets", f"{name}_messages"
         self._own = not isinstance(db, sqlite3.Connection)
         self._db = open_connection(os.fspath(db)) if self._own else db
         self._lock = lock or threading.RLock()
@@ -318,10 +322,11 @@ class SqliteQueueStore:
         with self._tx() as conn:
             old = self._read_older_layout(conn)
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (qn INTEGER PRIMARY KEY, "
-                         "queue_id BLOB NOT NULL UNIQUE, next_seq INTEGER NOT NULL, "
-                         "queue_encryption_key BLOB NOT NULL, ratchet_key BLOB NOT NULL, "
+                         "queue_id BLOB NOT NULL UNIQUE, queue_encryption_key BLOB NOT NULL, "
                          "rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL)")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {self._q}_activity ON {self._q} (activity_ms)")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self._r} (qn INTEGER PRIMARY KEY, "
+                         "next_seq INTEGER NOT NULL, ratchet_key BLOB NOT NULL)")
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self._m} (qn INTEGER NOT NULL, "
                          "seq INTEGER NOT NULL, payload BLOB NOT NULL)")
             conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {self._m}_seq ON {self._m} (qn, seq)")
@@ -331,13 +336,23 @@ class SqliteQueueStore:
     # --- files of earlier versions ---
 
     def _read_older_layout(self, conn: sqlite3.Connection) -> tuple[list, list] | None:
-        """Files written by earlier versions keyed both tables by ``queue_id``
-        (and, earliest, kept the key material encoded in one ``key_material``
-        column). Read their rows and drop the tables; None if the file has
-        the current layout or no tables yet."""
+        """Files written by earlier versions: with queue numbers but the
+        ratchet in the queue rows; before that, keyed both tables by
+        ``queue_id`` (and, earliest, kept the key material encoded in one
+        ``key_material`` column). Read their rows as ``(queue_id, next_seq,
+        queue_encryption_key, ratchet_key, rotated_at_ms, activity_ms)`` and
+        ``(queue_id, seq, payload)`` and drop the tables; None if the file
+        has the current layout or no tables yet."""
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._q})")}
-        if not columns or "qn" in columns:
+        if not columns or "ratchet_key" not in columns and "key_material" not in columns:
             return None
+        if "qn" in columns:
+            queues = conn.execute(f"SELECT queue_id, {self._MATERIAL}, activity_ms FROM {self._q}").fetchall()
+            messages = conn.execute(f"SELECT q.queue_id, m.seq, m.payload FROM {self._m} m "
+                                    f"JOIN {self._q} q ON q.qn = m.qn").fetchall()
+            conn.execute(f"DROP TABLE {self._m}")
+            conn.execute(f"DROP TABLE {self._q}")
+            return queues, messages
         if "key_material" in columns:
             queues = []
             for queue_id, raw, activity in conn.execute(f"SELECT queue_id, key_material, activity_ms FROM {self._q}"):
@@ -352,9 +367,11 @@ class SqliteQueueStore:
         return queues, messages
 
     def _write_older_layout(self, conn: sqlite3.Connection, queues: list, messages: list) -> None:
-        conn.executemany(f"INSERT INTO {self._q} (queue_id, {self._MATERIAL}, activity_ms) VALUES (?,?,?,?,?,?)",
-                         queues)
+        conn.executemany(f"INSERT INTO {self._q} (queue_id, queue_encryption_key, rotated_at_ms, activity_ms) "
+                         "VALUES (?,?,?,?)", [(q, key, rotated, act) for q, _, key, _, rotated, act in queues])
         numbers = dict(conn.execute(f"SELECT queue_id, qn FROM {self._q}").fetchall())
+        conn.executemany(f"INSERT INTO {self._r} VALUES (?,?,?)",
+                         [(numbers[q], seq, ratchet) for q, seq, _, ratchet, _, _ in queues])
         conn.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
                          [(numbers[q], seq, payload) for q, seq, payload in messages if q in numbers])
 
@@ -363,7 +380,7 @@ class SqliteQueueStore:
 
     # --- key material: columns and cache ---
 
-    _MATERIAL = "next_seq, queue_encryption_key, ratchet_key, rotated_at_ms"
+    _MATERIAL = "next_seq, queue_encryption_key, ratchet_key, rotated_at_ms"   # as _material takes them
 
     @staticmethod
     def _material(next_seq: int, queue_key: bytes, ratchet_key: bytes, rotated_at_ms: int) -> qc.QueueKeyMaterial:
@@ -376,8 +393,8 @@ class SqliteQueueStore:
         found, missing = self._cache.lookup(ids)
         for chunk in chunks(missing):
             for queue_id, qn, *columns in db.execute(
-                    f"SELECT queue_id, qn, {self._MATERIAL} FROM {self._q} "
-                    f"WHERE queue_id IN ({','.join('?' * len(chunk))})", chunk):
+                    f"SELECT q.queue_id, q.qn, {self._MATERIAL} FROM {self._q} q JOIN {self._r} r ON r.qn = q.qn "
+                    f"WHERE q.queue_id IN ({','.join('?' * len(chunk))})", chunk):
                 entry = found[queue_id] = (qn, self._material(*columns))
                 self._cache.put(queue_id, entry)
         return found
@@ -391,19 +408,22 @@ class SqliteQueueStore:
 
     def _store_materials(self, db, updated: list[tuple[bytes, int, qc.QueueKeyMaterial, qc.QueueKeyMaterial]]) -> None:
         """Write the key material of existing queues ``(queue_id, qn, old,
-        new)``: one ``UPDATE … FROM (VALUES …)`` per chunk, of the ratchet
-        columns only where nothing else changed (an ordinary enqueue)."""
-        steps, other = [], []
+        new)``: the ratchet of every queue with one multi-row upsert per
+        chunk; the queue rows only where more than the ratchet changed
+        (a rotation or a new queue encryption key)."""
+        ratchets, other = [], []
         for _, qn, old, new in updated:
-            if new.queue_encryption_key == old.queue_encryption_key and new.rotated_at_ms == old.rotated_at_ms:
-                steps.append((qn, new.generation, new.ratchet_key))
-            else:
-                other.append((qn, new.generation, new.ratchet_key, new.rotated_at_ms, new.queue_encryption_key))
-        for rows, columns in ((steps, _RATCHET_COLUMNS), (other, _MATERIAL_COLUMNS)):
-            for chunk in chunks(rows, len(columns)):
-                db.execute(f"UPDATE {self._q} SET {_set_from_values(columns)} FROM "
-                           f"(VALUES {_placeholders(len(chunk), len(columns))}) AS v "
-                           "WHERE qn = v.column1", [x for row in chunk for x in row])
+            ratchets.append((qn, new.generation, new.ratchet_key))
+            if new.queue_encryption_key != old.queue_encryption_key or new.rotated_at_ms != old.rotated_at_ms:
+                other.append((qn, new.queue_encryption_key, new.rotated_at_ms))
+        for chunk in chunks(ratchets, 3):
+            db.execute(f"INSERT INTO {self._r} VALUES {_placeholders(len(chunk), 3)} ON CONFLICT (qn) DO UPDATE "
+                       "SET next_seq = excluded.next_seq, ratchet_key = excluded.ratchet_key",
+                       [x for row in chunk for x in row])
+        for chunk in chunks(other, 3):
+            db.execute(f"UPDATE {self._q} SET queue_encryption_key = v.column2, rotated_at_ms = v.column3 FROM "
+                       f"(VALUES {_placeholders(len(chunk), 3)}) AS v WHERE qn = v.column1",
+                       [x for row in chunk for x in row])
         for queue_id, qn, _, new in updated:
             self._cache.put(queue_id, (qn, new))
 
@@ -421,9 +441,10 @@ class SqliteQueueStore:
         with self._tx() as db:
             if db.execute(f"SELECT 1 FROM {self._q} WHERE queue_id=?", (queue_id,)).fetchone():
                 raise _exists(queue_id)
-            qn = db.execute(f"INSERT INTO {self._q} (queue_id, {self._MATERIAL}, activity_ms) VALUES (?,?,?,?,?,?)",
-                            (queue_id, material.generation, material.queue_encryption_key, material.ratchet_key,
-                             material.rotated_at_ms, activity_ms)).lastrowid
+            qn = db.execute(f"INSERT INTO {self._q} (queue_id, queue_encryption_key, rotated_at_ms, activity_ms) "
+                            "VALUES (?,?,?,?)", (queue_id, material.queue_encryption_key, material.rotated_at_ms,
+                                                 activity_ms)).lastrowid
+            db.execute(f"INSERT INTO {self._r} VALUES (?,?,?)", (qn, material.generation, material.ratchet_key))
             self._insert_messages(db, [(qn, i, p) for i, p in enumerate(messages)])
             self._cache.put(queue_id, (qn, material))
 
@@ -479,8 +500,8 @@ class SqliteQueueStore:
 
     def info(self, queue_id):
         with self._tx() as db:
-            row = db.execute(f"SELECT qn, {self._MATERIAL}, activity_ms FROM {self._q} WHERE queue_id=?",
-                             (queue_id,)).fetchone()
+            row = db.execute(f"SELECT q.qn, {self._MATERIAL}, activity_ms FROM {self._q} q "
+                             f"JOIN {self._r} r ON r.qn = q.qn WHERE queue_id=?", (queue_id,)).fetchone()
             if row is None:
                 raise _not_found(queue_id)
             (count,) = db.execute(f"SELECT COUNT(*) FROM {self._m} WHERE qn=?", (row[0],)).fetchone()
@@ -490,6 +511,7 @@ class SqliteQueueStore:
         with self._tx() as db:
             qn = self._number(db, queue_id)
             db.execute(f"DELETE FROM {self._m} WHERE qn=?", (qn,))
+            db.execute(f"DELETE FROM {self._r} WHERE qn=?", (qn,))
             db.execute(f"DELETE FROM {self._q} WHERE qn=?", (qn,))
             self._cache.discard(queue_id)
 
@@ -503,17 +525,6 @@ class SqliteQueueStore:
         if self._own:
             with self._lock:
                 self._db.close()
-
-
-# Key-material columns in the order _store_materials passes them (after qn).
-_RATCHET_COLUMNS = ("qn", "next_seq", "ratchet_key")
-_MATERIAL_COLUMNS = _RATCHET_COLUMNS + ("rotated_at_ms", "queue_encryption_key")
-
-
-@functools.lru_cache(maxsize=8)
-def _set_from_values(columns: tuple[str, ...]) -> str:
-    """``c2 = v.column2, …``: the SET clause of an ``UPDATE … FROM (VALUES …) AS v``."""
-    return ", ".join(f"{c} = v.column{i}" for i, c in enumerate(columns[1:], start=2))
 
 
 @functools.lru_cache(maxsize=64)

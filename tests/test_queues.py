@@ -282,6 +282,40 @@ def test_sqlite_migrates_queue_id_keyed_files(tmp_path):
         queues.store.close()
 
 
+def test_sqlite_migrates_files_with_the_ratchet_in_the_queue_rows(tmp_path):
+    """Files with queue numbers but the ratchet columns in the queue rows
+    (before the ratchet table) open with every queue, its key material and
+    its messages, and the old columns are gone."""
+    path = tmp_path / "old.db"
+    reset, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE qs_queues (qn INTEGER PRIMARY KEY, queue_id BLOB NOT NULL UNIQUE, "
+               "next_seq INTEGER NOT NULL, queue_encryption_key BLOB NOT NULL, ratchet_key BLOB NOT NULL, "
+               "rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL)")
+    db.execute("CREATE TABLE qs_messages (qn INTEGER NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL)")
+    db.execute("CREATE UNIQUE INDEX qs_messages_seq ON qs_messages (qn, seq)")
+    for qn, q in ((7, b"q1"), (3, b"q2")):   # numbers that will not be the new ones
+        db.execute("INSERT INTO qs_queues VALUES (?,?,?,?,?,?,?)", (qn, q, 1, material.queue_encryption_key,
+                                                                     material.ratchet_key, material.rotated_at_ms, T0))
+        db.execute("INSERT INTO qs_messages VALUES (?,?,?)", (qn, 0, encode(reset)))
+    db.commit()
+    db.close()
+    queues = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)
+    try:
+        assert queues.info(b"q1") == QueueInfo(1, material, T0, 1)
+        assert queues.enqueue_many([b"q1", b"q2"], b"hello", T0) == [1, 1]
+        assert [m.sequence_number for m in queues.dequeue(b"q2", 0, 10, T0).messages] == [0, 1]
+    finally:
+        queues.store.close()
+    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(qs_queues)")}
+    assert "ratchet_key" not in columns and "next_seq" not in columns
+    again = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)   # the new layout opens as it is
+    try:
+        assert again.info(b"q1").next_sequence_number == 2
+    finally:
+        again.store.close()
+
+
 def test_sqlite_key_material_cache_is_dropped_when_the_owner_rolls_back(tmp_path):
     """The store caches key material it wrote; a unit rolled back after the
     write (here: by the owner of a shared connection) must not leave the

@@ -532,6 +532,9 @@ class QsCore:
         digests = [config_digest(cqc.sealed_config) for cqc in configs]
         out = []
         for cqc, digest, hit in zip(configs, digests, self.config_cache.get_many(digests)):
+            if hit is not None and hit.config_key_id in config_keys:   # the common case, see _open
+                out.append((cqc, digest, hit))
+                continue
             try:
                 opened = self._open(cqc.sealed_config, digest, config_keys, hit)
             except InvalidQueueConfig as e:
@@ -675,14 +678,18 @@ class QsCore:
         # the message was enqueued.
         source = message.source.value
         opened = self._open_all(message.payload.client_queue_configs)
-        limits = [(("domain", source), cfg.rate_limit_per_domain)]
+        per_domain, per_config, per_queue = (cfg.rate_limit_per_domain, cfg.rate_limit_per_client_queue_config,
+                                             cfg.rate_limit_per_queue)
+        hits = [] if per_domain is None else [(("domain", source), per_domain.limit, per_domain.window_ms)]
         for _, digest, o in opened:
-            if o is not None:   # configs that do not open reach nobody: they are only refused
+            if o is None:   # configs that do not open reach nobody: they are only refused
+                continue
+            if per_config is not None:
+                hits.append((("config", digest), per_config.limit, per_config.window_ms))
+            if per_queue is not None:
                 queue_id = o.queue_id if isinstance(o, OpenedQueueConfig) else _queue_id(o)
-                limits += [(("config", digest), cfg.rate_limit_per_client_queue_config),
-                           (("queue", queue_id), cfg.rate_limit_per_queue)]
-        over = self.rate_limits.hit_all(
-            [(key, lim.limit, lim.window_ms) for key, lim in limits if lim is not None], now_ms)
+                hits.append((("queue", queue_id), per_queue.limit, per_queue.window_ms))
+        over = self.rate_limits.hit_all(hits, now_ms)
         if over is not None:
             (kind, _), window_end = over
             retry_after = max(1, -(-(window_end - now_ms) // 1000))

@@ -8,8 +8,8 @@ homeserver's ``qs.sqlite3``, in three groups of tables:
   ``qs_seen_messages`` — records, KeyPackages, blocklists and the
   federated replay cache
   (:class:`~phoenix_ref.queuing.records.SqliteQsRecords`);
-* ``qs_queues``, ``qs_messages`` — the fan-out queues with their encryption
-  key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
+* ``qs_queues``, ``qs_ratchets``, ``qs_messages`` — the fan-out queues with
+  their encryption key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
 * ``outbound_queue`` — the durable per-destination queues of QsToQsMessages
   ("QS-to-QS queues", :class:`~phoenix_ref.federation.outbound.SqliteOutboundStore`).
 
