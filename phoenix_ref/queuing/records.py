@@ -358,7 +358,8 @@ class SqliteQsRecords:
         # record auth key, queue encryption key, blocklist salt, blocklist
         # hashes). Filled and invalidated under ``lock`` only, so a fill
         # cannot race an invalidation.
-        self._enqueue_cache: RowCache[bytes, tuple[bytes, bytes, bytes, frozenset[bytes]]] = \
+        # encoded QsCid → (keys as an unblocked EnqueueKeys, blocklist salt, blocklist hashes)
+        self._enqueue_cache: RowCache[bytes, tuple[EnqueueKeys, bytes, frozenset[bytes]]] = \
             RowCache(self.connection, max_cached)
         with self.lock:
             self.connection.executescript(_SCHEMA)
@@ -479,11 +480,12 @@ class SqliteQsRecords:
                 if group_hash is not None:
                     entry[3].add(bytes(group_hash))
             for cid, (auth_key, queue_key, salt, hashes) in read.items():
-                found[cid] = entry = (auth_key, queue_key, salt, frozenset(hashes))
+                found[cid] = entry = (EnqueueKeys(auth_key, queue_key, False), salt, frozenset(hashes))
                 self._enqueue_cache.put(cid, entry)
         group = encode(group_id)
-        return {cid: EnqueueKeys(auth_key, queue_key, bool(hashes) and blocklist_hash(salt, group) in hashes)
-                for cid, (auth_key, queue_key, salt, hashes) in found.items()}
+        # Most records block nothing: their cached EnqueueKeys is the answer.
+        return {cid: keys if not hashes or blocklist_hash(salt, group) not in hashes else keys._replace(blocked=True)
+                for cid, (keys, salt, hashes) in found.items()}
 
     def update_client(self, qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token):
         with self.transaction() as db:
