@@ -249,12 +249,13 @@ class _Vec(WireType):
 
     def read(self, r: Reader) -> list:
         sub = r.sub(decode_varint(r))
+        read = _resolved(self.item).read   # a long vector: one lookup, not one per item
         items = []
-        while not sub.done():
-            try:
-                items.append(self.item.read(sub))
-            except DecodeError as e:
-                raise e.within(f"[{len(items)}]") from None
+        try:
+            while sub.pos < sub.end:
+                items.append(read(sub))
+        except DecodeError as e:
+            raise e.within(f"[{len(items)}]") from None
         return items
 
 
@@ -325,6 +326,7 @@ class _Struct(WireType):
         self.cls = cls
         self.name = cls.__name__
         self._fields: list[tuple[str, WireType]] | None = None
+        self._readers: list[Callable[[Reader], Any]] | None = None   # each field's read, resolved
 
     @property
     def fields(self) -> list[tuple[str, WireType]]:
@@ -346,12 +348,15 @@ class _Struct(WireType):
                 raise EncodeError(f"{self.name}.{name}: {e}") from None
 
     def read(self, r: Reader) -> Any:
+        readers = self._readers
+        if readers is None:
+            readers = self._readers = [_resolved(wt).read for _, wt in self.fields]
         values = []
-        for name, wt in self.fields:
-            try:
-                values.append(wt.read(r))
-            except DecodeError as e:
-                raise e.within(self.name, name) from None
+        try:
+            for read in readers:
+                values.append(read(r))
+        except DecodeError as e:
+            raise e.within(self.name, self.fields[len(values)][0]) from None
         return self.cls(*values)
 
 
@@ -405,6 +410,11 @@ def enum(tag: Any, cls: type[_enum.IntEnum]) -> Any:
 def variant(tag: Any, cases: dict[int, type], name: str = "variant") -> Any:
     """A tagged union; each case is a ``@struct`` class (possibly empty)."""
     return Annotated[Any, _Variant(wire_type_of(tag), cases, name)]
+
+
+def _resolved(wt: WireType) -> WireType:
+    """``wt``, or the wire type a :class:`_Lazy` stands for."""
+    return wt.wt if isinstance(wt, _Lazy) else wt
 
 
 class _Lazy(WireType):
