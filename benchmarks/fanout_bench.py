@@ -40,7 +40,9 @@ way its DS does (``hs.qs.local_enqueue``). It reports, against
 * **fixed and marginal cost** per homeserver count: the warm CPU of the
   two largest n split into a fixed cost per fan-out (HTTP, transactions,
   thread hand-offs) and a marginal cost per delivered message, the latter
-  as a multiple of the floor. At small n the fixed cost dominates the
+  as a multiple of the floor. The fit counts CPU in queue-encryption steps
+  timed around each message, so a drift of the machine's speed between
+  the two cases does not bend it. At small n the fixed cost dominates the
   per-message figure above;
 * **where the CPU goes** (warm, median per message, from the instrumented
   pass, so each part includes its share of the wrappers): thread CPU time of
@@ -193,12 +195,13 @@ def instrument(hs) -> None:
 
 # --- the crypto floor -------------------------------------------------------------------------------
 
-def crypto_floor_seconds(n: int, k: int, plaintext: bytes, tbs_len: int, repeat: int = 5) -> float:
+def crypto_floor_seconds(n: int, k: int, plaintext: bytes, tbs_len: int, repeat: int = 5) -> tuple[float, float]:
     """Seconds of unavoidable crypto per delivered message (see module
     docstring); ``tbs_len`` is the size of the signed QsToQsMessageTBS for
     one remote homeserver (its share of the sealed configs and the content).
     Thread CPU time: a worker thread of the deployment still finishing
-    something would otherwise be counted as crypto."""
+    something would otherwise be counted as crypto. Returns the floor and,
+    alone, its queue-encryption step (the same unit at every n)."""
     queue_key = crypto.HpkeKeyPair.generate().public
     material = qc.new_queue(queue_key, 0)[1]
     signer = crypto.SigningKey.generate()
@@ -221,7 +224,7 @@ def crypto_floor_seconds(n: int, k: int, plaintext: bytes, tbs_len: int, repeat:
     reps = max(200, n)
     per_step = statistics.median(steps(reps) for _ in range(repeat)) / reps
     per_sign_verify = statistics.median(sign_verify(200) for _ in range(repeat)) / 200
-    return per_step + (k - 1) * per_sign_verify / n
+    return per_step + (k - 1) * per_sign_verify / n, per_step
 
 
 # --- one case ---------------------------------------------------------------------------------------
@@ -321,7 +324,7 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
         # Warm messages go out in blocks of BLOCK, back to back as a stream of
         # messages would; the floor is timed before and after every block and
         # each message is compared with the mean of the two around it.
-        warm, floors, floor_of = [], [], []
+        warm, floors, steps, floor_of = [], [], [], []
         if not instrumented:
             floors.append(floor())
         for start in range(0, messages, BLOCK):
@@ -330,6 +333,7 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
                 floor_of.append(len(floors) - 1)
             if not instrumented:
                 floors.append(floor())
+        floors, steps = [f for f, _ in floors], [step for _, step in floors]
         for hs in nodes:   # every queue got every message exactly once
             core = hs.qs.core
             for owner, me in clients:
@@ -343,7 +347,8 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
         dequeue_io = dict(io)
         return {"n": n, "k": k, "domains": [hs.domain for hs in nodes], "cold": cold, "warm": warm,
                 "dequeue_io": dequeue_io, "floors": floors,
-                "message_floors": [(floors[i] + floors[i + 1]) / 2 for i in floor_of] if floors else []}
+                "message_floors": [(floors[i] + floors[i + 1]) / 2 for i in floor_of] if floors else [],
+                "message_steps": [(steps[i] + steps[i + 1]) / 2 for i in floor_of] if steps else []}
 
 
 def _per(domain_counts: dict, domain: str) -> str:
@@ -394,18 +399,23 @@ def report_fixed_and_marginal(results: list[dict]) -> None:
     """Split the warm CPU of one homeserver count into a fixed cost per
     fan-out (HTTP requests, transactions, thread hand-offs: independent of
     n) and a marginal cost per delivered message, from the two largest n:
-    ``cpu(n) = fixed + n * marginal``. The marginal cost is compared with
-    the floor of the largest n."""
+    ``cpu(n) = fixed + n * marginal``. The fit is made in units of the
+    floor timed around each message (the two cases run at different
+    moments, and a shared machine's speed drifts between them), counted in
+    queue-encryption steps, the part of the floor that is the same at every
+    n; the fixed cost is also shown in ms at the step of the largest n."""
     if len(results) < 2:
         return
     small, large = sorted(results, key=lambda r: r["n"])[-2:]
-    cpu = {r["n"]: statistics.median(c for c, *_ in r["warm"]) for r in (small, large)}
-    marginal = (cpu[large["n"]] - cpu[small["n"]]) / (large["n"] - small["n"])
-    fixed = cpu[small["n"]] - small["n"] * marginal
-    floor = statistics.median(large["floors"])
-    print(f"\n== K = {large['k']}: fixed cost per fan-out {fixed * 1e3:.2f} ms; marginal CPU per delivered "
-          f"message (n = {small['n']} -> {large['n']}) {marginal * 1e6:.0f} us = {marginal / floor:.1f}x the "
-          f"crypto floor of n = {large['n']} ==")
+    cost = {r["n"]: statistics.median(c / step for (c, *_), step in zip(r["warm"], r["message_steps"]))
+            for r in (small, large)}   # a fan-out's CPU, in queue-encryption steps
+    marginal = (cost[large["n"]] - cost[small["n"]]) / (large["n"] - small["n"])
+    fixed = cost[small["n"]] - small["n"] * marginal
+    step = statistics.median(s for r in (large,) for s in r["message_steps"])
+    floor_large = statistics.median(f / s for f, s in zip(large["message_floors"], large["message_steps"]))
+    print(f"\n== K = {large['k']}: fixed cost per fan-out {fixed * step * 1e3:.2f} ms ({fixed:.0f} queue-encryption "
+          f"steps); marginal CPU per delivered message (n = {small['n']} -> {large['n']}) {marginal:.1f} steps = "
+          f"{marginal / floor_large:.1f}x the crypto floor of n = {large['n']} ==")
 
 
 async def main_async(sizes, homeservers, messages) -> None:
