@@ -344,7 +344,7 @@ class SqliteQueueStore:
         ``(queue_id, seq, payload)`` and drop the tables; None if the file
         has the current layout or no tables yet."""
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._q})")}
-        if not columns or "ratchet_key" not in columns and "key_material" not in columns:
+        if not columns or ("ratchet_key" not in columns and "key_material" not in columns):
             return None
         if "qn" in columns:
             queues = conn.execute(f"SELECT queue_id, {self._MATERIAL}, activity_ms FROM {self._q}").fetchall()

@@ -354,11 +354,10 @@ class SqliteQsRecords:
         self._own = not isinstance(db, sqlite3.Connection)
         self.connection = open_connection(os.fspath(db)) if self._own else db
         self.lock = lock or threading.RLock()
-        # What fan-outs need of a client record, per encoded QsCid: (client
-        # record auth key, queue encryption key, blocklist salt, blocklist
-        # hashes). Filled and invalidated under ``lock`` only, so a fill
-        # cannot race an invalidation.
-        # encoded QsCid → (keys as an unblocked EnqueueKeys, blocklist salt, blocklist hashes)
+        # What fan-outs need of a client record, per encoded QsCid: (its keys
+        # as an unblocked EnqueueKeys, blocklist salt, blocklist hashes).
+        # Filled and invalidated under ``lock`` only, so a fill cannot race
+        # an invalidation.
         self._enqueue_cache: RowCache[bytes, tuple[EnqueueKeys, bytes, frozenset[bytes]]] = \
             RowCache(self.connection, max_cached)
         with self.lock:
