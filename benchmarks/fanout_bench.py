@@ -318,22 +318,22 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
                       if domain != own]
         tbs_len = round(statistics.mean(remote_tbs)) if remote_tbs else 0
 
-        def floor() -> float:
+        def floor() -> tuple[float, float]:
             return crypto_floor_seconds(n, k, b"\x00" * plaintext_len, tbs_len, repeat=1)
         cold = await one(BODY)
         # Warm messages go out in blocks of BLOCK, back to back as a stream of
         # messages would; the floor is timed before and after every block and
         # each message is compared with the mean of the two around it.
-        warm, floors, steps, floor_of = [], [], [], []
+        warm, timings, floor_of = [], [], []   # timings: (floor, its queue-encryption step)
         if not instrumented:
-            floors.append(floor())
+            timings.append(floor())
         for start in range(0, messages, BLOCK):
             for _ in range(min(BLOCK, messages - start)):
                 warm.append(await one(BODY))
-                floor_of.append(len(floors) - 1)
+                floor_of.append(len(timings) - 1)
             if not instrumented:
-                floors.append(floor())
-        floors, steps = [f for f, _ in floors], [step for _, step in floors]
+                timings.append(floor())
+        floors, steps = [f for f, _ in timings], [step for _, step in timings]
         for hs in nodes:   # every queue got every message exactly once
             core = hs.qs.core
             for owner, me in clients:
