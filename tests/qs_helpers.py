@@ -6,23 +6,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from phoenix_ref import endpoints
 from phoenix_ref.auth_tokens import QsAuthToken, RequestBinding
+from phoenix_ref.client.qs_client import USER_OPERATIONS, QsIdentity
 from phoenix_ref.codec import encode
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey
 from phoenix_ref.federation.outbound import MemoryOutboundStore
-from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
+from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.mls.extensions import LastResortExtension, QueueConfigExtension, to_extension
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
 from phoenix_ref.mls.keypackage import DEFAULT_LIFETIME_SECONDS, create_key_package
 from phoenix_ref.mls.messages import ContentType, Credential, KeyPackage, MLSMessage, PrivateMessage
-from phoenix_ref.queue_crypto import QueueRatchetState, read_queue_messages
 from phoenix_ref.queues import MemoryQueueStore, Queues
 from phoenix_ref.queuing.core import QsConfig, QsCore, QsKeys, operation_path
-from phoenix_ref.queuing.fanout import seal_queue_config
-from phoenix_ref.queuing.messages import (
-    AddPackage, ApplicationContent, ClientQueueConfig, CreateUserRecordParams, FanOutMessage,
-    QueueConfig,
-)
+from phoenix_ref.queuing.messages import AddPackage, ApplicationContent, ClientQueueConfig, FanOutMessage
 from phoenix_ref.queuing.records import MemoryQsRecords
 from phoenix_ref.queuing.store import QsStore
 
@@ -40,56 +37,49 @@ def make_core(domain: str = "a.example", *, sqlite_dir=None, **config) -> QsCore
 
 
 @dataclass
-class Client:
-    """A QS client: its keys and ids, and its view of its queue."""
-    core: QsCore
-    user_key: SigningKey
-    client_key: SigningKey
-    queue_key: HpkeKeyPair
-    friendship_token: bytes
-    qs_uid: QsUid | None = None
-    qs_cid: QsCid | None = None
-    ratchet: QueueRatchetState = QueueRatchetState(None, 0)
+class Client(QsIdentity):
+    """A :class:`~phoenix_ref.client.qs_client.QsIdentity` registered
+    straight with a QS core (no HTTP), with what core tests vary: the token's
+    sender, signing key and audience, and KeyPackages of its own."""
+    core: QsCore | None = None
 
     @classmethod
     def register(cls, core: QsCore, now_ms: int = NOW) -> "Client":
-        c = cls(core, SigningKey.generate(), SigningKey.generate(), HpkeKeyPair.generate(), os.urandom(32))
-        resp = core.create_user_record(CreateUserRecordParams(
-            c.user_key.public, c.friendship_token, c.client_key.public, c.queue_key.public), now_ms)
-        c.qs_uid, c.qs_cid = resp.qs_uid, resp.qs_cid
+        c = cls.new(core.config.domain)
+        c.core = core
+        c.created(core.create_user_record(c.create_user_record_params(), now_ms))
         return c
 
-    def token(self, operation: str, params, *, as_user: bool = False, now_ms: int = NOW,
+    def token(self, name: str, params, now_ms: int = NOW, *, as_user: bool | None = None,
               key: SigningKey | None = None, domain: str | None = None) -> QsAuthToken:
+        """:meth:`QsIdentity.token`; ``as_user`` (default: as the endpoint
+        wants), ``key`` and ``domain`` make the wrong tokens tests need."""
+        if as_user is None and key is None and domain is None:
+            return super().token(name, params, now_ms)
+        as_user = name in USER_OPERATIONS if as_user is None else as_user
         sender = self.qs_uid if as_user else self.qs_cid
         key = key or (self.user_key if as_user else self.client_key)
-        binding = RequestBinding(Fqdn(domain or self.core.config.domain.value), operation_path(operation),
-                                 encode(params))
+        binding = RequestBinding(Fqdn(domain) if domain else self.domain, operation_path(name), encode(params))
         return QsAuthToken.create(key, sender, now_ms, binding)
 
-    def request(self, cls, operation: str, params, **kw):
-        return cls(self.token(operation, params, **kw), params)
+    def request(self, name: str, params, now_ms: int = NOW, **wrong):
+        """``…Request {auth, params}`` for endpoint ``name`` (see :meth:`token`)."""
+        return endpoints.by_name("qs", name).request(self.token(name, params, now_ms, **wrong), params)
 
-    def sealed_config(self, push_key: bytes | None = None) -> bytes:
-        return seal_queue_config(self.core.keys.queue_config_key.public, QueueConfig(push_key, self.qs_cid),
-                                 queue_encryption_key=self.queue_key, client_record_key=self.client_key)
+    def sealed_config(self, qs_config_key: bytes | None = None, push_token_key: bytes | None = None) -> bytes:
+        """A sealed config for this client's QS (its core's key by default)."""
+        return super().sealed_config(qs_config_key or self.core.keys.queue_config_key.public, push_token_key)
 
-    def client_queue_config(self) -> ClientQueueConfig:
-        return ClientQueueConfig(self.core.config.domain, self.sealed_config())
+    def client_queue_config(self, qs_config_key: bytes | None = None) -> ClientQueueConfig:
+        return super().client_queue_config(qs_config_key or self.core.keys.queue_config_key.public)
 
     def key_package(self, *, last_resort: bool = False, with_queue_config: bool = True,
                     config: bytes | None = None, **kw) -> KeyPackage:
-        return make_key_package(self.core.config.domain.value,
-                                config if config is not None else self.sealed_config(),
+        return make_key_package(self.domain.value, config if config is not None else self.sealed_config(),
                                 last_resort=last_resort, with_queue_config=with_queue_config, **kw)
 
     def add_package(self, **kw) -> AddPackage:
         return AddPackage(self.key_package(**kw), os.urandom(40), os.urandom(40))
-
-    def read_queue(self, messages) -> list[bytes]:
-        """Decrypt dequeued messages in order (skipping ratchet control messages)."""
-        out, self.ratchet = read_queue_messages(self.queue_key.private, self.ratchet, messages)
-        return out
 
 
 def make_key_package(domain: str, sealed_config: bytes, *, last_resort: bool = False,

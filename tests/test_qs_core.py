@@ -13,20 +13,17 @@ from phoenix_ref.crypto import HpkeKeyPair, SigningKey, hs_verify, sign_with_lab
 from phoenix_ref.mls.messages import leaf_node_tbs
 from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from phoenix_ref.federation.outbound import OutboundItem
-from phoenix_ref.ids import Fqdn, GroupId, QsCid
+from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing.core import (
     ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, QsKeys, RateLimit,
 )
 from phoenix_ref.queuing.fanout import config_key_id, seal_queue_config
 from phoenix_ref.queuing.messages import (
-    AddPackage, AddPackageParams, AddPackageResponseTBS, BlockGroupParams, BlockGroupRequest, ClientQueueConfig,
-    CreateClientRecordParams, CreateClientRecordRequest, CreateUserRecordParams,
-    DeleteClientRecordParams, DeleteClientRecordRequest, DeleteUserRecordParams,
-    DeleteUserRecordRequest, DequeueMessagesParams, DequeueMessagesRequest, FanOutMessage,
-    MessageContent, PublishKeyPackagesParams, PublishKeyPackagesRequest, QsToQsMessage, QueueConfig,
-    UpdateClientRecordParams, UpdateClientRecordRequest, UpdateUserRecordParams,
-    UpdateUserRecordRequest, UserRecordParams, UserRecordRequest, WsParams, WsRequest,
-    decode_sealed_queue_config, received_qs_to_qs_tbs,
+    AddPackage, AddPackageParams, AddPackageResponseTBS, BlockGroupParams, ClientQueueConfig,
+    CreateClientRecordParams, CreateUserRecordParams, DeleteClientRecordParams, DeleteUserRecordParams,
+    DequeueMessagesParams, DequeueMessagesRequest, FanOutMessage, MessageContent, PublishKeyPackagesParams,
+    QsToQsMessage, QueueConfig, UpdateClientRecordParams, UpdateUserRecordParams, UserRecordParams, WsParams,
+    WsRequest, decode_sealed_queue_config, received_qs_to_qs_tbs,
 )
 
 from tests.qs_helpers import NOW, Client, fan_out, make_core
@@ -41,13 +38,13 @@ def core(request, tmp_path):
 
 def dequeue(client: Client, start: int = 0, max_n: int = 1000, now_ms: int = NOW):
     params = DequeueMessagesParams(client.qs_cid, start, max_n)
-    return client.core.dequeue_messages(client.request(DequeueMessagesRequest, "dequeue_messages", params,
+    return client.core.dequeue_messages(client.request("dequeue_messages", params,
                                                        now_ms=now_ms), now_ms)
 
 
 def received(client: Client) -> list[bytes]:
     resp = dequeue(client, client.ratchet.generation)
-    return client.read_queue(resp.messages)
+    return client.read(resp.messages)
 
 
 def content_bytes(body: bytes, group=GROUP) -> bytes:
@@ -60,13 +57,13 @@ def test_create_user_record_starts_queue_with_sealed_ratchet_key(core):
     alice = Client.register(core)
     resp = dequeue(alice)
     assert [m.sequence_number for m in resp.messages] == [0]
-    assert alice.read_queue(resp.messages) == []  # the reset message carries only the key
+    assert alice.read(resp.messages) == []  # the reset message carries only the key
     assert alice.ratchet.ratchet_key is not None
 
 
 def test_get_update_delete_user_record(core):
     alice = Client.register(core)
-    got = core.get_user_record(alice.request(UserRecordRequest, "get_user_record",
+    got = core.get_user_record(alice.request("get_user_record",
                                              UserRecordParams(alice.qs_uid), as_user=True), NOW)
     assert got.friendship_token == alice.friendship_token
     assert [c.qs_cid for c in got.client_records] == [alice.qs_cid]
@@ -74,14 +71,14 @@ def test_get_update_delete_user_record(core):
 
     new_key, new_token = SigningKey.generate(), os.urandom(32)
     params = UpdateUserRecordParams(alice.qs_uid, new_key.public, new_token)
-    core.update_user_record(alice.request(UpdateUserRecordRequest, "update_user_record", params, as_user=True), NOW)
+    core.update_user_record(alice.request("update_user_record", params, as_user=True), NOW)
     alice.user_key, alice.friendship_token = new_key, new_token
-    got = core.get_user_record(alice.request(UserRecordRequest, "get_user_record",
+    got = core.get_user_record(alice.request("get_user_record",
                                              UserRecordParams(alice.qs_uid), as_user=True), NOW)
     assert got.friendship_token == new_token and got.user_record_auth_key == new_key.public
 
     params = DeleteUserRecordParams(alice.qs_uid)
-    core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record", params, as_user=True), NOW)
+    core.delete_user_record(alice.request("delete_user_record", params, as_user=True), NOW)
     with pytest.raises(Unauthorized):
         dequeue(alice)
     assert core.records.get_user(alice.qs_uid) is None
@@ -113,14 +110,14 @@ def test_client_records_limit_and_last_one_takes_the_user(tmp_path):
     for _ in range(2):
         params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
         extra.append(core.create_client_record(
-            alice.request(CreateClientRecordRequest, "create_client_record", params, as_user=True), NOW).qs_cid)
+            alice.request("create_client_record", params, as_user=True), NOW).qs_cid)
     params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
     with pytest.raises(Conflict):
-        core.create_client_record(alice.request(CreateClientRecordRequest, "create_client_record", params,
+        core.create_client_record(alice.request("create_client_record", params,
                                                 as_user=True), NOW)
     assert len(core.records.get_user(alice.qs_uid)[1]) == 3
     # alice's own client deletes itself; the user stays for the other two
-    core.delete_client_record(alice.request(DeleteClientRecordRequest, "delete_client_record",
+    core.delete_client_record(alice.request("delete_client_record",
                                             DeleteClientRecordParams(alice.qs_cid)), NOW)
     assert core.records.get_user(alice.qs_uid) is not None
     for cid in extra:
@@ -133,7 +130,7 @@ def test_update_client_record_new_queue_key_heals_ratchet(core):
     received(alice)
     new_queue_key, new_client_key = HpkeKeyPair.generate(), SigningKey.generate()
     params = UpdateClientRecordParams(alice.qs_cid, new_client_key.public, new_queue_key.public, b"enc-push")
-    core.update_client_record(alice.request(UpdateClientRecordRequest, "update_client_record", params), NOW)
+    core.update_client_record(alice.request("update_client_record", params), NOW)
     alice.client_key, alice.queue_key = new_client_key, new_queue_key
     core.local_enqueue(fan_out([alice.client_queue_config()], GROUP, b"after"), NOW)
     assert received(alice) == [content_bytes(b"after")]
@@ -182,14 +179,14 @@ def test_user_token_is_refused_where_client_token_is_required(core):
     params = WsParams(alice.qs_cid)
     with pytest.raises(Unauthorized):
         core.authorize_websocket(WsRequest(alice.token("websocket", params, as_user=True), params), NOW)
-    assert core.authorize_websocket(alice.request(WsRequest, "websocket", params), NOW) == alice.qs_cid
+    assert core.authorize_websocket(alice.request("websocket", params), NOW) == alice.qs_cid
 
 
 # --- KeyPackages ------------------------------------------------------------------------------------
 
 def publish(client: Client, packages):
     params = PublishKeyPackagesParams(client.qs_cid, packages)
-    return client.core.publish_key_packages(client.request(PublishKeyPackagesRequest, "publish_key_packages",
+    return client.core.publish_key_packages(client.request("publish_key_packages",
                                                            params), NOW)
 
 
@@ -211,11 +208,11 @@ def test_publish_and_get_add_packages(core):
 
 def test_add_packages_one_per_client(core):
     alice = Client.register(core)
-    second = Client(core, alice.user_key, SigningKey.generate(), HpkeKeyPair.generate(), alice.friendship_token,
-                    alice.qs_uid)
+    second = Client(alice.domain, alice.user_key, SigningKey.generate(), HpkeKeyPair.generate(),
+                    alice.friendship_token, alice.qs_uid, core=core)
     params = CreateClientRecordParams(alice.qs_uid, second.client_key.public, second.queue_key.public)
     second.qs_cid = core.create_client_record(
-        alice.request(CreateClientRecordRequest, "create_client_record", params, as_user=True), NOW).qs_cid
+        alice.request("create_client_record", params, as_user=True), NOW).qs_cid
     publish(alice, [alice.add_package(last_resort=True)])
     publish(second, [second.add_package(last_resort=True)])
     assert len(core.get_add_package(AddPackageParams(alice.friendship_token), NOW).add_packages) == 2
@@ -303,7 +300,7 @@ def test_local_enqueue_delivers_encrypted_to_local_queues(core):
 def test_missing_queue_is_reported_as_queue_deleted(core):
     alice = Client.register(core)
     cqc = alice.client_queue_config()
-    core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record",
+    core.delete_user_record(alice.request("delete_user_record",
                                           DeleteUserRecordParams(alice.qs_uid), as_user=True), NOW)
     result = core.local_enqueue(fan_out([cqc], GROUP), NOW)
     assert [(d.client_queue_config, d.group_id) for d in result.queue_deleted] == [(cqc, GROUP)]
@@ -313,7 +310,7 @@ def test_missing_queue_is_reported_as_queue_deleted(core):
 def test_blocklisted_group_is_not_enqueued(core):
     alice = Client.register(core)
     received(alice)
-    core.block_group(alice.request(BlockGroupRequest, "block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
+    core.block_group(alice.request("block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
     other = GroupId.random("ds.a.example")
     result = core.local_enqueue(fan_out([alice.client_queue_config()], GROUP, b"spam"), NOW)
     assert result.enqueued == [] and len(result.blocked) == 1
@@ -324,7 +321,7 @@ def test_blocklisted_group_is_not_enqueued(core):
 def test_blocklist_stores_only_salted_hashes(tmp_path):
     core = make_core(sqlite_dir=tmp_path)
     alice = Client.register(core)
-    core.block_group(alice.request(BlockGroupRequest, "block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
+    core.block_group(alice.request("block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
     rows = core.records.connection.execute("SELECT group_hash FROM qs_blocklist").fetchall()
     assert len(rows) == 1 and encode(GROUP) not in bytes(rows[0][0])
     assert GROUP.group_uuid.bytes not in bytes(rows[0][0])
@@ -360,7 +357,7 @@ def test_cached_config_dies_with_a_key_rotation(core):
     cqc = alice.client_queue_config()
     core.local_enqueue(fan_out([cqc], GROUP, b"before"), NOW)
     params = UpdateClientRecordParams(alice.qs_cid, SigningKey.generate().public, alice.queue_key.public, None)
-    core.update_client_record(alice.request(UpdateClientRecordRequest, "update_client_record", params), NOW)
+    core.update_client_record(alice.request("update_client_record", params), NOW)
     result = core.local_enqueue(fan_out([cqc], GROUP, b"after"), NOW)
     assert result.rejected == [cqc] and result.enqueued == []
 
@@ -748,12 +745,12 @@ def test_deleted_client_records_are_reported_for_their_websockets(core):
     core.on_clients_deleted = deleted.append
     alice, bob = Client.register(core), Client.register(core)
     params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
-    second = core.create_client_record(alice.request(CreateClientRecordRequest, "create_client_record", params,
+    second = core.create_client_record(alice.request("create_client_record", params,
                                                      as_user=True), NOW).qs_cid
-    core.delete_client_record(bob.request(DeleteClientRecordRequest, "delete_client_record",
+    core.delete_client_record(bob.request("delete_client_record",
                                           DeleteClientRecordParams(bob.qs_cid)), NOW)
     assert deleted == [[bob.qs_cid]] and core.records.get_client(bob.qs_cid) is None
-    core.delete_user_record(alice.request(DeleteUserRecordRequest, "delete_user_record",
+    core.delete_user_record(alice.request("delete_user_record",
                                           DeleteUserRecordParams(alice.qs_uid), as_user=True), NOW)
     assert sorted(map(str, deleted[1])) == sorted(map(str, [alice.qs_cid, second]))
 

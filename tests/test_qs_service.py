@@ -156,7 +156,7 @@ async def test_federated_delivery_end_to_end_with_queue_deleted_callback(patient
     assert [d.client_queue_config for d in t.deleted] == [gone_cfg]
     assert t.a.outbound.destinations() == []
     from tests.test_qs_core import dequeue
-    assert len(bob.read_queue(dequeue(bob).messages)) == 1
+    assert len(bob.read(dequeue(bob).messages)) == 1
 
 
 async def test_net_split_heals_and_nothing_is_sent_twice(tmp_path, patient_clock):
@@ -180,7 +180,7 @@ async def test_net_split_heals_and_nothing_is_sent_twice(tmp_path, patient_clock
                 await trio.sleep(10)
         nursery.cancel_scope.cancel()
     from tests.test_qs_core import dequeue
-    got = bob.read_queue(dequeue(bob, now_ms=t.clock.now_ms()).messages)
+    got = bob.read(dequeue(bob, now_ms=t.clock.now_ms()).messages)
     assert len(got) == 3
     assert [g[-1:] for g in got] == [b"0", b"1", b"2"]  # in order
 
