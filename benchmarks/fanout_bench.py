@@ -411,7 +411,7 @@ def report_fixed_and_marginal(results: list[dict]) -> None:
             for r in (small, large)}   # a fan-out's CPU, in queue-encryption steps
     marginal = (cost[large["n"]] - cost[small["n"]]) / (large["n"] - small["n"])
     fixed = cost[small["n"]] - small["n"] * marginal
-    step = statistics.median(s for r in (large,) for s in r["message_steps"])
+    step = statistics.median(large["message_steps"])
     floor_large = statistics.median(f / s for f, s in zip(large["message_floors"], large["message_steps"]))
     print(f"\n== K = {large['k']}: fixed cost per fan-out {fixed * step * 1e3:.2f} ms ({fixed:.0f} queue-encryption "
           f"steps); marginal CPU per delivered message (n = {small['n']} -> {large['n']}) {marginal:.1f} steps = "
