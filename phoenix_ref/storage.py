@@ -13,7 +13,7 @@ PostgreSQL store can be added without touching them.
 Several stores of one service may share one connection (the QS's records,
 queues and outbound queues, :mod:`phoenix_ref.queuing.store`) so that one
 request's writes to all of them commit together; :func:`transaction` nests
-for that purpose.
+for that purpose (a nested unit joins the transaction that is open).
 """
 
 from __future__ import annotations
@@ -122,39 +122,61 @@ def _rolled_back(conn: sqlite3.Connection) -> None:
         conn.rolled_back()
 
 
+#: ``id()`` of each connection whose open transaction had a nested unit fail
+#: after it changed rows (see :func:`transaction`); an entry lives only while
+#: that transaction is open.
+_failed: set[int] = set()
+
+
+class NestedUnitFailed(RuntimeError):
+    """A unit of work tried to commit after a unit nested in it had failed."""
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
     """One atomic unit of work on a connection that several stores may share.
 
-    The outermost unit is ``BEGIN IMMEDIATE`` … ``COMMIT``; a unit opened
-    inside it (same thread, ``lock`` is re-entrant) is a ``SAVEPOINT``, so it
-    can fail on its own (rolled back to the savepoint) while only the
-    outermost ``COMMIT`` makes anything durable. Any exception (a failing
-    ``COMMIT`` too) rolls its unit back, tells the connection's rollback
-    listeners (:class:`Connection`) and propagates.
+    The outermost unit is ``BEGIN IMMEDIATE`` … ``COMMIT``; an exception
+    (a failing ``COMMIT`` too) rolls it back, tells the connection's
+    rollback listeners (:class:`Connection`) and propagates. A unit opened
+    inside it (same thread, ``lock`` is re-entrant) joins that transaction,
+    so all of it commits or none of it does. A nested unit that fails tells
+    the rollback listeners too (caches may hold what it wrote); if it had
+    changed rows by then, the transaction is lost even when a caller handles
+    the exception: the outermost unit rolls back when it ends and raises
+    :class:`NestedUnitFailed`, since part of the failed unit's rows may
+    stand. A nested unit that fails before changing anything (a lookup that
+    finds nothing, a check that refuses) leaves the transaction usable.
+
+    A nested unit is not an SQL ``SAVEPOINT``, on purpose: inside one,
+    SQLite copies every page a write touches into a sub-journal first (a
+    temporary file once past 64 KiB), which cost a fan-out several percent
+    of its CPU (``docs/decisions.md``, QS queue storage layout).
     """
     with lock:
-        if not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
+        if conn.in_transaction:
+            changes = conn.total_changes
             try:
                 yield conn
-                conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:   # SQLite may have rolled back already
-                    conn.execute("ROLLBACK")
+                if conn.total_changes != changes:
+                    _failed.add(id(conn))
                 _rolled_back(conn)
                 raise
             return
-        conn.execute("SAVEPOINT nested")
+        conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            if id(conn) in _failed:
+                raise NestedUnitFailed("a unit of work nested in this one failed; nothing was committed")
+            conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK TO nested")
-                conn.execute("RELEASE nested")
+            if conn.in_transaction:   # SQLite may have rolled back already
+                conn.execute("ROLLBACK")
             _rolled_back(conn)
             raise
-        conn.execute("RELEASE nested")
+        finally:
+            _failed.discard(id(conn))
 
 
 class SqliteStore:

@@ -26,6 +26,7 @@ from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing.messages import ClientQueueConfig
 from phoenix_ref.queuing.store import QsStore
 from phoenix_ref.spec_plugin import spec
+from phoenix_ref.storage import NestedUnitFailed
 
 from tests.qs_helpers import NOW, Client, fan_out, make_core
 
@@ -138,13 +139,17 @@ def test_sender_killed_during_a_fan_out_leaves_all_or_nothing(tmp_path, when):
 def test_qs_store_shares_one_connection(tmp_path):
     store = QsStore(tmp_path / "qs.sqlite3")
     try:
-        with store.transaction():
+        with store.transaction():   # the stores' units join one transaction
             store.outbound.append("b.example", b"\x01" * 16, b"payload", NOW)
-            with pytest.raises(RuntimeError):
-                with store.transaction():   # a nested unit fails on its own …
-                    store.outbound.append("c.example", b"\x02" * 16, b"payload", NOW)
-                    raise RuntimeError("inner")
-        assert store.outbound.destinations() == ["b.example"]   # … the outer one commits
+        assert store.outbound.destinations() == ["b.example"]
+        with pytest.raises(NestedUnitFailed):
+            with store.transaction():
+                store.outbound.append("c.example", b"\x02" * 16, b"payload", NOW)
+                with pytest.raises(RuntimeError):
+                    with store.transaction():   # a nested unit fails after writing …
+                        store.outbound.append("d.example", b"\x03" * 16, b"payload", NOW)
+                        raise RuntimeError("inner")
+        assert store.outbound.destinations() == ["b.example"]   # … so none of the transaction commits
         with pytest.raises(RuntimeError):
             with store.transaction():
                 store.outbound.append("d.example", b"\x03" * 16, b"payload", NOW)

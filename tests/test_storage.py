@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from phoenix_ref.storage import RowCache, open_connection, transaction
+from phoenix_ref.storage import NestedUnitFailed, RowCache, open_connection, transaction
 
 
 def test_row_cache_is_bounded_and_emptied_by_any_rollback(tmp_path):
@@ -18,7 +18,7 @@ def test_row_cache_is_bounded_and_emptied_by_any_rollback(tmp_path):
     assert cache.lookup(["a", "b", "c"]) == ({"b": 1, "c": 2}, ["a"])   # the oldest went first
     with pytest.raises(RuntimeError):
         with transaction(conn, lock):
-            with transaction(conn, lock):                  # a savepoint rolled back alone
+            with transaction(conn, lock):                  # a nested unit fails
                 raise RuntimeError("inner unit fails")
     assert len(cache) == 0
     cache.put("d", 3)
@@ -35,3 +35,76 @@ def test_row_cache_keeps_nothing_on_a_connection_that_cannot_report_rollbacks(tm
     cache.put("a", 1)
     assert cache.get("a") is None and len(cache) == 0
     conn.close()
+
+
+def _rows(conn) -> list[int]:
+    return [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+@pytest.fixture
+def table(tmp_path):
+    conn, lock = open_connection(tmp_path / "n.db"), threading.RLock()
+    conn.execute("CREATE TABLE t (v INTEGER PRIMARY KEY)")
+    yield conn, lock
+    conn.close()
+
+
+def test_a_nested_unit_joins_the_open_transaction(table):
+    conn, lock = table
+    with transaction(conn, lock):
+        conn.execute("INSERT INTO t VALUES (1)")
+        with transaction(conn, lock):
+            conn.execute("INSERT INTO t VALUES (2)")
+        assert conn.in_transaction   # the nested unit committed nothing by itself
+    assert _rows(conn) == [1, 2]
+    with pytest.raises(RuntimeError):
+        with transaction(conn, lock):
+            with transaction(conn, lock):
+                conn.execute("INSERT INTO t VALUES (3)")
+            raise RuntimeError("outer unit fails after the nested one ended")
+    assert _rows(conn) == [1, 2]   # the nested unit's row went with the outer unit
+
+
+def test_a_nested_unit_that_fails_after_writing_loses_the_whole_transaction(table):
+    conn, lock = table
+    with pytest.raises(NestedUnitFailed):
+        with transaction(conn, lock):
+            conn.execute("INSERT INTO t VALUES (1)")
+            try:
+                with transaction(conn, lock):
+                    conn.execute("INSERT INTO t VALUES (2)")
+                    raise RuntimeError("inner unit fails after a write")
+            except RuntimeError:
+                pass   # handled, yet the inner unit's row may stand: nothing may commit
+            conn.execute("INSERT INTO t VALUES (3)")
+    assert _rows(conn) == [] and not conn.in_transaction
+    with transaction(conn, lock):   # the connection is usable again, with no failure left over
+        conn.execute("INSERT INTO t VALUES (4)")
+    assert _rows(conn) == [4]
+
+
+def test_a_multi_row_statement_that_fails_midway_commits_none_of_its_rows(table):
+    """The stores' fan-out writes are ``INSERT OR FAIL`` (no statement
+    journal): rows before the failing one stay in the statement, and it is
+    the unit of work that undoes them."""
+    conn, lock = table
+    with pytest.raises(sqlite3.IntegrityError):
+        with transaction(conn, lock):
+            with transaction(conn, lock):
+                conn.execute("INSERT OR FAIL INTO t VALUES (1), (2), (2), (3)")
+    assert _rows(conn) == []
+
+
+def test_a_nested_unit_that_fails_before_writing_leaves_the_transaction_usable(table):
+    conn, lock = table
+    cache: RowCache[str, int] = RowCache(conn, 10)
+    with transaction(conn, lock):
+        conn.execute("INSERT INTO t VALUES (1)")
+        cache.put("a", 1)
+        with pytest.raises(LookupError):
+            with transaction(conn, lock):
+                conn.execute("SELECT v FROM t WHERE v = 9").fetchall()
+                raise LookupError("nothing found")
+        assert len(cache) == 0   # a failed unit empties the caches all the same
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert _rows(conn) == [1, 2]
