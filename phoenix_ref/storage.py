@@ -164,6 +164,7 @@ def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
                 _rolled_back(conn)
                 raise
             return
+        _failed.discard(id(conn))   # left by a transaction opened outside this function, if any
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
