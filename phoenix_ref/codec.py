@@ -17,7 +17,8 @@ Wire types:
 * ``U8``, ``U16``, ``U32``, ``U64`` — big-endian unsigned integers.
 * ``VarBytes`` — ``opaque x<V>``: bytes behind an MLS variable-length
   integer (RFC 9420 §2.1.2). ``fixed(n)`` — ``opaque x[n]``.
-* ``vec(T)`` — ``T x<V>``: a vector of any wire type, length in bytes.
+* ``vec(T)`` — ``T x<V>``: a vector of any wire type, length in bytes
+  (``vec(T, memo_bytes=n)`` remembers decodings of long vectors that repeat).
 * ``optional(T)`` — ``optional<T>``: a presence octet, then ``T``.
 * ``enum(U16, SomeIntEnum)`` — an integer restricted to the enum's members.
 * ``variant(U16, {tag: Case, ...})`` — a tagged union (``select`` in the
@@ -39,7 +40,9 @@ import abc
 import dataclasses
 import enum as _enum
 import struct as _struct
+import threading
 import typing
+from collections import OrderedDict
 from typing import Annotated, Any, Callable
 
 __all__ = [
@@ -248,7 +251,9 @@ class _Vec(WireType):
         out += body
 
     def read(self, r: Reader) -> list:
-        sub = r.sub(decode_varint(r))
+        return self._items(r.sub(decode_varint(r)))
+
+    def _items(self, sub: Reader) -> list:
         read = _resolved(self.item).read   # a long vector: one lookup, not one per item
         items = []
         try:
@@ -257,6 +262,40 @@ class _Vec(WireType):
         except DecodeError as e:
             raise e.within(f"[{len(items)}]") from None
         return items
+
+
+class _MemoVec(_Vec):
+    """A vector whose decodings are remembered by their encoded bytes (see
+    :func:`vec`). Decoding is a function of the bytes, so a remembered
+    decoding is exactly what decoding again would give; only successful
+    decodings are kept, as tuples (each read returns a new list of the same
+    items, which must be immutable). At most ``max_bytes`` of encodings are
+    kept, least recently read first out. Thread-safe."""
+
+    def __init__(self, item: WireType, max_bytes: int):
+        super().__init__(item)
+        self.max_bytes = max_bytes
+        self._memo: OrderedDict[bytes, tuple] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def read(self, r: Reader) -> list:
+        sub = r.sub(decode_varint(r))
+        body = sub.data[sub.pos:sub.end]
+        with self._lock:
+            items = self._memo.get(body)
+            if items is not None:
+                self._memo.move_to_end(body)
+                return list(items)
+        decoded = self._items(sub)
+        if len(body) <= self.max_bytes:
+            with self._lock:
+                if body not in self._memo:
+                    self._memo[body] = tuple(decoded)
+                    self._size += len(body)
+                    while self._size > self.max_bytes:
+                        self._size -= len(self._memo.popitem(last=False)[0])
+        return decoded
 
 
 class _Optional(WireType):
@@ -395,7 +434,15 @@ def fixed(n: int) -> Any:
     return Annotated[bytes, _Fixed(n)]
 
 
-def vec(item: Any) -> Any:
+def vec(item: Any, *, memo_bytes: int = 0) -> Any:
+    """``T x<V>``. With ``memo_bytes``, decodings are remembered by their
+    bytes, up to that many bytes of encodings: for a long vector that
+    arrives again and again unchanged (a busy group's queue configs), a
+    repeat costs a dictionary lookup instead of decoding every item. Only
+    for items whose values are immutable (their fields bytes, ints,
+    strings or such structs), since repeats share them."""
+    if memo_bytes:
+        return Annotated[list, _MemoVec(_Lazy(item), memo_bytes)]
     return Annotated[list, _Vec(_Lazy(item))]
 
 

@@ -178,3 +178,54 @@ def test_take_prefixed_edges():
         Reader(b"\xc0\x00").take_prefixed()
     with pytest.raises(DecodeError):
         Reader(b"").take_prefixed()
+
+
+@struct
+class Remembered:
+    leaves: vec(Leaf, memo_bytes=64)
+    tail: U8
+
+
+@struct
+class Plain:
+    leaves: vec(Leaf)
+    tail: U8
+
+
+@given(st.binary(max_size=80))
+def test_a_remembered_vector_decodes_exactly_like_a_plain_one(raw):
+    """Twice each, so that the second decoding of good input comes from
+    the memo: it accepts, refuses and reports exactly as plain decoding."""
+    for _ in range(2):
+        try:
+            expected = decode(Plain, raw)
+        except DecodeError as e:
+            with pytest.raises(DecodeError) as got:
+                decode(Remembered, raw)
+            assert str(got.value).replace("Remembered", "Plain") == str(e)
+            continue
+        assert decode(Remembered, raw) == Remembered(expected.leaves, expected.tail)
+
+
+def test_a_remembered_vector_shares_its_items_not_its_list():
+    data = encode(Remembered([Leaf(1, b"a"), Leaf(2, b"bc")], 7))
+    first, second = decode(Remembered, data), decode(Remembered, data)
+    assert first == second and first.leaves is not second.leaves     # a new list per decoding …
+    assert all(a is b for a, b in zip(first.leaves, second.leaves))   # … of the remembered items
+    first.leaves.append(Leaf(3, b""))                                 # so a caller's change stays its own
+    assert decode(Remembered, data).leaves == [Leaf(1, b"a"), Leaf(2, b"bc")]
+
+
+def test_a_remembered_vector_keeps_at_most_its_bytes():
+    memo = Remembered.__wire_type__.fields[0][1]
+    memo._memo.clear()
+    memo._size = 0
+    vectors = [[Leaf(i, bytes(20))] for i in range(5)]                # 26 bytes each: two fit in 64
+    for leaves in vectors:
+        decode(Remembered, encode(Remembered(leaves, 0)))
+    assert memo._size <= 64 and len(memo._memo) == 2
+    kept = list(memo._memo)
+    assert kept == [encode(Remembered(v, 0))[1:-1] for v in vectors[-2:]]   # the most recent ones
+    big = [Leaf(9, bytes(70))]                                         # larger than the memo: not kept
+    assert decode(Remembered, encode(Remembered(big, 0))).leaves == big
+    assert list(memo._memo) == kept

@@ -17,7 +17,7 @@ from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing.core import (
     ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, QsKeys, RateLimit,
 )
-from phoenix_ref.queuing.fanout import config_key_id, seal_queue_config
+from phoenix_ref.queuing.fanout import config_digest, config_key_id, seal_queue_config
 from phoenix_ref.queuing.messages import (
     AddPackage, AddPackageParams, AddPackageResponseTBS, BlockGroupParams, ClientQueueConfig,
     CreateClientRecordParams, CreateUserRecordParams, DeleteClientRecordParams, DeleteUserRecordParams,
@@ -350,6 +350,23 @@ def test_sealed_configs_are_unlinkable_and_cached(core):
         core.local_enqueue(fan_out([cqc], GROUP, b"x%d" % i), NOW)
     assert core.config_cache.misses == misses and core.config_cache.hits >= 5
     assert len(received(alice)) == 6
+
+
+def test_a_repeated_config_list_is_decoded_and_hashed_once(core):
+    """A busy group's configs arrive unchanged with every message: the
+    decoding of the list is remembered by its bytes, so a repeat yields the
+    same config objects, each hashed once (``spec/performance_goals.md``)."""
+    alice, bob = Client.register(core), Client.register(core)
+    configs = [alice.client_queue_config(), bob.client_queue_config()]
+    first, second = (decode(FanOutMessage, encode(fan_out(configs, GROUP, body))) for body in (b"1", b"2"))
+    assert first.message_content != second.message_content
+    assert first.client_queue_configs == configs
+    assert all(a is b for a, b in zip(first.client_queue_configs, second.client_queue_configs))
+    assert [c.digest for c in second.client_queue_configs] == [config_digest(c.sealed_config) for c in configs]
+    for message in (first, second):
+        assert core.local_enqueue(message, NOW).enqueued == [alice.qs_cid, bob.qs_cid]
+    assert core.config_cache.misses == 2 and core.config_cache.hits == 2
+    assert len(received(alice)) == len(received(bob)) == 2
 
 
 def test_cached_config_dies_with_a_key_rotation(core):

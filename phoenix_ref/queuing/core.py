@@ -529,7 +529,7 @@ class QsCore:
         that client record does not exist, or None when the config does not
         open or verify."""
         config_keys = self.keys.queue_config_keys_by_id()
-        digests = [config_digest(cqc.sealed_config) for cqc in configs]
+        digests = [cqc.digest for cqc in configs]
         out = []
         for cqc, digest, hit in zip(configs, digests, self.config_cache.get_many(digests)):
             if hit is not None and hit.config_key_id in config_keys:   # the common case, see _open

@@ -61,7 +61,7 @@ from ..ids import Fqdn, GroupId, QsCid
 from ..mls.messages import WireFormat
 from .messages import (
     ApplicationContent, ClientQueueConfig, CommitContent, FanOutMessage, QueueConfig,
-    SealedQueueConfig, WelcomeBundle,
+    SealedQueueConfig, WelcomeBundle, config_digest,
 )
 
 __all__ = [
@@ -187,12 +187,6 @@ def open_sealed_queue_config(config_keys: Mapping[bytes, bytes], sealed_config: 
     if config.pseudonymous_client_id != qs_cid:
         raise InvalidQueueConfig("sealed queue config names two different clients")
     return OpenedQueueConfig(config, auth_key, queue_key, sealed.config_key_id)
-
-
-def config_digest(sealed_config: bytes) -> bytes:
-    """``Hash(sealed_config)``: the key of a sealed config in the cache and in
-    the per-config rate limit (``#rate-limiting``)."""
-    return hash_(sealed_config)
 
 
 class SealedConfigCache:
