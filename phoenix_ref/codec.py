@@ -18,7 +18,7 @@ Wire types:
 * ``VarBytes`` — ``opaque x<V>``: bytes behind an MLS variable-length
   integer (RFC 9420 §2.1.2). ``fixed(n)`` — ``opaque x[n]``.
 * ``vec(T)`` — ``T x<V>``: a vector of any wire type, length in bytes
-  (``vec(T, memo_bytes=n)`` remembers decodings of long vectors that repeat).
+  (``vec(T, memo_bytes=n)`` remembers codings of long vectors that repeat).
 * ``optional(T)`` — ``optional<T>``: a presence octet, then ``T``.
 * ``enum(U16, SomeIntEnum)`` — an integer restricted to the enum's members.
 * ``variant(U16, {tag: Case, ...})`` — a tagged union (``select`` in the
@@ -265,37 +265,74 @@ class _Vec(WireType):
 
 
 class _MemoVec(_Vec):
-    """A vector whose decodings are remembered by their encoded bytes (see
-    :func:`vec`). Decoding is a function of the bytes, so a remembered
-    decoding is exactly what decoding again would give; only successful
-    decodings are kept, as tuples (each read returns a new list of the same
-    items, which must be immutable). At most ``max_bytes`` of encodings are
-    kept, least recently read first out. Thread-safe."""
+    """A vector that remembers its decodings by their encoded bytes, and its
+    encodings by their items (see :func:`vec`). Both are functions of their
+    input (decoding is strict; items are immutable, so equal items encode
+    equally), so a remembered result is exactly what computing it again would
+    give. Only successful decodings are kept, as tuples: each read returns a
+    new list of the same items. Each memo keeps at most ``max_bytes`` of
+    encodings, least recently used first out. Thread-safe."""
 
     def __init__(self, item: WireType, max_bytes: int):
         super().__init__(item)
         self.max_bytes = max_bytes
-        self._memo: OrderedDict[bytes, tuple] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
+        self._decoded = _BoundedMemo(max_bytes)   # encoding → tuple of items
+        self._encoded = _BoundedMemo(max_bytes)   # tuple of items → encoding
+
+    def write(self, value: list, out: bytearray) -> None:
+        items = tuple(value)
+        body = self._encoded.get(items)
+        if body is None:
+            buf = bytearray()
+            for v in items:
+                self.item.write(v, buf)
+            body = bytes(buf)
+            self._encoded.put(items, body, len(body))
+        out += encode_varint(len(body))
+        out += body
 
     def read(self, r: Reader) -> list:
         sub = r.sub(decode_varint(r))
         body = sub.data[sub.pos:sub.end]
-        with self._lock:
-            items = self._memo.get(body)
-            if items is not None:
-                self._memo.move_to_end(body)
-                return list(items)
+        items = self._decoded.get(body)
+        if items is not None:
+            return list(items)
         decoded = self._items(sub)
-        if len(body) <= self.max_bytes:
-            with self._lock:
-                if body not in self._memo:
-                    self._memo[body] = tuple(decoded)
-                    self._size += len(body)
-                    while self._size > self.max_bytes:
-                        self._size -= len(self._memo.popitem(last=False)[0])
+        self._decoded.put(body, tuple(decoded), len(body))
         return decoded
+
+
+class _BoundedMemo:
+    """A thread-safe LRU dictionary holding entries of at most ``max_bytes``
+    in all, each entry weighing what its ``put`` says."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None:
+                return None
+            self._entries.move_to_end(key)
+            return hit[0]
+
+    def put(self, key: Any, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (value, size)
+            self._size += size
+            while self._size > self.max_bytes:
+                self._size -= self._entries.popitem(last=False)[1][1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class _Optional(WireType):
@@ -436,11 +473,12 @@ def fixed(n: int) -> Any:
 
 def vec(item: Any, *, memo_bytes: int = 0) -> Any:
     """``T x<V>``. With ``memo_bytes``, decodings are remembered by their
-    bytes, up to that many bytes of encodings: for a long vector that
-    arrives again and again unchanged (a busy group's queue configs), a
-    repeat costs a dictionary lookup instead of decoding every item. Only
-    for items whose values are immutable (their fields bytes, ints,
-    strings or such structs), since repeats share them."""
+    bytes and encodings by their items, up to that many bytes of encodings
+    each: for a long vector that is sent or received again and again
+    unchanged (a busy group's queue configs), a repeat costs a dictionary
+    lookup instead of decoding or encoding every item. Only for hashable
+    items with immutable values (frozen structs of bytes, ints, strings or
+    such structs), since repeats share them."""
     if memo_bytes:
         return Annotated[list, _MemoVec(_Lazy(item), memo_bytes)]
     return Annotated[list, _Vec(_Lazy(item))]

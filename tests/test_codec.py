@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from phoenix_ref.codec import (
-    U8, U16, U32, U64, DecodeError, EncodeError, Reader, String, VarBytes, decode,
+    U8, U16, U32, U64, DecodeError, EncodeError, Reader, String, VarBytes, _BoundedMemo, decode,
     decode_varint, encode, encode_varint, enum as enum_, fixed, optional, struct, variant, vec,
 )
 from tests.conftest import vector_params
@@ -216,16 +216,22 @@ def test_a_remembered_vector_shares_its_items_not_its_list():
     assert decode(Remembered, data).leaves == [Leaf(1, b"a"), Leaf(2, b"bc")]
 
 
+@given(st.lists(leaves, max_size=4), st.integers(0, 255))
+def test_a_remembered_vector_encodes_exactly_like_a_plain_one(items, tail):
+    for _ in range(2):   # the second encoding comes from the memo when it fits
+        assert encode(Remembered(items, tail)) == encode(Plain(items, tail))
+
+
 def test_a_remembered_vector_keeps_at_most_its_bytes():
     memo = Remembered.__wire_type__.fields[0][1]
-    memo._memo.clear()
-    memo._size = 0
+    memo._decoded, memo._encoded = _BoundedMemo(64), _BoundedMemo(64)
     vectors = [[Leaf(i, bytes(20))] for i in range(5)]                # 26 bytes each: two fit in 64
     for leaves in vectors:
         decode(Remembered, encode(Remembered(leaves, 0)))
-    assert memo._size <= 64 and len(memo._memo) == 2
-    kept = list(memo._memo)
-    assert kept == [encode(Remembered(v, 0))[1:-1] for v in vectors[-2:]]   # the most recent ones
+    assert len(memo._decoded) == len(memo._encoded) == 2
+    recent = vectors[-2:]                                              # the most recent ones are kept
+    assert list(memo._decoded._entries) == [encode(Remembered(v, 0))[1:-1] for v in recent]
+    assert list(memo._encoded._entries) == [tuple(v) for v in recent]
     big = [Leaf(9, bytes(70))]                                         # larger than the memo: not kept
     assert decode(Remembered, encode(Remembered(big, 0))).leaves == big
-    assert list(memo._memo) == kept
+    assert len(memo._decoded) == len(memo._encoded) == 2 and memo._decoded._size <= 64
