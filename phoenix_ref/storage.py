@@ -59,11 +59,22 @@ class Connection(sqlite3.Connection):
             listener()
 
 
+#: Page size of the database files :func:`open_connection` creates (a file
+#: keeps the size it was created with).
+PAGE_SIZE = 16384
+
+
 def open_connection(path: Path | str) -> Connection:
     """An SQLite connection as every store uses it: autocommit mode (the
     stores issue ``BEGIN`` themselves), WAL journal, foreign keys on, usable
-    from worker threads (callers serialise use with a lock)."""
+    from worker threads (callers serialise use with a lock).
+
+    A new file gets pages of :data:`PAGE_SIZE` bytes instead of SQLite's
+    4 KiB: a fan-out dirties pages all over the message index, and with
+    larger pages its commit writes fewer, larger WAL frames, each a system
+    call or two (decision: QS queue storage layout)."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=Connection)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")   # no effect on a file that exists
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from phoenix_ref.storage import NestedUnitFailed, RowCache, open_connection, transaction
+from phoenix_ref.storage import PAGE_SIZE, NestedUnitFailed, RowCache, open_connection, transaction
 
 
 def test_row_cache_is_bounded_and_emptied_by_any_rollback(tmp_path):
@@ -108,3 +108,19 @@ def test_a_nested_unit_that_fails_before_writing_leaves_the_transaction_usable(t
         assert len(cache) == 0   # a failed unit empties the caches all the same
         conn.execute("INSERT INTO t VALUES (2)")
     assert _rows(conn) == [1, 2]
+
+
+def test_new_files_get_large_pages_and_old_files_keep_theirs(tmp_path):
+    conn = open_connection(tmp_path / "new.db")
+    conn.execute("CREATE TABLE t (v)")
+    assert conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,) and PAGE_SIZE > 4096
+    conn.close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("CREATE TABLE t (v)")
+    old.execute("INSERT INTO t VALUES (1)")
+    old.commit()
+    old.close()
+    conn = open_connection(tmp_path / "old.db")
+    assert conn.execute("PRAGMA page_size").fetchone() == (4096,)
+    assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
+    conn.close()
