@@ -4,7 +4,10 @@ For n = 10, 100, 1000 and K = 1, 3 this runs K homeservers in-process
 (``phoenix_ref.testing.Deployment``: real apps, SQLite stores, QS-to-QS
 traffic over HTTP through ASGI with emulated TLS), spreads n client records
 round-robin over them, and hands messages to the first homeserver's QS the
-way its DS does (``hs.qs.local_enqueue``). It reports, against
+way its DS does (``hs.qs.local_enqueue``), each message with new config
+objects equal to the last ones (the QS remembers repeated config lists by
+value, so it gets no help from a DS that hands over the same objects). It
+reports, against
 ``spec/performance_goals.md``:
 
 * **federation requests per message** (target K − 1: one QsToQsMessage per
