@@ -281,7 +281,11 @@ class _MemoVec(_Vec):
 
     def write(self, value: list, out: bytearray) -> None:
         items = tuple(value)
-        body = self._encoded.get(items)
+        try:
+            body = self._encoded.get(items)
+        except TypeError:   # an unhashable item cannot be a value of this vector: let the item type say so
+            super().write(value, out)
+            return
         if body is None:
             buf = bytearray()
             for v in items:

@@ -222,6 +222,14 @@ def test_a_remembered_vector_encodes_exactly_like_a_plain_one(items, tail):
         assert encode(Remembered(items, tail)) == encode(Plain(items, tail))
 
 
+def test_a_remembered_vector_refuses_a_wrong_item_like_a_plain_one():
+    for bad in ([[1, 2]], [Leaf(1, b"")] + [b"not a leaf"]):   # unhashable, then hashable
+        with pytest.raises(Exception) as plain:
+            encode(Plain(bad, 0))
+        with pytest.raises(type(plain.value)):
+            encode(Remembered(bad, 0))
+
+
 def test_a_remembered_vector_keeps_at_most_its_bytes():
     memo = Remembered.__wire_type__.fields[0][1]
     memo._decoded, memo._encoded = _BoundedMemo(64), _BoundedMemo(64)
