@@ -109,8 +109,8 @@ SignaturePublicKey = VarBytes
 HpkePublicKey = VarBytes
 FriendshipToken = VarBytes
 MESSAGE_ID_LEN = 16
-#: Bytes of encoded config lists whose decodings :class:`FanOutMessage` keeps
-#: (about 50 000 configs).
+#: Bytes of encoded config lists :class:`FanOutMessage` remembers the
+#: decodings of, and as many of encodings (each about 50 000 configs).
 CONFIG_LIST_MEMO_BYTES = 8 << 20
 _MESSAGE_ID = fixed(MESSAGE_ID_LEN)   # built once: an Annotated type costs tens of microseconds
 
@@ -203,11 +203,12 @@ MessageContent = variant(U8, {1: CommitContent, 2: ApplicationContent, 3: Welcom
 class FanOutMessage:
     """A message from a DS for the queues named by ``client_queue_configs``.
 
-    The configs of a busy group arrive unchanged with every message, so
-    their decodings are remembered by their bytes (up to
-    :data:`CONFIG_LIST_MEMO_BYTES` of encodings): a repeat is one lookup,
-    and it yields the same :class:`ClientQueueConfig` objects, whose
-    :attr:`~ClientQueueConfig.digest` is then already computed."""
+    The configs of a busy group come unchanged with every message, so
+    decodings of the list are remembered by its bytes and encodings by its
+    items (up to :data:`CONFIG_LIST_MEMO_BYTES` each): a repeat is one
+    lookup. A remembered decoding yields the same :class:`ClientQueueConfig`
+    objects, whose :attr:`~ClientQueueConfig.digest` is then already
+    computed."""
     client_queue_configs: vec(ClientQueueConfig, memo_bytes=CONFIG_LIST_MEMO_BYTES)
     message_content: MessageContent
 
