@@ -1,5 +1,6 @@
 """Config (TOML), generate-config, the keystore on disk, and restarts."""
 
+import gc
 import stat
 import tomllib
 from pathlib import Path
@@ -13,7 +14,7 @@ from phoenix_ref.codec import decode
 from phoenix_ref.config import Config, ConfigError, Limits
 from phoenix_ref.credentials import AsCredentialsResponse
 from phoenix_ref.federation.keys import QsVerifyingKeyResponse
-from phoenix_ref.homeserver import Homeserver, normalise_host
+from phoenix_ref.homeserver import GC_THRESHOLDS, Homeserver, normalise_host
 from phoenix_ref.keystore import Keystore, KeystoreError
 
 
@@ -173,3 +174,15 @@ def test_keystore_renews_the_intermediate_near_its_end_but_never_past_the_as_cre
     ks.issue_intermediate(root_end - 10 * DAY_MS)
     assert not ks.intermediate_due(root_end - 5 * DAY_MS)
 
+
+
+async def test_a_started_homeserver_sets_the_garbage_collector_thresholds(tmp_path):
+    generate_config(tmp_path / "a", "a.example")
+    hs = Homeserver(Config.load(tmp_path / "a" / "config.toml"))
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        async with hs.app.test_app():
+            assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
