@@ -175,7 +175,6 @@ def test_keystore_renews_the_intermediate_near_its_end_but_never_past_the_as_cre
     assert not ks.intermediate_due(root_end - 5 * DAY_MS)
 
 
-
 async def test_a_started_homeserver_sets_the_garbage_collector_thresholds(tmp_path):
     generate_config(tmp_path / "a", "a.example")
     hs = Homeserver(Config.load(tmp_path / "a" / "config.toml"))
