@@ -244,11 +244,16 @@ class _Vec(WireType):
         self.name = f"{item.name}<V>"
 
     def write(self, value: list, out: bytearray) -> None:
+        body = self._body(value)
+        out += encode_varint(len(body))
+        out += body
+
+    def _body(self, value) -> bytearray:
+        """The items' encodings, without the length prefix."""
         body = bytearray()
         for v in value:
             self.item.write(v, body)
-        out += encode_varint(len(body))
-        out += body
+        return body
 
     def read(self, r: Reader) -> list:
         return self._items(r.sub(decode_varint(r)))
@@ -287,10 +292,7 @@ class _MemoVec(_Vec):
             super().write(value, out)
             return
         if body is None:
-            buf = bytearray()
-            for v in items:
-                self.item.write(v, buf)
-            body = bytes(buf)
+            body = bytes(self._body(items))
             self._encoded.put(items, body, len(body))
         out += encode_varint(len(body))
         out += body
