@@ -11,7 +11,7 @@
     ``qs.B`` to ``127.0.0.1:PORT`` (labs on one machine).
 
 ``phoenix-ref serve --config FILE``
-    Serve the homeserver with hypercorn over TLS (trio worker).
+    Serve the homeserver with anycorn over TLS 1.3 (HTTP/2 and 1.1) on Trio.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -100,49 +101,74 @@ def generate_config(out_dir: Path, domain: str, *, port: int = 8443, host: str =
     return config
 
 
-def hypercorn_config(config: Config, *, bind: Sequence[str] | None = None, tls: bool = True):
-    """The hypercorn settings that serve ``config`` over TLS (HTTP/2 and 1.1).
+#: The only TLS version a listener accepts and a client offers:
+#: spec/threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication
+#: asks for "a unilaterally authenticated TLS 1.3 connection" (docs/decisions.md).
+TLS_VERSION = ssl.TLSVersion.TLSv1_3
 
-    ``tls=False`` exists only for the test harness's plain-HTTP variant.
+
+def server_ssl_context(cert: Path, key: Path, alpn: Sequence[str] = ("h2", "http/1.1")) -> ssl.SSLContext:
+    """The server side of every Phoenix listener: TLS 1.3 only, ``cert``/``key``, ALPN."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = TLS_VERSION
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.set_alpn_protocols(list(alpn))
+    ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    return ctx
+
+
+def server_config(config: Config, *, bind: Sequence[str] | None = None, tls: bool = True):
+    """The anycorn settings that serve ``config`` (HTTP/2 and 1.1, TLS 1.3 only).
+
+    anycorn's own :meth:`~anycorn.Config.create_ssl_context` allows TLS 1.2,
+    so the returned config builds its context with :func:`server_ssl_context`
+    instead. ``tls=False`` exists only for the test harness's plain-HTTP
+    variant. Raises ConfigError when the certificate or key is missing.
     """
-    from hypercorn.config import Config as HConfig
-    hc = HConfig()
-    hc.bind = list(bind or [f"{config.listen_host}:{config.listen_port}"])
+    from anycorn import Config as ServerConfig
+
+    class TlsOnlyConfig(ServerConfig):
+        def create_ssl_context(self) -> ssl.SSLContext | None:
+            if not self.ssl_enabled:
+                return None
+            return server_ssl_context(Path(self.certfile), Path(self.keyfile), self.alpn_protocols)
+
+    sc = TlsOnlyConfig()
+    sc.bind = list(bind or [f"{config.listen_host}:{config.listen_port}"])
     if tls:
         if config.tls_cert is None or config.tls_key is None:
             raise ConfigError("serving needs [tls] cert and key: Phoenix endpoints are TLS-only")
-        hc.certfile = str(config.tls_cert)
-        hc.keyfile = str(config.tls_key)
-    hc.alpn_protocols = ["h2", "http/1.1"]
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = 2.0
-    return hc
+        sc.certfile = str(config.tls_cert)
+        sc.keyfile = str(config.tls_key)
+    sc.alpn_protocols = ["h2", "http/1.1"]
+    sc.accesslog = None
+    sc.errorlog = logging.getLogger("anycorn.error")
+    sc.graceful_timeout = 2.0
+    sc.ssl_handshake_timeout = config.limits.request_timeout_s
+    sc.keep_alive_max_requests = config.limits.max_requests_per_connection
+    return sc
 
 
 async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
                 shutdown_trigger=None, task_status=None) -> None:
-    """Serve one homeserver with hypercorn's trio worker until ``shutdown_trigger`` returns.
+    """Serve one homeserver with anycorn (on Trio) until ``shutdown_trigger`` returns.
 
     ``sock`` is an already bound and listening socket to serve on (the test
-    harness binds port 0 first); the caller keeps ownership and closes it.
-    ``task_status.started()`` is called once the app's startup finished and
-    the server listens.
+    harness binds port 0 first); the caller keeps ownership and closes it
+    (anycorn gets a duplicate of its descriptor as an ``fd://`` bind and
+    closes that one). ``task_status.started()`` is called once the app's
+    startup finished and the server listens.
+
+    Why anycorn and not hypercorn: docs/decisions.md, "HTTP server".
     """
+    import anycorn
     import trio
-    from hypercorn.config import Sockets
-    from hypercorn.trio.run import worker_serve
-    from hypercorn.utils import wrap_app
     from .homeserver import Homeserver
     hs = homeserver or Homeserver(config)
-    hc = hypercorn_config(config, tls=tls)
-    sockets = None
-    if sock is not None:
-        sockets = Sockets(secure_sockets=[sock] if tls else [], insecure_sockets=[] if tls else [sock],
-                          quic_sockets=[])
-    await worker_serve(wrap_app(hs.asgi, hc.wsgi_max_body_size, None), hc, sockets=sockets,
-                       shutdown_trigger=shutdown_trigger,
-                       task_status=task_status or trio.TASK_STATUS_IGNORED)
+    bind = [f"fd://{os.dup(sock.fileno())}"] if sock is not None else None
+    sc = server_config(config, bind=bind, tls=tls)
+    await anycorn.serve(hs.asgi, sc, shutdown_trigger=shutdown_trigger,
+                        task_status=task_status or trio.TASK_STATUS_IGNORED)
 
 
 def _parse_peer(text: str) -> tuple[str, int]:
@@ -182,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import trio
         cfg = Config.load(args.config)
         Keystore.load(cfg.keys_dir, cfg.domain)   # fail early and clearly
-        hypercorn_config(cfg)
+        server_config(cfg)
         print(f"serving {cfg.domain} on https://{cfg.listen_host}:{cfg.listen_port} "
               f"(hosts {', '.join(certificate_names(cfg.domain))})", flush=True)
         trio.run(serve, cfg)

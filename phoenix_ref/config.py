@@ -12,7 +12,7 @@ Example (every table but the top-level keys is optional)::
     host = "127.0.0.1"
     port = 8443
 
-    [tls]
+    [tls]                        # TLS 1.3 only, listeners and outgoing connections alike
     cert = "cert.pem"            # server certificate chain for a.example, as./ds./qs.a.example
     key = "key.pem"
     ca_bundle = "ca.pem"         # trust anchors for outbound federation (absent: system store)
@@ -80,6 +80,8 @@ class Limits:
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff
     federation_retry_base_s: float = 1.0   # first retry delay after a failed delivery attempt
     federation_retry_max_s: float = 300.0  # cap of the retry delay
+    # the HTTP server: a connection is closed after this many requests (clients reconnect)
+    max_requests_per_connection: int = 1000
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class Config:
         try:
             listen = raw.get("listen", {})
             tls = raw.get("tls", {})
+            _check_tls_table(tls)
             wk = dict(raw.get("well_known", {}))
             fed = raw.get("federation", {})
             known = {f.name for f in dataclasses.fields(Limits)}
@@ -217,6 +220,24 @@ class Config:
         for f in dataclasses.fields(Limits):
             out.append(f"{f.name} = {getattr(self.limits, f.name)!r}")
         return "\n".join(out) + "\n"
+
+
+_TLS_KEYS = {"cert", "key", "ca_bundle", "min_version"}
+
+
+def _check_tls_table(tls: dict[str, Any]) -> None:
+    """``[tls]``: known keys only; ``min_version`` may only say "1.3".
+
+    spec/threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication
+    requires TLS 1.3 on every connection, so no setting lowers it; a config
+    that asks for an older minimum is refused rather than silently upgraded.
+    """
+    if set(tls) - _TLS_KEYS:
+        raise ConfigError(f"tls: unknown keys {sorted(set(tls) - _TLS_KEYS)}")
+    wanted = tls.get("min_version", "1.3")
+    if wanted != "1.3":
+        raise ConfigError(f"tls.min_version = {wanted!r}: Phoenix requires TLS 1.3 on every connection "
+                          "(spec/threat_model/stride/security_requirements.md); remove the key or set \"1.3\"")
 
 
 def _typed(value: Any, typ: type, where: str) -> Any:

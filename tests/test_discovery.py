@@ -13,7 +13,7 @@ from phoenix_ref.credentials import (SHA256, AsCredential, AsCredentialsResponse
                                      AsIntermediateCredentialCsr, CredentialCiphersuite)
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.federation.client import (FederationClient, HttpsFetcher, MalformedAnswer, NotFederated,
-                                           NotTls, RemoteRefused, ResolvingBackend, TtlCache, Unreachable,
+                                           NotTls, RemoteRefused, HttpsTransport, TtlCache, Unreachable,
                                            client_ssl_context, fetch_many)
 from phoenix_ref.federation.discovery import (Discovery, check_base_url, parse_well_known,
                                               subdomain_rule, well_known_document)
@@ -134,9 +134,10 @@ async def test_fetcher_maps_connection_refused_to_unreachable():
 
 
 def test_resolve_override_targets():
-    b = ResolvingBackend({"qs.b.example:443": "127.0.0.1:9001", "AS.b.example": "127.0.0.1:9002"})
+    b = HttpsTransport(client_ssl_context(None), {"qs.b.example:443": "127.0.0.1:9001",
+                                                  "AS.b.example": "127.0.0.1:9002"})
     assert b.target("qs.b.example", 443) == ("127.0.0.1", 9001)
-    assert b.target("qs.b.example", 8443) == ("qs.b.example", 8443)
+    assert b.target("qs.b.example", 8443) is None
     assert b.target("as.b.example", 1) == ("127.0.0.1", 9002)
 
 

@@ -27,7 +27,6 @@ import ssl
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
-import httpcore
 import httpx
 import trio
 
@@ -62,6 +61,10 @@ class NotTls(FederationError):
     """An ``http://`` URL, or a peer that does not speak TLS at all."""
 
 
+class OldTls(NotTls):
+    """The peer speaks TLS, but not TLS 1.3, the only version Phoenix allows."""
+
+
 class MalformedAnswer(FederationError):
     """An answer that does not decode as the expected struct (or is too large)."""
 
@@ -85,59 +88,104 @@ class NotFederated(FederationError):
 # --- TLS and the resolve override -----------------------------------------------------
 
 def client_ssl_context(ca_bundle: Path | str | None) -> ssl.SSLContext:
-    """A verifying client context: the CA bundle if given, else the system store."""
+    """A verifying TLS 1.3 client context: the CA bundle if given, else the system store.
+
+    TLS 1.3 only, on every outgoing connection of a homeserver and of the
+    reference client:
+    ``spec/threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication``
+    (docs/decisions.md, "TLS 1.3 only"). A peer that offers only TLS 1.2
+    fails the handshake (:class:`NotTls` from :class:`HttpsFetcher`).
+    """
     ctx = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-class ResolvingBackend(httpcore.AsyncNetworkBackend):
-    """Connects ``host:port`` to another address; TLS still checks ``host``.
+#: Request extension a sender sets when the receiver deduplicates the request
+#: (QS-to-QS frames), so sending it twice is harmless: :class:`HttpsTransport`
+#: may then retry it after a connection closed before its answer came.
+RETRY_SAFE = "phoenix_retry_safe"
 
-    ``overrides`` maps ``"host:port"`` or ``"host"`` to ``"ip:port"``. httpcore
-    passes the URL's host as ``server_hostname`` to ``start_tls`` whatever
-    address the TCP connection went to, so only routing changes.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class HttpsTransport(httpx.AsyncBaseTransport):
+    """Verified TLS 1.3 (HTTP/2 or 1.1) with a resolve override and one retry
+    on a connection the server closed.
+
+    **Resolve override** (``overrides``: ``"host:port"`` or ``"host"`` →
+    ``"ip:port"``), like ``curl --resolve``: the TCP connection goes to the
+    override address while TLS still names and verifies the real host (the
+    ``sni_hostname`` request extension) and the ``Host`` header keeps it. Each
+    overridden host gets a connection pool of its own, so a connection
+    verified for one name never carries requests for another.
+
+    **Closed connections**: a server may close a kept-alive connection at any
+    time (anycorn after ``keep_alive_max_requests``, 1000 by default). A
+    request that meets such a closed connection is sent once more on a fresh
+    one when that cannot do harm: always when writing the request failed (the
+    server never read it), and when the connection ended before an answer
+    only for idempotent methods and requests marked :data:`RETRY_SAFE`
+    (docs/decisions.md, "Connection reuse").
     """
 
-    def __init__(self, overrides: dict[str, str], inner: httpcore.AsyncNetworkBackend | None = None):
-        self.overrides = {k.lower(): v for k, v in overrides.items()}
-        self.inner = inner or _auto_backend()
+    def __init__(self, ssl_context: ssl.SSLContext, overrides: dict[str, str] | None = None):
+        self.ssl_context = ssl_context
+        self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
+        self._pools: dict[str, httpx.AsyncHTTPTransport] = {}
+        self.retries = 0   # requests sent a second time (tests and operators read it)
 
-    def target(self, host: str, port: int) -> tuple[str, int]:
+    def _pool(self, key: str) -> httpx.AsyncHTTPTransport:
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=self.ssl_context, http2=True, retries=0)
+        return pool
+
+    def target(self, host: str, port: int) -> tuple[str, int] | None:
+        """The override address for ``host:port``, or None."""
         to = self.overrides.get(f"{host.lower()}:{port}") or self.overrides.get(host.lower())
         if to is None:
-            return host, port
+            return None
         ip, _, p = to.rpartition(":")
         return ip.strip("[]"), int(p)
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None, socket_options=None):
-        ip, p = self.target(host, port)
-        return await self.inner.connect_tcp(ip, p, timeout=timeout, local_address=local_address,
-                                            socket_options=socket_options)
+    def _route(self, request: httpx.Request) -> tuple[httpx.AsyncHTTPTransport, httpx.Request]:
+        url = request.url
+        to = self.target(url.host, url.port or 443)
+        if to is None:
+            return self._pool(""), request
+        routed = httpx.Request(request.method, url.copy_with(host=to[0], port=to[1]), headers=request.headers,
+                               stream=request.stream,
+                               extensions={**request.extensions, "sni_hostname": url.host})
+        return self._pool(f"{url.host}:{url.port}"), routed
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
-        return await self.inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options)
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool, routed = self._route(request)
+        try:
+            return await pool.handle_async_request(routed)
+        except httpx.WriteError:
+            pass                                    # the server never read the whole request
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            if request.method not in _IDEMPOTENT_METHODS and not request.extensions.get(RETRY_SAFE):
+                raise
+        self.retries += 1
+        return await pool.handle_async_request(routed)
 
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
-def _auto_backend() -> httpcore.AsyncNetworkBackend:
-    from httpcore._backends.auto import AutoBackend  # chooses trio under trio
-    return AutoBackend()
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
 
 
 def https_transport(ssl_context: ssl.SSLContext, resolve: dict[str, str]) -> httpx.AsyncBaseTransport:
-    """An httpx transport over verified TLS with the connection-level resolve override."""
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context, http2=True, retries=0)
-    # httpx does not expose httpcore's network_backend; rebuild its pool with ours.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context, http1=True, http2=True, retries=0,
-        network_backend=ResolvingBackend(resolve))
-    return transport
+    """An httpx transport over verified TLS with the resolve override (:class:`HttpsTransport`)."""
+    return HttpsTransport(ssl_context, resolve)
+
+
+#: OpenSSL's reasons for a handshake without a common protocol version.
+_OLD_TLS_REASONS = frozenset({"TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL", "WRONG_SSL_VERSION",
+                              "NO_PROTOCOLS_AVAILABLE"})
 
 
 def _tls_failure(exc: BaseException) -> FederationError | None:
@@ -148,6 +196,8 @@ def _tls_failure(exc: BaseException) -> FederationError | None:
         seen.add(id(e))
         if isinstance(e, ssl.SSLCertVerificationError):
             return BadCertificate(f"certificate verification failed: {e.verify_message or e}")
+        if isinstance(e, ssl.SSLError) and e.reason in _OLD_TLS_REASONS:
+            return OldTls(f"the peer offers no TLS 1.3 ({e.reason}); Phoenix requires it")
         if isinstance(e, ssl.SSLError):
             return NotTls(f"TLS handshake failed ({e.reason or e}); the peer may not speak TLS")
         e = e.__cause__ or e.__context__
@@ -180,17 +230,19 @@ class HttpsFetcher:
 
     async def request(self, method: str, url: str, *, content: bytes = b"",
                       headers: dict[str, str] | None = None, domain: str | None = None,
-                      expect: str | None = None) -> bytes:
+                      expect: str | None = None, retry_safe: bool = False) -> bytes:
         """Send one request; raise a FederationError unless the answer is 2xx.
 
-        ``expect`` is the media type the answer must have (if given).
+        ``expect`` is the media type the answer must have (if given);
+        ``retry_safe`` says the receiver deduplicates this request, so it may
+        be sent again after a connection closed under it (:data:`RETRY_SAFE`).
         """
         if not url.startswith("https://"):
             raise NotTls(f"refusing a non-https URL {url!r}", domain=domain, url=url)
         self.requests += 1
         try:
-            async with self._http.stream(method, url, content=content or None,
-                                         headers=headers) as resp:
+            async with self._http.stream(method, url, content=content or None, headers=headers,
+                                         extensions={RETRY_SAFE: True} if retry_safe else None) as resp:
                 body = bytearray()
                 async for chunk in resp.aiter_raw():
                     body += chunk
