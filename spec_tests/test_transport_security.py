@@ -1,18 +1,23 @@
 """What every connection to and from a homeserver must be, tried on real sockets.
 
-* ``spec/threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication``:
+* ``threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication``:
   every action over the network goes through a unilaterally authenticated
   TLS 1.3 connection to the home domain. A client limited to TLS 1.2 gets no
   connection; the federation client refuses a peer that offers only TLS 1.2.
-* ``spec/threat_model.md#availability``: one request must not take a
+  A scan with sslyze finds TLS 1.3 as the only version accepted.
+* ``threat_model.md#availability``: one request must not take a
   homeserver down — a large HTTP/2 body sent to a path the server answers
   before reading it (unknown path, wrong method, unknown host, too large).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +26,7 @@ import pytest
 import trio
 
 from phoenix_ref.cli import main as cli_main
+from phoenix_ref.shared import REPO_ROOT
 from phoenix_ref.federation.client import HttpsFetcher, OldTls, client_ssl_context
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
@@ -144,3 +150,44 @@ def test_a_configured_tls_minimum_below_13_refuses_to_start(tmp_path, capsys):
     assert cli_main(["serve", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "TLS 1.3" in err and "min_version" in err
+
+
+# --- a scan from outside, with sslyze -------------------------------------------------------------
+
+#: sslyze pins an older ``cryptography`` than phoenix_ref, so it lives in a
+#: virtualenv of its own: ``PHOENIX_SSLYZE`` names its executable, else the
+#: suite installs it once into ``.cache/sslyze-venv`` (PyPI needed then).
+SSLYZE_VERSION = "6.3.1"
+PROTOCOLS = ("ssl_2_0", "ssl_3_0", "tls_1_0", "tls_1_1", "tls_1_2", "tls_1_3")
+
+
+def sslyze_executable() -> Path:
+    given = os.environ.get("PHOENIX_SSLYZE")
+    if given:
+        return Path(given)
+    venv = REPO_ROOT / ".cache" / "sslyze-venv"
+    exe = venv / "bin" / "sslyze"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                        f"sslyze=={SSLYZE_VERSION}"], check=True)
+    return exe
+
+
+@spec(TLS13, "MUST")
+async def test_sslyze_finds_tls13_as_the_only_accepted_version():
+    exe = await trio.to_thread.run_sync(sslyze_executable)
+    with trio.fail_after(180):
+        async with Deployment("sockets", ["hs1"]) as d:
+            node = d["hs1"]
+            target = f"qs.{node.domain}:{node.port}{{127.0.0.1}}"
+            flags = ["--sslv2", "--sslv3", "--tlsv1", "--tlsv1_1", "--tlsv1_2", "--tlsv1_3"]
+            done = await trio.run_process([str(exe), *flags, "--mozilla_config", "disable",
+                                           "--json_out", "-", target], capture_stdout=True, check=False)
+    report = json.loads(done.stdout)
+    scan = report["server_scan_results"][0]
+    assert scan["scan_status"] == "COMPLETED", scan
+    accepted = {p: scan["scan_result"][f"{p}_cipher_suites"]["result"]["accepted_cipher_suites"]
+                for p in PROTOCOLS}
+    assert accepted["tls_1_3"], "no TLS 1.3 cipher suite accepted"
+    assert {p for p, suites in accepted.items() if suites} == {"tls_1_3"}
