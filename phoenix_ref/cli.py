@@ -178,23 +178,33 @@ def _parse_peer(text: str) -> tuple[str, int]:
     return domain, int(port)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``phoenix-ref`` command line: one sub-parser per command."""
     parser = argparse.ArgumentParser(prog="phoenix-ref", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate-config", help="write a config, key material and (optionally) a test CA")
-    g.add_argument("--domain", required=True)
-    g.add_argument("--dir", required=True, type=Path)
-    g.add_argument("--host", default="127.0.0.1")
-    g.add_argument("--port", type=int, default=8443)
+    g.add_argument("--domain", required=True, help="the homeserver's domain D (it serves as.D, ds.D, qs.D)")
+    g.add_argument("--dir", required=True, type=Path,
+                   help="where to write config.toml, keys/ (private keys) and data/; keep it out of any "
+                        "repository (the README's lab/ is git-ignored)")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    g.add_argument("--port", type=int, default=8443, help="TCP port to listen on (default: %(default)s)")
     g.add_argument("--test-ca", action="store_true", help="issue a certificate from a private test CA")
     g.add_argument("--test-ca-dir", type=Path, help="where the test CA lives (default: --dir)")
     g.add_argument("--peer", action="append", type=_parse_peer, default=[],
                    help="DOMAIN=PORT: resolve DOMAIN and its service hosts to 127.0.0.1:PORT")
-    g.add_argument("--cert", type=Path)
-    g.add_argument("--key", type=Path)
-    g.add_argument("--ca-bundle", type=Path)
+    g.add_argument("--cert", type=Path,
+                   help="PEM certificate chain valid for D, as.D, ds.D and qs.D (instead of --test-ca)")
+    g.add_argument("--key", type=Path, help="PEM private key of --cert")
+    g.add_argument("--ca-bundle", type=Path,
+                   help="PEM trust anchors for outgoing federation (default: the system store)")
     s = sub.add_parser("serve", help="serve a homeserver over TLS")
-    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--config", required=True, type=Path, help="the homeserver's config.toml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -75,6 +75,7 @@ class Limits:
     as_max_messages: int = 500             # "maximal number of requested messages" per dequeue
     as_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age": inactive AS client entries go
     as_prune_interval_s: int = 3600        # how often the AS looks for inactive client entries
+    registrations_per_source: int = 32     # pending registration starts one network source may hold
     qs_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age" (#qs-configuration-options)
     qs_prune_interval_s: int = 3600        # how often the QS looks for inactive client records
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff

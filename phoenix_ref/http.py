@@ -11,6 +11,7 @@ of the :class:`~phoenix_ref.errors.ProtocolError` — bad input never gives a
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -19,7 +20,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .codec import DecodeError, decode, encode
-from .errors import ErrorResponse, Forbidden, Malformed, ProtocolError, TooLarge
+from .errors import ErrorResponse, Forbidden, Malformed, ProtocolError, TooLarge, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,27 @@ class Call:
     #: strictly, so it is ``body``'s canonical encoding: a handler may check
     #: a signature over a slice of it instead of re-encoding ``body``.
     raw: bytes = b""
+    #: the network source of the request (:func:`source_of`), for bounds
+    #: on what unauthenticated requests may hold.
+    source: str | None = None
+
+
+def source_of(address: str | None) -> str | None:
+    """The network source a peer address counts as: an IPv4 address itself,
+    an IPv6 address its /64 (one host usually holds a whole /64). None when
+    the transport gives no address (docs/decisions.md, "Pending
+    registrations per source")."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 Handler = Callable[[Call], Awaitable[Any]]
@@ -106,20 +128,37 @@ async def read_body(max_len: int) -> bytes:
     return data
 
 
+class MissingAuthentication(Unauthorized):
+    """An endpoint that needs a token or a signature got a request with none."""
+    code = "authentication_required"
+
+
 def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
               max_body: int, check: CallCheck | None = None) -> Callable[[], Awaitable[Response]]:
-    """The Quart view for one endpoint-table row (see module docstring)."""
+    """The Quart view for one endpoint-table row (see module docstring).
+
+    Authentication comes before parsing: a row with a Privacy Pass token has
+    it checked (and spent) before the body is decoded, and a row whose
+    request carries its spec authentication (a token or a signature in the
+    body) refuses an empty body with 401, not 400 — no decoding work for
+    requests that could never be authorised.
+    """
+    needs_auth_in_body = endpoint.request is not None and endpoint.auth != "none"
 
     async def view() -> Response:
         require_tls()
         data = await read_body(max_body)
+        source = source_of(request.remote_addr)
+        if check is not None:
+            await check(endpoint, Call(None, request.headers, now_ms(), b"", source))
+        if needs_auth_in_body and not data:
+            raise MissingAuthentication(f"{endpoint.name} needs its authentication ({endpoint.auth}) "
+                                        "in the request body")
         if endpoint.request is not None:
             ctype = (request.mimetype or "").lower()
             if ctype != MEDIA_TYPE:
                 raise UnsupportedMediaType(f"request bodies are {MEDIA_TYPE}, not {ctype or 'untyped'}")
-        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now_ms(), data)
-        if check is not None:
-            await check(endpoint, call)
+        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now_ms(), data, source)
         result = await handler(call)
         return Response(encode(result) if endpoint.response is not None else b"",
                         status=200, content_type=MEDIA_TYPE)

@@ -241,10 +241,13 @@ def server_login_finish(state: bytes, ke3: bytes) -> bytes:
 @dataclass(frozen=True)
 class EphemeralEntry:
     """One pending registration or 2FA login: the client credential and,
-    for the online AKE only, the OPAQUE server state."""
+    for the online AKE only, the OPAQUE server state. ``source`` is the
+    network source that started an unauthenticated registration (None for
+    authenticated starts)."""
     client_credential: Any
     opaque_state: bytes | None
     expires_at_ms: int
+    source: str | None = None
 
 
 class EphemeralOpaqueDb:
@@ -253,33 +256,64 @@ class EphemeralOpaqueDb:
     abandons pending handshakes.
 
     Registration start needs neither authentication nor a Privacy Pass token
-    (``#initialize-user-registration``), so the table is bounded:
-    with ``max_entries`` live entries, :meth:`put` raises
-    :class:`~phoenix_ref.errors.RateLimited` until one expires.
-    Thread-safe.
+    (``#initialize-user-registration``), so the table is bounded twice:
+    one source (see :func:`phoenix_ref.http.source_of`) holds at most
+    ``max_per_source`` live entries, so that a flood from one place leaves
+    room for everybody else, and the whole table at most ``max_entries``.
+    Past either bound :meth:`put` raises
+    :class:`~phoenix_ref.errors.RateLimited` until an entry expires
+    (docs/decisions.md, "Pending registrations per source"). Thread-safe.
     """
 
-    def __init__(self, ttl_ms: int = EPHEMERAL_TTL_MS, max_entries: int = 100_000) -> None:
+    def __init__(self, ttl_ms: int = EPHEMERAL_TTL_MS, max_entries: int = 100_000,
+                 max_per_source: int = 32) -> None:
         self.ttl_ms = ttl_ms
         self.max_entries = max_entries
+        self.max_per_source = max_per_source
         self._entries: dict[bytes, EphemeralEntry] = {}
+        self._by_source: dict[str, dict[bytes, int]] = {}   # source → its keys → expiry
         self._lock = threading.Lock()
+
+    def _drop(self, key: bytes) -> EphemeralEntry | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.source is not None:
+            keys = self._by_source.get(entry.source, {})
+            keys.pop(key, None)
+            if not keys:
+                self._by_source.pop(entry.source, None)
+        return entry
 
     def _purge(self, now_ms: int) -> None:
         for k in [k for k, e in self._entries.items() if e.expires_at_ms <= now_ms]:
-            del self._entries[k]
+            self._drop(k)
 
-    def put(self, key: bytes, client_credential: Any, now_ms: int, opaque_state: bytes | None = None) -> EphemeralEntry:
-        """Store (or replace) the entry for ``key``."""
-        with self._lock:
-            if key not in self._entries and len(self._entries) >= self.max_entries:
+    def _check_room(self, key: bytes, source: str | None, now_ms: int) -> None:
+        """Raise RateLimited if storing ``key`` would pass a bound (replacing
+        an entry takes no extra room)."""
+        for attempt in range(2):   # the second look after dropping what expired
+            own = self._by_source.get(source, {}) if source is not None else {}
+            if len(own) - (key in own) >= self.max_per_source:
+                held, what = own, "from this source"
+            elif len(self._entries) - (key in self._entries) >= self.max_entries:
+                held, what = {k: e.expires_at_ms for k, e in self._entries.items()}, "on this homeserver"
+            else:
+                return
+            if attempt == 0:
                 self._purge(now_ms)
-                if len(self._entries) >= self.max_entries:
-                    soonest = min(e.expires_at_ms for e in self._entries.values())
-                    raise RateLimited("too many pending OPAQUE handshakes",
-                                      retry_after=max(1, -(-(soonest - now_ms) // 1000)))
-            entry = EphemeralEntry(client_credential, opaque_state, now_ms + self.ttl_ms)
+        raise RateLimited(f"too many pending OPAQUE handshakes {what}",
+                          retry_after=max(1, -(-(min(held.values()) - now_ms) // 1000)))
+
+    def put(self, key: bytes, client_credential: Any, now_ms: int, opaque_state: bytes | None = None,
+            source: str | None = None) -> EphemeralEntry:
+        """Store (or replace) the entry for ``key``, counted against ``source``
+        if given; raises RateLimited past a bound (class docstring)."""
+        with self._lock:
+            self._check_room(key, source, now_ms)
+            self._drop(key)
+            entry = EphemeralEntry(client_credential, opaque_state, now_ms + self.ttl_ms, source)
             self._entries[key] = entry
+            if source is not None:
+                self._by_source.setdefault(source, {})[key] = entry.expires_at_ms
             return entry
 
     def get(self, key: bytes, now_ms: int) -> EphemeralEntry:
@@ -288,21 +322,21 @@ class EphemeralOpaqueDb:
         with self._lock:
             e = self._entries.get(key)
             if e is None or e.expires_at_ms <= now_ms:
-                self._entries.pop(key, None)
+                self._drop(key)
                 raise Unauthorized("no pending OPAQUE handshake (missing or expired)", code="no_pending_opaque")
             return e
 
     def take(self, key: bytes, now_ms: int) -> EphemeralEntry:
         """:meth:`get` and delete: a handshake state is used once."""
         with self._lock:
-            e = self._entries.pop(key, None)
+            e = self._drop(key)
             if e is None or e.expires_at_ms <= now_ms:
                 raise Unauthorized("no pending OPAQUE handshake (missing or expired)", code="no_pending_opaque")
             return e
 
     def delete(self, key: bytes) -> None:
         with self._lock:
-            self._entries.pop(key, None)
+            self._drop(key)
 
     def purge(self, now_ms: int) -> None:
         """Drop every expired entry."""

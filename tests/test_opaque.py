@@ -230,6 +230,29 @@ def test_ephemeral_db_is_bounded():
     assert len(db) == 2
 
 
+@spec("spec/authentication_service.md#initialize-user-registration", "MUST")
+def test_one_source_cannot_fill_the_ephemeral_db():
+    """A flood of registration starts from one source stops at its own bound;
+    other sources (and authenticated starts, no source) still get room."""
+    db = op.EphemeralOpaqueDb(ttl_ms=10_000, max_entries=10, max_per_source=3)
+    for i in range(3):
+        db.put(b"flood-%d" % i, "c", T0 + i * 1000, source="198.51.100.7")
+    with pytest.raises(RateLimited) as e:
+        db.put(b"flood-3", "c", T0 + 5000, source="198.51.100.7")
+    assert e.value.retry_after == 5                        # flood-0 expires at T0 + 10000
+    db.put(b"flood-0", "again", T0 + 5000, source="198.51.100.7")   # replacing takes no room
+    for i in range(6):
+        db.put(b"honest-%d" % i, "c", T0 + 5000, source=f"203.0.113.{i}")
+    db.put(b"client-2fa", "c", T0 + 5000)
+    assert len(db) == 10
+    db.take(b"flood-1", T0 + 5000)                         # a finished handshake frees its room
+    db.put(b"flood-4", "c", T0 + 5000, source="198.51.100.7")
+    with pytest.raises(RateLimited):                      # the whole table is full now
+        db.put(b"honest-9", "c", T0 + 5000, source="203.0.113.9")
+    db.put(b"flood-5", "c", T0 + 12_500, source="198.51.100.7")   # flood-2 expired by then
+    assert db.get(b"flood-5", T0 + 12_500).source == "198.51.100.7"
+
+
 def test_full_2fa_flow_through_ephemeral_db():
     """The AS keeps the server state between KE2 and KE3 in the ephemeral DB."""
     db = op.EphemeralOpaqueDb(ttl_ms=60_000)

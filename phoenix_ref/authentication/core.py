@@ -190,6 +190,7 @@ class AsConfig:
     domain: Fqdn
     auth_max_age_ms: int = DEFAULT_MAX_AGE_MS
     ephemeral_ttl_ms: int = opaque.EPHEMERAL_TTL_MS  # lifetime of ephemeral OPAQUE DB entries
+    max_pending_registrations_per_source: int = 32   # live registration starts one source may hold
     max_client_credential_validity_ms: int = 2 * 365 * 24 * 3600 * 1000
     max_connection_packages_per_upload: int = 100
 
@@ -226,7 +227,8 @@ class AuthenticationCore:
         self.accounts = accounts
         self.queues = queues
         self.issuance = issuance
-        self.ephemeral = opaque.EphemeralOpaqueDb(ttl_ms=config.ephemeral_ttl_ms)
+        self.ephemeral = opaque.EphemeralOpaqueDb(ttl_ms=config.ephemeral_ttl_ms,
+                                                  max_per_source=config.max_pending_registrations_per_source)
         self.set_secrets(secrets)
 
     def set_secrets(self, secrets: AsSecrets) -> None:
@@ -266,11 +268,13 @@ class AuthenticationCore:
 
     # --- #initialize-user-registration ----------------------------------------------------
 
-    def init_user_registration(self, req: m.InitUserRegistrationParams,
-                               now_ms: int) -> m.InitUserRegistrationResponse:
+    def init_user_registration(self, req: m.InitUserRegistrationParams, now_ms: int,
+                               source: str | None = None) -> m.InitUserRegistrationResponse:
         """Check the user id is free, validate and sign the CSR, run the first
         server step of OPAQUE registration and remember the credential in
-        the ephemeral DB. Authentication: None; no Privacy Pass."""
+        the ephemeral DB, counted against the network ``source`` of the
+        request (at most ``max_pending_registrations_per_source`` live
+        starts each). Authentication: None; no Privacy Pass."""
         client_id = req.client_csr.payload.client_id
         user_id = client_id.user_id
         if user_id.as_domain != self.domain:
@@ -282,7 +286,7 @@ class AuthenticationCore:
                               max_validity_ms=self.config.max_client_credential_validity_ms)
         response = opaque.server_registration_start(self.secrets.opaque_server_setup,
                                                     req.opaque_registration_request, encode(user_id))
-        self.ephemeral.put(_ephemeral_key(user_id), credential, now_ms)
+        self.ephemeral.put(_ephemeral_key(user_id), credential, now_ms, source=source)
         return m.InitUserRegistrationResponse(credential, response)
 
     # --- #finish-user-registration -------------------------------------------------------

@@ -1,0 +1,78 @@
+"""Pin-upgrade safety: the project uses only the public API of its dependencies.
+
+A private module or name (a leading underscore) of a dependency can change in
+any release; this test reads every Python file of the project and refuses
+imports of such names and attribute access to them on an imported
+dependency module (``httpx._config``, ``from httpcore._backends import …``).
+Private attributes of objects (``transport._pool``) are found by the names
+the project has used that way before.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from phoenix_ref.shared import REPO_ROOT
+
+DEPENDENCIES = {"anycorn", "anyio", "cryptography", "h11", "h2", "httpcore", "httpx", "hypercorn",
+                "hypothesis", "opaque_ke_py", "pyhpke", "pytest", "quart", "quart_trio", "rbcl", "trio",
+                "trustme", "werkzeug", "wsproto", "_pytest"}
+#: servers whose public API is their top-level package only (``anycorn.serve``,
+#: ``anycorn.Config``); their submodules hold internals (``worker_serve``, ``Sockets``)
+TOP_LEVEL_ONLY = {"anycorn", "hypercorn"}
+#: private attributes of dependency objects the code once reached into
+KNOWN_PRIVATE_ATTRIBUTES = re.compile(r"(?<!self)\._(pool|backends|transport|network_backend|sockets)\b")
+FOLDERS = ("phoenix_ref", "tests", "spec_tests", "benchmarks", "examples")
+
+
+def _private(dotted: str) -> bool:
+    parts = dotted.split(".")
+    if parts[0] in TOP_LEVEL_ONLY and len(parts) > 1:
+        return True
+    return any(part.startswith("_") and not part.startswith("__") for part in parts)
+
+
+def problems_in(path, text: str) -> list[str]:
+    found = []
+    tree = ast.parse(text, filename=str(path))
+    modules: dict[str, str] = {}     # local name → dependency module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] in DEPENDENCIES:
+                    if _private(alias.name) or alias.name.startswith("_"):
+                        found.append(f"{path}:{node.lineno}: import {alias.name}")
+                    modules[alias.asname or alias.name.split(".")[0]] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] in DEPENDENCIES:
+                if _private(node.module) or node.module.startswith("_"):
+                    found.append(f"{path}:{node.lineno}: from {node.module} import …")
+                for alias in node.names:
+                    if _private(alias.name):
+                        found.append(f"{path}:{node.lineno}: from {node.module} import {alias.name}")
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in modules and _private(node.attr)):
+            found.append(f"{path}:{node.lineno}: {node.value.id}.{node.attr}")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if KNOWN_PRIVATE_ATTRIBUTES.search(line) and not line.lstrip().startswith("#"):
+            found.append(f"{path}:{lineno}: {line.strip()}")
+    return sorted(set(found), key=lambda p: int(p.split(":")[1]))
+
+
+def test_no_private_names_of_dependencies():
+    files = [p for folder in FOLDERS for p in sorted((REPO_ROOT / folder).rglob("*.py"))]
+    assert len(files) > 50
+    this = REPO_ROOT / "tests" / "test_public_apis.py"
+    problems = [p for f in files if f != this for p in problems_in(f.relative_to(REPO_ROOT), f.read_text())]
+    assert problems == []
+
+
+def test_the_check_finds_what_it_looks_for():
+    sample = ("import httpcore\nfrom httpcore._backends.auto import AutoBackend\n"
+              "from hypercorn.trio.run import worker_serve\nimport hypercorn._x\n"
+              "t._pool = httpcore._async.x\n")
+    found = problems_in("sample.py", sample)
+    assert {int(p.split(":")[1]) for p in found} == {2, 3, 4, 5}
+    assert not problems_in("ok.py", "import httpx\nfrom trio import open_nursery\nx = httpx.AsyncClient()\n")
