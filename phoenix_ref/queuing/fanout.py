@@ -223,6 +223,7 @@ _CONFIG_LIST = vec(ClientQueueConfig)
 
 
 def with_digests(configs: list[ClientQueueConfig]) -> list[DigestedConfig]:
+    """Each config with its :func:`config_digest`."""
     return [(cqc, config_digest(cqc.sealed_config)) for cqc in configs]
 
 
