@@ -17,8 +17,7 @@ Wire types:
 * ``U8``, ``U16``, ``U32``, ``U64`` — big-endian unsigned integers.
 * ``VarBytes`` — ``opaque x<V>``: bytes behind an MLS variable-length
   integer (RFC 9420 §2.1.2). ``fixed(n)`` — ``opaque x[n]``.
-* ``vec(T)`` — ``T x<V>``: a vector of any wire type, length in bytes
-  (``vec(T, memo_bytes=n)`` remembers codings of long vectors that repeat).
+* ``vec(T)`` — ``T x<V>``: a vector of any wire type, length in bytes.
 * ``optional(T)`` — ``optional<T>``: a presence octet, then ``T``.
 * ``enum(U16, SomeIntEnum)`` — an integer restricted to the enum's members.
 * ``variant(U16, {tag: Case, ...})`` — a tagged union (``select`` in the
@@ -40,9 +39,7 @@ import abc
 import dataclasses
 import enum as _enum
 import struct as _struct
-import threading
 import typing
-from collections import OrderedDict
 from typing import Annotated, Any, Callable
 
 __all__ = [
@@ -244,21 +241,14 @@ class _Vec(WireType):
         self.name = f"{item.name}<V>"
 
     def write(self, value: list, out: bytearray) -> None:
-        body = self._body(value)
-        out += encode_varint(len(body))
-        out += body
-
-    def _body(self, value) -> bytearray:
-        """The items' encodings, without the length prefix."""
         body = bytearray()
         for v in value:
             self.item.write(v, body)
-        return body
+        out += encode_varint(len(body))
+        out += body
 
     def read(self, r: Reader) -> list:
-        return self._items(r.sub(decode_varint(r)))
-
-    def _items(self, sub: Reader) -> list:
+        sub = r.sub(decode_varint(r))
         read = _resolved(self.item).read   # a long vector: one lookup, not one per item
         items = []
         try:
@@ -267,78 +257,6 @@ class _Vec(WireType):
         except DecodeError as e:
             raise e.within(f"[{len(items)}]") from None
         return items
-
-
-class _MemoVec(_Vec):
-    """A vector that remembers its decodings by their encoded bytes, and its
-    encodings by their items (see :func:`vec`). Both are functions of their
-    input (decoding is strict; items are immutable, so equal items encode
-    equally), so a remembered result is exactly what computing it again would
-    give. Only successful decodings are kept, as tuples: each read returns a
-    new list of the same items. Each memo keeps at most ``max_bytes`` of
-    encodings, least recently used first out. Thread-safe."""
-
-    def __init__(self, item: WireType, max_bytes: int):
-        super().__init__(item)
-        self.max_bytes = max_bytes
-        self._decoded = _BoundedMemo(max_bytes)   # encoding → tuple of items
-        self._encoded = _BoundedMemo(max_bytes)   # tuple of items → encoding
-
-    def write(self, value: list, out: bytearray) -> None:
-        items = tuple(value)
-        try:
-            body = self._encoded.get(items)
-        except TypeError:   # an unhashable item cannot be a value of this vector: let the item type say so
-            super().write(value, out)
-            return
-        if body is None:
-            body = bytes(self._body(items))
-            self._encoded.put(items, body, len(body))
-        out += encode_varint(len(body))
-        out += body
-
-    def read(self, r: Reader) -> list:
-        sub = r.sub(decode_varint(r))
-        body = sub.data[sub.pos:sub.end]
-        items = self._decoded.get(body)
-        if items is not None:
-            return list(items)
-        decoded = self._items(sub)
-        self._decoded.put(body, tuple(decoded), len(body))
-        return decoded
-
-
-class _BoundedMemo:
-    """A thread-safe LRU dictionary holding entries of at most ``max_bytes``
-    in all, each entry weighing what its ``put`` says."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is None:
-                return None
-            self._entries.move_to_end(key)
-            return hit[0]
-
-    def put(self, key: Any, value: Any, size: int) -> None:
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._entries:
-                return
-            self._entries[key] = (value, size)
-            self._size += size
-            while self._size > self.max_bytes:
-                self._size -= self._entries.popitem(last=False)[1][1]
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class _Optional(WireType):
@@ -477,16 +395,7 @@ def fixed(n: int) -> Any:
     return Annotated[bytes, _Fixed(n)]
 
 
-def vec(item: Any, *, memo_bytes: int = 0) -> Any:
-    """``T x<V>``. With ``memo_bytes``, decodings are remembered by their
-    bytes and encodings by their items, up to that many bytes of encodings
-    each: for a long vector that is sent or received again and again
-    unchanged (a busy group's queue configs), a repeat costs a dictionary
-    lookup instead of decoding or encoding every item. Only for hashable
-    items with immutable values (frozen structs of bytes, ints, strings or
-    such structs), since repeats share them."""
-    if memo_bytes:
-        return Annotated[list, _MemoVec(_Lazy(item), memo_bytes)]
+def vec(item: Any) -> Any:
     return Annotated[list, _Vec(_Lazy(item))]
 
 

@@ -50,17 +50,6 @@ log = logging.getLogger(__name__)
 
 _UNKNOWN_HOST = "unknown.invalid"
 
-#: CPython's cyclic garbage collector thresholds for a homeserver process
-#: (``gc.set_threshold``; the default is 700, 10, 10). A fan-out keeps
-#: thousands of container objects alive while it runs (per queue: config,
-#: key material, message rows); with the default, the collector made ~6
-#: young-generation passes per fan-out to 1000 queues and an older
-#: generation pass every second one, each traversing what was alive: ~4 ms
-#: of CPU in a ~40 ms fan-out, ~0.4 ms with these (docs/decisions.md,
-#: "Garbage collector thresholds"). Unreachable cycles, which are rare
-#: here, wait for at most 50 000 allocations before they are freed.
-GC_THRESHOLDS = (50_000, 20, 20)
-
 
 def normalise_host(value: str) -> str:
     """A Host header → lower-case host name without port or trailing dot.
@@ -180,7 +169,7 @@ class Homeserver:
 
     async def _startup(self) -> None:
         cfg = self.config
-        gc.set_threshold(*GC_THRESHOLDS)   # process-wide; every homeserver sets the same
+        gc.set_threshold(*cfg.performance.gc_thresholds)   # process-wide (config.Performance)
         self.keystore = await trio.to_thread.run_sync(Keystore.load, cfg.keys_dir, cfg.domain)
         self.as_store = await trio.to_thread.run_sync(
             lambda: AsStore(cfg.data_dir / "as.sqlite3", max_messages=cfg.limits.as_max_messages))

@@ -320,7 +320,6 @@ class SqliteQueueStore:
         self._lock = lock or threading.RLock()
         self._cache: RowCache[bytes, tuple[int, qc.QueueKeyMaterial]] = RowCache(self._db, max_cached)
         with self._tx() as conn:
-            old = self._read_older_layout(conn)
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self._q} (qn INTEGER PRIMARY KEY, "
                          "queue_id BLOB NOT NULL UNIQUE, queue_encryption_key BLOB NOT NULL, "
                          "rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL)")
@@ -330,50 +329,6 @@ class SqliteQueueStore:
             conn.execute(f"CREATE TABLE IF NOT EXISTS {self._m} (qn INTEGER NOT NULL, "
                          "seq INTEGER NOT NULL, payload BLOB NOT NULL)")
             conn.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {self._m}_seq ON {self._m} (qn, seq)")
-            if old is not None:
-                self._write_older_layout(conn, *old)
-
-    # --- files of earlier versions ---
-
-    def _read_older_layout(self, conn: sqlite3.Connection) -> tuple[list, list] | None:
-        """Files written by earlier versions: with queue numbers but the
-        ratchet in the queue rows; before that, keyed both tables by
-        ``queue_id`` (and, earliest, kept the key material encoded in one
-        ``key_material`` column). Read their rows as ``(queue_id, next_seq,
-        queue_encryption_key, ratchet_key, rotated_at_ms, activity_ms)`` and
-        ``(queue_id, seq, payload)`` and drop the tables; None if the file
-        has the current layout or no tables yet."""
-        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._q})")}
-        if not columns or ("ratchet_key" not in columns and "key_material" not in columns):
-            return None
-        if "qn" in columns:
-            queues = conn.execute(f"SELECT queue_id, {self._MATERIAL}, activity_ms FROM {self._q}").fetchall()
-            messages = conn.execute(f"SELECT q.queue_id, m.seq, m.payload FROM {self._m} m "
-                                    f"JOIN {self._q} q ON q.qn = m.qn").fetchall()
-            conn.execute(f"DROP TABLE {self._m}")
-            conn.execute(f"DROP TABLE {self._q}")
-            return queues, messages
-        if "key_material" in columns:
-            queues = []
-            for queue_id, raw, activity in conn.execute(f"SELECT queue_id, key_material, activity_ms FROM {self._q}"):
-                m = decode(qc.QueueKeyMaterial, bytes(raw))
-                queues.append((queue_id, m.generation, m.queue_encryption_key, m.ratchet_key, m.rotated_at_ms,
-                               activity))
-        else:
-            queues = conn.execute(f"SELECT queue_id, {self._MATERIAL}, activity_ms FROM {self._q}").fetchall()
-        messages = conn.execute(f"SELECT queue_id, seq, payload FROM {self._m}").fetchall()
-        conn.execute(f"DROP TABLE {self._m}")
-        conn.execute(f"DROP TABLE {self._q}")
-        return queues, messages
-
-    def _write_older_layout(self, conn: sqlite3.Connection, queues: list, messages: list) -> None:
-        conn.executemany(f"INSERT INTO {self._q} (queue_id, queue_encryption_key, rotated_at_ms, activity_ms) "
-                         "VALUES (?,?,?,?)", [(q, key, rotated, act) for q, _, key, _, rotated, act in queues])
-        numbers = dict(conn.execute(f"SELECT queue_id, qn FROM {self._q}").fetchall())
-        conn.executemany(f"INSERT INTO {self._r} VALUES (?,?,?)",
-                         [(numbers[q], seq, ratchet) for q, seq, _, ratchet, _, _ in queues])
-        conn.executemany(f"INSERT INTO {self._m} VALUES (?,?,?)",
-                         [(numbers[q], seq, payload) for q, seq, payload in messages if q in numbers])
 
     def _tx(self):
         return transaction(self._db, self._lock)

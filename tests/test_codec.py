@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from phoenix_ref.codec import (
-    U8, U16, U32, U64, DecodeError, EncodeError, Reader, String, VarBytes, _BoundedMemo, decode,
+    U8, U16, U32, U64, DecodeError, EncodeError, Reader, String, VarBytes, decode,
     decode_varint, encode, encode_varint, enum as enum_, fixed, optional, struct, variant, vec,
 )
 from tests.conftest import vector_params
@@ -178,68 +178,3 @@ def test_take_prefixed_edges():
         Reader(b"\xc0\x00").take_prefixed()
     with pytest.raises(DecodeError):
         Reader(b"").take_prefixed()
-
-
-@struct
-class Remembered:
-    leaves: vec(Leaf, memo_bytes=64)
-    tail: U8
-
-
-@struct
-class Plain:
-    leaves: vec(Leaf)
-    tail: U8
-
-
-@given(st.binary(max_size=80))
-def test_a_remembered_vector_decodes_exactly_like_a_plain_one(raw):
-    """Twice each, so that the second decoding of good input comes from
-    the memo: it accepts, refuses and reports exactly as plain decoding."""
-    for _ in range(2):
-        try:
-            expected = decode(Plain, raw)
-        except DecodeError as e:
-            with pytest.raises(DecodeError) as got:
-                decode(Remembered, raw)
-            assert str(got.value).replace("Remembered", "Plain") == str(e)
-            continue
-        assert decode(Remembered, raw) == Remembered(expected.leaves, expected.tail)
-
-
-def test_a_remembered_vector_shares_its_items_not_its_list():
-    data = encode(Remembered([Leaf(1, b"a"), Leaf(2, b"bc")], 7))
-    first, second = decode(Remembered, data), decode(Remembered, data)
-    assert first == second and first.leaves is not second.leaves     # a new list per decoding …
-    assert all(a is b for a, b in zip(first.leaves, second.leaves))   # … of the remembered items
-    first.leaves.append(Leaf(3, b""))                                 # so a caller's change stays its own
-    assert decode(Remembered, data).leaves == [Leaf(1, b"a"), Leaf(2, b"bc")]
-
-
-@given(st.lists(leaves, max_size=4), st.integers(0, 255))
-def test_a_remembered_vector_encodes_exactly_like_a_plain_one(items, tail):
-    for _ in range(2):   # the second encoding comes from the memo when it fits
-        assert encode(Remembered(items, tail)) == encode(Plain(items, tail))
-
-
-def test_a_remembered_vector_refuses_a_wrong_item_like_a_plain_one():
-    for bad in ([[1, 2]], [Leaf(1, b"")] + [b"not a leaf"]):   # unhashable, then hashable
-        with pytest.raises(Exception) as plain:
-            encode(Plain(bad, 0))
-        with pytest.raises(type(plain.value)):
-            encode(Remembered(bad, 0))
-
-
-def test_a_remembered_vector_keeps_at_most_its_bytes():
-    memo = Remembered.__wire_type__.fields[0][1]
-    memo._decoded, memo._encoded = _BoundedMemo(64), _BoundedMemo(64)
-    vectors = [[Leaf(i, bytes(20))] for i in range(5)]                # 26 bytes each: two fit in 64
-    for leaves in vectors:
-        decode(Remembered, encode(Remembered(leaves, 0)))
-    assert len(memo._decoded) == len(memo._encoded) == 2
-    recent = vectors[-2:]                                              # the most recent ones are kept
-    assert list(memo._decoded._entries) == [encode(Remembered(v, 0))[1:-1] for v in recent]
-    assert list(memo._encoded._entries) == [tuple(v) for v in recent]
-    big = [Leaf(9, bytes(70))]                                         # larger than the memo: not kept
-    assert decode(Remembered, encode(Remembered(big, 0))).leaves == big
-    assert len(memo._decoded) == len(memo._encoded) == 2 and memo._decoded._size <= 64

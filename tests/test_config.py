@@ -11,10 +11,10 @@ from cryptography import x509
 
 from phoenix_ref.cli import generate_config, main
 from phoenix_ref.codec import decode
-from phoenix_ref.config import Config, ConfigError, Limits
+from phoenix_ref.config import Config, ConfigError, Limits, Performance
 from phoenix_ref.credentials import AsCredentialsResponse
 from phoenix_ref.federation.keys import QsVerifyingKeyResponse
-from phoenix_ref.homeserver import GC_THRESHOLDS, Homeserver, normalise_host
+from phoenix_ref.homeserver import Homeserver, normalise_host
 from phoenix_ref.keystore import Keystore, KeystoreError
 
 
@@ -28,7 +28,8 @@ def test_toml_round_trip(tmp_path):
                   discovery={"b.example": {s: f"https://{s}.b.example:8445" for s in ("as", "ds", "qs")}},
                   resolve={"as.b.example": "127.0.0.1:8445", 'we"ird\\': "127.0.0.1:1"},
                   federation_allow=("b.example",), federation_deny=("spam.example",),
-                  limits=Limits(max_body_bytes=1234, request_timeout_s=2.5))
+                  limits=Limits(max_body_bytes=1234, request_timeout_s=2.5),
+                  performance=Performance(gc_thresholds=(1000, 15, 12)))
     text = cfg.to_toml(base=tmp_path)
     tomllib.loads(text)                         # valid TOML
     path = tmp_path / "config.toml"
@@ -59,6 +60,10 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     ('domain = "a.example"\n[resolve]\n"as.b.example" = "127.0.0.1"', "resolve"),
     ('domain = "a.example"\n[discovery."b.example"]\nas = "http://as.b.example"\n'
      'ds = "https://ds.b.example"\nqs = "https://qs.b.example"', "https"),
+    ('domain = "a.example"\n[performance]\nbogus = 1', "performance: unknown keys"),
+    *((f'domain = "a.example"\n[performance]\ngc_thresholds = {bad}', "performance.gc_thresholds")
+      for bad in ("[0, 20, 20]", "[50000, 20]", "[50000, 20, 20, 1]", "50000", '"50000, 20, 20"',
+                  "[50000, -1, 20]", "[1.5, 20, 20]", "[true, 20, 20]", "[2147483648, 20, 20]")),
 ])
 def test_bad_config_is_a_config_error(tmp_path, text, needle):
     path = tmp_path / "config.toml"
@@ -175,13 +180,24 @@ def test_keystore_renews_the_intermediate_near_its_end_but_never_past_the_as_cre
     assert not ks.intermediate_due(root_end - 5 * DAY_MS)
 
 
-async def test_a_started_homeserver_sets_the_garbage_collector_thresholds(tmp_path):
+def test_the_default_garbage_collector_thresholds(tmp_path):
+    """Absent from the file, the thresholds are (50 000, 20, 20) (docs/decisions.md)."""
+    path = tmp_path / "config.toml"
+    path.write_text('domain = "a.example"\n')
+    assert Config.load(path).performance.gc_thresholds == (50_000, 20, 20)
+
+
+async def test_a_started_homeserver_applies_the_configured_garbage_collector_thresholds(tmp_path):
     generate_config(tmp_path / "a", "a.example")
-    hs = Homeserver(Config.load(tmp_path / "a" / "config.toml"))
+    path = tmp_path / "a" / "config.toml"
+    text = path.read_text()
+    assert "[performance]\ngc_thresholds = [50000, 20, 20]" in text   # written with its default
+    path.write_text(text.replace("gc_thresholds = [50000, 20, 20]", "gc_thresholds = [1234, 11, 9]"))
+    hs = Homeserver(Config.load(path))
     before = gc.get_threshold()
     gc.set_threshold(700, 10, 10)
     try:
         async with hs.app.test_app():
-            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_threshold() == (1234, 11, 9)
     finally:
         gc.set_threshold(*before)

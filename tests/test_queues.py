@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import shutil
-import sqlite3
 import tempfile
 import threading
 from pathlib import Path
@@ -235,70 +234,6 @@ def test_build_must_advance_the_generation_with_the_payloads(store):
     with pytest.raises(ValueError):
         store.append(b"q", lambda m: ([b"p1", b"p2"], dataclasses.replace(m, generation=m.generation + 1)))
     assert store.info(b"q").message_count == 1
-
-
-def test_sqlite_migrates_key_material_of_older_files(tmp_path):
-    """Files written when the key material was one encoded column open as before."""
-    path = tmp_path / "old.db"
-    reset, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE qs_queues (queue_id BLOB PRIMARY KEY, next_seq INTEGER NOT NULL, "
-               "key_material BLOB NOT NULL, activity_ms INTEGER NOT NULL) WITHOUT ROWID")
-    db.execute("CREATE TABLE qs_messages (queue_id BLOB NOT NULL, seq INTEGER NOT NULL, "
-               "payload BLOB NOT NULL, PRIMARY KEY (queue_id, seq)) WITHOUT ROWID")
-    db.execute("INSERT INTO qs_queues VALUES (?,?,?,?)", (b"q", 1, encode(material), T0))
-    db.execute("INSERT INTO qs_messages VALUES (?,?,?)", (b"q", 0, encode(reset)))
-    db.commit()
-    db.close()
-    queues = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)
-    assert queues.info(b"q") == QueueInfo(1, material, T0, 1)
-    assert queues.enqueue(b"q", b"hello", T0) == 1
-    assert [m.sequence_number for m in queues.dequeue(b"q", 0, 10, T0).messages] == [0, 1]
-
-
-def _write_older_file(path, numbered: bool, material, reset) -> None:
-    """Two queues ``q1``, ``q2`` with one message each, in an older layout:
-    keyed by queue id (``numbered=False``), or with queue numbers but the
-    ratchet columns in the queue rows (``numbered=True``)."""
-    db = sqlite3.connect(path)
-    key = "qn INTEGER PRIMARY KEY, queue_id BLOB NOT NULL UNIQUE" if numbered else "queue_id BLOB PRIMARY KEY"
-    db.execute(f"CREATE TABLE qs_queues ({key}, next_seq INTEGER NOT NULL, queue_encryption_key BLOB NOT NULL, "
-               "ratchet_key BLOB NOT NULL, rotated_at_ms INTEGER NOT NULL, activity_ms INTEGER NOT NULL)"
-               + ("" if numbered else " WITHOUT ROWID"))
-    owner = "qn INTEGER" if numbered else "queue_id BLOB"
-    db.execute(f"CREATE TABLE qs_messages ({owner} NOT NULL, seq INTEGER NOT NULL, payload BLOB NOT NULL)")
-    db.execute(f"CREATE UNIQUE INDEX qs_messages_seq ON qs_messages ({owner.split()[0]}, seq)")
-    for qn, q in ((7, b"q1"), (3, b"q2")):   # numbers that will not be the new ones
-        row = (q, 1, material.queue_encryption_key, material.ratchet_key, material.rotated_at_ms, T0)
-        db.execute(f"INSERT INTO qs_queues VALUES ({','.join('?' * (len(row) + numbered))})",
-                   ((qn,) if numbered else ()) + row)
-        db.execute("INSERT INTO qs_messages VALUES (?,?,?)", (qn if numbered else q, 0, encode(reset)))
-    db.commit()
-    db.close()
-
-
-@pytest.mark.parametrize("numbered", [False, True], ids=["keyed-by-queue-id", "ratchet-in-queue-rows"])
-def test_sqlite_migrates_files_of_older_layouts(tmp_path, numbered):
-    """Files of earlier layouts (keyed by queue id; then with queue numbers
-    but the ratchet in the queue rows) open with every queue, its key
-    material and its messages; the converted file opens as it is."""
-    path = tmp_path / "old.db"
-    reset, material = qc.new_queue(HpkeKeyPair.generate().public, T0)
-    _write_older_file(path, numbered, material, reset)
-    queues = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)
-    try:
-        assert queues.info(b"q2") == QueueInfo(1, material, T0, 1)
-        assert queues.enqueue_many([b"q1", b"q2"], b"hello", T0) == [1, 1]
-        assert [m.sequence_number for m in queues.dequeue(b"q1", 0, 10, T0).messages] == [0, 1]
-    finally:
-        queues.store.close()
-    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(qs_queues)")}
-    assert "ratchet_key" not in columns and "next_seq" not in columns
-    again = Queues(SqliteQueueStore(path, "qs"), NO_ROTATION)
-    try:
-        assert again.info(b"q2").next_sequence_number == 2
-    finally:
-        again.store.close()
 
 
 def test_sqlite_key_material_cache_is_dropped_when_the_owner_rolls_back(tmp_path):

@@ -69,8 +69,8 @@ from ..queue_crypto import check_queue_encryption_key
 from ..queues import Queues
 from ..rate_limit import WindowCounters
 from .fanout import (
-    InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest, config_key_id, group_id_of,
-    open_sealed_queue_config, split_by_domain,
+    ConfigLists, DigestedConfig, InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest,
+    config_key_id, group_id_of, open_sealed_queue_config, received_config_list, split_by_domain, with_digests,
 )
 from .messages import (
     MESSAGE_ID_LEN, AddPackage, AddPackageParams, AddPackageResponse, AddPackageResponseTBS,
@@ -241,6 +241,8 @@ class QsCore:
         self.queues = queues
         self.outbound = outbound
         self.config_cache = config_cache if config_cache is not None else SealedConfigCache()
+        #: Config lists of fan-outs decoded and encoded before (a busy group's repeat).
+        self.config_lists = ConfigLists()
         #: Federation rate-limit counters (``#rate-limiting``), in memory.
         self.rate_limits = rate_limits if rate_limits is not None else WindowCounters()
         #: Groups store calls into one atomic write (``QsStore.transaction``
@@ -523,18 +525,14 @@ class QsCore:
             self.config_cache.put(digest, opened)
         return opened
 
-    def _open_all(self, configs: list[ClientQueueConfig]) -> list[_OpenedConfig]:
-        """Open every config of a fan-out: ``(config, digest, opened)`` where
-        ``opened`` is the :class:`OpenedQueueConfig`, the QsCid alone when
-        that client record does not exist, or None when the config does not
-        open or verify."""
+    def _open_all(self, configs: list[DigestedConfig]) -> list[_OpenedConfig]:
+        """Open every config of a fan-out (each with its digest): ``(config,
+        digest, opened)`` where ``opened`` is the :class:`OpenedQueueConfig`,
+        the QsCid alone when that client record does not exist, or None when
+        the config does not open or verify."""
         config_keys = self.keys.queue_config_keys_by_id()
-        digests = [cqc.digest for cqc in configs]
         out = []
-        for cqc, digest, hit in zip(configs, digests, self.config_cache.get_many(digests)):
-            if hit is not None and hit.config_key_id in config_keys:   # the common case, see _open
-                out.append((cqc, digest, hit))
-                continue
+        for (cqc, digest), hit in zip(configs, self.config_cache.get_many([d for _, d in configs])):
             try:
                 opened = self._open(cqc.sealed_config, digest, config_keys, hit)
             except InvalidQueueConfig as e:
@@ -542,6 +540,13 @@ class QsCore:
                 opened = None
             out.append((cqc, digest, opened))
         return out
+
+    def _received_configs(self, message: QsToQsMessage, received: bytes | None) -> list[DigestedConfig]:
+        """The configs of a QsToQsMessage with their digests, through
+        :attr:`config_lists` when the bytes it arrived as are known."""
+        if received is None:
+            return with_digests(message.payload.client_queue_configs)
+        return self.config_lists.decode(received_config_list(received, message))
 
     @staticmethod
     def _candidates(opened: list[_OpenedConfig], group_id: GroupId,
@@ -614,11 +619,13 @@ class QsCore:
         forward: list[tuple[Fqdn, bytes, bytes]] = []
         for domain, part in split_by_domain(message).items():
             if domain == self.config.domain:
-                candidates = self._candidates(self._open_all(part.client_queue_configs), group_id, result)
+                candidates = self._candidates(self._open_all(with_digests(part.client_queue_configs)), group_id,
+                                              result)
             elif not self.config.federates_with(domain):
                 result.rejected.extend(part.client_queue_configs)
             else:
-                forward.append((domain, os.urandom(MESSAGE_ID_LEN), encode(part)))
+                payload = self.config_lists.encode_fan_out(part.client_queue_configs, plaintext)
+                forward.append((domain, os.urandom(MESSAGE_ID_LEN), payload))
         with self.transaction():
             self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
             for domain, message_id, payload in forward:
@@ -677,7 +684,7 @@ class QsCore:
         # one store transaction, so a message id is remembered exactly when
         # the message was enqueued.
         source = message.source.value
-        opened = self._open_all(message.payload.client_queue_configs)
+        opened = self._open_all(self._received_configs(message, received))
         per_domain, per_config, per_queue = (cfg.rate_limit_per_domain, cfg.rate_limit_per_client_queue_config,
                                              cfg.rate_limit_per_queue)
         hits = [] if per_domain is None else [(("domain", source), per_domain.limit, per_domain.window_ms)]

@@ -11,6 +11,10 @@
   by the hash of its bytes (:func:`config_digest`), so that a busy group costs one set of HPKE
   operations per member, not per member per message
   (``spec/performance_goals.md``, homeserver computational overhead).
+* :class:`ConfigLists` — a busy group's list of configs comes unchanged
+  with every message: the QS remembers the lists it decoded (with their
+  configs' digests) by their bytes, and the lists it encoded for another
+  domain by their items, so a repeat is one lookup (same section).
 * :func:`split_by_domain` — ``spec/queuing_service.md#local-enqueue-message``:
   the configs of the own domain stay, those of every other domain become one
   FanOutMessage per domain.
@@ -46,27 +50,27 @@ rotates them must hand fresh ClientQueueConfigs to its groups.
 from __future__ import annotations
 
 import functools
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ..codec import DecodeError, decode, encode
+from ..codec import U64, DecodeError, Reader, decode, decode_varint, encode, vec
 from ..crypto import (
     HOMESERVER_PREFIX, CryptoError, EncryptContext, HPKECiphertext, HpkeKeyPair, SigningKey,
     hash_, hpke_open, hpke_seal, hs_sign, hs_verify,
 )
 from ..errors import Forbidden, Malformed
 from ..ids import Fqdn, GroupId, QsCid
+from ..lru import BoundedLru
 from ..mls.messages import WireFormat
 from .messages import (
-    ApplicationContent, ClientQueueConfig, CommitContent, FanOutMessage, QueueConfig,
-    SealedQueueConfig, WelcomeBundle, config_digest,
+    MESSAGE_ID_LEN, ApplicationContent, ClientQueueConfig, CommitContent, FanOutMessage, QsToQsMessage,
+    QueueConfig, SealedQueueConfig, WelcomeBundle,
 )
 
 __all__ = [
     "SEALED_CONFIG_LABEL", "SEALED_SENDER_LABEL", "seal_queue_config", "config_key_id", "OpenedQueueConfig",
     "InvalidQueueConfig", "peek_sender", "open_sealed_queue_config", "config_digest", "SealedConfigCache",
+    "DigestedConfig", "CONFIG_LIST_CACHE_BYTES", "with_digests", "ConfigLists", "received_config_list",
     "split_by_domain", "group_id_of",
 ]
 
@@ -189,54 +193,85 @@ def open_sealed_queue_config(config_keys: Mapping[bytes, bytes], sealed_config: 
     return OpenedQueueConfig(config, auth_key, queue_key, sealed.config_key_id)
 
 
-class SealedConfigCache:
-    """LRU cache: :func:`config_digest` of a sealed config → :class:`OpenedQueueConfig`.
+class SealedConfigCache(BoundedLru[bytes, OpenedQueueConfig]):
+    """:func:`config_digest` of a sealed config → :class:`OpenedQueueConfig`,
+    at most ``max_entries``.
 
     A hit is only used while the client record still has the keys the config
     was verified with (a key rotation invalidates it) and while the QS still
-    publishes the key it was sealed to. Thread-safe: cores run
-    in worker threads. ``hits``/``misses`` count lookups (tests, metrics).
+    publishes the key it was sealed to (:class:`~.core.QsCore` checks both).
     """
 
     def __init__(self, max_entries: int = 100_000):
-        self.max_entries = max_entries
-        self._entries: OrderedDict[bytes, OpenedQueueConfig] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        super().__init__(max_entries)
 
-    def get(self, digest: bytes) -> OpenedQueueConfig | None:
-        with self._lock:
-            hit = self._entries.get(digest)
-            if hit is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(digest)
-            self.hits += 1
-            return hit
 
-    def get_many(self, digests: list[bytes]) -> list[OpenedQueueConfig | None]:
-        """:meth:`get` for each digest, under one lock."""
-        with self._lock:
-            entries = self._entries
-            out = [entries.get(d) for d in digests]
-            for d, hit in zip(digests, out):
-                if hit is not None:
-                    entries.move_to_end(d)
-            found = sum(hit is not None for hit in out)
-            self.hits += found
-            self.misses += len(out) - found
-            return out
+def config_digest(sealed_config: bytes) -> bytes:
+    """``Hash(sealed_config)``: the key of a sealed config in the QS's cache
+    of opened configs and in its per-config rate limit (``#rate-limiting``)."""
+    return hash_(sealed_config)
 
-    def put(self, digest: bytes, opened: OpenedQueueConfig) -> None:
-        with self._lock:
-            self._entries[digest] = opened
-            self._entries.move_to_end(digest)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._entries)
+#: A config of a fan-out with its :func:`config_digest`.
+DigestedConfig = tuple[ClientQueueConfig, bytes]
+
+#: Bytes of encoded config lists :class:`ConfigLists` keeps in each direction
+#: (about 50 000 configs).
+CONFIG_LIST_CACHE_BYTES = 8 << 20
+
+_CONFIG_LIST = vec(ClientQueueConfig)
+
+
+def with_digests(configs: list[ClientQueueConfig]) -> list[DigestedConfig]:
+    """Each config with its :func:`config_digest`."""
+    return [(cqc, config_digest(cqc.sealed_config)) for cqc in configs]
+
+
+class ConfigLists:
+    """The config lists of fan-outs the QS decoded and encoded, each direction
+    up to ``max_bytes`` of encodings, least recently used out.
+
+    Decoding and encoding are functions of their input (decoding is strict;
+    configs are immutable, so equal lists encode equally), so a remembered
+    result is what computing it again would give. Only lists that decoded
+    are kept."""
+
+    def __init__(self, max_bytes: int = CONFIG_LIST_CACHE_BYTES):
+        self._decoded: BoundedLru[bytes, tuple[DigestedConfig, ...]] = BoundedLru(max_bytes)
+        self._encoded: BoundedLru[tuple[ClientQueueConfig, ...], bytes] = BoundedLru(max_bytes)
+
+    def decode(self, encoded: bytes) -> list[DigestedConfig]:
+        """The configs of an encoded ``ClientQueueConfig client_queue_configs<V>``
+        (length prefix included), each with its digest. Raises DecodeError."""
+        hit = self._decoded.get(encoded)
+        if hit is None:
+            hit = tuple(with_digests(decode(_CONFIG_LIST, encoded)))
+            self._decoded.put(encoded, hit, len(encoded))
+        return list(hit)
+
+    def encode_fan_out(self, configs: list[ClientQueueConfig], content: bytes) -> bytes:
+        """``encode(FanOutMessage(configs, c))`` where ``content`` is
+        ``encode(c, MessageContent)``: a struct encodes as its fields in
+        order, the list (remembered) and then the content."""
+        items = tuple(configs)
+        encoded = self._encoded.get(items)
+        if encoded is None:
+            encoded = encode(list(items), _CONFIG_LIST)
+            self._encoded.put(items, encoded, len(encoded))
+        return encoded + content
+
+
+def received_config_list(received: bytes, message: QsToQsMessage) -> bytes:
+    """The encoded ``payload.client_queue_configs`` (length prefix included)
+    inside ``received``, the bytes ``message`` was strictly decoded from
+    (so they are its canonical encoding): a struct encodes as its fields in
+    order, and the list follows the source, destination, timestamp and
+    message id."""
+    start = (len(encode(message.source)) + len(encode(message.destination))
+             + len(encode(message.timestamp, U64)) + MESSAGE_ID_LEN)
+    r = Reader(received, start)
+    length = decode_varint(r)
+    return received[start:r.pos + length]
 
 
 def split_by_domain(message: FanOutMessage) -> dict[Fqdn, FanOutMessage]:

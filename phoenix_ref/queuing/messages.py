@@ -79,17 +79,15 @@ Choices where the spec is silent (docs/decisions.md):
 
 from __future__ import annotations
 
-import functools
-
 from ..auth_tokens import QsAuthToken
 from ..codec import U8, U64, VarBytes, decode, encode, fixed, optional, struct, variant, vec
-from ..crypto import HPKECiphertext, hash_
+from ..crypto import HPKECiphertext
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.messages import KeyPackage, MLSMessage, Welcome
 from ..queues import DequeueMessagesResponse
 
 __all__ = [
-    "SignaturePublicKey", "HpkePublicKey", "FriendshipToken", "MESSAGE_ID_LEN", "CONFIG_LIST_MEMO_BYTES", "config_digest",
+    "SignaturePublicKey", "HpkePublicKey", "FriendshipToken", "MESSAGE_ID_LEN",
     "QueueConfig", "SealedQueueConfig", "ClientQueueConfig",
     "CommitContent", "ApplicationContent", "WelcomeBundle", "MessageContent", "FanOutMessage",
     "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "encode_qs_to_qs_tbs", "received_qs_to_qs_tbs", "FederatedEnqueueResponse",
@@ -109,9 +107,6 @@ SignaturePublicKey = VarBytes
 HpkePublicKey = VarBytes
 FriendshipToken = VarBytes
 MESSAGE_ID_LEN = 16
-#: Bytes of encoded config lists :class:`FanOutMessage` remembers the
-#: decodings of, and as many of encodings (each about 50 000 configs).
-CONFIG_LIST_MEMO_BYTES = 8 << 20
 _MESSAGE_ID = fixed(MESSAGE_ID_LEN)   # built once: an Annotated type costs tens of microseconds
 
 
@@ -159,17 +154,6 @@ class ClientQueueConfig:
     client_homeserver_domain: Fqdn
     sealed_config: VarBytes
 
-    @functools.cached_property
-    def digest(self) -> bytes:
-        """:func:`config_digest` of ``sealed_config``, computed once per object."""
-        return config_digest(self.sealed_config)
-
-
-def config_digest(sealed_config: bytes) -> bytes:
-    """``Hash(sealed_config)``: the key of a sealed config in the QS's cache
-    of opened configs and in its per-config rate limit (``#rate-limiting``)."""
-    return hash_(sealed_config)
-
 
 # --- fan-out (spec/glossary.md#fan-out-message) -------------------------------------
 
@@ -201,15 +185,8 @@ MessageContent = variant(U8, {1: CommitContent, 2: ApplicationContent, 3: Welcom
 
 @struct
 class FanOutMessage:
-    """A message from a DS for the queues named by ``client_queue_configs``.
-
-    The configs of a busy group come unchanged with every message, so
-    decodings of the list are remembered by its bytes and encodings by its
-    items (up to :data:`CONFIG_LIST_MEMO_BYTES` each): a repeat is one
-    lookup. A remembered decoding yields the same :class:`ClientQueueConfig`
-    objects, whose :attr:`~ClientQueueConfig.digest` is then already
-    computed."""
-    client_queue_configs: vec(ClientQueueConfig, memo_bytes=CONFIG_LIST_MEMO_BYTES)
+    """A message from a DS for the queues named by ``client_queue_configs``."""
+    client_queue_configs: vec(ClientQueueConfig)
     message_content: MessageContent
 
 
