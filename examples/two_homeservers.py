@@ -5,7 +5,7 @@ Run: ``python examples/two_homeservers.py`` (exits 0 when every step worked).
 1. ``generate-config`` for ``a.example`` and ``b.example`` into a temporary
    directory, both certificates from one private test CA, each with a
    resolve override that sends the other's host names to its 127.0.0.1 port.
-2. Serve both with hypercorn over TLS (the same code as ``phoenix-ref serve``).
+2. Serve both with anycorn over TLS 1.3 (the same code as ``phoenix-ref serve``).
 3. Each discovers the other (``.well-known/phoenix``) and fetches its key
    material (``spec/federation/use_cases.md#authentication-key-distribution``);
    a second fetch is served from the cache.
@@ -66,7 +66,7 @@ async def demo(workdir: Path) -> None:
             await nursery.start(lambda task_status, d=d: serve(
                 servers[d].config, homeserver=servers[d], sock=socks[d],
                 shutdown_trigger=stop.wait, task_status=task_status))
-            print(f"[serve] https://{{as,ds,qs}}.{d}:{ports[d]} is up (TLS, hypercorn)")
+            print(f"[serve] https://{{as,ds,qs}}.{d}:{ports[d]} is up (TLS 1.3, anycorn)")
         try:
             await federate(servers)
         finally:

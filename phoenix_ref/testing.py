@@ -13,7 +13,7 @@
   keep-alive pool of a real httpx client, a transport reuses a connection
   that completed its handshake: it handshakes again only after the
   homeserver went down or restarted (or its server context changed).
-* ``"sockets"``: hypercorn serves every homeserver over TLS on 127.0.0.1
+* ``"sockets"``: anycorn serves every homeserver over TLS 1.3 on 127.0.0.1
   (port bound first with port 0); the federation clients use the resolve
   override so the certificates are checked against the real names.
 

@@ -218,7 +218,7 @@ class WsprotoTransport:
     """A client websocket over a Trio TLS stream, framed by ``wsproto``
     (RFC 6455 over HTTP/1.1). Binary messages only: :meth:`send_bytes`,
     :meth:`receive_bytes` (raises :class:`WebsocketRefused` when the peer
-    closes). ``wsproto`` is the websocket library the server stack (hypercorn)
+    closes). ``wsproto`` is the websocket library the server stack (anycorn)
     already depends on."""
 
     def __init__(self, host: str, path: str):
