@@ -1,7 +1,7 @@
 """*Negotiate websocket connection* (``spec/queuing_service.md#negotiate-websocket-connection``).
 
 Over a real websocket in both modes: on sockets, ``wsproto`` over TLS to
-hypercorn; in-process, ASGI websocket events after an emulated TLS
+anycorn; in-process, ASGI websocket events after an emulated TLS
 handshake (``Deployment.websocket``). Framing: :mod:`phoenix_ref.queuing.messages`.
 """
 
