@@ -12,6 +12,11 @@
 
 ``phoenix-ref serve --config FILE``
     Serve the homeserver with hypercorn over TLS (trio worker).
+
+``phoenix-ref outbound --config FILE [--unpark DOMAIN]``
+    List the QS-to-QS queues per destination: pending messages, parked
+    senders with the reason, dead letters with the refusing answers
+    (``federation/outbound_admin.py``); ``--unpark`` lets a parked sender go on.
 """
 
 from __future__ import annotations
@@ -169,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--ca-bundle", type=Path)
     s = sub.add_parser("serve", help="serve a homeserver over TLS")
     s.add_argument("--config", required=True, type=Path)
+    o = sub.add_parser("outbound", help="list outbound federation queues, parked senders and dead letters")
+    o.add_argument("--config", required=True, type=Path)
+    o.add_argument("--unpark", metavar="DOMAIN", help="let the parked sender of DOMAIN go on")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -179,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   ca_bundle=args.ca_bundle)
             print(f"wrote {args.dir / 'config.toml'} for {cfg.domain} (keys in {cfg.keys_dir})")
             return 0
+        if args.command == "outbound":
+            from .federation import outbound_admin
+            print(outbound_admin.run(Config.load(args.config).data_dir, unpark=args.unpark))
+            return 0
         import trio
         cfg = Config.load(args.config)
         Keystore.load(cfg.keys_dir, cfg.domain)   # fail early and clearly
@@ -187,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(hosts {', '.join(certificate_names(cfg.domain))})", flush=True)
         trio.run(serve, cfg)
         return 0
-    except (ConfigError, KeystoreError) as e:
+    except (ConfigError, KeystoreError, FileNotFoundError) as e:
         print(f"phoenix-ref: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
