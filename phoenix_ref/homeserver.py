@@ -39,6 +39,7 @@ from .delivery import routes as ds_routes
 from .delivery.store import DsStore
 from .federation.client import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
+from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
 from .http import Call, CallCheck, decode_body, install_error_handlers, make_view, read_body, require_tls
 from .keystore import Keystore
@@ -173,7 +174,8 @@ class Homeserver:
         self.keystore = await trio.to_thread.run_sync(Keystore.load, cfg.keys_dir, cfg.domain)
         self.as_store = await trio.to_thread.run_sync(
             lambda: AsStore(cfg.data_dir / "as.sqlite3", max_messages=cfg.limits.as_max_messages))
-        self.qs_store = await QsStore.open(cfg.data_dir / "qs.sqlite3")
+        self.qs_store = await QsStore.open(cfg.data_dir / "qs.sqlite3",
+                                           OutboundKeys(self.keystore.qs_outbound_secrets))
         self.ds_store = await DsStore.open(cfg.data_dir / "ds.sqlite3")
         # one Privacy Pass gate for AS, DS and QS (issuer keys, spent tokens);
         # it checks tokens unless a test plugged in its own check

@@ -9,7 +9,11 @@ What the spec says each service holds:
 * QS: the QS signing key and the queue-config (queue id) HPKE key pair
   (``spec/queuing_service.md#qs-state``);
 * DS: a signing key whose verifying key federated parties fetch
-  (``spec/federation/use_cases.md#authentication-key-distribution``).
+  (``spec/federation/use_cases.md#authentication-key-distribution``);
+* QS: the secret that encrypts the QS-to-QS queues at rest
+  (``spec/queuing_service.md#qs-state``, :mod:`phoenix_ref.federation.outbound_crypto`),
+  kept here so that the database file alone does not open them. A keys
+  directory of an earlier version gets one when it is loaded.
 
 Layout (docs/decisions.md): one file per key, ``<kind>-<n>.key`` holding the
 private key in hex (mode 0600), plus ``<kind>-<n>.cred`` with the encoded
@@ -35,6 +39,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .codec import DecodeError, decode, encode
 from .credentials import AsCredential, AsIntermediateCredential
 from .crypto import HpkeKeyPair, SigningKey, random_bytes
+from .federation.outbound_crypto import SECRET_LEN as OUTBOUND_SECRET_LEN
 
 DAY_MS = 86_400_000
 AS_CREDENTIAL_VALIDITY_MS = 10 * 365 * DAY_MS     # credentials.md: "valid for a long time, e.g. 10 years"
@@ -44,7 +49,7 @@ INTERMEDIATE_VALIDITY_MS = 365 * DAY_MS
 INTERMEDIATE_RENEW_MS = 90 * DAY_MS
 BACKDATE_MS = 5 * 60_000                           # tolerate peers whose clocks run a little behind
 
-KINDS = ("as_credential", "as_intermediate", "qs_signing", "qs_queue_config", "ds_signing")
+KINDS = ("as_credential", "as_intermediate", "qs_signing", "qs_queue_config", "ds_signing", "qs_outbound")
 _NAME = re.compile(r"^(?P<kind>[a-z_]+)-(?P<n>[0-9]+)\.key$")
 
 
@@ -62,6 +67,7 @@ class Keystore:
     qs_signing_keys: list[SigningKey] = field(default_factory=list)
     qs_queue_config_keys: list[HpkeKeyPair] = field(default_factory=list)
     ds_signing_keys: list[SigningKey] = field(default_factory=list)
+    qs_outbound_secrets: list[bytes] = field(default_factory=list)
 
     # --- creation and loading ---------------------------------------------------------
 
@@ -83,6 +89,7 @@ class Keystore:
         ks.rotate_qs_signing_key()
         ks.rotate_queue_config_key()
         ks.rotate_ds_signing_key()
+        ks.rotate_outbound_secret()
         return ks
 
     @classmethod
@@ -103,10 +110,17 @@ class Keystore:
         for cred, _ in ks.as_credentials:
             if str(cred.as_domain) != domain:
                 raise KeystoreError(f"{keys_dir}: AS credential is for {cred.as_domain}, not {domain}")
+        if not ks.qs_outbound_secrets:   # a keys directory of an earlier version
+            ks.rotate_outbound_secret()
         return ks
 
     def _load_one(self, kind: str, n: int) -> None:
         private = self._read_private(kind, n)
+        if kind == "qs_outbound":
+            if len(private) != OUTBOUND_SECRET_LEN:
+                raise KeystoreError(f"{kind}-{n}.key: {OUTBOUND_SECRET_LEN} bytes expected, not {len(private)}")
+            self.qs_outbound_secrets.append(private)
+            return
         if kind == "qs_queue_config":
             self.qs_queue_config_keys.append(_hpke_from_private(private))
             return
@@ -159,6 +173,14 @@ class Keystore:
         self._write("ds_signing", self._next("ds_signing"), key.private)
         self.ds_signing_keys.insert(0, key)
         return key
+
+    def rotate_outbound_secret(self) -> bytes:
+        """A new current secret for the QS-to-QS queues at rest; items sealed
+        with an older one still open while its file exists."""
+        secret = random_bytes(OUTBOUND_SECRET_LEN)
+        self._write("qs_outbound", self._next("qs_outbound"), secret)
+        self.qs_outbound_secrets.insert(0, secret)
+        return secret
 
     def rotate_queue_config_key(self) -> HpkeKeyPair:
         pair = _hpke_from_private(random_bytes(32))

@@ -9,7 +9,7 @@ One file holds what ``privacy_pass.py`` needs to survive a restart:
   succeed. Rows of a key that no longer redeems can be dropped.
 * ``issuance_windows`` — the allowance counters of ``IssuancePolicy``
   (``spec/authentication_service.md#rate-limiting``), updated in one
-  ``BEGIN IMMEDIATE`` transaction per request.
+  transaction per request (:func:`phoenix_ref.storage.transaction`).
 * ``issuer_keys`` — the issuer's key pairs ("AS Privacy Pass key material",
   ``spec/authentication_service.md#as-state``), one row per key.
 
@@ -20,12 +20,12 @@ serialised by a lock.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Callable
 
 from .privacy_pass import AllowanceWindow, IssuerKey, IssuerKeys
+from .storage import open_connection, transaction
 
 __all__ = ["PrivacyPassStore"]
 
@@ -59,11 +59,9 @@ class PrivacyPassStore:
     """
 
     def __init__(self, path: str | Path):
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._db = open_connection(path)
         with self._lock:
-            if str(path) != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -106,39 +104,27 @@ class PrivacyPassStore:
     def update(self, keys: list[str],
                fn: Callable[[list[AllowanceWindow | None]], list[AllowanceWindow]]) -> None:
         """Load, apply ``fn`` and store in one write transaction (rolled back if ``fn`` raises)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                current = []
-                for k in keys:
-                    row = self._db.execute(
-                        "SELECT start_ms, issued FROM issuance_windows WHERE counter_key = ?", (k,)).fetchone()
-                    current.append(AllowanceWindow(*row) if row else None)
-                new = fn(current)
-                self._db.executemany(
-                    "INSERT INTO issuance_windows (counter_key, start_ms, issued) VALUES (?, ?, ?) "
-                    "ON CONFLICT (counter_key) DO UPDATE SET start_ms = excluded.start_ms, issued = excluded.issued",
-                    [(k, w.start_ms, w.issued) for k, w in zip(keys, new)],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with transaction(self._db, self._lock) as db:
+            current = []
+            for k in keys:
+                row = db.execute(
+                    "SELECT start_ms, issued FROM issuance_windows WHERE counter_key = ?", (k,)).fetchone()
+                current.append(AllowanceWindow(*row) if row else None)
+            new = fn(current)
+            db.executemany(
+                "INSERT INTO issuance_windows (counter_key, start_ms, issued) VALUES (?, ?, ?) "
+                "ON CONFLICT (counter_key) DO UPDATE SET start_ms = excluded.start_ms, issued = excluded.issued",
+                [(k, w.start_ms, w.issued) for k, w in zip(keys, new)],
+            )
 
     # -- issuer keys -------------------------------------------------------------------
 
     def save_issuer_keys(self, keys: IssuerKeys) -> None:
         """Replace the stored key set with ``keys`` (one transaction)."""
         rows = [(k.key_id, k.private_key, k.public_key, k.created_ms, k.redeem_until_ms) for k in keys.all()]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM issuer_keys")
-                self._db.executemany("INSERT INTO issuer_keys VALUES (?, ?, ?, ?, ?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with transaction(self._db, self._lock) as db:
+            db.execute("DELETE FROM issuer_keys")
+            db.executemany("INSERT INTO issuer_keys VALUES (?, ?, ?, ?, ?)", rows)
 
     def load_issuer_keys(self) -> IssuerKeys | None:
         """The stored key set, or ``None`` before the first ``save_issuer_keys``."""

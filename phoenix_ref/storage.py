@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Generic, Hashable, Iterator, Sequence, TypeVar
 
@@ -192,7 +192,12 @@ def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
 
 
 class SqliteStore:
-    """An SQLite database file with a schema; subclasses set ``SCHEMA``."""
+    """An SQLite database file with a schema; subclasses set ``SCHEMA``.
+
+    One connection (:func:`open_connection`) and one re-entrant lock per
+    service database: a store that keeps several kinds of rows in the file
+    hands ``conn`` and ``lock`` to its parts, so that their units of work
+    join :meth:`transaction` and one request's writes commit together."""
 
     SCHEMA = ""
 
@@ -200,9 +205,7 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn = open_connection(self.path)
         with self.lock:
             self.conn.executescript(self.SCHEMA)
 
@@ -215,17 +218,9 @@ class SqliteStore:
         with self.lock:
             self.conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on error), under the lock."""
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One unit of work on this database (:func:`transaction`)."""
+        return transaction(self.conn, self.lock)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one transaction, in a worker thread."""

@@ -12,6 +12,7 @@ from phoenix_ref.client.qs_client import USER_OPERATIONS, QsIdentity
 from phoenix_ref.codec import encode
 from phoenix_ref.crypto import HpkeKeyPair, SigningKey
 from phoenix_ref.federation.outbound import MemoryOutboundStore
+from phoenix_ref.federation.outbound_crypto import OutboundKeys
 from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.mls.extensions import LastResortExtension, QueueConfigExtension, to_extension
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
@@ -24,6 +25,9 @@ from phoenix_ref.queuing.records import MemoryQsRecords
 from phoenix_ref.queuing.store import QsStore
 
 NOW = 1_767_225_600_000
+#: The outbound queue key of the test QS stores (fixed, so that another
+#: process can reopen a file a test wrote).
+OUTBOUND_KEYS = OutboundKeys([b"\x07" * 32])
 
 
 def make_core(domain: str = "a.example", *, sqlite_dir=None, **config) -> QsCore:
@@ -31,7 +35,7 @@ def make_core(domain: str = "a.example", *, sqlite_dir=None, **config) -> QsCore
     if sqlite_dir is None:
         return QsCore(QsConfig(Fqdn(domain), **config), keys, MemoryQsRecords(), Queues(MemoryQueueStore()),
                       MemoryOutboundStore())
-    store = QsStore(os.path.join(str(sqlite_dir), f"qs-{domain}.sqlite3"))
+    store = QsStore(os.path.join(str(sqlite_dir), f"qs-{domain}.sqlite3"), OUTBOUND_KEYS)
     return QsCore(QsConfig(Fqdn(domain), **config), keys, store.records, Queues(store.queue_store), store.outbound,
                   transaction=store.transaction)
 

@@ -7,6 +7,7 @@ import pytest
 from phoenix_ref.authentication.accounts import (
     AliasEntry, ClientEntry, SqliteAccountStore, UserEntry, direct_queue_id, open_as_storage,
 )
+from phoenix_ref.authentication.store import AsStore
 from phoenix_ref.errors import Conflict, NotFound
 from phoenix_ref.ids import Alias, ClientId, UserId
 from phoenix_ref.queues import month_start_ms
@@ -106,3 +107,33 @@ def test_direct_queues_share_the_file_and_keep_only_the_month(tmp_path):
     finally:
         accounts.close()
         queues.store.close()
+
+
+def test_accounts_and_direct_queues_share_one_connection_and_commit_together(tmp_path):
+    accounts, queues = open_as_storage(tmp_path / "as.db")
+    uid, cid = _user()
+    try:
+        assert queues.store._db is accounts.connection
+        with pytest.raises(RuntimeError):
+            with accounts.transaction():
+                accounts.create_user(UserEntry(uid, b"rec", b""), ClientEntry(cid, b"cred"), [])
+                queues.create(direct_queue_id(cid), b"\x01" * 32, NOW, initial_ratchet_key=b"\x02" * 32)
+                raise RuntimeError("the request fails after both writes")
+        assert not accounts.user_exists(uid)
+        with pytest.raises(NotFound):
+            queues.info(direct_queue_id(cid))
+        with accounts.transaction():
+            accounts.create_user(UserEntry(uid, b"rec", b""), ClientEntry(cid, b"cred"), [])
+            queues.create(direct_queue_id(cid), b"\x01" * 32, NOW, initial_ratchet_key=b"\x02" * 32)
+        assert accounts.user_exists(uid) and queues.info(direct_queue_id(cid)).message_count == 0
+    finally:
+        accounts.close()
+
+
+def test_the_as_store_opens_one_connection_for_all_its_parts(tmp_path):
+    store = AsStore(tmp_path / "as.sqlite3")
+    try:
+        assert store.accounts.connection is store.conn and store.queues.store._db is store.conn
+        assert store.accounts.lock is store.lock
+    finally:
+        store.close()

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 
 import pytest
 import trio
 
-from phoenix_ref.federation.outbound import (
-    BackoffPolicy, Delivered, MemoryOutboundStore, OutboundSender, Rejected, RetryLater,
-    SqliteOutboundStore,
+from phoenix_ref import cli
+from phoenix_ref.federation import outbound_admin
+from phoenix_ref.federation.client import (
+    BadCertificate, MalformedAnswer, NotFederated, NotTls, RemoteRefused, Unreachable,
 )
+from phoenix_ref.federation.outbound import (
+    BackoffPolicy, Delivered, MemoryOutboundStore, OutboundSender, Parked, Rejected, RetryLater,
+    SqliteOutboundStore, outcome_of_failure,
+)
+from phoenix_ref.federation.outbound_crypto import OutboundKeyError, OutboundKeys
+from phoenix_ref.spec_plugin import spec
+from phoenix_ref.cli import generate_config
+
+KEYS = OutboundKeys([b"\x01" * 32])
 
 
 class FakeRemote:
@@ -132,11 +143,11 @@ async def test_head_of_line_blocks_only_its_destination_and_keeps_order(autojump
 
 
 @pytest.mark.trio
-async def test_rejected_is_dropped_and_reported(autojump_clock):
+async def test_rejected_goes_to_the_dead_letters_and_is_reported(autojump_clock, caplog):
     store = MemoryOutboundStore()
-    remote = FakeRemote({"b.example": [Rejected(403, "denied"), Delivered(b"ok")]})
+    remote = FakeRemote({"b.example": [Rejected(403, "denied", "domain_not_allowed"), Delivered(b"ok")]})
     rejected, delivered = [], []
-    sender = OutboundSender(store, remote.send,
+    sender = OutboundSender(store, remote.send, now_ms=lambda: 1234,
                             on_delivered=lambda i, r: delivered.append((i.payload, r)),
                             on_rejected=lambda i, o: rejected.append((i.payload, o.status)))
     async with trio.open_nursery() as n:
@@ -148,6 +159,12 @@ async def test_rejected_is_dropped_and_reported(autojump_clock):
     assert rejected == [(b"a", 403)]
     assert delivered == [(b"b", b"ok")]
     assert len(remote.calls) == 2
+    [dead] = store.dead_letters
+    assert (dead.destination, dead.message_id, dead.status, dead.code, dead.message, dead.rejected_ms) == \
+        ("b.example", b"\x01" * 16, 403, "domain_not_allowed", "denied", 1234)
+    assert sender.stats["dead_lettered"] == 1 and sender.stats["delivered"] == 1
+    [warning] = [r for r in caplog.records if "dead letters" in r.getMessage()]
+    assert warning.levelname == "WARNING" and "b.example" in warning.getMessage()
 
 
 @pytest.mark.trio
@@ -188,7 +205,7 @@ def test_backoff_policy_caps_and_jitter_bounds():
 @pytest.mark.trio
 async def test_restart_resumes_pending_and_sends_none_twice(tmp_path, autojump_clock):
     db = str(tmp_path / "qs.sqlite3")
-    store = SqliteOutboundStore(db)
+    store = SqliteOutboundStore(db, keys=KEYS)
     sent: list[bytes] = []
 
     async def send_never(item):
@@ -205,7 +222,7 @@ async def test_restart_resumes_pending_and_sends_none_twice(tmp_path, autojump_c
     store.close()
 
     # "restart": a new process opens the same file
-    store2 = SqliteOutboundStore(db)
+    store2 = SqliteOutboundStore(db, keys=KEYS)
     assert store2.destinations() == ["b.example", "c.example"]
 
     async def send_ok(item):
@@ -223,18 +240,17 @@ async def test_restart_resumes_pending_and_sends_none_twice(tmp_path, autojump_c
     store2.close()
 
     # and a third start finds nothing left to send
-    store3 = SqliteOutboundStore(db)
+    store3 = SqliteOutboundStore(db, keys=KEYS)
     assert store3.destinations() == []
     assert store3.head("b.example") is None
     store3.close()
 
 
 def test_sqlite_store_joins_an_owner_transaction(tmp_path):
-    import sqlite3
     import threading
     conn = sqlite3.connect(str(tmp_path / "x.db"), isolation_level=None, check_same_thread=False)
     lock = threading.RLock()
-    store = SqliteOutboundStore(conn, lock)
+    store = SqliteOutboundStore(conn, lock, keys=KEYS)
     conn.execute("BEGIN")
     store.append("b.example", b"\x01" * 16, b"p", 1)
     conn.execute("ROLLBACK")
@@ -249,7 +265,7 @@ def test_sqlite_store_joins_an_owner_transaction(tmp_path):
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_remove_returns_the_next_head(tmp_path, kind):
     """A sender removes a delivered item and learns what comes next in one call."""
-    store = MemoryOutboundStore() if kind == "memory" else SqliteOutboundStore(str(tmp_path / "o.db"))
+    store = MemoryOutboundStore() if kind == "memory" else SqliteOutboundStore(str(tmp_path / "o.db"), keys=KEYS)
     first = store.append("b.example", b"\x01" * 16, b"one", 1)
     second = store.append("b.example", b"\x02" * 16, b"two", 2)
     store.append("c.example", b"\x03" * 16, b"other", 3)
@@ -259,3 +275,232 @@ def test_remove_returns_the_next_head(tmp_path, kind):
     assert store.head("c.example").payload == b"other"
     if kind == "sqlite":
         store.close()
+
+
+# --- what an answer means -----------------------------------------------------------------
+
+@pytest.mark.parametrize("error, expected", [
+    (RemoteRefused("dup", status=409, code="duplicate_message"), Delivered(b"")),
+    (RemoteRefused("slow down", status=429, code="rate_limited", retry_after=12),
+     RetryLater("429 rate_limited", 12)),
+    (RemoteRefused("down", status=503, code="unavailable", retry_after=3), RetryLater("503 unavailable", 3)),
+    (RemoteRefused("boom", status=500), RetryLater("500 None", None)),
+    (RemoteRefused("other conflict", status=409, code="record_exists"),
+     Rejected(409, "other conflict", "record_exists")),
+    (RemoteRefused("stale", status=401, code="message_expired"), Rejected(401, "stale", "message_expired")),
+    (RemoteRefused("gone", status=404), Rejected(404, "gone", None)),
+    (NotFederated("b.example is denied"), Rejected(403, "b.example is denied", "domain_not_allowed")),
+])
+def test_outcome_of_a_federation_answer(error, expected):
+    assert outcome_of_failure(error) == expected
+
+
+@pytest.mark.parametrize("error", [
+    Unreachable("connection refused"), BadCertificate("wrong name"), NotTls("http"),
+    MalformedAnswer("not a FederatedEnqueueResponse"), ConnectionResetError("reset"), OSError("no route"),
+])
+def test_network_and_tls_failures_are_retried(error):
+    outcome = outcome_of_failure(error)
+    assert isinstance(outcome, RetryLater) and type(error).__name__ in outcome.reason
+
+
+@pytest.mark.parametrize("error", [KeyError("x"), TypeError("bad call"), ValueError("bug"), AssertionError()])
+def test_anything_else_is_a_programming_error(error):
+    assert outcome_of_failure(error) is None
+
+
+# --- programming errors park their destination --------------------------------------------
+
+@pytest.mark.trio
+async def test_a_programming_error_parks_its_destination_only(autojump_clock, caplog):
+    store = MemoryOutboundStore()
+    remote = FakeRemote({"bug.example": [KeyError("missing key"), Delivered(b"fixed")]})
+    delivered = []
+    sender = OutboundSender(store, remote.send, now_ms=lambda: 5000,
+                            policy=BackoffPolicy(park_check_interval=60),
+                            on_delivered=lambda i, r: delivered.append(i.destination))
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        await sender.submit("bug.example", b"\x01" * 16, b"x", 0)
+        await sender.submit("ok.example", b"\x02" * 16, b"y", 0)
+        await _wait_until(lambda: sender.is_parked("bug.example") and delivered)
+        await trio.sleep(3600)   # parked: no attempt however long we wait
+        assert [d for _, d, _ in remote.calls].count("bug.example") == 1
+        assert delivered == ["ok.example"]
+        assert store.parked() == {"bug.example": Parked("KeyError: 'missing key'", 5000)}
+        assert sender.stats["programming_errors"] == 1
+        [record] = [r for r in caplog.records if "programming error" in r.getMessage()]
+        assert record.levelname == "ERROR" and record.exc_info[0] is KeyError   # with its traceback
+        assert await sender.unpark("bug.example")
+        await _wait_until(lambda: "bug.example" in delivered)
+        n.cancel_scope.cancel()
+    assert store.parked() == {} and store.destinations() == [] and not sender.is_parked("bug.example")
+
+
+@pytest.mark.trio
+async def test_a_send_that_returns_no_outcome_parks(autojump_clock):
+    store = MemoryOutboundStore()
+
+    async def send(item):
+        return "delivered, I think"
+
+    sender = OutboundSender(store, send)
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        await sender.submit("b.example", b"\x01" * 16, b"x", 0)
+        await _wait_until(lambda: sender.is_parked("b.example"))
+        n.cancel_scope.cancel()
+    assert "TypeError" in store.parked()["b.example"].reason
+    assert store.destinations() == ["b.example"]   # the message waits, nothing is lost
+
+
+@pytest.mark.trio
+async def test_an_operator_unpark_in_the_store_is_noticed_and_a_restart_retries(tmp_path, autojump_clock):
+    db = str(tmp_path / "qs.sqlite3")
+    store = SqliteOutboundStore(db, keys=KEYS)
+    remote = FakeRemote({"b.example": [ValueError("bug"), ValueError("bug again"), Delivered()]})
+    sender = OutboundSender(store, remote.send, policy=BackoffPolicy(park_check_interval=30))
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        await sender.submit("b.example", b"\x01" * 16, b"x", 0)
+        await _wait_until(lambda: sender.is_parked("b.example"))
+        assert "ValueError: bug" == store.parked()["b.example"].reason
+        operator = SqliteOutboundStore(db, keys=None)   # what `phoenix-ref outbound --unpark` does
+        assert operator.unpark("b.example")
+        operator.close()
+        t0 = trio.current_time()
+        # the sender looks at the store within 30 s, sends, and parks again on the second bug
+        await _wait_until(lambda: len(remote.calls) == 2 and sender.is_parked("b.example"))
+        assert remote.calls[1][0] - t0 <= 30.5
+        n.cancel_scope.cancel()
+    assert store.parked()["b.example"].reason == "ValueError: bug again"
+    # a restart (a fix deployed) tries the parked destination again
+    second = OutboundSender(store, remote.send)
+    async with trio.open_nursery() as n:
+        await n.start(second.run)
+        await _wait_until(lambda: store.destinations() == [])
+        n.cancel_scope.cancel()
+    assert store.parked() == {} and len(remote.calls) == 3
+    store.close()
+
+
+# --- the outbound queue at rest (spec/queuing_service.md#qs-state) --------------------------
+
+PAYLOAD = b"fan-out payload that must not be readable at rest " * 4
+
+
+@spec("spec/queuing_service.md#qs-state", "MUST")
+def test_the_outbound_queue_is_encrypted_at_rest(tmp_path):
+    """QS-to-QS queues keep queue encryption key material: the database file
+    holds no payload in the clear, neither queued nor dead-lettered."""
+    db = tmp_path / "qs.sqlite3"
+    store = SqliteOutboundStore(str(db), keys=KEYS)
+    seq = store.append("b.example", b"\x01" * 16, PAYLOAD, 1)
+    store.append("b.example", b"\x02" * 16, PAYLOAD + b"2", 2)
+    store.dead_letter("b.example", seq, Rejected(400, "bad"), 3)
+    assert store.head("b.example").payload == PAYLOAD + b"2"
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())   # the file and its WAL
+    assert b"fan-out payload" not in raw
+    conn = sqlite3.connect(db)
+    (sealed,) = conn.execute("SELECT payload FROM outbound_queue").fetchone()
+    conn.close()
+    assert len(sealed) == len(PAYLOAD) + 1 + 12 + 16   # nonce and tag
+
+
+def test_a_wrong_or_missing_key_fails_clearly(tmp_path):
+    db = str(tmp_path / "qs.sqlite3")
+    store = SqliteOutboundStore(db, keys=KEYS)
+    store.append("b.example", b"\x01" * 16, PAYLOAD, 1)
+    store.close()
+    wrong = SqliteOutboundStore(db, keys=OutboundKeys([b"\x02" * 32]))
+    with pytest.raises(OutboundKeyError, match="does not hold"):
+        wrong.head("b.example")
+    wrong.close()
+    # a row moved to another destination does not open either
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE outbound_queue SET destination = 'c.example'")
+    conn.commit()
+    conn.close()
+    moved = SqliteOutboundStore(db, keys=KEYS)
+    with pytest.raises(OutboundKeyError, match="does not authenticate"):
+        moved.head("c.example")
+    moved.close()
+    keyless = SqliteOutboundStore(db, keys=None)
+    assert keyless.pending_counts() == {"c.example": 1}
+    with pytest.raises(OutboundKeyError, match="without the outbound queue keys"):
+        keyless.append("b.example", b"\x03" * 16, b"p", 1)
+    keyless.close()
+
+
+@pytest.mark.trio
+async def test_a_key_that_does_not_open_parks_the_destination(tmp_path, autojump_clock):
+    db = str(tmp_path / "qs.sqlite3")
+    SqliteOutboundStore(db, keys=KEYS).append("b.example", b"\x01" * 16, PAYLOAD, 1)
+    store = SqliteOutboundStore(db, keys=OutboundKeys([b"\x02" * 32]))
+    remote = FakeRemote({})
+    sender = OutboundSender(store, remote.send)
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        await _wait_until(lambda: sender.is_parked("b.example"))
+        n.cancel_scope.cancel()
+    assert remote.calls == [] and "OutboundKeyError" in store.parked()["b.example"].reason
+    store.close()
+
+
+def test_rotated_keys_open_older_rows_and_older_files_get_sealed(tmp_path):
+    db = str(tmp_path / "qs.sqlite3")
+    store = SqliteOutboundStore(db, keys=KEYS)
+    store.append("b.example", b"\x01" * 16, b"old key", 1)
+    store.close()
+    rotated = SqliteOutboundStore(db, keys=OutboundKeys([b"\x02" * 32, b"\x01" * 32]))
+    rotated.append("b.example", b"\x02" * 16, b"new key", 2)
+    first = rotated.head("b.example")
+    assert first.payload == b"old key" and rotated.remove("b.example", first.seq).payload == b"new key"
+    rotated.close()
+    # a file of an earlier version: no key_id column, payloads in the clear
+    legacy = tmp_path / "legacy.sqlite3"
+    conn = sqlite3.connect(legacy)
+    conn.execute("CREATE TABLE outbound_queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, "
+                  "message_id BLOB NOT NULL, payload BLOB NOT NULL, enqueued_ms INTEGER NOT NULL)")
+    conn.execute("INSERT INTO outbound_queue (destination, message_id, payload, enqueued_ms) VALUES (?,?,?,?)",
+                 ("b.example", b"\x03" * 16, PAYLOAD, 7))
+    conn.commit()
+    conn.close()
+    upgraded = SqliteOutboundStore(str(legacy), keys=KEYS)
+    item = upgraded.head("b.example")
+    upgraded.close()
+    assert (item.payload, item.enqueued_ms) == (PAYLOAD, 7)
+    assert b"fan-out payload" not in b"".join(p.read_bytes() for p in tmp_path.glob("legacy.sqlite3*"))
+
+
+# --- the operator's view ----------------------------------------------------------------------
+
+def test_operator_report_and_unpark_through_the_cli(tmp_path, capsys):
+    cfg = generate_config(tmp_path / "hs", "a.example", now_ms=1_767_225_600_000)
+    store = SqliteOutboundStore(str(cfg.data_dir / "qs.sqlite3"), keys=KEYS)
+    for k in range(3):
+        store.append("b.example", bytes([k]) * 16, b"p", 1)
+    seq = store.append("c.example", b"\x09" * 16, b"q", 1)
+    store.dead_letter("c.example", seq, Rejected(400, "bad_message: no such field", "bad_message"),
+                      1_767_225_600_000)
+    store.park("b.example", "KeyError: 'x'", 1_767_225_600_000)
+    store.close()
+    assert cli.main(["outbound", "--config", str(tmp_path / "hs" / "config.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "b.example: 3 pending, PARKED since 2026-01-01 00:00:00 UTC: KeyError: 'x', 0 dead letters" in out
+    assert "c.example: 0 pending, sending, 1 dead letters" in out
+    assert "dead letter " + "09" * 16 + " refused 2026-01-01 00:00:00 UTC: 400 bad_message: " \
+           "bad_message: no such field" in out
+    assert cli.main(["outbound", "--config", str(tmp_path / "hs" / "config.toml"), "--unpark", "b.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unparked b.example\n") and "b.example: 3 pending, sending" in out
+    assert cli.main(["outbound", "--config", str(tmp_path / "nowhere.toml")]) == 2
+
+
+def test_operator_report_of_an_idle_homeserver(tmp_path):
+    store = SqliteOutboundStore(str(tmp_path / "qs.sqlite3"), keys=KEYS)
+    store.close()
+    assert outbound_admin.run(tmp_path) == "no outbound messages pending, no parked destination, no dead letters"
+    with pytest.raises(FileNotFoundError):
+        outbound_admin.run(tmp_path / "missing")

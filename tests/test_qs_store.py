@@ -28,7 +28,7 @@ from phoenix_ref.queuing.store import QsStore
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.storage import NestedUnitFailed
 
-from tests.qs_helpers import NOW, Client, fan_out, make_core
+from tests.qs_helpers import NOW, OUTBOUND_KEYS, Client, fan_out, make_core
 
 LOCAL_ENQUEUE = "spec/queuing_service.md#local-enqueue-message"
 GROUP = GroupId.random("ds.a.example")
@@ -129,7 +129,7 @@ def test_sender_killed_during_a_fan_out_leaves_all_or_nothing(tmp_path, when):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     path = tmp_path / "qs-a.example.sqlite3"
     assert counts(path) == (1, 0)   # alice's initial reset message only; nothing outbound
-    store = QsStore(path)           # the file opens and works after the crash
+    store = QsStore(path, OUTBOUND_KEYS)           # the file opens and works after the crash
     try:
         assert store.outbound.destinations() == []
     finally:
@@ -137,7 +137,7 @@ def test_sender_killed_during_a_fan_out_leaves_all_or_nothing(tmp_path, when):
 
 
 def test_qs_store_shares_one_connection(tmp_path):
-    store = QsStore(tmp_path / "qs.sqlite3")
+    store = QsStore(tmp_path / "qs.sqlite3", OUTBOUND_KEYS)
     try:
         with store.transaction():   # the stores' units join one transaction
             store.outbound.append("b.example", b"\x01" * 16, b"payload", NOW)

@@ -7,7 +7,9 @@ import threading
 
 import pytest
 
-from phoenix_ref.storage import PAGE_SIZE, NestedUnitFailed, RowCache, open_connection, transaction
+from phoenix_ref.storage import (
+    PAGE_SIZE, Connection, NestedUnitFailed, RowCache, SqliteStore, open_connection, transaction,
+)
 
 
 def test_row_cache_is_bounded_and_emptied_by_any_rollback(tmp_path):
@@ -124,3 +126,33 @@ def test_new_files_get_large_pages_and_old_files_keep_theirs(tmp_path):
     assert conn.execute("PRAGMA page_size").fetchone() == (4096,)
     assert conn.execute("SELECT v FROM t").fetchall() == [(1,)]
     conn.close()
+
+
+class _Store(SqliteStore):
+    SCHEMA = "CREATE TABLE IF NOT EXISTS t (v INTEGER PRIMARY KEY);"
+
+
+def test_a_sqlite_store_uses_the_one_transaction_helper(tmp_path):
+    """SqliteStore opens its file like every store (WAL, foreign keys, large
+    pages) and its transaction() is :func:`transaction`: a part that shares
+    its connection joins the open unit, and a failing part loses it all."""
+    store = _Store(tmp_path / "s.db")
+    try:
+        assert isinstance(store.conn, Connection)
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        with pytest.raises(NestedUnitFailed):
+            with store.transaction():
+                store.conn.execute("INSERT INTO t VALUES (1)")
+                with pytest.raises(RuntimeError):
+                    with transaction(store.conn, store.lock):   # a part of the store, same connection
+                        store.conn.execute("INSERT INTO t VALUES (2)")
+                        raise RuntimeError("the part fails after writing")
+        assert _rows(store.conn) == []
+        with store.transaction():
+            store.conn.execute("INSERT INTO t VALUES (3)")
+            with transaction(store.conn, store.lock):
+                store.conn.execute("INSERT INTO t VALUES (4)")
+        assert _rows(store.conn) == [3, 4]
+    finally:
+        store.close()

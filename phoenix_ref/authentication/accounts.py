@@ -16,8 +16,9 @@ such as credentials and connection packages are stored encoded, exactly as
 they arrived, and are decoded by the core.
 
 Direct queues (user and alias) are kept by :mod:`phoenix_ref.queues` (queue
-encryption and dequeue semantics shared with the QS) in the same database
-file: :func:`open_as_storage` opens both. :func:`direct_queue_id` names the
+encryption and dequeue semantics shared with the QS) in the same database,
+over the same connection: :func:`open_as_storage` opens both, and
+:meth:`SqliteAccountStore.transaction` makes writes to both one unit. :func:`direct_queue_id` names the
 queue of a client (``b"c" || ClientId``) or of an alias (``b"a" || Alias``).
 """
 
@@ -26,8 +27,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +36,7 @@ from ..errors import Conflict, NotFound
 from ..ids import Alias, ClientId, UserId
 from ..opaque import OpaqueServerSetup
 from ..queues import ActivityPrecision, QueueConfig, Queues, SqliteQueueStore
+from ..storage import open_connection, transaction
 
 __all__ = [
     "UserEntry", "ClientEntry", "AliasEntry", "QueueOwner", "AccountStore",
@@ -71,7 +72,14 @@ QueueOwner = ClientId | Alias
 
 class AccountStore(Protocol):
     """The AS's persistent state. Methods raise :class:`Conflict` /
-    :class:`NotFound` where noted; all other failures are bugs."""
+    :class:`NotFound` where noted; all other failures are bugs.
+
+    :meth:`transaction` is one unit of work around several calls, on this
+    store and on the direct-queue store kept in the same database: they
+    commit together or not at all (the core registers and deletes users
+    that way)."""
+
+    def transaction(self) -> AbstractContextManager: ...
 
     # users and clients
     def create_user(self, user: UserEntry, client: ClientEntry,
@@ -151,37 +159,39 @@ def direct_queue_id(owner: QueueOwner) -> bytes:
 
 
 class SqliteAccountStore:
-    """:class:`AccountStore` on one SQLite file (WAL), or ``":memory:"``.
+    """:class:`AccountStore` in an SQLite database (WAL), or ``":memory:"``.
 
-    One connection guarded by a lock, so that the HTTP layer may call it from
-    worker threads (``trio.to_thread.run_sync``, GUIDE §4). The caller owns
-    the store and must :meth:`close` it.
+    ``db`` is a path (the store opens its own connection, :func:`~phoenix_ref.storage.open_connection`)
+    or the open connection of the AS's database with its re-entrant ``lock``.
+    The direct queues live in the same database over the same connection
+    (:func:`open_as_storage`), so :meth:`transaction` groups account and
+    queue writes into one SQLite transaction. Every method is one unit of
+    work that joins an open :meth:`transaction`. Safe to call from worker
+    threads (``trio.to_thread.run_sync``, GUIDE §4). The caller owns the
+    store and must :meth:`close` it.
     """
 
-    def __init__(self, path: str | Path = ":memory:"):
-        self.path = str(path)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA foreign_keys = ON")
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(_SCHEMA)
+    def __init__(self, db: str | Path | sqlite3.Connection = ":memory:", lock: threading.RLock | None = None):
+        self._own = not isinstance(db, sqlite3.Connection)
+        self.connection = open_connection(db) if self._own else db
+        self.lock = lock or threading.RLock()
+        with self.lock:
+            self.connection.executescript(_SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        if self._own:
+            with self.lock:
+                self.connection.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; rolled back if the body raises."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One unit of work on the AS database: the calls made inside it (same
+        thread), to this store and to the queue store sharing the connection,
+        commit together or not at all (:func:`phoenix_ref.storage.transaction`)."""
+        return transaction(self.connection, self.lock)
+
+    def _read(self, sql: str, args: tuple) -> tuple | None:
+        with self.lock:
+            return self.connection.execute(sql, args).fetchone()
 
     # --- users and clients ---------------------------------------------------
 
@@ -192,7 +202,7 @@ class SqliteAccountStore:
         atomically. Raises :class:`Conflict` if the user id is taken."""
         uid = encode(user.user_id)
         cid = encode(client.client_id)
-        with self._tx() as db:
+        with self.transaction() as db:
             if db.execute("SELECT 1 FROM users WHERE user_id = ?", (uid,)).fetchone():
                 raise Conflict(f"user {user.user_id} already exists", code="user_exists")
             db.execute("INSERT INTO users VALUES (?, ?, ?)",
@@ -202,18 +212,14 @@ class SqliteAccountStore:
                            _package_rows(cid, connection_packages))
 
     def user_exists(self, user_id: UserId) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM users WHERE user_id = ?",
-                                    (encode(user_id),)).fetchone() is not None
+        return self._read("SELECT 1 FROM users WHERE user_id = ?", (encode(user_id),)) is not None
 
     def get_user(self, user_id: UserId) -> UserEntry | None:
-        with self._lock:
-            row = self._db.execute("SELECT opaque_record, user_profile FROM users WHERE user_id = ?",
-                                   (encode(user_id),)).fetchone()
+        row = self._read("SELECT opaque_record, user_profile FROM users WHERE user_id = ?", (encode(user_id),))
         return None if row is None else UserEntry(user_id, row[0], row[1])
 
     def set_user_profile(self, user_id: UserId, encrypted_user_profile: bytes) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             cur = db.execute("UPDATE users SET user_profile = ? WHERE user_id = ?",
                              (encrypted_user_profile, encode(user_id)))
             if cur.rowcount == 0:
@@ -224,7 +230,7 @@ class SqliteAccountStore:
         connection packages (``#user-account-deletion``); returns the deleted
         clients, whose direct queues the caller deletes."""
         uid = encode(user_id)
-        with self._tx() as db:
+        with self.transaction() as db:
             cids = [decode(ClientId, bytes(r[0]))
                     for r in db.execute("SELECT client_id FROM clients WHERE user_id = ?", (uid,))]
             cur = db.execute("DELETE FROM users WHERE user_id = ?", (uid,))
@@ -233,9 +239,7 @@ class SqliteAccountStore:
             return cids
 
     def get_client(self, client_id: ClientId) -> ClientEntry | None:
-        with self._lock:
-            row = self._db.execute("SELECT client_credential FROM clients WHERE client_id = ?",
-                                   (encode(client_id),)).fetchone()
+        row = self._read("SELECT client_credential FROM clients WHERE client_id = ?", (encode(client_id),))
         return None if row is None else ClientEntry(client_id, row[0])
 
     def delete_client(self, client_id: ClientId) -> bool:
@@ -244,7 +248,7 @@ class SqliteAccountStore:
         as a QS user record does (``spec/queuing_service.md#user-record-management-endpoints``).
         Returns whether the user entry was deleted. Raises NotFound."""
         cid = encode(client_id)
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT user_id FROM clients WHERE client_id = ?", (cid,)).fetchone()
             if row is None:
                 raise NotFound(f"no client {client_id}", code="unknown_client")
@@ -257,7 +261,7 @@ class SqliteAccountStore:
     def add_connection_packages(self, client_id: ClientId, packages: list[tuple[bytes, int]]) -> None:
         """Store ``(encoded ConnectionPackage, not_after_ms)`` pairs for a client."""
         cid = encode(client_id)
-        with self._tx() as db:
+        with self.transaction() as db:
             if not db.execute("SELECT 1 FROM clients WHERE client_id = ?", (cid,)).fetchone():
                 raise NotFound(f"no client {client_id}", code="unknown_client")
             db.executemany("INSERT INTO connection_packages (client_id, not_after_ms, package) VALUES (?, ?, ?)",
@@ -265,7 +269,7 @@ class SqliteAccountStore:
 
     def take_connection_package(self, user_id: UserId, now_ms: int) -> bytes | None:
         """One connection package of any client of the user (``#get-user-id-connection-package``)."""
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM connection_packages WHERE not_after_ms < ? AND client_id IN "
                        "(SELECT client_id FROM clients WHERE user_id = ?)", (now_ms, encode(user_id)))
             rows = db.execute(
@@ -290,7 +294,7 @@ class SqliteAccountStore:
         on first use and kept in this database: every stored OPAQUE record
         depends on it, so it must live exactly as long as the user entries
         (decision: with them rather than in the keys directory)."""
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT server_setup FROM opaque_key_material WHERE id = 1").fetchone()
             if row is not None:
                 return OpaqueServerSetup.from_bytes(bytes(row[0]))
@@ -303,27 +307,25 @@ class SqliteAccountStore:
     def create_alias(self, alias: AliasEntry) -> None:
         """``#register-alias``: raises :class:`Conflict` if the alias is taken."""
         key = encode(alias.alias)
-        with self._tx() as db:
+        with self.transaction() as db:
             if db.execute("SELECT 1 FROM aliases WHERE alias = ?", (key,)).fetchone():
                 raise Conflict(f"alias {alias.alias} is already registered", code="alias_exists")
             db.execute("INSERT INTO aliases VALUES (?, ?)", (key, alias.alias_auth_key))
 
     def get_alias(self, alias: Alias) -> AliasEntry | None:
-        with self._lock:
-            row = self._db.execute("SELECT alias_auth_key FROM aliases WHERE alias = ?",
-                                   (encode(alias),)).fetchone()
+        row = self._read("SELECT alias_auth_key FROM aliases WHERE alias = ?", (encode(alias),))
         return None if row is None else AliasEntry(alias, row[0])
 
     def delete_alias(self, alias: Alias) -> None:
         """``#delete-alias``: the entry and its package payloads (the caller
         deletes its direct queue)."""
-        with self._tx() as db:
+        with self.transaction() as db:
             if db.execute("DELETE FROM aliases WHERE alias = ?", (encode(alias),)).rowcount == 0:
                 raise NotFound(f"no alias {alias}", code="unknown_alias")
 
     def add_alias_packages(self, alias: Alias, payloads: list[tuple[bytes, int]]) -> None:
         key = encode(alias)
-        with self._tx() as db:
+        with self.transaction() as db:
             if not db.execute("SELECT 1 FROM aliases WHERE alias = ?", (key,)).fetchone():
                 raise NotFound(f"no alias {alias}", code="unknown_alias")
             db.executemany("INSERT INTO alias_packages (alias, not_after_ms, payload) VALUES (?, ?, ?)",
@@ -331,21 +333,25 @@ class SqliteAccountStore:
 
     def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None:
         key = encode(alias)
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM alias_packages WHERE alias = ? AND not_after_ms < ?", (key, now_ms))
             rows = db.execute("SELECT id, payload FROM alias_packages WHERE alias = ? ORDER BY id LIMIT 2",
                               (key,)).fetchall()
             return self._take(db, "alias_packages", rows)
 
 
-def open_as_storage(path: str | Path, *, max_messages: int | None = None,
+def open_as_storage(db: str | Path | sqlite3.Connection, lock: threading.RLock | None = None, *,
+                    max_messages: int | None = None,
                     rotation_interval_ms: int | None = 24 * 3600 * 1000) -> tuple[SqliteAccountStore, Queues]:
-    """The AS's storage in one SQLite file: accounts and direct queues
-    (tables ``as_direct_*``, activity kept to the month, ``#as-state``).
-    ``max_messages`` is the AS's "maximal number of requested messages"
-    (``#configuration``). The caller closes both."""
-    accounts = SqliteAccountStore(path)
+    """The AS's storage in one SQLite database over one connection: accounts
+    and direct queues (tables ``as_direct_*``, activity kept to the month,
+    ``#as-state``). ``db`` and ``lock`` as for :class:`SqliteAccountStore`;
+    the queue store shares the account store's connection, so
+    ``accounts.transaction()`` covers both. ``max_messages`` is the AS's
+    "maximal number of requested messages" (``#configuration``). The caller
+    closes the account store (the queue store owns nothing)."""
+    accounts = SqliteAccountStore(db, lock)
     cfg = QueueConfig(activity_precision=ActivityPrecision.MONTH, rotation_interval_ms=rotation_interval_ms)
     if max_messages is not None:
         cfg = dataclasses.replace(cfg, max_messages=max_messages)
-    return accounts, Queues(SqliteQueueStore(path, "as_direct"), cfg)
+    return accounts, Queues(SqliteQueueStore(accounts.connection, "as_direct", accounts.lock), cfg)

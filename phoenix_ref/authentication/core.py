@@ -29,7 +29,9 @@ Authentication modes (``#authentication``) and how they are checked here:
 The ephemeral OPAQUE DB (``#as-state``) is kept in memory by
 :class:`phoenix_ref.opaque.EphemeralOpaqueDb`; entries expire. Everything else goes through the
 :class:`~phoenix_ref.authentication.accounts.AccountStore` and the direct
-queues (:class:`~phoenix_ref.queues.Queues`). Token issuance charges
+queues (:class:`~phoenix_ref.queues.Queues`), kept in one database: a
+registration or deletion writes entries and queues in one
+``accounts.transaction()``, so a failure leaves neither half. Token issuance charges
 allowances through :class:`~phoenix_ref.privacy_pass.IssuancePolicy`.
 
 Federated token issuance (``spec/federation/federation_protocol.md#client-to-remote-as-communication``)
@@ -309,11 +311,10 @@ class AuthenticationCore:
         packages = [self._check_connection_package(cp, credential, now_ms) for cp in p.connection_packages]
         self._check_package_count(len(packages))
         record = opaque.server_registration_finish(p.opaque_registration_record)
-        if self.accounts.user_exists(user_id):
-            raise Conflict(f"user {user_id} already exists", code="user_exists")
-        self.accounts.create_user(UserEntry(user_id, record, b""),
-                                  ClientEntry(credential.client_id, encode(credential)), packages)
-        self._create_queue(direct_queue_id(credential.client_id), queue_key, ratchet_key, now_ms)
+        with self.accounts.transaction():   # the entries and the queue, or nothing
+            self.accounts.create_user(UserEntry(user_id, record, b""),
+                                      ClientEntry(credential.client_id, encode(credential)), packages)
+            self._create_queue(direct_queue_id(credential.client_id), queue_key, ratchet_key, now_ms)
         self.ephemeral.delete(_ephemeral_key(user_id))
 
     def _create_queue(self, queue_id: bytes, queue_key: bytes, ratchet_key: bytes, now_ms: int) -> None:
@@ -381,8 +382,9 @@ class AuthenticationCore:
             raise Unauthorized(f"no 2FA login of {client_id} with this credential is in progress",
                                code="no_pending_opaque")
         opaque.server_login_finish(pending.opaque_state, req.params.opaque_ke3)  # 401 on failure
-        for cid in self.accounts.delete_user(client_id.user_id):
-            self._delete_queue(direct_queue_id(cid))
+        with self.accounts.transaction():   # the entries and every queue, or nothing
+            for cid in self.accounts.delete_user(client_id.user_id):
+                self._delete_queue(direct_queue_id(cid))
 
     def _delete_queue(self, queue_id: bytes) -> None:
         try:
@@ -455,14 +457,16 @@ class AuthenticationCore:
             raise Malformed("alias auth key must be a 32-byte Ed25519 public key", code="bad_alias_auth_key")
         queue_key = check_queue_encryption_key(req.queue_encryption_key)
         ratchet_key = check_ratchet_key(req.initial_queue_ratchet_key)
-        self.accounts.create_alias(AliasEntry(req.alias, req.alias_auth_key))
-        self._create_queue(direct_queue_id(req.alias), queue_key, ratchet_key, now_ms)
+        with self.accounts.transaction():
+            self.accounts.create_alias(AliasEntry(req.alias, req.alias_auth_key))
+            self._create_queue(direct_queue_id(req.alias), queue_key, ratchet_key, now_ms)
 
     def delete_alias(self, req: m.DeleteAliasRequest, now_ms: int) -> None:
         """Delete the alias entry, its queue and its package payloads. Mode: Alias auth key."""
         self._alias_auth("delete_alias", req.auth, req.params, req.params.alias, now_ms)
-        self.accounts.delete_alias(req.params.alias)
-        self._delete_queue(direct_queue_id(req.params.alias))
+        with self.accounts.transaction():
+            self.accounts.delete_alias(req.params.alias)
+            self._delete_queue(direct_queue_id(req.params.alias))
 
     def dequeue_alias_messages(self, req: m.DequeueAliasMessagesRequest, now_ms: int) -> DequeueMessagesResponse:
         """``#dequeue-alias-messages``. Mode: Alias auth key."""

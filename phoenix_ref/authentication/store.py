@@ -1,6 +1,6 @@
 """The AS store (``spec/authentication_service.md#as-state``), one SQLite file.
 
-Three views of the same database file (``as.sqlite3`` in the data directory):
+Three views of the same database (``as.sqlite3`` in the data directory):
 
 * this class's own table: the fingerprints of AS and intermediate
   credentials the operator revoked, which *Get AS credentials* publishes
@@ -10,8 +10,9 @@ Three views of the same database file (``as.sqlite3`` in the data directory):
 * :attr:`AsStore.queues` — the direct queues of clients and aliases
   (:class:`~phoenix_ref.queues.Queues`, tables ``as_direct_*``).
 
-Each view has its own connection; SQLite serialises their write
-transactions (WAL, busy timeout). The Privacy Pass state (issuer keys,
+All three share one connection and its lock (:class:`~phoenix_ref.storage.SqliteStore`),
+so :meth:`AsStore.transaction` (or ``accounts.transaction()``, the same
+unit) commits one request's writes to all of them together. The Privacy Pass state (issuer keys,
 spent tokens, issuance counters) is the homeserver's, shared with the DS and
 QS: :mod:`phoenix_ref.privacy_pass_gate`.
 """
@@ -44,18 +45,13 @@ class AsStore(SqliteStore):
         self.accounts: SqliteAccountStore
         self.queues: Queues
         try:
-            self.accounts, self.queues = open_as_storage(self.path, max_messages=max_messages)
+            self.accounts, self.queues = open_as_storage(self.conn, self.lock, max_messages=max_messages)
         except BaseException:
             super().close()
             raise
         #: Bumped by every revocation, so that the AS core refreshes the
         #: credentials it verifies with (``routes.py``).
         self.revocations = 0
-
-    def close(self) -> None:
-        self.queues.store.close()
-        self.accounts.close()
-        super().close()
 
     async def revoke(self, fingerprint: bytes, now_ms: int) -> None:
         await self.run(lambda c: c.execute(

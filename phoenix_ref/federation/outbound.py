@@ -21,18 +21,28 @@ homeserver's Trio nursery, then delivers that queue:
   a restart resumes every pending queue (:meth:`OutboundSender.run` starts a
   task for every destination that still has messages). A message may thus
   be sent twice (crash after delivery, before removal): receivers
-  deduplicate by message id.
+  deduplicate by message id;
+* **refusals kept**: a message the destination refuses for good (a 4xx)
+  moves to a dead-letter table with the answer, so an operator can see it;
+* **bugs parked, not retried forever**: an exception that is no answer and
+  no network failure is logged with its traceback, counted, and parks its
+  destination until an operator unparks it or the process restarts
+  (:class:`OutboundSender`; ``phoenix-ref outbound`` lists pending counts,
+  parkings and dead letters, :mod:`.outbound_admin`).
 
 The module knows nothing about what it carries: the caller provides a
-``send`` coroutine that performs one attempt and says how it went
-(:class:`Delivered`, :class:`RetryLater` or :class:`Rejected`). The QS's
-``send`` frames and signs the stored payload at every attempt, so the
-timestamp a receiver checks is that of the attempt, not of the enqueue.
+``send`` coroutine that performs one attempt and returns how it went
+(:class:`Delivered`, :class:`RetryLater` or :class:`Rejected`) or raises;
+:func:`outcome_of_failure` says what a federation answer or failure means.
+The QS's ``send`` frames and signs the stored payload at every attempt, so
+the timestamp a receiver checks is that of the attempt, not of the enqueue.
 
 Storage: :class:`MemoryOutboundStore` for tests and :class:`SqliteOutboundStore`
-(stdlib ``sqlite3``, table ``outbound_queue``), which can share the
-connection of a service store so that queueing happens in that store's
-transaction.
+(stdlib ``sqlite3``, tables ``outbound_queue``, ``outbound_dead_letters``,
+``outbound_parked``), which can share the connection of a service store so
+that queueing happens in that store's transaction, and which keeps the
+payloads sealed at rest (``spec/queuing_service.md#qs-state``, "QS-to-QS
+queues"; :mod:`.outbound_crypto`).
 """
 
 from __future__ import annotations
@@ -42,16 +52,20 @@ import math
 import random as _random
 import sqlite3
 import threading
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 import trio
 
 from ..storage import open_connection, transaction
+from .client import FederationError, NotFederated, RemoteRefused
+from .outbound_crypto import OutboundKeyError, OutboundKeys
 
 __all__ = [
-    "OutboundItem", "OutboundStore", "MemoryOutboundStore", "SqliteOutboundStore",
-    "Delivered", "RetryLater", "Rejected", "Outcome", "BackoffPolicy", "OutboundSender",
+    "OutboundItem", "OutboundStore", "MemoryOutboundStore", "SqliteOutboundStore", "Parked", "DeadLetter",
+    "Delivered", "RetryLater", "Rejected", "Outcome", "outcome_of_failure", "BackoffPolicy", "OutboundSender",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +81,25 @@ class OutboundItem:
     enqueued_ms: int
 
 
+@dataclass(frozen=True)
+class Parked:
+    """Why and since when a destination's sender stopped (see :class:`OutboundSender`)."""
+    reason: str
+    parked_ms: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message its destination refused for good, with the refusal."""
+    destination: str
+    message_id: bytes
+    enqueued_ms: int
+    rejected_ms: int
+    status: int
+    code: str | None
+    message: str
+
+
 class OutboundStore(Protocol):
     """The storage interface of outbound queues. Methods are synchronous
     (they run in a worker thread, GUIDE §4)."""
@@ -78,12 +111,24 @@ class OutboundStore(Protocol):
         """The oldest pending item for ``destination``, or None."""
 
     def remove(self, destination: str, seq: int) -> OutboundItem | None:
-        """Drop a delivered (or definitively refused) item; return the new
-        head of ``destination``'s queue (one call where a sender would
-        otherwise make two)."""
+        """Drop a delivered item; return the new head of ``destination``'s
+        queue (one call where a sender would otherwise make two)."""
+
+    def dead_letter(self, destination: str, seq: int, rejected: "Rejected", now_ms: int) -> OutboundItem | None:
+        """Move a refused item to the dead letters with the refusal, in one
+        unit; return the new head of ``destination``'s queue."""
 
     def destinations(self) -> list[str]:
         """Every destination that has at least one pending item."""
+
+    def park(self, destination: str, reason: str, now_ms: int) -> None:
+        """Record that ``destination``'s sender stopped on a programming error."""
+
+    def unpark(self, destination: str) -> bool:
+        """Forget the parking of ``destination``; whether it was parked."""
+
+    def parked(self) -> dict[str, Parked]:
+        """The parked destinations."""
 
 
 class MemoryOutboundStore:
@@ -96,6 +141,8 @@ class MemoryOutboundStore:
         self._queues: dict[str, list[OutboundItem]] = {}
         self._next = 1
         self._lock = threading.Lock()
+        self.dead_letters: list[DeadLetter] = []
+        self._parked: dict[str, Parked] = {}
 
     def append(self, destination: str, message_id: bytes, payload: bytes, now_ms: int) -> int:
         with self._lock:
@@ -115,19 +162,45 @@ class MemoryOutboundStore:
             q = self._queues[destination] = [i for i in self._queues.get(destination, []) if i.seq != seq]
             return q[0] if q else None
 
+    def dead_letter(self, destination: str, seq: int, rejected: "Rejected", now_ms: int) -> OutboundItem | None:
+        with self._lock:
+            for item in self._queues.get(destination, []):
+                if item.seq == seq:
+                    self.dead_letters.append(DeadLetter(destination, item.message_id, item.enqueued_ms, now_ms,
+                                                        rejected.status, rejected.code, rejected.reason))
+        return self.remove(destination, seq)
+
     def destinations(self) -> list[str]:
         with self._lock:
             return sorted(d for d, q in self._queues.items() if q)
 
+    def park(self, destination: str, reason: str, now_ms: int) -> None:
+        with self._lock:
+            self._parked[destination] = Parked(reason, now_ms)
+
+    def unpark(self, destination: str) -> bool:
+        with self._lock:
+            return self._parked.pop(destination, None) is not None
+
+    def parked(self) -> dict[str, Parked]:
+        with self._lock:
+            return dict(self._parked)
+
 
 class SqliteOutboundStore:
-    """:class:`OutboundStore` in an SQLite table.
+    """:class:`OutboundStore` in SQLite tables, payloads sealed at rest.
 
     ``conn`` is either a path (the store opens its own connection, WAL mode)
     or an open ``sqlite3.Connection`` owned by a service store; in the latter
     case ``lock`` must be that store's re-entrant lock, and an append made
     while the owner has a transaction open (:func:`phoenix_ref.storage.transaction`)
     commits or rolls back with it.
+
+    ``keys`` seal and open the payloads (:mod:`.outbound_crypto`); a store
+    opened without them (the operator's report) can list, count, park and
+    unpark, and raises :class:`~.outbound_crypto.OutboundKeyError` where a
+    payload is needed. Rows of a file written before payloads were sealed
+    are sealed when a store with keys opens it.
     """
 
     SCHEMA = """
@@ -136,54 +209,141 @@ class SqliteOutboundStore:
         destination TEXT NOT NULL,
         message_id BLOB NOT NULL,
         payload BLOB NOT NULL,
-        enqueued_ms INTEGER NOT NULL
+        enqueued_ms INTEGER NOT NULL,
+        key_id BLOB
     );
     CREATE INDEX IF NOT EXISTS outbound_queue_dest ON outbound_queue (destination, seq);
+    CREATE TABLE IF NOT EXISTS outbound_dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        message_id BLOB NOT NULL,
+        key_id BLOB,
+        payload BLOB NOT NULL,
+        enqueued_ms INTEGER NOT NULL,
+        rejected_ms INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        code TEXT,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS outbound_dead_letters_dest ON outbound_dead_letters (destination, id);
+    CREATE TABLE IF NOT EXISTS outbound_parked (
+        destination TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        parked_ms INTEGER NOT NULL
+    );
     """
 
     needs_thread = True
 
-    def __init__(self, conn: str | sqlite3.Connection, lock: threading.RLock | None = None):
+    def __init__(self, conn: str | sqlite3.Connection, lock: threading.RLock | None = None, *,
+                 keys: OutboundKeys | None):
         self._own = not isinstance(conn, sqlite3.Connection)
         self._conn = open_connection(conn) if self._own else conn
         self._lock = lock or threading.RLock()
-        with self._lock:
-            self._conn.executescript(self.SCHEMA)
+        self._keys = keys
+        with self._tx() as db:   # statement by statement: executescript would commit the owner's transaction
+            for statement in self.SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            self._seal_older_rows(db)
+
+    def _seal_older_rows(self, db: sqlite3.Connection) -> None:
+        """Files of earlier versions: add the ``key_id`` column and seal the
+        payloads stored in the clear (when this store has the keys)."""
+        if "key_id" not in {row[1] for row in db.execute("PRAGMA table_info(outbound_queue)")}:
+            db.execute("ALTER TABLE outbound_queue ADD COLUMN key_id BLOB")
+        if self._keys is None:
+            return
+        rows = db.execute("SELECT seq, destination, message_id, payload FROM outbound_queue "
+                          "WHERE key_id IS NULL").fetchall()
+        db.executemany("UPDATE outbound_queue SET key_id = ?, payload = ? WHERE seq = ?",
+                       [(*self._keys.seal(dest, bytes(mid), bytes(payload)), seq) for seq, dest, mid, payload in rows])
 
     def close(self) -> None:
         if self._own:
             self._conn.close()
 
-    def _write(self, sql: str, args: tuple) -> sqlite3.Cursor:
-        """One statement as one unit: its own transaction, or part of the
-        transaction the owner of a shared connection has open."""
-        with transaction(self._conn, self._lock) as db:
-            return db.execute(sql, args)
+    def _tx(self):
+        """One unit: its own transaction, or part of the one the owner of a
+        shared connection has open."""
+        return transaction(self._conn, self._lock)
+
+    def _sealer(self) -> OutboundKeys:
+        if self._keys is None:
+            raise OutboundKeyError("this outbound store was opened without the outbound queue keys")
+        return self._keys
 
     def append(self, destination: str, message_id: bytes, payload: bytes, now_ms: int) -> int:
-        cur = self._write(
-            "INSERT INTO outbound_queue (destination, message_id, payload, enqueued_ms) VALUES (?, ?, ?, ?)",
-            (destination, message_id, payload, now_ms))
-        return int(cur.lastrowid)
+        key_id, sealed = self._sealer().seal(destination, message_id, payload)
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO outbound_queue (destination, message_id, payload, enqueued_ms, key_id) "
+                             "VALUES (?, ?, ?, ?, ?)", (destination, message_id, sealed, now_ms, key_id))
+            return int(cur.lastrowid)
 
     def head(self, destination: str) -> OutboundItem | None:
         with self._lock:
             row = self._conn.execute(
-                "SELECT seq, message_id, payload, enqueued_ms FROM outbound_queue "
+                "SELECT seq, message_id, payload, enqueued_ms, key_id FROM outbound_queue "
                 "WHERE destination = ? ORDER BY seq LIMIT 1", (destination,)).fetchone()
         if row is None:
             return None
-        return OutboundItem(destination, row[0], bytes(row[1]), bytes(row[2]), row[3])
+        seq, message_id, sealed, enqueued_ms, key_id = row
+        payload = self._sealer().open(key_id or b"", destination, bytes(message_id), bytes(sealed))
+        return OutboundItem(destination, seq, bytes(message_id), payload, enqueued_ms)
 
     def remove(self, destination: str, seq: int) -> OutboundItem | None:
-        with self._lock:
-            self._write("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
-            return self.head(destination)
+        with self._tx() as db:
+            db.execute("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
+        return self.head(destination)
+
+    def dead_letter(self, destination: str, seq: int, rejected: "Rejected", now_ms: int) -> OutboundItem | None:
+        with self._tx() as db:
+            db.execute("INSERT INTO outbound_dead_letters (destination, message_id, key_id, payload, enqueued_ms, "
+                       "rejected_ms, status, code, message) SELECT destination, message_id, key_id, payload, "
+                       "enqueued_ms, ?, ?, ?, ? FROM outbound_queue WHERE destination = ? AND seq = ?",
+                       (now_ms, rejected.status, rejected.code, rejected.reason, destination, seq))
+            db.execute("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
+        return self.head(destination)
 
     def destinations(self) -> list[str]:
         with self._lock:
             rows = self._conn.execute("SELECT DISTINCT destination FROM outbound_queue ORDER BY destination").fetchall()
         return [r[0] for r in rows]
+
+    def park(self, destination: str, reason: str, now_ms: int) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO outbound_parked VALUES (?, ?, ?)", (destination, reason, now_ms))
+
+    def unpark(self, destination: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM outbound_parked WHERE destination = ?", (destination,)).rowcount > 0
+
+    def parked(self) -> dict[str, Parked]:
+        with self._lock:
+            rows = self._conn.execute("SELECT destination, reason, parked_ms FROM outbound_parked").fetchall()
+        return {d: Parked(reason, ms) for d, reason, ms in rows}
+
+    # --- the operator's view -------------------------------------------------------------
+
+    def pending_counts(self) -> dict[str, int]:
+        """Pending items per destination."""
+        with self._lock:
+            return dict(self._conn.execute(
+                "SELECT destination, COUNT(*) FROM outbound_queue GROUP BY destination").fetchall())
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._conn.execute(
+                "SELECT destination, COUNT(*) FROM outbound_dead_letters GROUP BY destination").fetchall())
+
+    def recent_dead_letters(self, destination: str, limit: int) -> list[DeadLetter]:
+        """The last ``limit`` dead letters of ``destination``, newest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT message_id, enqueued_ms, rejected_ms, status, code, message FROM outbound_dead_letters "
+                "WHERE destination = ? ORDER BY id DESC LIMIT ?", (destination, limit)).fetchall()
+        return [DeadLetter(destination, bytes(mid), enq, rej, status, code, msg)
+                for mid, enq, rej, status, code, msg in rows]
 
 
 # --- outcomes of one delivery attempt ----------------------------------------------------
@@ -207,13 +367,39 @@ class RetryLater:
 @dataclass(frozen=True)
 class Rejected:
     """Permanent refusal (a 4xx other than 429): retrying cannot help, so the
-    message is dropped to unblock the queue behind it."""
+    message goes to the dead letters to unblock the queue behind it.
+    ``code`` is the error code of the receiver's answer, if it gave one."""
     status: int
     reason: str
+    code: str | None = None
 
 
 Outcome = Delivered | RetryLater | Rejected
 SendFn = Callable[[OutboundItem], Awaitable[Outcome]]
+
+
+def outcome_of_failure(error: Exception) -> Outcome | None:
+    """What an exception raised by a delivery attempt means for the message.
+
+    The receiver's answer (:class:`~.client.RemoteRefused`): 409
+    ``duplicate_message`` is :class:`Delivered` (an earlier attempt got
+    through); 429 and 5xx are :class:`RetryLater` (with the ``Retry-After``
+    it gave); any other status is :class:`Rejected`. A destination the
+    operator does not federate with is Rejected (403). A network or TLS
+    failure, a timeout or an answer that does not decode, and any
+    ``OSError``, is RetryLater. Anything else is a programming error: None.
+    """
+    if isinstance(error, RemoteRefused):
+        if error.status == 409 and error.code == "duplicate_message":
+            return Delivered(b"")
+        if error.status == 429 or error.status >= 500:
+            return RetryLater(f"{error.status} {error.code}", error.retry_after)
+        return Rejected(error.status, str(error), error.code)
+    if isinstance(error, NotFederated):
+        return Rejected(403, str(error), "domain_not_allowed")
+    if isinstance(error, (FederationError, OSError)):
+        return RetryLater(f"{type(error).__name__}: {error}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -232,6 +418,8 @@ class BackoffPolicy:
     jitter: float = 0.5
     max_retry_after: float = 3600.0
     attempt_timeout: float = 30.0
+    #: How often a parked destination looks whether an operator unparked it.
+    park_check_interval: float = 30.0
 
     def delay(self, failures: int, rng: _random.Random, retry_after: float | None = None) -> float:
         if retry_after is not None and retry_after >= 0 and math.isfinite(retry_after):
@@ -247,16 +435,32 @@ class BackoffPolicy:
 class _Destination:
     wakeup: trio.Event = field(default_factory=trio.Event)
     failures: int = 0
+    unparked: trio.Event | None = None   # set while parked
 
 
 class OutboundSender:
     """Runs one sender task per destination (see the module docstring).
 
-    ``store``: where queues live. ``send``: one delivery attempt.
-    ``on_delivered(item, response)`` / ``on_rejected(item, outcome)``: called
-    (synchronously, in the Trio thread) after a definite answer and before
-    the item is removed — the QS uses the first to hand ``QueueDeleted``
-    answers back to its DS. ``rng``: source of jitter (tests pass a seeded one).
+    ``store``: where queues live. ``send``: one delivery attempt; it returns
+    an :class:`Outcome` or raises, and :func:`outcome_of_failure` says what
+    the exception means. ``on_delivered(item, response)`` /
+    ``on_rejected(item, outcome)``: called (synchronously, in the Trio
+    thread) after a definite answer and before the item leaves the queue —
+    the QS uses the first to hand ``QueueDeleted`` answers back to its DS.
+    ``now_ms``: the wall clock for the times stored with dead letters and
+    parkings. ``rng``: source of jitter (tests pass a seeded one).
+
+    **Refused messages** (:class:`Rejected`) move to the store's dead
+    letters with the answer, and a WARNING names them.
+
+    **Programming errors** — an exception that is no answer, network or TLS
+    failure (a bug in ``send``, in a callback, in the store, a payload that
+    no longer opens) — are logged with their traceback and counted in
+    :attr:`stats`; the destination is *parked*: recorded in the store with
+    the reason (the operator's ``phoenix-ref outbound`` lists it) and sent
+    nothing more until :meth:`unpark` or an operator's unpark in the store
+    (looked for every ``policy.park_check_interval`` seconds), or a restart
+    (:meth:`run` retries parked destinations once). Other destinations go on.
 
     Start it with ``await nursery.start(sender.run)``; it owns its tasks and
     stops with the nursery's cancel scope.
@@ -266,21 +470,30 @@ class OutboundSender:
                  policy: BackoffPolicy = BackoffPolicy(),
                  on_delivered: Callable[[OutboundItem, bytes], None] | None = None,
                  on_rejected: Callable[[OutboundItem, Rejected], None] | None = None,
+                 now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  rng: _random.Random | None = None):
         self.store = store
         self.send = send
         self.policy = policy
         self.on_delivered = on_delivered
         self.on_rejected = on_rejected
+        self.now_ms = now_ms
         self.rng = rng or _random.Random()
+        #: ``delivered``, ``retried``, ``dead_lettered``, ``programming_errors``.
+        self.stats: Counter[str] = Counter()
         self._dests: dict[str, _Destination] = {}
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Resume every pending queue, then serve wake-ups until cancelled."""
+        """Resume every pending queue (parked ones too: a restart is how a
+        fix is deployed), then serve wake-ups until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
+                for destination, parked in (await self._store(self.store.parked)).items():
+                    log.warning("outbound to %s: parked since %d (%s); trying again after the restart",
+                                destination, parked.parked_ms, parked.reason)
+                    await self._store(self.store.unpark, destination)
                 for destination in await self._store(self.store.destinations):
                     self.wake(destination)
                 task_status.started()
@@ -317,7 +530,27 @@ class OutboundSender:
         state = self._dests.get(destination)
         return state.failures if state else 0
 
+    def is_parked(self, destination: str) -> bool:
+        state = self._dests.get(destination)
+        return state is not None and state.unparked is not None
+
+    async def unpark(self, destination: str) -> bool:
+        """Let a parked destination's sender go on; whether it was parked."""
+        was = await self._store(self.store.unpark, destination)
+        state = self._dests.get(destination)
+        if state is not None and state.unparked is not None:
+            state.unparked.set()
+            return True
+        return was
+
     async def _serve(self, destination: str, state: _Destination) -> None:
+        while True:
+            try:
+                await self._drain(destination, state)
+            except Exception as e:  # noqa: BLE001 - a programming error: park, never crash the homeserver
+                await self._park(destination, state, e)
+
+    async def _drain(self, destination: str, state: _Destination) -> None:
         # A fresh event before every read of the head: a wake() after the
         # read sets it, so no wake-up is lost. Only this task removes items
         # of ``destination``, so a head it has read stays the head.
@@ -332,34 +565,73 @@ class OutboundSender:
             outcome = await self._attempt(item)
             if isinstance(outcome, RetryLater):
                 state.failures += 1
+                self.stats["retried"] += 1
                 delay = self.policy.delay(state.failures, self.rng, outcome.retry_after)
                 log.info("outbound to %s: %s; retry %d in %.1fs",
                          destination, outcome.reason, state.failures, delay)
                 await trio.sleep(delay)
                 continue
             state.failures = 0
-            try:
-                if isinstance(outcome, Delivered):
-                    if self.on_delivered is not None:
-                        self.on_delivered(item, outcome.response)
-                else:
-                    log.warning("outbound to %s refused for good (%d %s); dropped message %s",
-                                destination, outcome.status, outcome.reason, item.message_id.hex())
-                    if self.on_rejected is not None:
-                        self.on_rejected(item, outcome)
-            except Exception:  # a callback bug must not stall the queue
-                log.exception("outbound callback failed for %s", destination)
             state.wakeup = trio.Event()
-            item = await self._store(self.store.remove, destination, item.seq)
+            item = await self._settle(item, outcome)
+
+    async def _settle(self, item: OutboundItem, outcome: Delivered | Rejected) -> OutboundItem | None:
+        """Tell the callback, then take the item out of the queue (delivered)
+        or into the dead letters (rejected); return the next head."""
+        if isinstance(outcome, Delivered):
+            if self.on_delivered is not None:
+                self.on_delivered(item, outcome.response)
+            self.stats["delivered"] += 1
+            return await self._store(self.store.remove, item.destination, item.seq)
+        if self.on_rejected is not None:
+            self.on_rejected(item, outcome)
+        log.warning("outbound to %s refused for good (%d %s: %s); message %s moved to the dead letters",
+                    item.destination, outcome.status, outcome.code, outcome.reason, item.message_id.hex())
+        self.stats["dead_lettered"] += 1
+        return await self._store(self.store.dead_letter, item.destination, item.seq, outcome, self.now_ms())
 
     async def _attempt(self, item: OutboundItem) -> Outcome:
-        """One try, bounded in time; any exception counts as transient."""
+        """One try, bounded in time. An exception :func:`outcome_of_failure`
+        cannot place propagates (a programming error)."""
         with trio.move_on_after(self.policy.attempt_timeout):
             try:
                 outcome = await self.send(item)
-            except Exception as e:  # noqa: BLE001 - connection errors of any client library
-                return RetryLater(f"{type(e).__name__}: {e}")
+            except Exception as e:
+                known = outcome_of_failure(e)
+                if known is None:
+                    raise
+                return known
             if not isinstance(outcome, (Delivered, RetryLater, Rejected)):
-                return RetryLater(f"send returned {outcome!r}")
+                raise TypeError(f"send returned {outcome!r}, not an Outcome")
             return outcome
         return RetryLater("attempt timed out")
+
+    async def _park(self, destination: str, state: _Destination, error: Exception) -> None:
+        """Stop ``destination`` after a programming error until it is unparked."""
+        self.stats["programming_errors"] += 1
+        reason = f"{type(error).__name__}: {error}"
+        log.exception("outbound to %s: programming error; destination parked until an operator unparks it "
+                      "(phoenix-ref outbound --unpark %s) or a restart", destination, destination, exc_info=error)
+        unparked = trio.Event()
+        try:
+            await self._store(self.store.park, destination, reason, self.now_ms())
+        except Exception:  # noqa: BLE001 - the store fails too: parked in memory only
+            log.exception("outbound to %s: cannot record the parking; parked until unpark() or a restart",
+                          destination)
+            state.unparked = unparked
+            await unparked.wait()
+        else:
+            state.unparked = unparked
+            await self._until_unparked(destination, unparked)
+        state.unparked = None
+        state.failures = 0
+        log.warning("outbound to %s unparked; sending again", destination)
+
+    async def _until_unparked(self, destination: str, unparked: trio.Event) -> None:
+        """Wait for :meth:`unpark`, looking at the store now and then for an
+        operator's unpark (another process)."""
+        while not unparked.is_set():
+            with trio.move_on_after(self.policy.park_check_interval):
+                await unparked.wait()
+            if destination not in await self._store(self.store.parked):
+                return

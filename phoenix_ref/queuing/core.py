@@ -302,10 +302,11 @@ class QsCore:
         check_queue_encryption_key(params.queue_encryption_key)
         qs_uid = QsUid.random()
         qs_cid = QsCid.random(qs_uid)
-        self.records.create_user(
-            UserRecord(qs_uid, params.user_record_auth_key, params.friendship_token),
-            self._new_client(qs_cid, params.client_record_auth_key, params.queue_encryption_key))
-        self.queues.create(_queue_id(qs_cid), params.queue_encryption_key, now_ms)
+        with self.transaction():   # the records and the queue, or nothing
+            self.records.create_user(
+                UserRecord(qs_uid, params.user_record_auth_key, params.friendship_token),
+                self._new_client(qs_cid, params.client_record_auth_key, params.queue_encryption_key))
+            self.queues.create(_queue_id(qs_cid), params.queue_encryption_key, now_ms)
         return CreateUserRecordResponse(qs_uid, qs_cid)
 
     @staticmethod
@@ -338,9 +339,10 @@ class QsCore:
         """``#delete-qs-user-record`` (auth: QsUid): the user, its clients and queues."""
         params = request.params
         self._authenticate(request, "delete_user_record", params.qs_uid, now_ms)
-        deleted = self.records.delete_user(params.qs_uid)
-        for qs_cid in deleted:
-            self._delete_queue(qs_cid)
+        with self.transaction():   # the records and every queue, or nothing
+            deleted = self.records.delete_user(params.qs_uid)
+            for qs_cid in deleted:
+                self._delete_queue(qs_cid)
         self._clients_deleted(deleted)
         return Empty()
 
@@ -393,9 +395,10 @@ class QsCore:
         check_queue_encryption_key(params.queue_encryption_key)
         qs_cid = QsCid.random(params.qs_uid)
         client = self._new_client(qs_cid, params.client_record_auth_key, params.queue_encryption_key)
-        if not self.records.add_client(client, self.config.max_client_records_per_user):
-            raise NotFound("no such QS user record", code="unknown_record")
-        self.queues.create(_queue_id(qs_cid), params.queue_encryption_key, now_ms)
+        with self.transaction():
+            if not self.records.add_client(client, self.config.max_client_records_per_user):
+                raise NotFound("no such QS user record", code="unknown_record")
+            self.queues.create(_queue_id(qs_cid), params.queue_encryption_key, now_ms)
         return CreateClientRecordResponse(qs_cid)
 
     def update_client_record(self, request: UpdateClientRecordRequest, now_ms: int) -> Empty:
@@ -408,10 +411,11 @@ class QsCore:
         check_queue_encryption_key(params.queue_encryption_key)
         if params.encrypted_push_token is not None and len(params.encrypted_push_token) > 4096:
             raise Malformed("push token too long", code="bad_push_token")
-        self.records.update_client(params.qs_cid, params.client_record_auth_key,
-                                   params.queue_encryption_key, params.encrypted_push_token)
-        if params.queue_encryption_key != record.queue_encryption_key:
-            self.queues.set_queue_encryption_key(_queue_id(params.qs_cid), params.queue_encryption_key, now_ms)
+        with self.transaction():   # the record and the queue's key, or neither
+            self.records.update_client(params.qs_cid, params.client_record_auth_key,
+                                       params.queue_encryption_key, params.encrypted_push_token)
+            if params.queue_encryption_key != record.queue_encryption_key:
+                self.queues.set_queue_encryption_key(_queue_id(params.qs_cid), params.queue_encryption_key, now_ms)
         return Empty()
 
     def delete_client_record(self, request: DeleteClientRecordRequest, now_ms: int) -> Empty:
@@ -419,8 +423,9 @@ class QsCore:
         takes the user record with it (``#user-record-management-endpoints``)."""
         params = request.params
         self._authenticate(request, "delete_client_record", params.qs_cid, now_ms)
-        existed, _ = self.records.delete_client(params.qs_cid)
-        self._delete_queue(params.qs_cid)
+        with self.transaction():
+            existed, _ = self.records.delete_client(params.qs_cid)
+            self._delete_queue(params.qs_cid)
         if existed:
             self._clients_deleted([params.qs_cid])
         return Empty()

@@ -40,10 +40,9 @@ from quart import websocket as current_websocket
 from .. import endpoints
 from ..codec import encode
 from ..errors import Forbidden, Malformed, ProtocolError, Unauthorized, UpstreamError
-from ..federation.client import FederationError, NotFederated, RemoteRefused, Unreachable
+from ..federation.client import FederationError, NotFederated, Unreachable
 from ..federation.keys import QsQueueConfigEncryptionKeyResponse, QsVerifyingKeyResponse
-from ..federation.outbound import (BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome, Rejected,
-                                   RetryLater)
+from ..federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome
 from ..http import MEDIA_TYPE, Call, Handler, decode_body
 from ..ids import Fqdn
 from ..queues import Queues
@@ -247,7 +246,7 @@ async def start(hs) -> QsService:
         return await _send_federated(hs, svc, item)
 
     sender = OutboundSender(store.outbound, send, policy=backoff_policy(hs.config.limits),
-                            on_delivered=svc.on_delivered)
+                            on_delivered=svc.on_delivered, now_ms=hs.clock.now_ms)
     svc.outbound_sender = sender
     svc.cancel_scope = trio.CancelScope()
 
@@ -281,28 +280,15 @@ def _queue_deleted(hs, deleted) -> None:
 
 async def _send_federated(hs, svc: QsService, item: OutboundItem) -> Outcome:
     """One delivery attempt of an outbound item: POST the freshly signed
-    QsToQsMessage to the destination's federated enqueue endpoint.
-
-    2xx → Delivered; 409 ``duplicate_message`` → Delivered (an earlier
-    attempt got through); 429, 5xx and any network or TLS failure →
-    RetryLater; another 4xx → Rejected (the message is dropped)."""
+    QsToQsMessage to the destination's federated enqueue endpoint; its
+    answer body is the FederatedEnqueueResponse. A refusal or a failure
+    raises, and :func:`~phoenix_ref.federation.outbound.outcome_of_failure`
+    (applied by the sender to whatever a send raises) says what it means."""
     ep = endpoints.by_name("qs", "federated_enqueue")
     body = svc.frame_outbound(item)
     svc.stats["federated_enqueue_sent"] += 1
-    try:
-        hs.federation.check_federates(item.destination)
-        urls = await hs.federation.discovery.discover(item.destination)
-        answer = await hs.federation.fetcher.request(
-            ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
-            domain=item.destination, expect=MEDIA_TYPE)
-    except NotFederated as e:
-        return Rejected(403, str(e))
-    except RemoteRefused as e:
-        if e.status == 409 and e.code == "duplicate_message":
-            return Delivered(b"")
-        if e.status == 429 or e.status >= 500:
-            return RetryLater(f"{e.status} {e.code}", e.retry_after)
-        return Rejected(e.status, f"{e.code}: {e}")
-    except FederationError as e:
-        return RetryLater(f"{type(e).__name__}: {e}")
-    return Delivered(answer)
+    hs.federation.check_federates(item.destination)
+    urls = await hs.federation.discovery.discover(item.destination)
+    return Delivered(await hs.federation.fetcher.request(
+        ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
+        domain=item.destination, expect=MEDIA_TYPE, retry_safe=True))   # the receiver deduplicates

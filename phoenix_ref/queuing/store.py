@@ -10,8 +10,11 @@ homeserver's ``qs.sqlite3``, in three groups of tables:
   (:class:`~phoenix_ref.queuing.records.SqliteQsRecords`);
 * ``qs_queues``, ``qs_ratchets``, ``qs_messages`` — the fan-out queues with
   their encryption key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
-* ``outbound_queue`` — the durable per-destination queues of QsToQsMessages
-  ("QS-to-QS queues", :class:`~phoenix_ref.federation.outbound.SqliteOutboundStore`).
+* ``outbound_queue`` (with ``outbound_dead_letters``, ``outbound_parked``) —
+  the durable per-destination queues of QsToQsMessages ("QS-to-QS queues",
+  :class:`~phoenix_ref.federation.outbound.SqliteOutboundStore`), their
+  payloads sealed with the keystore's outbound secrets (``outbound_keys``),
+  so the file alone does not reveal them.
 
 All three share one connection (and its lock). Every store method is one
 unit of work and runs in a worker thread (GUIDE §4); :meth:`QsStore.transaction`
@@ -31,6 +34,7 @@ from pathlib import Path
 import trio
 
 from ..federation.outbound import SqliteOutboundStore
+from ..federation.outbound_crypto import OutboundKeys
 from ..queues import SqliteQueueStore
 from ..storage import open_connection, transaction
 from .records import SqliteQsRecords
@@ -42,14 +46,14 @@ class QsStore:
     """The QS's SQLite file: ``records``, ``queue_store`` and ``outbound``
     over one connection."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, outbound_keys: OutboundKeys):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self.connection = open_connection(self.path)
         self.records = SqliteQsRecords(self.connection, self.lock)
         self.queue_store = SqliteQueueStore(self.connection, "qs", self.lock)
-        self.outbound = SqliteOutboundStore(self.connection, self.lock)
+        self.outbound = SqliteOutboundStore(self.connection, self.lock, keys=outbound_keys)
 
     def transaction(self) -> AbstractContextManager:
         """One SQLite transaction around the store calls made inside it (same
@@ -57,9 +61,9 @@ class QsStore:
         return transaction(self.connection, self.lock)
 
     @classmethod
-    async def open(cls, path: Path | str) -> "QsStore":
+    async def open(cls, path: Path | str, outbound_keys: OutboundKeys) -> "QsStore":
         """Open (and create if needed) off the Trio thread."""
-        return await trio.to_thread.run_sync(cls, path)
+        return await trio.to_thread.run_sync(cls, path, outbound_keys)
 
     def close(self) -> None:
         with self.lock:
