@@ -243,20 +243,29 @@ class Deployment:
         ``__aenter__``/``__aexit__`` only delegate here, so the nursery is a
         plain ``async with`` that opens and closes in the entering task, and a
         failed start-up unwinds exactly like a failed test body: nodes stop,
-        sockets close, the temporary directory goes, the error propagates.
+        sockets close, the temporary directory goes, the error propagates
+        (a lone error unwrapped from the nursery's exception group).
         """
         self.tmp = Path(tempfile.mkdtemp(prefix="phoenix-deployment-"))
         try:
             await trio.to_thread.run_sync(self._prepare)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                try:
-                    for name in self.names:
-                        await self.set_up(name)
-                    yield self
-                finally:
-                    await self._stop_all()
-                    nursery.cancel_scope.cancel()   # whatever did not stop in time
+            sole = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    try:
+                        for name in self.names:
+                            await self.set_up(name)
+                        yield self
+                    finally:
+                        await self._stop_all()
+                        nursery.cancel_scope.cancel()   # whatever did not stop in time
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) != 1:
+                    raise
+                sole = group.exceptions[0]
+            if sole is not None:   # the caller sees its own error, not a group of one
+                raise sole
         finally:
             self._nursery = None
             for sock in self._sockets.values():
