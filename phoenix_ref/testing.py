@@ -28,6 +28,13 @@ closed) and :meth:`Deployment.set_up` brings it back with the same data.
 Time: one :class:`~phoenix_ref.clock.FixedClock` (starting at the real time)
 is shared by every homeserver, so tests move TTLs and expiry by hand.
 
+Life cycle: ``async with Deployment(...) as d`` runs the homeservers in a
+nursery opened and closed by that ``async with`` in the entering task (also
+when a pytest-trio fixture yields inside it). Leaving it — normally, with
+an error, or cancelled — stops every node (bounded by ``STOP_TIMEOUT_S``),
+closes the listening sockets and removes the temporary directory; a failed
+start-up does the same and re-raises.
+
 Usage::
 
     async with Deployment("sockets") as d:
@@ -57,6 +64,7 @@ from .homeserver import Homeserver
 MODES = ("in_process", "sockets")
 DOMAINS = {"hs1": "a.example", "hs2": "b.example", "hs3": "c.example"}
 SERVICES = ("as", "ds", "qs")
+STOP_TIMEOUT_S = 30.0   # teardown: how long the nodes get to stop before they are cancelled
 
 
 def names_of(domain: str) -> list[str]:
@@ -208,40 +216,70 @@ class Deployment:
         self.ca = None
         self.tmp: Path | None = None
         self._nursery: trio.Nursery | None = None
-        self._nursery_cm = None
+        self._running_cm: Any = None
         self._sockets: dict[str, socket.socket] = {}
 
     def __getitem__(self, name: str) -> Node:
         return self.nodes[name]
 
-    # --- setup --------------------------------------------------------------------------
+    # --- setup and teardown -----------------------------------------------------------------
 
     async def __aenter__(self) -> "Deployment":
+        if self._running_cm is not None:
+            raise RuntimeError("this Deployment is already running")
+        cm = self._running()
+        entered = await cm.__aenter__()   # on failure it has cleaned up already
+        self._running_cm = cm
+        return entered
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        cm, self._running_cm = self._running_cm, None
+        return await cm.__aexit__(*exc)
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator["Deployment"]:
+        """The deployment's whole life in one task: files, nursery, nodes.
+
+        ``__aenter__``/``__aexit__`` only delegate here, so the nursery is a
+        plain ``async with`` that opens and closes in the entering task, and a
+        failed start-up unwinds exactly like a failed test body: nodes stop,
+        sockets close, the temporary directory goes, the error propagates
+        (a lone error unwrapped from the nursery's exception group).
+        """
         self.tmp = Path(tempfile.mkdtemp(prefix="phoenix-deployment-"))
         try:
             await trio.to_thread.run_sync(self._prepare)
-            self._nursery_cm = trio.open_nursery()
-            self._nursery = await self._nursery_cm.__aenter__()
-            for name in self.names:
-                await self.set_up(name)
-        except BaseException:
-            await self.__aexit__(None, None, None)
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        try:
-            for name in list(self.nodes):
-                if self.nodes[name].up:
-                    await self.set_down(name)
-            if self._nursery_cm is not None:
-                self._nursery.cancel_scope.cancel()
-                await self._nursery_cm.__aexit__(None, None, None)
+            sole = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    try:
+                        for name in self.names:
+                            await self.set_up(name)
+                        yield self
+                    finally:
+                        await self._stop_all()
+                        nursery.cancel_scope.cancel()   # whatever did not stop in time
+            except BaseExceptionGroup as group:
+                if len(group.exceptions) != 1:
+                    raise
+                sole = group.exceptions[0]
+            if sole is not None:   # the caller sees its own error, not a group of one
+                raise sole
         finally:
+            self._nursery = None
             for sock in self._sockets.values():
                 sock.close()
-            if self.tmp is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
+            self._sockets.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    async def _stop_all(self) -> None:
+        """Stop every running node, shielded (the caller may be cancelled) and
+        bounded (a node that does not stop in time is cancelled with the nursery)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT_S):
+            for name, node in self.nodes.items():
+                if node.up:
+                    await self.set_down(name)
 
     def _domain(self, name: str) -> str:
         return DOMAINS.get(name, f"{name}.example")
@@ -299,6 +337,8 @@ class Deployment:
         Each homeserver lives in its own task of the deployment's nursery, so
         homeservers can stop and start in any order.
         """
+        if self._nursery is None:
+            raise RuntimeError("the Deployment is not running (use `async with Deployment(...)`)")
         node = self.nodes[name]
         if node.up:
             return node

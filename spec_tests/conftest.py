@@ -18,9 +18,5 @@ def deployment_mode(request) -> str:
 
 @pytest.fixture
 async def deployment(deployment_mode):
-    d = Deployment(deployment_mode, ["hs1", "hs2"])
-    await d.__aenter__()
-    try:
+    async with Deployment(deployment_mode, ["hs1", "hs2"]) as d:
         yield d
-    finally:
-        await d.__aexit__(None, None, None)

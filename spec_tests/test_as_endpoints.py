@@ -412,6 +412,18 @@ async def test_token_issuance_gives_tokens_every_service_of_the_domain_redeems(d
                                            privacy_pass=tokens[1])).user_profile == b""
 
 
+def foreign_issuer_key(real_key: bytes, now: int) -> bytes:
+    """A fresh issuer public key that a request cannot mistake for ``real_key``.
+
+    A token request names its key by one byte (the truncated key id), so a
+    random key matches the real one 1 time in 256; such a key is drawn again.
+    """
+    taken = pp.token_key_id(real_key)[-1]
+    while (other := pp.IssuerKey.generate(now)).truncated_key_id == taken:
+        pass
+    return other.public_key
+
+
 @spec(AS + "token-issuance", "MUST")
 async def test_token_issuance_refuses_bad_requests_and_bad_authentication(deployment):
     async with deployment.client() as http:
@@ -419,7 +431,7 @@ async def test_token_issuance_refuses_bad_requests_and_bad_authentication(deploy
         key = await alice.issuer_key(A)
         now = deployment.clock.now_ms()
         # a request under a key the AS does not issue with (draft: 422)
-        _, req = alice.identity.request_tokens(pp.IssuerKey.generate(now).public_key, A, 2, now)
+        _, req = alice.identity.request_tokens(foreign_issuer_key(key, now), A, 2, now)
         await refused(alice.as_client.call(A, "request_tokens", req), 422, "invalid_token_request")
         # more than one batch allows
         _, big = alice.identity.request_tokens(key, A, 101, now)
