@@ -55,7 +55,7 @@ from typing import Any, AsyncIterator, Sequence
 import httpx
 import trio
 
-from .cli import generate_config, load_or_create_ca, serve, write_server_cert
+from .cli import generate_config, load_or_create_ca, serve, server_ssl_context, write_server_cert
 from .clock import Clock, FixedClock
 from .config import Config, Limits
 from .federation.client import client_ssl_context, https_transport
@@ -311,9 +311,7 @@ class Deployment:
             node = Node(name, domain, d, cfg, port=ports.get(name, 0),
                         wrong_ca=name in self.wrong_ca, plain_http=name in self.plain_http)
             if not node.plain_http:
-                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
-                node.server_ssl_context = ctx
+                node.server_ssl_context = server_ssl_context(d / "cert.pem", d / "key.pem")
             self.nodes[name] = node
 
     @staticmethod
