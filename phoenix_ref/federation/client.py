@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Protocol, TypeVar
 
 import httpcore
 import httpx
@@ -304,15 +304,30 @@ async def fetch_many(domains: Iterable[str],
 
 # --- the facade ---------------------------------------------------------------------------
 
+class Row(Protocol):
+    """An endpoint as the client calls it: a row of :mod:`phoenix_ref.endpoints`."""
+    service: Any
+    method: str
+    path: str
+    response: type | None
+
+
+#: (service, endpoint name) → its row: the endpoint table's ``by_name``,
+#: handed in by whoever builds the client, so that this package does not
+#: import the table (which imports the services, which import this package).
+RowLookup = Callable[[str, str], Row]
+
+
 class FederationClient:
     """A homeserver's outbound federation: discovery, key cache, HTTPS.
 
-    Built from a :class:`~phoenix_ref.config.Config`; ``transport`` (a
+    Built from a :class:`~phoenix_ref.config.Config` and ``rows``, the
+    endpoint table's lookup (:data:`RowLookup`); ``transport`` (a
     factory taking the client's ``ssl.SSLContext``) replaces the network in
     in-process tests. The owner calls :meth:`aclose`.
     """
 
-    def __init__(self, config, *, clock: Clock | None = None,
+    def __init__(self, config, rows: RowLookup, *, clock: Clock | None = None,
                  transport: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None):
         from .discovery import Discovery
         from .keys import RemoteKeyCache
@@ -328,7 +343,7 @@ class FederationClient:
                                     max_answer_bytes=lim.max_answer_bytes)
         self.discovery = Discovery(self.fetcher, overrides=config.discovery, clock=self.clock,
                                    ttl_ms=lim.discovery_ttl_s * 1000)
-        self.keys = RemoteKeyCache(self, clock=self.clock, ttl_ms=lim.key_cache_ttl_s * 1000,
+        self.keys = RemoteKeyCache(self, rows, clock=self.clock, ttl_ms=lim.key_cache_ttl_s * 1000,
                                    cooldown_ms=lim.key_refetch_cooldown_s * 1000)
 
     async def aclose(self) -> None:
