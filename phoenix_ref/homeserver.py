@@ -49,8 +49,9 @@ from .clock import Clock
 from .config import Config, Limits
 from .delivery import routes as ds_routes
 from .delivery.store import DsStore
-from .errors import UpstreamError
-from .federation.client import FederationClient, FederationError, NotFederated, RemoteRefused
+from .errors import NotFound, UpstreamError
+from .federation.client import FederationError, NotFederated, RemoteRefused
+from .federation.facade import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
 from .federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome, Rejected, RetryLater
 from .ids import Fqdn, InvalidId
@@ -195,7 +196,6 @@ class Homeserver:
         """``GET https://D/.well-known/phoenix`` (delegation, docs/decisions.md)."""
         require_tls()
         if not self.config.well_known_enabled:
-            from .errors import NotFound
             raise NotFound("this homeserver publishes no delegation", code="unknown_endpoint")
         max_body = self.config.limits.max_body_bytes
         decode_body(None, await read_body(max_body), max_body)   # takes no body

@@ -13,9 +13,10 @@ from phoenix_ref.credentials import (SHA256, AsCredential, AsCredentialsResponse
                                      AsIntermediateCredentialCsr, CredentialCiphersuite)
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.endpoints import by_name
-from phoenix_ref.federation.client import (FederationClient, HttpsFetcher, MalformedAnswer, NotFederated,
+from phoenix_ref.federation.client import (HttpsFetcher, MalformedAnswer, NotFederated,
                                            NotTls, RemoteRefused, ResolvingBackend, TtlCache, Unreachable,
                                            client_ssl_context, fetch_many)
+from phoenix_ref.federation.facade import FederationClient
 from phoenix_ref.federation.discovery import (Discovery, check_base_url, parse_well_known,
                                               subdomain_rule, well_known_document)
 from phoenix_ref.federation.keys import RemoteKeyCache, key_id
