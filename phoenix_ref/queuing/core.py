@@ -38,7 +38,7 @@ Sections and where they are enforced:
   :class:`UnknownSourceKey` when none verifies; the async layer
   (:class:`~.service.QsService`) then fetches the keys once and calls again.
 * ``#fetch-qs-verifying-key`` / ``#fetch-queue-config-encryption-key`` —
-  :meth:`QsCore.verifying_keys` / :meth:`QsCore.queue_config_encryption_keys`.
+  :meth:`QsCore.qs_verifying_key` / :meth:`QsCore.queue_config_encryption_key`.
 
 :class:`~.service.QsService` is the async shell around the core.
 """
@@ -76,8 +76,8 @@ from .messages import (
     CreateClientRecordResponse, CreateUserRecordParams, CreateUserRecordResponse,
     DeleteClientRecordRequest, DeleteUserRecordRequest, DequeueMessagesRequest, DequeueMessagesResponse,
     Empty, FanOutMessage, FederatedEnqueueResponse, MessageContent, PublishKeyPackagesRequest,
-    QsQueueConfigEncryptionKeyResponse, QsToQsMessage, QsVerifyingKeyResponse, QueueDeleted, UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest,
-    UserRecordResponse, WsRequest, encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
+    QsQueueConfigEncryptionKeyResponse, QsToQsMessage, QsVerifyingKeyResponse, QueueDeleted,
+    UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest, UserRecordResponse, WsRequest, encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
 )
 from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
 
