@@ -77,7 +77,8 @@ from .messages import (
     DeleteClientRecordRequest, DeleteUserRecordRequest, DequeueMessagesRequest, DequeueMessagesResponse,
     Empty, FanOutMessage, FederatedEnqueueResponse, MessageContent, PublishKeyPackagesRequest,
     QsQueueConfigEncryptionKeyResponse, QsToQsMessage, QsVerifyingKeyResponse, QueueDeleted,
-    UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest, UserRecordResponse, WsRequest, encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
+    UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest, UserRecordResponse, WsRequest,
+    encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
 )
 from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
 
