@@ -149,7 +149,9 @@ class Homeserver:
         #: Where remote QSs' ``QueueDeleted`` answers go (``#local-enqueue-message``):
         #: the DS's callback, once it sets one.
         self.on_queue_deleted: Callable[[list[QueueDeleted]], None] | None = None
+        #: The background work's cancel scope and "it has ended" (set at startup).
         self._background: trio.CancelScope | None = None
+        self._background_done: trio.Event | None = None
         self.operator = Operator(self)
         self.app = self._build_app()
         self.asgi = _HostNormaliser(self.app)
@@ -243,13 +245,17 @@ class Homeserver:
         sender = OutboundSender(self.qs_store.outbound, functools.partial(_send_federated, self, qs),
                                 policy=backoff_policy(limits), on_delivered=qs.on_delivered)
         self._background = trio.CancelScope()
+        done = self._background_done = trio.Event()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            with self._background:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(qs.run, sender, limits.qs_prune_interval_s)
-                    await nursery.start(self.as_service.prune_periodically)
-                    task_status.started()
+            try:
+                with self._background:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(qs.run, sender, limits.qs_prune_interval_s)
+                        await nursery.start(self.as_service.prune_periodically)
+                        task_status.started()
+            finally:
+                done.set()
 
         await self.app.nursery.start(run)
 
@@ -263,6 +269,7 @@ class Homeserver:
     async def _shutdown(self) -> None:
         if self._background is not None:   # pending outbound messages stay in the store
             self._background.cancel()
+            await self._background_done.wait()   # no worker thread uses a store once it is closed
         if self.federation is not None:
             await self.federation.aclose()
         for store in (self.as_store, self.qs_store, self.ds_store, self.privacy_pass_gate):

@@ -34,3 +34,15 @@ async def test_startup_builds_the_services_the_routes_use(tmp_path):
         assert decode(QsVerifyingKeyResponse, resp.content).verifying_keys == \
             [k.public for k in hs.keystore.qs_signing_keys]
         assert hs.as_service.keystore is hs.keystore and hs.as_service.store is hs.as_store
+
+
+async def test_shutdown_closes_the_stores_only_after_the_background_work_ended(tmp_path, caplog):
+    """The first pruning rounds start with the homeserver; a shutdown right
+    after startup must wait for them instead of closing a store under a
+    worker thread (which logged "Cannot operate on a closed database")."""
+    config = generate_config(tmp_path / "a", "a.example")
+    for _ in range(5):
+        hs = Homeserver(config)
+        async with hs.app.test_app():
+            pass
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
