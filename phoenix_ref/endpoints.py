@@ -21,11 +21,10 @@ from .credentials import AsCredentialsResponse
 from .authentication.core import OPERATIONS as AS_OPERATIONS
 from .authentication.core import AuthMode as _AsAuthMode
 from .privacy_pass_gate import IssuerKeysResponse
-from .federation.keys import (DsVerifyingKeyResponse, QsQueueConfigEncryptionKeyResponse,
-                              QsVerifyingKeyResponse)
+from .delivery.messages import DsVerifyingKeyResponse
+from .paths import endpoint_path
 from .queuing import messages as _qsm
-
-PREFIX = "/phoenix/v1"
+from .queuing.messages import QsQueueConfigEncryptionKeyResponse, QsVerifyingKeyResponse
 WELL_KNOWN_PATH = "/.well-known/phoenix"
 
 
@@ -75,7 +74,7 @@ class Endpoint:
 
 def _ep(name: str, service: Service, method: str, request, response, auth: Auth,
         privacy_pass: bool, section: str, federated: bool = False, websocket: bool = False) -> Endpoint:
-    return Endpoint(name, service, method, f"{PREFIX}/{name}", request, response, auth,
+    return Endpoint(name, service, method, endpoint_path(name), request, response, auth,
                     privacy_pass, section, federated, websocket)
 
 

@@ -7,24 +7,35 @@ plus the delegation document ``https://D/.well-known/phoenix``
 one Quart-Trio app that routes by ``Host``; an unknown host gets
 ``404 unknown_host``.
 
-Lifecycle: the app's lifespan startup loads the keystore and opens one
-SQLite store per service in the data directory, and builds the federation
-client; shutdown closes them. Background tasks of services run in
-``app.nursery`` (Quart-Trio's lifespan nursery).
+This module is the composition root: the one place that builds, from the
+config, the stores, the sans-IO cores, the async services around them
+(:class:`~phoenix_ref.authentication.service.AsService`,
+:class:`~phoenix_ref.queuing.service.QsService`, the outbound sender of the
+QS-to-QS queues) and the routes. Route modules get typed dependencies — a
+function returning the running service — and translate HTTP to service calls
+and back; nothing else reaches into the homeserver.
 
-Plug-in points for the services built later: endpoint rows in
-``endpoints.py`` with handlers in ``<service>/routes.py``; Privacy Pass via
-:attr:`Homeserver.privacy_pass` (called for every row whose
-``privacy_pass`` is set), by default the homeserver's
-:class:`~phoenix_ref.privacy_pass_gate.PrivacyPassGate`.
+Lifecycle: the routes are registered when the app is built; the app's
+lifespan startup loads the keystore, opens one SQLite store per service in
+the data directory, builds the federation client and the services, and
+starts their background work (the QS's outbound sender and pruning, the AS's
+pruning) in ``app.nursery`` (Quart-Trio's lifespan nursery) under one cancel
+scope; shutdown cancels it and closes the stores. A route called before
+startup or after shutdown answers 502 ``<service>_not_running``.
+
+Plug-in points: endpoint rows in ``endpoints.py`` with handlers in
+``<service>/routes.py``; Privacy Pass via :attr:`Homeserver.privacy_pass`
+(called for every row whose ``privacy_pass`` is set), by default the
+homeserver's :class:`~phoenix_ref.privacy_pass_gate.PrivacyPassGate`.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import trio
 from quart import Response
@@ -32,22 +43,32 @@ from quart_trio import QuartTrio
 
 from . import endpoints
 from .authentication import routes as as_routes
+from .authentication.service import AsService
 from .authentication.store import AsStore
 from .clock import Clock
-from .config import Config
+from .config import Config, Limits
 from .delivery import routes as ds_routes
 from .delivery.store import DsStore
-from .federation.client import FederationClient
+from .errors import NotFound, UpstreamError
+from .federation.facade import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
+from .federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome
 from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
-from .http import Call, CallCheck, decode_body, install_error_handlers, make_view, read_body, require_tls
+from .http import (MEDIA_TYPE, Call, CallCheck, decode_body, install_error_handlers, make_view, read_body,
+                   require_tls)
 from .keystore import Keystore
 from .privacy_pass_gate import PrivacyPassGate
+from .queues import Queues
 from .queuing import routes as qs_routes
+from .queuing.core import QsConfig, QsCore
+from .queuing.messages import QueueDeleted
+from .queuing.service import KeystoreQsKeys, QsService, RemoteSourceKeys
 from .queuing.store import QsStore
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _UNKNOWN_HOST = "unknown.invalid"
 
@@ -109,9 +130,17 @@ class Homeserver:
         #: Issuer keys, spent tokens and issuance counters (privacy_pass_gate.py),
         #: opened at startup; it becomes ``privacy_pass`` unless one was set.
         self.privacy_pass_gate: PrivacyPassGate | None = None
-        #: The running QS (queuing/core.py QsService), set at startup: the DS
-        #: hands FanOutMessages to ``qs.local_enqueue`` (never over HTTP).
-        self.qs = None
+        #: The running QS (:class:`~.queuing.service.QsService`), set at startup:
+        #: the DS hands FanOutMessages to ``qs.local_enqueue`` (never over HTTP).
+        self.qs: QsService | None = None
+        #: The running AS (:class:`~.authentication.service.AsService`), set at startup.
+        self.as_service: AsService | None = None
+        #: Where remote QSs' ``QueueDeleted`` answers go (``#local-enqueue-message``):
+        #: the DS's callback, once it sets one.
+        self.on_queue_deleted: Callable[[list[QueueDeleted]], None] | None = None
+        #: The background work's cancel scope and "it has ended" (set at startup).
+        self._background: trio.CancelScope | None = None
+        self._background_done: trio.Event | None = None
         self.operator = Operator(self)
         self.app = self._build_app()
         self.asgi = _HostNormaliser(self.app)
@@ -126,8 +155,11 @@ class Homeserver:
         app = QuartTrio(__name__, host_matching=True, static_folder=None)
         app.config["MAX_CONTENT_LENGTH"] = self.config.limits.max_body_bytes
         app.config["BODY_TIMEOUT"] = int(self.config.limits.request_timeout_s * 3)
-        handlers = {"as": as_routes.handlers(self), "ds": ds_routes.handlers(self),
-                    "qs": qs_routes.handlers(self)}
+        as_service = lambda: _started(self.as_service, "as")   # noqa: E731
+        qs_service = lambda: _started(self.qs, "qs")           # noqa: E731
+        handlers = {"as": as_routes.handlers(as_service),
+                    "ds": ds_routes.handlers(lambda: _started(self.keystore, "ds")),
+                    "qs": qs_routes.handlers(qs_service)}
         for service, table in handlers.items():
             rows = {ep.name for ep in endpoints.ENDPOINTS if ep.service == service}
             if rows != set(table):
@@ -139,7 +171,7 @@ class Homeserver:
             app.add_url_rule(ep.path, endpoint=f"{ep.service}.{ep.name}", view_func=view,
                              methods=[ep.method], host=self.config.host(str(ep.service)),
                              provide_automatic_options=False)
-        ws_views = qs_routes.websocket_handlers(self)
+        ws_views = qs_routes.websocket_handlers(qs_service, self.config.limits)
         for ep in endpoints.ENDPOINTS:
             if ep.websocket:   # the same path, opened as a websocket (RFC 6455)
                 app.add_websocket(ep.path, endpoint=f"{ep.service}.{ep.name}.websocket",
@@ -155,7 +187,6 @@ class Homeserver:
         """``GET https://D/.well-known/phoenix`` (delegation, docs/decisions.md)."""
         require_tls()
         if not self.config.well_known_enabled:
-            from .errors import NotFound
             raise NotFound("this homeserver publishes no delegation", code="unknown_endpoint")
         max_body = self.config.limits.max_body_bytes
         decode_body(None, await read_body(max_body), max_body)   # takes no body
@@ -183,18 +214,97 @@ class Homeserver:
                                                             self.clock.now_ms())
         if self.privacy_pass is None or isinstance(self.privacy_pass, PrivacyPassGate):
             self.privacy_pass = self.privacy_pass_gate
-        self.federation = FederationClient(cfg, clock=self.clock, transport=self._federation_transport)
-        self.qs = await qs_routes.start(self)   # QS service + outbound sender in app.nursery
-        await as_routes.start(self)             # AS pruning of inactive client entries
+        self.federation = FederationClient(cfg, endpoints.by_name, clock=self.clock,
+                                           transport=self._federation_transport)
+        self.as_service = AsService(cfg, self.keystore, self.as_store, self.privacy_pass_gate,
+                                    self.federation.keys, self.clock)
+        self.qs = self._build_qs()
+        await self._start_background()
+
+    def _build_qs(self) -> QsService:
+        store = self.qs_store
+        core = QsCore(qs_config(self.config), KeystoreQsKeys(self.keystore), store.records,
+                      Queues(store.queue_store), store.outbound, transaction=store.transaction)
+        return QsService(core, self.clock, source_keys=RemoteSourceKeys(self.federation.keys),
+                         on_queue_deleted=self._queue_deleted)
+
+    async def _start_background(self) -> None:
+        """The QS's outbound sender (pending queues resume at once) and
+        pruning, and the AS's pruning, in ``app.nursery``; shutdown cancels them."""
+        limits, qs = self.config.limits, self.qs
+        sender = OutboundSender(self.qs_store.outbound, functools.partial(_send_federated, self, qs),
+                                policy=backoff_policy(limits), on_delivered=qs.on_delivered,
+                                now_ms=self.clock.now_ms)
+        self._background = trio.CancelScope()
+        done = self._background_done = trio.Event()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with self._background:
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(qs.run, sender, limits.qs_prune_interval_s)
+                        await nursery.start(self.as_service.prune_periodically)
+                        task_status.started()
+            finally:
+                done.set()
+
+        await self.app.nursery.start(run)
+
+    def _queue_deleted(self, deleted: list[QueueDeleted]) -> None:
+        """Remote QSs' ``QueueDeleted`` answers → the DS's callback."""
+        if self.on_queue_deleted is None:
+            log.info("%s: %d QueueDeleted answers and no DS callback", self.domain, len(deleted))
+            return
+        self.on_queue_deleted(deleted)
 
     async def _shutdown(self) -> None:
-        await qs_routes.stop(self)
-        await as_routes.stop(self)
+        if self._background is not None:   # pending outbound messages stay in the store
+            self._background.cancel()
+            await self._background_done.wait()   # no worker thread uses a store once it is closed
         if self.federation is not None:
             await self.federation.aclose()
         for store in (self.as_store, self.qs_store, self.ds_store, self.privacy_pass_gate):
             if store is not None:
                 await trio.to_thread.run_sync(store.close)
+
+
+def _started(value: T | None, service: str) -> T:
+    """``value`` once the homeserver has started; before, a 502 ``<service>_not_running``."""
+    if value is None:
+        raise UpstreamError(f"the {service.upper()} is not running", code=f"{service}_not_running")
+    return value
+
+
+def qs_config(cfg: Config) -> QsConfig:
+    """The QS core's configuration from the homeserver's."""
+    allow = frozenset(Fqdn(d) for d in cfg.federation_allow) if cfg.federation_allow else None
+    return QsConfig(Fqdn(cfg.domain), federation_allow=allow,
+                    federation_deny=frozenset(Fqdn(d) for d in cfg.federation_deny),
+                    max_client_record_age_ms=cfg.limits.qs_max_client_age_s * 1000)
+
+
+def backoff_policy(limits: Limits) -> BackoffPolicy:
+    """The outbound retry policy from the homeserver's ``[limits]``."""
+    return BackoffPolicy(base_delay=limits.federation_retry_base_s, max_delay=limits.federation_retry_max_s,
+                         attempt_timeout=limits.request_timeout_s * 2)
+
+
+async def _send_federated(hs, svc: QsService, item: OutboundItem) -> Outcome:
+    """One delivery attempt of an outbound item: POST the freshly signed
+    QsToQsMessage to the destination's federated enqueue endpoint; its
+    answer body is the FederatedEnqueueResponse. A refusal or a failure
+    raises, and :func:`~phoenix_ref.federation.outbound.outcome_of_failure`
+    (applied by the sender to whatever a send raises) says what it means.
+    The frame may go twice on a closed connection: the receiver deduplicates
+    it by message id (``retry_safe``)."""
+    ep = endpoints.by_name("qs", "federated_enqueue")
+    body = svc.frame_outbound(item)
+    svc.stats["federated_enqueue_sent"] += 1
+    hs.federation.check_federates(item.destination)
+    urls = await hs.federation.discovery.discover(item.destination)
+    return Delivered(await hs.federation.fetcher.request(
+        ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
+        domain=item.destination, expect=MEDIA_TYPE, retry_safe=True))
 
 
 class Operator:

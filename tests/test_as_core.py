@@ -577,3 +577,29 @@ def test_error_from_response_rebuilds_typed_errors():
     assert isinstance(e, NotFound) and e.code == "unknown_user"
     e = error_from_response(418, b"\xff")
     assert isinstance(e, ProtocolError) and e.status == 418 and e.code == "unknown"
+
+
+# --- #configuration: "Maximal QS client record age" ---------------------------------------------
+
+DAY = 86_400_000
+
+
+def test_prune_inactive_deletes_idle_clients_and_keeps_active_ones_and_aliases(asu):
+    """The pruning policy is the core's: a client whose direct queue nobody
+    fetched from for longer than the maximal age loses its entry, its queue
+    and (as its user's last client) the user entry; a client that dequeued
+    within the age and an alias queue stay."""
+    idle, active = asu.register(), asu.register()
+    holder, register = AliasIdentity.new(DOMAIN, "quiet")
+    asu.core.register_alias(register, NOW)
+    assert asu.core.config.max_client_age_ms == 90 * DAY        # the spec's default
+    assert asu.core.prune_inactive(NOW + 80 * DAY) == []
+    asu.core.dequeue_messages(active.dequeue(NOW + 60 * DAY), NOW + 60 * DAY)
+    assert asu.core.prune_inactive(NOW + 120 * DAY) == [idle.client_id]
+    assert asu.core.prune_inactive(NOW + 120 * DAY) == []       # nothing left over to prune twice
+    with pytest.raises(NotFound):
+        asu.core.user_profile(m.UserProfileParams(idle.user_id), NOW + 120 * DAY)
+    with pytest.raises(UnknownClient):
+        asu.core.dequeue_messages(idle.dequeue(NOW + 120 * DAY), NOW + 120 * DAY)
+    asu.core.user_profile(m.UserProfileParams(active.user_id), NOW + 120 * DAY)
+    asu.core.dequeue_alias_messages(holder.dequeue(NOW + 120 * DAY), NOW + 120 * DAY)

@@ -13,7 +13,7 @@ from phoenix_ref.cli import generate_config, main
 from phoenix_ref.codec import decode
 from phoenix_ref.config import Config, ConfigError, Limits, Performance
 from phoenix_ref.credentials import AsCredentialsResponse
-from phoenix_ref.federation.keys import QsVerifyingKeyResponse
+from phoenix_ref.queuing.messages import QsVerifyingKeyResponse
 from phoenix_ref.homeserver import Homeserver, normalise_host
 from phoenix_ref.keystore import Keystore, KeystoreError
 

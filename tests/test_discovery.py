@@ -12,12 +12,15 @@ from phoenix_ref.config import Config
 from phoenix_ref.credentials import (SHA256, AsCredential, AsCredentialsResponse, AsIntermediateCredential,
                                      AsIntermediateCredentialCsr, CredentialCiphersuite)
 from phoenix_ref.crypto import SigningKey
-from phoenix_ref.federation.client import (FederationClient, HttpsFetcher, MalformedAnswer, NotFederated,
+from phoenix_ref.endpoints import by_name
+from phoenix_ref.federation.client import (HttpsFetcher, MalformedAnswer, NotFederated,
                                            NotTls, RemoteRefused, HttpsTransport, TtlCache, Unreachable,
                                            client_ssl_context, fetch_many)
+from phoenix_ref.federation.facade import FederationClient
 from phoenix_ref.federation.discovery import (Discovery, check_base_url, parse_well_known,
                                               subdomain_rule, well_known_document)
-from phoenix_ref.federation.keys import QsVerifyingKeyResponse, RemoteKeyCache, key_id
+from phoenix_ref.federation.keys import RemoteKeyCache, key_id
+from phoenix_ref.queuing.messages import QsVerifyingKeyResponse
 from phoenix_ref.ids import Fqdn
 from phoenix_ref.testing import tls_handshake
 
@@ -180,7 +183,7 @@ async def test_cache_ttl_and_single_flight():
     clock = FixedClock()
     key = SigningKey.generate().public
     client = FakeClient({"qs_verifying_key": QsVerifyingKeyResponse([key])})
-    cache = RemoteKeyCache(client, clock=clock, ttl_ms=1000, cooldown_ms=100)
+    cache = RemoteKeyCache(client, by_name, clock=clock, ttl_ms=1000, cooldown_ms=100)
     async with trio.open_nursery() as n:      # concurrent callers share one fetch
         for _ in range(5):
             n.start_soon(cache.qs_verifying_keys, "b.example")
@@ -197,7 +200,7 @@ async def test_find_qs_key_refetches_once_per_cooldown():
     clock = FixedClock()
     keys = [SigningKey.generate().public]
     client = FakeClient({"qs_verifying_key": lambda: QsVerifyingKeyResponse(list(keys))})
-    cache = RemoteKeyCache(client, clock=clock, ttl_ms=10_000, cooldown_ms=100)
+    cache = RemoteKeyCache(client, by_name, clock=clock, ttl_ms=10_000, cooldown_ms=100)
     assert await cache.find_qs_key("b.example", lambda k: k == keys[0]) == keys[0]
     new = SigningKey.generate().public
     keys.insert(0, new)
@@ -211,7 +214,7 @@ async def test_find_qs_key_refetches_once_per_cooldown():
 
 @pytest.mark.parametrize("keys", [[], [b"short"], [bytes(32), bytes(33)]])
 async def test_malformed_key_lists_are_refused(keys):
-    cache = RemoteKeyCache(FakeClient({"qs_verifying_key": QsVerifyingKeyResponse(keys)}))
+    cache = RemoteKeyCache(FakeClient({"qs_verifying_key": QsVerifyingKeyResponse(keys)}), by_name)
     with pytest.raises(MalformedAnswer):
         await cache.qs_verifying_keys("b.example")
 
@@ -219,11 +222,11 @@ async def test_malformed_key_lists_are_refused(keys):
 async def test_as_answer_for_another_domain_is_refused():
     key = SigningKey.generate()
     cred = AsCredential.create("c.example", key, 0, 2**62)
-    cache = RemoteKeyCache(FakeClient({"as_credentials": AsCredentialsResponse([cred], [], [])}))
+    cache = RemoteKeyCache(FakeClient({"as_credentials": AsCredentialsResponse([cred], [], [])}), by_name)
     with pytest.raises(MalformedAnswer):
         await cache.trust_store("b.example")
     good = AsCredential.create("b.example", key, 0, 2**62)
-    cache = RemoteKeyCache(FakeClient({"as_credentials": AsCredentialsResponse([good], [], [])}))
+    cache = RemoteKeyCache(FakeClient({"as_credentials": AsCredentialsResponse([good], [], [])}), by_name)
     assert (await cache.trust_store("b.example")).domains()[0].value == "b.example"
 
 
@@ -239,7 +242,7 @@ async def test_as_answer_with_an_unsupported_ciphersuite_still_serves_its_usable
     odd = AsIntermediateCredential(AsIntermediateCredentialCsr.create(inter_key, root, 0, 2**61, future_suite),
                                    b"\0" * 64)
     client = FakeClient({"as_credentials": AsCredentialsResponse([root], [odd, good], [])})
-    cache = RemoteKeyCache(client, clock=clock, cooldown_ms=100)
+    cache = RemoteKeyCache(client, by_name, clock=clock, cooldown_ms=100)
     await cache.trust_store("b.example")
     clock.advance(100)
     store = await cache.trust_store("b.example", want_fingerprint=good.fingerprint())
@@ -265,7 +268,7 @@ async def test_key_cache_of_many_domains_stays_bounded():
     """Any unauthenticated token request names a domain; the cache must not
     grow with every domain ever named."""
     key = SigningKey.generate().public
-    cache = RemoteKeyCache(FakeClient({"qs_verifying_key": QsVerifyingKeyResponse([key])}))
+    cache = RemoteKeyCache(FakeClient({"qs_verifying_key": QsVerifyingKeyResponse([key])}), by_name)
     cache._cache.max_entries = 5
     for i in range(20):
         await cache.qs_verifying_keys(f"d{i}.example")
@@ -274,7 +277,7 @@ async def test_key_cache_of_many_domains_stays_bounded():
 
 async def test_federation_client_honours_the_deny_list(tmp_path):
     cfg = Config(domain="a.example", data_dir=tmp_path, keys_dir=tmp_path, federation_deny=("b.example",))
-    client = FederationClient(cfg)
+    client = FederationClient(cfg, by_name)
     try:
         with pytest.raises(NotFederated):
             await client.keys.qs_verifying_keys("b.example")

@@ -22,7 +22,7 @@ DEPENDENCIES = {"anycorn", "anyio", "cryptography", "h11", "h2", "httpcore", "ht
 #: ``anycorn.Config``); their submodules hold internals (``worker_serve``, ``Sockets``)
 TOP_LEVEL_ONLY = {"anycorn", "hypercorn"}
 #: private attributes of dependency objects the code once reached into
-KNOWN_PRIVATE_ATTRIBUTES = re.compile(r"(?<!self)\._(pool|backends|transport|network_backend|sockets)\b")
+KNOWN_PRIVATE_ATTRIBUTES = re.compile(r"(?<!self)\._(pool|backends|network_backend)\b")
 FOLDERS = ("phoenix_ref", "tests", "spec_tests", "benchmarks", "examples")
 
 

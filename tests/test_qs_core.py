@@ -15,7 +15,7 @@ from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLim
 from phoenix_ref.federation.outbound import OutboundItem
 from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing.core import (
-    ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, QsKeys, RateLimit,
+    ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, QsKeys, RateLimit, UnknownSourceKey,
 )
 from phoenix_ref.queuing.fanout import config_digest, config_key_id, received_config_list, seal_queue_config
 from phoenix_ref.queuing.messages import (
@@ -445,15 +445,12 @@ class Federation:
     def __init__(self, **b_config):
         self.a = make_core("a.example")
         self.b = make_core("b.example", **b_config)
-        self.lookups: list[tuple[str, bool]] = []
         self.bob = Client.register(self.b)
         received(self.bob)
 
-    def lookup(self, domain: Fqdn, refresh: bool) -> bytes:
-        self.lookups.append((domain.value, refresh))
-        if domain.value != "a.example":
-            raise LookupError(domain.value)
-        return self.a.keys.signing_key.public
+    def keys_of(self, domain: Fqdn) -> list[bytes] | None:
+        """What b's key cache holds: a.example's key, nobody else's."""
+        return [self.a.keys.signing_key.public] if domain.value == "a.example" else None
 
     def message(self, body=b"fed", *, now_ms=NOW, configs=None) -> QsToQsMessage:
         configs = configs if configs is not None else [self.bob.client_queue_config()]
@@ -463,7 +460,7 @@ class Federation:
         return decode(QsToQsMessage, self.a.frame_outbound(item, now_ms))
 
     def deliver(self, msg, now_ms=NOW):
-        return self.b.federated_enqueue(msg, now_ms, self.lookup)
+        return self.b.federated_enqueue(msg, now_ms, self.keys_of(msg.source))
 
 
 def test_federated_message_is_enqueued():
@@ -494,11 +491,31 @@ def test_forged_signature_is_refused_and_nothing_enqueued():
     with pytest.raises(Unauthorized):
         f.deliver(forged)
     tampered = dataclasses.replace(msg, timestamp=msg.timestamp + 1)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(UnknownSourceKey) as e:
         f.deliver(tampered)
+    assert e.value.status == 401 and e.value.code == "bad_signature" and e.value.source == Fqdn("a.example")
     _nothing_enqueued(f)
-    # the cached key was refetched once per attempt, never in a loop
-    assert f.lookups == [("a.example", False), ("a.example", True)] * 2
+
+
+@spec("spec/queuing_service.md#federated-qs-to-qs-communication")
+def test_without_source_keys_the_core_asks_for_them_after_the_cheap_checks():
+    """The core fetches nothing: given no keys it raises UnknownSourceKey
+    (the async layer fetches and calls again), but only for a message that
+    passed every check that needs no key, so a stale or misdirected message
+    never makes the QS fetch anything."""
+    f = Federation()
+    msg = f.message()
+    with pytest.raises(UnknownSourceKey) as e:
+        f.b.federated_enqueue(msg, NOW, None)
+    assert e.value.source == Fqdn("a.example")
+    with pytest.raises(Forbidden):
+        make_core("c.example").federated_enqueue(msg, NOW, None)
+    with pytest.raises(Unauthorized) as e:
+        f.b.federated_enqueue(msg, NOW + 3_600_001, None)
+    assert e.value.code == "message_expired"
+    _nothing_enqueued(f)
+    assert f.b.federated_enqueue(msg, NOW, [SigningKey.generate().public, f.a.keys.signing_key.public]).enqueued \
+        == [f.bob.qs_cid]   # any published key may verify
 
 
 def test_signature_by_another_qs_is_refused():
@@ -521,7 +538,7 @@ def test_wrong_destination_is_refused():
     other = make_core("c.example")
     msg = f.message()
     with pytest.raises(Forbidden) as e:
-        other.federated_enqueue(msg, NOW, f.lookup)
+        other.federated_enqueue(msg, NOW, f.keys_of(msg.source))
     assert e.value.code == "wrong_destination"
 
 
@@ -552,13 +569,13 @@ def test_replay_memory_survives_restart(tmp_path):
     bob = Client.register(b)
     a.local_enqueue(fan_out([bob.client_queue_config()], GROUP), NOW)
     msg = decode(QsToQsMessage, a.frame_outbound(a.outbound.head("b.example"), NOW))
-    b.federated_enqueue(msg, NOW, lambda d, r: a.keys.signing_key.public)
+    b.federated_enqueue(msg, NOW, [a.keys.signing_key.public])
     b.records.close()
     b2 = make_core("b.example", sqlite_dir=tmp_path)
     b2.keys = b.keys
     b2.config_cache = b.config_cache
     with pytest.raises(DuplicateMessage):
-        b2.federated_enqueue(msg, NOW + 5, lambda d, r: a.keys.signing_key.public)
+        b2.federated_enqueue(msg, NOW + 5, [a.keys.signing_key.public])
 
 
 def test_configs_for_a_third_domain_are_refused():
@@ -796,15 +813,15 @@ def test_signature_is_checked_over_the_received_bytes():
         received_qs_to_qs_tbs(framed[:-1] + bytes([framed[-1] ^ 1]), msg)
     forged = dataclasses.replace(msg, signature=SigningKey.generate().sign(msg.tbs()))
     with pytest.raises(Unauthorized):
-        f.b.federated_enqueue(forged, NOW, f.lookup, received=encode(forged))
+        f.b.federated_enqueue(forged, NOW, f.keys_of(forged.source), received=encode(forged))
     # one flipped bit in the signed part: the received bytes decode, the signature fails
     tampered_raw = bytearray(framed)
     tampered_raw[len(framed) - len(encode(msg.signature, VarBytes)) - 1] ^= 1
     tampered = decode(QsToQsMessage, bytes(tampered_raw))
     with pytest.raises(Unauthorized):
-        f.b.federated_enqueue(tampered, NOW, f.lookup, received=bytes(tampered_raw))
+        f.b.federated_enqueue(tampered, NOW, f.keys_of(tampered.source), received=bytes(tampered_raw))
     _nothing_enqueued(f)
-    result = f.b.federated_enqueue(msg, NOW, f.lookup, received=framed)
+    result = f.b.federated_enqueue(msg, NOW, f.keys_of(msg.source), received=framed)
     assert result.enqueued == [f.bob.qs_cid] and received(f.bob) == [content_bytes(b"raw")]
 
 

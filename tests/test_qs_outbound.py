@@ -368,10 +368,12 @@ async def test_an_operator_unpark_in_the_store_is_noticed_and_a_restart_retries(
         operator = SqliteOutboundStore(db, keys=None)   # what `phoenix-ref outbound --unpark` does
         assert operator.unpark("b.example")
         operator.close()
-        t0 = trio.current_time()
-        # the sender looks at the store within 30 s, sends, and parks again on the second bug
+        assert len(remote.calls) == 1
+        # the sender looks at the store again (every park_check_interval), sends,
+        # and parks again on the second bug. No bound on the virtual time it
+        # takes: the autojump clock runs on while the store's worker threads
+        # do, so on a busy machine virtual seconds pass without meaning.
         await _wait_until(lambda: len(remote.calls) == 2 and sender.is_parked("b.example"))
-        assert remote.calls[1][0] - t0 <= 30.5
         n.cancel_scope.cancel()
     assert store.parked()["b.example"].reason == "ValueError: bug again"
     # a restart (a fix deployed) tries the parked destination again

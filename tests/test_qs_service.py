@@ -10,13 +10,14 @@ import trio.testing
 
 from phoenix_ref.clock import FixedClock
 from phoenix_ref.codec import DecodeError, decode, encode
-from phoenix_ref.errors import ProtocolError
+from phoenix_ref.crypto import SigningKey
+from phoenix_ref.errors import ProtocolError, Unauthorized, UpstreamError
 from phoenix_ref.federation.outbound import (
     Delivered, OutboundSender, Rejected, RetryLater,
 )
 from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
-from phoenix_ref.queuing.core import QsService, QueueNotifier
+from phoenix_ref.queuing.service import QsService, QueueNotifier
 from phoenix_ref.queuing.fanout import group_id_of, split_by_domain
 from phoenix_ref.queuing.messages import (
     ClientQueueConfig, FanOutMessage, FederatedEnqueueResponse, QsToQsMessage, WelcomeBundle,
@@ -97,6 +98,89 @@ async def test_service_local_enqueue_wakes_websocket():
             await woke.wait()
 
 
+# --- federated enqueue: the source's keys (#federated-qs-to-qs-communication) ------------------------
+
+class FakeSourceKeys:
+    """A remote key cache: ``published`` is what the remote QSs publish now,
+    ``cache`` what was fetched last; every fetch is logged."""
+
+    def __init__(self, published: dict[Fqdn, list[bytes]], *, cached: bool = True):
+        self.published = published
+        self.cache = dict(published) if cached else {}
+        self.fetches: list[tuple[str, bool]] = []
+
+    def cached(self, domain: Fqdn) -> list[bytes] | None:
+        return self.cache.get(domain)
+
+    async def fetch(self, domain: Fqdn, refresh: bool) -> list[bytes]:
+        self.fetches.append((domain.value, refresh))
+        if domain not in self.published:
+            raise UpstreamError(f"cannot reach {domain}", code="source_unreachable")
+        self.cache[domain] = list(self.published[domain])
+        return self.cache[domain]
+
+
+def _one_message(a, b_cid_cfg) -> QsToQsMessage:
+    a.local_enqueue(fan_out([b_cid_cfg], GROUP), NOW)
+    item = a.outbound.head("b.example")
+    a.outbound.remove("b.example", item.seq)
+    return decode(QsToQsMessage, a.frame_outbound(item, NOW))
+
+
+async def test_cached_source_keys_need_no_fetch():
+    a, b = make_core("a.example"), make_core("b.example")
+    bob = Client.register(b)
+    keys = FakeSourceKeys({Fqdn("a.example"): [a.keys.signing_key.public]})
+    svc = QsService(b, FixedClock(NOW), source_keys=keys)
+    result = await svc.federated_enqueue(_one_message(a, bob.client_queue_config()))
+    assert result.enqueued == [bob.qs_cid] and keys.fetches == []
+
+
+async def test_nothing_cached_fetches_once_without_refresh():
+    a, b = make_core("a.example"), make_core("b.example")
+    bob = Client.register(b)
+    keys = FakeSourceKeys({Fqdn("a.example"): [a.keys.signing_key.public]}, cached=False)
+    svc = QsService(b, FixedClock(NOW), source_keys=keys)
+    await svc.federated_enqueue(_one_message(a, bob.client_queue_config()))
+    assert keys.fetches == [("a.example", False)]
+
+
+async def test_a_rotated_key_is_refetched_once_and_a_forgery_never_loops():
+    """The cached key fails after the source rotated its key: one refresh,
+    then the message is accepted. A signature no published key verifies
+    is refused (401) after exactly one refresh per message."""
+    a, b = make_core("a.example"), make_core("b.example")
+    bob = Client.register(b)
+    keys = FakeSourceKeys({Fqdn("a.example"): [SigningKey.generate().public]})   # stale cache
+    keys.published[Fqdn("a.example")] = [a.keys.signing_key.public]
+    svc = QsService(b, FixedClock(NOW), source_keys=keys)
+    result = await svc.federated_enqueue(_one_message(a, bob.client_queue_config()))
+    assert result.enqueued == [bob.qs_cid] and keys.fetches == [("a.example", True)]
+    forger = make_core("a.example")
+    with pytest.raises(Unauthorized) as e:
+        await svc.federated_enqueue(_one_message(forger, bob.client_queue_config()))
+    assert e.value.code == "bad_signature"
+    assert keys.fetches == [("a.example", True), ("a.example", True)]
+
+
+async def test_an_unreachable_source_is_a_502_and_nothing_is_enqueued():
+    a, b = make_core("a.example"), make_core("b.example")
+    bob = Client.register(b)
+    from tests.test_qs_core import received
+    received(bob)   # the initial ratchet key
+    svc = QsService(b, FixedClock(NOW), source_keys=FakeSourceKeys({}))
+    with pytest.raises(UpstreamError):
+        await svc.federated_enqueue(_one_message(a, bob.client_queue_config()))
+    assert received(bob) == []
+
+
+async def test_without_a_key_source_federated_messages_are_refused():
+    a, b = make_core("a.example"), make_core("b.example")
+    bob = Client.register(b)
+    with pytest.raises(Unauthorized):
+        await QsService(b, FixedClock(NOW)).federated_enqueue(_one_message(a, bob.client_queue_config()))
+
+
 # --- end to end: a.example's outbound queue to b.example's federated enqueue ---------------------------
 
 class TwoQs:
@@ -106,13 +190,10 @@ class TwoQs:
         self.b = make_core("b.example")
         self.deleted = []
         self.svc_a = QsService(self.a, self.clock, on_queue_deleted=self.deleted.extend)
-        self.svc_b = QsService(self.b, self.clock)
+        self.keys = FakeSourceKeys({Fqdn("a.example"): [self.a.keys.signing_key.public]})
+        self.svc_b = QsService(self.b, self.clock, source_keys=self.keys)
         self.up = True
         self.attempts = 0
-
-    async def fetch_key(self, domain: Fqdn, refresh: bool) -> bytes:
-        assert domain == Fqdn("a.example")
-        return self.a.keys.signing_key.public
 
     async def send(self, item):
         """What the homeserver's federation client does: POST and map the answer."""
@@ -121,7 +202,7 @@ class TwoQs:
             raise OSError("connection refused")
         msg = decode(QsToQsMessage, self.svc_a.frame_outbound(item))
         try:
-            result = await self.svc_b.federated_enqueue(msg, self.fetch_key)
+            result = await self.svc_b.federated_enqueue(msg)
         except ProtocolError as e:
             if e.status == 429:
                 return RetryLater(e.code, e.retry_after)

@@ -3,6 +3,7 @@
 import importlib
 
 from phoenix_ref import endpoints
+from phoenix_ref.paths import PREFIX
 from phoenix_ref.shared import REPO_ROOT
 from phoenix_ref.spec_sections import check_section
 
@@ -16,7 +17,7 @@ def test_wire_doc_is_up_to_date():
 def test_every_endpoint_cites_an_existing_section():
     for ep in endpoints.ENDPOINTS:
         assert check_section(ep.section) is None, ep
-        assert ep.path.startswith(endpoints.PREFIX + "/")
+        assert ep.path.startswith(PREFIX + "/")
         assert ep.method in ("GET", "POST", "PUT", "DELETE")
 
 

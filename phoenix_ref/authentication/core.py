@@ -59,17 +59,17 @@ from ..credentials import (
 from ..crypto import CryptoError, SigningKey, check_hpke_public_key
 from ..errors import Conflict, Malformed, NotFound, Unauthorized
 from ..ids import Alias, ClientId, Fqdn, UserId
+from ..paths import endpoint_path
 from ..queue_crypto import check_queue_encryption_key, check_ratchet_key
 from ..queues import DequeueMessagesResponse, Queues
 from . import messages as m
 from .accounts import AccountStore, AliasEntry, ClientEntry, UserEntry, direct_queue_id
 
 __all__ = [
-    "PREFIX", "AuthMode", "AsOperation", "OPERATIONS", "operation", "request_binding", "AsConfig", "AsSecrets",
+    "AuthMode", "AsOperation", "OPERATIONS", "operation", "request_binding", "AsConfig", "AsSecrets",
     "AuthenticationCore", "NoConnectionPackage", "UnknownClient",
 ]
 
-PREFIX = "/phoenix/v1"  # phoenix_ref/endpoints.py: every path is PREFIX/<name>
 ED25519_PUBLIC_KEY_LEN = 32
 
 
@@ -98,7 +98,7 @@ class AsOperation:
 
     @property
     def path(self) -> str:
-        return f"{PREFIX}/{self.name}"
+        return endpoint_path(self.name)
 
     @property
     def method(self) -> str:
@@ -184,6 +184,9 @@ class UnknownClient(Unauthorized):
 class AsConfig:
     """``spec/authentication_service.md#configuration`` and the AS's own limits.
 
+    ``max_client_age_ms`` is the spec's "Maximal QS client record age": a
+    client entry whose direct queue nobody fetched from for longer is deleted
+    by :meth:`AuthenticationCore.prune_inactive`.
     ``max_messages`` (the spec's "maximal number of requested messages") is
     configured on the :class:`~phoenix_ref.queues.Queues` the core is given;
     the anonymous token time-frame and default token allowance live in the
@@ -195,6 +198,7 @@ class AsConfig:
     max_pending_registrations_per_source: int = 32   # live registration starts one source may hold
     max_client_credential_validity_ms: int = 2 * 365 * 24 * 3600 * 1000
     max_connection_packages_per_upload: int = 100
+    max_client_age_ms: int = 90 * 86_400_000   # "Maximal QS client record age" (#configuration)
 
 
 @dataclass
@@ -391,6 +395,28 @@ class AuthenticationCore:
             self.queues.delete(queue_id)
         except NotFound:
             pass
+
+    # --- #configuration: "Maximal QS client record age" ----------------------------------
+
+    def prune_inactive(self, now_ms: int) -> list[ClientId]:
+        """Delete the client entries whose direct queue was last fetched from
+        longer ago than ``max_client_age_ms`` (activity is kept to the month,
+        ``#as-state``), with their connection packages and queues; a user
+        entry goes with its last client. Alias queues are kept: the spec
+        sets no age for them. Returns the deleted clients."""
+        gone = []
+        for queue_id in self.queues.inactive(now_ms - self.config.max_client_age_ms):
+            if not queue_id.startswith(b"c"):   # a client's queue (accounts.direct_queue_id)
+                continue
+            client_id = decode(ClientId, queue_id[1:])
+            with self.accounts.transaction():   # the entry and its queue, or neither
+                try:
+                    self.accounts.delete_client(client_id)
+                except NotFound:
+                    pass                   # a queue whose entry is gone already
+                self._delete_queue(queue_id)
+            gone.append(client_id)
+        return gone
 
     # --- profiles -----------------------------------------------------------------------------
 

@@ -32,9 +32,10 @@ from ..credentials import (
     AsCredentialsResponse, ClientCredential, ClientCredentialCsr, CredentialChain, ExpirationData, TrustStore,
 )
 from ..ids import Alias, ClientId, Fqdn, GroupId, UserId
+from ..paths import endpoint_path
 from ..queue_crypto import RATCHET_KEY_LEN, QueueMessage, QueueRatchetState, read_queue_messages
 from ..authentication import messages as m
-from ..authentication.core import PREFIX, operation, request_binding
+from ..authentication.core import operation, request_binding
 
 __all__ = [
     "Registration", "AsIdentity", "AliasIdentity", "DirectQueueReader", "new_connection_payload",
@@ -323,7 +324,7 @@ class AsClient:
     async def as_credentials(self, domain: Fqdn | str) -> AsCredentialsResponse:
         """*Get AS credentials* of ``domain`` (key distribution, over TLS)."""
         from ..codec import decode
-        resp = await self.http.get(f"{self.base_url(domain)}{PREFIX}/as_credentials")
+        resp = await self.http.get(f"{self.base_url(domain)}{endpoint_path('as_credentials')}")
         if resp.status_code != 200:
             raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
         return decode(AsCredentialsResponse, resp.content)

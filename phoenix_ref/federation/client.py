@@ -16,22 +16,23 @@ is tied to the local web root of trust of the caller". So:
   (:class:`BadCertificate`) or a broken one (:class:`MalformedAnswer`,
   :class:`RemoteRefused`).
 
-:class:`FederationClient` composes the HTTPS fetcher with discovery
-(``discovery.py``) and the remote key cache (``keys.py``); it is the single
-object a homeserver's services use to talk to other homeservers.
+:class:`~.facade.FederationClient` (``facade.py``) composes the HTTPS
+fetcher with discovery (``discovery.py``) and the remote key cache
+(``keys.py``); it is the single object a homeserver's services use to talk
+to other homeservers.
 """
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Protocol, TypeVar
 
 import httpx
 import trio
 
-from ..clock import Clock
 from ..codec import DecodeError, decode
+from ..errors import ErrorResponse
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -276,7 +277,6 @@ class HttpsFetcher:
 
 
 def _refused(resp: httpx.Response, body: bytes, domain: str | None, url: str) -> RemoteRefused:
-    from ..errors import ErrorResponse
     code = message = None
     try:
         err = decode(ErrorResponse, body)
@@ -356,55 +356,15 @@ async def fetch_many(domains: Iterable[str],
 
 # --- the facade ---------------------------------------------------------------------------
 
-class FederationClient:
-    """A homeserver's outbound federation: discovery, key cache, HTTPS.
+class Row(Protocol):
+    """An endpoint as the client calls it: a row of :mod:`phoenix_ref.endpoints`."""
+    service: Any
+    method: str
+    path: str
+    response: type | None
 
-    Built from a :class:`~phoenix_ref.config.Config`; ``transport`` (a
-    factory taking the client's ``ssl.SSLContext``) replaces the network in
-    in-process tests. The owner calls :meth:`aclose`.
-    """
 
-    def __init__(self, config, *, clock: Clock | None = None,
-                 transport: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None):
-        from .discovery import Discovery
-        from .keys import RemoteKeyCache
-
-        self.config = config
-        self.clock = clock or Clock()
-        lim = config.limits
-        ctx = client_ssl_context(config.ca_bundle)
-        self.fetcher = HttpsFetcher(ctx, resolve=config.resolve,
-                                    transport=transport(ctx) if transport else None,
-                                    connect_timeout_s=lim.connect_timeout_s,
-                                    request_timeout_s=lim.request_timeout_s,
-                                    max_answer_bytes=lim.max_answer_bytes)
-        self.discovery = Discovery(self.fetcher, overrides=config.discovery, clock=self.clock,
-                                   ttl_ms=lim.discovery_ttl_s * 1000)
-        self.keys = RemoteKeyCache(self, clock=self.clock, ttl_ms=lim.key_cache_ttl_s * 1000,
-                                   cooldown_ms=lim.key_refetch_cooldown_s * 1000)
-
-    async def aclose(self) -> None:
-        await self.fetcher.aclose()
-
-    def check_federates(self, domain: str) -> None:
-        if not self.config.federates_with(domain):
-            raise NotFederated(f"federation with {domain} is not permitted by this homeserver's operator",
-                               domain=domain)
-
-    async def get_struct(self, domain: str, endpoint, *, content: bytes = b"") -> Any:
-        """Call ``endpoint`` (a row of the endpoint table) at ``domain``; decode its answer."""
-        from ..http import MEDIA_TYPE
-        self.check_federates(domain)
-        urls = await self.discovery.discover(domain)
-        url = urls.base(str(endpoint.service)) + endpoint.path
-        headers = {"content-type": MEDIA_TYPE} if content else None
-        body = await self.fetcher.request(endpoint.method, url, content=content, headers=headers,
-                                          domain=domain, expect=MEDIA_TYPE)
-        try:
-            return decode(endpoint.response, body, max_len=self.fetcher.max_answer_bytes)
-        except DecodeError as e:
-            raise MalformedAnswer(f"{url}: {e}", domain=domain, url=url) from None
-
-    async def fetch_many(self, domains: Iterable[str],
-                         fetch: Callable[[str], Awaitable[T]]) -> dict[str, T | FederationError]:
-        return await fetch_many(domains, fetch)
+#: (service, endpoint name) → its row: the endpoint table's ``by_name``,
+#: handed in by whoever builds the client, so that this package does not
+#: import the table (which imports the services, which import this package).
+RowLookup = Callable[[str, str], Row]

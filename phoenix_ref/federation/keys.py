@@ -1,4 +1,4 @@
-"""Key distribution: the wire structs and the remote key cache.
+"""Key distribution: the remote key cache.
 
 ``spec/federation/use_cases.md#authentication-key-distribution``: the QS and
 DS publish their verifying keys, the AS its AS credentials, intermediate
@@ -10,7 +10,11 @@ over verified TLS only (``client.py``).
 
 The spec does not define the QS/DS answers (docs/decisions.md): each is a
 list of public keys, the current key first, followed by older keys that are
-still accepted, so keys can rotate without a flag day. A key's id is the
+still accepted, so keys can rotate without a flag day. Those structs live
+with the service that serves them (``queuing/messages.py``,
+``delivery/messages.py``); the cache reaches the endpoints through the rows
+it is given (the endpoint table's ``by_name``), so this package never
+imports the endpoint table. A key's id is the
 SHA-256 of its public key (:func:`key_id`); AS credentials are named by
 their fingerprint (``credentials.fingerprint``).
 
@@ -28,34 +32,14 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from ..clock import Clock
-from ..codec import VarBytes, struct, vec
 from ..credentials import (AsCredentialsResponse, ClientCredential, CredentialChain, CredentialError,
                            TrustStore)
 from ..crypto import hash_
 from ..ids import Fqdn
-from .client import MalformedAnswer, TtlCache
+from .client import MalformedAnswer, RowLookup, TtlCache
 
 ED25519_PUBLIC_LEN = 32
 X25519_PUBLIC_LEN = 32
-
-
-@struct
-class QsVerifyingKeyResponse:
-    """``spec/queuing_service.md#fetch-qs-verifying-key``: current key first."""
-    verifying_keys: vec(VarBytes)
-
-
-@struct
-class DsVerifyingKeyResponse:
-    """The DS verifying keys (``spec/federation/use_cases.md#authentication-key-distribution``)."""
-    verifying_keys: vec(VarBytes)
-
-
-@struct
-class QsQueueConfigEncryptionKeyResponse:
-    """``spec/queuing_service.md#fetch-queue-config-encryption-key``: HPKE
-    (X25519) public keys, current first."""
-    encryption_keys: vec(VarBytes)
 
 
 def key_id(public_key: bytes) -> bytes:
@@ -73,14 +57,16 @@ def _check_keys(keys: list[bytes], length: int, what: str) -> list[bytes]:
 
 
 class RemoteKeyCache:
-    """Remote key material per (kind, domain), fetched through a FederationClient.
+    """Remote key material per (kind, domain), fetched through a FederationClient
+    from the endpoints ``rows`` names.
 
     ``fetches`` counts network fetches per (kind, domain) (tests and metrics).
     """
 
-    def __init__(self, client, *, clock: Clock | None = None, ttl_ms: int = 3_600_000,
+    def __init__(self, client, rows: RowLookup, *, clock: Clock | None = None, ttl_ms: int = 3_600_000,
                  cooldown_ms: int = 10_000):
         self.client = client
+        self.rows = rows
         self.clock = clock or Clock()
         self.ttl_ms = ttl_ms
         self.cooldown_ms = cooldown_ms
@@ -122,8 +108,7 @@ class RemoteKeyCache:
     # --- QS and DS keys -----------------------------------------------------------------
 
     async def _fetch_keys(self, domain: str, service: str, name: str, field: str, length: int) -> list[bytes]:
-        from ..endpoints import by_name
-        answer = await self.client.get_struct(domain, by_name(service, name))
+        answer = await self.client.get_struct(domain, self.rows(service, name))
         return _check_keys(getattr(answer, field), length, f"{domain} {name}")
 
     def cached_qs_verifying_keys(self, domain: str) -> list[bytes] | None:
@@ -168,8 +153,7 @@ class RemoteKeyCache:
     # --- AS credentials ---------------------------------------------------------------------
 
     async def _fetch_as(self, domain: str) -> tuple[AsCredentialsResponse, TrustStore]:
-        from ..endpoints import by_name
-        answer = await self.client.get_struct(domain, by_name("as", "as_credentials"))
+        answer = await self.client.get_struct(domain, self.rows("as", "as_credentials"))
         store = TrustStore()
         try:
             store.add(Fqdn(domain), answer)

@@ -1,5 +1,8 @@
 """The Queuing Service (QS) — ``spec/queuing_service.md``.
 
-``routes.py`` maps the QS rows of the endpoint table (:mod:`phoenix_ref.endpoints`)
-to handlers; ``store.py`` is the QS's SQLite store.
+``messages.py`` holds the wire structs, ``core.py`` the sans-IO rules
+(:class:`~.core.QsCore`), ``service.py`` the async shell the homeserver
+builds and runs (:class:`~.service.QsService`), ``routes.py`` the handlers
+of the QS rows of the endpoint table and the websocket, ``records.py``,
+``fanout.py`` and ``store.py`` the records, queue configs and SQLite store.
 """

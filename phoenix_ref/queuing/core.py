@@ -23,41 +23,38 @@ Sections and where they are enforced:
 * ``#dequeue-messages`` — :meth:`QsCore.dequeue_messages` (queue semantics in
   :mod:`phoenix_ref.queues`, encryption in :mod:`phoenix_ref.queue_crypto`).
 * ``#negotiate-websocket-connection`` — :meth:`QsCore.authorize_websocket`
-  plus :class:`QueueNotifier`.
+  (the wake-ups are :class:`~.service.QueueNotifier`'s).
 * ``#enqueuing-messages`` / ``#local-enqueue-message`` —
   :meth:`QsCore.local_enqueue`: local configs are opened and enqueued, every
   other domain gets exactly one message in its durable outbound queue
   (:mod:`phoenix_ref.federation.outbound`); ``QueueDeleted`` for missing local
   queues is the return value, those reported by remote QSs go to the
-  ``on_queue_deleted`` callback of :class:`QsService`.
+  ``on_queue_deleted`` callback of :class:`~.service.QsService`.
 * ``#federated-qs-to-qs-communication`` and ``#rate-limiting`` —
   :meth:`QsCore.federated_enqueue`: destination, age, operator allow/deny
-  list, signature (key from a lookup callable, one refetch on failure),
-  replay (message id), rate limits per source domain, per client queue
-  config and per queue.
+  list, signature, replay (message id), rate limits per source domain, per
+  client queue config and per queue. The core fetches nothing: it is given
+  the source QS's verifying keys the caller holds (or none) and raises
+  :class:`UnknownSourceKey` when none verifies; the async layer
+  (:class:`~.service.QsService`) then fetches the keys once and calls again.
+* ``#fetch-qs-verifying-key`` / ``#fetch-queue-config-encryption-key`` —
+  :meth:`QsCore.qs_verifying_key` / :meth:`QsCore.queue_config_encryption_key`.
 
-:class:`QsService` is the thin async shell the routes use: it runs core
-calls in a worker thread, wakes websocket listeners and outbound senders,
-and frames outbound messages.
+:class:`~.service.QsService` is the async shell around the core.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from collections import Counter
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
-
-import trio
+from typing import Callable, Sequence
 
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, VarBytes, decode, encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify
-from ..endpoints import PREFIX as OPERATION_PREFIX
-from ..errors import Conflict, Forbidden, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
+from ..errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.extensions import (
@@ -65,6 +62,7 @@ from ..mls.extensions import (
 )
 from ..mls.keypackage import KeyPackageError, validate_key_package
 from ..mls.messages import KeyPackage
+from ..paths import endpoint_path
 from ..queue_crypto import check_queue_encryption_key
 from ..queues import Queues
 from ..rate_limit import WindowCounters
@@ -78,15 +76,16 @@ from .messages import (
     CreateClientRecordResponse, CreateUserRecordParams, CreateUserRecordResponse,
     DeleteClientRecordRequest, DeleteUserRecordRequest, DequeueMessagesRequest, DequeueMessagesResponse,
     Empty, FanOutMessage, FederatedEnqueueResponse, MessageContent, PublishKeyPackagesRequest,
-    QsToQsMessage, QueueDeleted, UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest,
-    UserRecordResponse, WsRequest, encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
+    QsQueueConfigEncryptionKeyResponse, QsToQsMessage, QsVerifyingKeyResponse, QueueDeleted,
+    UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest, UserRecordResponse, WsRequest,
+    encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
 )
 from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
 
 __all__ = [
     "QS_TO_QS_LABEL", "ADD_PACKAGE_RESPONSE_LABEL", "RateLimit", "QsConfig", "QsKeys",
-    "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "QueueNotifier", "QsService",
-    "KeyLookup", "operation_path", "DuplicateMessage",
+    "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "operation_path", "DuplicateMessage",
+    "UnknownSourceKey",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +154,14 @@ class QsKeys:
         """Key id → private key of every published QueueConfig encryption key."""
         return {config_key_id(k.public): k.private for k in (self.queue_config_key, *self.older_queue_config_keys)}
 
+    def published_verifying_keys(self) -> list[bytes]:
+        """The verifying keys the QS publishes, current first."""
+        return [self.signing_key.public]
+
+    def published_queue_config_keys(self) -> list[bytes]:
+        """The QueueConfig encryption keys the QS publishes, current first."""
+        return [k.public for k in (self.queue_config_key, *self.older_queue_config_keys)]
+
 
 @dataclass
 class LocalEnqueueResult:
@@ -187,18 +194,21 @@ class DuplicateMessage(Conflict):
     code = "duplicate_message"
 
 
+class UnknownSourceKey(Unauthorized):
+    """None of the verifying keys the core was given (if any) verifies a
+    QsToQsMessage: the caller may fetch the source QS's keys afresh and call
+    once more; a second refusal is final (401)."""
+    code = "bad_signature"
+
+    def __init__(self, message: str, *, source: Fqdn):
+        super().__init__(message)
+        self.source = source
+
+
 def operation_path(name: str) -> str:
     """The ``operation`` a QsAuthToken is bound to: the endpoint's path
-    (:mod:`phoenix_ref.auth_tokens`, convention of :mod:`phoenix_ref.endpoints`)."""
-    return f"{OPERATION_PREFIX}/{name}"
-
-
-# key lookup for federated verification: (source domain, force_refresh) -> the
-# source QS's verifying key, or its list of published keys (current first).
-# A lookup that fails for a transient reason raises a ProtocolError (e.g.
-# UpstreamError, 502) which passes through; any other exception means the
-# source cannot be authenticated (401).
-KeyLookup = Callable[[Fqdn, bool], "bytes | list[bytes]"]
+    (:mod:`phoenix_ref.auth_tokens`, :mod:`phoenix_ref.paths`)."""
+    return endpoint_path(name)
 
 
 # A config of a fan-out after opening: (config, its digest, what it opened to).
@@ -638,6 +648,16 @@ class QsCore:
                 result.forwarded.append(domain)
         return result
 
+    # --- key distribution (spec/federation/use_cases.md#authentication-key-distribution) ---------
+
+    def qs_verifying_key(self) -> QsVerifyingKeyResponse:
+        """``#fetch-qs-verifying-key``: the published verifying keys, current first."""
+        return QsVerifyingKeyResponse(self.keys.published_verifying_keys())
+
+    def queue_config_encryption_key(self) -> QsQueueConfigEncryptionKeyResponse:
+        """``#fetch-queue-config-encryption-key``: the published keys, current first."""
+        return QsQueueConfigEncryptionKeyResponse(self.keys.published_queue_config_keys())
+
     # --- federation (#federated-qs-to-qs-communication) -----------------------------------------
 
     def frame_outbound(self, item: OutboundItem, now_ms: int) -> bytes:
@@ -649,10 +669,14 @@ class QsCore:
         tbs = encode_qs_to_qs_tbs(self.config.domain, Fqdn(item.destination), now_ms, item.message_id, item.payload)
         return tbs + encode(hs_sign(self.keys.signing_key, QS_TO_QS_LABEL, tbs), VarBytes)
 
-    def federated_enqueue(self, message: QsToQsMessage, now_ms: int, key_lookup: KeyLookup, *,
+    def federated_enqueue(self, message: QsToQsMessage, now_ms: int, source_keys: Sequence[bytes] | None, *,
                           received: bytes | None = None) -> FederatedEnqueueResult:
         """Accept a QsToQsMessage from a remote QS.
 
+        ``source_keys`` are the verifying keys of the source QS the caller
+        holds (its remote key cache), or None if it holds none; when none of
+        them verifies the signature the core raises :class:`UnknownSourceKey`
+        (401) and the caller may fetch the keys and call once more.
         ``received`` is, when given, the bytes the message was strictly
         decoded from; the signature is then checked over a slice of them
         (:func:`~.messages.received_qs_to_qs_tbs`) rather than over a
@@ -661,8 +685,8 @@ class QsCore:
         Checks, in this order (cheap first, and nothing is enqueued unless
         all pass): the source is a domain we federate with (403); we are the
         destination (403); the timestamp is within the maximal age and not in
-        the future (401); the signature verifies under the source QS's
-        verifying key, refetched once if the cached key fails (401); every
+        the future (401); the signature verifies under one of ``source_keys``
+        (401 :class:`UnknownSourceKey`); every
         config names this homeserver (403); rate limits per source domain,
         per client queue config and per queue (429 with Retry-After); the
         message id is new — a replay raises :class:`DuplicateMessage` (409)
@@ -678,7 +702,7 @@ class QsCore:
             raise Forbidden(f"message is for {message.destination}, this is {cfg.domain}",
                             code="wrong_destination")
         self._check_timestamp(message.timestamp, now_ms, cfg.max_inter_qs_token_age_ms, "QsToQsMessage")
-        self._verify_remote_signature(message, key_lookup, received)
+        self._verify_remote_signature(message, source_keys, received)
         if any(c.client_homeserver_domain != cfg.domain for c in message.payload.client_queue_configs):
             raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
         group_id = group_id_of(message.payload)
@@ -719,175 +743,15 @@ class QsCore:
             raise DuplicateMessage(f"message {message.message_id.hex()} from {source} was already received")
         return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
 
-    def _verify_remote_signature(self, message: QsToQsMessage, key_lookup: KeyLookup,
+    def _verify_remote_signature(self, message: QsToQsMessage, keys: Sequence[bytes] | None,
                                  received: bytes | None) -> None:
+        if keys is None:
+            raise UnknownSourceKey(f"no verifying key of {message.source} at hand", source=message.source)
         tbs = message.tbs() if received is None else received_qs_to_qs_tbs(received, message)
-        for refresh in (False, True):
+        for key in keys:
             try:
-                found = key_lookup(message.source, refresh)
-            except ProtocolError:
-                raise  # e.g. 502: the source's QS could not be reached; the sender retries
-            except Exception as e:  # noqa: BLE001 - any other lookup failure: we cannot authenticate
-                raise Unauthorized(f"cannot get the verifying key of {message.source}: {e}",
-                                   code="unknown_source_key") from None
-            for key in ([found] if isinstance(found, (bytes, bytearray)) else found):
-                try:
-                    hs_verify(key, QS_TO_QS_LABEL, tbs, message.signature)
-                    return
-                except CryptoError:
-                    continue
-        raise Unauthorized("QsToQsMessage signature does not verify", code="bad_signature")
-
-
-# --- websocket notifications (#negotiate-websocket-connection) ------------------------------
-
-class QueueNotifier:
-    """Per-queue wake-ups for websocket connections.
-
-    A connection ``subscribe``\\ s to its QsCid and receives one item on its
-    channel whenever messages land in that queue (coalesced: a listener
-    that has not read yet gets no second item); the channel ends when the
-    client record is deleted (:meth:`disconnect`). Lives in the Trio thread.
-    """
-
-    def __init__(self) -> None:
-        self._listeners: dict[QsCid, set[trio.MemorySendChannel]] = {}
-
-    @asynccontextmanager
-    async def subscribe(self, qs_cid: QsCid) -> AsyncIterator[trio.MemoryReceiveChannel]:
-        send, receive = trio.open_memory_channel(1)
-        self._listeners.setdefault(qs_cid, set()).add(send)
-        try:
-            yield receive
-        finally:
-            listeners = self._listeners.get(qs_cid)
-            if listeners is not None:
-                listeners.discard(send)
-                if not listeners:
-                    del self._listeners[qs_cid]
-            send.close()
-            receive.close()
-
-    def disconnect(self, qs_cids) -> int:
-        """The client records of these queues are gone: close their listeners'
-        channels (a listener's ``async for`` ends once it has read what was
-        pending); returns how many were closed."""
-        closed = 0
-        for qs_cid in set(qs_cids):
-            for send in self._listeners.pop(qs_cid, ()):
-                send.close()
-                closed += 1
-        return closed
-
-    def notify(self, qs_cids) -> int:
-        """Wake the listeners of these queues; returns how many were woken."""
-        if not self._listeners:   # nobody is watching: no need to hash a whole fan-out's ids
-            return 0
-        woken = 0
-        for qs_cid in set(qs_cids):
-            for send in list(self._listeners.get(qs_cid, ())):
-                try:
-                    send.send_nowait(None)
-                    woken += 1
-                except trio.WouldBlock:
-                    pass  # a wake-up is already pending
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass
-        return woken
-
-    def listeners(self, qs_cid: QsCid) -> int:
-        return len(self._listeners.get(qs_cid, ()))
-
-
-def _current_trio_token() -> trio.lowlevel.TrioToken | None:
-    try:
-        return trio.lowlevel.current_trio_token()
-    except RuntimeError:   # built outside a Trio run (tests of the core)
-        return None
-
-
-class QsService:
-    """Async shell around :class:`QsCore` for the routes and the homeserver.
-
-    * ``call(method, *args)`` runs one core method in a worker thread;
-    * :meth:`local_enqueue` is the DS's entry point (a Python call, never an
-      HTTP route): it returns the local ``QueueDeleted`` answers, wakes
-      websockets and the outbound senders of the forwarded domains;
-    * :meth:`federated_enqueue` resolves the source key with the async
-      ``fetch_key(domain, refresh)`` and wakes websockets;
-    * :meth:`send_outbound` frames an outbound item for the federation client;
-      :meth:`on_delivered` decodes the remote answer and hands its
-      ``QueueDeleted`` list to ``on_queue_deleted`` (the DS's callback).
-    """
-
-    def __init__(self, core: QsCore, clock, *, notifier: QueueNotifier | None = None,
-                 on_queue_deleted: Callable[[list[QueueDeleted]], None] | None = None):
-        self.core = core
-        self.clock = clock
-        self.notifier = notifier or QueueNotifier()
-        self.on_queue_deleted = on_queue_deleted
-        self._trio_token = _current_trio_token()
-        core.on_clients_deleted = self._clients_deleted
-        self.outbound_sender = None  # set by the homeserver: an OutboundSender
-        self.cancel_scope: trio.CancelScope | None = None  # stops the sender (homeserver shutdown)
-        #: counters for tests and metrics, e.g. "federated_enqueue_sent"/"_received"
-        self.stats: Counter[str] = Counter()
-
-    async def call(self, method, *args):
-        return await trio.to_thread.run_sync(method, *args)
-
-    def _clients_deleted(self, qs_cids: list[QsCid]) -> None:
-        """Core hook (worker thread): close the websockets of deleted client
-        records in the Trio thread."""
-        if self._trio_token is None:
-            self.notifier.disconnect(qs_cids)
-        else:
-            self._trio_token.run_sync_soon(self.notifier.disconnect, qs_cids)
-
-    async def prune_periodically(self, interval_s: float) -> None:
-        """Run :meth:`QsCore.prune_inactive` every ``interval_s`` until cancelled."""
-        while True:
-            try:
-                gone = await trio.to_thread.run_sync(self.core.prune_inactive, self.clock.now_ms())
-                if gone:
-                    log.info("deleted %d inactive QS client records", len(gone))
-            except Exception:   # a failed round must not stop the homeserver; the next one retries
-                log.exception("pruning inactive QS client records failed")
-            await trio.sleep(interval_s)
-
-    async def local_enqueue(self, message: FanOutMessage) -> LocalEnqueueResult:
-        result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms())
-        self.notifier.notify(result.enqueued)
-        if self.outbound_sender is not None:
-            for domain in result.forwarded:
-                self.outbound_sender.wake(domain.value)
-        return result
-
-    async def federated_enqueue(self, message: QsToQsMessage,
-                                fetch_key: Callable[[Fqdn, bool], Awaitable[bytes | list[bytes]]],
-                                received: bytes | None = None,
-                                cached_key: bytes | list[bytes] | None = None) -> FederatedEnqueueResult:
-        """``cached_key``: the source's verifying keys as the remote key cache
-        holds them now, if it does; the core then needs no trip back to the
-        Trio thread unless they fail to verify (a refresh)."""
-        def lookup(domain: Fqdn, refresh: bool) -> bytes | list[bytes]:
-            if cached_key is not None and not refresh and domain == message.source:
-                return cached_key
-            return trio.from_thread.run(fetch_key, domain, refresh)
-
-        result = await trio.to_thread.run_sync(
-            functools.partial(self.core.federated_enqueue, received=received), message, self.clock.now_ms(), lookup)
-        self.notifier.notify(result.enqueued)
-        return result
-
-    def frame_outbound(self, item: OutboundItem) -> bytes:
-        return self.core.frame_outbound(item, self.clock.now_ms())
-
-    def on_delivered(self, item: OutboundItem, response: bytes) -> None:
-        try:
-            answer = decode(FederatedEnqueueResponse, response)
-        except DecodeError as e:
-            log.warning("bad answer from %s to a federated enqueue: %s", item.destination, e)
-            return
-        if answer.queue_deleted and self.on_queue_deleted is not None:
-            self.on_queue_deleted(answer.queue_deleted)
+                hs_verify(key, QS_TO_QS_LABEL, tbs, message.signature)
+                return
+            except CryptoError:
+                continue
+        raise UnknownSourceKey("QsToQsMessage signature does not verify", source=message.source)

@@ -23,6 +23,10 @@ Struct and field names follow the spec so that a reader can search for them.
 * Federation (``#federated-qs-to-qs-communication``): ``QsToQsMessage`` and
   ``FederatedEnqueueResponse``.
 * ``AddPackage`` (``spec/glossary.md#addpackage``).
+* Key distribution (``spec/federation/use_cases.md#authentication-key-distribution``):
+  ``QsVerifyingKeyResponse`` (``#fetch-qs-verifying-key``) and
+  ``QsQueueConfigEncryptionKeyResponse`` (``#fetch-queue-config-encryption-key``),
+  each a list of public keys, current first (docs/decisions.md).
 * Websocket (``#negotiate-websocket-connection``): ``QsWsMessage``, what the
   QS sends on an open websocket — ``WsConnected`` once the connection is
   authenticated and watching the queue, then ``WsQueueUpdate`` whenever
@@ -100,7 +104,8 @@ __all__ = [
     "UpdateUserRecordRequest", "UserRecordRequest", "DeleteUserRecordRequest",
     "CreateClientRecordRequest", "UpdateClientRecordRequest", "DeleteClientRecordRequest",
     "BlockGroupRequest", "PublishKeyPackagesRequest", "DequeueMessagesRequest", "WsRequest",
-    "decode_sealed_queue_config", "WsConnected", "WsQueueUpdate", "QsWsMessage",
+    "decode_sealed_queue_config", "QsVerifyingKeyResponse", "QsQueueConfigEncryptionKeyResponse",
+    "WsConnected", "WsQueueUpdate", "QsWsMessage",
 ]
 
 SignaturePublicKey = VarBytes
@@ -495,3 +500,17 @@ class WsRequest:
 def decode_sealed_queue_config(data: bytes) -> SealedQueueConfig:
     """Strictly decode the ``sealed_config`` bytes of a ClientQueueConfig."""
     return decode(SealedQueueConfig, data)
+
+
+# --- key distribution (spec/federation/use_cases.md#authentication-key-distribution) --------------
+
+@struct
+class QsVerifyingKeyResponse:
+    """``#fetch-qs-verifying-key``: Ed25519 public keys, current first."""
+    verifying_keys: vec(VarBytes)
+
+
+@struct
+class QsQueueConfigEncryptionKeyResponse:
+    """``#fetch-queue-config-encryption-key``: HPKE (X25519) public keys, current first."""
+    encryption_keys: vec(VarBytes)
