@@ -368,7 +368,7 @@ def test_a_repeated_config_list_is_decoded_and_hashed_once():
         framed.append(f.a.frame_outbound(item, NOW))
     assert f.a.config_lists._encoded.misses == 1 and f.a.config_lists._encoded.hits == 1
     for raw in framed:
-        result = f.b.federated_enqueue(decode(QsToQsMessage, raw), NOW, f.lookup, received=raw)
+        result = f.b.federated_enqueue(decode(QsToQsMessage, raw), NOW, f.keys_of(Fqdn("a.example")), received=raw)
         assert result.enqueued == [f.bob.qs_cid]
     lists = f.b.config_lists._decoded
     assert lists.misses == 1 and lists.hits == 1
