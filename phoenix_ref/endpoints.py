@@ -71,6 +71,20 @@ class Endpoint:
         host = f"{self.service}.{domain}" + (f":{port}" if port else "")
         return f"https://{host}{self.path}"
 
+    @property
+    def idempotent(self) -> bool:
+        """Sending the request twice has the effect of sending it once (a
+        client may repeat it after a connection closed under it:
+        docs/decisions.md, "Connection reuse")."""
+        return self.method == "GET" or self.name in IDEMPOTENT_POSTS
+
+
+#: POST rows that only read, or whose repetition changes nothing more:
+#: a dequeue deletes what is older than its sequence number and returns what
+#: follows, so asking again returns the same messages.
+IDEMPOTENT_POSTS = frozenset({"get_user_record", "dequeue_messages", "as_dequeue_messages",
+                              "dequeue_alias_messages", "user_profile"})
+
 
 def _ep(name: str, service: Service, method: str, request, response, auth: Auth,
         privacy_pass: bool, section: str, federated: bool = False, websocket: bool = False) -> Endpoint:

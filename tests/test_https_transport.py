@@ -89,3 +89,47 @@ async def test_requests_survive_a_server_that_closes_after_n_requests():
                     assert await fetcher.request("GET", url, domain=node.domain)
             finally:
                 await fetcher.aclose()
+
+
+def test_the_endpoint_table_says_which_requests_may_be_repeated():
+    from phoenix_ref.endpoints import ENDPOINTS, by_name
+    from phoenix_ref.federation.client import retry_extensions
+    assert retry_extensions(by_name("qs", "dequeue_messages")) == {RETRY_SAFE: True}
+    assert retry_extensions(by_name("as", "as_dequeue_messages")) == {RETRY_SAFE: True}
+    assert retry_extensions(by_name("qs", "qs_verifying_key")) == {RETRY_SAFE: True}
+    for name in ("create_user_record", "get_add_package", "publish_key_packages"):
+        assert retry_extensions(by_name("qs", name)) is None
+    for name in ("init_user_registration", "finish_user_registration", "user_connection_package"):
+        assert retry_extensions(by_name("as", name)) is None
+    assert all(not ep.idempotent for ep in ENDPOINTS if ep.federated and ep.method == "POST"
+               and ep.name not in ("user_profile",))
+
+
+async def test_reference_clients_mark_idempotent_calls():
+    """QsClient and AsClient hand the row's retry marker to their HTTP client."""
+    from phoenix_ref.client.as_client import AsClient, Registration
+    from phoenix_ref.client.qs_client import QsClient
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        async def request(self, method, url, **kw):
+            self.calls.append((url.rsplit("/", 1)[1], kw.get("extensions")))
+            return httpx.Response(200, content=b"")
+
+        async def post(self, url, **kw):
+            return await self.request("POST", url, **kw)
+
+    rec = Recorder()
+    try:
+        await QsClient(rec).call("b.example", "qs_verifying_key")
+    except Exception:   # the empty answer does not decode; the request was made
+        pass
+    _, init = Registration.start("b.example", b"pw", bytes(32), 1_700_000_000_000)
+    try:
+        await AsClient(rec).call("b.example", "init_user_registration", init)
+    except Exception:
+        pass
+    assert rec.calls[0] == ("qs_verifying_key", {RETRY_SAFE: True})
+    assert rec.calls[1][0] == "init_user_registration" and not rec.calls[1][1]

@@ -36,6 +36,8 @@ from ..paths import endpoint_path
 from ..queue_crypto import RATCHET_KEY_LEN, QueueMessage, QueueRatchetState, read_queue_messages
 from ..authentication import messages as m
 from ..authentication.core import operation, request_binding
+from ..endpoints import by_name
+from ..federation.client import retry_extensions
 
 __all__ = [
     "Registration", "AsIdentity", "AliasIdentity", "DirectQueueReader", "new_connection_payload",
@@ -316,7 +318,8 @@ class AsClient:
         headers = {"Content-Type": MEDIA_TYPE}
         if privacy_pass is not None:
             headers["Authorization"] = pp.authorization_header(privacy_pass)
-        resp = await self.http.post(f"{self.base_url(domain)}{op.path}", content=encode(request), headers=headers)
+        resp = await self.http.post(f"{self.base_url(domain)}{op.path}", content=encode(request), headers=headers,
+                                    extensions=retry_extensions(by_name("as", name)))
         if resp.status_code != 200:
             raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
         return decode(op.response, resp.content) if op.response is not None else None

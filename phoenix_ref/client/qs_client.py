@@ -33,6 +33,7 @@ from ..codec import decode, encode
 from ..crypto import HpkeKeyPair, SigningKey
 from ..ids import Fqdn, QsCid, QsUid
 from ..queue_crypto import QueueMessage, QueueRatchetState, read_queue_messages
+from ..federation.client import retry_extensions
 from ..queuing import messages as m
 from ..queuing.fanout import seal_queue_config
 from .as_client import MEDIA_TYPE, error_from_response
@@ -156,7 +157,7 @@ class QsClient:
                 headers["Authorization"] = pp.authorization_header(token)
         content = encode(body) if ep.request is not None else b""
         resp = await self.http.request(ep.method, f"{self.base_url(domain)}{ep.path}", content=content,
-                                       headers=headers)
+                                       headers=headers, extensions=retry_extensions(ep))
         if resp.status_code != 200:
             raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
         return decode(ep.response, resp.content) if ep.response is not None else None

@@ -112,6 +112,12 @@ RETRY_SAFE = "phoenix_retry_safe"
 _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def retry_extensions(endpoint: Any) -> dict[str, bool] | None:
+    """The httpx request extensions for a call of an endpoint-table row:
+    :data:`RETRY_SAFE` when the row is idempotent (``Endpoint.idempotent``)."""
+    return {RETRY_SAFE: True} if endpoint.idempotent else None
+
+
 class HttpsTransport(httpx.AsyncBaseTransport):
     """Verified TLS 1.3 (HTTP/2 or 1.1) with a resolve override and one retry
     on a connection the server closed.
