@@ -196,11 +196,14 @@ def _check_ordered(exp: ExpirationData, error: type[Exception], what: str) -> No
 _sign = crypto.hs_sign_struct
 
 
-def _verify(public_key: bytes, tbs: object, signature: bytes, what: str) -> None:
+def verify_signature(public_key: bytes, tbs: object, signature: bytes, what: str,
+                     refusal: type[Exception] = BadSignature) -> None:
+    """Check a homeserver-protocol signature over ``tbs``; a failure raises
+    ``refusal`` ("<what> does not verify"), never a bare CryptoError."""
     try:
         crypto.hs_verify_struct(public_key, tbs, signature)
     except crypto.CryptoError:
-        raise BadSignature(f"{what} does not verify") from None
+        raise refusal(f"{what} does not verify") from None
 
 
 def _supported(credential) -> bool:
@@ -253,7 +256,7 @@ class AsCredential:
     def verify_self_signature(self) -> None:
         """Proof of possession; raises UnsupportedCiphersuite or BadSignature."""
         self.credential_ciphersuite.check_supported("AS credential")
-        _verify(self.public_key, self.payload, self.self_signature, "AS credential self-signature")
+        verify_signature(self.public_key, self.payload, self.self_signature, "AS credential self-signature")
 
 
 # --- AS intermediate credentials ---------------------------------------------------------
@@ -317,9 +320,9 @@ class AsIntermediateCredential:
     def verify_signatures(self, signer: AsCredential) -> None:
         """The self-signature and ``signer``'s signature; raises BadSignature."""
         self.credential_ciphersuite.check_supported("intermediate credential")
-        _verify(self.public_key, self.payload, self.signed_payload.self_signature,
+        verify_signature(self.public_key, self.payload, self.signed_payload.self_signature,
                 "intermediate credential self-signature")
-        _verify(signer.public_key, self.signed_payload, self.signature,
+        verify_signature(signer.public_key, self.signed_payload, self.signature,
                 "AS signature on the intermediate credential")
 
 
@@ -358,7 +361,7 @@ class ClientCredentialCsr:
 
     def verify_self_signature(self) -> None:
         self.payload.credential_ciphersuite.check_supported("client credential")
-        _verify(self.payload.public_key, self.payload, self.self_signature,
+        verify_signature(self.payload.public_key, self.payload, self.self_signature,
                 "client credential self-signature")
 
 
@@ -384,7 +387,7 @@ class ClientCredential:
 
     def verify_signatures(self, signer: AsIntermediateCredential) -> None:
         self.signed_payload.verify_self_signature()
-        _verify(signer.public_key, self.signed_payload, self.signature,
+        verify_signature(signer.public_key, self.signed_payload, self.signature,
                 "intermediate's signature on the client credential")
 
 

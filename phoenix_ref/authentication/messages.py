@@ -38,7 +38,7 @@ from __future__ import annotations
 from .. import crypto
 from ..auth_tokens import AliasAuth, ClientCredentialAuth
 from ..codec import U64, DecodeError, VarBytes, decode, encode, struct, vec
-from ..credentials import ClientCredential, ClientCsr, ExpirationData
+from ..credentials import ClientCredential, ClientCsr, ExpirationData, verify_signature
 from ..crypto import HOMESERVER_PREFIX, EncryptContext, HPKECiphertext
 from ..errors import Malformed, Unauthorized
 from ..ids import Alias, ClientId, GroupId, UserId
@@ -98,10 +98,8 @@ _sign = crypto.hs_sign_struct
 
 
 def _verify(public_key: bytes, tbs: object, signature: bytes, what: str) -> None:
-    try:
-        crypto.hs_verify_struct(public_key, tbs, signature)
-    except crypto.CryptoError:
-        raise BadConnectionSignature(f"{what}: signature does not verify under its client credential") from None
+    verify_signature(public_key, tbs, signature, f"{what}: the signature under its client credential",
+                     BadConnectionSignature)
 
 
 @struct

@@ -124,6 +124,14 @@ def encrypt_group_info(group_info: GroupInfo, joiner_secret: bytes, psk_secret_:
     return aead_seal(key, nonce, b"", encode(group_info))
 
 
+def _decode_plaintext(cls: type, plain: bytes):
+    """A decrypted struct; bytes that do not decode are a :class:`MalformedMessage`."""
+    try:
+        return decode(cls, plain)
+    except DecodeError as e:
+        raise MalformedMessage(f"{cls.__name__}: {e}") from None
+
+
 def decrypt_group_info(encrypted_group_info: bytes, joiner_secret: bytes, psk_secret_: bytes | None) -> GroupInfo:
     """Inverse of :func:`encrypt_group_info`; :class:`DecryptionFailed` or
     :class:`MalformedMessage`."""
@@ -132,10 +140,7 @@ def decrypt_group_info(encrypted_group_info: bytes, joiner_secret: bytes, psk_se
         plain = aead_open(key, nonce, b"", encrypted_group_info)
     except CryptoError:
         raise DecryptionFailed("encrypted_group_info does not decrypt") from None
-    try:
-        return decode(GroupInfo, plain)
-    except DecodeError as e:
-        raise MalformedMessage(f"GroupInfo: {e}") from None
+    return _decode_plaintext(GroupInfo, plain)
 
 
 # --- creating a Welcome ------------------------------------------------------------
@@ -176,10 +181,7 @@ def decrypt_group_secrets(welcome: Welcome, key_package: KeyPackage, init_priv: 
                                    entry.encrypted_group_secrets.ciphertext)
     except CryptoError:
         raise DecryptionFailed("GroupSecrets do not decrypt with this init key") from None
-    try:
-        return decode(GroupSecrets, plain)
-    except DecodeError as e:
-        raise MalformedMessage(f"GroupSecrets: {e}") from None
+    return _decode_plaintext(GroupSecrets, plain)
 
 
 @dataclass(frozen=True)
