@@ -223,3 +223,47 @@ def garbage_test(examples: int):
 
 test_garbage_gets_a_4xx_error_response = garbage_test(CI_EXAMPLES)
 test_garbage_long_run_gets_a_4xx_error_response = pytest.mark.slow(garbage_test(LONG_EXAMPLES))
+
+
+# --- the same garbage over HTTP/2 on a real socket ---------------------------------------------
+
+H2_DEFECTS = ("body", "huge", "method")
+
+
+@spec("threat_model.md#availability", "SHOULD")
+async def test_garbage_over_http2_on_a_real_socket():
+    """Every row gets a garbage body, an oversized body (sent on after the
+    answer, the case that ended hypercorn's serve loop) and a wrong method
+    over HTTP/2 to a homeserver on a real socket; each gets its 4xx (or the
+    oversized body a reset stream), and the homeserver still answers after
+    all of them."""
+    import random
+
+    from phoenix_ref.testing import Deployment
+    rng = random.Random(20261204)
+    with trio.fail_after(120):
+        async with Deployment("sockets", ["hs1"], limits=Limits(max_body_bytes=MAX_BODY)) as d:
+            node = d["hs1"]
+            async with d.client() as http:
+                for ep in ROWS:
+                    for defect in H2_DEFECTS:
+                        method, body = ep.method, b""
+                        if defect == "body":
+                            body = rng.randbytes(rng.randint(1, 2048))
+                        elif defect == "huge":
+                            body = rng.randbytes(200_000)
+                        else:
+                            method = "PUT"
+                        headers = {"content-type": MEDIA_TYPE}
+                        url = node.url(str(ep.service) if ep.service else "", ep.path)
+                        try:
+                            resp = await http.request(method, url, headers=headers, content=body)
+                        except httpx.RemoteProtocolError:
+                            assert defect == "huge", (ep.name, defect)
+                            continue
+                        assert resp.http_version == "HTTP/2"
+                        assert resp.status_code in expected_statuses(ep, defect, body, headers), \
+                            (ep.name, defect, resp.status_code, resp.content[:200])
+                        assert decode(ErrorResponse, resp.content).code
+            async with d.client() as http:
+                assert (await http.get(node.url("qs", "/phoenix/v1/qs_verifying_key"))).status_code == 200
