@@ -450,7 +450,7 @@ async def test_a_key_that_does_not_open_parks_the_destination(tmp_path, autojump
     store.close()
 
 
-def test_rotated_keys_open_older_rows_and_older_files_get_sealed(tmp_path):
+def test_rotated_keys_open_older_rows(tmp_path):
     db = str(tmp_path / "qs.sqlite3")
     store = SqliteOutboundStore(db, keys=KEYS)
     store.append("b.example", b"\x01" * 16, b"old key", 1)
@@ -460,20 +460,6 @@ def test_rotated_keys_open_older_rows_and_older_files_get_sealed(tmp_path):
     first = rotated.head("b.example")
     assert first.payload == b"old key" and rotated.remove("b.example", first.seq).payload == b"new key"
     rotated.close()
-    # a file of an earlier version: no key_id column, payloads in the clear
-    legacy = tmp_path / "legacy.sqlite3"
-    conn = sqlite3.connect(legacy)
-    conn.execute("CREATE TABLE outbound_queue (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL, "
-                  "message_id BLOB NOT NULL, payload BLOB NOT NULL, enqueued_ms INTEGER NOT NULL)")
-    conn.execute("INSERT INTO outbound_queue (destination, message_id, payload, enqueued_ms) VALUES (?,?,?,?)",
-                 ("b.example", b"\x03" * 16, PAYLOAD, 7))
-    conn.commit()
-    conn.close()
-    upgraded = SqliteOutboundStore(str(legacy), keys=KEYS)
-    item = upgraded.head("b.example")
-    upgraded.close()
-    assert (item.payload, item.enqueued_ms) == (PAYLOAD, 7)
-    assert b"fan-out payload" not in b"".join(p.read_bytes() for p in tmp_path.glob("legacy.sqlite3*"))
 
 
 # --- the operator's view ----------------------------------------------------------------------

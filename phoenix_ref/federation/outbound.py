@@ -210,7 +210,7 @@ class SqliteOutboundStore:
         message_id BLOB NOT NULL,
         payload BLOB NOT NULL,
         enqueued_ms INTEGER NOT NULL,
-        key_id BLOB
+        key_id BLOB NOT NULL
     );
     CREATE INDEX IF NOT EXISTS outbound_queue_dest ON outbound_queue (destination, seq);
     CREATE TABLE IF NOT EXISTS outbound_dead_letters (
@@ -245,19 +245,6 @@ class SqliteOutboundStore:
             for statement in self.SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            self._seal_older_rows(db)
-
-    def _seal_older_rows(self, db: sqlite3.Connection) -> None:
-        """Files of earlier versions: add the ``key_id`` column and seal the
-        payloads stored in the clear (when this store has the keys)."""
-        if "key_id" not in {row[1] for row in db.execute("PRAGMA table_info(outbound_queue)")}:
-            db.execute("ALTER TABLE outbound_queue ADD COLUMN key_id BLOB")
-        if self._keys is None:
-            return
-        rows = db.execute("SELECT seq, destination, message_id, payload FROM outbound_queue "
-                          "WHERE key_id IS NULL").fetchall()
-        db.executemany("UPDATE outbound_queue SET key_id = ?, payload = ? WHERE seq = ?",
-                       [(*self._keys.seal(dest, bytes(mid), bytes(payload)), seq) for seq, dest, mid, payload in rows])
 
     def close(self) -> None:
         if self._own:
