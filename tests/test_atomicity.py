@@ -26,12 +26,20 @@ class Broken(Exception):
     """What the patched second write raises."""
 
 
-def fail_after(obj, name: str, calls: list[str]):
-    """Replace ``obj.name`` by a function that records the call and raises."""
-    def broken(*args, **kwargs):
-        calls.append(name)
-        raise Broken(name)
-    setattr(obj, name, broken)
+@pytest.fixture
+def broken(monkeypatch):
+    """``broken(obj, name)`` replaces ``obj.name`` by a function that records
+    the call and raises :class:`Broken`; returns the list of calls. pytest
+    puts the real method back after the test (or at ``monkeypatch.undo()``)."""
+    calls: list[str] = []
+
+    def patch(obj, name: str) -> list[str]:
+        def fail(*args, **kwargs):
+            calls.append(name)
+            raise Broken(name)
+        monkeypatch.setattr(obj, name, fail)
+        return calls
+    return patch
 
 
 def count(conn, table: str) -> int:
@@ -53,17 +61,14 @@ def _as_rows(asu) -> dict[str, int]:
                                         "as_direct_ratchets")}
 
 
-def test_as_registration_whose_queue_fails_leaves_no_entry(asu):
+def test_as_registration_whose_queue_fails_leaves_no_entry(asu, broken, monkeypatch):
     reg, init = Registration.start(asu.domain, b"pw", asu.secrets.intermediate.fingerprint(), NOW)
     ident, finish = reg.finish(asu.core.init_user_registration(init, NOW), NOW, connection_packages=2)
     before = _as_rows(asu)
-    calls: list[str] = []
-    fail_after(asu.core.queues.store, "create_queue", calls)
-    try:
-        with pytest.raises(Broken):
-            asu.core.finish_user_registration(finish, NOW)
-    finally:
-        del asu.core.queues.store.create_queue   # the class's method again
+    calls = broken(asu.core.queues.store, "create_queue")
+    with pytest.raises(Broken):
+        asu.core.finish_user_registration(finish, NOW)
+    monkeypatch.undo()   # the real method again
     assert calls == ["create_queue"]
     assert _as_rows(asu) == before == {t: 0 for t in before}
     assert not asu.core.accounts.user_exists(ident.user_id)
@@ -74,18 +79,14 @@ def test_as_registration_whose_queue_fails_leaves_no_entry(asu):
                              "as_direct_ratchets": 1}
 
 
-def test_as_account_deletion_whose_queue_deletion_fails_deletes_nothing(asu):
+def test_as_account_deletion_whose_queue_deletion_fails_deletes_nothing(asu, broken):
     ident = asu.register(password=b"secret", packages=2)
     state, req = ident.initiate_2fa(NOW)
     delete = ident.delete_user(state, asu.core.initiate_2fa(req, NOW), NOW)
     before = _as_rows(asu)
-    calls: list[str] = []
-    fail_after(asu.core.queues.store, "delete_queue", calls)
-    try:
-        with pytest.raises(Broken):
-            asu.core.delete_user(delete, NOW)
-    finally:
-        del asu.core.queues.store.delete_queue
+    calls = broken(asu.core.queues.store, "delete_queue")
+    with pytest.raises(Broken):
+        asu.core.delete_user(delete, NOW)
     assert calls == ["delete_queue"]
     assert _as_rows(asu) == before
     assert asu.core.accounts.get_client(ident.client_id) is not None
@@ -104,32 +105,18 @@ def _qs_rows(core) -> dict[str, int]:
     return {t: count(conn, t) for t in ("qs_users", "qs_clients", "qs_queues", "qs_ratchets", "qs_messages")}
 
 
-@pytest.fixture
-def broken_queues(qs):
-    """Patch a method of the QS's queue store to fail; restored afterwards."""
-    store, patched, calls = qs.queues.store, [], []
-
-    def patch(name: str) -> list[str]:
-        fail_after(store, name, calls)
-        patched.append(name)
-        return calls
-    yield patch
-    for name in patched:
-        delattr(store, name)
-
-
-def test_qs_user_record_whose_queue_fails_is_not_created(qs, broken_queues):
-    calls = broken_queues("create_queue")
+def test_qs_user_record_whose_queue_fails_is_not_created(qs, broken):
+    calls = broken(qs.queues.store, "create_queue")
     with pytest.raises(Broken):
         Client.register(qs)
     assert calls == ["create_queue"]
     assert _qs_rows(qs) == {"qs_users": 0, "qs_clients": 0, "qs_queues": 0, "qs_ratchets": 0, "qs_messages": 0}
 
 
-def test_qs_client_record_whose_queue_fails_is_not_created(qs, broken_queues):
+def test_qs_client_record_whose_queue_fails_is_not_created(qs, broken):
     alice = Client.register(qs)
     before = _qs_rows(qs)
-    calls = broken_queues("create_queue")
+    calls = broken(qs.queues.store, "create_queue")
     params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
     with pytest.raises(Broken):
         qs.create_client_record(alice.request("create_client_record", params, as_user=True), NOW)
@@ -137,10 +124,10 @@ def test_qs_client_record_whose_queue_fails_is_not_created(qs, broken_queues):
     assert len(qs.records.get_user(alice.qs_uid)[1]) == 1
 
 
-def test_qs_client_record_update_whose_queue_key_fails_changes_nothing(qs, broken_queues):
+def test_qs_client_record_update_whose_queue_key_fails_changes_nothing(qs, broken):
     alice = Client.register(qs)
     old = qs.records.get_client(alice.qs_cid)
-    calls = broken_queues("append")   # the ratchet update sealed to the new queue key
+    calls = broken(qs.queues.store, "append")   # the ratchet update sealed to the new queue key
     params = UpdateClientRecordParams(alice.qs_cid, SigningKey.generate().public, HpkeKeyPair.generate().public,
                                       b"push")
     with pytest.raises(Broken):
@@ -150,14 +137,14 @@ def test_qs_client_record_update_whose_queue_key_fails_changes_nothing(qs, broke
     assert qs.queues.info(encode(alice.qs_cid)).key_material.queue_encryption_key == old.queue_encryption_key
 
 
-def test_qs_user_record_deletion_whose_queue_deletion_fails_deletes_nothing(qs, broken_queues):
+def test_qs_user_record_deletion_whose_queue_deletion_fails_deletes_nothing(qs, broken):
     alice = Client.register(qs)
     params = CreateClientRecordParams(alice.qs_uid, SigningKey.generate().public, HpkeKeyPair.generate().public)
     second = qs.create_client_record(alice.request("create_client_record", params, as_user=True), NOW).qs_cid
     before = _qs_rows(qs)
     deleted: list = []
     qs.on_clients_deleted = deleted.append
-    calls = broken_queues("delete_queue")
+    calls = broken(qs.queues.store, "delete_queue")
     with pytest.raises(Broken):
         qs.delete_user_record(alice.request("delete_user_record", DeleteUserRecordParams(alice.qs_uid),
                                             as_user=True), NOW)
@@ -165,10 +152,10 @@ def test_qs_user_record_deletion_whose_queue_deletion_fails_deletes_nothing(qs, 
     assert {c.qs_cid for c in qs.records.get_user(alice.qs_uid)[1]} == {alice.qs_cid, second}
 
 
-def test_qs_client_record_deletion_whose_queue_deletion_fails_deletes_nothing(qs, broken_queues):
+def test_qs_client_record_deletion_whose_queue_deletion_fails_deletes_nothing(qs, broken):
     alice = Client.register(qs)
     before = _qs_rows(qs)
-    calls = broken_queues("delete_queue")
+    calls = broken(qs.queues.store, "delete_queue")
     with pytest.raises(Broken):
         qs.delete_client_record(alice.request("delete_client_record", DeleteClientRecordParams(alice.qs_cid)),
                                 NOW)
@@ -176,10 +163,10 @@ def test_qs_client_record_deletion_whose_queue_deletion_fails_deletes_nothing(qs
     assert qs.records.get_client(alice.qs_cid) is not None and qs.records.get_user(alice.qs_uid) is not None
 
 
-def test_qs_pruning_whose_queue_deletion_fails_keeps_the_record(qs, broken_queues):
+def test_qs_pruning_whose_queue_deletion_fails_keeps_the_record(qs, broken):
     alice = Client.register(qs)
     before = _qs_rows(qs)
-    calls = broken_queues("delete_queue")
+    calls = broken(qs.queues.store, "delete_queue")
     with pytest.raises(Broken):
         qs.prune_inactive(NOW + qs.config.max_client_record_age_ms + 1)
     assert calls == ["delete_queue"] and _qs_rows(qs) == before
