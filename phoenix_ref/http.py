@@ -148,9 +148,9 @@ def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
     async def view() -> Response:
         require_tls()
         data = await read_body(max_body)
-        source = source_of(request.remote_addr)
+        source, now = source_of(request.remote_addr), now_ms()
         if check is not None:
-            await check(endpoint, Call(None, request.headers, now_ms(), b"", source))
+            await check(endpoint, Call(None, request.headers, now, b"", source))
         if needs_auth_in_body and not data:
             raise MissingAuthentication(f"{endpoint.name} needs its authentication ({endpoint.auth}) "
                                         "in the request body")
@@ -158,7 +158,7 @@ def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
             ctype = (request.mimetype or "").lower()
             if ctype != MEDIA_TYPE:
                 raise UnsupportedMediaType(f"request bodies are {MEDIA_TYPE}, not {ctype or 'untyped'}")
-        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now_ms(), data, source)
+        call = Call(decode_body(endpoint.request, data, max_body), request.headers, now, data, source)
         result = await handler(call)
         return Response(encode(result) if endpoint.response is not None else b"",
                         status=200, content_type=MEDIA_TYPE)
