@@ -45,6 +45,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
         return
+    # long fuzz and soak runs stay out of CI (its 20-minute budget); each has
+    # a CI-sized twin that always runs, so nothing goes untested by default
     skip = pytest.mark.skip(reason="needs --run-slow")
     for item in items:
         if item.get_closest_marker("slow") is not None:

@@ -25,7 +25,6 @@ import httpx
 import pytest
 import trio
 
-from phoenix_ref.cli import main as cli_main
 from phoenix_ref.shared import REPO_ROOT
 from phoenix_ref.federation.client import HttpsFetcher, OldTls, client_ssl_context
 from phoenix_ref.spec_plugin import spec
@@ -139,17 +138,6 @@ async def test_an_http2_body_after_the_answer_does_not_stop_the_server(host_serv
             async with d.client() as http:   # a new connection: the server is still there
                 resp = await http.get(node.url("qs", "/phoenix/v1/qs_verifying_key"))
                 assert resp.status_code == 200 and resp.http_version == "HTTP/2"
-
-
-def test_a_configured_tls_minimum_below_13_refuses_to_start(tmp_path, capsys):
-    from phoenix_ref.cli import generate_config
-    generate_config(tmp_path / "a", "a.example", test_ca=True)
-    cfg = tmp_path / "a" / "config.toml"
-    text = cfg.read_text()
-    cfg.write_text(text.replace("[tls]\n", '[tls]\nmin_version = "1.2"\n'))
-    assert cli_main(["serve", "--config", str(cfg)]) == 2
-    err = capsys.readouterr().err
-    assert "TLS 1.3" in err and "min_version" in err
 
 
 # --- a scan from outside, with sslyze -------------------------------------------------------------

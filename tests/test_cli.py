@@ -1,16 +1,58 @@
-"""The ``phoenix-ref`` command line: every option documents itself."""
+"""The ``phoenix-ref`` command line: every option documents itself, and a
+config that asks for less than TLS 1.3 does not start."""
 
-import argparse
+from __future__ import annotations
 
-from phoenix_ref.cli import build_parser
+import re
+
+import pytest
+
+from phoenix_ref.cli import build_parser, generate_config, main
+from phoenix_ref.spec_plugin import spec
 
 
-def test_every_option_of_every_command_has_help_text():
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [f"{name} {'/'.join(action.option_strings)}"
-               for name, sub in commands.choices.items()
-               for action in sub._actions
-               if action.option_strings and action.help in (None, "") and action.dest != "help"]
-    assert missing == []
-    assert {"generate-config", "serve"} <= set(commands.choices)
+def _help_of(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def undocumented_options(help_text: str) -> list[str]:
+    """Options in an argparse help text with no description: the option's
+    line has no text after it and the next line does not continue it."""
+    lines = help_text.split("\n")
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$", line)
+        if m is None:
+            continue
+        continued = i + 1 < len(lines) and re.match(r"^ {3,}\S", lines[i + 1]) is not None \
+            and not lines[i + 1].lstrip().startswith("-")
+        if m.group(2) is None and not continued:
+            missing.append(m.group(1).strip())
+    return missing
+
+
+def test_the_help_check_finds_an_option_without_text():
+    text = "options:\n  -h, --help  show this\n  --port PORT\n  --host HOST  where\n  --long-one LONG\n" \
+           "                 described below\n"
+    assert undocumented_options(text) == ["--port PORT"]
+
+
+def test_every_option_of_every_command_has_help_text(capsys):
+    commands = re.search(r"\{([\w,-]+)\}", build_parser().format_help()).group(1).split(",")
+    assert {"generate-config", "serve", "outbound"} <= set(commands)
+    for command in commands:
+        text = _help_of(command, capsys)
+        assert "--config" in text or "--domain" in text
+        assert undocumented_options(text) == [], command
+
+
+@spec("threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication", "MUST")
+def test_a_configured_tls_minimum_below_13_refuses_to_start(tmp_path, capsys):
+    generate_config(tmp_path / "a", "a.example", test_ca=True)
+    cfg = tmp_path / "a" / "config.toml"
+    cfg.write_text(cfg.read_text().replace("[tls]\n", '[tls]\nmin_version = "1.2"\n'))
+    assert main(["serve", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "TLS 1.3" in err and "min_version" in err
