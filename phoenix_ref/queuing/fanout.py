@@ -61,10 +61,10 @@ from ..crypto import (
 from ..errors import Forbidden, Malformed
 from ..ids import Fqdn, GroupId, QsCid
 from ..lru import BoundedLru
-from ..mls.messages import WireFormat
+from ..mls.messages import MLSMessage, WireFormat
 from .messages import (
-    MESSAGE_ID_LEN, ApplicationContent, ClientQueueConfig, CommitContent, FanOutMessage, QsToQsMessage,
-    QueueConfig, SealedQueueConfig, WelcomeBundle,
+    MESSAGE_ID_LEN, ClientInactivityRemoval, ClientQueueConfig, FanOutMessage, QsToQsMessage, QueueConfig,
+    QueueDeletionRemoval, SealedQueueConfig, WelcomeBundle,
 )
 
 __all__ = [
@@ -285,22 +285,30 @@ def split_by_domain(message: FanOutMessage) -> dict[Fqdn, FanOutMessage]:
 
 def group_id_of(message: FanOutMessage) -> GroupId:
     """The Phoenix GroupId of the group the message belongs to: the WelcomeBundle's
-    ``group_id``, or the MLS ``group_id`` of a PublicMessage/PrivateMessage
-    (RFC 9420 §6) parsed as a GroupId. Raises :class:`Malformed` otherwise."""
+    ``group_id``, or the MLS ``group_id`` of the PublicMessages/PrivateMessages
+    it carries (RFC 9420 §6) parsed as a GroupId; a DS removal message
+    carries one or more proposals, all of one group. Raises :class:`Malformed`
+    otherwise."""
     content = message.message_content
     if isinstance(content, WelcomeBundle):
         return content.group_id
-    if isinstance(content, (CommitContent, ApplicationContent)):
-        mls = content.message
-        if mls.wire_format == WireFormat.mls_public_message:
-            raw = mls.public_message.content.group_id
-        elif mls.wire_format == WireFormat.mls_private_message:
-            raw = mls.private_message.group_id
-        else:
-            raise Malformed(f"a fan-out {type(content).__name__} must be a PublicMessage or PrivateMessage",
+    if isinstance(content, (ClientInactivityRemoval, QueueDeletionRemoval)):
+        ids = {_mls_group_id(m, type(content).__name__) for m in content.proposals}
+        if len(ids) != 1:
+            raise Malformed(f"a {type(content).__name__} must carry proposals of exactly one group",
                             code="bad_fan_out_content")
-        try:
-            return GroupId.from_mls(raw)
-        except DecodeError as e:
-            raise Malformed(f"MLS group_id is not a Phoenix GroupId: {e}", code="bad_group_id") from None
-    raise Malformed("unknown message content")  # unreachable: the codec admits no other case
+        raw = ids.pop()
+    else:
+        raw = _mls_group_id(content.message, type(content).__name__)
+    try:
+        return GroupId.from_mls(raw)
+    except DecodeError as e:
+        raise Malformed(f"MLS group_id is not a Phoenix GroupId: {e}", code="bad_group_id") from None
+
+
+def _mls_group_id(mls: MLSMessage, what: str) -> bytes:
+    if mls.wire_format == WireFormat.mls_public_message:
+        return bytes(mls.public_message.content.group_id)
+    if mls.wire_format == WireFormat.mls_private_message:
+        return bytes(mls.private_message.group_id)
+    raise Malformed(f"a fan-out {what} must be a PublicMessage or PrivateMessage", code="bad_fan_out_content")

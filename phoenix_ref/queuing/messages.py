@@ -184,8 +184,29 @@ class WelcomeBundle:
     group_id: GroupId
 
 
-MessageContent = variant(U8, {1: CommitContent, 2: ApplicationContent, 3: WelcomeBundle},
-                         "MessageContent")
+@struct
+class ProposalContent:
+    """``MessageContent::Proposal(MlsMessage)``: a member's proposal, e.g. a
+    self-remove (docs/decisions.md, A1)."""
+    message: MLSMessage
+
+
+@struct
+class ClientInactivityRemoval:
+    """``spec/delivery_service.md#ds-induced-removals``: the DS's Remove
+    proposals for clients past the inactivity limit."""
+    proposals: vec(MLSMessage)
+
+
+@struct
+class QueueDeletionRemoval:
+    """``spec/delivery_service.md#ds-induced-removals``: the DS's Remove
+    proposals for clients whose queue is gone."""
+    proposals: vec(MLSMessage)
+
+
+MessageContent = variant(U8, {1: CommitContent, 2: ApplicationContent, 3: WelcomeBundle, 4: ProposalContent,
+                              5: ClientInactivityRemoval, 6: QueueDeletionRemoval}, "MessageContent")
 
 
 @struct
