@@ -21,6 +21,7 @@ from .credentials import AsCredentialsResponse
 from .authentication.core import OPERATIONS as AS_OPERATIONS
 from .authentication.core import AuthMode as _AsAuthMode
 from .privacy_pass_gate import IssuerKeysResponse
+from .delivery import messages as _dsm
 from .delivery.messages import DsVerifyingKeyResponse
 from .paths import endpoint_path
 from .queuing import messages as _qsm
@@ -129,6 +130,31 @@ def _qs_client_rows():
     ]
 
 
+_DS = "spec/delivery_service.md#"
+
+
+def _ds_client_rows():
+    """(name, request, response, auth, section slug, federated) of the DS
+    client endpoints. Privacy Pass on all (``#authentication``); request
+    group id and create group are for local clients only
+    (spec/federation/use_cases.md#message-distribution), every other one
+    for clients of any homeserver."""
+    m, tok = _dsm, Auth.DS_AUTH_TOKEN
+    return [
+        ("ds_request_group_id", None, m.RequestGroupIdResponse, Auth.NONE, "request-group-id", False),
+        ("ds_create_group", m.CreateGroupRequest, m.Empty, tok, "create-group", False),
+        ("ds_update_queue_info", m.UpdateQueueInfoRequest, m.Empty, tok, "update-queue-information", True),
+        ("ds_welcome_info", m.WelcomeInfoRequest, m.WelcomeInfoResponse, tok, "get-welcome-information", True),
+        ("ds_add_users", m.AddUsersRequest, m.Empty, tok, "adding-new-users-to-the-group", True),
+        ("ds_remove_users", m.RemoveUsersRequest, m.Empty, tok, "remove-users", True),
+        ("ds_update_client", m.UpdateClientRequest, m.Empty, tok,
+         "updating-the-sending-clients-own-key-material", True),
+        ("ds_self_remove_user", m.SelfRemoveUserRequest, m.Empty, tok, "user-self-remove", True),
+        ("ds_send_message", m.SendMessageRequest, m.Empty, tok, "send-application-message", True),
+        ("ds_delete_group", m.DeleteGroupRequest, m.Empty, tok, "delete-group", True),
+    ]
+
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     # --- key distribution: spec/federation/use_cases.md#authentication-key-distribution
     _ep("as_credentials", Service.AS, "GET", None, AsCredentialsResponse, Auth.NONE, False,
@@ -153,6 +179,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Auth.QS_SIGNATURE, False, _QS + "federated-qs-to-qs-communication", federated=True),
     _ep("ds_verifying_key", Service.DS, "GET", None, DsVerifyingKeyResponse, Auth.NONE, False,
         "spec/federation/use_cases.md#authentication-key-distribution", federated=True),
+    # --- DS client endpoints: spec/delivery_service.md#client-endpoints (names: docs/decisions.md, A34)
+    *(_ep(name, Service.DS, "POST", req, resp, auth, True, _DS + slug, federated=federated)
+      for name, req, resp, auth, slug, federated in _ds_client_rows()),
 )
 
 

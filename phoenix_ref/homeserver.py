@@ -48,6 +48,8 @@ from .authentication.store import AsStore
 from .clock import Clock
 from .config import Config, Limits
 from .delivery import routes as ds_routes
+from .delivery.core import DsConfig, DsCore
+from .delivery.service import DsService
 from .delivery.store import DsStore
 from .errors import NotFound, UpstreamError
 from .federation.facade import FederationClient
@@ -135,8 +137,10 @@ class Homeserver:
         self.qs: QsService | None = None
         #: The running AS (:class:`~.authentication.service.AsService`), set at startup.
         self.as_service: AsService | None = None
-        #: Where remote QSs' ``QueueDeleted`` answers go (``#local-enqueue-message``):
-        #: the DS's callback, once it sets one.
+        #: The running DS (:class:`~.delivery.service.DsService`), set at startup.
+        self.ds: DsService | None = None
+        #: Where remote QSs' ``QueueDeleted`` answers go instead of the DS
+        #: (``#local-enqueue-message``), if a test sets it.
         self.on_queue_deleted: Callable[[list[QueueDeleted]], None] | None = None
         #: The background work's cancel scope and "it has ended" (set at startup).
         self._background: trio.CancelScope | None = None
@@ -158,7 +162,8 @@ class Homeserver:
         as_service = lambda: _started(self.as_service, "as")   # noqa: E731
         qs_service = lambda: _started(self.qs, "qs")           # noqa: E731
         handlers = {"as": as_routes.handlers(as_service),
-                    "ds": ds_routes.handlers(lambda: _started(self.keystore, "ds")),
+                    "ds": ds_routes.handlers(lambda: _started(self.keystore, "ds"),
+                                             lambda: _started(self.ds, "ds")),
                     "qs": qs_routes.handlers(qs_service)}
         for service, table in handlers.items():
             rows = {ep.name for ep in endpoints.ENDPOINTS if ep.service == service}
@@ -207,7 +212,8 @@ class Homeserver:
             lambda: AsStore(cfg.data_dir / "as.sqlite3", max_messages=cfg.limits.as_max_messages))
         self.qs_store = await QsStore.open(cfg.data_dir / "qs.sqlite3",
                                            OutboundKeys(self.keystore.qs_outbound_secrets))
-        self.ds_store = await DsStore.open(cfg.data_dir / "ds.sqlite3")
+        self.ds_store = await trio.to_thread.run_sync(
+            DsStore, cfg.data_dir / "ds.sqlite3", OutboundKeys(self.keystore.qs_outbound_secrets))
         # one Privacy Pass gate for AS, DS and QS (issuer keys, spent tokens);
         # it checks tokens unless a test plugged in its own check
         self.privacy_pass_gate = await PrivacyPassGate.open(cfg.data_dir / "privacy_pass.sqlite3", cfg.domain,
@@ -219,6 +225,8 @@ class Homeserver:
         self.as_service = AsService(cfg, self.keystore, self.as_store, self.privacy_pass_gate,
                                     self.federation.keys, self.clock)
         self.qs = self._build_qs()
+        self.ds = DsService(DsCore(ds_config(cfg), self.keystore.ds_signing_keys), self.ds_store,
+                            self.qs.local_enqueue, self.clock)
         await self._start_background()
 
     def _build_qs(self) -> QsService:
@@ -244,6 +252,7 @@ class Homeserver:
                     async with trio.open_nursery() as nursery:
                         await nursery.start(qs.run, sender, limits.qs_prune_interval_s)
                         await nursery.start(self.as_service.prune_periodically)
+                        await nursery.start(self.ds.run)
                         task_status.started()
             finally:
                 done.set()
@@ -251,11 +260,15 @@ class Homeserver:
         await self.app.nursery.start(run)
 
     def _queue_deleted(self, deleted: list[QueueDeleted]) -> None:
-        """Remote QSs' ``QueueDeleted`` answers → the DS's callback."""
-        if self.on_queue_deleted is None:
-            log.info("%s: %d QueueDeleted answers and no DS callback", self.domain, len(deleted))
-            return
-        self.on_queue_deleted(deleted)
+        """Remote QSs' ``QueueDeleted`` answers → the DS (decision A30). The
+        QS calls this in the Trio thread; the DS stores them in a task of the
+        app's nursery. Should the process stop before that task ran, the
+        answers are lost, and the next fan-out to the same deleted queue
+        brings them back."""
+        if self.on_queue_deleted is not None:
+            self.on_queue_deleted(deleted)
+        elif self.ds is not None:
+            self.app.nursery.start_soon(self.ds.queue_deleted, deleted)
 
     async def _shutdown(self) -> None:
         if self._background is not None:   # pending outbound messages stay in the store
@@ -281,6 +294,11 @@ def qs_config(cfg: Config) -> QsConfig:
     return QsConfig(Fqdn(cfg.domain), federation_allow=allow,
                     federation_deny=frozenset(Fqdn(d) for d in cfg.federation_deny),
                     max_client_record_age_ms=cfg.limits.qs_max_client_age_s * 1000)
+
+
+def ds_config(cfg: Config) -> DsConfig:
+    """The DS core's configuration from the homeserver's."""
+    return DsConfig(Fqdn(cfg.domain))
 
 
 def backoff_policy(limits: Limits) -> BackoffPolicy:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import trio
 
@@ -33,10 +33,9 @@ from ..codec import decode, encode
 from ..crypto import HpkeKeyPair, SigningKey
 from ..ids import Fqdn, QsCid, QsUid
 from ..queue_crypto import QueueMessage, QueueRatchetState, read_queue_messages
-from ..federation.client import retry_extensions
 from ..queuing import messages as m
 from ..queuing.fanout import seal_queue_config
-from .as_client import MEDIA_TYPE, error_from_response
+from .calls import PrivacyPassSource, call_endpoint
 
 __all__ = ["QsIdentity", "QsClient", "QsNotifications", "WsprotoTransport", "USER_OPERATIONS", "WebsocketRefused"]
 
@@ -44,8 +43,6 @@ __all__ = ["QsIdentity", "QsClient", "QsNotifications", "WsprotoTransport", "USE
 #: other token-authenticated ones by the QsCid.
 USER_OPERATIONS = frozenset({"update_user_record", "get_user_record", "delete_user_record",
                              "create_client_record"})
-
-PrivacyPassSource = Callable[[Fqdn], Awaitable[Any]]
 
 
 def _row(name: str) -> endpoints.Endpoint:
@@ -147,20 +144,8 @@ class QsClient:
 
     async def call(self, domain: Fqdn | str, name: str, body: Any = None) -> Any:
         """Send ``body`` to endpoint ``name`` of ``domain``'s QS; decode the answer."""
-        from .. import privacy_pass as pp
-        ep = _row(name)
         domain = Fqdn(str(domain))
-        headers = {"Content-Type": MEDIA_TYPE} if ep.request is not None else {}
-        if ep.privacy_pass and self.privacy_pass is not None:
-            token = await self.privacy_pass(domain)
-            if token is not None:
-                headers["Authorization"] = pp.authorization_header(token)
-        content = encode(body) if ep.request is not None else b""
-        resp = await self.http.request(ep.method, f"{self.base_url(domain)}{ep.path}", content=content,
-                                       headers=headers, extensions=retry_extensions(ep))
-        if resp.status_code != 200:
-            raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
-        return decode(ep.response, resp.content) if ep.response is not None else None
+        return await call_endpoint(self.http, self.base_url(domain), _row(name), domain, body, self.privacy_pass)
 
     # --- convenience over call() ----------------------------------------------------------
 

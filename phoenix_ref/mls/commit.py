@@ -174,6 +174,7 @@ class ProposalStore:
 
     def __init__(self) -> None:
         self._by_ref: dict[bytes, ProposalInfo] = {}
+        self._contents: dict[bytes, AuthenticatedContent] = {}
 
     def add(self, content: AuthenticatedContent) -> ProposalInfo:
         """Cache the proposal carried by ``content``; returns it with its ref."""
@@ -182,13 +183,20 @@ class ProposalStore:
             raise ValueError("not a proposal")
         info = ProposalInfo(fc.proposal, fc.sender, make_proposal_ref(content))
         self._by_ref[info.ref] = info
+        self._contents[info.ref] = content
         return info
+
+    def contents(self) -> list[AuthenticatedContent]:
+        """The stored proposals as received, in arrival order (what a store
+        saves to rebuild itself with :meth:`add`)."""
+        return list(self._contents.values())
 
     def get(self, ref: bytes) -> ProposalInfo | None:
         return self._by_ref.get(ref)
 
     def clear(self) -> None:
         self._by_ref.clear()
+        self._contents.clear()
 
     def __iter__(self) -> Iterator[ProposalInfo]:
         return iter(list(self._by_ref.values()))

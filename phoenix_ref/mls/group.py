@@ -157,6 +157,7 @@ class Group:
         self._pending_updates: dict[bytes, HpkeKeyPair] = {}
         self._pending: tuple[AuthenticatedContent, _EpochState, AppliedProposals] | None = None
         self.active = True
+        self.creator_key_package: KeyPackage | None = None   # set by create()
         self._enter_epoch(state)
 
     # --- state accessors -----------------------------------------------------------
@@ -229,7 +230,11 @@ class Group:
         tag = confirmation_tag(secrets.confirmation_key, b"")
         state = _EpochState(ctx, tree, PrivateTreeKeys.for_leaf(0, bundle.encryption_priv), secrets,
                             TranscriptHashes.for_new_group(secrets.confirmation_key), tag)
-        return cls(state, signing_key, external_psks=external_psks, clock=clock)
+        group = cls(state, signing_key, external_psks=external_psks, clock=clock)
+        #: the KeyPackage whose LeafNode is leaf 0 (a Phoenix DS builds the
+        #: one-leaf tree from it: docs/decisions.md, A23)
+        group.creator_key_package = bundle.key_package
+        return group
 
     @staticmethod
     def make_key_package(signing_key: SigningKey, credential: Credential, *, clock: Clock | None = None,
@@ -370,6 +375,11 @@ class Group:
             welcome = create_welcome(wgi, new_state.secrets.joiner_secret, psks, members)
         self._pending = (content, new_state, applied)
         return CommitResult(message, welcome, gi)
+
+    @property
+    def pending_commit(self) -> AppliedProposals | None:
+        """What the pending Commit applies (None when there is none)."""
+        return None if self._pending is None else self._pending[2]
 
     def _default_refs(self) -> list[bytes]:
         """The stored proposals a Commit includes by default (§12.2, §12.4):

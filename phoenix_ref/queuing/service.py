@@ -247,7 +247,7 @@ class QsService:
 
     # --- enqueue ----------------------------------------------------------------------------
 
-    async def local_enqueue(self, message: FanOutMessage) -> LocalEnqueueResult:
+    async def local_enqueue(self, message: FanOutMessage, message_id: bytes | None = None) -> LocalEnqueueResult:
         result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms())
         self.notifier.notify(result.enqueued)
         if self.outbound_sender is not None:

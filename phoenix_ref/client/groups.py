@@ -1,0 +1,282 @@
+"""A client's view of one Phoenix group, sans IO.
+
+:class:`GroupMember` wraps the MLS member view (:class:`~phoenix_ref.mls.group.Group`)
+with what the Delivery Service flows need (``spec/delivery_service.md``,
+``spec/clients/group_interactions.md``, ``../shared/ds-inventory.md`` §3):
+
+* the group's keys: the GroupStateEarKey sent with every request and the
+  credential encryption key (``spec/delivery_service/group_state_encryption.md``);
+* the members' credential information, decrypted and checked against
+  their leaf credentials;
+* builders for each DS request (with its DsAuthToken, bound to the request),
+  whose commit stays pending until the caller reports the DS's answer
+  (:meth:`accepted` / :meth:`refused`);
+* :meth:`process` for what a client dequeues for this group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..auth_tokens import DsAuthToken, DsKeyPackageRef, DsLeafIndex, RequestBinding
+from ..codec import decode, encode
+from ..credentials import ClientCredential, TrustStore
+from ..crypto import HPKECiphertext, SigningKey, decrypt_with_label
+from ..delivery import messages as m
+from ..delivery.core import EAR_KEY_LABEL
+from ..ids import Fqdn, GroupId
+from ..mls.extensions import ExternalSender, ExternalSenders, RolesExtension, get_extension, set_extension, \
+    to_extension
+from ..mls.group import ApplicationMessage, CommitMessage, CommitResult, Group
+from ..mls.welcome import decrypt_group_info, decrypt_group_secrets
+from ..mls.keypackage import KeyPackageBundle
+from ..mls.messages import Credential, GroupContextExtensions, MLSMessage, Remove, make_key_package_ref
+from ..mls.tree import RatchetTree
+from ..paths import endpoint_path
+from ..queuing.messages import (
+    AddPackage, ApplicationContent, ClientInactivityRemoval, ClientQueueConfig, CommitContent, ProposalContent,
+    QueueDeletionRemoval, WelcomeBundle,
+)
+from .phoenix_credentials import (
+    CredentialInformation, LeafIdentity, WelcomeAttributionInfoPayload,
+    new_symmetric_key, open_credential_information, seal_attribution, seal_credential_information, verify_leaf,
+)
+
+__all__ = ["GroupMember", "Received", "PendingRequest"]
+
+
+@dataclass(frozen=True)
+class Received:
+    """An application message as the group saw it: sender leaf, epoch, bytes."""
+    sender: int
+    epoch: int
+    data: bytes
+
+
+@dataclass
+class PendingRequest:
+    """A DS request built by :class:`GroupMember`: endpoint name and body."""
+    name: str
+    body: Any
+
+
+@dataclass
+class GroupMember:
+    group_id: GroupId
+    group: Group
+    leaf: LeafIdentity
+    ear_key: bytes
+    credential_key: bytes
+    clock: Any
+    #: credential information per leaf (our own included)
+    members: dict[int, CredentialInformation] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    #: True once a commit removed us or the group was deleted
+    gone: bool = False
+
+    # --- creation ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, group_id: GroupId, leaf: LeafIdentity, client_credential: ClientCredential,
+               ds_verifying_key: bytes, clock: Any) -> "GroupMember":
+        """A new group with its RolesExtension (creator admin, A7) and the DS
+        as external sender (A20); keys sampled fresh."""
+        exts = [to_extension(RolesExtension([0], [])),
+                to_extension(ExternalSenders([ExternalSender(ds_verifying_key,
+                                                             Credential.basic(f"ds.{group_id.ds_domain}".encode()))]))]
+        group = Group.create(leaf.signing_key, leaf.mls_credential, group_id=group_id.to_mls(), extensions=exts,
+                             clock=clock)
+        me = cls(group_id, group, leaf, new_symmetric_key(), new_symmetric_key(), clock)
+        me.members[0] = CredentialInformation(client_credential, leaf.signature_encryption_key)
+        return me
+
+    def create_group_request(self, queue_config: ClientQueueConfig) -> PendingRequest:
+        p = m.CreateGroupParams(self.group_id, self.group.creator_key_package, self._own_info(), queue_config,
+                                self.group.group_info(), self.ear_key)
+        return self._request("ds_create_group", p)
+
+    # --- requests ------------------------------------------------------------------------------
+
+    def now(self) -> int:
+        return self.clock.now_ms()
+
+    def _own_info(self) -> bytes:
+        return seal_credential_information(self.credential_key, self.members[self.group.leaf_index])
+
+    def _request(self, name: str, params: Any) -> PendingRequest:
+        return signed_request(name, params, self.group_id, self.leaf.signing_key,
+                              DsLeafIndex(self.group.leaf_index), self.now())
+
+    @staticmethod
+    def _update(result: CommitResult) -> m.GroupInfoUpdate:
+        return m.GroupInfoUpdate(result.group_info.signature, result.group_info.extensions)
+
+    def roles(self) -> RolesExtension:
+        return get_extension(self.group.group_context.extensions, RolesExtension)
+
+    def is_admin(self, leaf: int | None = None) -> bool:
+        return (self.group.leaf_index if leaf is None else leaf) in self.roles().admins
+
+    def _roles_without(self, leaves: set[int]) -> list:
+        """A GroupContextExtensions proposal dropping ``leaves`` from the roles, if listed (A7)."""
+        roles = self.roles()
+        pruned = RolesExtension([a for a in roles.admins if a not in leaves],
+                                [x for x in roles.members if x not in leaves])
+        if pruned == roles:
+            return []
+        return [GroupContextExtensions(set_extension(self.group.group_context.extensions, pruned))]
+
+    def add_request(self, packages: list[tuple[AddPackage, CredentialInformation, bytes]],
+                    sender_key: SigningKey, sender_client_id: Any) -> PendingRequest:
+        """*Add users*: ``packages`` are (AddPackage, its opened credential
+        information, the owner's friendship encryption key)."""
+        infos = [seal_credential_information(self.credential_key, info) for _, info, _ in packages]
+        kps = [pkg.key_package for pkg, _, _ in packages]
+        result = self.group.commit(adds=kps, authenticated_data=encode(m.AddUsersParamsAad(infos)),
+                                   ratchet_tree_in_welcome=False)
+        welcome_bytes = encode(result.welcome)
+        wais = [seal_attribution(sender_key, WelcomeAttributionInfoPayload(sender_client_id, self.credential_key),
+                                 self.group_id, welcome_bytes, fkey) for _, _, fkey in packages]
+        self._pending_adds = [info for _, info, _ in packages]
+        p = m.AddUsersParams(result.message, self.ear_key, self._update(result), result.welcome, wais, kps)
+        return self._request("ds_add_users", p)
+
+    def remove_request(self, leaves: list[int]) -> PendingRequest:
+        result = self.group.commit(removes=leaves, proposals=self._roles_without(set(leaves)), by_reference=[])
+        return self._request("ds_remove_users", m.RemoveUsersParams(result.message, self.ear_key,
+                                                                    self._update(result)))
+
+    def update_request(self) -> PendingRequest:
+        """*Update client*: a path and every stored proposal (dropping removed
+        leaves from the roles, A7)."""
+        removed = {p.proposal.removed for p in self.group.proposals if isinstance(p.proposal, Remove)}
+        result = self.group.commit(proposals=self._roles_without(removed))
+        return self._request("ds_update_client", m.UpdateClientParams(result.message, self.ear_key,
+                                                                      self._update(result)))
+
+    def self_remove_request(self) -> PendingRequest:
+        proposal = self.group.propose_remove(self.group.leaf_index)
+        return self._request("ds_self_remove_user", m.SelfRemoveUserParams(proposal, self.ear_key))
+
+    def send_request(self, data: bytes) -> PendingRequest:
+        return self._request("ds_send_message", m.SendMessageParams(self.group.encrypt(data), self.ear_key))
+
+    def delete_request(self) -> PendingRequest:
+        others = [i for i, _ in self.group.tree.leaves() if i != self.group.leaf_index]
+        result = self.group.commit(removes=others, by_reference=[])
+        return self._request("ds_delete_group", m.DeleteGroupParams(result.message, self.ear_key))
+
+    def queue_info_request(self, config: ClientQueueConfig) -> PendingRequest:
+        return self._request("ds_update_queue_info", m.UpdateQueueInfoParams(self.group_id, self.ear_key, config))
+
+    # --- the DS's answer ------------------------------------------------------------------------
+
+    def accepted(self, request: PendingRequest) -> None:
+        """The DS took ``request``: a pending commit becomes the new epoch."""
+        commit_msg = self.group.pending_commit
+        if commit_msg is None:
+            return
+        self.group.merge_pending_commit()
+        for leaf in commit_msg.removed:
+            self.members.pop(leaf, None)
+        for (leaf, _), info in zip(commit_msg.added, getattr(self, "_pending_adds", [])):
+            self.members[leaf] = info
+        self._pending_adds = []
+        if request.name == "ds_delete_group":
+            self.gone = True
+
+    def refused(self, request: PendingRequest) -> None:
+        """The DS refused ``request``: a pending commit is dropped."""
+        if self.group.pending_commit is not None:
+            self.group.clear_pending_commit()
+        self._pending_adds = []
+
+    # --- incoming (F10) ----------------------------------------------------------------------------
+
+    def process(self, content: Any, trust: TrustStore | None = None) -> Any:
+        """Apply one dequeued message for this group; returns what MLS made of it."""
+        if isinstance(content, (CommitContent, ProposalContent)):
+            return self._process_mls(content.message, trust)
+        if isinstance(content, ApplicationContent):
+            out = self.group.process(content.message)
+            assert isinstance(out, ApplicationMessage)
+            self.received.append(Received(out.sender, self.group.epoch, out.data))
+            return out
+        if isinstance(content, (ClientInactivityRemoval, QueueDeletionRemoval)):
+            return [self.group.process(p) for p in content.proposals]
+        raise ValueError(f"{type(content).__name__} is not for an existing group")
+
+    def _process_mls(self, message: MLSMessage, trust: TrustStore | None) -> Any:
+        aad = bytes(message.public_message.content.authenticated_data) if message.public_message else b""
+        out = self.group.process(message)
+        if isinstance(out, CommitMessage):
+            if out.removed_me:
+                self.gone = True
+                return out
+            for leaf in out.applied.removed:
+                self.members.pop(leaf, None)
+            if out.applied.added:
+                infos = decode(m.AddUsersParamsAad, aad).encrypted_credential_information
+                for (leaf, _), sealed in zip(out.applied.added, infos):
+                    self._learn(leaf, bytes(sealed), trust)
+            elif aad and out.sender.leaf_index is not None:
+                info = decode(m.UpdateClientParamsAad, aad).option_encrypted_credential_information
+                if info is not None:
+                    self._learn(out.sender.leaf_index, bytes(info), trust)
+        return out
+
+    def _learn(self, leaf: int, sealed: bytes, trust: TrustStore | None) -> None:
+        info = open_credential_information(self.credential_key, sealed)
+        verify_leaf(self.group.tree.leaf(leaf), info.client_credential, info.signature_encryption_key, trust,
+                    self.now())
+        self.members[leaf] = info
+
+    # --- joining (F8) --------------------------------------------------------------------------------
+
+    @staticmethod
+    def ear_key_of(bundle: WelcomeBundle, kp_bundle: KeyPackageBundle) -> bytes:
+        """The EAR key the DS encrypted to our KeyPackage's init key (A11)."""
+        ct = decode(HPKECiphertext, bytes(bundle.encrypted_group_state_ear_key))
+        return decrypt_with_label(kp_bundle.init_priv, EAR_KEY_LABEL, encode(bundle.group_id), ct.kem_output,
+                                  ct.ciphertext)
+
+    @staticmethod
+    def welcome_info_request(bundle: WelcomeBundle, kp_bundle: KeyPackageBundle, ear_key: bytes, now_ms: int
+                             ) -> PendingRequest:
+        """*Get Welcome information* for the epoch the Welcome joins,
+        authenticated by our KeyPackageRef (signed with its leaf key)."""
+        secrets = decrypt_group_secrets(bundle.welcome, kp_bundle.key_package, kp_bundle.init_priv)
+        gi = decrypt_group_info(bundle.welcome.encrypted_group_info, secrets.joiner_secret, None)
+        params = m.WelcomeInfoParams(bundle.group_id, ear_key, gi.group_context.epoch)
+        return signed_request("ds_welcome_info", params, bundle.group_id, kp_bundle.signing_key,
+                              DsKeyPackageRef(make_key_package_ref(kp_bundle.key_package)), now_ms)
+
+    @classmethod
+    def join(cls, bundle: WelcomeBundle, kp_bundle: KeyPackageBundle, leaf: LeafIdentity, ear_key: bytes,
+             credential_key: bytes, info: m.WelcomeInfoResponse, trust: TrustStore | None, clock: Any
+             ) -> "GroupMember":
+        """Join from a Welcome with the tree the DS kept for us, and check
+        every member's credential information."""
+        group = Group.join_from_welcome(bundle.welcome, kp_bundle, ratchet_tree=RatchetTree.from_nodes(info.public_tree),
+                                        clock=clock)
+        me = cls(bundle.group_id, group, leaf, ear_key, credential_key, clock)
+        for entry in info.credential_chains:
+            me._learn(entry.leaf_index, bytes(entry.encrypted_credential_information), trust)
+        return me
+
+
+
+_REQUESTS = {"ds_create_group": m.CreateGroupRequest, "ds_update_queue_info": m.UpdateQueueInfoRequest,
+             "ds_welcome_info": m.WelcomeInfoRequest, "ds_add_users": m.AddUsersRequest,
+             "ds_remove_users": m.RemoveUsersRequest, "ds_update_client": m.UpdateClientRequest,
+             "ds_self_remove_user": m.SelfRemoveUserRequest, "ds_send_message": m.SendMessageRequest,
+             "ds_delete_group": m.DeleteGroupRequest}
+
+
+def signed_request(name: str, params: Any, group_id: GroupId, key: SigningKey, sender: Any,
+                   now_ms: int) -> PendingRequest:
+    """``…Request {auth, params}`` with a DsAuthToken bound to this request
+    (``spec/delivery_service.md#authentication``)."""
+    binding = RequestBinding(group_id.ds_domain, endpoint_path(name), encode(params))
+    return PendingRequest(name, _REQUESTS[name](DsAuthToken.create(key, group_id, now_ms, sender, binding), params))

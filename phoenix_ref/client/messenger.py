@@ -1,0 +1,283 @@
+"""A whole Phoenix client over HTTPS: AS account, QS queue, DS groups.
+
+:class:`Messenger` ties a registered :class:`~.session.ClientSession` (AS,
+Privacy Pass wallet), a QS identity with its queue (:mod:`.qs_client`) and
+the groups it is in (:class:`~.groups.GroupMember`), and runs the client
+flows of ``../shared/ds-inventory.md`` §3 that involve the DS:
+
+* F1 (the QS part): a QS user record, AddPackages published for contacts;
+* F6 create a group; F7 invite contacts (their AddPackages fetched with
+  their friendship token); F8 join from a WelcomeBundle; F9 send; F10
+  receive (dequeue, decrypt, process); F11 update; F12 remove; F13 leave;
+  F14 delete; F17 commit pending removals; F15 new queue info.
+
+Contacts: what a connection exchanges (``spec/queuing_service/keypackage_publication.md``:
+user id, client credential, friendship token and friendship encryption key)
+is a :class:`ContactCard`; connection establishment, which carries it in
+practice, is a later flow, so for now two clients swap cards directly.
+
+A request the DS refuses raises its :class:`~phoenix_ref.errors.ProtocolError`
+after the pending commit is dropped (``409 wrong_epoch``: receive, then try
+again; :meth:`Messenger.commit_with_retry` does that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from .. import endpoints
+from ..codec import decode, encode
+from ..credentials import ClientCredential, TrustStore
+from ..errors import ProtocolError
+from ..ids import ClientId, Fqdn, GroupId, UserId
+from ..mls.extensions import ClientQueueConfig as ExtClientQueueConfig
+from ..mls.extensions import LastResortExtension, get_extension
+from ..mls.keypackage import KeyPackageBundle
+from ..mls.messages import make_key_package_ref
+from ..queuing import messages as qm
+from ..queuing.fanout import group_id_of
+from .calls import call_endpoint
+from .groups import GroupMember, PendingRequest
+from .phoenix_credentials import (
+    LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
+)
+from .qs_client import QsClient, QsIdentity
+from .session import ClientSession
+
+__all__ = ["Messenger", "ContactCard"]
+
+
+@dataclass(frozen=True)
+class ContactCard:
+    """What a user hands a contact (``spec/glossary.md#friendship-keys``)."""
+    user_id: UserId
+    client_credential: ClientCredential
+    friendship_token: bytes
+    friendship_key: bytes
+
+
+@dataclass
+class Messenger:
+    session: ClientSession
+    qs: QsClient
+    me: QsIdentity
+    friendship_key: bytes
+    base_url: Callable[[str, Fqdn], str]
+    contacts: dict[UserId, ContactCard] = field(default_factory=dict)
+    groups: dict[GroupId, GroupMember] = field(default_factory=dict)
+    #: published KeyPackages by ref: their private keys and leaf identity
+    key_packages: dict[bytes, tuple[KeyPackageBundle, LeafIdentity]] = field(default_factory=dict)
+    trust: TrustStore | None = None
+    #: groups joined or left, as events for the caller
+    events: list[tuple[str, GroupId]] = field(default_factory=list)
+
+    # --- setting up ----------------------------------------------------------------------------
+
+    @classmethod
+    async def register(cls, http: Any, domain: Fqdn | str, *, clock: Any, add_packages: int = 3,
+                       base_url: Callable[[str, Fqdn], str] | None = None) -> "Messenger":
+        """A new user at ``domain``: AS registration, QS user record,
+        ``add_packages`` AddPackages (the last one of last resort)."""
+        base_url = base_url or (lambda service, d: f"https://{service}.{d}")
+        session = await ClientSession.register(http, domain, clock=clock)
+        qs = QsClient(http, base_url=lambda d: base_url("qs", d), privacy_pass=session.token,
+                      now_ms=clock.now_ms)
+        me = await qs.register(domain)
+        out = cls(session, qs, me, new_symmetric_key(), base_url)
+        await out.publish_add_packages(add_packages)
+        return out
+
+    @property
+    def user_id(self) -> UserId:
+        return self.session.user_id
+
+    @property
+    def client_id(self) -> ClientId:
+        return self.session.client_id
+
+    @property
+    def domain(self) -> Fqdn:
+        return self.session.domain
+
+    def now(self) -> int:
+        return self.session.now()
+
+    def card(self) -> ContactCard:
+        return ContactCard(self.user_id, self.session.credential, self.me.friendship_token, self.friendship_key)
+
+    def add_contact(self, card: ContactCard) -> None:
+        self.contacts[card.user_id] = card
+
+    async def trust_domains(self, *domains: Fqdn | str) -> None:
+        """Check contacts' credential chains against their ASs' credentials."""
+        self.trust = await self.session.trust(*domains)
+
+    async def _queue_config(self) -> qm.ClientQueueConfig:
+        return await self.qs.client_queue_config(self.me)
+
+    async def publish_add_packages(self, n: int) -> None:
+        """``#publish-keypackages``: ``n`` fresh AddPackages (replacing the
+        published ones), the last of last resort; their keys are kept."""
+        qs_key = await self.qs.queue_config_key(self.domain)
+        packages = []
+        for i in range(n):
+            leaf = new_leaf_identity(self.session.identity.signing_key, self.session.credential, self.now())
+            config = self.me.client_queue_config(qs_key)
+            ext_config = ExtClientQueueConfig(str(config.client_homeserver_domain).encode(), config.sealed_config)
+            package, bundle = make_add_package(leaf, self.session.credential, self.friendship_key, ext_config,
+                                               self.now(), last_resort=i == n - 1)
+            self.key_packages[make_key_package_ref(bundle.key_package)] = (bundle, leaf)
+            packages.append(package)
+        await self.qs.send(self.me, "publish_key_packages", qm.PublishKeyPackagesParams(self.me.qs_cid, packages))
+
+    # --- DS calls ------------------------------------------------------------------------------
+
+    async def ds(self, domain: Fqdn | str, name: str, body: Any = None) -> Any:
+        """One DS endpoint of ``domain`` with a token of that domain's AS."""
+        domain = Fqdn(str(domain))
+        return await call_endpoint(self.session.as_client.http, self.base_url("ds", domain),
+                                   endpoints.by_name("ds", name), domain, body, self.session.token)
+
+    async def _submit(self, member: GroupMember, request: PendingRequest) -> Any:
+        try:
+            answer = await self.ds(member.group_id.ds_domain, request.name, request.body)
+        except BaseException:
+            member.refused(request)
+            raise
+        member.accepted(request)
+        return answer
+
+    async def ds_verifying_key(self, domain: Fqdn | str) -> bytes:
+        return (await self.ds(domain, "ds_verifying_key")).verifying_keys[0]
+
+    # --- group flows ------------------------------------------------------------------------------
+
+    async def create_group(self) -> GroupId:
+        """F6: request a group id, create the MLS group, register it at our DS."""
+        gid = (await self.ds(self.domain, "ds_request_group_id")).group_id
+        leaf = new_leaf_identity(self.session.identity.signing_key, self.session.credential, self.now())
+        member = GroupMember.create(gid, leaf, self.session.credential, await self.ds_verifying_key(self.domain),
+                                    self.session.clock)
+        await self._submit(member, member.create_group_request(await self._queue_config()))
+        self.groups[gid] = member
+        return gid
+
+    async def invite(self, group_id: GroupId, users: list[UserId]) -> None:
+        """F7: fetch each contact's AddPackage at its QS, check it, add them all in one commit."""
+        member = self.groups[group_id]
+        packages = []
+        for uid in users:
+            card = self.contacts[uid]
+            answer = await self.qs.call(uid.as_domain, "get_add_package", qm.AddPackageParams(card.friendship_token))
+            for package in answer.add_packages:
+                info = open_add_package(package, card.friendship_key, self.trust, self.now())
+                packages.append((package, info, card.friendship_key))
+        await self._submit(member, member.add_request(packages, self.session.identity.signing_key, self.client_id))
+
+    def leaf_of(self, group_id: GroupId, user: UserId) -> int:
+        member = self.groups[group_id]
+        for leaf, info in member.members.items():
+            if info.client_credential.client_id.user_id == user:
+                return leaf
+        raise KeyError(f"{user} is not in group {group_id}")
+
+    async def remove(self, group_id: GroupId, users: list[UserId]) -> None:
+        """F12 (admins): remove users' clients."""
+        member = self.groups[group_id]
+        await self._submit(member, member.remove_request([self.leaf_of(group_id, u) for u in users]))
+
+    async def update(self, group_id: GroupId) -> None:
+        """F11 / F17: a commit with a fresh path and every pending proposal."""
+        member = self.groups[group_id]
+        await self._submit(member, member.update_request())
+
+    async def leave(self, group_id: GroupId) -> None:
+        """F13: propose our own removal; a member commits it with its next update."""
+        member = self.groups[group_id]
+        await self._submit(member, member.self_remove_request())
+
+    async def send(self, group_id: GroupId, data: bytes) -> None:
+        """F9."""
+        member = self.groups[group_id]
+        await self._submit(member, member.send_request(data))
+
+    async def delete_group(self, group_id: GroupId) -> None:
+        """F14 (admins): remove everyone else, then the DS deletes the group."""
+        member = self.groups[group_id]
+        await self._submit(member, member.delete_request())
+        del self.groups[group_id]
+
+    async def update_queue_info(self, group_id: GroupId) -> None:
+        """F15: a fresh sealed queue config for this group."""
+        member = self.groups[group_id]
+        await self._submit(member, member.queue_info_request(await self._queue_config()))
+
+    async def commit_with_retry(self, group_id: GroupId, action: Callable[[], Awaitable[None]],
+                                attempts: int = 5) -> None:
+        """Run a committing ``action``; on ``409 wrong_epoch`` receive what
+        was missed and run it again."""
+        for attempt in range(attempts):
+            try:
+                return await action()
+            except ProtocolError as e:
+                if e.code != "wrong_epoch" or attempt == attempts - 1:
+                    raise
+                await self.receive()
+
+    # --- receiving (F10) --------------------------------------------------------------------------
+
+    async def receive(self) -> int:
+        """Dequeue everything new and process it in order; the number of messages."""
+        plaintexts = await self.qs.receive(self.me)
+        for plaintext in plaintexts:
+            await self._handle(decode(qm.MessageContent, plaintext))
+        return len(plaintexts)
+
+    async def _handle(self, content: Any) -> None:
+        if isinstance(content, qm.WelcomeBundle):
+            await self._join(content)
+            return
+        group_id = _group_of(content)
+        member = self.groups.get(group_id)
+        if member is None or member.gone:
+            return      # a group we left or never joined: nothing to do
+        member.process(content, self.trust)
+        if member.gone:
+            self.events.append(("removed", group_id))
+            del self.groups[group_id]
+
+    async def _join(self, bundle: qm.WelcomeBundle) -> None:
+        """F8: open the attribution, the EAR key, fetch the tree, join."""
+        welcome_bytes = encode(bundle.welcome)
+        payload, _sender = open_attribution(bytes(bundle.encrypted_welcome_attribution_info), self.friendship_key,
+                                            bundle.group_id, welcome_bytes, self._credential_of)
+        refs = {bytes(s.new_member) for s in bundle.welcome.secrets}
+        ref = next((r for r in self.key_packages if r in refs), None)
+        if ref is None:
+            raise ProtocolError("a Welcome for none of our KeyPackages", code="unknown_key_package")
+        kp_bundle, leaf = self.key_packages[ref]
+        ear_key = GroupMember.ear_key_of(bundle, kp_bundle)
+        request = GroupMember.welcome_info_request(bundle, kp_bundle, ear_key, self.now())
+        info = await self.ds(bundle.group_id.ds_domain, request.name, request.body)
+        member = GroupMember.join(bundle, kp_bundle, leaf, ear_key, bytes(payload.group_credential_encryption_key),
+                                  info, self.trust, self.session.clock)
+        self.groups[bundle.group_id] = member
+        self.events.append(("joined", bundle.group_id))
+        if not _is_last_resort(kp_bundle):
+            del self.key_packages[ref]
+
+    def _credential_of(self, client_id: ClientId) -> ClientCredential | None:
+        card = self.contacts.get(client_id.user_id)
+        if card is None or card.client_credential.client_id != client_id:
+            return None
+        return card.client_credential
+
+
+
+def _group_of(content: Any) -> GroupId:
+    return group_id_of(qm.FanOutMessage([], content))
+
+
+def _is_last_resort(bundle: KeyPackageBundle) -> bool:
+    return get_extension(bundle.key_package.extensions, LastResortExtension) is not None

@@ -1,0 +1,207 @@
+"""The DS's state of one group and its encryption at rest
+(``spec/delivery_service.md#ds-state``,
+``spec/delivery_service/group_state_encryption.md``).
+
+One encoding, :class:`GroupStateWire`, holds everything the spec lists in
+the encrypted group state: the public view of the MLS group (GroupInfo with
+its GroupContext, ratchet tree, interim transcript hash, proposal store),
+the client and user profiles, the past group states kept for joiners and
+the Queue ID decryption key. :class:`GroupState` is the working form the
+core changes.
+
+At rest (:func:`seal_state` / :func:`open_state`) the encoding is prefixed
+with its length, padded with zeros to a multiple of the bucket size
+(docs/decisions.md, A19) and sealed with AES-128-GCM (the ciphersuite's
+AEAD) under the group's EAR key, with a fresh random nonce and the encoded
+GroupId as additional data, so a ciphertext copied onto another group's row
+does not open. Only the group id, the month of last activity, the Queue ID
+encryption key and the deleted-queue rows stay in plaintext (the store).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..codec import U32, U64, DecodeError, VarBytes, decode, encode, struct, vec
+from ..crypto import NN, CryptoError, aead_open, aead_seal, random_bytes
+from ..ids import GroupId
+from ..mls.messages import AuthenticatedContent, GroupInfo
+from ..mls.public_group import PublicGroup
+from ..mls.transcript import TranscriptHashes
+from ..mls.tree import RatchetTree, RatchetTreeWire
+from ..queuing.messages import ClientQueueConfig
+from .messages import EAR_KEY_LEN, LeafCredentialInformation
+
+__all__ = ["ClientProfile", "Joiner", "PastGroupState", "GroupState", "seal_state", "open_state",
+           "WrongEarKey", "DEFAULT_BUCKET_BYTES"]
+
+#: The smallest padding bucket (docs/decisions.md, A19).
+DEFAULT_BUCKET_BYTES = 4096
+
+
+class WrongEarKey(CryptoError):
+    """The EAR key given does not open the stored group state."""
+
+
+@struct
+class ClientProfile:
+    """``#ds-state`` client profile. ``activity_day`` is in UTC days since
+    the Unix epoch (docs/decisions.md, A18)."""
+    leaf_index: U32
+    encrypted_credential_information: VarBytes
+    client_queue_config: ClientQueueConfig
+    activity_day: U32
+    activity_epoch: U64
+
+
+@struct
+class UserProfile:
+    """``#ds-state`` user profile: the leaves of one user (one, A6)."""
+    leaves: vec(U32)
+
+
+@struct
+class Joiner:
+    """A client expected to pick up a past group state: its KeyPackageRef,
+    its leaf and the end of its KeyPackage's lifetime (seconds)."""
+    key_package_ref: VarBytes
+    leaf_index: U32
+    not_after: U64
+
+
+@struct
+class PastGroupState:
+    """A copy kept for joiners (``#ds-state``, A24): the tree and the
+    credential information of the epoch a Welcome joins."""
+    epoch: U64
+    public_tree: RatchetTreeWire
+    credential_chains: vec(LeafCredentialInformation)
+    joiners: vec(Joiner)
+
+
+@struct
+class GroupStateWire:
+    group_info: GroupInfo
+    public_tree: RatchetTreeWire
+    interim_transcript_hash: VarBytes
+    proposals: vec(AuthenticatedContent)
+    clients: vec(ClientProfile)
+    users: vec(UserProfile)
+    past_states: vec(PastGroupState)
+    queue_id_decryption_key: VarBytes
+
+
+@dataclass
+class GroupState:
+    """The decrypted state of one group."""
+    group_id: GroupId
+    public: PublicGroup
+    clients: dict[int, ClientProfile]
+    users: list[list[int]]
+    past_states: list[PastGroupState] = field(default_factory=list)
+    queue_id_decryption_key: bytes = b""
+    #: the EAR key the state was opened with (never encoded)
+    ear_key: bytes = field(default=b"", repr=False)
+
+    # --- members ---------------------------------------------------------------------------
+
+    def queue_configs(self, exclude: set[int] = frozenset()) -> list[ClientQueueConfig]:
+        """The queue configs of the clients, in leaf order, but those in ``exclude``."""
+        return [p.client_queue_config for i, p in sorted(self.clients.items()) if i not in exclude]
+
+    def credential_chains(self) -> list[LeafCredentialInformation]:
+        return [LeafCredentialInformation(i, p.encrypted_credential_information)
+                for i, p in sorted(self.clients.items())]
+
+    def add_client(self, profile: ClientProfile) -> None:
+        self.clients[profile.leaf_index] = profile
+        self.users.append([profile.leaf_index])
+
+    def remove_client(self, leaf_index: int) -> None:
+        """Drop the client's profile, its user profile if it was the user's
+        last client, and its joiner entries (``#remove-users``)."""
+        self.clients.pop(leaf_index, None)
+        self.users = [u for u in ([i for i in user if i != leaf_index] for user in self.users) if u]
+        self.drop_joiner(leaf_index)
+
+    def touch(self, leaf_index: int, day: int) -> None:
+        """``#activity-times``: the client committed now."""
+        p = self.clients[leaf_index]
+        self.clients[leaf_index] = replace(p, activity_day=day, activity_epoch=self.public.epoch)
+
+    # --- past states (#ds-state, A24) ----------------------------------------------------------
+
+    def drop_joiner(self, leaf_index: int) -> None:
+        """The client at ``leaf_index`` no longer needs a past state (it
+        committed or left); copies left without joiners go."""
+        kept = []
+        for past in self.past_states:
+            joiners = [j for j in past.joiners if j.leaf_index != leaf_index]
+            if joiners:
+                kept.append(replace(past, joiners=joiners))
+        self.past_states = kept
+
+    def drop_expired_joiners(self, now_s: int) -> None:
+        kept = []
+        for past in self.past_states:
+            joiners = [j for j in past.joiners if j.not_after >= now_s]
+            if joiners:
+                kept.append(replace(past, joiners=joiners))
+        self.past_states = kept
+
+    # --- encoding -----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        pg = self.public
+        wire = GroupStateWire(pg.group_info, pg.tree.to_nodes(), pg.transcript.interim, pg.proposals.contents(),
+                              [p for _, p in sorted(self.clients.items())], [UserProfile(u) for u in self.users],
+                              self.past_states, self.queue_id_decryption_key)
+        return encode(wire)
+
+    @classmethod
+    def from_bytes(cls, group_id: GroupId, data: bytes) -> "GroupState":
+        """Rebuild a state :meth:`to_bytes` wrote. The bytes come out of an
+        authenticated decryption under the group's EAR key, so they are what
+        the DS itself validated and wrote; they are not validated again."""
+        wire = decode(GroupStateWire, data)
+        gi = wire.group_info
+        ctx = gi.group_context
+        public = PublicGroup(ctx, RatchetTree.from_nodes(wire.public_tree),
+                             TranscriptHashes(ctx.confirmed_transcript_hash, wire.interim_transcript_hash), gi)
+        for content in wire.proposals:
+            public.proposals.add(content)
+        return cls(group_id, public, {p.leaf_index: p for p in wire.clients}, [list(u.leaves) for u in wire.users],
+                   list(wire.past_states), wire.queue_id_decryption_key)
+
+
+# --- encryption at rest ---------------------------------------------------------------------------
+
+def _check_key(ear_key: bytes) -> None:
+    if len(ear_key) != EAR_KEY_LEN:
+        raise WrongEarKey(f"a GroupStateEarKey has {EAR_KEY_LEN} bytes, not {len(ear_key)}")
+
+
+def seal_state(state: GroupState, ear_key: bytes, bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> bytes:
+    """``nonce || AES-128-GCM(ear_key, nonce, encode(group id), padded state)``."""
+    _check_key(ear_key)
+    body = state.to_bytes()
+    plain = len(body).to_bytes(4, "big") + body
+    plain += bytes(-len(plain) % bucket_bytes)
+    nonce = random_bytes(NN)
+    return nonce + aead_seal(ear_key, nonce, encode(state.group_id), plain)
+
+
+def open_state(group_id: GroupId, sealed: bytes, ear_key: bytes) -> GroupState:
+    """The state :func:`seal_state` sealed; :class:`WrongEarKey` if ``ear_key``
+    does not open it."""
+    _check_key(ear_key)
+    try:
+        plain = aead_open(ear_key, sealed[:NN], encode(group_id), sealed[NN:])
+    except CryptoError:
+        raise WrongEarKey("the EAR key does not open this group's state") from None
+    n = int.from_bytes(plain[:4], "big")
+    if 4 + n > len(plain) or any(plain[4 + n:]):
+        raise DecodeError("stored group state: bad length or padding")
+    state = GroupState.from_bytes(group_id, plain[4:4 + n])
+    state.ear_key = bytes(ear_key)
+    return state

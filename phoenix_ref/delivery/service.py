@@ -1,0 +1,185 @@
+"""The DS's async shell: locking, storage and hand-over to the local QS.
+
+One request on a group (``spec/delivery_service.md#validation``):
+
+1. take the group's lock (one Trio lock per group id, so two commits for
+   the same epoch are decided one after the other: the second meets the new
+   epoch and gets ``409 wrong_epoch``);
+2. in one worker-thread call: read the row, run the core, write the
+   outcome — the new state and its fan-outs as outbox entries in one
+   transaction (decision A40);
+3. hand each fan-out to the QS with its message id (the QS enqueues once
+   per id), store the QueueDeleted answers sealed to the group's Queue ID
+   key and drop the handed-over entries;
+4. release the lock, answer.
+
+A crash after step 2 leaves the entries in the outbox; :meth:`DsService.run`
+hands them over at start (in order) and retries any that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+from ..crypto import random_bytes
+from ..errors import ProtocolError
+from ..ids import GroupId
+from ..queuing.messages import QueueDeleted
+from . import messages as m
+from .core import DsCore, group_id_of_request
+from .store import DsStore, OutboxEntry
+
+__all__ = ["DsService", "MESSAGE_ID_LEN"]
+
+log = logging.getLogger(__name__)
+MESSAGE_ID_LEN = 16
+#: How often the DS retries outbox entries the QS did not take.
+RETRY_INTERVAL_S = 5.0
+
+
+class _GroupLocks:
+    """One lock per group id, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[GroupId, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, group_id: GroupId) -> AsyncIterator[None]:
+        lock, users = self._locks.get(group_id, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._locks[group_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[group_id]
+            if users == 1:
+                del self._locks[group_id]
+            else:
+                self._locks[group_id] = (lock, users - 1)
+
+
+class DsService:
+    """The DS of one homeserver (module docstring). ``local_enqueue`` is
+    the local QS's entry point ``(FanOutMessage, message_id) -> LocalEnqueueResult``."""
+
+    def __init__(self, core: DsCore, store: DsStore, local_enqueue: Callable[..., Any], clock):
+        self.core = core
+        self.store = store
+        self.local_enqueue = local_enqueue
+        self.clock = clock
+        self._locks = _GroupLocks()
+        self._handover = trio.Lock()       # one hand-over at a time keeps the outbox order
+        self._pending = trio.Event()       # set when an entry stayed in the outbox
+
+    # --- requests -----------------------------------------------------------------------------
+
+    async def request_group_id(self) -> m.RequestGroupIdResponse:
+        """``#request-group-id``: sample until the id is free, enter a placeholder."""
+        now = self.clock.now_ms()
+        while True:
+            gid = self.core.request_group_id()
+            if await trio.to_thread.run_sync(self.store.add_placeholder, gid, now):
+                return m.RequestGroupIdResponse(gid)
+
+    async def create_group(self, req: m.CreateGroupRequest) -> m.Empty:
+        gid = req.params.group_id
+        async with self._locks.hold(gid):
+            now = self.clock.now_ms()
+
+            def work():
+                outcome = self.core.create_group(req, self.store.has_placeholder(gid), now)
+                self.store.store_outcome(gid, outcome, [], now, created=True)
+                return outcome
+            return (await trio.to_thread.run_sync(work)).response
+
+    async def welcome_info(self, req: m.WelcomeInfoRequest) -> m.WelcomeInfoResponse:
+        gid = req.params.group_id
+        now = self.clock.now_ms()
+        return await trio.to_thread.run_sync(lambda: self.core.welcome_info(req, self.store.read_group(gid), now))
+
+    async def group_request(self, name: str, req: Any) -> Any:
+        """A request that may change the group and fan out (module docstring)."""
+        gid = group_id_of_request(req)
+        handler = getattr(self.core, name.removeprefix("ds_"))
+        async with self._locks.hold(gid):
+            now = self.clock.now_ms()
+
+            def work():
+                outcome = handler(req, self.store.read_group(gid), now)
+                ids = [random_bytes(MESSAGE_ID_LEN) for _ in outcome.fan_outs]
+                seqs = []
+                if outcome.sealed_state is not None or outcome.delete_group or outcome.consumed_deleted \
+                        or outcome.fan_outs:
+                    seqs = self.store.store_outcome(gid, outcome, ids, now)
+                return outcome, [OutboxEntry(s, i, fo) for s, i, fo in zip(seqs, ids, outcome.fan_outs)]
+            outcome, entries = await trio.to_thread.run_sync(work)
+            await self._hand_over(entries)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.response
+
+    # --- hand-over to the QS (decision A40) --------------------------------------------------------
+
+    async def _hand_over(self, entries: list[OutboxEntry]) -> None:
+        if not entries:
+            return
+        async with self._handover:
+            done: list[int] = []
+            deleted: list[tuple[GroupId, bytes]] = []
+            try:
+                for entry in entries:
+                    result = await self.local_enqueue(entry.message, message_id=entry.message_id)
+                    deleted += await self._sealed(result.queue_deleted)
+                    done.append(entry.seq)
+            except Exception:
+                log.exception("the local QS did not take a fan-out; it stays in the outbox")
+                self._pending.set()
+            finally:
+                if done or deleted:
+                    await trio.to_thread.run_sync(self.store.outbox_done, done, deleted)
+
+    async def _sealed(self, answers: list[QueueDeleted]) -> list[tuple[GroupId, bytes]]:
+        """QueueDeleted answers sealed to their groups' Queue ID keys."""
+        if not answers:
+            return []
+        keys = await trio.to_thread.run_sync(self.store.queue_id_keys, list({a.group_id for a in answers}))
+        return [(a.group_id, DsCore.seal_deleted_queue(a.group_id, keys[a.group_id], a.client_queue_config))
+                for a in answers if a.group_id in keys]
+
+    async def queue_deleted(self, answers: list[QueueDeleted]) -> None:
+        """Remote QSs' QueueDeleted answers (decision A30)."""
+        rows = await self._sealed(answers)
+        if rows:
+            await trio.to_thread.run_sync(self.store.add_deleted_queues, rows)
+
+    async def drain_outbox(self) -> int:
+        """Hand every outbox entry to the QS, oldest first; the number left."""
+        entries = await trio.to_thread.run_sync(self.store.outbox)
+        await self._hand_over(entries)
+        return len(await trio.to_thread.run_sync(self.store.outbox))
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hand over what a crash left in the outbox, then retry failures
+        every ``RETRY_INTERVAL_S`` until cancelled."""
+        try:
+            await self.drain_outbox()
+        except ProtocolError:
+            log.exception("handing over the DS outbox failed")
+        task_status.started()
+        while True:
+            await self._pending.wait()
+            await trio.sleep(RETRY_INTERVAL_S)
+            self._pending = trio.Event()
+            try:
+                if await self.drain_outbox():
+                    self._pending.set()
+            except Exception:
+                log.exception("handing over the DS outbox failed")
+                self._pending.set()
+
