@@ -81,6 +81,9 @@ class Limits:
     registrations_per_source: int = 32     # pending registration starts one network source may hold
     qs_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age" (#qs-configuration-options)
     qs_prune_interval_s: int = 3600        # how often the QS looks for inactive client records
+    # DS configuration (spec/delivery_service.md#ds-configuration-options; docs/decisions.md A9)
+    ds_max_inactivity_days: int = 90       # "maximal duration of client commit inactivity"
+    ds_max_key_package_age_days: int = 90  # maximal age of an added KeyPackage
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff
     federation_retry_base_s: float = 1.0   # first retry delay after a failed delivery attempt
     federation_retry_max_s: float = 300.0  # cap of the retry delay

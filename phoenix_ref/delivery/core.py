@@ -8,16 +8,17 @@ core, writes the outcome in one transaction together with the fan-outs
 (an outbox, decision A40) and hands them to the QS.
 
 Every request that changes a group follows ``#validation``: the state is
-opened with the request's EAR key; the DS proposes the removals it owes
-(``#ds-induced-removals``: deleted queues, inactive clients); the
-DsAuthToken is checked against the sender's leaf; the MLS message is
-checked by the public view (:class:`~phoenix_ref.mls.public_group.PublicGroup`)
-and by the endpoint's rules; only then does the state change. A commit for
-another epoch than the current one gets ``409 wrong_epoch``, which — with
-the per-group lock of the shell — decides between two commits of the same
-epoch. A refusal leaves the state as it was, except for removal proposals
-the DS made while opening it, which are kept and sent (they do not depend
-on the refused request).
+opened with the request's EAR key; the DsAuthToken is checked against the
+sender's leaf; the DS proposes the removals it owes
+(``#ds-induced-removals``: deleted queues, inactive clients other than the
+sender, decision A29); the MLS message is checked by the public view
+(:class:`~phoenix_ref.mls.public_group.PublicGroup`) and by the endpoint's
+rules; only then does the state change. A commit for another epoch than the
+current one gets ``409 wrong_epoch``, which — with the per-group lock of
+the shell — decides between two commits of the same epoch. A refusal leaves
+the state as it was, except for removal proposals the DS made for an
+authenticated member, which are kept and sent (they do not depend on the
+refused request).
 
 The choices where the spec is silent are the entries A1–A42 of
 ``docs/decisions.md``; the code names them where it applies them.
@@ -197,7 +198,7 @@ class DsCore:
         listed = {s.signature_key for s in (senders.external_senders if senders else [])}
         return next((k for k in self.signing_keys if k.public in listed), None)
 
-    def _ds_removals(self, st: GroupState, row: GroupRow, now_ms: int, out: Outcome) -> bool:
+    def _ds_removals(self, st: GroupState, row: GroupRow, now_ms: int, out: Outcome, sender: int) -> bool:
         """Propose the removals the DS owes; True if the state changed."""
         pg = st.public
         targeted = {p.proposal.removed for p in pg.proposals if isinstance(p.proposal, Remove)}
@@ -215,7 +216,7 @@ class DsCore:
         today = self._today(now_ms)
         inactive = [i for i, p in sorted(st.clients.items())
                     if today - p.activity_day > self.config.max_inactivity_days
-                    and i not in targeted and i not in gone]
+                    and i not in targeted and i not in gone and i != sender]
         if not gone and not inactive:
             return bool(out.consumed_deleted)
         key = self._ds_key_for(pg)
@@ -232,12 +233,16 @@ class DsCore:
             return bool(out.consumed_deleted)
         return True
 
-    def _prepare(self, group_id: GroupId, row: GroupRow | None, ear_key: bytes, now_ms: int
-                 ) -> tuple[GroupState, Outcome, bool]:
-        st = self._open(group_id, row, ear_key)
+    def _begin(self, name: str, req: Any, row: GroupRow | None, now_ms: int
+               ) -> tuple[GroupState, int, Outcome, bool]:
+        """Open the state, authenticate the sender's leaf, then propose the
+        removals the DS owes (never of the sender, who is plainly active).
+        A refusal up to here changes nothing."""
+        st = self._open(group_id_of_request(req), row, req.params.group_state_ear_key)
+        leaf = self._leaf_token(st, req, name, now_ms)
         out = Outcome()
-        changed = self._ds_removals(st, row, now_ms, out)
-        return st, out, changed
+        changed = self._ds_removals(st, row, now_ms, out, sender=leaf)
+        return st, leaf, out, changed
 
     def _refused(self, st: GroupState, out: Outcome, changed: bool, error: ProtocolError) -> Outcome:
         """A refusal: keep what the DS itself did while opening the state."""
@@ -296,11 +301,7 @@ class DsCore:
     def update_queue_info(self, req: m.UpdateQueueInfoRequest, row: GroupRow | None, now_ms: int) -> Outcome:
         """``#update-queue-information`` (decision A32)."""
         p = req.params
-        st, out, changed = self._prepare(p.group_id, row, p.group_state_ear_key, now_ms)
-        try:
-            leaf = self._leaf_token(st, req, "ds_update_queue_info", now_ms)
-        except ProtocolError as e:
-            return self._refused(st, out, changed, e)
+        st, leaf, out, changed = self._begin("ds_update_queue_info", req, row, now_ms)
         profile = st.clients[leaf]
         st.clients[leaf] = ClientProfile(leaf, profile.encrypted_credential_information, p.new_queue_config,
                                          profile.activity_day, profile.activity_epoch)
@@ -411,9 +412,8 @@ class DsCore:
         """``#adding-new-users-to-the-group`` (A10, A12, A9, A24)."""
         p = req.params
         gid = group_id_of_request(req)
-        st, out, changed = self._prepare(gid, row, p.group_state_ear_key, now_ms)
+        st, leaf, out, changed = self._begin("ds_add_users", req, row, now_ms)
         try:
-            leaf = self._leaf_token(st, req, "ds_add_users", now_ms)
             self._require_empty_store(st)
             self._require_admin(st, leaf)
             commit = self._validate_commit(st, p.commit, leaf, now_ms)
@@ -488,9 +488,8 @@ class DsCore:
     def remove_users(self, req: m.RemoveUsersRequest, row: GroupRow | None, now_ms: int) -> Outcome:
         """``#remove-users`` (A27, A7)."""
         p = req.params
-        st, out, changed = self._prepare(group_id_of_request(req), row, p.group_state_ear_key, now_ms)
+        st, leaf, out, changed = self._begin("ds_remove_users", req, row, now_ms)
         try:
-            leaf = self._leaf_token(st, req, "ds_remove_users", now_ms)
             self._require_empty_store(st)
             self._require_admin(st, leaf)
             commit = self._validate_commit(st, p.commit, leaf, now_ms)
@@ -510,9 +509,8 @@ class DsCore:
     def update_client(self, req: m.UpdateClientRequest, row: GroupRow | None, now_ms: int) -> Outcome:
         """``#updating-the-sending-clients-own-key-material`` (A26, A14)."""
         p = req.params
-        st, out, changed = self._prepare(group_id_of_request(req), row, p.group_state_ear_key, now_ms)
+        st, leaf, out, changed = self._begin("ds_update_client", req, row, now_ms)
         try:
-            leaf = self._leaf_token(st, req, "ds_update_client", now_ms)
             commit = self._validate_commit(st, p.commit, leaf, now_ms)
             if commit.staged.path is None:
                 raise Malformed("an update commit carries an UpdatePath", code="path_required")
@@ -545,9 +543,8 @@ class DsCore:
     def delete_group(self, req: m.DeleteGroupRequest, row: GroupRow | None, now_ms: int) -> Outcome:
         """``#delete-group`` (A28)."""
         p = req.params
-        st, out, changed = self._prepare(group_id_of_request(req), row, p.group_state_ear_key, now_ms)
+        st, leaf, out, changed = self._begin("ds_delete_group", req, row, now_ms)
         try:
-            leaf = self._leaf_token(st, req, "ds_delete_group", now_ms)
             self._require_empty_store(st)
             self._require_admin(st, leaf)
             commit = self._validate_commit(st, p.commit, leaf, now_ms)
@@ -571,9 +568,8 @@ class DsCore:
         """``#user-self-remove`` (A13): the proposal joins the store and goes
         to the other members."""
         p = req.params
-        st, out, changed = self._prepare(group_id_of_request(req), row, p.group_state_ear_key, now_ms)
+        st, leaf, out, changed = self._begin("ds_self_remove_user", req, row, now_ms)
         try:
-            leaf = self._leaf_token(st, req, "ds_self_remove_user", now_ms)
             msg = p.remove_proposal
             if msg.wire_format != WireFormat.mls_public_message:
                 raise Malformed("proposals travel as PublicMessages (A15)", code="proposal_not_public")
@@ -599,9 +595,8 @@ class DsCore:
         """``#send-application-message`` (A15, A16, A17). Nothing is written
         unless the DS proposed removals."""
         p = req.params
-        st, out, changed = self._prepare(group_id_of_request(req), row, p.group_state_ear_key, now_ms)
+        st, leaf, out, changed = self._begin("ds_send_message", req, row, now_ms)
         try:
-            leaf = self._leaf_token(st, req, "ds_send_message", now_ms)
             msg = p.application_message
             if msg.wire_format != WireFormat.mls_private_message:
                 raise Malformed("application messages travel as PrivateMessages", code="not_private")
