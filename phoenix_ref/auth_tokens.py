@@ -12,12 +12,16 @@ Struct                     Spec                                                 
                                                                                   a :class:`TrustStore`
 ``AliasAuth``              ``spec/authentication_service.md#authentication``      the alias auth key
                            (mode **Alias auth key**)
+``RegistrationAuth``       ``spec/authentication_service.md#finish-user-          the key of the pending
+                           registration`` (the Client Credential part of          registration's CSR
+                           **Client 2FA** before the credential is released)
 =========================  =====================================================  ============================
 
 Each token travels in the request body (the ``…Request`` structs put it
 before the params) and carries a homeserver signature (``crypto.hs_sign``)
 whose label is the name of its to-be-signed struct: ``"QsAuthTokenTbs"``,
-``"DsAuthTokenTbs"``, ``"ClientCredentialAuthTbs"``, ``"AliasAuthTbs"``.
+``"DsAuthTokenTbs"``, ``"ClientCredentialAuthTbs"``, ``"AliasAuthTbs"``,
+``"RegistrationAuthTbs"``.
 
 **Binding to the request** (docs/decisions.md). The spec signs only the
 sender and a timestamp. Such a token, seen once (in a log, by a
@@ -57,13 +61,14 @@ from . import crypto
 from .codec import U8, U32, U64, String, VarBytes, struct, variant
 from .credentials import ClientCredential, CredentialChain, TrustStore
 from .errors import Forbidden, Unauthorized
-from .ids import Alias, Fqdn, GroupId, QsCid, QsUid
+from .ids import Alias, ClientId, Fqdn, GroupId, QsCid, QsUid
 
 __all__ = [
     "MAX_FUTURE_SKEW_MS", "DEFAULT_MAX_AGE_MS", "RequestBinding", "check_fresh",
     "QsSenderId", "QsAuthTokenTbs", "QsAuthToken", "verify_qs_auth_token",
     "DsLeafIndex", "DsKeyPackageRef", "DsSenderId", "DsAuthTokenTbs", "DsAuthToken",
     "ClientCredentialAuthTbs", "ClientCredentialAuth", "AliasAuthTbs", "AliasAuth",
+    "RegistrationAuthTbs", "RegistrationAuth",
     "AuthTokenError", "TokenExpired", "TokenFromFuture", "TokenBadSignature", "ScopeMismatch",
 ]
 
@@ -303,6 +308,46 @@ class ClientCredentialAuth:
         _verify(self.client_credential.public_key, self._tbs(self.client_credential, self.timestamp, binding),
                 self.signature, "client credential authentication")
         return chain
+
+
+@struct
+class RegistrationAuthTbs:
+    """The signed timestamp of a registration's finish, naming the client."""
+    client_id: ClientId
+    timestamp: U64
+    audience: Fqdn
+    operation: String
+    request_hash: VarBytes
+
+
+@struct
+class RegistrationAuth:
+    """The Client Credential part of **Client 2FA** for *finish user
+    registration*: the AS hands the client credential out only when the
+    registration finishes (docs/decisions.md, "Client credentials are
+    released at finish"), so the client signs with the key of its CSR and
+    names its client id; the AS verifies with the key of the credential
+    waiting in the ephemeral OPAQUE DB."""
+    client_id: ClientId
+    timestamp: U64
+    signature: VarBytes
+
+    @staticmethod
+    def _tbs(client_id: ClientId, timestamp: int, binding: RequestBinding) -> RegistrationAuthTbs:
+        return RegistrationAuthTbs(client_id, timestamp, binding.audience, binding.operation,
+                                   binding.request_hash())
+
+    @classmethod
+    def create(cls, key: crypto.SigningKey, client_id: ClientId, timestamp: int,
+               binding: RequestBinding) -> "RegistrationAuth":
+        return cls(client_id, timestamp, _sign(key, cls._tbs(client_id, timestamp, binding)))
+
+    def verify(self, public_key: bytes, now_ms: int, binding: RequestBinding, *,
+               max_age_ms: int = DEFAULT_MAX_AGE_MS, max_skew_ms: int = MAX_FUTURE_SKEW_MS) -> None:
+        """Check freshness, then the signature under the pending credential's key."""
+        check_fresh(self.timestamp, now_ms, max_age_ms, "registration authentication", max_skew_ms)
+        _verify(public_key, self._tbs(self.client_id, self.timestamp, binding), self.signature,
+                "registration authentication")
 
 
 @struct

@@ -224,6 +224,11 @@ SIGNATURE_LABELS: tuple[tuple[str, str, str], ...] = (
     ("QsToQsMessage", "queuing.messages", "spec/queuing_service.md#federated-qs-to-qs-communication"),
     ("AddPackageResponse", "queuing.messages", "spec/queuing_service.md#get-addpackage"),
     ("SealedQueueConfig", "queuing.messages", "spec/glossary.md#sealed-queue-config"),
+    ("QsAuthTokenTbs", "auth_tokens", "spec/queuing_service.md#authentication"),
+    ("DsAuthTokenTbs", "auth_tokens", "spec/delivery_service.md#authentication"),
+    ("ClientCredentialAuthTbs", "auth_tokens", "spec/authentication_service.md#authentication"),
+    ("AliasAuthTbs", "auth_tokens", "spec/authentication_service.md#authentication"),
+    ("RegistrationAuthTbs", "auth_tokens", "spec/authentication_service.md#finish-user-registration"),
 )
 
 

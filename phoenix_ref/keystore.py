@@ -14,6 +14,10 @@ What the spec says each service holds:
   (``spec/queuing_service.md#qs-state``, :mod:`phoenix_ref.federation.outbound_crypto`),
   kept here so that the database file alone does not open them. A keys
   directory of an earlier version gets one when it is loaded.
+* AS: the secret that names the Privacy Pass issuance counters
+  (``privacy_pass_counter``; :class:`~phoenix_ref.privacy_pass.IssuancePolicy`
+  stores an HMAC of each client id and domain under it, not the names —
+  ``docs/storage-privacy-pass.md``). Created when missing, like the above.
 
 Layout (docs/decisions.md): one file per key, ``<kind>-<n>.key`` holding the
 private key in hex (mode 0600), plus ``<kind>-<n>.cred`` with the encoded
@@ -49,7 +53,9 @@ INTERMEDIATE_VALIDITY_MS = 365 * DAY_MS
 INTERMEDIATE_RENEW_MS = 90 * DAY_MS
 BACKDATE_MS = 5 * 60_000                           # tolerate peers whose clocks run a little behind
 
-KINDS = ("as_credential", "as_intermediate", "qs_signing", "qs_queue_config", "ds_signing", "qs_outbound")
+KINDS = ("as_credential", "as_intermediate", "qs_signing", "qs_queue_config", "ds_signing", "qs_outbound",
+         "privacy_pass_counter")
+COUNTER_SECRET_LEN = 32
 _NAME = re.compile(r"^(?P<kind>[a-z_]+)-(?P<n>[0-9]+)\.key$")
 
 
@@ -68,6 +74,7 @@ class Keystore:
     qs_queue_config_keys: list[HpkeKeyPair] = field(default_factory=list)
     ds_signing_keys: list[SigningKey] = field(default_factory=list)
     qs_outbound_secrets: list[bytes] = field(default_factory=list)
+    privacy_pass_counter_secrets: list[bytes] = field(default_factory=list)
 
     # --- creation and loading ---------------------------------------------------------
 
@@ -90,6 +97,7 @@ class Keystore:
         ks.rotate_queue_config_key()
         ks.rotate_ds_signing_key()
         ks.rotate_outbound_secret()
+        ks.new_counter_secret()
         return ks
 
     @classmethod
@@ -112,14 +120,17 @@ class Keystore:
                 raise KeystoreError(f"{keys_dir}: AS credential is for {cred.as_domain}, not {domain}")
         if not ks.qs_outbound_secrets:   # a keys directory of an earlier version
             ks.rotate_outbound_secret()
+        if not ks.privacy_pass_counter_secrets:
+            ks.new_counter_secret()
         return ks
 
     def _load_one(self, kind: str, n: int) -> None:
         private = self._read_private(kind, n)
-        if kind == "qs_outbound":
-            if len(private) != OUTBOUND_SECRET_LEN:
-                raise KeystoreError(f"{kind}-{n}.key: {OUTBOUND_SECRET_LEN} bytes expected, not {len(private)}")
-            self.qs_outbound_secrets.append(private)
+        if kind in ("qs_outbound", "privacy_pass_counter"):
+            want = OUTBOUND_SECRET_LEN if kind == "qs_outbound" else COUNTER_SECRET_LEN
+            if len(private) != want:
+                raise KeystoreError(f"{kind}-{n}.key: {want} bytes expected, not {len(private)}")
+            (self.qs_outbound_secrets if kind == "qs_outbound" else self.privacy_pass_counter_secrets).append(private)
             return
         if kind == "qs_queue_config":
             self.qs_queue_config_keys.append(_hpke_from_private(private))
@@ -181,6 +192,20 @@ class Keystore:
         self._write("qs_outbound", self._next("qs_outbound"), secret)
         self.qs_outbound_secrets.insert(0, secret)
         return secret
+
+    def new_counter_secret(self) -> bytes:
+        """A new secret for the issuance counters' names. The counters of
+        running windows are then lost (their names change), which gives each
+        client at most one more allowance: rotate only when needed."""
+        secret = random_bytes(COUNTER_SECRET_LEN)
+        self._write("privacy_pass_counter", self._next("privacy_pass_counter"), secret)
+        self.privacy_pass_counter_secrets.insert(0, secret)
+        return secret
+
+    @property
+    def counter_secret(self) -> bytes:
+        """The current secret of the issuance counters' names."""
+        return self.privacy_pass_counter_secrets[0]
 
     def rotate_queue_config_key(self) -> HpkeKeyPair:
         pair = _hpke_from_private(random_bytes(32))

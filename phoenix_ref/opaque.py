@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import opaque_ke_py as _ok
 import rbcl
 
-from .errors import Malformed, RateLimited, Unauthorized
+from .errors import Conflict, Malformed, RateLimited, Unauthorized
 
 __all__ = [
     "REGISTRATION_REQUEST_LEN", "REGISTRATION_RESPONSE_LEN", "REGISTRATION_RECORD_LEN",
@@ -304,10 +304,19 @@ class EphemeralOpaqueDb:
                           retry_after=max(1, -(-(min(held.values()) - now_ms) // 1000)))
 
     def put(self, key: bytes, client_credential: Any, now_ms: int, opaque_state: bytes | None = None,
-            source: str | None = None) -> EphemeralEntry:
+            source: str | None = None,
+            may_replace: Callable[[EphemeralEntry], bool] | None = None) -> EphemeralEntry:
         """Store (or replace) the entry for ``key``, counted against ``source``
-        if given; raises RateLimited past a bound (class docstring)."""
+        if given; raises RateLimited past a bound (class docstring). With
+        ``may_replace``, a live entry under ``key`` is replaced only if
+        ``may_replace(entry)`` is true, else Conflict (``registration_pending``);
+        the check and the write happen under one lock."""
         with self._lock:
+            live = self._entries.get(key)
+            if may_replace is not None and live is not None and live.expires_at_ms > now_ms \
+                    and not may_replace(live):
+                raise Conflict("a registration of this user id is in progress; it ends within "
+                               f"{self.ttl_ms // 1000} s unless finished", code="registration_pending")
             self._check_room(key, source, now_ms)
             self._drop(key)
             entry = EphemeralEntry(client_credential, opaque_state, now_ms + self.ttl_ms, source)

@@ -499,7 +499,7 @@ def issue(request: AmortizedBatchTokenRequest, keys: IssuerKeys | IssuerKey, *,
 class SpentTokenStore(Protocol):
     """Remembers redeemed tokens. ``mark_spent`` is one atomic insert-if-absent."""
 
-    def mark_spent(self, spend_id: bytes, token_key_id: bytes, now_ms: int) -> bool:
+    def mark_spent(self, spend_id: bytes, token_key_id: bytes) -> bool:
         """Record the token; ``False`` if it was already recorded."""
 
     def forget_key(self, token_key_id: bytes) -> int:
@@ -512,7 +512,7 @@ class MemorySpentTokenStore:
     def __init__(self) -> None:
         self.spent: dict[bytes, bytes] = {}
 
-    def mark_spent(self, spend_id: bytes, token_key_id: bytes, now_ms: int) -> bool:
+    def mark_spent(self, spend_id: bytes, token_key_id: bytes) -> bool:
         if spend_id in self.spent:
             return False
         self.spent[spend_id] = token_key_id
@@ -551,7 +551,7 @@ def redeem(token: Token | bytes, keys: IssuerKeys, spent: SpentTokenStore, *,
     expected = _VOPRF.evaluate(key.private_key, token.token_input())
     if not hmac.compare_digest(expected, token.authenticator):
         raise InvalidToken("the token's authenticator does not verify")
-    if not spent.mark_spent(spend_id(token), token.token_key_id, now_ms):
+    if not spent.mark_spent(spend_id(token), token.token_key_id):
         raise TokenSpent("the token was already redeemed")
 
 
@@ -661,107 +661,150 @@ class IssuanceLimits:
     the "default token allowance" per client in it. ``domain_allowance`` is
     the additional budget shared by all clients of one other homeserver
     (``#rate-limiting``: "per-homeserver (or per homeserver domain)").
-    ``pending_allowance`` is what a local client whose registration is still
-    pending may draw in all (docs/decisions.md: one token, the one *finish
-    user registration* needs), because starting a registration is free.
     """
     time_frame_ms: int = 24 * 3600 * 1000
     client_allowance: int = 100
     domain_allowance: int = 10_000
     max_batch: int = DEFAULT_MAX_BATCH
-    pending_allowance: int = 1
 
 
 @dataclass(frozen=True)
 class AllowanceWindow:
-    """Tokens issued to one subject since ``start_ms``."""
-    start_ms: int
+    """Tokens issued to one subject in a window that ends at ``end_ms``."""
+    end_ms: int
     issued: int
 
 
 class CounterStore(Protocol):
-    """Persistence of allowance windows, one per counter key.
+    """Persistence of allowance windows, one per counter key (opaque bytes).
 
     ``update`` loads the windows of ``keys`` (``None`` where absent), calls
     ``fn`` with them and stores what it returns — all in one transaction; if
-    ``fn`` raises, nothing is stored.
+    ``fn`` raises, nothing is stored. ``delete`` drops the windows of
+    ``keys``; ``purge`` drops every window that ended by ``now_ms``.
     """
 
-    def update(self, keys: list[str],
+    def update(self, keys: list[bytes],
                fn: Callable[[list[AllowanceWindow | None]], list[AllowanceWindow]]) -> None: ...
 
-    def load(self, key: str) -> AllowanceWindow | None: ...
+    def load(self, key: bytes) -> AllowanceWindow | None: ...
+
+    def delete(self, keys: list[bytes]) -> None: ...
+
+    def purge(self, now_ms: int) -> int: ...
 
 
 class MemoryCounterStore:
     def __init__(self) -> None:
-        self.windows: dict[str, AllowanceWindow] = {}
+        self.windows: dict[bytes, AllowanceWindow] = {}
 
-    def load(self, key: str) -> AllowanceWindow | None:
+    def load(self, key: bytes) -> AllowanceWindow | None:
         return self.windows.get(key)
 
     def update(self, keys, fn) -> None:
         new = fn([self.windows.get(k) for k in keys])
         self.windows.update(zip(keys, new))
 
+    def delete(self, keys: list[bytes]) -> None:
+        for k in keys:
+            self.windows.pop(k, None)
+
+    def purge(self, now_ms: int) -> int:
+        gone = [k for k, w in self.windows.items() if w.end_ms <= now_ms]
+        self.delete(gone)
+        return len(gone)
+
+
+#: Windows end on a multiple of this fraction of the time frame (an hour for
+#: the default day), so a stored end tells when within the frame a subject
+#: first drew tokens only to that granularity.
+WINDOW_GRANULES_PER_FRAME = 24
+
 
 class IssuancePolicy:
     """Counts issued tokens per client and per remote domain (sans-IO).
 
-    A window opens at a subject's first issuance and lasts ``time_frame_ms``;
+    A window opens at a subject's first issuance and lasts ``time_frame_ms``,
+    its end rounded up to a granule (:data:`WINDOW_GRANULES_PER_FRAME`);
     within it at most the allowance is issued, after it the count restarts
     (the spec's "amount of time which each client has to wait until it can
     obtain new anonymous authentication tokens"). A client of another
-    homeserver is charged both its own allowance and its domain's. A client
-    whose registration is ``pending`` has the same counter, held to
-    ``pending_allowance``; once registered, what it drew counts against its
-    allowance.
+    homeserver is charged both its own allowance and its domain's.
+
+    Metadata minimalism (``threat_model/stride/security_requirements.md#metadata-minimalism``,
+    ``docs/storage-privacy-pass.md``): the store sees a counter key, an
+    HMAC-SHA256 under ``counter_secret`` (kept in the keys directory) of the
+    subject, never a client id or domain; windows are purged once they end
+    (at each issuance and by :meth:`purge`), and :meth:`forget` drops a
+    deleted client's window.
     """
 
-    def __init__(self, limits: IssuanceLimits, store: CounterStore, local_domain: Any):
+    def __init__(self, limits: IssuanceLimits, store: CounterStore, local_domain: Any, counter_secret: bytes):
+        if len(counter_secret) < 32:
+            raise ValueError("the counter secret must have at least 32 bytes")
         self.limits = limits
         self.store = store
         self.local_domain = str(local_domain)
+        self._secret = bytes(counter_secret)
 
-    def _subjects(self, client_id: str, client_domain: str, pending: bool = False) -> list[tuple[str, int]]:
-        allowance = self.limits.pending_allowance if pending else self.limits.client_allowance
-        subjects = [(f"client:{client_id}", allowance)]
+    def counter_key(self, kind: str, name: Any) -> bytes:
+        """The stored name of a subject: HMAC-SHA256(secret, kind ‖ 0x00 ‖ name)."""
+        return hmac.new(self._secret, f"{kind}\0{name}".encode(), hashlib.sha256).digest()
+
+    def _subjects(self, client_id: str, client_domain: str) -> list[tuple[bytes, int]]:
+        subjects = [(self.counter_key("client", client_id), self.limits.client_allowance)]
         if str(client_domain) != self.local_domain:
-            subjects.append((f"domain:{client_domain}", self.limits.domain_allowance))
+            subjects.append((self.counter_key("domain", client_domain), self.limits.domain_allowance))
         return subjects
 
+    def window_end(self, now_ms: int) -> int:
+        """The end of a window opened at ``now_ms``: one time frame later,
+        rounded up to a granule."""
+        granule = max(1000, self.limits.time_frame_ms // WINDOW_GRANULES_PER_FRAME)
+        return -(-(now_ms + self.limits.time_frame_ms) // granule) * granule
+
     def _current(self, w: AllowanceWindow | None, now_ms: int) -> AllowanceWindow:
-        if w is None or now_ms >= w.start_ms + self.limits.time_frame_ms:
-            return AllowanceWindow(now_ms, 0)
+        if w is None or now_ms >= w.end_ms:
+            return AllowanceWindow(self.window_end(now_ms), 0)
         return w
 
-    def consume(self, *, client_id: Any, client_domain: Any, n: int, now_ms: int, pending: bool = False) -> None:
+    def consume(self, *, client_id: Any, client_domain: Any, n: int, now_ms: int) -> None:
         """Charge ``n`` tokens or raise; nothing is charged when it raises.
 
         :class:`InvalidTokenRequest` if ``n`` exceeds an allowance outright
         (waiting would not help); :class:`RateLimited` with ``retry_after``
-        in seconds until the exhausted window ends.
+        in seconds until the exhausted window ends. Windows that ended are
+        purged first.
         """
-        subjects = self._subjects(str(client_id), str(client_domain), pending)
+        subjects = self._subjects(str(client_id), str(client_domain))
         for _, allowance in subjects:
             if n > allowance:
                 raise InvalidTokenRequest(f"{n} tokens exceed the allowance of {allowance} per time frame")
 
         def charge(windows: list[AllowanceWindow | None]) -> list[AllowanceWindow]:
             current = [self._current(w, now_ms) for w in windows]
-            waits = [w.start_ms + self.limits.time_frame_ms - now_ms
-                     for w, (_, allowance) in zip(current, subjects) if w.issued + n > allowance]
+            waits = [w.end_ms - now_ms for w, (_, allowance) in zip(current, subjects) if w.issued + n > allowance]
             if waits:
                 retry = max(1, -(-max(waits) // 1000))
                 raise RateLimited("token allowance exhausted for this time frame", retry_after=retry)
-            return [AllowanceWindow(w.start_ms, w.issued + n) for w in current]
+            return [AllowanceWindow(w.end_ms, w.issued + n) for w in current]
 
+        self.store.purge(now_ms)
         self.store.update([s for s, _ in subjects], charge)
 
-    def remaining(self, *, client_id: Any, client_domain: Any, now_ms: int, pending: bool = False) -> int:
+    def remaining(self, *, client_id: Any, client_domain: Any, now_ms: int) -> int:
         """How many tokens the client could get now."""
         left = []
-        for key, allowance in self._subjects(str(client_id), str(client_domain), pending):
+        for key, allowance in self._subjects(str(client_id), str(client_domain)):
             w = self._current(self.store.load(key), now_ms)
             left.append(max(0, allowance - w.issued))
         return min(left)
+
+    def forget(self, client_id: Any) -> None:
+        """Drop the window of a client whose entry was deleted (its domain's
+        window, shared with other clients, stays)."""
+        self.store.delete([self.counter_key("client", client_id)])
+
+    def purge(self, now_ms: int) -> int:
+        """Drop every window that ended; returns how many."""
+        return self.store.purge(now_ms)

@@ -6,10 +6,15 @@ One file holds what ``privacy_pass.py`` needs to survive a restart:
   keyed by ``spend_id = SHA-256(token_key_id || nonce)``. Redemption is one
   ``INSERT OR IGNORE``; whether it inserted a row decides, atomically, if the
   token was fresh, so two concurrent redemptions of one token cannot both
-  succeed. Rows of a key that no longer redeems can be dropped.
+  succeed. The rows of a key go when the key stops redeeming
+  (:meth:`PrivacyPassStore.forget_key`). No time is kept: nothing reads it.
 * ``issuance_windows`` — the allowance counters of ``IssuancePolicy``
   (``spec/authentication_service.md#rate-limiting``), updated in one
-  transaction per request (:func:`phoenix_ref.storage.transaction`).
+  transaction per request (:func:`phoenix_ref.storage.transaction`): a keyed
+  hash of the subject, the window's end (rounded) and the count. Rows go
+  when their window ends (:meth:`PrivacyPassStore.purge`).
+
+What each column holds, why and for how long: ``docs/storage-privacy-pass.md``.
 * ``issuer_keys`` — the issuer's key pairs ("AS Privacy Pass key material",
   ``spec/authentication_service.md#as-state``), one row per key.
 
@@ -32,15 +37,15 @@ __all__ = ["PrivacyPassStore"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spent_tokens (
     spend_id      BLOB PRIMARY KEY,
-    token_key_id  BLOB NOT NULL,
-    spent_ms      INTEGER NOT NULL
+    token_key_id  BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS spent_tokens_by_key ON spent_tokens (token_key_id);
 CREATE TABLE IF NOT EXISTS issuance_windows (
-    counter_key   TEXT PRIMARY KEY,
-    start_ms      INTEGER NOT NULL,
+    counter_key   BLOB PRIMARY KEY,   -- HMAC-SHA256 of the subject (IssuancePolicy.counter_key)
+    end_ms        INTEGER NOT NULL,
     issued        INTEGER NOT NULL
-);
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS issuance_windows_by_end ON issuance_windows (end_ms);
 CREATE TABLE IF NOT EXISTS issuer_keys (
     key_id           BLOB PRIMARY KEY,
     private_key      BLOB NOT NULL,
@@ -76,12 +81,12 @@ class PrivacyPassStore:
 
     # -- spent tokens --------------------------------------------------------------
 
-    def mark_spent(self, spend_id: bytes, token_key_id: bytes, now_ms: int) -> bool:
+    def mark_spent(self, spend_id: bytes, token_key_id: bytes) -> bool:
         """Insert-if-absent in one statement; ``False`` means a double spend."""
         with self._lock:
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO spent_tokens (spend_id, token_key_id, spent_ms) VALUES (?, ?, ?)",
-                (spend_id, token_key_id, now_ms),
+                "INSERT OR IGNORE INTO spent_tokens (spend_id, token_key_id) VALUES (?, ?)",
+                (spend_id, token_key_id),
             )
             return cur.rowcount == 1
 
@@ -95,26 +100,39 @@ class PrivacyPassStore:
 
     # -- issuance counters ----------------------------------------------------------
 
-    def load(self, key: str) -> AllowanceWindow | None:
+    def load(self, key: bytes) -> AllowanceWindow | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT start_ms, issued FROM issuance_windows WHERE counter_key = ?", (key,)).fetchone()
+                "SELECT end_ms, issued FROM issuance_windows WHERE counter_key = ?", (key,)).fetchone()
         return AllowanceWindow(*row) if row else None
 
-    def update(self, keys: list[str],
+    def delete(self, keys: list[bytes]) -> None:
+        with transaction(self._db, self._lock) as db:
+            db.executemany("DELETE FROM issuance_windows WHERE counter_key = ?", [(k,) for k in keys])
+
+    def purge(self, now_ms: int) -> int:
+        """Delete the windows that ended by ``now_ms``; returns how many."""
+        with transaction(self._db, self._lock) as db:
+            return db.execute("DELETE FROM issuance_windows WHERE end_ms <= ?", (now_ms,)).rowcount
+
+    def window_count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM issuance_windows").fetchone()[0]
+
+    def update(self, keys: list[bytes],
                fn: Callable[[list[AllowanceWindow | None]], list[AllowanceWindow]]) -> None:
         """Load, apply ``fn`` and store in one write transaction (rolled back if ``fn`` raises)."""
         with transaction(self._db, self._lock) as db:
             current = []
             for k in keys:
                 row = db.execute(
-                    "SELECT start_ms, issued FROM issuance_windows WHERE counter_key = ?", (k,)).fetchone()
+                    "SELECT end_ms, issued FROM issuance_windows WHERE counter_key = ?", (k,)).fetchone()
                 current.append(AllowanceWindow(*row) if row else None)
             new = fn(current)
             db.executemany(
-                "INSERT INTO issuance_windows (counter_key, start_ms, issued) VALUES (?, ?, ?) "
-                "ON CONFLICT (counter_key) DO UPDATE SET start_ms = excluded.start_ms, issued = excluded.issued",
-                [(k, w.start_ms, w.issued) for k, w in zip(keys, new)],
+                "INSERT INTO issuance_windows (counter_key, end_ms, issued) VALUES (?, ?, ?) "
+                "ON CONFLICT (counter_key) DO UPDATE SET end_ms = excluded.end_ms, issued = excluded.issued",
+                [(k, w.end_ms, w.issued) for k, w in zip(keys, new)],
             )
 
     # -- issuer keys -------------------------------------------------------------------

@@ -8,11 +8,10 @@ key) enforced. Every test runs in-process and on real sockets
 import dataclasses
 import os
 
-import httpx
 import pytest
 
 from phoenix_ref import privacy_pass as pp
-from phoenix_ref.auth_tokens import AliasAuth, ClientCredentialAuth
+from phoenix_ref.auth_tokens import AliasAuth, ClientCredentialAuth, RegistrationAuth
 from phoenix_ref.authentication import messages as m
 from phoenix_ref.authentication.core import request_binding
 from phoenix_ref.client.as_client import (
@@ -57,18 +56,16 @@ def group_id() -> GroupId:
 # --- #initialize-user-registration ---------------------------------------------------------
 
 @spec(AS + "initialize-user-registration", "MUST")
-async def test_init_user_registration_signs_the_csr_and_needs_no_token(deployment):
+async def test_init_user_registration_needs_no_token_and_hands_out_no_credential(deployment):
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
-        creds = await c.as_credentials(A)
-        inter = creds.signing_intermediate(now)
+        inter = (await c.as_credentials(A)).signing_intermediate(now)
         reg, init = Registration.start(A, b"pw", inter.fingerprint(), now)
         resp = await c.call(A, "init_user_registration", init)          # no Privacy Pass token
-        assert resp.client_credential.client_id == reg.client_id
-        assert resp.client_credential.public_key == reg.signing_key.public
-        chain = TrustStore.of({A: creds}).verify_client_credential(resp.client_credential, now)
-        assert chain.intermediate == inter
         assert len(resp.opaque_registration_response) > 0
+        # the signed credential waits at the AS until the registration finishes
+        # (docs/decisions.md, "Client credentials are released at finish")
+        assert [f.name for f in dataclasses.fields(resp)] == ["opaque_registration_response"]
 
         # "validate the client_csr": a broken self-signature is refused
         payload = init.client_csr.payload
@@ -89,45 +86,72 @@ async def test_init_user_registration_refuses_an_existing_user_id(deployment):
         await refused(s.as_client.call(A, "init_user_registration", init), 409, "user_exists")
 
 
+@spec("threat_model/qualitative/authentication_service.md#baseline-security-under-an-honest-as", "MUST")
+@spec(AS + "initialize-user-registration", "MUST")
+async def test_a_user_id_in_registration_gets_no_second_credential(deployment):
+    async with deployment.client() as http:
+        c, now = AsClient(http), deployment.clock.now_ms()
+        creds = await c.as_credentials(A)
+        inter = creds.signing_intermediate(now)
+        first, init1 = Registration.start(A, b"pw", inter.fingerprint(), now)
+        uid = first.client_id.user_id
+        _, init2 = Registration.start(A, b"pw2", inter.fingerprint(), now, user_id=uid)
+        await c.call(A, "init_user_registration", init1)
+        # a second client for the same user id while the first registration is pending
+        await refused(c.call(A, "init_user_registration", init2), 409, "registration_pending")
+        # the first client may repeat its start (its answer was lost) and finish
+        resp = await c.call(A, "init_user_registration", init1)
+        done = await c.call(A, "finish_user_registration", first.finish(resp, now))
+        credential = first.identity(done).credential
+        TrustStore.of({A: creds}).verify_client_credential(credential, now)
+        await refused(c.call(A, "init_user_registration", init2), 409, "user_exists")
+        # the one credential of the user id is the first client's, and it is the one others see
+        assert credential.client_id == first.client_id and credential.public_key == first.signing_key.public
+        session = ClientSession(c, first.identity(done), clock=deployment.clock)
+        await session.upload_connection_packages(1)
+        stranger = await register(http, deployment)
+        assert (await stranger.connection_package(uid)).client_credential == credential
+
+
 # --- #finish-user-registration ---------------------------------------------------------------
 
 @spec(AS + "finish-user-registration", "MUST")
 async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(deployment):
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
-        inter = (await c.as_credentials(A)).signing_intermediate(now)
+        creds = await c.as_credentials(A)
+        inter = creds.signing_intermediate(now)
         reg, init = Registration.start(A, b"pw", inter.fingerprint(), now)
-        first, stale_finish = reg.finish(await c.call(A, "init_user_registration", init), now)
-        # starting again for the same user id replaces the pending entry of the ephemeral DB
-        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now, user_id=first.user_id)
-        ident, finish = reg.finish(await c.call(A, "init_user_registration", init), now, connection_packages=2)
-        pending = ClientSession(c, ident, clock=deployment.clock)
-        await pending.fetch_tokens(A, 1)     # a pending registration may fetch the token finishing needs
-        await refused(pending.fetch_tokens(A, 1), 429)   # and no more (docs/decisions.md)
-        # tokens are unlinkable: the failed attempts below spend another client's
-        pending.wallet.add(A, await (await register(http, deployment)).fetch_tokens(A, 3))
+        finish = reg.finish(await c.call(A, "init_user_registration", init), now)
+        binding = request_binding(A, "finish_user_registration", finish.params)
 
         # "look up the initial client's ClientCredential in the ephemeral DB based on the user_id":
-        # the first credential is no longer the one the AS waits for
-        await refused(pending.call(A, "finish_user_registration", stale_finish), 401, "credential_mismatch")
+        # another client id of the same user is not the one the AS waits for
+        other = RegistrationAuth.create(reg.signing_key, ClientId.random(reg.client_id.user_id), now, binding)
+        await refused(c.call(A, "finish_user_registration", dataclasses.replace(finish, auth=other)),
+                      401, "credential_mismatch")
         # "authenticate the request using the signature key in the ClientCredential"
-        tampered = dataclasses.replace(finish, params=dataclasses.replace(finish.params, connection_packages=[]))
-        await refused(pending.call(A, "finish_user_registration", tampered), 401)
-        wrong_key = m.FinishUserRegistrationRequest(
-            ClientCredentialAuth.create(SigningKey.generate(), ident.credential, now,
-                                        request_binding(A, "finish_user_registration", finish.params)), finish.params)
-        await refused(pending.call(A, "finish_user_registration", wrong_key), 401)
-        # the Privacy Pass token is required
-        await refused(c.call(A, "finish_user_registration", finish), 401, "token_required")
+        tampered = dataclasses.replace(finish, params=dataclasses.replace(finish.params,
+                                                                          opaque_registration_record=b"x"))
+        await refused(c.call(A, "finish_user_registration", tampered), 401)
+        wrong_key = RegistrationAuth.create(SigningKey.generate(), reg.client_id, now, binding)
+        await refused(c.call(A, "finish_user_registration", dataclasses.replace(finish, auth=wrong_key)), 401)
 
-        await pending.call(A, "finish_user_registration", finish)
-        # the user entry exists (empty profile), the initial client entry has its packages and queue
-        assert await pending.profile(ident.user_id) == b""
-        pkg = await pending.connection_package(ident.user_id)
-        assert pkg.client_credential == ident.credential
-        assert await pending.dequeue_connection_messages() == []
+        # no Privacy Pass token: the client has no credential to obtain one with yet
+        done = await c.call(A, "finish_user_registration", finish)
+        ident = reg.identity(done)
+        chain = TrustStore.of({A: creds}).verify_client_credential(ident.credential, now)
+        assert chain.intermediate == inter
+        session = ClientSession(c, ident, clock=deployment.clock)
+        # the user entry exists (empty profile), the initial client entry has its queue
+        assert await session.profile(ident.user_id) == b""
+        assert await session.dequeue_connection_messages() == []
+        # connection packages carry the credential: uploaded after the finish
+        await refused(session.connection_package(ident.user_id), 404, "no_connection_package")
+        await session.upload_connection_packages(1)
+        assert (await session.connection_package(ident.user_id)).client_credential == ident.credential
         # the ephemeral entry is gone: a replay finds no pending registration
-        await refused(pending.call(A, "finish_user_registration", finish), 401, "no_pending_opaque")
+        await refused(c.call(A, "finish_user_registration", finish), 401, "no_pending_opaque")
 
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -454,7 +478,7 @@ async def test_token_issuance_is_rate_limited_per_client(deployment_mode):
     limits = Limits(token_allowance=6, token_time_frame_s=3600)
     async with Deployment(deployment_mode, ["hs1"], limits=limits) as d:
         async with d.client() as http:
-            alice = await register(http, d, token_batch=1)    # 1 token spent on registration
+            alice = await register(http, d, token_batch=1)    # 1 token spent on its first connection package
             bob = await register(http, d, token_batch=1)
             await alice.fetch_tokens(A, 5)                     # 6 of 6
             key = await alice.issuer_key(A)
@@ -463,7 +487,42 @@ async def test_token_issuance_is_rate_limited_per_client(deployment_mode):
                                    headers={"content-type": MEDIA_TYPE})
             assert resp.status_code == 429
             assert decode(ErrorResponse, resp.content).code == "rate_limited"
-            assert 0 < int(resp.headers["Retry-After"]) <= 3600
+            # the window lasts the time frame, its end rounded up to 1/24 of it
+            # (docs/storage-privacy-pass.md: the store keeps no finer time)
+            retry_after = int(resp.headers["Retry-After"])
+            assert 0 < retry_after <= 3600 + 3600 // 24
             await bob.fetch_tokens(A, 5)                       # another client has its own allowance
-            d.clock.advance(3600 * 1000)                       # the time frame is over
+            d.clock.advance(retry_after * 1000)                # the window is over
             assert len(await alice.fetch_tokens(A, 6)) == 6
+
+
+@spec("threat_model/stride/security_requirements/users.md#dequeue-messages", "MUST")
+@spec(AS + "dequeue-messages", "MUST")
+async def test_a_client_whose_allowance_is_spent_still_dequeues_its_direct_queue(deployment_mode):
+    """"Clients must always be able to dequeue messages from their own queue":
+    the dequeue needs the client's signature, no token (docs/decisions.md,
+    "Dequeuing one's own direct queue needs no token")."""
+    limits = Limits(token_allowance=3, token_time_frame_s=3600)
+    async with Deployment(deployment_mode, ["hs1"], limits=limits) as d:
+        async with d.client() as http:
+            alice = await register(http, d, token_batch=1)    # 1 token for its first connection package
+            bob = await register(http, d, token_batch=1)
+            await alice.fetch_tokens(A, 2)
+            await refused(alice.fetch_tokens(A, 1), 429, "rate_limited")   # the allowance is spent
+            await bob.call(A, "as_enqueue_message", m.EnqueueMessageParams(alice.client_id, b"hello"))
+            # no Authorization header at all
+            resp = await http.post(d["hs1"].url("as", "/phoenix/v1/as_dequeue_messages"),
+                                   content=encode(alice.identity.dequeue(d.clock.now_ms())),
+                                   headers={"content-type": MEDIA_TYPE})
+            assert resp.status_code == 200, resp.content
+            assert alice.identity.queue.read(decode(DequeueMessagesResponse, resp.content).messages) == [b"hello"]
+            # the signature is still required: another client cannot read the queue
+            forged = dataclasses.replace(alice.identity.dequeue(d.clock.now_ms()),
+                                         auth=bob.identity.auth("as_dequeue_messages",
+                                                                alice.identity.dequeue(d.clock.now_ms()).params,
+                                                                d.clock.now_ms()))
+            resp = await http.post(d["hs1"].url("as", "/phoenix/v1/as_dequeue_messages"), content=encode(forged),
+                                   headers={"content-type": MEDIA_TYPE})
+            # bob's signature reads bob's own (empty) queue, never alice's, where "hello" still waits
+            assert resp.status_code == 200
+            assert decode(DequeueMessagesResponse, resp.content).messages == []

@@ -17,14 +17,17 @@ token issuance to federated clients.
 Every scenario runs in-process and on real sockets with TLS.
 """
 
+import dataclasses
 import os
 import uuid
 
 import pytest
 
+from phoenix_ref.client.as_client import AsClient, AsIdentity, Registration
 from phoenix_ref.client.session import ClientSession
 from phoenix_ref.codec import decode, encode
 from phoenix_ref.config import Limits
+from phoenix_ref.credentials import ClientCredential
 from phoenix_ref.errors import ErrorResponse, ProtocolError
 from phoenix_ref.http import MEDIA_TYPE
 from phoenix_ref.authentication import messages as m
@@ -130,7 +133,7 @@ async def test_remote_token_issuance_is_rate_limited_per_client_and_per_domain(d
             carol = await ClientSession.register(http, B, clock=d.clock, token_batch=1)
             await bob.fetch_tokens(A, 4)
             err = await refused(bob.fetch_tokens(A, 1), 429, "rate_limited")          # per client
-            assert 0 < err.retry_after <= 600
+            assert 0 < err.retry_after <= 600 + 600 // 24       # window ends are rounded up to 1/24 of it
             await carol.fetch_tokens(A, 2)                                           # b.example: 6 of 6
             await refused(carol.fetch_tokens(A, 1), 429, "rate_limited")           # per domain
             # the refusal carries Retry-After on the wire
@@ -143,7 +146,7 @@ async def test_remote_token_issuance_is_rate_limited_per_client_and_per_domain(d
             # clients of a.example itself are not charged to any domain allowance
             alice = await ClientSession.register(http, A, clock=d.clock, token_batch=1)
             assert len(await alice.fetch_tokens(A, 3)) == 3
-            d.clock.advance(600 * 1000)
+            d.clock.advance((600 + 600 // 24) * 1000)
             assert len(await carol.fetch_tokens(A, 2)) == 2
 
 
@@ -180,3 +183,36 @@ async def test_tokens_for_a_client_whose_as_cannot_be_reached(deployment):
         await refused(bob.fetch_tokens(A, 1), 502, "remote_as_unavailable")
         await d.set_up("hs2")
         assert len(await bob.fetch_tokens(A, 1)) == 1
+
+
+@spec("threat_model/qualitative/federation.md#mitigating-sybil-attacks", "MUST")
+@spec("threat_model/qualitative/federation.md#dos-attacks", "MUST")
+@spec("threat_model/stride/security_requirements/users.md#initiate-user-registration", "MUST")
+async def test_abandoned_registrations_and_one_abusive_client_cannot_starve_their_domain(deployment_mode):
+    """Measured before the fix: 100 abandoned registration starts at a.example
+    drew a.example's whole daily allowance at b.example, and its registered
+    users got 429 there. Now a start holds nothing that authenticates (the
+    credential is released at finish), and one registered client draws only
+    its own allowance from its domain's budget."""
+    limits = Limits(token_allowance=5, token_domain_allowance=12, token_time_frame_s=3600)
+    async with Deployment(deployment_mode, ["hs1", "hs2"], limits=limits) as d:
+        async with d.client() as http:
+            c, now = AsClient(http), d.clock.now_ms()
+            fingerprint = (await c.as_credentials(A)).signing_intermediate(now).fingerprint()
+            for _ in range(20):
+                reg, init = Registration.start(A, b"pw", fingerprint, now)
+                resp = await c.call(A, "init_user_registration", init)
+                assert [f.name for f in dataclasses.fields(resp)] == ["opaque_registration_response"]
+                # what the starter holds (its CSR and key), shown as a credential, draws nothing
+                posing = ClientSession(c, AsIdentity(A, reg.client_id, reg.signing_key,
+                                                     ClientCredential(init.client_csr, init.client_csr.self_signature),
+                                                     b"pw", reg.queue), clock=d.clock)
+                for issuer in (B, A):
+                    await refused(posing.fetch_tokens(issuer, 5), 401)
+            # one abusive registered client of a.example draws its own allowance at b.example, no more
+            mallory = await ClientSession.register(http, A, clock=d.clock, token_batch=1)
+            assert len(await mallory.fetch_tokens(B, 5)) == 5
+            await refused(mallory.fetch_tokens(B, 1), 429, "rate_limited")
+            # an honest user of a.example is still served at b.example
+            alice = await ClientSession.register(http, A, clock=d.clock, token_batch=1)
+            assert len(await alice.fetch_tokens(B, 5)) == 5

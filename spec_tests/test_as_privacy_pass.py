@@ -83,6 +83,14 @@ def test_endpoint_table_has_the_spec_authentication_mode_of_every_as_endpoint():
     # tokens with (spec/federation/use_cases.md#authentication-key-distribution).
     assert stated["get-as-credentials"] == (Auth.NONE, True)
     stated["get-as-credentials"] = (Auth.NONE, False)
+    # Two more (docs/decisions.md): *finish user registration*, because the client
+    # receives its credential only in its answer and so cannot obtain a token
+    # before ("Client credentials are released at finish"), and the dequeue from
+    # one's own direct queue, which a client must always be able to do
+    # ("Dequeuing one's own direct queue needs no token").
+    for slug in ("finish-user-registration", "dequeue-messages"):
+        assert stated[slug][1] is True
+        stated[slug] = (stated[slug][0], False)
     for slug, (mode, pp_required) in stated.items():
         ep = rows[slug]
         assert (ep.auth, ep.privacy_pass) == (mode, pp_required), slug
@@ -99,16 +107,12 @@ async def _sample_requests(http, d) -> tuple[ClientSession, dict[str, object]]:
     _, initiate = alice.identity.initiate_2fa(now)
     bodies = {
         "initiate_2fa": initiate,
-        "finish_user_registration": m.FinishUserRegistrationRequest(
-            alice.identity.auth("finish_user_registration", m.FinishUserRegistrationParams(b"", b"", [], b""), now),
-            m.FinishUserRegistrationParams(b"", b"", [], b"")),
         "update_user_profile": alice.identity.update_profile(b"p", now),
         "user_profile": m.UserProfileParams(alice.user_id),
         "upload_connection_packages": alice.identity.upload_packages(1, now),
         "user_connection_package": m.UserClientsParams(alice.user_id),
         "delete_user": m.DeleteUserRequest(alice.identity.auth("delete_user", m.DeleteUserParams(bytes(64)), now),
                                            m.DeleteUserParams(bytes(64))),
-        "as_dequeue_messages": alice.identity.dequeue(now),
         "as_enqueue_message": m.EnqueueMessageParams(alice.client_id, b"ctxt"),
         "register_alias": register_alias,
         "delete_alias": alias.delete(now),
@@ -163,13 +167,16 @@ async def test_every_as_endpoint_that_needs_a_token_refuses_a_missing_bad_foreig
 @spec(AS + "token-issuance", "MUST")
 async def test_endpoints_exempt_from_privacy_pass_work_without_a_token(deployment):
     """Registration start and token issuance are the spec's exemptions (and key
-    distribution); a whole registration works with the tokens obtained on the way."""
+    distribution); finishing a registration and dequeuing one's own direct queue
+    are phoenix_ref's (docs/decisions.md). A whole registration needs no token."""
     async with deployment.client() as http:
         free = {ep.name for ep in AS_ROWS if not ep.privacy_pass}
-        assert free == {"as_credentials", "privacy_pass_issuer_keys", "init_user_registration", "request_tokens"}
-        # ClientSession.register sends init and request_tokens without a token
+        assert free == {"as_credentials", "privacy_pass_issuer_keys", "init_user_registration",
+                        "finish_user_registration", "request_tokens", "as_dequeue_messages"}
+        # ClientSession.register sends init and finish without a token; uploading
+        # its first connection package takes the first token of its first batch
         s = await ClientSession.register(http, A, clock=deployment.clock, token_batch=2)
-        assert s.wallet.count(A) == 0            # the one token a pending registration gets, spent on finish
+        assert s.wallet.count(A) == 1
         for path in ("as_credentials", "privacy_pass_issuer_keys"):
             assert (await http.get(deployment["hs1"].url("as", f"/phoenix/v1/{path}"))).status_code == 200
 

@@ -17,6 +17,7 @@ from phoenix_ref.ids import Fqdn
 
 NOW = 1_767_225_600_000  # 2026-01-01
 YEAR = 365 * 24 * 3600 * 1000
+COUNTER_SECRET = b"\x07" * 32
 
 
 def make_secrets(domain: Fqdn, now: int = NOW) -> AsSecrets:
@@ -51,8 +52,9 @@ class AsUnderTest:
     def register(self, password: bytes = b"correct horse", now: int = NOW, packages: int = 1) -> AsIdentity:
         reg, init = Registration.start(self.domain, password, self.secrets.intermediate.fingerprint(), now)
         resp = self.core.init_user_registration(init, now)
-        ident, finish = reg.finish(resp, now, connection_packages=packages)
-        self.core.finish_user_registration(finish, now)
+        ident = reg.identity(self.core.finish_user_registration(reg.finish(resp, now), now))
+        if packages:
+            self.core.upload_connection_packages(ident.upload_packages(packages, now), now)
         return ident
 
 
@@ -64,5 +66,5 @@ def build(domain: Fqdn | str, path: Path, secrets: AsSecrets | None = None, *,
     accounts, queues = open_as_storage(path, max_messages=max_messages)
     counters = counters if counters is not None else pp.MemoryCounterStore()
     core = AuthenticationCore(AsConfig(domain), secrets, accounts, queues,
-                              pp.IssuancePolicy(limits, counters, domain))
+                              pp.IssuancePolicy(limits, counters, domain, COUNTER_SECRET))
     return AsUnderTest(core, secrets, path, counters)

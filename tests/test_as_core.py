@@ -6,20 +6,21 @@ import dataclasses
 
 import pytest
 
-from phoenix_ref import auth_tokens, opaque
+from phoenix_ref import auth_tokens
 from phoenix_ref import privacy_pass as pp
 from phoenix_ref.authentication import messages as m
 from phoenix_ref.authentication.core import (
-    OPERATIONS, AuthenticationCore, AuthMode, NoConnectionPackage, UnknownClient, operation,
+    OPERATIONS, AuthenticationCore, AuthMode, NoConnectionPackage, UnknownClient, operation, request_binding,
 )
 from phoenix_ref.client.as_client import (
-    AliasIdentity, Registration, check_connection_package, new_connection_payload, trust_for,
+    AliasIdentity, AsIdentity, Registration, check_connection_package, new_connection_payload, trust_for,
 )
 from phoenix_ref.codec import encode
-from phoenix_ref.credentials import ClientCredentialCsr, InvalidCsr, TrustStore, UnknownSigner
+from phoenix_ref.credentials import ClientCredentialCsr, InvalidCsr, UnknownSigner, sign_csr
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.errors import Conflict, Malformed, NotFound, ProtocolError, RateLimited, Unauthorized
 from phoenix_ref.ids import Alias, ClientId, Fqdn, GroupId, UserId
+from phoenix_ref.spec_plugin import spec
 
 from tests.as_fixtures import NOW, build
 
@@ -42,11 +43,12 @@ def start_registration(asu, password=b"pw", **kw):
 def test_operation_table_matches_spec_authentication_modes():
     modes = {op.name: (op.auth, op.privacy_pass) for op in OPERATIONS}
     assert modes["init_user_registration"] == (AuthMode.NONE, False)
-    assert modes["finish_user_registration"] == (AuthMode.CLIENT_2FA, True)
+    assert modes["finish_user_registration"] == (AuthMode.CLIENT_2FA, False)   # docs/decisions.md
     assert modes["delete_user"] == (AuthMode.CLIENT_2FA, True)
     assert modes["initiate_2fa"] == (AuthMode.CLIENT_CREDENTIAL, True)
     assert modes["request_tokens"] == (AuthMode.CLIENT_CREDENTIAL, False)
     assert operation("as_dequeue_messages").method == "dequeue_messages"
+    assert modes["as_dequeue_messages"] == (AuthMode.CLIENT_CREDENTIAL, False)          # docs/decisions.md
     for name in ("delete_alias", "dequeue_alias_messages", "upload_alias_packages"):
         assert modes[name] == (AuthMode.ALIAS_AUTH_KEY, True)
     for name in ("user_profile", "user_connection_package", "as_enqueue_message", "register_alias",
@@ -107,43 +109,47 @@ def test_init_registration_refuses_bad_opaque_request(asu):
     assert len(asu.core.ephemeral) == 0
 
 
-def test_finish_registration_needs_pending_entry_and_its_credential(asu):
+def _finish_signed(reg, params, key=None, client_id=None, now=NOW):
+    """A finish request with ``params``, signed by ``key`` (default: the CSR's) for ``client_id``."""
+    auth = auth_tokens.RegistrationAuth.create(key or reg.signing_key, client_id or reg.client_id, now,
+                                               request_binding(DOMAIN, "finish_user_registration", params))
+    return m.FinishUserRegistrationRequest(auth, params)
+
+
+def test_finish_registration_needs_the_pending_entry_and_its_key(asu):
     reg, init = start_registration(asu)
-    resp = asu.core.init_user_registration(init, NOW)
-    ident, finish = reg.finish(resp, NOW)
+    finish = reg.finish(asu.core.init_user_registration(init, NOW), NOW)
     # expired ephemeral entry: entries live 5 minutes (docs/decisions.md, "Ephemeral OPAQUE DB")
     with pytest.raises(Unauthorized):
         asu.core.finish_user_registration(finish, NOW + 5 * 60 * 1000)
-    # a fresh registration; someone else's credential for the same user id is refused
-    reg, init = start_registration(asu, user_id=ident.user_id)
-    resp = asu.core.init_user_registration(init, NOW)
-    ident, finish = reg.finish(resp, NOW)
-    reg2, init2 = start_registration(asu)
-    resp2 = asu.core.init_user_registration(init2, NOW)
-    other = dataclasses.replace(
-        resp2, client_credential=dataclasses.replace(resp2.client_credential))
-    forged = dataclasses.replace(finish, auth=dataclasses.replace(finish.auth,
-                                                                  client_credential=other.client_credential))
-    with pytest.raises(Unauthorized):
-        asu.core.finish_user_registration(forged, NOW)
-    # a signature bound to another request body is refused
-    tampered = dataclasses.replace(finish, params=dataclasses.replace(finish.params, connection_packages=[]))
-    with pytest.raises(auth_tokens.TokenBadSignature):
+    # a fresh start of the same user id
+    reg, init = start_registration(asu, user_id=reg.client_id.user_id)
+    finish = reg.finish(asu.core.init_user_registration(init, NOW), NOW)
+    with pytest.raises(auth_tokens.TokenBadSignature):      # another key than the CSR's
+        asu.core.finish_user_registration(_finish_signed(reg, finish.params, key=SigningKey.generate()), NOW)
+    other_client = ClientId.random(reg.client_id.user_id)   # another client of the same user id
+    with pytest.raises(Unauthorized) as e:
+        asu.core.finish_user_registration(_finish_signed(reg, finish.params, client_id=other_client), NOW)
+    assert e.value.code == "credential_mismatch"
+    tampered = dataclasses.replace(finish, params=dataclasses.replace(finish.params, opaque_registration_record=b"x"))
+    with pytest.raises(auth_tokens.TokenBadSignature):      # signed for another body
         asu.core.finish_user_registration(tampered, NOW)
-    asu.core.finish_user_registration(finish, NOW)
-    # finishing twice: the ephemeral entry is gone
-    with pytest.raises(Unauthorized):
+    assert not asu.core.accounts.user_exists(reg.client_id.user_id)
+    ident = reg.identity(asu.core.finish_user_registration(finish, NOW))
+    # the released credential is the CSR signed by the intermediate, and it is registered
+    asu.core.trust.verify_client_credential(ident.credential, NOW)
+    assert ident.credential.public_key == reg.signing_key.public
+    asu.core.update_user_profile(ident.update_profile(b"p", NOW), NOW)
+    with pytest.raises(Unauthorized):                       # finishing twice: the ephemeral entry is gone
         asu.core.finish_user_registration(finish, NOW)
 
 
-def test_finish_registration_checks_keys_and_packages(asu):
+def test_finish_registration_checks_keys(asu):
     reg, init = start_registration(asu)
-    resp = asu.core.init_user_registration(init, NOW)
-    ident, finish = reg.finish(resp, NOW)
+    finish = reg.finish(asu.core.init_user_registration(init, NOW), NOW)
 
     def with_params(**changes):
-        p = dataclasses.replace(finish.params, **changes)
-        return m.FinishUserRegistrationRequest(ident.auth("finish_user_registration", p, NOW), p)
+        return _finish_signed(reg, dataclasses.replace(finish.params, **changes))
 
     with pytest.raises(Malformed):
         asu.core.finish_user_registration(with_params(queue_encryption_key=b"short"), NOW)
@@ -151,28 +157,40 @@ def test_finish_registration_checks_keys_and_packages(asu):
         asu.core.finish_user_registration(with_params(initial_queue_ratchet_key=b"x" * 5), NOW)
     with pytest.raises(Malformed):
         asu.core.finish_user_registration(with_params(opaque_registration_record=b"x" * 10), NOW)
-    cp = finish.params.connection_packages[0]
-    with pytest.raises(m.BadConnectionSignature):
-        asu.core.finish_user_registration(
-            with_params(connection_packages=[dataclasses.replace(cp, signature=bytes(64))]), NOW)
-    assert not asu.core.accounts.user_exists(ident.user_id)
+    assert not asu.core.accounts.user_exists(reg.client_id.user_id)
     asu.core.finish_user_registration(finish, NOW)
-    assert asu.core.accounts.user_exists(ident.user_id)
+    assert asu.core.accounts.user_exists(reg.client_id.user_id)
 
 
-def test_finish_registration_refuses_taken_user_id(asu):
+@spec("threat_model/qualitative/authentication_service.md#baseline-security-under-an-honest-as", "MUST")
+def test_a_user_id_gets_one_credential(asu):
     reg1, init1 = start_registration(asu)
-    uid = init1.client_csr.payload.client_id.user_id
+    uid = reg1.client_id.user_id
     reg2, init2 = start_registration(asu, user_id=uid)
     resp1 = asu.core.init_user_registration(init1, NOW)
-    resp2 = asu.core.init_user_registration(init2, NOW)  # replaces the pending entry
-    _, fin1 = reg1.finish(resp1, NOW)
-    _, fin2 = reg2.finish(resp2, NOW)
-    with pytest.raises(Unauthorized):  # not the credential pending for this user id any more
-        asu.core.finish_user_registration(fin1, NOW)
-    asu.core.finish_user_registration(fin2, NOW)
+    # the start hands out no credential, only the OPAQUE answer
+    assert [f.name for f in dataclasses.fields(resp1)] == ["opaque_registration_response"]
+    # the id is reserved while its registration is in progress: no second credential is signed
+    with pytest.raises(Conflict) as e:
+        asu.core.init_user_registration(init2, NOW + 1000)
+    assert e.value.code == "registration_pending"
+    assert asu.core.ephemeral.get(b"u" + encode(uid), NOW).client_credential.public_key == reg1.signing_key.public
+    # the same client may repeat its start (a lost answer); it replaces its own entry
+    resp1 = asu.core.init_user_registration(init1, NOW + 2000)
+    ident = reg1.identity(asu.core.finish_user_registration(reg1.finish(resp1, NOW + 3000), NOW + 3000))
+    with pytest.raises(Conflict) as e:
+        asu.core.init_user_registration(init2, NOW + 4000)
+    assert e.value.code == "user_exists"
+    assert asu.core.accounts.get_client(ident.client_id).client_credential == encode(ident.credential)
+    # an abandoned start reserves its id only until its entry expires
+    reg3, init3 = start_registration(asu)
+    reg4, init4 = start_registration(asu, user_id=reg3.client_id.user_id)
+    asu.core.init_user_registration(init3, NOW)
+    ttl = asu.core.config.ephemeral_ttl_ms
     with pytest.raises(Conflict):
-        asu.core.init_user_registration(init1, NOW)
+        asu.core.init_user_registration(init4, NOW + ttl - 1)
+    resp4 = asu.core.init_user_registration(init4, NOW + ttl)
+    reg4.identity(asu.core.finish_user_registration(reg4.finish(resp4, NOW + ttl), NOW + ttl))
 
 
 # --- Client Credential authentication ---------------------------------------------------
@@ -189,8 +207,8 @@ def test_client_credential_auth_is_enforced(asu):
         asu.core.update_user_profile(dataclasses.replace(req, params=m.UpdateUserProfileParams(b"q")), NOW)
     # an otherwise valid credential of this AS without client entry
     reg, init = start_registration(asu)
-    resp = asu.core.init_user_registration(init, NOW)
-    pending, _ = reg.finish(resp, NOW)
+    unregistered = sign_csr(init.client_csr, asu.secrets.intermediate, asu.secrets.intermediate_key, NOW)
+    pending = AsIdentity(DOMAIN, reg.client_id, reg.signing_key, unregistered, b"pw", reg.queue)
     with pytest.raises(UnknownClient):
         asu.core.update_user_profile(pending.update_profile(b"p", NOW), NOW)
     asu.core.update_user_profile(req, NOW)
@@ -481,30 +499,29 @@ def test_local_token_issuance_and_allowance(asu):
     assert len(asu.core.request_tokens(req, later).tokens.evaluated_msgs) == 5
 
 
-def test_registering_client_gets_tokens_but_strangers_do_not(asu):
+@spec("threat_model/stride/security_requirements/users.md#initiate-user-registration", "MUST")
+def test_only_registered_clients_get_tokens(asu):
     reg, init = start_registration(asu)
-    resp = asu.core.init_user_registration(init, NOW)
-    pending, finish = reg.finish(resp, NOW)
+    asu.core.init_user_registration(init, NOW)
+    # the credential waiting in the ephemeral DB, had it leaked, draws nothing
+    held = asu.core.ephemeral.get(b"u" + encode(reg.client_id.user_id), NOW).client_credential
+    pending = AsIdentity(DOMAIN, reg.client_id, reg.signing_key, held, b"pw", reg.queue)
     _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    with pytest.raises(UnknownClient):
+        asu.core.request_tokens(req, NOW)
+    # once registered, the client draws its whole allowance (10 here)
+    ident = reg.identity(asu.core.finish_user_registration(reg.finish(
+        asu.core.init_user_registration(init, NOW), NOW), NOW))
+    _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 10, NOW)
     asu.core.request_tokens(req, NOW)
-    # starting a registration is free, so a pending one gets only the token
-    # finishing needs (docs/decisions.md), not a client's allowance
-    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
+    _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
     with pytest.raises(RateLimited):
         asu.core.request_tokens(req, NOW)
-    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 2, NOW)
-    with pytest.raises(pp.InvalidTokenRequest):
-        asu.core.request_tokens(req, NOW)
-    # once registered, the client draws its allowance (10 here), the pending token included
-    asu.core.finish_user_registration(finish, NOW)
-    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 9, NOW)
-    asu.core.request_tokens(req, NOW)
-    _, req = pending.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
-    with pytest.raises(RateLimited):
-        asu.core.request_tokens(req, NOW)
-    ident = asu.register()
+    # a deleted account draws nothing, and its issuance window is gone with it
+    assert asu.core.issuance.counter_key("client", ident.client_id) in asu.counters.windows
     state, r = ident.initiate_2fa(NOW)
     asu.core.delete_user(ident.delete_user(state, asu.core.initiate_2fa(r, NOW), NOW), NOW)
+    assert asu.core.issuance.counter_key("client", ident.client_id) not in asu.counters.windows
     _, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 1, NOW)
     with pytest.raises(UnknownClient):
         asu.core.request_tokens(req, NOW)

@@ -63,7 +63,7 @@ def _as_rows(asu) -> dict[str, int]:
 
 def test_as_registration_whose_queue_fails_leaves_no_entry(asu, broken, monkeypatch):
     reg, init = Registration.start(asu.domain, b"pw", asu.secrets.intermediate.fingerprint(), NOW)
-    ident, finish = reg.finish(asu.core.init_user_registration(init, NOW), NOW, connection_packages=2)
+    finish = reg.finish(asu.core.init_user_registration(init, NOW), NOW)
     before = _as_rows(asu)
     calls = broken(asu.core.queues.store, "create_queue")
     with pytest.raises(Broken):
@@ -71,11 +71,11 @@ def test_as_registration_whose_queue_fails_leaves_no_entry(asu, broken, monkeypa
     monkeypatch.undo()   # the real method again
     assert calls == ["create_queue"]
     assert _as_rows(asu) == before == {t: 0 for t in before}
-    assert not asu.core.accounts.user_exists(ident.user_id)
-    assert asu.core.accounts.get_client(ident.client_id) is None
+    assert not asu.core.accounts.user_exists(reg.client_id.user_id)
+    assert asu.core.accounts.get_client(reg.client_id) is None
     # the registration is still pending and now goes through whole
     asu.core.finish_user_registration(finish, NOW)
-    assert _as_rows(asu) == {"users": 1, "clients": 1, "connection_packages": 2, "as_direct_queues": 1,
+    assert _as_rows(asu) == {"users": 1, "clients": 1, "connection_packages": 0, "as_direct_queues": 1,
                              "as_direct_ratchets": 1}
 
 

@@ -94,8 +94,8 @@ def test_generate_config_writes_keys_certificate_and_refuses_to_overwrite(tmp_pa
     assert cfg.resolve["qs.b.example"] == "127.0.0.1:8444"
     keys = sorted(p.name for p in cfg.keys_dir.iterdir())
     assert keys == ["as_credential-1.cred", "as_credential-1.key", "as_intermediate-1.cred",
-                    "as_intermediate-1.key", "ds_signing-1.key", "qs_outbound-1.key", "qs_queue_config-1.key",
-                    "qs_signing-1.key"]
+                    "as_intermediate-1.key", "ds_signing-1.key", "privacy_pass_counter-1.key", "qs_outbound-1.key",
+                    "qs_queue_config-1.key", "qs_signing-1.key"]
     for p in [*cfg.keys_dir.glob("*.key"), cfg.tls_key, tmp_path / "a" / "ca-key.pem"]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     cert = x509.load_pem_x509_certificate(cfg.tls_cert.read_bytes())
@@ -140,6 +140,22 @@ def test_keystore_outbound_secret_rotates_and_is_added_to_an_older_keys_director
     loaded = Keystore.load(tmp_path / "k", "a.example")
     assert len(loaded.qs_outbound_secrets) == 1 and (tmp_path / "k" / "qs_outbound-1.key").stat().st_mode & 0o077 == 0
     (tmp_path / "k" / "qs_outbound-1.key").write_text("00ff")
+    with pytest.raises(KeystoreError, match="32 bytes expected"):
+        Keystore.load(tmp_path / "k", "a.example")
+
+
+def test_keystore_counter_secret_survives_reloading_and_is_added_to_an_older_keys_directory(tmp_path):
+    """The secret that names the Privacy Pass issuance counters
+    (docs/storage-privacy-pass.md): the same after a restart, or every window
+    would restart with it."""
+    ks = Keystore.create(tmp_path / "k", "a.example", 1_767_225_600_000)
+    assert len(ks.counter_secret) == 32
+    assert Keystore.load(tmp_path / "k", "a.example").counter_secret == ks.counter_secret
+    (tmp_path / "k" / "privacy_pass_counter-1.key").unlink()   # a keys directory of an earlier version
+    loaded = Keystore.load(tmp_path / "k", "a.example")
+    assert loaded.counter_secret != ks.counter_secret
+    assert (tmp_path / "k" / "privacy_pass_counter-1.key").stat().st_mode & 0o077 == 0
+    (tmp_path / "k" / "privacy_pass_counter-1.key").write_text("00ff")
     with pytest.raises(KeystoreError, match="32 bytes expected"):
         Keystore.load(tmp_path / "k", "a.example")
 

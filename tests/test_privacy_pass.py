@@ -10,6 +10,7 @@ Each vector is its own test case, id ``<draft file>-<anchor>-<index>``.
 import base64
 import dataclasses
 import re
+import sqlite3
 import threading
 
 import pytest
@@ -365,13 +366,14 @@ def test_maybe_rotate_and_serialisation():
 # --- issuance rate limits --------------------------------------------------------------------------------------
 
 LIMITS = pp.IssuanceLimits(time_frame_ms=24 * HOUR, client_allowance=100, domain_allowance=150, max_batch=100)
+SECRET = b"\x42" * 32
 
 
 @spec("spec/authentication_service.md#rate-limiting", "SHOULD")
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
 def test_per_client_allowance(store_kind, tmp_path):
     store = pp.MemoryCounterStore() if store_kind == "memory" else PrivacyPassStore(tmp_path / "pp.sqlite")
-    policy = pp.IssuancePolicy(LIMITS, store, DOMAIN)
+    policy = pp.IssuancePolicy(LIMITS, store, DOMAIN, SECRET)
     me = dict(client_id="alice@a.example/1", client_domain=DOMAIN)
     policy.consume(**me, n=60, now_ms=0)
     policy.consume(**me, n=40, now_ms=HOUR)
@@ -391,7 +393,7 @@ def test_per_client_allowance(store_kind, tmp_path):
 @pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
 def test_per_domain_allowance_for_federated_clients(store_kind, tmp_path):
     store = pp.MemoryCounterStore() if store_kind == "memory" else PrivacyPassStore(tmp_path / "pp.sqlite")
-    policy = pp.IssuancePolicy(LIMITS, store, DOMAIN)
+    policy = pp.IssuancePolicy(LIMITS, store, DOMAIN, SECRET)
     a = dict(client_id="x@b.example/1", client_domain="b.example")
     b = dict(client_id="y@b.example/1", client_domain="b.example")
     policy.consume(**a, n=100, now_ms=0)
@@ -401,13 +403,52 @@ def test_per_domain_allowance_for_federated_clients(store_kind, tmp_path):
         policy.consume(**b, n=1, now_ms=2 * HOUR)
     assert e.value.retry_after == 22 * 3600
     # The refused request charged nothing to the client's own counter.
-    assert store.load("client:y@b.example/1").issued == 50
+    assert store.load(policy.counter_key("client", "y@b.example/1")).issued == 50
     # Other domains and local clients are unaffected.
     policy.consume(client_id="z@c.example/1", client_domain="c.example", n=100, now_ms=2 * HOUR)
     policy.consume(client_id="l@a.example/1", client_domain=DOMAIN, n=100, now_ms=2 * HOUR)
     with pytest.raises(pp.InvalidTokenRequest):
-        pp.IssuancePolicy(pp.IssuanceLimits(client_allowance=100, domain_allowance=10), store, DOMAIN).consume(
+        pp.IssuancePolicy(pp.IssuanceLimits(client_allowance=100, domain_allowance=10), store, DOMAIN, SECRET).consume(
             **a, n=11, now_ms=0)
+
+
+@spec("threat_model/stride/security_requirements.md#metadata-minimalism", "MUST")
+def test_issuance_counters_keep_no_client_id_and_go_when_their_window_ends(tmp_path):
+    path = tmp_path / "pp.sqlite"
+    store = PrivacyPassStore(path)
+    policy = pp.IssuancePolicy(LIMITS, store, DOMAIN, SECRET)
+    remote = dict(client_id="mallory@b.example/7", client_domain="b.example")
+    start = 1_767_225_600_000 + 17 * 60_000 + 4321          # a time that is not on a granule
+    policy.consume(**remote, n=3, now_ms=start)
+    policy.consume(client_id="alice@a.example/1", client_domain=DOMAIN, n=2, now_ms=start + 60_000)
+    with sqlite3.connect(path) as raw:
+        rows = raw.execute("SELECT counter_key, end_ms, issued FROM issuance_windows").fetchall()
+        spent_columns = [r[1] for r in raw.execute("PRAGMA table_info(spent_tokens)")]
+    assert spent_columns == ["spend_id", "token_key_id"]           # no redemption times
+    assert len(rows) == 3                                          # two clients, one remote domain
+    for key, end, _ in rows:
+        # a keyed hash, not a name: nothing of the ids or domains is in the file
+        assert isinstance(key, bytes) and len(key) == 32
+        # the window's end is rounded up to the hour: the first request's minute is not kept
+        assert end % HOUR == 0 and start + 24 * HOUR <= end < start + 25 * HOUR
+    raw_file = path.read_bytes() + (tmp_path / "pp.sqlite-wal").read_bytes()
+    for name in (b"mallory", b"alice", b"b.example"):
+        assert name not in raw_file
+    # another secret names the same subjects differently
+    assert pp.IssuancePolicy(LIMITS, store, DOMAIN, b"\x43" * 32).counter_key("client", "alice@a.example/1") \
+        != policy.counter_key("client", "alice@a.example/1")
+    # a deleted client's window goes at once, its domain's stays (other clients share it)
+    policy.forget("mallory@b.example/7")
+    assert store.load(policy.counter_key("client", "mallory@b.example/7")) is None
+    assert store.load(policy.counter_key("domain", "b.example")).issued == 3
+    # windows that ended are purged, by the periodic purge or by the next issuance
+    end = rows[0][1]
+    assert policy.purge(end - 1) == 0
+    assert policy.purge(end) == 2 and store.window_count() == 0
+    policy.consume(client_id="bob@a.example/2", client_domain=DOMAIN, n=1, now_ms=end)
+    policy.consume(client_id="bob@a.example/2", client_domain=DOMAIN, n=1, now_ms=end + 25 * HOUR)
+    assert store.window_count() == 1
+    store.close()
 
 
 # --- persistence ----------------------------------------------------------------------------------------------
@@ -421,14 +462,15 @@ def test_store_survives_reopening(tmp_path):
         store.save_issuer_keys(keys)
         tokens = _issue(keys, 2)
         pp.redeem(tokens[0], keys, store, challenge=CHALLENGE, now_ms=HOUR)
-        pp.IssuancePolicy(LIMITS, store, DOMAIN).consume(client_id="c", client_domain=DOMAIN, n=30, now_ms=HOUR)
+        pp.IssuancePolicy(LIMITS, store, DOMAIN, SECRET).consume(client_id="c", client_domain=DOMAIN, n=30, now_ms=HOUR)
     with PrivacyPassStore(path) as store:
         loaded = store.load_issuer_keys()
         assert loaded == keys
         with pytest.raises(pp.TokenSpent):
             pp.redeem(tokens[0], loaded, store, challenge=CHALLENGE, now_ms=HOUR)
         pp.redeem(tokens[1], loaded, store, challenge=CHALLENGE, now_ms=HOUR)
-        assert store.load("client:c") == pp.AllowanceWindow(HOUR, 30)
+        key = pp.IssuancePolicy(LIMITS, store, DOMAIN, SECRET).counter_key("client", "c")
+        assert store.load(key) == pp.AllowanceWindow(25 * HOUR, 30)
         assert store.spent_count() == 2
         assert store.forget_key(keys.current.key_id) == 2
 
@@ -440,7 +482,7 @@ def test_store_double_spend_is_atomic(tmp_path):
 
     def worker():
         barrier.wait()
-        results.append(store.mark_spent(b"\x09" * 32, b"\x01" * 32, 0))
+        results.append(store.mark_spent(b"\x09" * 32, b"\x01" * 32))
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
@@ -453,15 +495,15 @@ def test_store_double_spend_is_atomic(tmp_path):
 
 def test_store_update_rolls_back_on_error():
     store = PrivacyPassStore(":memory:")
-    store.update(["k"], lambda ws: [pp.AllowanceWindow(0, 5)])
+    store.update([b"k"], lambda ws: [pp.AllowanceWindow(0, 5)])
 
     def boom(ws):
         raise RateLimited("no", retry_after=3)
 
     with pytest.raises(RateLimited):
-        store.update(["k", "other"], boom)
-    assert store.load("k") == pp.AllowanceWindow(0, 5)
-    assert store.load("other") is None
+        store.update([b"k", b"other"], boom)
+    assert store.load(b"k") == pp.AllowanceWindow(0, 5)
+    assert store.load(b"other") is None
 
 
 # --- garbage never escapes as anything but a typed error -----------------------------------------------

@@ -18,8 +18,12 @@ Authentication modes (``#authentication``) and how they are checked here:
   works.
 * **Client 2FA** — Client Credential, plus an OPAQUE flow: for *finish user
   registration* the registration record completes the registration begun by
-  *init user registration*; for *user account deletion* ``opaque_ke3``
-  completes the login begun by *initiate 2FA* (``ServerFinish``).
+  *init user registration*, and the Client Credential part is a
+  :class:`~phoenix_ref.auth_tokens.RegistrationAuth` by the key of the
+  credential waiting in the ephemeral DB, which the client receives only in
+  the answer (docs/decisions.md, "Client credentials are released at
+  finish"); for *user account deletion* ``opaque_ke3`` completes the login
+  begun by *initiate 2FA* (``ServerFinish``).
 * **Client Password** — an OPAQUE login flow; no endpoint of the spec's
   chapter uses it alone (client addition is not specified), so the core has
   no such method.
@@ -43,7 +47,6 @@ key cache) and calls again with them.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any
@@ -113,14 +116,19 @@ _A = AuthMode
 #: Every AS endpoint except *Get AS credentials* (key distribution,
 #: ``routes.py``/``store.py``). "If not explicitly mentioned, all endpoints
 #: additionally require the client to provide a valid privacy pass token"
-#: (``#authentication``): only registration start and token issuance are exempt.
+#: (``#authentication``): the spec exempts registration start and token
+#: issuance; phoenix_ref also exempts *finish user registration* (the client
+#: holds no credential to obtain a token with before it) and the dequeue from
+#: one's own direct queue (clients must always be able to dequeue) —
+#: docs/decisions.md, "Client credentials are released at finish" and
+#: "Dequeuing one's own direct queue needs no token".
 OPERATIONS: tuple[AsOperation, ...] = (
     AsOperation("initiate_2fa", m.Initiate2FaRequest, m.Initiate2FaAuthenticationResponse,
                 _A.CLIENT_CREDENTIAL, True, _S + "initiate-2fa-operation"),
     AsOperation("init_user_registration", m.InitUserRegistrationParams, m.InitUserRegistrationResponse,
                 _A.NONE, False, _S + "initialize-user-registration"),
-    AsOperation("finish_user_registration", m.FinishUserRegistrationRequest, None,
-                _A.CLIENT_2FA, True, _S + "finish-user-registration"),
+    AsOperation("finish_user_registration", m.FinishUserRegistrationRequest, m.FinishUserRegistrationResponse,
+                _A.CLIENT_2FA, False, _S + "finish-user-registration"),
     AsOperation("update_user_profile", m.UpdateUserProfileRequest, None,
                 _A.CLIENT_CREDENTIAL, True, _S + "update-user-profile"),
     AsOperation("user_profile", m.UserProfileParams, m.UserProfileResponse,
@@ -132,7 +140,7 @@ OPERATIONS: tuple[AsOperation, ...] = (
     AsOperation("delete_user", m.DeleteUserRequest, None,
                 _A.CLIENT_2FA, True, _S + "user-account-deletion"),
     AsOperation("as_dequeue_messages", m.DequeueMessagesRequest, DequeueMessagesResponse,
-                _A.CLIENT_CREDENTIAL, True, _S + "dequeue-messages"),
+                _A.CLIENT_CREDENTIAL, False, _S + "dequeue-messages"),
     AsOperation("as_enqueue_message", m.EnqueueMessageParams, None,
                 _A.NONE, True, _S + "enqueue-message"),
     AsOperation("register_alias", m.RegisterAlias, None,
@@ -280,7 +288,15 @@ class AuthenticationCore:
         server step of OPAQUE registration and remember the credential in
         the ephemeral DB, counted against the network ``source`` of the
         request (at most ``max_pending_registrations_per_source`` live
-        starts each). Authentication: None; no Privacy Pass."""
+        starts each). Authentication: None; no Privacy Pass.
+
+        The credential is not returned: it leaves the AS only when the
+        registration finishes, so an abandoned start holds nothing that
+        authenticates anywhere, and a user id never has a second credential
+        (``threat_model/qualitative/authentication_service.md#baseline-security-under-an-honest-as``).
+        A user id with a registration in progress is reserved: another start
+        for it gets 409 ``registration_pending``, except a retry by the same
+        client (same client id and key), which replaces its own entry."""
         client_id = req.client_csr.payload.client_id
         user_id = client_id.user_id
         if user_id.as_domain != self.domain:
@@ -292,34 +308,44 @@ class AuthenticationCore:
                               max_validity_ms=self.config.max_client_credential_validity_ms)
         response = opaque.server_registration_start(self.secrets.opaque_server_setup,
                                                     req.opaque_registration_request, encode(user_id))
-        self.ephemeral.put(_ephemeral_key(user_id), credential, now_ms, source=source)
-        return m.InitUserRegistrationResponse(credential, response)
+
+        def same_client(entry: opaque.EphemeralEntry) -> bool:
+            held = entry.client_credential
+            return held.client_id == credential.client_id and held.public_key == credential.public_key
+
+        self.ephemeral.put(_ephemeral_key(user_id), credential, now_ms, source=source, may_replace=same_client)
+        return m.InitUserRegistrationResponse(response)
 
     # --- #finish-user-registration -------------------------------------------------------
 
-    def finish_user_registration(self, req: m.FinishUserRegistrationRequest, now_ms: int) -> None:
-        """Authenticate with the credential of the pending registration, check
-        the user id is still free, create the user entry (with the OPAQUE
-        record) and the initial client entry with its direct queue and
-        connection packages, and drop the ephemeral entry. Mode: Client 2FA."""
+    def finish_user_registration(self, req: m.FinishUserRegistrationRequest,
+                                 now_ms: int) -> m.FinishUserRegistrationResponse:
+        """Authenticate with the key of the pending registration's credential,
+        check the user id is still free, create the user entry (with the
+        OPAQUE record) and the initial client entry with its direct queue,
+        drop the ephemeral entry and hand out the credential. Mode: Client
+        2FA (:class:`~phoenix_ref.auth_tokens.RegistrationAuth`); no Privacy
+        Pass. Connection packages carry the credential, so the client
+        uploads them afterwards."""
         p = req.params
-        credential = req.auth.client_credential
-        user_id = credential.client_id.user_id
+        client_id = req.auth.client_id
+        user_id = client_id.user_id
         pending = self.ephemeral.get(_ephemeral_key(user_id), now_ms)  # 401 if none
-        if pending.client_credential != credential:
-            raise Unauthorized("the credential is not the one issued for this registration",
+        credential = pending.client_credential
+        if credential.client_id != client_id:
+            raise Unauthorized(f"the registration in progress for {user_id} is not {client_id}'s",
                                code="credential_mismatch")
-        self._verify_credential_auth("finish_user_registration", req.auth, p, now_ms)
+        req.auth.verify(credential.public_key, now_ms, self._binding("finish_user_registration", p),
+                        max_age_ms=self.config.auth_max_age_ms)
         queue_key = check_queue_encryption_key(p.queue_encryption_key)
         ratchet_key = check_ratchet_key(p.initial_queue_ratchet_key)
-        packages = [self._check_connection_package(cp, credential, now_ms) for cp in p.connection_packages]
-        self._check_package_count(len(packages))
         record = opaque.server_registration_finish(p.opaque_registration_record)
         with self.accounts.transaction():   # the entries and the queue, or nothing
             self.accounts.create_user(UserEntry(user_id, record, b""),
-                                      ClientEntry(credential.client_id, encode(credential)), packages)
-            self._create_queue(direct_queue_id(credential.client_id), queue_key, ratchet_key, now_ms)
+                                      ClientEntry(client_id, encode(credential)), [])
+            self._create_queue(direct_queue_id(client_id), queue_key, ratchet_key, now_ms)
         self.ephemeral.delete(_ephemeral_key(user_id))
+        return m.FinishUserRegistrationResponse(credential)
 
     def _create_queue(self, queue_id: bytes, queue_key: bytes, ratchet_key: bytes, now_ms: int) -> None:
         """Create a direct queue; a queue left over under this id (an owner
@@ -387,8 +413,11 @@ class AuthenticationCore:
                                code="no_pending_opaque")
         opaque.server_login_finish(pending.opaque_state, req.params.opaque_ke3)  # 401 on failure
         with self.accounts.transaction():   # the entries and every queue, or nothing
-            for cid in self.accounts.delete_user(client_id.user_id):
+            gone = self.accounts.delete_user(client_id.user_id)
+            for cid in gone:
                 self._delete_queue(direct_queue_id(cid))
+        for cid in gone:                    # metadata minimalism: the issuance counters go too
+            self.issuance.forget(cid)
 
     def _delete_queue(self, queue_id: bytes) -> None:
         try:
@@ -403,7 +432,9 @@ class AuthenticationCore:
         longer ago than ``max_client_age_ms`` (activity is kept to the month,
         ``#as-state``), with their connection packages and queues; a user
         entry goes with its last client. Alias queues are kept: the spec
-        sets no age for them. Returns the deleted clients."""
+        sets no age for them. Also drops the token issuance windows that
+        ended (metadata minimalism). Returns the deleted clients."""
+        self.issuance.purge(now_ms)
         gone = []
         for queue_id in self.queues.inactive(now_ms - self.config.max_client_age_ms):
             if not queue_id.startswith(b"c"):   # a client's queue (accounts.direct_queue_id)
@@ -532,10 +563,8 @@ class AuthenticationCore:
         """Issue Privacy Pass tokens (``#token-issuance``). Mode: Client
         Credential, also for clients of other homeservers; no Privacy Pass.
 
-        A local client must have a client entry with this credential or a
-        registration in progress with it; the latter may draw only the
-        ``pending_allowance`` (the token *finish user registration* needs),
-        since starting a registration costs nothing. A client of domain D is verified against D's AS
+        A local client must have a client entry with this credential (a
+        registration in progress holds no credential). A client of domain D is verified against D's AS
         credentials in ``remote_trust``; without them this raises
         :class:`UnknownSigner` with ``domain = D`` for the caller to fetch
         them and retry. The allowance is charged per client and, for
@@ -545,25 +574,13 @@ class AuthenticationCore:
         credential = req.auth.client_credential
         client_id = credential.client_id
         domain = client_id.as_domain
-        registering = False
         if domain == self.domain:
-            self._verify_credential_auth("request_tokens", req.auth, req.params, now_ms)
-            entry = self.accounts.get_client(client_id)
-            registered = entry is not None and entry.client_credential == encode(credential)
-            if not registered:
-                try:
-                    pending = self.ephemeral.get(_ephemeral_key(client_id.user_id), now_ms)
-                    registering = pending.client_credential == credential
-                except Unauthorized:
-                    pass
-            if not (registered or registering):
-                raise UnknownClient(f"{client_id} has no client entry with this credential")
+            self._client_auth("request_tokens", req.auth, req.params, now_ms)
         else:
             if remote_trust is None or not remote_trust.knows(domain):
                 raise UnknownSigner(f"the AS credentials of {domain} are needed", domain=domain)
             self._verify_credential_auth("request_tokens", req.auth, req.params, now_ms, remote_trust)
         key, elements = pp.check_token_request(req.params.token_request, self.secrets.token_keys,
                                                max_batch=self.issuance.limits.max_batch)
-        self.issuance.consume(client_id=client_id, client_domain=domain, n=len(elements), now_ms=now_ms,
-                              pending=registering)
+        self.issuance.consume(client_id=client_id, client_domain=domain, n=len(elements), now_ms=now_ms)
         return m.TokenResponse(pp.evaluate(key, elements))

@@ -20,6 +20,13 @@ Struct and field names are the spec's. Type mapping (docs/decisions.md):
   body of an endpoint whose authentication is not **None** is an
   ``…Request`` struct that puts the authentication first and the params
   second (see :mod:`phoenix_ref.auth_tokens` for the authentication structs).
+* Registration (docs/decisions.md, "Client credentials are released at
+  finish"): the client credential is handed out by *finish user
+  registration* (``FinishUserRegistrationResponse``), not by *init user
+  registration*, whose answer is the OPAQUE response alone; the finish is
+  authenticated with :class:`~phoenix_ref.auth_tokens.RegistrationAuth`,
+  and the first connection packages are uploaded after it, once the client
+  holds the credential they carry.
 * The spec gives no response struct for several endpoints; they answer with
   an empty body, except the dequeue endpoints, which answer with
   :class:`~phoenix_ref.queues.DequeueMessagesResponse`.
@@ -36,7 +43,7 @@ encryption key of the package it answers (label
 from __future__ import annotations
 
 from .. import crypto
-from ..auth_tokens import AliasAuth, ClientCredentialAuth
+from ..auth_tokens import AliasAuth, ClientCredentialAuth, RegistrationAuth
 from ..codec import U64, DecodeError, VarBytes, decode, encode, struct, vec
 from ..credentials import ClientCredential, ClientCsr, ExpirationData, verify_signature
 from ..crypto import HOMESERVER_PREFIX, EncryptContext, HPKECiphertext
@@ -52,7 +59,7 @@ __all__ = [
     # endpoint params and responses
     "Initiate2FaAuthenticationParams", "Initiate2FaAuthenticationResponse",
     "InitUserRegistrationParams", "InitUserRegistrationResponse",
-    "FinishUserRegistrationParams", "UpdateUserProfileParams", "UserProfileParams",
+    "FinishUserRegistrationParams", "FinishUserRegistrationResponse", "UpdateUserProfileParams", "UserProfileParams",
     "UserProfileResponse", "UploadUserIdPackages", "UserClientsParams", "UserClientsResponse",
     "DeleteUserParams", "DequeueMessagesParams", "EnqueueMessageParams", "RegisterAlias",
     "DeleteAlias", "DequeueAliasMessagesParams", "EnqueueAliasMessageParams",
@@ -202,16 +209,24 @@ class InitUserRegistrationParams:
 
 @struct
 class InitUserRegistrationResponse:
-    client_credential: ClientCredential
+    """The spec's answer without its ``client_credential``: the credential
+    waits in the ephemeral OPAQUE DB until the registration finishes."""
     opaque_registration_response: VarBytes
 
 
 @struct
 class FinishUserRegistrationParams:
+    """The spec's params without ``connection_packages``: a package carries
+    the client credential, which the client receives only in the answer."""
     queue_encryption_key: VarBytes        # HpkePublicKey
     initial_queue_ratchet_key: VarBytes   # RatchetKey
-    connection_packages: vec(ConnectionPackage)
     opaque_registration_record: VarBytes
+
+
+@struct
+class FinishUserRegistrationResponse:
+    """The client credential signed at *init user registration*, released now."""
+    client_credential: ClientCredential
 
 
 # --- profiles ---------------------------------------------------------------------
@@ -338,7 +353,7 @@ class Initiate2FaRequest:
 
 @struct
 class FinishUserRegistrationRequest:
-    auth: ClientCredentialAuth
+    auth: RegistrationAuth
     params: FinishUserRegistrationParams
 
 

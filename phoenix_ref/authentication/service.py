@@ -134,7 +134,7 @@ class AsService:
                                    client_allowance=lim.token_allowance,
                                    domain_allowance=lim.token_domain_allowance,
                                    max_batch=lim.token_batch_max)
-        policy = pp.IssuancePolicy(limits, self.gate.store, self.config.domain)
+        policy = pp.IssuancePolicy(limits, self.gate.store, self.config.domain, self.keystore.counter_secret)
         as_config = AsConfig(Fqdn(self.config.domain), max_client_age_ms=lim.as_max_client_age_s * 1000,
                              max_pending_registrations_per_source=lim.registrations_per_source)
         return AuthenticationCore(as_config, secrets, self.store.accounts, self.store.queues, policy)

@@ -3,7 +3,8 @@
 Two layers, like the services:
 
 * sans-IO builders — :class:`Registration` (OPAQUE registration plus CSR,
-  ``#initialize-user-registration`` / ``#finish-user-registration``),
+  ``#initialize-user-registration`` / ``#finish-user-registration``; the
+  credential arrives with the finish answer),
   :class:`AsIdentity` (a registered client: signs its requests with mode
   **Client Credential**, makes connection packages, decrypts its direct
   queue), :class:`AliasIdentity` (mode **Alias auth key**) and the
@@ -25,7 +26,7 @@ from typing import Any
 
 from .. import crypto, opaque
 from .. import privacy_pass as pp
-from ..auth_tokens import AliasAuth, ClientCredentialAuth
+from ..auth_tokens import AliasAuth, ClientCredentialAuth, RegistrationAuth
 from ..codec import encode
 from ..errors import Unauthorized
 from ..credentials import (
@@ -153,12 +154,15 @@ class AsIdentity:
 
 @dataclass
 class Registration:
-    """A registration in progress (``#initialize-user-registration``)."""
+    """A registration in progress (``#initialize-user-registration``). It
+    holds no credential: the AS hands that out in the finish answer
+    (docs/decisions.md, "Client credentials are released at finish")."""
     domain: Fqdn
     client_id: ClientId
     signing_key: crypto.SigningKey
     password: bytes
     opaque_state: bytes
+    queue: DirectQueueReader = field(default_factory=DirectQueueReader.new)
 
     @classmethod
     def start(cls, domain: Fqdn | str, password: bytes, intermediate_fingerprint: bytes, now_ms: int, *,
@@ -174,21 +178,22 @@ class Registration:
         start = opaque.client_registration_start(password)
         return cls(domain, client_id, key, password, start.state), m.InitUserRegistrationParams(csr, start.message)
 
-    def finish(self, response: m.InitUserRegistrationResponse, now_ms: int, *,
-               connection_packages: int = 1) -> tuple[AsIdentity, m.FinishUserRegistrationRequest]:
-        """Finish OPAQUE registration, create the direct queue keys and the
-        first connection packages; returns the identity and the request."""
-        if response.client_credential.client_id != self.client_id or \
-                response.client_credential.public_key != self.signing_key.public:
-            raise ValueError("the AS signed a credential for another client or key")
+    def finish(self, response: m.InitUserRegistrationResponse, now_ms: int) -> m.FinishUserRegistrationRequest:
+        """Finish OPAQUE registration and offer the direct queue keys; the
+        request is signed with the CSR's key (:class:`RegistrationAuth`)."""
         fin = opaque.client_registration_finish(self.password, self.opaque_state,
                                                 response.opaque_registration_response)
-        queue = DirectQueueReader.new()
-        ident = AsIdentity(self.domain, self.client_id, self.signing_key, response.client_credential,
-                           self.password, queue)
-        packages = [ident.connection_package(now_ms) for _ in range(connection_packages)]
-        p = m.FinishUserRegistrationParams(queue.keys.public, queue.state.ratchet_key, packages, fin.record)
-        return ident, m.FinishUserRegistrationRequest(ident.auth("finish_user_registration", p, now_ms), p)
+        p = m.FinishUserRegistrationParams(self.queue.keys.public, self.queue.state.ratchet_key, fin.record)
+        auth = RegistrationAuth.create(self.signing_key, self.client_id, now_ms,
+                                       request_binding(self.domain, "finish_user_registration", p))
+        return m.FinishUserRegistrationRequest(auth, p)
+
+    def identity(self, response: m.FinishUserRegistrationResponse) -> AsIdentity:
+        """The registered client, once the AS released its credential."""
+        credential = response.client_credential
+        if credential.client_id != self.client_id or credential.public_key != self.signing_key.public:
+            raise ValueError("the AS signed a credential for another client or key")
+        return AsIdentity(self.domain, self.client_id, self.signing_key, credential, self.password, self.queue)
 
 
 @dataclass

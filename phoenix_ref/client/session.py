@@ -135,11 +135,11 @@ class ClientSession:
         reg, init = Registration.start(domain, password, intermediate.fingerprint(), now, user_id=user_id,
                                        validity_ms=validity)
         response = await as_client.call(domain, "init_user_registration", init)
-        identity, finish = reg.finish(response, clock.now_ms(), connection_packages=connection_packages)
-        session = cls(as_client, identity, clock=clock, token_batch=token_batch)
-        # while pending, the AS issues only the one token finishing needs
-        await session.fetch_tokens(domain, 1)
-        await session.call(domain, "finish_user_registration", finish)
+        done = await as_client.call(domain, "finish_user_registration", reg.finish(response, clock.now_ms()))
+        session = cls(as_client, reg.identity(done), clock=clock, token_batch=token_batch)
+        if connection_packages:   # they carry the credential, which came with the finish answer
+            await session.call(domain, "upload_connection_packages",
+                               session.identity.upload_packages(connection_packages, clock.now_ms()))
         return session
 
     # --- Privacy Pass ------------------------------------------------------------------------
