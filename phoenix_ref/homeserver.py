@@ -224,7 +224,8 @@ class Homeserver:
     def _build_qs(self) -> QsService:
         store = self.qs_store
         core = QsCore(qs_config(self.config), KeystoreQsKeys(self.keystore), store.records,
-                      Queues(store.queue_store), store.outbound, transaction=store.transaction)
+                      Queues(store.queue_store), store.outbound, transaction=store.transaction,
+                      purge_deleted=store.purge_deleted)
         return QsService(core, self.clock, source_keys=RemoteSourceKeys(self.federation.keys),
                          on_queue_deleted=self._queue_deleted)
 

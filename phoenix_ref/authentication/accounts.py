@@ -35,8 +35,8 @@ from ..codec import decode, encode
 from ..errors import Conflict, NotFound
 from ..ids import Alias, ClientId, UserId
 from ..opaque import OpaqueServerSetup
-from ..queues import ActivityPrecision, QueueConfig, Queues, SqliteQueueStore
-from ..storage import open_connection, transaction
+from ..queues import TimePrecision, QueueConfig, Queues, SqliteQueueStore
+from ..storage import open_connection, purge_deleted, transaction
 
 __all__ = [
     "UserEntry", "ClientEntry", "AliasEntry", "QueueOwner", "AccountStore",
@@ -99,6 +99,9 @@ class AccountStore(Protocol):
     def delete_alias(self, alias: Alias) -> None: ...
     def add_alias_packages(self, alias: Alias, payloads: list[tuple[bytes, int]]) -> None: ...
     def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None: ...
+
+    # after deletions
+    def purge_deleted(self) -> None: ...
 
 
 _SCHEMA = """
@@ -287,6 +290,12 @@ class SqliteAccountStore:
             db.execute(f"DELETE FROM {table} WHERE id = ?", (rows[0][0],))
         return rows[0][1]
 
+    def purge_deleted(self) -> None:
+        """After entries were deleted (outside any transaction): wipe their old
+        versions from the write-ahead log too (:func:`phoenix_ref.storage.purge_deleted`;
+        metadata minimalism, docs/storage.md)."""
+        purge_deleted(self.connection, self.lock)
+
     # --- AS OPAQUE key material ------------------------------------------------------
 
     def opaque_server_setup(self) -> OpaqueServerSetup:
@@ -345,13 +354,14 @@ def open_as_storage(db: str | Path | sqlite3.Connection, lock: threading.RLock |
                     rotation_interval_ms: int | None = 24 * 3600 * 1000) -> tuple[SqliteAccountStore, Queues]:
     """The AS's storage in one SQLite database over one connection: accounts
     and direct queues (tables ``as_direct_*``, activity kept to the month,
-    ``#as-state``). ``db`` and ``lock`` as for :class:`SqliteAccountStore`;
+    ``#as-state``, rotation times to the day, docs/storage.md). ``db`` and ``lock`` as for :class:`SqliteAccountStore`;
     the queue store shares the account store's connection, so
     ``accounts.transaction()`` covers both. ``max_messages`` is the AS's
     "maximal number of requested messages" (``#configuration``). The caller
     closes the account store (the queue store owns nothing)."""
     accounts = SqliteAccountStore(db, lock)
-    cfg = QueueConfig(activity_precision=ActivityPrecision.MONTH, rotation_interval_ms=rotation_interval_ms)
+    cfg = QueueConfig(activity_precision=TimePrecision.MONTH, rotation_precision=TimePrecision.DAY,
+                      rotation_interval_ms=rotation_interval_ms)
     if max_messages is not None:
         cfg = dataclasses.replace(cfg, max_messages=max_messages)
     return accounts, Queues(SqliteQueueStore(accounts.connection, "as_direct", accounts.lock), cfg)

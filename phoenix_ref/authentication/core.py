@@ -389,6 +389,7 @@ class AuthenticationCore:
         with self.accounts.transaction():   # the entries and every queue, or nothing
             for cid in self.accounts.delete_user(client_id.user_id):
                 self._delete_queue(direct_queue_id(cid))
+        self.accounts.purge_deleted()
 
     def _delete_queue(self, queue_id: bytes) -> None:
         try:
@@ -416,6 +417,8 @@ class AuthenticationCore:
                     pass                   # a queue whose entry is gone already
                 self._delete_queue(queue_id)
             gone.append(client_id)
+        if gone:
+            self.accounts.purge_deleted()
         return gone
 
     # --- profiles -----------------------------------------------------------------------------
@@ -493,6 +496,7 @@ class AuthenticationCore:
         with self.accounts.transaction():
             self.accounts.delete_alias(req.params.alias)
             self._delete_queue(direct_queue_id(req.params.alias))
+        self.accounts.purge_deleted()
 
     def dequeue_alias_messages(self, req: m.DequeueAliasMessagesRequest, now_ms: int) -> DequeueMessagesResponse:
         """``#dequeue-alias-messages``. Mode: Alias auth key."""
