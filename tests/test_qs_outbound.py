@@ -474,16 +474,17 @@ def test_operator_report_and_unpark_through_the_cli(tmp_path, capsys):
                       1_767_225_600_000)
     store.park("b.example", "KeyError: 'x'", 1_767_225_600_000)
     store.close()
-    assert cli.main(["outbound", "--config", str(tmp_path / "hs" / "config.toml")]) == 0
+    assert cli.main(["admin", "--config", str(tmp_path / "hs" / "config.toml"), "outbound"]) == 0
     out = capsys.readouterr().out
     assert "b.example: 3 pending, PARKED since 2026-01-01 00:00:00 UTC: KeyError: 'x', 0 dead letters" in out
     assert "c.example: 0 pending, sending, 1 dead letters" in out
     assert "dead letter " + "09" * 16 + " refused 2026-01-01 00:00:00 UTC: 400 bad_message: " \
            "bad_message: no such field" in out
-    assert cli.main(["outbound", "--config", str(tmp_path / "hs" / "config.toml"), "--unpark", "b.example"]) == 0
+    assert cli.main(["admin", "--config", str(tmp_path / "hs" / "config.toml"), "outbound", "--unpark",
+                     "b.example"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("unparked b.example\n") and "b.example: 3 pending, sending" in out
-    assert cli.main(["outbound", "--config", str(tmp_path / "nowhere.toml")]) == 2
+    assert cli.main(["admin", "--config", str(tmp_path / "nowhere.toml"), "outbound"]) == 2
 
 
 def test_operator_report_of_an_idle_homeserver(tmp_path):

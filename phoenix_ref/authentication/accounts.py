@@ -40,7 +40,7 @@ from ..storage import open_connection, purge_deleted, transaction
 
 __all__ = [
     "UserEntry", "ClientEntry", "AliasEntry", "QueueOwner", "AccountStore",
-    "SqliteAccountStore", "direct_queue_id", "open_as_storage",
+    "SqliteAccountStore", "direct_queue_id", "delete_user_entirely", "open_as_storage",
 ]
 
 
@@ -241,6 +241,20 @@ class SqliteAccountStore:
                 raise NotFound(f"no user {user_id}", code="unknown_user")
             return cids
 
+    def count_users(self) -> int:
+        (n,) = self._read("SELECT COUNT(*) FROM users", ())
+        return n
+
+    def list_users(self, limit: int, after: UserId | None = None) -> list[tuple[UserId, int]]:
+        """Up to ``limit`` users with their number of clients, in the order of
+        their encoded ids, starting after ``after`` (operator listing)."""
+        with self.lock:
+            rows = self.connection.execute(
+                "SELECT u.user_id, COUNT(c.client_id) FROM users u LEFT JOIN clients c ON c.user_id = u.user_id "
+                "WHERE u.user_id > ? GROUP BY u.user_id ORDER BY u.user_id LIMIT ?",
+                (encode(after) if after is not None else b"", limit)).fetchall()
+        return [(decode(UserId, bytes(uid)), n) for uid, n in rows]
+
     def get_client(self, client_id: ClientId) -> ClientEntry | None:
         row = self._read("SELECT client_credential FROM clients WHERE client_id = ?", (encode(client_id),))
         return None if row is None else ClientEntry(client_id, row[0])
@@ -347,6 +361,24 @@ class SqliteAccountStore:
             rows = db.execute("SELECT id, payload FROM alias_packages WHERE alias = ? ORDER BY id LIMIT 2",
                               (key,)).fetchall()
             return self._take(db, "alias_packages", rows)
+
+
+def delete_user_entirely(accounts: "SqliteAccountStore | AccountStore", queues: Queues,
+                         user_id: UserId) -> list[ClientId]:
+    """Delete a user entry, its client entries and connection packages and
+    the clients' direct queues in one transaction, then purge the deleted
+    rows from the files (``spec/authentication_service.md#user-account-deletion``;
+    the AS core after Client 2FA, ``phoenix-ref admin delete-user`` without).
+    Returns the deleted clients; raises NotFound for an unknown user."""
+    with accounts.transaction():   # the entries and every queue, or nothing
+        clients = accounts.delete_user(user_id)
+        for cid in clients:
+            try:
+                queues.delete(direct_queue_id(cid))
+            except NotFound:
+                pass
+    accounts.purge_deleted()
+    return clients
 
 
 def open_as_storage(db: str | Path | sqlite3.Connection, lock: threading.RLock | None = None, *,

@@ -63,7 +63,7 @@ from ..paths import endpoint_path
 from ..queue_crypto import check_queue_encryption_key, check_ratchet_key
 from ..queues import DequeueMessagesResponse, Queues
 from . import messages as m
-from .accounts import AccountStore, AliasEntry, ClientEntry, UserEntry, direct_queue_id
+from .accounts import AccountStore, AliasEntry, ClientEntry, UserEntry, delete_user_entirely, direct_queue_id
 
 __all__ = [
     "AuthMode", "AsOperation", "OPERATIONS", "operation", "request_binding", "AsConfig", "AsSecrets",
@@ -386,10 +386,7 @@ class AuthenticationCore:
             raise Unauthorized(f"no 2FA login of {client_id} with this credential is in progress",
                                code="no_pending_opaque")
         opaque.server_login_finish(pending.opaque_state, req.params.opaque_ke3)  # 401 on failure
-        with self.accounts.transaction():   # the entries and every queue, or nothing
-            for cid in self.accounts.delete_user(client_id.user_id):
-                self._delete_queue(direct_queue_id(cid))
-        self.accounts.purge_deleted()
+        delete_user_entirely(self.accounts, self.queues, client_id.user_id)
 
     def _delete_queue(self, queue_id: bytes) -> None:
         try:

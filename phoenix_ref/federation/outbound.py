@@ -255,6 +255,10 @@ class SqliteOutboundStore:
         shared connection has open."""
         return transaction(self._conn, self._lock)
 
+    def set_keys(self, keys: OutboundKeys) -> None:
+        """Seal and open with ``keys`` from now on (the operator rotated the secret)."""
+        self._keys = keys
+
     def _sealer(self) -> OutboundKeys:
         if self._keys is None:
             raise OutboundKeyError("this outbound store was opened without the outbound queue keys")

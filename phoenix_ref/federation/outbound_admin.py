@@ -1,4 +1,4 @@
-"""The operator's view of the QS-to-QS queues: ``phoenix-ref outbound``.
+"""The operator's view of the QS-to-QS queues: ``phoenix-ref admin --config FILE outbound``.
 
 Reads the QS database of a homeserver (``qs.sqlite3`` in its data
 directory) — also while the homeserver runs, SQLite's WAL lets both at it —
@@ -61,7 +61,7 @@ def format_report(reports: list[DestinationReport]) -> str:
 
 
 def run(data_dir: Path, unpark: str | None = None, recent: int = 3) -> str:
-    """The text ``phoenix-ref outbound`` prints (after unparking ``unpark``)."""
+    """The text ``phoenix-ref admin … outbound`` prints (after unparking ``unpark``)."""
     path = Path(data_dir) / QS_DATABASE
     if not path.exists():
         raise FileNotFoundError(f"no QS database {path}")
