@@ -365,7 +365,7 @@ async def test_an_operator_unpark_in_the_store_is_noticed_and_a_restart_retries(
         await sender.submit("b.example", b"\x01" * 16, b"x", 0)
         await _wait_until(lambda: sender.is_parked("b.example"))
         assert "ValueError: bug" == store.parked()["b.example"].reason
-        operator = SqliteOutboundStore(db, keys=None)   # what `phoenix-ref outbound --unpark` does
+        operator = SqliteOutboundStore(db, keys=None)   # what `phoenix-ref admin … outbound --unpark` does
         assert operator.unpark("b.example")
         operator.close()
         assert len(remote.calls) == 1

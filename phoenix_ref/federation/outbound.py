@@ -27,7 +27,7 @@ homeserver's Trio nursery, then delivers that queue:
 * **bugs parked, not retried forever**: an exception that is no answer and
   no network failure is logged with its traceback, counted, and parks its
   destination until an operator unparks it or the process restarts
-  (:class:`OutboundSender`; ``phoenix-ref outbound`` lists pending counts,
+  (:class:`OutboundSender`; ``phoenix-ref admin … outbound`` lists pending counts,
   parkings and dead letters, :mod:`.outbound_admin`).
 
 The module knows nothing about what it carries: the caller provides a
@@ -448,7 +448,7 @@ class OutboundSender:
     failure (a bug in ``send``, in a callback, in the store, a payload that
     no longer opens) — are logged with their traceback and counted in
     :attr:`stats`; the destination is *parked*: recorded in the store with
-    the reason (the operator's ``phoenix-ref outbound`` lists it) and sent
+    the reason (the operator's ``phoenix-ref admin … outbound`` lists it) and sent
     nothing more until :meth:`unpark` or an operator's unpark in the store
     (looked for every ``policy.park_check_interval`` seconds), or a restart
     (:meth:`run` retries parked destinations once). Other destinations go on.
@@ -602,7 +602,7 @@ class OutboundSender:
         self.stats["programming_errors"] += 1
         reason = f"{type(error).__name__}: {error}"
         log.exception("outbound to %s: programming error; destination parked until an operator unparks it "
-                      "(phoenix-ref outbound --unpark %s) or a restart", destination, destination, exc_info=error)
+                      "(phoenix-ref admin --config FILE outbound --unpark %s) or a restart", destination, destination, exc_info=error)
         unparked = trio.Event()
         try:
             await self._store(self.store.park, destination, reason, self.now_ms())
