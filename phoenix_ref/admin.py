@@ -223,6 +223,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     c = command("outbound", "list outbound federation queues, parked senders and dead letters",
                 "outbound --unpark b.example")
     c.add_argument("--unpark", metavar="DOMAIN", help="let the parked sender of DOMAIN go on")
+    c.add_argument("--drop-dead-letters", metavar="DOMAIN", help="delete the dead letters of DOMAIN (once read)")
     command("keys", "list the key material: every key, which is current, which are revoked", "keys")
     c = command("rotate-key", "make a new current key of one kind; older keys stay published",
                 "rotate-key qs_signing")
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace, now_ms: int | None = None) -> str:
     if cmd == "delete-user":
         return delete_user(config, args.user_id)
     if cmd == "outbound":
-        return outbound_admin.run(config.data_dir, unpark=args.unpark)
+        return outbound_admin.run(config.data_dir, unpark=args.unpark, drop_dead_letters=args.drop_dead_letters)
     if cmd == "keys":
         return list_keys(config)
     if cmd == "rotate-key":

@@ -484,6 +484,10 @@ def test_operator_report_and_unpark_through_the_cli(tmp_path, capsys):
                      "b.example"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("unparked b.example\n") and "b.example: 3 pending, sending" in out
+    assert cli.main(["admin", "--config", str(tmp_path / "hs" / "config.toml"), "outbound", "--drop-dead-letters",
+                     "c.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("deleted 1 dead letters of c.example\n") and "c.example" not in out.split("\n", 1)[1]
     assert cli.main(["admin", "--config", str(tmp_path / "nowhere.toml"), "outbound"]) == 2
 
 

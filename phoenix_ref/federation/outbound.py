@@ -59,7 +59,7 @@ from typing import Awaitable, Callable, Protocol
 
 import trio
 
-from ..storage import open_connection, transaction
+from ..storage import open_connection, purge_deleted, transaction
 from .client import FederationError, NotFederated, RemoteRefused
 from .outbound_crypto import OutboundKeyError, OutboundKeys
 
@@ -335,6 +335,14 @@ class SqliteOutboundStore:
                 "WHERE destination = ? ORDER BY id DESC LIMIT ?", (destination, limit)).fetchall()
         return [DeadLetter(destination, bytes(mid), enq, rej, status, code, msg)
                 for mid, enq, rej, status, code, msg in rows]
+
+    def drop_dead_letters(self, destination: str) -> int:
+        """Delete the dead letters of ``destination`` (the operator has read
+        them) and wipe them from the files; returns how many there were."""
+        with self._tx() as db:
+            n = db.execute("DELETE FROM outbound_dead_letters WHERE destination = ?", (destination,)).rowcount
+        purge_deleted(self._conn, self._lock)
+        return n
 
 
 # --- outcomes of one delivery attempt ----------------------------------------------------
