@@ -25,7 +25,7 @@ from ..credentials import ClientCredential, TrustStore
 from ..crypto import HPKECiphertext, SigningKey, decrypt_with_label
 from ..delivery import messages as m
 from ..delivery.core import EAR_KEY_LABEL
-from ..ids import Fqdn, GroupId
+from ..ids import GroupId
 from ..mls.extensions import ExternalSender, ExternalSenders, RolesExtension, get_extension, set_extension, \
     to_extension
 from ..mls.group import ApplicationMessage, CommitMessage, CommitResult, Group

@@ -244,6 +244,7 @@ class QsCore:
     def __init__(self, config: QsConfig, keys: QsKeys, records: QsRecords, queues: Queues,
                  outbound: OutboundStore, *, config_cache: SealedConfigCache | None = None,
                  transaction: Callable[[], AbstractContextManager] = nullcontext,
+                 purge_deleted: Callable[[], object] = lambda: None,
                  rate_limits: WindowCounters | None = None):
         self.config = config
         self.keys = keys
@@ -259,6 +260,10 @@ class QsCore:
         #: when the stores share an SQLite database; the in-memory test stores
         #: have no rollback and use ``nullcontext``).
         self.transaction = transaction
+        #: Called after client records were deleted, outside the transaction:
+        #: wipes the deleted rows' old versions from the database's files
+        #: (``QsStore.purge_deleted``; metadata minimalism, docs/storage.md).
+        self.purge_deleted = purge_deleted
         #: Called with the QsCids of deleted client records, after the deletion
         #: (the service closes their websockets). Any thread may call it.
         self.on_clients_deleted: Callable[[list[QsCid]], None] | None = None
@@ -357,7 +362,10 @@ class QsCore:
         return Empty()
 
     def _clients_deleted(self, qs_cids: list[QsCid]) -> None:
-        if qs_cids and self.on_clients_deleted is not None:
+        if not qs_cids:
+            return
+        self.purge_deleted()
+        if self.on_clients_deleted is not None:
             self.on_clients_deleted(qs_cids)
 
     def _delete_queue(self, qs_cid: QsCid) -> None:

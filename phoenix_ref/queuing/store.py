@@ -36,7 +36,7 @@ import trio
 from ..federation.outbound import SqliteOutboundStore
 from ..federation.outbound_crypto import OutboundKeys
 from ..queues import SqliteQueueStore
-from ..storage import open_connection, transaction
+from ..storage import open_connection, purge_deleted, transaction
 from .records import SqliteQsRecords
 
 __all__ = ["QsStore"]
@@ -59,6 +59,10 @@ class QsStore:
         """One SQLite transaction around the store calls made inside it (same
         thread): they all commit at its end or none does."""
         return transaction(self.connection, self.lock)
+
+    def purge_deleted(self) -> bool:
+        """After a deletion of records: :func:`phoenix_ref.storage.purge_deleted`."""
+        return purge_deleted(self.connection, self.lock)
 
     @classmethod
     async def open(cls, path: Path | str, outbound_keys: OutboundKeys) -> "QsStore":
