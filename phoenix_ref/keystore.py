@@ -17,7 +17,7 @@ What the spec says each service holds:
 * AS: the secret that names the Privacy Pass issuance counters
   (``privacy_pass_counter``; :class:`~phoenix_ref.privacy_pass.IssuancePolicy`
   stores an HMAC of each client id and domain under it, not the names —
-  ``docs/storage-privacy-pass.md``). Created when missing, like the above.
+  ``docs/storage.md, "Privacy Pass store"``). Created when missing, like the above.
 
 Layout (docs/decisions.md): one file per key, ``<kind>-<n>.key`` holding the
 private key in hex (mode 0600), plus ``<kind>-<n>.cred`` with the encoded
@@ -146,7 +146,7 @@ class Keystore:
             return False
         fresh = Keystore.load(self.keys_dir, self.domain)
         for name in ("as_credentials", "as_intermediates", "qs_signing_keys", "qs_queue_config_keys",
-                     "ds_signing_keys", "qs_outbound_secrets"):
+                     "ds_signing_keys", "qs_outbound_secrets", "privacy_pass_counter_secrets"):
             getattr(self, name)[:] = getattr(fresh, name)
         self.files = fresh.files
         return True
@@ -155,11 +155,12 @@ class Keystore:
         """``(kind, n, current, public part, fingerprint)`` of every loaded
         key, current first per kind: for an AS credential its fingerprint
         and end of validity, for a key pair its public key, for the outbound
-        secret only its number (it is secret). ``fingerprint`` is the AS
+        and counter secrets only their number (they are secret). ``fingerprint`` is the AS
         credential's, else None."""
         lists = {"as_credential": self.as_credentials, "as_intermediate": self.as_intermediates,
                  "qs_signing": self.qs_signing_keys, "qs_queue_config": self.qs_queue_config_keys,
-                 "ds_signing": self.ds_signing_keys, "qs_outbound": self.qs_outbound_secrets}
+                 "ds_signing": self.ds_signing_keys, "qs_outbound": self.qs_outbound_secrets,
+                 "privacy_pass_counter": self.privacy_pass_counter_secrets}
         out = []
         for kind in KINDS:
             numbers = sorted(self._numbers(kind), reverse=True)
@@ -168,7 +169,7 @@ class Keystore:
                     cred = entry[0]
                     text = f"fingerprint {cred.fingerprint().hex()}, valid until {_day(cred.expiration_data.not_after)}"
                     out.append((kind, n, i == 0, text, cred.fingerprint()))
-                elif kind == "qs_outbound":
+                elif kind in ("qs_outbound", "privacy_pass_counter"):
                     out.append((kind, n, i == 0, "secret", None))
                 else:
                     out.append((kind, n, i == 0, f"public key {entry.public.hex()}", None))

@@ -147,7 +147,7 @@ def test_keystore_outbound_secret_rotates_and_is_added_to_an_older_keys_director
 
 def test_keystore_counter_secret_survives_reloading_and_is_added_to_an_older_keys_directory(tmp_path):
     """The secret that names the Privacy Pass issuance counters
-    (docs/storage-privacy-pass.md): the same after a restart, or every window
+    (docs/storage.md, "Privacy Pass store"): the same after a restart, or every window
     would restart with it."""
     ks = Keystore.create(tmp_path / "k", "a.example", 1_767_225_600_000)
     assert len(ks.counter_secret) == 32
