@@ -25,6 +25,7 @@ from phoenix_ref.mls.extensions import RolesExtension, set_extension
 from phoenix_ref.mls.group import Group
 from phoenix_ref.mls.keypackage import create_key_package
 from phoenix_ref.mls.messages import make_key_package_ref
+from phoenix_ref.mls.tree import RatchetTree
 from phoenix_ref.queuing.messages import ClientQueueConfig
 from phoenix_ref.spec_plugin import spec
 from tests.test_credentials import T0, Issuer
@@ -189,3 +190,48 @@ def test_welcome_information_needs_the_joiners_key_package_ref(world):
     req = signed_request("ds_welcome_info", stale, gid, bundle.signing_key, ok.body.auth.sender_id, now)
     with pytest.raises(NotFound):
         world.core.welcome_info(req.body, world.rows[gid], now)
+
+
+@spec("spec/delivery_service.md#updating-the-sending-clients-own-key-material", "MUST")
+@spec("spec/delivery_service.md#ds-state", "MUST")
+def test_a_joiners_update_drops_its_past_state(world):
+    gid, member = world.create()
+    key, cred = world.client()
+    package, info, fkey, bundle = add_package(world)
+    request = member.add_request([(package, info, fkey)], key, cred.client_id)
+    welcome = request.body.params.welcome
+    world.call(member, request)
+    now = world.clock.now_ms()
+    ref = DsKeyPackageRef(make_key_package_ref(bundle.key_package))
+    params = m.WelcomeInfoParams(gid, member.ear_key, member.group.epoch)
+    answer = world.core.welcome_info(signed_request("ds_welcome_info", params, gid, bundle.signing_key, ref,
+                                                    now).body, world.rows[gid], now)
+    joiner_group = Group.join_from_welcome(welcome, bundle, ratchet_tree=RatchetTree.from_nodes(answer.public_tree),
+                                           clock=world.clock)
+    leaf_identity = dataclasses.replace(member.leaf, signing_key=bundle.signing_key)
+    joiner = GroupMember(gid, joiner_group, leaf_identity, member.ear_key, member.credential_key, world.clock,
+                         members=dict(member.members))
+    world.call(joiner, joiner.update_request())          # E18: the joiner committed
+    with pytest.raises(NotFound):
+        world.core.welcome_info(signed_request("ds_welcome_info", params, gid, bundle.signing_key, ref,
+                                               now).body, world.rows[gid], now)
+
+
+@spec("spec/delivery_service.md#ds-induced-removals", "MUST")
+@spec("spec/federation/use_cases.md#authentication-key-distribution", "MUST")
+def test_ds_removals_still_work_after_the_ds_key_rotated(world):
+    gid, member = world.create()
+    key, cred = world.client()
+    package, info, fkey, _ = add_package(world)
+    world.call(member, member.add_request([(package, info, fkey)], key, cred.client_id))
+    old = world.ds_key
+    world.core = DsCore(DsConfig(A, max_inactivity_days=1), [SigningKey.generate(), old])   # rotated: new first
+    world.clock.advance(3 * 24 * 3600 * 1000)
+    outcome = world.call(member, member.send_request(b"anyone?"))
+    removals = [fo.message_content for fo in outcome.fan_outs
+                if type(fo.message_content).__name__ == "ClientInactivityRemoval"]
+    assert len(removals) == 1
+    proposal = removals[0].proposals[0]
+    assert proposal.public_message.content.sender.sender_index == 0     # the group's one external sender: old key
+    member.group.process(proposal)                                       # a member verifies it with that key
+    assert len(member.group.proposals) == 1

@@ -155,6 +155,14 @@ class GroupMember:
         return self._request("ds_update_client", m.UpdateClientParams(result.message, self.ear_key,
                                                                       self._update(result)))
 
+    def roles_request(self, admins: list[int]) -> PendingRequest:
+        """*Update client* that also sets the group's admins (admins only, A7)."""
+        roles = RolesExtension(sorted(admins), [])
+        gce = GroupContextExtensions(set_extension(self.group.group_context.extensions, roles))
+        result = self.group.commit(proposals=[gce])
+        return self._request("ds_update_client", m.UpdateClientParams(result.message, self.ear_key,
+                                                                      self._update(result)))
+
     def self_remove_request(self) -> PendingRequest:
         proposal = self.group.propose_remove(self.group.leaf_index)
         return self._request("ds_self_remove_user", m.SelfRemoveUserParams(proposal, self.ear_key))
