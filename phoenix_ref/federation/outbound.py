@@ -381,8 +381,9 @@ def outcome_of_failure(error: Exception) -> Outcome | None:
     """What an exception raised by a delivery attempt means for the message.
 
     The receiver's answer (:class:`~.client.RemoteRefused`): 409
-    ``duplicate_message`` is :class:`Delivered` (an earlier attempt got
-    through); 429 and 5xx are :class:`RetryLater` (with the ``Retry-After``
+    ``duplicate_message`` is :class:`Delivered` with an empty answer (an
+    earlier attempt got through; phoenix_ref itself answers a replay with
+    200 and the first answer, other implementations may refuse it); 429 and 5xx are :class:`RetryLater` (with the ``Retry-After``
     it gave); any other status is :class:`Rejected`. A destination the
     operator does not federate with is Rejected (403). A network or TLS
     failure, a timeout or an answer that does not decode, and any

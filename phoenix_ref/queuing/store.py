@@ -5,8 +5,8 @@ keystore. Everything else the spec lists under *QS state* lives in the
 homeserver's ``qs.sqlite3``, in three groups of tables:
 
 * ``qs_users``, ``qs_clients``, ``qs_key_packages``, ``qs_blocklist``,
-  ``qs_seen_messages`` — records, KeyPackages, blocklists and the
-  federated replay cache
+  ``qs_message_ids`` — records, KeyPackages, blocklists and the
+  taken message ids (federated replays, the local DS's hand-overs)
   (:class:`~phoenix_ref.queuing.records.SqliteQsRecords`);
 * ``qs_queues``, ``qs_ratchets``, ``qs_messages`` — the fan-out queues with
   their encryption key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
