@@ -103,6 +103,11 @@ class DsService:
         now = self.clock.now_ms()
         return await trio.to_thread.run_sync(lambda: self.core.welcome_info(req, self.store.read_group(gid), now))
 
+    async def external_commit_info(self, req: m.ExternalCommitInfoParams) -> m.ExternalCommitInfoResponse:
+        now = self.clock.now_ms()
+        return await trio.to_thread.run_sync(
+            lambda: self.core.external_commit_info(req, self.store.read_group(req.group_id), now))
+
     async def group_request(self, name: str, req: Any) -> Any:
         """A request that may change the group and fan out (module docstring)."""
         gid = group_id_of_request(req)
