@@ -54,7 +54,9 @@ from ..queuing.messages import (
     ProposalContent, QueueDeletionRemoval, WelcomeBundle,
 )
 from . import messages as m
-from .group_state import ClientProfile, GroupState, Joiner, PastGroupState, WrongEarKey, open_state, seal_state
+from .group_state import (
+    SEAL_OVERHEAD, ClientProfile, GroupState, Joiner, PastGroupState, WrongEarKey, open_state, seal_state,
+)
 
 __all__ = ["DsConfig", "DsCore", "GroupRow", "Outcome", "group_id_of_request", "DAY_MS",
            "EAR_KEY_LABEL", "DELETED_QUEUE_LABEL", "ProposalStoreNotEmpty", "WrongEpoch"]
@@ -84,7 +86,8 @@ class DsConfig:
     max_token_age_ms: int = 3600 * 1000                 # #ds-configuration-options
     max_inactivity_days: int = 90                       # #ds-configuration-options
     max_key_package_age_days: int = 90                  # decision A9
-    bucket_bytes: int = 4096                            # decision A19
+    min_bucket_bytes: int = 4096                        # decision A19
+    padding_percentile: int = 8                         # #ds-configuration-options ("1..10", a decile)
 
 
 @dataclass
@@ -151,7 +154,23 @@ class DsCore:
 
     def __init__(self, config: DsConfig, signing_keys: Sequence[SigningKey]):
         self.config = config
-        self.signing_keys = list(signing_keys)
+        self.signing_keys = signing_keys     # the keystore's list: a rotation shows here
+        #: the padding bucket (decision A19), recomputed from the stored
+        #: sizes by :meth:`set_bucket`
+        self.bucket_bytes = config.min_bucket_bytes
+
+    def set_bucket(self, stored_sizes: Sequence[int]) -> int:
+        """Decision A19: the bucket is the size of the stored state at the
+        configured decile (ordered by size), at least the minimum; every
+        state is padded to a multiple of it. ``stored_sizes`` are the
+        lengths of the stored ciphertexts, which the database shows anyway."""
+        sizes = sorted(stored_sizes)
+        bucket = self.config.min_bucket_bytes
+        if sizes:
+            at = sizes[max(0, -(-len(sizes) * self.config.padding_percentile // 10) - 1)]
+            bucket = max(bucket, at - SEAL_OVERHEAD)
+        self.bucket_bytes = bucket
+        return bucket
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -185,7 +204,7 @@ class DsCore:
             raise Forbidden(str(e), code="wrong_ear_key") from None
 
     def _seal(self, st: GroupState, out: Outcome) -> Outcome:
-        out.sealed_state = seal_state(st, st.ear_key, self.config.bucket_bytes)
+        out.sealed_state = seal_state(st, st.ear_key, self.bucket_bytes)
         return out
 
     def _today(self, now_ms: int) -> int:

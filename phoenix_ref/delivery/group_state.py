@@ -33,10 +33,12 @@ from ..queuing.messages import ClientQueueConfig
 from .messages import EAR_KEY_LEN, LeafCredentialInformation
 
 __all__ = ["ClientProfile", "Joiner", "PastGroupState", "GroupState", "seal_state", "open_state",
-           "WrongEarKey", "DEFAULT_BUCKET_BYTES"]
+           "WrongEarKey", "DEFAULT_BUCKET_BYTES", "SEAL_OVERHEAD"]
 
 #: The smallest padding bucket (docs/decisions.md, A19).
 DEFAULT_BUCKET_BYTES = 4096
+#: What sealing adds to the padded plaintext: the nonce and the AEAD tag.
+SEAL_OVERHEAD = NN + 16
 
 
 class WrongEarKey(CryptoError):
