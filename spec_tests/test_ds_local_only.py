@@ -95,8 +95,8 @@ async def test_a_client_of_another_homeserver_cannot_create_a_group_here(deploym
         await alice.invite(gid, [bob.user_id])
         await until(lambda: gid in bob.groups, bob)
         await bob.send(gid, b"hi alice")
-        await until(lambda: alice.groups[gid].received, alice)
-        assert [r.data for r in alice.groups[gid].received] == [b"hi alice"]
+        await until(lambda: alice.text_bodies(gid), alice)
+        assert alice.text_bodies(gid) == [b"hi alice"]
 
         # and Bob creates groups on his own homeserver's DS
         assert str((await bob.create_group()).ds_domain) == B
