@@ -212,7 +212,7 @@ class Bench:
         st = open_state(gid, row.sealed_state, self.creator.ear_key)
         dropped = len(st.past_states)
         st.past_states = []
-        sealed = seal_state(st, st.ear_key, self.core.config.bucket_bytes)
+        sealed = seal_state(st, st.ear_key, self.core.bucket_bytes)
         self.store.store_outcome(gid, Outcome(sealed_state=sealed), [], self.clock.now_ms())
         return dropped
 
