@@ -27,7 +27,7 @@ The choices where the spec is silent are the entries A1–A42 of
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..auth_tokens import DsAuthToken, DsKeyPackageRef, DsLeafIndex, RequestBinding
 from ..codec import DecodeError, decode, encode
@@ -511,15 +511,44 @@ class DsCore:
         out.send([cfg for leaf, cfg in sorted(before.items()) if leaf != committer],
                  CommitContent(message))
 
+    def _member_commit(self, name: str, req: Any, row: GroupRow | None, now_ms: int,
+                       rules: Callable[[GroupState, PublicCommit, int], Any],
+                       apply: Callable[[GroupState, PublicCommit, Any, Outcome], None] | None = None, *,
+                       admin: bool, empty_store: bool = True) -> Outcome:
+        """What the member commit endpoints share (``#validation``): the
+        sender's token, the proposal-store rule (R16), the admin rule, the
+        public view's checks, the endpoint's ``rules`` (their result goes to
+        ``apply``), the roles rule (A7) and the GroupInfo signature — then
+        the merge, the endpoint's ``apply`` to the state, the bookkeeping of
+        :meth:`_finish_commit` and the fan-out."""
+        p = req.params
+        st, leaf, out, changed = self._begin(name, req, row, now_ms)
+        try:
+            if empty_store:
+                self._require_empty_store(st)
+            if admin:
+                self._require_admin(st, leaf)
+            commit = self._validate_commit(st, p.commit, leaf, now_ms)
+            found = rules(st, commit, leaf)
+            self._check_roles(st, commit, leaf)
+            before = {i: c.client_queue_config for i, c in st.clients.items()}
+            self._merge(st, commit, p.group_info_update)
+        except ProtocolError as e:
+            return self._refused(st, out, changed, e)
+        self._finish_commit(st, p.commit, commit, leaf, before, out, now_ms)
+        if apply is not None:
+            apply(st, commit, found, out)
+        out.response = m.Empty()
+        return self._seal(st, out)
+
     def add_users(self, req: m.AddUsersRequest, row: GroupRow | None, now_ms: int) -> Outcome:
-        """``#adding-new-users-to-the-group`` (A10, A12, A9, A24)."""
+        """``#adding-new-users-to-the-group`` (A10, A12, A9, A24): admins
+        only, Adds only, one credential (AAD) and one attribution per Add; the
+        joiners get profiles, a past state and a WelcomeBundle each."""
         p = req.params
         gid = group_id_of_request(req)
-        st, leaf, out, changed = self._begin("ds_add_users", req, row, now_ms)
-        try:
-            self._require_empty_store(st)
-            self._require_admin(st, leaf)
-            commit = self._validate_commit(st, p.commit, leaf, now_ms)
+
+        def rules(st: GroupState, commit: PublicCommit, leaf: int):
             values = self._by_value(commit)
             self._only(values, (Add,), "an add-users commit")
             adds = [x.proposal.key_package for x in values]
@@ -533,24 +562,22 @@ class DsCore:
             aad = _decode_aad(m.AddUsersParamsAad, commit)
             if len(aad.encrypted_credential_information) != len(adds):
                 raise Malformed("one encrypted credential per Add in the commit's AAD (A12)", code="bad_aad")
-            configs = [self._check_added(kp, now_ms) for kp in adds]
-            self._check_roles(st, commit, leaf)
-            before = {i: c.client_queue_config for i, c in st.clients.items()}
-            self._merge(st, commit, p.group_info_update)
-        except ProtocolError as e:
-            return self._refused(st, out, changed, e)
-        today = self._today(now_ms)
-        joiners = []
-        for (index, kp), info, cfg in zip(commit.applied.added, aad.encrypted_credential_information, configs):
-            st.add_client(ClientProfile(index, info, cfg, today, st.public.epoch))
-            joiners.append(Joiner(make_key_package_ref(kp), index, kp.leaf_node.lifetime.not_after))
-        self._finish_commit(st, p.commit, commit, leaf, before, out, now_ms)
-        st.past_states.append(PastGroupState.of(st.public.epoch, st.public.tree, st.credential_chains(), joiners))
-        for (index, kp), wai, cfg in zip(commit.applied.added, p.welcome_attribution_info, configs):
-            ear = encrypt_with_label(kp.init_key, EAR_KEY_LABEL, encode(gid), st.ear_key)
-            out.send([cfg], WelcomeBundle(p.welcome, wai, encode(ear), b"", gid))
-        out.response = m.Empty()
-        return self._seal(st, out)
+            return aad.encrypted_credential_information, [self._check_added(kp, now_ms) for kp in adds]
+
+        def apply(st: GroupState, commit: PublicCommit, found, out: Outcome) -> None:
+            infos, configs = found
+            today = self._today(now_ms)
+            joiners = []
+            for (index, kp), info, cfg in zip(commit.applied.added, infos, configs):
+                st.add_client(ClientProfile(index, info, cfg, today, st.public.epoch))
+                joiners.append(Joiner(make_key_package_ref(kp), index, kp.leaf_node.lifetime.not_after))
+            st.past_states.append(PastGroupState.of(st.public.epoch, st.public.tree, st.credential_chains(),
+                                                    joiners))
+            for (index, kp), wai, cfg in zip(commit.applied.added, p.welcome_attribution_info, configs):
+                ear = encrypt_with_label(kp.init_key, EAR_KEY_LABEL, encode(gid), st.ear_key)
+                out.send([cfg], WelcomeBundle(p.welcome, wai, encode(ear), b"", gid))
+
+        return self._member_commit("ds_add_users", req, row, now_ms, rules, apply, admin=True)
 
     def _check_added(self, kp: KeyPackage, now_ms: int) -> ClientQueueConfig:
         """E6, E7 and A42 for an added KeyPackage; returns its queue config."""
@@ -588,32 +615,20 @@ class DsCore:
             raise Malformed("the LeafCredential has expired", code="bad_leaf_credential")
 
     def remove_users(self, req: m.RemoveUsersRequest, row: GroupRow | None, now_ms: int) -> Outcome:
-        """``#remove-users`` (A27, A7)."""
-        p = req.params
-        st, leaf, out, changed = self._begin("ds_remove_users", req, row, now_ms)
-        try:
-            self._require_empty_store(st)
-            self._require_admin(st, leaf)
-            commit = self._validate_commit(st, p.commit, leaf, now_ms)
-            values = self._by_value(commit)
-            self._only(values, (Remove, GroupContextExtensions), "a remove-users commit")
+        """``#remove-users`` (A27, A7): admins only, Removes (and the roles
+        change that drops removed admins) only."""
+        def rules(st: GroupState, commit: PublicCommit, leaf: int) -> None:
+            self._only(self._by_value(commit), (Remove, GroupContextExtensions), "a remove-users commit")
             if not commit.applied.removed:
                 raise Malformed("a remove-users commit removes someone", code="proposal_not_allowed")
-            self._check_roles(st, commit, leaf)
-            before = {i: c.client_queue_config for i, c in st.clients.items()}
-            self._merge(st, commit, p.group_info_update)
-        except ProtocolError as e:
-            return self._refused(st, out, changed, e)
-        self._finish_commit(st, p.commit, commit, leaf, before, out, now_ms)
-        out.response = m.Empty()
-        return self._seal(st, out)
+
+        return self._member_commit("ds_remove_users", req, row, now_ms, rules, admin=True)
 
     def update_client(self, req: m.UpdateClientRequest, row: GroupRow | None, now_ms: int) -> Outcome:
-        """``#updating-the-sending-clients-own-key-material`` (A26, A14)."""
-        p = req.params
-        st, leaf, out, changed = self._begin("ds_update_client", req, row, now_ms)
-        try:
-            commit = self._validate_commit(st, p.commit, leaf, now_ms)
+        """``#updating-the-sending-clients-own-key-material`` (A26, A14): a
+        path, every stored proposal and nothing else but a roles change; a
+        new leaf credential comes with new credential information."""
+        def rules(st: GroupState, commit: PublicCommit, leaf: int):
             if commit.staged.path is None:
                 raise Malformed("an update commit carries an UpdatePath", code="path_required")
             stored = {x.ref for x in st.public.proposals}
@@ -623,24 +638,22 @@ class DsCore:
             self._only(self._by_value(commit), (GroupContextExtensions,), "an update commit")
             aad = _decode_aad(m.UpdateClientParamsAad, commit, empty_ok=True)
             info = aad.option_encrypted_credential_information if aad is not None else None
-            old_cred = encode(st.public.tree.leaf(leaf).credential)
-            if encode(commit.tree.leaf(leaf).credential) != old_cred:
+            if encode(commit.tree.leaf(leaf).credential) != encode(st.public.tree.leaf(leaf).credential):
                 if info is None:
                     raise Malformed("a new credential needs new credential information in the AAD (E15)",
                                     code="bad_aad")
                 self._check_leaf_credential(commit.tree.leaf(leaf), now_ms)
-            self._check_roles(st, commit, leaf)
-            before = {i: c.client_queue_config for i, c in st.clients.items()}
-            self._merge(st, commit, p.group_info_update)
-        except ProtocolError as e:
-            return self._refused(st, out, changed, e)
-        if info is not None:
-            old = st.clients[leaf]
-            st.clients[leaf] = ClientProfile(leaf, info, old.client_queue_config, old.activity_day,
-                                             old.activity_epoch)
-        self._finish_commit(st, p.commit, commit, leaf, before, out, now_ms)
-        out.response = m.Empty()
-        return self._seal(st, out)
+            return info
+
+        def apply(st: GroupState, commit: PublicCommit, info, out: Outcome) -> None:
+            if info is not None:
+                leaf = commit.committer
+                old = st.clients[leaf]
+                st.clients[leaf] = ClientProfile(leaf, info, old.client_queue_config, old.activity_day,
+                                                 old.activity_epoch)
+
+        return self._member_commit("ds_update_client", req, row, now_ms, rules, apply, admin=False,
+                                   empty_store=False)
 
     def delete_group(self, req: m.DeleteGroupRequest, row: GroupRow | None, now_ms: int) -> Outcome:
         """``#delete-group`` (A28)."""
