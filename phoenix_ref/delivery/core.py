@@ -357,22 +357,6 @@ class DsCore:
         pg = st.public
         return m.ExternalCommitInfoResponse(pg.group_info, pg.tree.to_nodes(), st.credential_chains())
 
-    def _validate_external(self, st: GroupState, message: MLSMessage, now_ms: int) -> PublicCommit:
-        if message.wire_format != WireFormat.mls_public_message:
-            raise Malformed("commits travel as PublicMessages (A15)", code="commit_not_public")
-        fc = message.public_message.content
-        if bytes(fc.group_id) != st.group_id.to_mls():
-            raise Malformed("the commit is for another group", code="group_id_mismatch")
-        if fc.epoch != st.public.epoch:
-            raise WrongEpoch(f"the group is at epoch {st.public.epoch}, the commit is for epoch {fc.epoch}: "
-                             "fetch the external commit information again")
-        if fc.content_type != ContentType.commit or fc.sender.sender_type != SenderType.new_member_commit:
-            raise Malformed("an external commit is expected", code="not_external_commit")
-        try:
-            return st.public.validate_commit(message, now=now_ms // 1000)
-        except MlsError as e:
-            raise Malformed(f"invalid external commit: {e}", code="invalid_commit") from None
-
     def join_connection_group(self, req: m.JoinConnectionGroupParams, row: GroupRow | None, now_ms: int
                               ) -> Outcome:
         """``#join-connection-group``: an external commit into a group of a
@@ -384,7 +368,7 @@ class DsCore:
             raise Conflict("only a group of a single user can be joined as a connection group",
                            code="not_a_connection_group")
         self._require_empty_store(st)
-        commit = self._validate_external(st, req.external_commit, now_ms)
+        commit = self._validate_commit(st, req.external_commit, None, now_ms)
         if commit.applied.removed:
             raise Malformed("joining a connection group removes no one", code="proposal_not_allowed")
         aad = _decode_aad(m.JoinConnectionGroupParamsAad, commit)
@@ -408,7 +392,7 @@ class DsCore:
         st, old, out, changed = self._begin("ds_resync_client", req, row, now_ms)
         try:
             self._require_empty_store(st)
-            commit = self._validate_external(st, p.external_commit, now_ms)
+            commit = self._validate_commit(st, p.external_commit, None, now_ms)
             if list(commit.applied.removed) != [old]:
                 raise Malformed("a resync removes exactly the resyncing client's old leaf (A8)",
                                 code="proposal_not_allowed")
@@ -433,7 +417,11 @@ class DsCore:
 
     # --- commits --------------------------------------------------------------------------------
 
-    def _validate_commit(self, st: GroupState, message: MLSMessage, sender: int, now_ms: int) -> PublicCommit:
+    def _validate_commit(self, st: GroupState, message: MLSMessage, sender: int | None, now_ms: int
+                         ) -> PublicCommit:
+        """A commit of this group and epoch, as a PublicMessage (A15), from
+        member leaf ``sender`` (the token's), or external when ``sender`` is
+        None; then the public view's checks."""
         if message.wire_format != WireFormat.mls_public_message:
             raise Malformed("commits travel as PublicMessages (A15)", code="commit_not_public")
         fc = message.public_message.content
@@ -441,10 +429,12 @@ class DsCore:
             raise Malformed("the commit is for another group", code="group_id_mismatch")
         if fc.epoch != st.public.epoch:
             raise WrongEpoch(f"the group is at epoch {st.public.epoch}, the commit is for epoch {fc.epoch}: "
-                             "process the messages you missed and commit again")
+                             "catch up (process what you missed, or fetch the group information) and commit again")
         if fc.content_type != ContentType.commit:
             raise Malformed("not a commit", code="not_a_commit")
-        if fc.sender.sender_type != SenderType.member or fc.sender.leaf_index != sender:
+        if sender is None and fc.sender.sender_type != SenderType.new_member_commit:
+            raise Malformed("an external commit is expected", code="not_external_commit")
+        if sender is not None and (fc.sender.sender_type != SenderType.member or fc.sender.leaf_index != sender):
             raise Forbidden("the commit's sender is not the token's leaf", code="auth_scope_mismatch")
         try:
             return st.public.validate_commit(message, now=now_ms // 1000)
