@@ -13,10 +13,12 @@
 ``phoenix-ref serve --config FILE``
     Serve the homeserver with anycorn over TLS 1.3 (HTTP/2 and 1.1) on Trio.
 
-``phoenix-ref outbound --config FILE [--unpark DOMAIN]``
-    List the QS-to-QS queues per destination: pending messages, parked
-    senders with the reason, dead letters with the refusing answers
-    (``federation/outbound_admin.py``); ``--unpark`` lets a parked sender go on.
+``phoenix-ref admin --config FILE COMMAND``
+    Operator commands on the homeserver's data and keys directories, safe
+    while ``serve`` runs (``admin.py``): ``count-users``, ``list-users``,
+    ``delete-user``, ``outbound`` (QS-to-QS queues per destination, parked
+    senders, dead letters; ``--unpark``), ``keys``, ``rotate-key``,
+    ``revoke-intermediate``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from . import admin
 from .clock import Clock
 from .config import Config, ConfigError
 from .keystore import Keystore, KeystoreError
@@ -205,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM trust anchors for outgoing federation (default: the system store)")
     s = sub.add_parser("serve", help="serve a homeserver over TLS")
     s.add_argument("--config", required=True, type=Path, help="the homeserver's config.toml")
-    o = sub.add_parser("outbound", help="list outbound federation queues, parked senders and dead letters")
-    o.add_argument("--config", required=True, type=Path, help="the homeserver's config.toml")
-    o.add_argument("--unpark", metavar="DOMAIN", help="let the parked sender of DOMAIN go on")
+    admin.add_parser(sub)
     return parser
 
 
@@ -223,9 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   ca_bundle=args.ca_bundle)
             print(f"wrote {args.dir / 'config.toml'} for {cfg.domain} (keys in {cfg.keys_dir})")
             return 0
-        if args.command == "outbound":
-            from .federation import outbound_admin
-            print(outbound_admin.run(Config.load(args.config).data_dir, unpark=args.unpark))
+        if args.command == "admin":
+            print(admin.run(args))
             return 0
         import trio
         cfg = Config.load(args.config)
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(hosts {', '.join(certificate_names(cfg.domain))})", flush=True)
         trio.run(serve, cfg)
         return 0
-    except (ConfigError, KeystoreError, FileNotFoundError) as e:
+    except (ConfigError, KeystoreError, FileNotFoundError, admin.AdminError) as e:
         print(f"phoenix-ref: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

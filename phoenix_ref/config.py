@@ -46,10 +46,14 @@ Discovery order and the well-known format: docs/decisions.md, and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import idna
 
 from .ids import Fqdn, InvalidId
 
@@ -60,35 +64,72 @@ class ConfigError(ValueError):
     """The configuration file is missing a value or has a wrong one."""
 
 
+#: Upper bound of every count and size in ``[limits]``: far above any sensible
+#: setting, and small enough that milliseconds derived from it fit SQLite's
+#: and the wire's 64-bit integers.
+_MAX_LIMIT = 10 ** 12
+
+
+def _limit(default: int | float, *, minimum: int | float = 1, maximum: int | float = _MAX_LIMIT,
+           unit: str = "") -> Any:
+    """A ``[limits]`` field with the range a value must lie in (checked at load)."""
+    return field(default=default, metadata={"min": minimum, "max": maximum, "unit": unit})
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Sizes and times that bound what a homeserver accepts and waits for."""
-    max_body_bytes: int = 1 << 20          # larger request bodies get 413
-    max_answer_bytes: int = 1 << 20        # larger federation answers are malformed
-    connect_timeout_s: float = 5.0
-    request_timeout_s: float = 10.0
-    discovery_ttl_s: int = 3600
-    key_cache_ttl_s: int = 3600
-    key_refetch_cooldown_s: int = 10       # unknown key id: at most one refetch per this interval
+    """Sizes and times that bound what a homeserver accepts and waits for.
+
+    Every field is checked when the config is built: an ``int`` field takes
+    an integer, a ``float`` field an integer or a decimal number (never a
+    boolean or a string), each within the range its declaration gives
+    (``_limit``); anything else is a :class:`ConfigError` naming the key
+    (``spec/threat_model/stride/security_requirements/operators.md#homeserver-management``:
+    the homeserver checks that its configuration is valid).
+    """
+    max_body_bytes: int = _limit(1 << 20, minimum=1024, unit="bytes")       # larger request bodies get 413
+    max_answer_bytes: int = _limit(1 << 20, minimum=1024, unit="bytes")     # larger federation answers are malformed
+    connect_timeout_s: float = _limit(5.0, minimum=0.001, maximum=3600, unit="seconds")
+    request_timeout_s: float = _limit(10.0, minimum=0.001, maximum=3600, unit="seconds")
+    discovery_ttl_s: int = _limit(3600, unit="seconds")
+    key_cache_ttl_s: int = _limit(3600, unit="seconds")
+    key_refetch_cooldown_s: int = _limit(10, unit="seconds")   # unknown key id: at most one refetch per this interval
     # AS configuration (spec/authentication_service.md#configuration; docs/decisions.md)
-    token_time_frame_s: int = 86_400       # "anonymous token time-frame"
-    token_allowance: int = 100             # "default token allowance" per client and time frame
-    token_domain_allowance: int = 10_000   # per other homeserver and time frame (#rate-limiting)
-    token_batch_max: int = 100             # tokens per issuance request
-    as_max_messages: int = 500             # "maximal number of requested messages" per dequeue
-    as_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age": inactive AS client entries go
-    as_prune_interval_s: int = 3600        # how often the AS looks for inactive client entries
-    registrations_per_source: int = 32     # pending registration starts one network source may hold
-    qs_max_client_age_s: int = 90 * 86_400  # "maximal QS client record age" (#qs-configuration-options)
-    qs_prune_interval_s: int = 3600        # how often the QS looks for inactive client records
+    token_time_frame_s: int = _limit(86_400, unit="seconds")      # "anonymous token time-frame"
+    token_allowance: int = _limit(100, unit="tokens")             # "default token allowance" per client and time frame
+    token_domain_allowance: int = _limit(10_000, unit="tokens")   # per other homeserver and time frame (#rate-limiting)
+    token_batch_max: int = _limit(100, maximum=10_000, unit="tokens")   # tokens per issuance request
+    as_max_messages: int = _limit(500, maximum=100_000, unit="messages")   # "maximal number of requested messages"
+    as_max_client_age_s: int = _limit(90 * 86_400, unit="seconds")   # "maximal QS client record age": inactive AS client entries go
+    as_prune_interval_s: int = _limit(3600, unit="seconds")        # how often the AS looks for inactive client entries
+    registrations_per_source: int = _limit(32, unit="registrations")   # pending registration starts one network source may hold
+    qs_max_client_age_s: int = _limit(90 * 86_400, unit="seconds")   # "maximal QS client record age" (#qs-configuration-options)
+    qs_prune_interval_s: int = _limit(3600, unit="seconds")        # how often the QS looks for inactive client records
     # DS configuration (spec/delivery_service.md#ds-configuration-options; docs/decisions.md A9)
-    ds_max_inactivity_days: int = 90       # "maximal duration of client commit inactivity"
-    ds_max_key_package_age_days: int = 90  # maximal age of an added KeyPackage
+    ds_max_inactivity_days: int = _limit(90, unit="days")        # "maximal duration of client commit inactivity"
+    ds_max_key_package_age_days: int = _limit(90, unit="days")   # maximal age of an added KeyPackage
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff
-    federation_retry_base_s: float = 1.0   # first retry delay after a failed delivery attempt
-    federation_retry_max_s: float = 300.0  # cap of the retry delay
+    federation_retry_base_s: float = _limit(1.0, minimum=0.001, maximum=86_400, unit="seconds")   # first retry delay
+    federation_retry_max_s: float = _limit(300.0, minimum=0.001, maximum=86_400, unit="seconds")  # cap of the retry delay
     # the HTTP server: a connection is closed after this many requests (clients reconnect)
-    max_requests_per_connection: int = 1000
+    max_requests_per_connection: int = _limit(1000, unit="requests")
+    # how often a running homeserver looks for key files and revocations that
+    # `phoenix-ref admin` changed (docs/decisions.md, "Operator commands beside a running homeserver")
+    operator_poll_interval_s: float = _limit(5.0, minimum=0.01, maximum=3600, unit="seconds")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            lo, hi, unit = f.metadata["min"], f.metadata["max"], f.metadata["unit"]
+            wants_int = f.type in (int, "int")
+            kind = "an integer" if wants_int else "a number"
+            ok = (isinstance(value, int) or (not wants_int and isinstance(value, float))) \
+                and not isinstance(value, bool)
+            if not ok or not lo <= value <= hi:
+                raise ConfigError(f"limits.{f.name}: expected {kind} from {lo} to {hi} ({unit}), got {value!r}")
+        if self.federation_retry_base_s > self.federation_retry_max_s:
+            raise ConfigError(f"limits.federation_retry_base_s ({self.federation_retry_base_s}) is larger than "
+                              f"limits.federation_retry_max_s ({self.federation_retry_max_s})")
 
 
 #: The largest value ``gc.set_threshold`` takes (a C int).
@@ -142,24 +183,49 @@ class Config:
     performance: Performance = Performance()
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "domain", str(Fqdn(self.domain)))
-        except InvalidId as e:
-            raise ConfigError(f"domain: {e}") from None
+        # spec/threat_model/stride/security_requirements/operators.md#homeserver-setup:
+        # the home domain must be an FQDN; every other domain is normalised the same way
+        set_ = functools.partial(object.__setattr__, self)
+        set_("domain", domain_name(self.domain, "domain"))
+        _typed(self.listen_host, str, "listen.host")
+        if not self.listen_host:
+            raise ConfigError("listen.host: expected an address or host name, got an empty string")
+        _typed(self.listen_port, int, "listen.port")
+        if not 0 < self.listen_port < 65536:
+            raise ConfigError(f"listen.port: expected a TCP port from 1 to 65535, got {self.listen_port}")
+        _typed(self.well_known_enabled, bool, "well_known.enabled")
         for svc in self.well_known:
             if svc not in SERVICES:
-                raise ConfigError(f"well_known: unknown service {svc!r}")
+                raise ConfigError(f"well_known: unknown service {svc!r} (expected one of {', '.join(SERVICES)})")
+        discovery = {}
         for dom, urls in self.discovery.items():
-            if set(urls) != set(SERVICES):
-                raise ConfigError(f"discovery.{dom}: needs exactly the keys {SERVICES}")
+            name = domain_name(dom, f"discovery.{dom!r}")
+            if not isinstance(urls, dict) or set(urls) != set(SERVICES):
+                raise ConfigError(f"discovery.{name}: needs exactly the keys {', '.join(SERVICES)}")
+            if name in discovery:
+                raise ConfigError(f"discovery: {dom!r} names {name} a second time")
+            discovery[name] = urls
+        set_("discovery", discovery)
         for where, url in [*(("well_known." + k, v) for k, v in self.well_known.items()),
-                           *((f"discovery.{d}.{k}", v) for d, u in self.discovery.items() for k, v in u.items())]:
-            if not url.startswith("https://"):
-                raise ConfigError(f"{where}: {url!r} is not an https:// URL (federation is TLS-only)")
+                           *((f"discovery.{d}.{k}", v) for d, u in discovery.items() for k, v in u.items())]:
+            _check_https_url(url, where)
+        resolve = {}
         for name, target in self.resolve.items():
+            key = _resolve_key(name)
+            _typed(target, str, f"resolve.{key}")
             ip, sep, port = target.rpartition(":")
             if not sep or not ip or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"resolve.{name}: {target!r} is not ADDRESS:PORT")
+                raise ConfigError(f"resolve.{key}: {target!r} is not ADDRESS:PORT")
+            resolve[key] = target
+        set_("resolve", resolve)
+        for which in ("allow", "deny"):
+            entries = getattr(self, f"federation_{which}")
+            if not isinstance(entries, (list, tuple)):
+                raise ConfigError(f"federation.{which}: expected a list of domains, got {entries!r}")
+            names = tuple(dict.fromkeys(domain_name(d, f"federation.{which}") for d in entries))
+            set_(f"federation_{which}", names)
+        if not isinstance(self.limits, Limits):
+            raise ConfigError(f"limits: expected a table, got {self.limits!r}")
 
     # --- derived values -------------------------------------------------------
 
@@ -173,8 +239,12 @@ class Config:
         return {s: self.well_known.get(s, f"https://{self.host(s)}{port}") for s in SERVICES}
 
     def federates_with(self, domain: str) -> bool:
-        """Operator allow/deny lists (spec/general_concepts/federation.md#federation)."""
-        d = domain.lower()
+        """Operator allow/deny lists (spec/general_concepts/federation.md#federation);
+        ``domain`` is compared in its normal form (as the lists are stored)."""
+        try:
+            d = str(Fqdn(domain))
+        except InvalidId:
+            return False
         if d in self.federation_deny:
             return False
         return not self.federation_allow or d in self.federation_allow
@@ -192,45 +262,44 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], base: Path) -> "Config":
-        def p(v: Any) -> Path | None:
-            return None if v is None else (base / _typed(v, str, "path")).resolve()
+        def p(v: Any, where: str) -> Path | None:
+            return None if v is None else (base / _typed(v, str, where)).resolve()
 
-        try:
-            listen = raw.get("listen", {})
-            tls = raw.get("tls", {})
-            _check_tls_table(tls)
-            wk = dict(raw.get("well_known", {}))
-            fed = raw.get("federation", {})
-            known = {f.name for f in dataclasses.fields(Limits)}
-            lim = raw.get("limits", {})
-            if set(lim) - known:
-                raise ConfigError(f"limits: unknown keys {sorted(set(lim) - known)}")
-            perf = raw.get("performance", {})
-            if set(perf) - {"gc_thresholds"}:
-                raise ConfigError(f"performance: unknown keys {sorted(set(perf) - {'gc_thresholds'})}")
-            return cls(
-                domain=_typed(raw["domain"], str, "domain"),
-                data_dir=p(raw.get("data_dir", "data")),
-                keys_dir=p(raw.get("keys_dir", "keys")),
-                listen_host=_typed(listen.get("host", "127.0.0.1"), str, "listen.host"),
-                listen_port=_typed(listen.get("port", 8443), int, "listen.port"),
-                tls_cert=p(tls.get("cert")),
-                tls_key=p(tls.get("key")),
-                ca_bundle=p(tls.get("ca_bundle")),
-                well_known_enabled=_typed(wk.pop("enabled", True), bool, "well_known.enabled"),
-                well_known={k: _typed(v, str, f"well_known.{k}") for k, v in wk.items()},
-                discovery={d: {k: _typed(v, str, f"discovery.{d}.{k}") for k, v in u.items()}
-                           for d, u in raw.get("discovery", {}).items()},
-                resolve={k: _typed(v, str, f"resolve.{k}") for k, v in raw.get("resolve", {}).items()},
-                federation_allow=tuple(x.lower() for x in fed.get("allow", [])),
-                federation_deny=tuple(x.lower() for x in fed.get("deny", [])),
-                limits=Limits(**lim),
-                performance=Performance(**perf),
-            )
-        except KeyError as e:
-            raise ConfigError(f"missing required key {e}") from None
-        except (TypeError, AttributeError) as e:
-            raise ConfigError(str(e)) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"expected a TOML table, got {raw!r}")
+
+        _known_keys(raw, "", _TOP_LEVEL_KEYS)
+        listen = _table(raw, "listen", {"host", "port"})
+        tls = _table(raw, "tls", _TLS_KEYS)
+        _check_tls_table(tls)
+        wk = dict(_table(raw, "well_known", {"enabled", *SERVICES}))
+        fed = _table(raw, "federation", {"allow", "deny"})
+        lim = _table(raw, "limits", {f.name for f in dataclasses.fields(Limits)})
+        perf = _table(raw, "performance", {"gc_thresholds"})
+        discovery = _table(raw, "discovery", None)
+        resolve = _table(raw, "resolve", None)
+        if "domain" not in raw:
+            raise ConfigError("domain: missing; the home domain of this homeserver is required")
+        return cls(
+            domain=_typed(raw["domain"], str, "domain"),
+            data_dir=p(raw.get("data_dir", "data"), "data_dir"),
+            keys_dir=p(raw.get("keys_dir", "keys"), "keys_dir"),
+            listen_host=_typed(listen.get("host", "127.0.0.1"), str, "listen.host"),
+            listen_port=_typed(listen.get("port", 8443), int, "listen.port"),
+            tls_cert=p(tls.get("cert"), "tls.cert"),
+            tls_key=p(tls.get("key"), "tls.key"),
+            ca_bundle=p(tls.get("ca_bundle"), "tls.ca_bundle"),
+            well_known_enabled=_typed(wk.pop("enabled", True), bool, "well_known.enabled"),
+            well_known={k: _typed(v, str, f"well_known.{k}") for k, v in wk.items()},
+            discovery={d: {k: _typed(v, str, f"discovery.{d}.{k}")
+                           for k, v in _table(discovery, d, None, f"discovery.{d}").items()}
+                       for d in discovery},
+            resolve={k: _typed(v, str, f"resolve.{k}") for k, v in resolve.items()},
+            federation_allow=fed.get("allow", ()),
+            federation_deny=fed.get("deny", ()),
+            limits=Limits(**lim),
+            performance=Performance(**perf),
+        )
 
     def to_toml(self, base: Path | None = None) -> str:
         """The TOML text of this config; paths relative to ``base`` if inside it."""
@@ -267,6 +336,27 @@ class Config:
 
 
 _TLS_KEYS = {"cert", "key", "ca_bundle", "min_version"}
+_TOP_LEVEL_KEYS = {"domain", "data_dir", "keys_dir", "listen", "tls", "well_known", "discovery", "resolve",
+                   "federation", "limits", "performance"}
+
+
+def _known_keys(table: dict[str, Any], where: str, known: set[str]) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        place = f"{where}: " if where else ""
+        raise ConfigError(f"{place}unknown keys {unknown} (expected some of {sorted(known)})")
+
+
+def _table(raw: dict[str, Any], name: str, known: set[str] | None, where: str | None = None) -> dict[str, Any]:
+    """``raw[name]``, which must be a table (absent: empty), with only ``known`` keys
+    (``None``: any key)."""
+    value = raw.get(name, {})
+    where = where or name
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a table ([{where}]), got {value!r}")
+    if known is not None:
+        _known_keys(value, where, known)
+    return value
 
 
 def _check_tls_table(tls: dict[str, Any]) -> None:
@@ -276,18 +366,63 @@ def _check_tls_table(tls: dict[str, Any]) -> None:
     requires TLS 1.3 on every connection, so no setting lowers it; a config
     that asks for an older minimum is refused rather than silently upgraded.
     """
-    if set(tls) - _TLS_KEYS:
-        raise ConfigError(f"tls: unknown keys {sorted(set(tls) - _TLS_KEYS)}")
     wanted = tls.get("min_version", "1.3")
     if wanted != "1.3":
         raise ConfigError(f"tls.min_version = {wanted!r}: Phoenix requires TLS 1.3 on every connection "
                           "(spec/threat_model/stride/security_requirements.md); remove the key or set \"1.3\"")
 
 
+def domain_name(value: Any, where: str) -> str:
+    """A domain from the config in its one normal form: lower case, no
+    trailing dot, internationalised labels as IDNA A-labels (UTS #46
+    mapping, ``xn--…``). Anything that is not a valid FQDN is a ConfigError
+    naming ``where``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a domain name (string), got {value!r}")
+    text = value
+    if not text.isascii():
+        try:
+            text = idna.encode(text.rstrip("."), uts46=True).decode("ascii")
+        except idna.IDNAError as e:
+            raise ConfigError(f"{where}: {value!r} is not a valid internationalised domain name ({e})") from None
+    try:
+        return str(Fqdn(text))
+    except InvalidId as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _resolve_key(name: Any) -> str:
+    """A ``[resolve]`` key, ``HOST`` or ``HOST:PORT``, with the host normalised."""
+    if not isinstance(name, str):
+        raise ConfigError(f"resolve: expected host names as keys, got {name!r}")
+    host, sep, port = name.rpartition(":")
+    if not sep:
+        return domain_name(name, f"resolve.{name!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"resolve.{name!r}: expected HOST or HOST:PORT with a port from 1 to 65535")
+    return f"{domain_name(host, f'resolve.{name!r}')}:{int(port)}"
+
+
+def _check_https_url(url: Any, where: str) -> None:
+    """A service base URL: ``https://HOST[:PORT]`` with a valid host, nothing after it."""
+    if not isinstance(url, str) or not url.startswith("https://"):
+        raise ConfigError(f"{where}: {url!r} is not an https:// URL (federation is TLS-only)")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.hostname is None or port == -1 or parts.path not in ("", "/") or parts.query or parts.fragment \
+            or parts.username is not None:
+        raise ConfigError(f"{where}: {url!r} is not https://HOST[:PORT] (a base URL without path or query)")
+    domain_name(parts.hostname, where)
+
+
 def _typed(value: Any, typ: type, where: str) -> Any:
     ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
     if not ok:
-        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+        name = {str: "a string", int: "an integer", bool: "true or false"}.get(typ, typ.__name__)
+        raise ConfigError(f"{where}: expected {name}, got {value!r}")
     return value
 
 

@@ -41,7 +41,7 @@ import trio
 from quart import Response
 from quart_trio import QuartTrio
 
-from . import endpoints
+from . import admin, endpoints
 from .authentication import routes as as_routes
 from .authentication.service import AsService
 from .authentication.store import AsStore
@@ -232,7 +232,8 @@ class Homeserver:
     def _build_qs(self) -> QsService:
         store = self.qs_store
         core = QsCore(qs_config(self.config), KeystoreQsKeys(self.keystore), store.records,
-                      Queues(store.queue_store), store.outbound, transaction=store.transaction)
+                      Queues(store.queue_store), store.outbound, transaction=store.transaction,
+                      purge_deleted=store.purge_deleted)
         return QsService(core, self.clock, source_keys=RemoteSourceKeys(self.federation.keys),
                          on_queue_deleted=self._queue_deleted)
 
@@ -253,11 +254,37 @@ class Homeserver:
                         await nursery.start(qs.run, sender, limits.qs_prune_interval_s)
                         await nursery.start(self.as_service.prune_periodically)
                         await nursery.start(self.ds.run)
+                        nursery.start_soon(self.watch_operator_changes)
                         task_status.started()
             finally:
                 done.set()
 
         await self.app.nursery.start(run)
+
+    async def watch_operator_changes(self) -> None:
+        """Every ``operator_poll_interval_s``: :meth:`check_operator_changes`.
+        A failed round is logged; the next one tries again."""
+        while True:
+            await trio.sleep(self.config.limits.operator_poll_interval_s)
+            try:
+                await self.check_operator_changes()
+            except Exception:
+                log.exception("%s: looking for operator changes failed", self.domain)
+
+    async def check_operator_changes(self) -> bool:
+        """Take over what ``phoenix-ref admin`` changed beside this running
+        homeserver: key files it wrote (a rotation, a new intermediate) are
+        loaded into the keystore in place, the QS-to-QS queue keys follow,
+        and revocations it recorded make the AS rebuild its trust in its
+        own credentials. Returns whether anything changed."""
+        keys_changed = await trio.to_thread.run_sync(self.keystore.refresh)
+        if keys_changed:
+            self.qs_store.outbound.set_keys(OutboundKeys(self.keystore.qs_outbound_secrets))
+            log.info("%s: loaded key material changed by the operator", self.domain)
+        revoked = await trio.to_thread.run_sync(self.as_store.notice_revocations)
+        if revoked:
+            log.info("%s: noticed credentials revoked by the operator", self.domain)
+        return keys_changed or revoked
 
     def _queue_deleted(self, deleted: list[QueueDeleted]) -> None:
         """Remote QSs' ``QueueDeleted`` answers → the DS (decision A30). The
@@ -327,25 +354,19 @@ async def _send_federated(hs, svc: QsService, item: OutboundItem) -> Outcome:
 
 
 class Operator:
-    """Operator actions on a running homeserver (key rotation, revocation)."""
+    """Operator actions inside a running homeserver (key rotation,
+    revocation): the same as ``phoenix-ref admin`` (:mod:`phoenix_ref.admin`)
+    does from outside, taking effect at once instead of at the next
+    :meth:`Homeserver.watch_operator_changes` round."""
 
     def __init__(self, hs: Homeserver):
         self.hs = hs
 
     async def revoke_intermediate(self, fingerprint: bytes | None = None) -> bytes:
-        """Revoke an AS intermediate credential (default: the current one) and,
-        if it was the current one, issue a fresh intermediate so the AS keeps
-        signing. *Get AS credentials* lists the revoked fingerprint from now on
-        (``spec/authentication_service.md#get-as-credentials``)."""
-        ks = self.hs.keystore
-        current = ks.as_intermediates[0][0].fingerprint()
-        fp = current if fingerprint is None else fingerprint
-        if fp not in {c.fingerprint() for c, _ in ks.as_intermediates}:
-            raise KeyError("no such intermediate credential")
-        await self.hs.as_store.revoke(fp, self.hs.clock.now_ms())
-        if fp == current:
-            await trio.to_thread.run_sync(ks.issue_intermediate, self.hs.clock.now_ms())
-        return fp
+        """:func:`phoenix_ref.admin.revoke_intermediate` on this homeserver's
+        keystore and AS store; returns the revoked fingerprint."""
+        return await trio.to_thread.run_sync(admin.revoke_intermediate, self.hs.keystore, self.hs.as_store,
+                                             fingerprint, self.hs.clock.now_ms())
 
     async def rotate_qs_signing_key(self) -> bytes:
         return (await trio.to_thread.run_sync(self.hs.keystore.rotate_qs_signing_key)).public

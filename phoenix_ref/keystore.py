@@ -17,7 +17,7 @@ What the spec says each service holds:
 * AS: the secret that names the Privacy Pass issuance counters
   (``privacy_pass_counter``; :class:`~phoenix_ref.privacy_pass.IssuancePolicy`
   stores an HMAC of each client id and domain under it, not the names —
-  ``docs/storage-privacy-pass.md``). Created when missing, like the above.
+  ``docs/storage.md, "Privacy Pass store"``). Created when missing, like the above.
 
 Layout (docs/decisions.md): one file per key, ``<kind>-<n>.key`` holding the
 private key in hex (mode 0600), plus ``<kind>-<n>.cred`` with the encoded
@@ -25,6 +25,11 @@ credential for the AS kinds. ``n`` counts up; the highest ``n`` of a kind is
 its current key, lower ones are older keys still published until an operator
 removes their files — that is how keys rotate. Files are written atomically
 (temporary file, fsync, rename), so a crash never leaves half a key.
+
+``phoenix-ref admin`` rotates keys by writing files beside a running
+homeserver; the homeserver calls :meth:`Keystore.refresh` now and then and
+takes the new key material over in place (the lists keep their identity, so
+everything holding them sees the change).
 
 All methods do blocking file I/O; async code calls them with
 ``trio.to_thread.run_sync``.
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +81,8 @@ class Keystore:
     ds_signing_keys: list[SigningKey] = field(default_factory=list)
     qs_outbound_secrets: list[bytes] = field(default_factory=list)
     privacy_pass_counter_secrets: list[bytes] = field(default_factory=list)
+    #: Names of the key files this object knows (loaded or written), for :meth:`refresh`.
+    files: set[str] = field(default_factory=set, repr=False)
 
     # --- creation and loading ---------------------------------------------------------
 
@@ -107,6 +115,7 @@ class Keystore:
         if not keys_dir.is_dir():
             raise KeystoreError(f"no keys directory {keys_dir}")
         ks = cls(keys_dir, domain)
+        ks.files = ks._key_files()
         for kind in KINDS:
             for n in sorted(ks._numbers(kind), reverse=True):
                 ks._load_one(kind, n)
@@ -123,6 +132,48 @@ class Keystore:
         if not ks.privacy_pass_counter_secrets:
             ks.new_counter_secret()
         return ks
+
+    def _key_files(self) -> set[str]:
+        return {p.name for p in self.keys_dir.iterdir() if _NAME.match(p.name)}
+
+    def refresh(self) -> bool:
+        """Take over key files another process (``phoenix-ref admin``) wrote
+        or removed since this keystore was loaded: every list is replaced in
+        place by the directory's contents. Returns whether anything changed.
+        Raises KeystoreError if the directory is no longer loadable (the
+        keystore then stays as it was)."""
+        if self._key_files() == self.files:
+            return False
+        fresh = Keystore.load(self.keys_dir, self.domain)
+        for name in ("as_credentials", "as_intermediates", "qs_signing_keys", "qs_queue_config_keys",
+                     "ds_signing_keys", "qs_outbound_secrets", "privacy_pass_counter_secrets"):
+            getattr(self, name)[:] = getattr(fresh, name)
+        self.files = fresh.files
+        return True
+
+    def describe(self) -> list[tuple[str, int, bool, str, bytes | None]]:
+        """``(kind, n, current, public part, fingerprint)`` of every loaded
+        key, current first per kind: for an AS credential its fingerprint
+        and end of validity, for a key pair its public key, for the outbound
+        and counter secrets only their number (they are secret). ``fingerprint`` is the AS
+        credential's, else None."""
+        lists = {"as_credential": self.as_credentials, "as_intermediate": self.as_intermediates,
+                 "qs_signing": self.qs_signing_keys, "qs_queue_config": self.qs_queue_config_keys,
+                 "ds_signing": self.ds_signing_keys, "qs_outbound": self.qs_outbound_secrets,
+                 "privacy_pass_counter": self.privacy_pass_counter_secrets}
+        out = []
+        for kind in KINDS:
+            numbers = sorted(self._numbers(kind), reverse=True)
+            for i, (n, entry) in enumerate(zip(numbers, lists[kind])):
+                if kind.startswith("as_"):
+                    cred = entry[0]
+                    text = f"fingerprint {cred.fingerprint().hex()}, valid until {_day(cred.expiration_data.not_after)}"
+                    out.append((kind, n, i == 0, text, cred.fingerprint()))
+                elif kind in ("qs_outbound", "privacy_pass_counter"):
+                    out.append((kind, n, i == 0, "secret", None))
+                else:
+                    out.append((kind, n, i == 0, f"public key {entry.public.hex()}", None))
+        return out
 
     def _load_one(self, kind: str, n: int) -> None:
         private = self._read_private(kind, n)
@@ -161,6 +212,19 @@ class Keystore:
         and a new one would end later."""
         current = self.as_intermediates[0][0].expiration_data.not_after
         return current - now_ms < INTERMEDIATE_RENEW_MS and self._intermediate_end(now_ms) > current
+
+    def rotate_as_credential(self, now_ms: int) -> AsCredential:
+        """A new current AS credential (``credentials.md#as-credentials``:
+        "Rotation MUST be possible"), and a new intermediate signed by it, so
+        that new client credentials chain to the new AS credential. The old
+        AS credential stays published (clients' chains through it still
+        verify) until its file is removed."""
+        root_key = SigningKey.generate()
+        root = AsCredential.create(self.domain, root_key, now_ms - BACKDATE_MS, now_ms + AS_CREDENTIAL_VALIDITY_MS)
+        self._write("as_credential", self._next("as_credential"), root_key.private, encode(root))
+        self.as_credentials.insert(0, (root, root_key))
+        self.issue_intermediate(now_ms)
+        return root
 
     def issue_intermediate(self, now_ms: int) -> AsIntermediateCredential:
         """Issue a new current intermediate credential, signed by the current AS credential."""
@@ -237,6 +301,11 @@ class Keystore:
         if cred is not None:
             _atomic_write(self.keys_dir / f"{kind}-{n}.cred", cred, 0o644)
         _atomic_write(self.keys_dir / f"{kind}-{n}.key", (private.hex() + "\n").encode(), 0o600)
+        self.files.add(f"{kind}-{n}.key")
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d")
 
 
 def _hpke_from_private(private: bytes) -> HpkeKeyPair:

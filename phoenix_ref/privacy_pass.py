@@ -732,7 +732,7 @@ class IssuancePolicy:
     homeserver is charged both its own allowance and its domain's.
 
     Metadata minimalism (``threat_model/stride/security_requirements.md#metadata-minimalism``,
-    ``docs/storage-privacy-pass.md``): the store sees a counter key, an
+    ``docs/storage.md, "Privacy Pass store"``): the store sees a counter key, an
     HMAC-SHA256 under ``counter_secret`` (kept in the keys directory) of the
     subject, never a client id or domain; windows are purged once they end
     (at each issuance and by :meth:`purge`), and :meth:`forget` drops a

@@ -14,7 +14,7 @@ One file holds what ``privacy_pass.py`` needs to survive a restart:
   hash of the subject, the window's end (rounded) and the count. Rows go
   when their window ends (:meth:`PrivacyPassStore.purge`).
 
-What each column holds, why and for how long: ``docs/storage-privacy-pass.md``.
+What each column holds, why and for how long: ``docs/storage.md, "Privacy Pass store"``.
 * ``issuer_keys`` — the issuer's key pairs ("AS Privacy Pass key material",
   ``spec/authentication_service.md#as-state``), one row per key.
 

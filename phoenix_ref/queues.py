@@ -25,8 +25,9 @@ module holds those semantics once:
 The activity time is set on creation and on every dequeue ("the last time a
 client has fetched messages"). AS direct queues keep only year and month
 ("the month and year a client has last fetched messages"), stored as the
-first millisecond of that UTC month (:func:`month_start_ms`); QS queues keep
-milliseconds.
+first millisecond of that UTC month (:func:`month_start_ms`), and the time of
+the last ratchet rotation only to the day; QS queues keep milliseconds
+(:class:`QueueConfig`, docs/storage.md).
 
 Storage is a narrow :class:`QueueStore` protocol with two implementations,
 :class:`MemoryQueueStore` and :class:`SqliteQueueStore` (stdlib ``sqlite3``,
@@ -55,7 +56,7 @@ from .errors import Conflict, NotFound
 from .storage import RowCache, chunks, open_connection, transaction
 
 __all__ = [
-    "ActivityPrecision", "QueueConfig", "QueueInfo", "DequeueResult", "DequeueMessagesResponse",
+    "TimePrecision", "QueueConfig", "QueueInfo", "DequeueResult", "DequeueMessagesResponse",
     "AppendFn", "QueueStore", "MemoryQueueStore", "SqliteQueueStore", "Queues", "month_start_ms",
     "DEFAULT_MAX_MESSAGES",
 ]
@@ -64,9 +65,22 @@ DEFAULT_MAX_MESSAGES = 500  # spec/queuing_service.md#qs-configuration-options
 _SQLITE_MAX = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 
 
-class ActivityPrecision(enum.Enum):
+class TimePrecision(enum.Enum):
+    """How precisely a queue keeps a time it stores."""
     MILLISECOND = "ms"  # QS client records
-    MONTH = "month"     # AS direct queues: year and month only
+    DAY = "day"         # AS direct queues: ratchet rotation times
+    MONTH = "month"     # AS direct queues: year and month of the last fetch
+
+    def truncate(self, now_ms: int) -> int:
+        """``now_ms`` cut down to this precision (the first millisecond, UTC, of its day or month)."""
+        if self is TimePrecision.MONTH:
+            return month_start_ms(now_ms)
+        if self is TimePrecision.DAY:
+            return now_ms - now_ms % DAY_MS
+        return now_ms
+
+
+DAY_MS = 86_400_000
 
 
 def month_start_ms(now_ms: int) -> int:
@@ -83,14 +97,26 @@ class QueueConfig:
     ``max_messages`` is the configured maximum of returned messages
     (``spec/queuing_service.md#qs-configuration-options``, default 500; the AS
     has the same option). ``rotation_interval_ms`` is the ratchet key rotation
-    interval (``None``: no periodic rotation).
+    interval (``None``: no periodic rotation). ``activity_precision`` and
+    ``rotation_precision`` say how precisely the last fetch and the last
+    ratchet rotation are stored: the AS keeps only what it needs
+    (``spec/threat_model/stride/security_requirements.md#metadata-minimalism``,
+    docs/storage.md) — the month of the last fetch (``#as-state``) and the
+    day of the last rotation, which a rotation interval of a day or more
+    needs; a rotation then happens at the first enqueue at least one
+    interval after the start of that day.
     """
     max_messages: int = DEFAULT_MAX_MESSAGES
     rotation_interval_ms: int | None = 24 * 3600 * 1000
-    activity_precision: ActivityPrecision = ActivityPrecision.MILLISECOND
+    activity_precision: TimePrecision = TimePrecision.MILLISECOND
+    rotation_precision: TimePrecision = TimePrecision.MILLISECOND
 
     def activity(self, now_ms: int) -> int:
-        return month_start_ms(now_ms) if self.activity_precision is ActivityPrecision.MONTH else now_ms
+        return self.activity_precision.truncate(now_ms)
+
+    def rotation_stamp(self, now_ms: int) -> int:
+        """The rotation time stored for a rotation at ``now_ms``."""
+        return self.rotation_precision.truncate(now_ms)
 
 
 @dataclass(frozen=True)
@@ -518,11 +544,12 @@ class Queues:
         """Create a queue. Without ``initial_ratchet_key`` (QS) the service samples
         it and message 0 carries it sealed to the owner; with it (AS
         ``initial_queue_ratchet_key``) the queue starts empty at sequence number 0."""
+        stamp = self.config.rotation_stamp(now_ms)
         if initial_ratchet_key is None:
-            reset, material = qc.new_queue(queue_encryption_key, now_ms)
+            reset, material = qc.new_queue(queue_encryption_key, stamp)
             messages = [encode(reset)]
         else:
-            material = qc.queue_from_ratchet_key(queue_encryption_key, initial_ratchet_key, now_ms)
+            material = qc.queue_from_ratchet_key(queue_encryption_key, initial_ratchet_key, stamp)
             messages = []
         self.store.create_queue(queue_id, material, messages, self.config.activity(now_ms))
 
@@ -538,11 +565,12 @@ class Queues:
         """The AppendFn of one enqueue: the message, preceded by a ratchet key
         update when the rotation interval has passed."""
         interval = self.config.rotation_interval_ms
+        stamp = self.config.rotation_stamp(now_ms)
 
         def build(material: qc.QueueKeyMaterial) -> tuple[list[bytes], qc.QueueKeyMaterial]:
             out = []
             if qc.rotation_due(material, now_ms, interval):
-                update, material = qc.rotate_ratchet_key(material, material.generation, now_ms)
+                update, material = qc.rotate_ratchet_key(material, material.generation, stamp)
                 out.append(encode(update))
             msg, material = qc.encrypt_for_queue(material, material.generation, plaintext)
             out.append(qc.encode_queue_message(msg))
@@ -564,15 +592,18 @@ class Queues:
 
     def rotate(self, queue_id: bytes, now_ms: int) -> int:
         """Force a ratchet key update (``#key-updates``); returns its sequence number."""
-        return self._append(queue_id, lambda m, s: qc.rotate_ratchet_key(m, s, now_ms))
+        stamp = self.config.rotation_stamp(now_ms)
+        return self._append(queue_id, lambda m, s: qc.rotate_ratchet_key(m, s, stamp))
 
     def set_ratchet_key(self, queue_id: bytes, ratchet_key: bytes, now_ms: int) -> int:
         """Owner-chosen ratchet key from the returned sequence number on."""
-        return self._append(queue_id, lambda m, s: qc.set_ratchet_key(m, s, ratchet_key, now_ms))
+        stamp = self.config.rotation_stamp(now_ms)
+        return self._append(queue_id, lambda m, s: qc.set_ratchet_key(m, s, ratchet_key, stamp))
 
     def set_queue_encryption_key(self, queue_id: bytes, public_key: bytes, now_ms: int) -> int:
         """New queue encryption key; an update sealed to it is enqueued at once."""
-        return self._append(queue_id, lambda m, s: qc.set_queue_encryption_key(m, s, public_key, now_ms))
+        stamp = self.config.rotation_stamp(now_ms)
+        return self._append(queue_id, lambda m, s: qc.set_queue_encryption_key(m, s, public_key, stamp))
 
     def dequeue(self, queue_id: bytes, sequence_number_start: int, max_message_number: int,
                 now_ms: int) -> DequeueResult:

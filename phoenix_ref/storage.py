@@ -63,46 +63,99 @@ class Connection(sqlite3.Connection):
 #: keeps the size it was created with).
 PAGE_SIZE = 16384
 
+#: How long a connection waits for another connection's write lock (or, in
+#: a checkpoint, for its readers) before it gives up with "database is
+#: locked". Two processes use one database when an operator runs
+#: ``phoenix-ref admin`` beside ``phoenix-ref serve``; every transaction of
+#: either is short, so a few seconds are plenty.
+BUSY_TIMEOUT_S = 10.0
+
 
 def open_connection(path: Path | str) -> Connection:
     """An SQLite connection as every store uses it: autocommit mode (the
-    stores issue ``BEGIN`` themselves), WAL journal, foreign keys on, usable
-    from worker threads (callers serialise use with a lock).
+    stores issue ``BEGIN`` themselves), WAL journal, foreign keys on,
+    deleted content overwritten with zeros (``secure_delete``), a busy
+    timeout of :data:`BUSY_TIMEOUT_S`, usable from worker threads (callers
+    serialise use with a lock).
+
+    ``secure_delete``: spec/threat_model/stride/security_requirements.md#metadata-minimalism
+    asks that what is no longer needed be deleted at once; without it SQLite
+    only marks deleted rows free and their bytes stay readable in the file
+    until the space is reused (decision: deletion really deletes; the WAL
+    side is :func:`purge_deleted`).
 
     A new file gets pages of :data:`PAGE_SIZE` bytes instead of SQLite's
     4 KiB: a fan-out dirties pages all over the message index, and with
     larger pages its commit writes fewer, larger WAL frames, each a system
     call or two (decision: QS queue storage layout)."""
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=Connection)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, factory=Connection,
+                           timeout=BUSY_TIMEOUT_S)
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")   # no effect on a file that exists
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
+def purge_deleted(conn: sqlite3.Connection, lock) -> bool:
+    """After personal data was deleted and committed: copy the write-ahead
+    log into the database file and truncate the log to zero bytes
+    (``PRAGMA wal_checkpoint(TRUNCATE)``), so the old versions of the
+    deleted rows, which the log still holds, are gone from the files too.
+
+    Waits (up to the busy timeout) for readers of other connections, e.g. a
+    running homeserver beside ``phoenix-ref admin``. Returns whether the
+    checkpoint completed; if another connection kept reading past the
+    timeout it did not, and the next one (or SQLite's automatic checkpoint)
+    finishes the work. Must not be called inside a transaction."""
+    with lock:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return busy == 0
+
+
 class RowCache(Generic[K, V]):
-    """In-memory copies of rows a store read or wrote, for a store that is
-    the only writer of its tables and keeps them current in the same unit of
-    work as every change (write-through).
+    """In-memory copies of rows a store read or wrote, for a store that keeps
+    them current in the same unit of work as every change it makes
+    (write-through).
 
     Bounded by ``max_entries`` (the oldest entry is dropped first) and
     emptied whenever a unit of work on ``conn`` rolls back, so it never holds
-    what was not committed. A connection that is not a :class:`Connection`
-    cannot report rollbacks: the cache then keeps nothing. Not locked: the
-    store calls it under the lock it holds for the connection.
+    what was not committed. Another process may write the same database
+    (``phoenix-ref admin`` deleting a user beside a running homeserver):
+    every lookup first asks SQLite whether another connection committed
+    since the last one (``PRAGMA data_version``, one cheap statement) and,
+    if so, empties the cache. A connection that is not a
+    :class:`Connection` cannot report rollbacks: the cache then keeps
+    nothing. Not locked: the store calls it under the lock it holds for the
+    connection.
     """
 
     def __init__(self, conn: sqlite3.Connection, max_entries: int):
         self._entries: dict[K, V] = {}
+        self._conn = conn
         self.max_entries = max_entries if isinstance(conn, Connection) else 0
+        self._data_version = self._read_data_version()
         if self.max_entries:
             conn.rollback_listeners.append(self._entries.clear)
 
+    def _read_data_version(self) -> int | None:
+        return self._conn.execute("PRAGMA data_version").fetchone()[0] if self.max_entries else None
+
+    def _forget_if_others_wrote(self) -> None:
+        if not self.max_entries:
+            return
+        version = self._read_data_version()
+        if version != self._data_version:
+            self._entries.clear()
+            self._data_version = version
+
     def get(self, key: K) -> V | None:
+        self._forget_if_others_wrote()
         return self._entries.get(key)
 
     def lookup(self, keys: list[K]) -> tuple[dict[K, V], list[K]]:
         """``(cached entries by key, keys not cached)`` for ``keys``."""
+        self._forget_if_others_wrote()
         found: dict[K, V] = {}
         missing: list[K] = []
         for key in keys:

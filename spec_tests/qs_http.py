@@ -20,7 +20,7 @@ from phoenix_ref.ids import GroupId
 from phoenix_ref.queuing import messages as m
 from tests.qs_helpers import application_message
 
-GROUP = GroupId.random("ds.a.example")
+GROUP = GroupId.random("a.example")
 
 
 async def qs_client(d, http, domain: str = "a.example") -> QsClient:

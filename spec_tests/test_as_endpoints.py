@@ -488,7 +488,7 @@ async def test_token_issuance_is_rate_limited_per_client(deployment_mode):
             assert resp.status_code == 429
             assert decode(ErrorResponse, resp.content).code == "rate_limited"
             # the window lasts the time frame, its end rounded up to 1/24 of it
-            # (docs/storage-privacy-pass.md: the store keeps no finer time)
+            # (docs/storage.md, "Privacy Pass store": the store keeps no finer time)
             retry_after = int(resp.headers["Retry-After"])
             assert 0 < retry_after <= 3600 + 3600 // 24
             await bob.fetch_tokens(A, 5)                       # another client has its own allowance

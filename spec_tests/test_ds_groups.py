@@ -244,3 +244,24 @@ async def test_admin_and_proposal_store_rules(deployment_mode):
                     alice.groups[gid].group.epoch, bob, carol)
         agree(alice, bob, group_id=gid)
         assert [r.data for r in alice.groups[gid].received] == [b"messages still flow"]
+
+
+@spec("spec/glossary.md#rolesextension", "MUST")
+@spec("spec/delivery_service.md#remove-users", "MUST")
+async def test_roles_follow_the_members(deployment_mode):
+    async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:
+        gid, (alice, bob, carol) = await trio_of_members(d, http)
+        with pytest.raises(ProtocolError) as e:          # a member cannot make itself admin
+            await bob.set_admins(gid, [alice.user_id, bob.user_id])
+        assert (e.value.status, e.value.code) == (403, "not_admin")
+        await alice.set_admins(gid, [alice.user_id, bob.user_id])
+        await until(lambda: bob.groups[gid].is_admin() and carol.groups[gid].group.epoch == 2, bob, carol)
+        await alice.leave(gid)                            # an admin leaves ...
+        await until(lambda: len(carol.groups[gid].group.proposals) == 1, carol)
+        await carol.update(gid)                           # ... a member commits it and drops her from the roles
+        await until(lambda: gid not in alice.groups and bob.groups[gid].group.epoch ==
+                    carol.groups[gid].group.epoch, alice, bob)
+        agree(bob, carol, group_id=gid)
+        assert list(bob.groups[gid].roles().admins) == [bob.groups[gid].group.leaf_index]
+        await bob.remove(gid, [carol.user_id])            # the remaining admin's rights hold
+        await until(lambda: gid not in carol.groups, carol)

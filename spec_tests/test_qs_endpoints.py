@@ -274,7 +274,7 @@ async def test_blocklist_and_queue_deleted(deployment):
         qs = await qs_client(deployment, http)
         alice, gone = await qs.register("a.example"), await qs.register("a.example")
         key = await qs.queue_config_key("a.example")
-        blocked_group = GroupId.random("ds.a.example")
+        blocked_group = GroupId.random("a.example")
         await qs.send(alice, "block_group", m.BlockGroupParams(alice.qs_cid, blocked_group))
         gone_cfg = gone.client_queue_config(key)
         await qs.send(gone, "delete_user_record", m.DeleteUserRecordParams(gone.qs_uid))

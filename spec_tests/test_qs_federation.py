@@ -3,8 +3,9 @@
 ``#local-enqueue-message``, ``spec/federation/federation_protocol.md#qs-to-qs-communication``).
 
 In-process and on real sockets with TLS. Every refusal is checked at the
-HTTP level: a forged, misdirected, stale or replayed QsToQsMessage gets a
-4xx and enqueues nothing.
+HTTP level: a forged, misdirected or stale QsToQsMessage, or one for a group
+of another homeserver, gets a 4xx and enqueues nothing; a replayed one gets
+the first answer again and enqueues nothing.
 """
 
 import os
@@ -16,7 +17,7 @@ from phoenix_ref.codec import decode, encode
 from phoenix_ref.crypto import SigningKey, hs_sign
 from phoenix_ref.errors import ErrorResponse
 from phoenix_ref.http import MEDIA_TYPE
-from phoenix_ref.ids import Fqdn
+from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing import messages as m
 from phoenix_ref.queuing.core import QS_TO_QS_LABEL
 from phoenix_ref.spec_plugin import spec
@@ -74,12 +75,15 @@ def _frame(d, payload: m.FanOutMessage, *, destination: str = "b.example", times
 
 
 @spec(FEDERATED, "MUST")
-async def test_forged_misdirected_stale_and_replayed_messages_are_refused(deployment):
+@spec("spec/delivery_service.md#message-distribution", "MUST")
+async def test_forged_misdirected_and_stale_messages_are_refused_and_a_replay_gets_the_first_answer(deployment):
     d = deployment
     async with d.client() as http:
         qs = await qs_client(d, http, "b.example")
-        bob = await qs.register("b.example")
-        payload = message([await qs.client_queue_config(bob)], b"federated")
+        bob, gone = await qs.register("b.example"), await qs.register("b.example")
+        gone_cfg = await qs.client_queue_config(gone)
+        await qs.send(gone, "delete_user_record", m.DeleteUserRecordParams(gone.qs_uid))
+        payload = message([await qs.client_queue_config(bob), gone_cfg], b"federated")
         refused = {
             "forged signature": (_frame(d, payload, key=SigningKey.generate()), 401, "bad_signature"),
             "wrong destination": (_frame(d, payload, destination="c.example"), 403, "wrong_destination"),
@@ -95,12 +99,39 @@ async def test_forged_misdirected_stale_and_replayed_messages_are_refused(deploy
 
         original = _frame(d, payload)
         resp = await http.post(URL, content=original, headers=headers)
-        assert resp.status_code == 200 and decode(m.FederatedEnqueueResponse, resp.content).queue_deleted == []
+        assert resp.status_code == 200
+        first = resp.content
+        assert [q.client_queue_config for q in decode(m.FederatedEnqueueResponse, first).queue_deleted] == [gone_cfg]
+        d.clock.advance(1000)
         for replay in (original, _frame(d, payload, message_id=decode(m.QsToQsMessage, original).message_id)):
             resp = await http.post(URL, content=replay, headers=headers)   # same bytes, or re-signed same id
-            assert (resp.status_code, decode(ErrorResponse, resp.content).code) == (409, "duplicate_message")
+            assert (resp.status_code, resp.content) == (200, first)        # the first answer, QueueDeleted too
         assert await read_all(qs, bob, 1) == [b"federated"]
         assert await qs.receive(bob) == []            # once
+
+
+@spec("threat_model/stride/security_requirements/federated_homeservers.md#message-fan-out", "MUST")
+@spec(FEDERATED, "MUST")
+async def test_a_homeserver_cannot_fan_out_for_another_homeservers_group(deployment_mode):
+    """hs1 (a.example) sends hs2 a correctly signed QsToQsMessage for a group
+    that lives at hs3 (c.example): 403 not_group_owner, nothing enqueued.
+    The same frame for a group of hs1 is delivered."""
+    async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:
+        assert [d[n].domain for n in ("hs1", "hs2", "hs3")] == ["a.example", "b.example", "c.example"]
+        qs = await qs_client(d, http, "b.example")
+        bob = await qs.register("b.example")
+        headers = {"content-type": MEDIA_TYPE}
+        foreign = message([await qs.client_queue_config(bob)], b"for c", group=GroupId.random("c.example"))
+        refused = _frame(d, foreign)
+        resp = await http.post(URL, content=refused, headers=headers)
+        assert (resp.status_code, decode(ErrorResponse, resp.content).code) == (403, "not_group_owner")
+        assert await qs.receive(bob) == []            # nothing was enqueued
+        # … and its message id was not taken: a frame of hs1's own group with that id is delivered
+        own = message([await qs.client_queue_config(bob)], b"for a", group=GroupId.random("a.example"))
+        resp = await http.post(URL, content=_frame(d, own, message_id=decode(m.QsToQsMessage, refused).message_id),
+                               headers=headers)
+        assert resp.status_code == 200 and decode(m.FederatedEnqueueResponse, resp.content).queue_deleted == []
+        assert await read_all(qs, bob, 1) == [b"for a"]
 
 
 @spec(FEDERATED, "MUST")

@@ -11,6 +11,7 @@ from phoenix_ref.authentication.store import AsStore
 from phoenix_ref.errors import Conflict, NotFound
 from phoenix_ref.ids import Alias, ClientId, UserId
 from phoenix_ref.queues import month_start_ms
+from phoenix_ref.spec_plugin import spec
 
 NOW = 1_767_225_600_000 + 17 * 24 * 3600 * 1000  # mid-January 2026
 
@@ -137,3 +138,26 @@ def test_the_as_store_opens_one_connection_for_all_its_parts(tmp_path):
         assert store.accounts.lock is store.lock
     finally:
         store.close()
+
+
+@spec("threat_model/stride/security_requirements.md#metadata-minimalism", "MUST")
+def test_direct_queues_keep_rotation_times_to_the_day(tmp_path):
+    """The AS needs the last ratchet rotation only to rotate once a day: it
+    keeps its day, not its millisecond (docs/storage.md)."""
+    from phoenix_ref.crypto import HpkeKeyPair
+    day = 24 * 3600 * 1000
+    start = NOW + 5 * 3600 * 1000 + 123          # 05:00:00.123 on a day
+    accounts, queues = open_as_storage(tmp_path / "as.db")
+    try:
+        qid = direct_queue_id(_user()[1])
+        queues.create(qid, HpkeKeyPair.generate().public, start, initial_ratchet_key=b"\x02" * 32)
+        assert queues.info(qid).key_material.rotated_at_ms == NOW
+        queues.enqueue(qid, b"same day", start + 3600 * 1000)
+        assert queues.info(qid).message_count == 1                       # no rotation yet
+        stored = accounts.connection.execute("SELECT rotated_at_ms, activity_ms FROM as_direct_queues").fetchall()
+        assert stored == [(NOW, month_start_ms(NOW))]
+        queues.enqueue(qid, b"next day", NOW + day + 60_000)   # a day after the stored day's start
+        info = queues.info(qid)
+        assert info.message_count == 3 and info.key_material.rotated_at_ms == NOW + day
+    finally:
+        accounts.close()

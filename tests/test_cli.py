@@ -11,9 +11,9 @@ from phoenix_ref.cli import build_parser, generate_config, main
 from phoenix_ref.spec_plugin import spec
 
 
-def _help_of(command: str, capsys) -> str:
+def _help_of(command: str, capsys, *more: str) -> str:
     with pytest.raises(SystemExit):
-        main([command, "--help"])
+        main([command, *more, "--help"])
     return capsys.readouterr().out
 
 
@@ -41,11 +41,26 @@ def test_the_help_check_finds_an_option_without_text():
 
 def test_every_option_of_every_command_has_help_text(capsys):
     commands = re.search(r"\{([\w,-]+)\}", build_parser().format_help()).group(1).split(",")
-    assert {"generate-config", "serve", "outbound"} <= set(commands)
+    assert {"generate-config", "serve", "admin"} <= set(commands)
     for command in commands:
         text = _help_of(command, capsys)
         assert "--config" in text or "--domain" in text
         assert undocumented_options(text) == [], command
+
+
+def test_every_admin_command_has_help_text_and_an_example(capsys):
+    text = _help_of("admin", capsys)
+    listed = re.findall(r"^    ([a-z][a-z-]+)\b", text, flags=re.M)
+    assert set(listed) == {"count-users", "list-users", "delete-user", "outbound", "keys", "rotate-key",
+                           "revoke-intermediate"}
+    for command in listed:
+        sub = _help_of("admin", capsys, "--config", "c.toml", command)
+        assert undocumented_options(sub) == [], command
+        assert f"example: phoenix-ref admin --config lab/a/config.toml {command}" in sub, command
+        positional = re.search(r"positional arguments:\n(.*?)\n\n", sub, flags=re.S)
+        if positional:   # every positional argument is described too
+            assert all(re.match(r"^  \S+\s{2,}\S", line) or re.match(r"^ {3,}\S", line)
+                       for line in positional.group(1).splitlines()), sub
 
 
 @spec("threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication", "MUST")

@@ -16,6 +16,7 @@ from phoenix_ref.credentials import AsCredentialsResponse
 from phoenix_ref.queuing.messages import QsVerifyingKeyResponse
 from phoenix_ref.homeserver import Homeserver, normalise_host
 from phoenix_ref.keystore import Keystore, KeystoreError
+from phoenix_ref.spec_plugin import spec
 
 
 def _config(tmp_path: Path, **kw) -> Config:
@@ -26,7 +27,7 @@ def test_toml_round_trip(tmp_path):
     cfg = _config(tmp_path, listen_port=8444, tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem",
                   ca_bundle=Path("/etc/ssl/ca.pem"), well_known={"qs": "https://qs.a.example:9000"},
                   discovery={"b.example": {s: f"https://{s}.b.example:8445" for s in ("as", "ds", "qs")}},
-                  resolve={"as.b.example": "127.0.0.1:8445", 'we"ird\\': "127.0.0.1:1"},
+                  listen_host='we"ird\\', resolve={"as.b.example": "127.0.0.1:8445"},
                   federation_allow=("b.example",), federation_deny=("spam.example",),
                   limits=Limits(max_body_bytes=1234, request_timeout_s=2.5),
                   performance=Performance(gc_thresholds=(1000, 15, 12)))
@@ -146,7 +147,7 @@ def test_keystore_outbound_secret_rotates_and_is_added_to_an_older_keys_director
 
 def test_keystore_counter_secret_survives_reloading_and_is_added_to_an_older_keys_directory(tmp_path):
     """The secret that names the Privacy Pass issuance counters
-    (docs/storage-privacy-pass.md): the same after a restart, or every window
+    (docs/storage.md, "Privacy Pass store"): the same after a restart, or every window
     would restart with it."""
     ks = Keystore.create(tmp_path / "k", "a.example", 1_767_225_600_000)
     assert len(ks.counter_secret) == 32
@@ -232,3 +233,87 @@ async def test_a_started_homeserver_applies_the_configured_garbage_collector_thr
             assert gc.get_threshold() == (1234, 11, 9)
     finally:
         gc.set_threshold(*before)
+
+
+# --- every setting typed and range-checked at load ----------------------------------------------
+# spec/threat_model/stride/security_requirements/operators.md#homeserver-management:
+# "The homeserver must perform checks to ensure the configuration is valid".
+
+_BASE = 'domain = "a.example"\n'
+
+
+@spec("threat_model/stride/security_requirements/operators.md#homeserver-management", "MUST")
+@pytest.mark.parametrize("text, key, expected", [
+    # [limits]: wrong type, out of range, each kind once
+    ('[limits]\ntoken_allowance = "x"', "limits.token_allowance", "an integer"),
+    ("[limits]\ntoken_allowance = -5", "limits.token_allowance", "from 1"),
+    ("[limits]\ntoken_allowance = 1.5", "limits.token_allowance", "an integer"),
+    ("[limits]\ntoken_allowance = true", "limits.token_allowance", "an integer"),
+    ("[limits]\nmax_body_bytes = 0", "limits.max_body_bytes", "from 1024"),
+    ("[limits]\nas_max_messages = 1000000000", "limits.as_max_messages", "to 100000"),
+    ("[limits]\nrequest_timeout_s = 0", "limits.request_timeout_s", "a number"),
+    ('[limits]\nrequest_timeout_s = "10"', "limits.request_timeout_s", "a number"),
+    ("[limits]\nfederation_retry_base_s = 500.0", "limits.federation_retry_base_s", "federation_retry_max_s"),
+    ("[limits]\ntoken_allowence = 5", "limits", "token_allowence"),
+    ("limits = 5", "limits", "a table"),
+    # [listen]
+    ("[listen]\nport = 99999", "listen.port", "1 to 65535"),
+    ("[listen]\nport = 0", "listen.port", "1 to 65535"),
+    ('[listen]\nhost = ""', "listen.host", "empty"),
+    ("[listen]\nhots = 1", "listen", "hots"),
+    # domains: refused when not an FQDN
+    ('[federation]\ndeny = ["not a domain"]', "federation.deny", "not a domain"),
+    ("[federation]\ndeny = [5]", "federation.deny", "domain name"),
+    ('[federation]\ndeny = "b.example"', "federation.deny", "a list"),
+    ('[federation]\nallow = ["localhost"]', "federation.allow", "two labels"),
+    ('[federation]\nallow = ["-b.example"]', "federation.allow", "hyphen"),
+    ('[federation]\nallow = ["b..example"]', "federation.allow", "empty label"),
+    ('[federation]\nblock = ["b.example"]', "federation", "block"),
+    ('[discovery."b_example"]\nas = "https://as.b.example"\nds = "https://ds.b.example"\n'
+     'qs = "https://qs.b.example"', "discovery", "b_example"),
+    ('[discovery."b.example"]\nas = "https://as.b.example/x"\nds = "https://ds.b.example"\n'
+     'qs = "https://qs.b.example"', "discovery.b.example.as", "without path"),
+    ('[discovery."b.example"]\nas = "https://as.b.example:99999"\nds = "https://ds.b.example"\n'
+     'qs = "https://qs.b.example"', "discovery.b.example.as", "HOST[:PORT]"),
+    ('[well_known]\nas = "https://"', "well_known.as", "HOST[:PORT]"),
+    ('[well_known]\nenabled = "yes"', "well_known.enabled", "true or false"),
+    ('[resolve]\n"as.b.example:http" = "127.0.0.1:1"', "resolve", "HOST:PORT"),
+    ('[resolve]\n"as.b.example" = "127.0.0.1:0"', "resolve.as.b.example", "ADDRESS:PORT"),
+    ('[tls]\ncert = 5', "tls.cert", "a string"),
+    ('listne = 1', "unknown keys", "listne"),
+])
+def test_each_kind_of_mistake_is_one_clear_config_error(tmp_path, capsys, text, key, expected):
+    path = tmp_path / "config.toml"
+    path.write_text(_BASE + text + "\n")
+    with pytest.raises(ConfigError) as info:
+        Config.load(path)
+    message = str(info.value)
+    assert key in message and expected in message, message
+    assert "\n" not in message
+    # `phoenix-ref serve` says the same in one line and exits 2, before touching keys or network
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"phoenix-ref: {message}\n"
+
+
+@spec("threat_model/stride/security_requirements/operators.md#homeserver-management", "MUST")
+def test_domains_in_the_config_are_normalised(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('domain = "A.Example."\n[federation]\ndeny = ["b.example.", "SPAM.Example", "Bücher.example"]\n'
+                    'allow = []\n[discovery."C.Example."]\nas = "https://as.c.example"\nds = "https://ds.c.example"\n'
+                    'qs = "https://qs.c.example"\n[resolve]\n"AS.C.Example.:8445" = "127.0.0.1:8445"\n')
+    cfg = Config.load(path)
+    assert cfg.domain == "a.example"
+    assert cfg.federation_deny == ("b.example", "spam.example", "xn--bcher-kva.example")
+    assert set(cfg.discovery) == {"c.example"} and set(cfg.resolve) == {"as.c.example:8445"}
+    for denied in ("b.example", "B.EXAMPLE.", "spam.example", "xn--bcher-kva.example"):
+        assert not cfg.federates_with(denied), denied
+    assert cfg.federates_with("c.example")
+    # the QS core gets the normalised lists too
+    from phoenix_ref.homeserver import qs_config
+    from phoenix_ref.ids import Fqdn
+    assert Fqdn("b.example") in qs_config(cfg).federation_deny
+    # and a normalised config survives its own TOML
+    out = tmp_path / "again.toml"
+    out.write_text(cfg.to_toml(base=tmp_path))
+    assert Config.load(out) == cfg

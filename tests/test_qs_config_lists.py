@@ -62,7 +62,7 @@ def test_a_remembered_decoding_is_a_new_list_of_the_same_configs():
 @given(config_lists, st.binary(max_size=20))
 def test_remembered_encoding_is_the_fan_out_message_encoding(items, body):
     lists = ConfigLists(max_bytes=1 << 16)
-    message = fan_out(items, GroupId.random("ds.a.example"), body)
+    message = fan_out(items, GroupId.random("a.example"), body)
     content = encode(message.message_content, MessageContent)
     for _ in range(2):   # the second encoding of the list is remembered
         assert lists.encode_fan_out(list(items), content) == encode(message)
@@ -71,7 +71,7 @@ def test_remembered_encoding_is_the_fan_out_message_encoding(items, body):
 
 def test_both_directions_keep_at_most_their_bytes():
     lists = ConfigLists(max_bytes=64)
-    content = encode(fan_out([], GroupId.random("ds.a.example")).message_content, MessageContent)
+    content = encode(fan_out([], GroupId.random("a.example")).message_content, MessageContent)
     samples = [[ClientQueueConfig(Fqdn("a.example"), bytes([i]) * 10)] for i in range(5)]   # 23 bytes each
     for items in samples:
         lists.decode(encode(items, PLAIN))
@@ -87,6 +87,6 @@ def test_both_directions_keep_at_most_their_bytes():
 @given(config_lists, st.integers(0, 2**64 - 1), st.binary(max_size=70))
 def test_received_config_list_is_the_payloads_list(items, timestamp, signature):
     message = QsToQsMessage(Fqdn("a.example"), Fqdn("b.example"), timestamp, bytes(16),
-                            FanOutMessage(items, fan_out([], GroupId.random("ds.a.example")).message_content),
+                            FanOutMessage(items, fan_out([], GroupId.random("a.example")).message_content),
                             signature)
     assert received_config_list(encode(message), message) == encode(items, PLAIN)

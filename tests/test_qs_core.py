@@ -15,20 +15,20 @@ from phoenix_ref.errors import Conflict, Forbidden, Malformed, NotFound, RateLim
 from phoenix_ref.federation.outbound import OutboundItem
 from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing.core import (
-    ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, DuplicateMessage, QsKeys, RateLimit, UnknownSourceKey,
+    ADD_PACKAGE_RESPONSE_LABEL, QS_TO_QS_LABEL, QsKeys, RateLimit, UnknownSourceKey,
 )
 from phoenix_ref.queuing.fanout import config_digest, config_key_id, received_config_list, seal_queue_config
 from phoenix_ref.queuing.messages import (
     AddPackage, AddPackageParams, AddPackageResponseTBS, BlockGroupParams, ClientQueueConfig,
     CreateClientRecordParams, CreateUserRecordParams, DeleteClientRecordParams, DeleteUserRecordParams,
-    DequeueMessagesParams, DequeueMessagesRequest, FanOutMessage, MessageContent, PublishKeyPackagesParams,
+    MESSAGE_ID_LEN, DequeueMessagesParams, DequeueMessagesRequest, FanOutMessage, MessageContent, PublishKeyPackagesParams,
     QsToQsMessage, QueueConfig, UpdateClientRecordParams, UpdateUserRecordParams, UserRecordParams, WsParams,
     WsRequest, decode_sealed_queue_config, received_qs_to_qs_tbs,
 )
 
 from tests.qs_helpers import NOW, Client, fan_out, make_core
 
-GROUP = GroupId.random("ds.a.example")
+GROUP = GroupId.random("a.example")
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -311,7 +311,7 @@ def test_blocklisted_group_is_not_enqueued(core):
     alice = Client.register(core)
     received(alice)
     core.block_group(alice.request("block_group", BlockGroupParams(alice.qs_cid, GROUP)), NOW)
-    other = GroupId.random("ds.a.example")
+    other = GroupId.random("a.example")
     result = core.local_enqueue(fan_out([alice.client_queue_config()], GROUP, b"spam"), NOW)
     assert result.enqueued == [] and len(result.blocked) == 1
     core.local_enqueue(fan_out([alice.client_queue_config()], other, b"ok"), NOW)
@@ -406,6 +406,66 @@ def test_remote_domains_get_exactly_one_message_each(core):
         assert core.outbound.head(dest) is None  # exactly one
 
 
+def _pending(core, destination: str) -> int:
+    """How many outbound messages wait for ``destination`` (taken out to count)."""
+    n = 0
+    while (item := core.outbound.head(destination)) is not None:
+        core.outbound.remove(destination, item.seq)
+        n += 1
+    return n
+
+
+@spec("spec/queuing_service.md#local-enqueue-message", "MUST")
+@spec("spec/delivery_service.md#message-distribution", "MUST")
+def test_a_fan_out_handed_over_twice_with_one_message_id_happens_once(core):
+    """Decision A40: the DS hands a fan-out over with the id of its outbox
+    entry; a second hand-over (the DS crashed before it learnt the answer)
+    enqueues and forwards nothing and gets the first QueueDeleted answer."""
+    alice, gone = Client.register(core), Client.register(core)
+    received(alice)
+    gone_cfg = gone.client_queue_config()
+    core.records.delete_user(gone.qs_uid)
+    msg = fan_out([alice.client_queue_config(), gone_cfg, ClientQueueConfig(Fqdn("b.example"), os.urandom(60))],
+                  GROUP, b"once")
+    message_id = os.urandom(MESSAGE_ID_LEN)
+    first = core.local_enqueue(msg, NOW, message_id)
+    assert not first.duplicate and first.enqueued == [alice.qs_cid] and first.forwarded == [Fqdn("b.example")]
+    assert [d.client_queue_config for d in first.queue_deleted] == [gone_cfg]
+    for later in (NOW + 1, NOW + core.config.local_message_id_keep_ms - 1):
+        again = core.local_enqueue(msg, later, message_id)
+        assert again.duplicate and again.enqueued == [] and again.forwarded == []
+        assert again.queue_deleted == first.queue_deleted
+    assert received(alice) == [content_bytes(b"once")]
+    assert _pending(core, "b.example") == 1
+    # another id is another fan-out, and so is a call without an id
+    assert core.local_enqueue(msg, NOW, os.urandom(MESSAGE_ID_LEN)).enqueued == [alice.qs_cid]
+    assert core.local_enqueue(msg, NOW).enqueued == [alice.qs_cid]
+    assert _pending(core, "b.example") == 2
+    # the id is kept for local_message_id_keep_ms, then forgotten
+    late = core.local_enqueue(msg, NOW + core.config.local_message_id_keep_ms, message_id)
+    assert not late.duplicate and late.enqueued == [alice.qs_cid]
+
+
+def test_a_local_message_id_is_not_a_federated_one():
+    """The local DS's ids and a remote QS's ids are kept apart: the same 16
+    bytes from both are two messages."""
+    f = Federation()
+    msg = f.message(b"remote")
+    local = f.b.local_enqueue(fan_out([f.bob.client_queue_config()], GroupId.random("b.example"), b"local"), NOW,
+                              msg.message_id)
+    assert not local.duplicate and local.enqueued == [f.bob.qs_cid]
+    remote = f.deliver(msg)
+    assert not remote.duplicate and remote.enqueued == [f.bob.qs_cid]
+    assert len(received(f.bob)) == 2
+
+
+def test_a_message_id_has_sixteen_bytes(core):
+    alice = Client.register(core)
+    with pytest.raises(ValueError):
+        core.local_enqueue(fan_out([alice.client_queue_config()], GROUP), NOW, b"short")
+    assert received(alice) == []
+
+
 def test_deny_listed_domain_gets_nothing(tmp_path):
     core = make_core(federation_deny=frozenset({Fqdn("evil.example")}))
     cfg = ClientQueueConfig(Fqdn("evil.example"), os.urandom(60))
@@ -452,9 +512,9 @@ class Federation:
         """What b's key cache holds: a.example's key, nobody else's."""
         return [self.a.keys.signing_key.public] if domain.value == "a.example" else None
 
-    def message(self, body=b"fed", *, now_ms=NOW, configs=None) -> QsToQsMessage:
+    def message(self, body=b"fed", *, now_ms=NOW, configs=None, group=GROUP) -> QsToQsMessage:
         configs = configs if configs is not None else [self.bob.client_queue_config()]
-        self.a.local_enqueue(fan_out(configs, GROUP, body), now_ms)
+        self.a.local_enqueue(fan_out(configs, group, body), now_ms)
         item = self.a.outbound.head("b.example")
         self.a.outbound.remove("b.example", item.seq)
         return decode(QsToQsMessage, self.a.frame_outbound(item, now_ms))
@@ -521,16 +581,38 @@ def test_without_source_keys_the_core_asks_for_them_after_the_cheap_checks():
 def test_signature_by_another_qs_is_refused():
     f = Federation()
     impostor = make_core("c.example")
-    impostor.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP), NOW)
-    item = impostor.outbound.head("b.example")
-    msg = decode(QsToQsMessage, impostor.frame_outbound(item, NOW))
-    import dataclasses
+    impostor.local_enqueue(fan_out([f.bob.client_queue_config()], GROUP), NOW)   # a group of a.example
+    msg = decode(QsToQsMessage, impostor.frame_outbound(impostor.outbound.head("b.example"), NOW))
     claimed = dataclasses.replace(msg, source=Fqdn("a.example"))
     with pytest.raises(Unauthorized):
         f.deliver(claimed)
+    impostor.local_enqueue(fan_out([f.bob.client_queue_config()], GroupId.random("c.example")), NOW)
+    impostor.outbound.remove("b.example", impostor.outbound.head("b.example").seq)
+    own_group = decode(QsToQsMessage, impostor.frame_outbound(impostor.outbound.head("b.example"), NOW))
     with pytest.raises(Unauthorized):
-        f.deliver(msg)  # c.example's key cannot be fetched here
+        f.deliver(own_group)  # c.example's key cannot be fetched here
     _nothing_enqueued(f)
+
+
+@spec("threat_model/stride/security_requirements/federated_homeservers.md#message-fan-out", "MUST")
+@spec("spec/queuing_service.md#federated-qs-to-qs-communication", "MUST")
+def test_a_homeserver_fans_out_only_for_its_own_groups():
+    """"Homeservers must not be able to fan out messages on behalf of other
+    homeservers": a correctly signed QsToQsMessage whose group lives at
+    another DS (GroupId.ds_domain is not the source) is refused with 403
+    not_group_owner, before any key is needed, and leaves no trace."""
+    f = Federation()
+    for owner in ("c.example", "b.example", "ds.a.example"):
+        msg = f.message(group=GroupId.random(owner))
+        for keys in (f.keys_of(msg.source), None):   # refused before the source's keys are asked for
+            with pytest.raises(Forbidden) as e:
+                f.b.federated_enqueue(msg, NOW, keys)
+            assert (e.value.status, e.value.code) == (403, "not_group_owner"), owner
+        assert f.b.records.message_answer("a.example", msg.message_id, NOW) is None   # not remembered
+    _nothing_enqueued(f)
+    own = GroupId.random("a.example")
+    assert f.deliver(f.message(b"own group", group=own)).enqueued == [f.bob.qs_cid]
+    assert received(f.bob) == [content_bytes(b"own group", own)]
 
 
 def test_wrong_destination_is_refused():
@@ -553,13 +635,26 @@ def test_stale_and_future_timestamps_are_refused():
     assert received(f.bob) == [content_bytes(b"edge")]
 
 
-def test_replay_is_refused_and_enqueued_once():
+@spec("spec/queuing_service.md#federated-qs-to-qs-communication", "MUST")
+@spec("spec/delivery_service.md#message-distribution", "MUST")
+def test_a_replay_gets_the_first_answer_and_enqueues_nothing():
+    """Decision A40: a QsToQsMessage whose id was taken (the sender's retry
+    after a lost answer) is answered with the first answer, QueueDeleted
+    entries included, and enqueues nothing, whether it comes as the same
+    bytes or re-framed later with the same id."""
     f = Federation()
-    msg = f.message(b"once")
-    first = f.deliver(msg)
-    with pytest.raises(DuplicateMessage) as e:
-        f.deliver(msg, NOW + 1000)
-    assert first.enqueued == [f.bob.qs_cid] and e.value.status == 409 and e.value.code == "duplicate_message"
+    gone = Client.register(f.b)
+    gone_cfg = gone.client_queue_config()
+    f.b.records.delete_user(gone.qs_uid)
+    f.a.local_enqueue(fan_out([f.bob.client_queue_config(), gone_cfg], GROUP, b"once"), NOW)
+    item = f.a.outbound.head("b.example")
+    first = f.deliver(decode(QsToQsMessage, f.a.frame_outbound(item, NOW)))
+    assert not first.duplicate and first.enqueued == [f.bob.qs_cid]
+    assert [d.client_queue_config for d in first.response.queue_deleted] == [gone_cfg]
+    for now_ms in (NOW, NOW + 1000):
+        again = f.deliver(decode(QsToQsMessage, f.a.frame_outbound(item, now_ms)), now_ms)
+        assert again.duplicate and again.enqueued == []
+        assert encode(again.response) == encode(first.response)
     assert received(f.bob) == [content_bytes(b"once")]
 
 
@@ -567,15 +662,18 @@ def test_replay_memory_survives_restart(tmp_path):
     a = make_core("a.example")
     b = make_core("b.example", sqlite_dir=tmp_path)
     bob = Client.register(b)
+    received(bob)
     a.local_enqueue(fan_out([bob.client_queue_config()], GROUP), NOW)
     msg = decode(QsToQsMessage, a.frame_outbound(a.outbound.head("b.example"), NOW))
-    b.federated_enqueue(msg, NOW, [a.keys.signing_key.public])
+    first = b.federated_enqueue(msg, NOW, [a.keys.signing_key.public])
     b.records.close()
     b2 = make_core("b.example", sqlite_dir=tmp_path)
     b2.keys = b.keys
     b2.config_cache = b.config_cache
-    with pytest.raises(DuplicateMessage):
-        b2.federated_enqueue(msg, NOW + 5, [a.keys.signing_key.public])
+    again = b2.federated_enqueue(msg, NOW + 5, [a.keys.signing_key.public])
+    assert again.duplicate and again.enqueued == [] and again.response == first.response
+    bob.core = b2
+    assert len(received(bob)) == 1
 
 
 def test_configs_for_a_third_domain_are_refused():

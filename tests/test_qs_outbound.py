@@ -365,7 +365,7 @@ async def test_an_operator_unpark_in_the_store_is_noticed_and_a_restart_retries(
         await sender.submit("b.example", b"\x01" * 16, b"x", 0)
         await _wait_until(lambda: sender.is_parked("b.example"))
         assert "ValueError: bug" == store.parked()["b.example"].reason
-        operator = SqliteOutboundStore(db, keys=None)   # what `phoenix-ref outbound --unpark` does
+        operator = SqliteOutboundStore(db, keys=None)   # what `phoenix-ref admin … outbound --unpark` does
         assert operator.unpark("b.example")
         operator.close()
         assert len(remote.calls) == 1
@@ -474,16 +474,21 @@ def test_operator_report_and_unpark_through_the_cli(tmp_path, capsys):
                       1_767_225_600_000)
     store.park("b.example", "KeyError: 'x'", 1_767_225_600_000)
     store.close()
-    assert cli.main(["outbound", "--config", str(tmp_path / "hs" / "config.toml")]) == 0
+    assert cli.main(["admin", "--config", str(tmp_path / "hs" / "config.toml"), "outbound"]) == 0
     out = capsys.readouterr().out
     assert "b.example: 3 pending, PARKED since 2026-01-01 00:00:00 UTC: KeyError: 'x', 0 dead letters" in out
     assert "c.example: 0 pending, sending, 1 dead letters" in out
     assert "dead letter " + "09" * 16 + " refused 2026-01-01 00:00:00 UTC: 400 bad_message: " \
            "bad_message: no such field" in out
-    assert cli.main(["outbound", "--config", str(tmp_path / "hs" / "config.toml"), "--unpark", "b.example"]) == 0
+    assert cli.main(["admin", "--config", str(tmp_path / "hs" / "config.toml"), "outbound", "--unpark",
+                     "b.example"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("unparked b.example\n") and "b.example: 3 pending, sending" in out
-    assert cli.main(["outbound", "--config", str(tmp_path / "nowhere.toml")]) == 2
+    assert cli.main(["admin", "--config", str(tmp_path / "hs" / "config.toml"), "outbound", "--drop-dead-letters",
+                     "c.example"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("deleted 1 dead letters of c.example\n") and "c.example" not in out.split("\n", 1)[1]
+    assert cli.main(["admin", "--config", str(tmp_path / "nowhere.toml"), "outbound"]) == 2
 
 
 def test_operator_report_of_an_idle_homeserver(tmp_path):

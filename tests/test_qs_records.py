@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import pytest
 
@@ -10,7 +11,7 @@ from phoenix_ref.codec import encode
 from phoenix_ref.errors import Conflict
 from phoenix_ref.ids import GroupId, QsCid, QsUid
 from phoenix_ref.queuing.records import (
-    ClientRecord, EnqueueKeys, MemoryQsRecords, SqliteQsRecords, UserRecord, blocklist_hash,
+    LOCAL_SOURCE, ClientRecord, EnqueueKeys, MemoryQsRecords, SqliteQsRecords, UserRecord, blocklist_hash,
 )
 
 
@@ -86,22 +87,35 @@ def test_delete_last_client_deletes_user(store):
     assert not store.add_client(ClientRecord(QsCid.random(uid), b"c" * 32, b"q" * 32, None, b"s" * 32), 2)
 
 
-def test_replay_cache_window(store):
-    assert store.remember_message_id("a.example", b"1" * 16, 1000, 500)
-    assert not store.remember_message_id("a.example", b"1" * 16, 1400, 500)
-    assert store.remember_message_id("b.example", b"1" * 16, 1400, 500)  # per source
-    assert store.remember_message_id("a.example", b"1" * 16, 1500, 500)  # expired: purged
+def test_taken_message_ids_keep_their_answer_until_they_expire(store):
+    assert store.message_answer("a.example", b"1" * 16, 1000) is None
+    store.remember_message_id("a.example", b"1" * 16, b"first answer", 1500)
+    assert store.message_answer("a.example", b"1" * 16, 1499) == b"first answer"
+    assert store.message_answer("b.example", b"1" * 16, 1499) is None      # per source
+    assert store.message_answer(LOCAL_SOURCE, b"1" * 16, 1499) is None     # the local DS's ids apart
+    store.remember_message_id(LOCAL_SOURCE, b"1" * 16, b"local", 9000)
+    assert store.message_answer(LOCAL_SOURCE, b"1" * 16, 1499) == b"local"
+    assert store.message_answer("a.example", b"1" * 16, 1500) is None      # expired: purged
+    store.remember_message_id("a.example", b"1" * 16, b"again", 3000)    # and may be taken again
+    assert store.message_answer("a.example", b"1" * 16, 2000) == b"again"
+
+
+def test_a_taken_message_id_cannot_be_taken_twice(store):
+    store.remember_message_id("a.example", b"1" * 16, b"", 1500)
+    with pytest.raises((ValueError, sqlite3.IntegrityError)):
+        store.remember_message_id("a.example", b"1" * 16, b"other", 1500)
+    assert store.message_answer("a.example", b"1" * 16, 1000) == b""
 
 
 def test_sqlite_records_survive_reopen(tmp_path):
     path = tmp_path / "qs.sqlite3"
     s = SqliteQsRecords(path)
     uid, cid = new_user(s, b"f" * 32)
-    s.remember_message_id("a.example", b"m" * 16, 0, 10_000)
+    s.remember_message_id("a.example", b"m" * 16, b"answer", 10_000)
     s.close()
     s2 = SqliteQsRecords(path)
     assert s2.get_client(cid) is not None
-    assert not s2.remember_message_id("a.example", b"m" * 16, 5, 10_000)
+    assert s2.message_answer("a.example", b"m" * 16, 5) == b"answer"
     s2.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -13,11 +14,12 @@ from phoenix_ref.codec import DecodeError, decode, encode
 from phoenix_ref.crypto import SigningKey
 from phoenix_ref.errors import ProtocolError, Unauthorized, UpstreamError
 from phoenix_ref.federation.outbound import (
-    Delivered, OutboundSender, Rejected, RetryLater,
+    Delivered, OutboundItem, OutboundSender, Rejected, RetryLater,
 )
 from phoenix_ref.ids import Fqdn, GroupId, QsCid, QsUid
 from phoenix_ref.mls.extensions import ClientQueueConfig as ExtClientQueueConfig
 from phoenix_ref.queuing.service import QsService, QueueNotifier
+from phoenix_ref.spec_plugin import spec
 from phoenix_ref.queuing.fanout import group_id_of, split_by_domain
 from phoenix_ref.queuing.messages import (
     ClientQueueConfig, FanOutMessage, FederatedEnqueueResponse, QsToQsMessage, WelcomeBundle,
@@ -26,7 +28,7 @@ from phoenix_ref.mls.messages import Welcome
 
 from tests.qs_helpers import NOW, Client, fan_out, make_core
 
-GROUP = GroupId.random("ds.a.example")
+GROUP = GroupId.random("a.example")
 
 
 def test_client_queue_config_is_wire_identical_to_the_kp_extension():
@@ -194,6 +196,8 @@ class TwoQs:
         self.svc_b = QsService(self.b, self.clock, source_keys=self.keys)
         self.up = True
         self.attempts = 0
+        #: How many answers of b that get through are lost on their way back.
+        self.lose_answers = 0
 
     async def send(self, item):
         """What the homeserver's federation client does: POST and map the answer."""
@@ -207,6 +211,9 @@ class TwoQs:
             if e.status == 429:
                 return RetryLater(e.code, e.retry_after)
             return Rejected(e.status, e.code)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise OSError("connection reset before the answer")
         return Delivered(encode(result.response))
 
 
@@ -238,6 +245,47 @@ async def test_federated_delivery_end_to_end_with_queue_deleted_callback(patient
     assert t.a.outbound.destinations() == []
     from tests.test_qs_core import dequeue
     assert len(bob.read(dequeue(bob).messages)) == 1
+
+
+@spec("spec/delivery_service.md#message-distribution", "MUST")
+@spec("spec/queuing_service.md#enqueuing-messages", "MUST")
+async def test_a_lost_answer_is_given_again_to_the_retry(patient_clock):
+    """Decision A40: b took the message but its answer was lost; a's retry
+    (same message id) enqueues nothing at b and gets b's first answer, so
+    the QueueDeleted in it still reaches a's DS."""
+    t = TwoQs()
+    bob, gone = Client.register(t.b), Client.register(t.b)
+    gone_cfg = gone.client_queue_config()
+    t.b.records.delete_user(gone.qs_uid)
+    t.lose_answers = 1
+    sender = OutboundSender(t.a.outbound, t.send, on_delivered=t.svc_a.on_delivered)
+    t.svc_a.outbound_sender = sender
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sender.run)
+        await t.svc_a.local_enqueue(fan_out([bob.client_queue_config(), gone_cfg], GROUP, b"x"))
+        with trio.fail_after(600):
+            while not t.deleted:
+                await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert t.attempts == 2 and t.svc_b.stats["federated_enqueue_duplicates"] == 1
+    assert [d.client_queue_config for d in t.deleted] == [gone_cfg]
+    from tests.test_qs_core import dequeue
+    assert len(bob.read(dequeue(bob).messages)) == 1   # once
+
+
+def test_an_empty_answer_reports_nothing(caplog):
+    """A 409 duplicate_message of another implementation counts as delivered
+    with an empty answer: nothing to report, nothing to warn about; an
+    answer that does not decode is still warned about."""
+    deleted = []
+    svc = QsService(make_core(), FixedClock(NOW), on_queue_deleted=deleted.extend)
+    item = OutboundItem("b.example", 1, b"\x00" * 16, b"payload", NOW)
+    with caplog.at_level(logging.DEBUG, logger="phoenix_ref.queuing.service"):
+        svc.on_delivered(item, b"")
+    assert deleted == [] and caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="phoenix_ref.queuing.service"):
+        svc.on_delivered(item, b"\xff")
+    assert deleted == [] and [r.levelname for r in caplog.records] == ["WARNING"]
 
 
 async def test_net_split_heals_and_nothing_is_sent_twice(tmp_path, patient_clock):

@@ -23,7 +23,8 @@ import pytest
 
 from phoenix_ref.codec import encode
 from phoenix_ref.ids import Fqdn, GroupId
-from phoenix_ref.queuing.messages import ClientQueueConfig
+from phoenix_ref.queuing.messages import MESSAGE_ID_LEN, ClientQueueConfig
+from phoenix_ref.queuing.records import LOCAL_SOURCE
 from phoenix_ref.queuing.store import QsStore
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.storage import NestedUnitFailed
@@ -31,7 +32,7 @@ from phoenix_ref.storage import NestedUnitFailed
 from tests.qs_helpers import NOW, OUTBOUND_KEYS, Client, fan_out, make_core
 
 LOCAL_ENQUEUE = "spec/queuing_service.md#local-enqueue-message"
-GROUP = GroupId.random("ds.a.example")
+GROUP = GroupId.random("a.example")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -40,11 +41,11 @@ def remote_config() -> ClientQueueConfig:
     return ClientQueueConfig(Fqdn("b.example"), os.urandom(120))
 
 
-def counts(path) -> tuple[int, int]:
-    """(stored queue messages, pending outbound messages) in a QS database file."""
+def counts(path) -> tuple[int, int, int]:
+    """(stored queue messages, pending outbound messages, taken message ids) in a QS database file."""
     with sqlite3.connect(path) as db:
-        return (db.execute("SELECT COUNT(*) FROM qs_messages").fetchone()[0],
-                db.execute("SELECT COUNT(*) FROM outbound_queue").fetchone()[0])
+        return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                     for t in ("qs_messages", "outbound_queue", "qs_message_ids"))
 
 
 @spec(LOCAL_ENQUEUE, "MUST")
@@ -97,6 +98,62 @@ def test_failure_in_a_later_queue_write_rolls_back_the_earlier_ones(tmp_path):
     assert core.outbound.destinations() == []
 
 
+@spec(LOCAL_ENQUEUE, "MUST")
+@spec("spec/delivery_service.md#message-distribution", "MUST")
+@pytest.mark.parametrize("fails", ["outbound.append", "records.remember_message_id"])
+def test_a_failed_hand_over_leaves_no_message_id_and_its_retry_does_everything_once(tmp_path, monkeypatch, fails):
+    """Decision A40: the message id of a hand-over is remembered in the
+    fan-out's transaction. A failure after the queue writes (the outbound
+    append, or remembering the id itself) leaves neither the fan-out nor
+    the id; the DS's retry then does the whole fan-out, and a third
+    hand-over nothing."""
+    core = make_core("a.example", sqlite_dir=tmp_path)
+    alice = Client.register(core)
+    queue = encode(alice.qs_cid)
+    before = core.queues.info(queue)
+    message = fan_out([alice.client_queue_config(), remote_config()], GROUP, b"m1")
+    message_id = os.urandom(MESSAGE_ID_LEN)
+    store, name = fails.split(".")
+
+    def broken(*args):
+        assert core.queues.info(queue).next_sequence_number == before.next_sequence_number + 1  # written …
+        raise RuntimeError(f"{name} fails")                                                    # … not committed
+
+    monkeypatch.setattr(getattr(core, store), name, broken)
+    with pytest.raises(RuntimeError):
+        core.local_enqueue(message, NOW, message_id)
+    monkeypatch.undo()
+    assert core.queues.info(queue) == before and core.outbound.destinations() == []
+    assert core.records.message_answer(LOCAL_SOURCE, message_id, NOW) is None
+    assert counts(tmp_path / "qs-a.example.sqlite3") == (1, 0, 0)   # alice's initial reset message only
+
+    retry = core.local_enqueue(message, NOW, message_id)
+    assert not retry.duplicate and retry.enqueued == [alice.qs_cid] and retry.forwarded == [Fqdn("b.example")]
+    again = core.local_enqueue(message, NOW, message_id)
+    assert again.duplicate and again.enqueued == [] and again.forwarded == []
+    assert core.queues.info(queue).next_sequence_number == before.next_sequence_number + 1
+    item = core.outbound.head("b.example")
+    assert core.outbound.remove("b.example", item.seq) is None   # one outbound message: the retry's
+
+
+def test_a_remembered_message_id_survives_a_restart(tmp_path):
+    """The DS hands its outbox over again when the homeserver restarts: the
+    ids (and answers) of fan-outs done before are in the QS's file."""
+    core = make_core("a.example", sqlite_dir=tmp_path)
+    gone = Client.register(core)
+    gone_cfg = gone.client_queue_config()
+    core.records.delete_user(gone.qs_uid)
+    message = fan_out([gone_cfg, remote_config()], GROUP)
+    first = core.local_enqueue(message, NOW, b"i" * 16)
+    core.records.close()
+    reopened = make_core("a.example", sqlite_dir=tmp_path)
+    reopened.keys, reopened.config_cache = core.keys, core.config_cache
+    again = reopened.local_enqueue(message, NOW + 3_600_000, b"i" * 16)
+    assert again.duplicate and again.forwarded == [] and again.queue_deleted == first.queue_deleted != []
+    # the gone client's initial message (its queue outlived the record here), one outbound message, one id
+    assert counts(tmp_path / "qs-a.example.sqlite3") == (1, 1, 1)
+
+
 CRASHING_SENDER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[1])
@@ -105,30 +162,33 @@ CRASHING_SENDER = textwrap.dedent("""
 
     core = make_core("a.example", sqlite_dir=sys.argv[2])
     alice = Client.register(core)
-    append = core.outbound.append
+    store, name = (core.records, "remember_message_id") if sys.argv[3] == "remembered" else (core.outbound, "append")
+    write = getattr(store, name)
 
     def killed(*args):
-        if sys.argv[3] == "after":
-            append(*args)
+        if sys.argv[3] != "before":
+            write(*args)
         os.kill(os.getpid(), signal.SIGKILL)   # no cleanup, no rollback: like a power cut of the process
 
-    core.outbound.append = killed
-    core.local_enqueue(fan_out([alice.client_queue_config(), remote_config()], GROUP), NOW)
+    setattr(store, name, killed)
+    core.local_enqueue(fan_out([alice.client_queue_config(), remote_config()], GROUP), NOW, b"m" * 16)
     sys.exit("not killed")
 """)
 
 
 @spec(LOCAL_ENQUEUE, "MUST")
-@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("when", ["before", "after", "remembered"])
 def test_sender_killed_during_a_fan_out_leaves_all_or_nothing(tmp_path, when):
-    """A QS process killed with SIGKILL while it enqueues a fan-out (before or
-    after its outbound append, always before the commit): the database holds
-    none of the fan-out — neither the local message nor the outbound one."""
+    """A QS process killed with SIGKILL while it enqueues a fan-out the DS
+    handed over with a message id (before or after its outbound append, or
+    after it remembered the id; always before the commit): the database
+    holds none of the fan-out — neither the local message nor the outbound
+    one nor the id, so the DS's next hand-over does all of it."""
     proc = subprocess.run([sys.executable, "-c", CRASHING_SENDER, str(REPO), str(tmp_path), when],
                           capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     path = tmp_path / "qs-a.example.sqlite3"
-    assert counts(path) == (1, 0)   # alice's initial reset message only; nothing outbound
+    assert counts(path) == (1, 0, 0)   # alice's initial reset message only; nothing outbound, no id
     store = QsStore(path, OUTBOUND_KEYS)           # the file opens and works after the crash
     try:
         assert store.outbound.destinations() == []

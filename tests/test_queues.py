@@ -19,7 +19,7 @@ from phoenix_ref.codec import decode, encode
 from phoenix_ref.crypto import HpkeKeyPair
 from phoenix_ref.errors import Conflict, Malformed, NotFound
 from phoenix_ref.queues import (
-    ActivityPrecision, DequeueMessagesResponse, MemoryQueueStore, QueueConfig, QueueInfo, Queues,
+    TimePrecision, DequeueMessagesResponse, MemoryQueueStore, QueueConfig, QueueInfo, Queues,
     SqliteQueueStore, month_start_ms,
 )
 from phoenix_ref.spec_plugin import spec
@@ -77,7 +77,7 @@ def test_enqueue_assigns_current_sequence_number_then_increments(store):
 
 @spec("spec/authentication_service.md#as-state", "MUST")
 def test_as_direct_queue_with_owner_ratchet_key_and_month_activity(store):
-    cfg = QueueConfig(rotation_interval_ms=None, activity_precision=ActivityPrecision.MONTH)
+    cfg = QueueConfig(rotation_interval_ms=None, activity_precision=TimePrecision.MONTH)
     q = Queues(store, cfg)
     key = b"\x09" * 32
     q.create(b"alias", OWNER.public, T0 + 5 * 86_400_000, initial_ratchet_key=key)
@@ -332,7 +332,7 @@ class QueueMachine(RuleBasedStateMachine):
     """
 
     store_kind = "memory"
-    precision = ActivityPrecision.MILLISECOND
+    precision = TimePrecision.MILLISECOND
 
     def __init__(self):
         super().__init__()
@@ -453,7 +453,7 @@ class QueueMachine(RuleBasedStateMachine):
 
 class SqliteMonthQueueMachine(QueueMachine):
     store_kind = "sqlite"
-    precision = ActivityPrecision.MONTH
+    precision = TimePrecision.MONTH
 
     @rule()
     def restart(self):

@@ -156,3 +156,26 @@ def test_a_sqlite_store_uses_the_one_transaction_helper(tmp_path):
         assert _rows(store.conn) == [3, 4]
     finally:
         store.close()
+
+
+def test_row_cache_forgets_what_another_connection_may_have_changed(tmp_path):
+    """``phoenix-ref admin`` writes the database beside a running homeserver:
+    a commit by another connection empties the cache before its next lookup."""
+    conn, other = open_connection(tmp_path / "s.db"), open_connection(tmp_path / "s.db")
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    cache: RowCache[str, int] = RowCache(conn, 10)
+    cache.put("a", 1)
+    conn.execute("INSERT INTO t VALUES (1)")          # this connection's own writes keep the cache
+    assert cache.get("a") == 1
+    other.execute("INSERT INTO t VALUES (2)")         # another's commit does not
+    assert cache.lookup(["a"]) == ({}, ["a"])
+    cache.put("a", 2)
+    assert cache.get("a") == 2
+    conn.close()
+    other.close()
+
+
+def test_every_connection_overwrites_deleted_content(tmp_path):
+    conn = open_connection(tmp_path / "s.db")
+    assert conn.execute("PRAGMA secure_delete").fetchone()[0] == 1
+    conn.close()

@@ -35,12 +35,12 @@ from ..codec import decode, encode
 from ..errors import Conflict, NotFound
 from ..ids import Alias, ClientId, UserId
 from ..opaque import OpaqueServerSetup
-from ..queues import ActivityPrecision, QueueConfig, Queues, SqliteQueueStore
-from ..storage import open_connection, transaction
+from ..queues import TimePrecision, QueueConfig, Queues, SqliteQueueStore
+from ..storage import open_connection, purge_deleted, transaction
 
 __all__ = [
     "UserEntry", "ClientEntry", "AliasEntry", "QueueOwner", "AccountStore",
-    "SqliteAccountStore", "direct_queue_id", "open_as_storage",
+    "SqliteAccountStore", "direct_queue_id", "delete_user_entirely", "open_as_storage",
 ]
 
 
@@ -99,6 +99,9 @@ class AccountStore(Protocol):
     def delete_alias(self, alias: Alias) -> None: ...
     def add_alias_packages(self, alias: Alias, payloads: list[tuple[bytes, int]]) -> None: ...
     def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None: ...
+
+    # after deletions
+    def purge_deleted(self) -> None: ...
 
 
 _SCHEMA = """
@@ -238,6 +241,20 @@ class SqliteAccountStore:
                 raise NotFound(f"no user {user_id}", code="unknown_user")
             return cids
 
+    def count_users(self) -> int:
+        (n,) = self._read("SELECT COUNT(*) FROM users", ())
+        return n
+
+    def list_users(self, limit: int, after: UserId | None = None) -> list[tuple[UserId, int]]:
+        """Up to ``limit`` users with their number of clients, in the order of
+        their encoded ids, starting after ``after`` (operator listing)."""
+        with self.lock:
+            rows = self.connection.execute(
+                "SELECT u.user_id, COUNT(c.client_id) FROM users u LEFT JOIN clients c ON c.user_id = u.user_id "
+                "WHERE u.user_id > ? GROUP BY u.user_id ORDER BY u.user_id LIMIT ?",
+                (encode(after) if after is not None else b"", limit)).fetchall()
+        return [(decode(UserId, bytes(uid)), n) for uid, n in rows]
+
     def get_client(self, client_id: ClientId) -> ClientEntry | None:
         row = self._read("SELECT client_credential FROM clients WHERE client_id = ?", (encode(client_id),))
         return None if row is None else ClientEntry(client_id, row[0])
@@ -286,6 +303,12 @@ class SqliteAccountStore:
         if len(rows) > 1:
             db.execute(f"DELETE FROM {table} WHERE id = ?", (rows[0][0],))
         return rows[0][1]
+
+    def purge_deleted(self) -> None:
+        """After entries were deleted (outside any transaction): wipe their old
+        versions from the write-ahead log too (:func:`phoenix_ref.storage.purge_deleted`;
+        metadata minimalism, docs/storage.md)."""
+        purge_deleted(self.connection, self.lock)
 
     # --- AS OPAQUE key material ------------------------------------------------------
 
@@ -340,18 +363,37 @@ class SqliteAccountStore:
             return self._take(db, "alias_packages", rows)
 
 
+def delete_user_entirely(accounts: "SqliteAccountStore | AccountStore", queues: Queues,
+                         user_id: UserId) -> list[ClientId]:
+    """Delete a user entry, its client entries and connection packages and
+    the clients' direct queues in one transaction, then purge the deleted
+    rows from the files (``spec/authentication_service.md#user-account-deletion``;
+    the AS core after Client 2FA, ``phoenix-ref admin delete-user`` without).
+    Returns the deleted clients; raises NotFound for an unknown user."""
+    with accounts.transaction():   # the entries and every queue, or nothing
+        clients = accounts.delete_user(user_id)
+        for cid in clients:
+            try:
+                queues.delete(direct_queue_id(cid))
+            except NotFound:
+                pass
+    accounts.purge_deleted()
+    return clients
+
+
 def open_as_storage(db: str | Path | sqlite3.Connection, lock: threading.RLock | None = None, *,
                     max_messages: int | None = None,
                     rotation_interval_ms: int | None = 24 * 3600 * 1000) -> tuple[SqliteAccountStore, Queues]:
     """The AS's storage in one SQLite database over one connection: accounts
     and direct queues (tables ``as_direct_*``, activity kept to the month,
-    ``#as-state``). ``db`` and ``lock`` as for :class:`SqliteAccountStore`;
+    ``#as-state``, rotation times to the day, docs/storage.md). ``db`` and ``lock`` as for :class:`SqliteAccountStore`;
     the queue store shares the account store's connection, so
     ``accounts.transaction()`` covers both. ``max_messages`` is the AS's
     "maximal number of requested messages" (``#configuration``). The caller
     closes the account store (the queue store owns nothing)."""
     accounts = SqliteAccountStore(db, lock)
-    cfg = QueueConfig(activity_precision=ActivityPrecision.MONTH, rotation_interval_ms=rotation_interval_ms)
+    cfg = QueueConfig(activity_precision=TimePrecision.MONTH, rotation_precision=TimePrecision.DAY,
+                      rotation_interval_ms=rotation_interval_ms)
     if max_messages is not None:
         cfg = dataclasses.replace(cfg, max_messages=max_messages)
     return accounts, Queues(SqliteQueueStore(accounts.connection, "as_direct", accounts.lock), cfg)

@@ -66,7 +66,7 @@ from ..paths import endpoint_path
 from ..queue_crypto import check_queue_encryption_key, check_ratchet_key
 from ..queues import DequeueMessagesResponse, Queues
 from . import messages as m
-from .accounts import AccountStore, AliasEntry, ClientEntry, UserEntry, direct_queue_id
+from .accounts import AccountStore, AliasEntry, ClientEntry, UserEntry, delete_user_entirely, direct_queue_id
 
 __all__ = [
     "AuthMode", "AsOperation", "OPERATIONS", "operation", "request_binding", "AsConfig", "AsSecrets",
@@ -412,10 +412,7 @@ class AuthenticationCore:
             raise Unauthorized(f"no 2FA login of {client_id} with this credential is in progress",
                                code="no_pending_opaque")
         opaque.server_login_finish(pending.opaque_state, req.params.opaque_ke3)  # 401 on failure
-        with self.accounts.transaction():   # the entries and every queue, or nothing
-            gone = self.accounts.delete_user(client_id.user_id)
-            for cid in gone:
-                self._delete_queue(direct_queue_id(cid))
+        gone = delete_user_entirely(self.accounts, self.queues, client_id.user_id)
         for cid in gone:                    # metadata minimalism: the issuance counters go too
             self.issuance.forget(cid)
 
@@ -447,6 +444,8 @@ class AuthenticationCore:
                     pass                   # a queue whose entry is gone already
                 self._delete_queue(queue_id)
             gone.append(client_id)
+        if gone:
+            self.accounts.purge_deleted()
         return gone
 
     # --- profiles -----------------------------------------------------------------------------
@@ -524,6 +523,7 @@ class AuthenticationCore:
         with self.accounts.transaction():
             self.accounts.delete_alias(req.params.alias)
             self._delete_queue(direct_queue_id(req.params.alias))
+        self.accounts.purge_deleted()
 
     def dequeue_alias_messages(self, req: m.DequeueAliasMessagesRequest, now_ms: int) -> DequeueMessagesResponse:
         """``#dequeue-alias-messages``. Mode: Alias auth key."""

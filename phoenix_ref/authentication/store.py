@@ -52,12 +52,29 @@ class AsStore(SqliteStore):
         #: Bumped by every revocation, so that the AS core refreshes the
         #: credentials it verifies with (``routes.py``).
         self.revocations = 0
+        self._revoked_seen = self.conn.execute("SELECT COUNT(*) FROM revoked_credentials").fetchone()[0]
 
     async def revoke(self, fingerprint: bytes, now_ms: int) -> None:
-        await self.run(lambda c: c.execute(
-            "INSERT OR IGNORE INTO revoked_credentials (fingerprint, revoked_ms) VALUES (?, ?)",
-            (fingerprint, now_ms)))
+        await trio.to_thread.run_sync(self.revoke_sync, fingerprint, now_ms)
+
+    def revoke_sync(self, fingerprint: bytes, now_ms: int) -> None:
+        """Add ``fingerprint`` to the revoked credentials (once)."""
+        with self.transaction() as c:
+            c.execute("INSERT OR IGNORE INTO revoked_credentials (fingerprint, revoked_ms) VALUES (?, ?)",
+                      (fingerprint, now_ms))
         self.revocations += 1
+
+    def notice_revocations(self) -> bool:
+        """Whether another process (``phoenix-ref admin``) revoked credentials
+        since this store last looked; if so :attr:`revocations` changes, and
+        the AS rebuilds its trust in its own credentials."""
+        with self.lock:
+            (count,) = self.conn.execute("SELECT COUNT(*) FROM revoked_credentials").fetchone()
+        if count == self._revoked_seen:
+            return False
+        self._revoked_seen = count
+        self.revocations += 1
+        return True
 
     async def revoked(self) -> list[bytes]:
         """Revoked fingerprints, oldest revocation first."""

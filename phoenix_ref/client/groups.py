@@ -26,7 +26,7 @@ from ..credentials import ClientCredential, TrustStore
 from ..crypto import HPKECiphertext, SigningKey, decrypt_with_label
 from ..delivery import messages as m
 from ..delivery.core import EAR_KEY_LABEL
-from ..ids import Fqdn, GroupId
+from ..ids import GroupId
 from ..mls.extensions import ExternalSender, ExternalSenders, RolesExtension, get_extension, set_extension, \
     to_extension
 from ..mls.group import ApplicationMessage, CommitMessage, CommitResult, Group
@@ -160,6 +160,14 @@ class GroupMember:
         leaves from the roles, A7)."""
         removed = {p.proposal.removed for p in self.group.proposals if isinstance(p.proposal, Remove)}
         result = self.group.commit(proposals=self._roles_without(removed))
+        return self._request("ds_update_client", m.UpdateClientParams(result.message, self.ear_key,
+                                                                      self._update(result)))
+
+    def roles_request(self, admins: list[int]) -> PendingRequest:
+        """*Update client* that also sets the group's admins (admins only, A7)."""
+        roles = RolesExtension(sorted(admins), [])
+        gce = GroupContextExtensions(set_extension(self.group.group_context.extensions, roles))
+        result = self.group.commit(proposals=[gce])
         return self._request("ds_update_client", m.UpdateClientParams(result.message, self.ear_key,
                                                                       self._update(result)))
 

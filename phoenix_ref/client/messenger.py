@@ -243,6 +243,11 @@ class Messenger:
         member = await self._ready(group_id)
         await self._submit(member, member.update_request())
 
+    async def set_admins(self, group_id: GroupId, users: list[UserId]) -> None:
+        """Make exactly these users the group's admins (we must be one, A7)."""
+        member = self.groups[group_id]
+        await self._submit(member, member.roles_request([self.leaf_of(group_id, u) for u in users]))
+
     async def leave(self, group_id: GroupId) -> None:
         """F13: propose our own removal; a member commits it with its next update."""
         member = await self._ready(group_id)

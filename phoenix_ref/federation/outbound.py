@@ -27,7 +27,7 @@ homeserver's Trio nursery, then delivers that queue:
 * **bugs parked, not retried forever**: an exception that is no answer and
   no network failure is logged with its traceback, counted, and parks its
   destination until an operator unparks it or the process restarts
-  (:class:`OutboundSender`; ``phoenix-ref outbound`` lists pending counts,
+  (:class:`OutboundSender`; ``phoenix-ref admin … outbound`` lists pending counts,
   parkings and dead letters, :mod:`.outbound_admin`).
 
 The module knows nothing about what it carries: the caller provides a
@@ -59,7 +59,7 @@ from typing import Awaitable, Callable, Protocol
 
 import trio
 
-from ..storage import open_connection, transaction
+from ..storage import open_connection, purge_deleted, transaction
 from .client import FederationError, NotFederated, RemoteRefused
 from .outbound_crypto import OutboundKeyError, OutboundKeys
 
@@ -255,6 +255,10 @@ class SqliteOutboundStore:
         shared connection has open."""
         return transaction(self._conn, self._lock)
 
+    def set_keys(self, keys: OutboundKeys) -> None:
+        """Seal and open with ``keys`` from now on (the operator rotated the secret)."""
+        self._keys = keys
+
     def _sealer(self) -> OutboundKeys:
         if self._keys is None:
             raise OutboundKeyError("this outbound store was opened without the outbound queue keys")
@@ -332,6 +336,14 @@ class SqliteOutboundStore:
         return [DeadLetter(destination, bytes(mid), enq, rej, status, code, msg)
                 for mid, enq, rej, status, code, msg in rows]
 
+    def drop_dead_letters(self, destination: str) -> int:
+        """Delete the dead letters of ``destination`` (the operator has read
+        them) and wipe them from the files; returns how many there were."""
+        with self._tx() as db:
+            n = db.execute("DELETE FROM outbound_dead_letters WHERE destination = ?", (destination,)).rowcount
+        purge_deleted(self._conn, self._lock)
+        return n
+
 
 # --- outcomes of one delivery attempt ----------------------------------------------------
 
@@ -369,8 +381,9 @@ def outcome_of_failure(error: Exception) -> Outcome | None:
     """What an exception raised by a delivery attempt means for the message.
 
     The receiver's answer (:class:`~.client.RemoteRefused`): 409
-    ``duplicate_message`` is :class:`Delivered` (an earlier attempt got
-    through); 429 and 5xx are :class:`RetryLater` (with the ``Retry-After``
+    ``duplicate_message`` is :class:`Delivered` with an empty answer (an
+    earlier attempt got through; phoenix_ref itself answers a replay with
+    200 and the first answer, other implementations may refuse it); 429 and 5xx are :class:`RetryLater` (with the ``Retry-After``
     it gave); any other status is :class:`Rejected`. A destination the
     operator does not federate with is Rejected (403). A network or TLS
     failure, a timeout or an answer that does not decode, and any
@@ -444,7 +457,7 @@ class OutboundSender:
     failure (a bug in ``send``, in a callback, in the store, a payload that
     no longer opens) — are logged with their traceback and counted in
     :attr:`stats`; the destination is *parked*: recorded in the store with
-    the reason (the operator's ``phoenix-ref outbound`` lists it) and sent
+    the reason (the operator's ``phoenix-ref admin … outbound`` lists it) and sent
     nothing more until :meth:`unpark` or an operator's unpark in the store
     (looked for every ``policy.park_check_interval`` seconds), or a restart
     (:meth:`run` retries parked destinations once). Other destinations go on.
@@ -598,7 +611,7 @@ class OutboundSender:
         self.stats["programming_errors"] += 1
         reason = f"{type(error).__name__}: {error}"
         log.exception("outbound to %s: programming error; destination parked until an operator unparks it "
-                      "(phoenix-ref outbound --unpark %s) or a restart", destination, destination, exc_info=error)
+                      "(phoenix-ref admin --config FILE outbound --unpark %s) or a restart", destination, destination, exc_info=error)
         unparked = trio.Event()
         try:
             await self._store(self.store.park, destination, reason, self.now_ms())

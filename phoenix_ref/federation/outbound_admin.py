@@ -1,4 +1,4 @@
-"""The operator's view of the QS-to-QS queues: ``phoenix-ref outbound``.
+"""The operator's view of the QS-to-QS queues: ``phoenix-ref admin --config FILE outbound``.
 
 Reads the QS database of a homeserver (``qs.sqlite3`` in its data
 directory) — also while the homeserver runs, SQLite's WAL lets both at it —
@@ -6,7 +6,9 @@ and lists per destination the pending messages, whether its sender is
 parked and why (a programming error, :class:`~.outbound.OutboundSender`),
 and the dead letters: their count and the last few with the refusing
 answer. ``--unpark DOMAIN`` removes a parking; a running sender notices
-within its ``park_check_interval`` and sends again.
+within its ``park_check_interval`` and sends again. ``--drop-dead-letters
+DOMAIN`` deletes that destination's dead letters once the operator has
+read them (docs/storage.md).
 
 No key is needed: the report shows no payload (they stay sealed,
 :mod:`.outbound_crypto`).
@@ -60,8 +62,9 @@ def format_report(reports: list[DestinationReport]) -> str:
     return "\n".join(lines)
 
 
-def run(data_dir: Path, unpark: str | None = None, recent: int = 3) -> str:
-    """The text ``phoenix-ref outbound`` prints (after unparking ``unpark``)."""
+def run(data_dir: Path, unpark: str | None = None, recent: int = 3, drop_dead_letters: str | None = None) -> str:
+    """The text ``phoenix-ref admin … outbound`` prints (after unparking
+    ``unpark`` and deleting the dead letters of ``drop_dead_letters``)."""
     path = Path(data_dir) / QS_DATABASE
     if not path.exists():
         raise FileNotFoundError(f"no QS database {path}")
@@ -70,6 +73,8 @@ def run(data_dir: Path, unpark: str | None = None, recent: int = 3) -> str:
         head = ""
         if unpark is not None:
             head = (f"unparked {unpark}\n" if store.unpark(unpark) else f"{unpark} was not parked\n")
+        if drop_dead_letters is not None:
+            head += f"deleted {store.drop_dead_letters(drop_dead_letters)} dead letters of {drop_dead_letters}\n"
         return head + format_report(report(store, recent))
     finally:
         store.close()

@@ -29,11 +29,15 @@ Sections and where they are enforced:
   other domain gets exactly one message in its durable outbound queue
   (:mod:`phoenix_ref.federation.outbound`); ``QueueDeleted`` for missing local
   queues is the return value, those reported by remote QSs go to the
-  ``on_queue_deleted`` callback of :class:`~.service.QsService`.
+  ``on_queue_deleted`` callback of :class:`~.service.QsService`. A fan-out
+  handed over with a message id is done once per id (a repeat is answered
+  from the store).
 * ``#federated-qs-to-qs-communication`` and ``#rate-limiting`` —
   :meth:`QsCore.federated_enqueue`: destination, age, operator allow/deny
-  list, signature, replay (message id), rate limits per source domain, per
-  client queue config and per queue. The core fetches nothing: it is given
+  list, the group belongs to the source
+  (``threat_model/stride/security_requirements/federated_homeservers.md#message-fan-out``),
+  signature, rate limits per source domain, per client queue config and per
+  queue, replay (message id: answered with the first answer). The core fetches nothing: it is given
   the source QS's verifying keys the caller holds (or none) and raises
   :class:`UnknownSourceKey` when none verifies; the async layer
   (:class:`~.service.QsService`) then fetches the keys once and calls again.
@@ -54,7 +58,7 @@ from typing import Callable, Sequence
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, VarBytes, decode, encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify
-from ..errors import Conflict, Forbidden, Malformed, NotFound, RateLimited, Unauthorized
+from ..errors import Forbidden, Malformed, NotFound, RateLimited, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.extensions import (
@@ -80,12 +84,11 @@ from .messages import (
     UpdateClientRecordRequest, UpdateUserRecordRequest, UserRecordRequest, UserRecordResponse, WsRequest,
     encode_qs_to_qs_tbs, received_qs_to_qs_tbs,
 )
-from .records import BLOCKLIST_SALT_LEN, ClientRecord, QsRecords, UserRecord
+from .records import BLOCKLIST_SALT_LEN, LOCAL_SOURCE, ClientRecord, QsRecords, UserRecord
 
 __all__ = [
     "QS_TO_QS_LABEL", "ADD_PACKAGE_RESPONSE_LABEL", "RateLimit", "QsConfig", "QsKeys",
-    "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "operation_path", "DuplicateMessage",
-    "UnknownSourceKey",
+    "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "operation_path", "UnknownSourceKey",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,7 +112,11 @@ class QsConfig:
 
     * ``max_inter_qs_token_age_ms`` — "Maximal InterQsAuthToken age" (1 h):
       the oldest QsToQsMessage timestamp accepted, and how long message ids
-      are remembered against replays.
+      (with their answers) are remembered against replays.
+    * ``local_message_id_keep_ms`` — how long the id of a fan-out the local
+      DS handed over is remembered (7 days): a DS that crashed before it
+      learnt the answer hands the fan-out over again when it restarts, and
+      that may be after a long outage (docs/decisions.md).
     * ``max_client_token_age_ms`` — oldest QsAuthToken accepted (decision:
       the same 1 h).
     * ``max_clock_skew_ms`` — how far in the future a timestamp may be.
@@ -129,6 +136,7 @@ class QsConfig:
     max_clock_skew_ms: int = 60_000
     max_client_records_per_user: int = 10
     max_client_record_age_ms: int = 90 * 86_400_000
+    local_message_id_keep_ms: int = 7 * 86_400_000
     rate_limit_per_domain: RateLimit | None = RateLimit(6000)
     rate_limit_per_client_queue_config: RateLimit | None = RateLimit(600)
     rate_limit_per_queue: RateLimit | None = RateLimit(1200)
@@ -172,26 +180,27 @@ class LocalEnqueueResult:
     * ``rejected`` — local configs that do not open or verify (not enqueued);
     * ``blocked`` — local configs whose queue blocks the group (silently dropped);
     * ``enqueued`` — QsCids that received the message (websocket wake-ups);
-    * ``forwarded`` — remote domains that got one outbound message each.
+    * ``forwarded`` — remote domains that got one outbound message each;
+    * ``duplicate`` — the message id was taken already: this call did
+      nothing, ``queue_deleted`` is the first call's and the other lists
+      are empty.
     """
     queue_deleted: list[QueueDeleted] = field(default_factory=list)
     rejected: list[ClientQueueConfig] = field(default_factory=list)
     blocked: list[ClientQueueConfig] = field(default_factory=list)
     enqueued: list[QsCid] = field(default_factory=list)
     forwarded: list[Fqdn] = field(default_factory=list)
+    duplicate: bool = False
 
 
 @dataclass
 class FederatedEnqueueResult:
+    """What :meth:`QsCore.federated_enqueue` did: the answer for the source
+    QS, the QsCids that received the message, and whether it was a replay
+    (then nothing was enqueued and ``response`` is the first answer)."""
     response: FederatedEnqueueResponse
     enqueued: list[QsCid]
-
-
-class DuplicateMessage(Conflict):
-    """A QsToQsMessage whose id this QS has already accepted (409): nothing is
-    enqueued. The sending QS treats this answer as "delivered" — it is what a
-    retry after a lost answer or a crash gets (docs/decisions.md)."""
-    code = "duplicate_message"
+    duplicate: bool = False
 
 
 class UnknownSourceKey(Unauthorized):
@@ -244,6 +253,7 @@ class QsCore:
     def __init__(self, config: QsConfig, keys: QsKeys, records: QsRecords, queues: Queues,
                  outbound: OutboundStore, *, config_cache: SealedConfigCache | None = None,
                  transaction: Callable[[], AbstractContextManager] = nullcontext,
+                 purge_deleted: Callable[[], object] = lambda: None,
                  rate_limits: WindowCounters | None = None):
         self.config = config
         self.keys = keys
@@ -259,6 +269,10 @@ class QsCore:
         #: when the stores share an SQLite database; the in-memory test stores
         #: have no rollback and use ``nullcontext``).
         self.transaction = transaction
+        #: Called after client records were deleted, outside the transaction:
+        #: wipes the deleted rows' old versions from the database's files
+        #: (``QsStore.purge_deleted``; metadata minimalism, docs/storage.md).
+        self.purge_deleted = purge_deleted
         #: Called with the QsCids of deleted client records, after the deletion
         #: (the service closes their websockets). Any thread may call it.
         self.on_clients_deleted: Callable[[list[QsCid]], None] | None = None
@@ -357,7 +371,10 @@ class QsCore:
         return Empty()
 
     def _clients_deleted(self, qs_cids: list[QsCid]) -> None:
-        if qs_cids and self.on_clients_deleted is not None:
+        if not qs_cids:
+            return
+        self.purge_deleted()
+        if self.on_clients_deleted is not None:
             self.on_clients_deleted(qs_cids)
 
     def _delete_queue(self, qs_cid: QsCid) -> None:
@@ -613,7 +630,18 @@ class QsCore:
             else:
                 result.enqueued.append(opened.qs_cid)
 
-    def local_enqueue(self, message: FanOutMessage, now_ms: int) -> LocalEnqueueResult:
+    def _first_answer(self, source: str, message_id: bytes, now_ms: int) -> FederatedEnqueueResponse | None:
+        """The answer stored with a taken message id, or None if it is new."""
+        stored = self.records.message_answer(source, message_id, now_ms)
+        return None if stored is None else decode(FederatedEnqueueResponse, stored)
+
+    def _remember(self, source: str, message_id: bytes, queue_deleted: list[QueueDeleted],
+                  expires_ms: int) -> None:
+        self.records.remember_message_id(source, message_id, encode(FederatedEnqueueResponse(queue_deleted)),
+                                         expires_ms)
+
+    def local_enqueue(self, message: FanOutMessage, now_ms: int, message_id: bytes | None = None
+                      ) -> LocalEnqueueResult:
         """``#local-enqueue-message``: the local DS hands over a FanOutMessage.
 
         Configs of this homeserver are enqueued now; for every other domain
@@ -626,7 +654,16 @@ class QsCore:
         then the local queue writes and the outbound messages are one store
         transaction, so after a crash either the whole fan-out happened or
         none of it (a DS that got no answer hands it over again).
+
+        ``message_id`` (:data:`~.messages.MESSAGE_ID_LEN` bytes, the DS's
+        outbox entry) makes the hand-over idempotent: the id is looked up
+        and, with the ``queue_deleted`` answer, remembered in that same
+        transaction (for :attr:`QsConfig.local_message_id_keep_ms`). A
+        second call with a taken id does nothing and returns ``duplicate``
+        with the first call's ``queue_deleted``.
         """
+        if message_id is not None and len(message_id) != MESSAGE_ID_LEN:
+            raise ValueError(f"a message id has {MESSAGE_ID_LEN} bytes, not {len(message_id)}")
         result = LocalEnqueueResult()
         group_id = group_id_of(message)  # refuse undeliverable content before anything is queued
         plaintext = encode(message.message_content, MessageContent)
@@ -642,10 +679,18 @@ class QsCore:
                 payload = self.config_lists.encode_fan_out(part.client_queue_configs, plaintext)
                 forward.append((domain, os.urandom(MESSAGE_ID_LEN), payload))
         with self.transaction():
+            if message_id is not None:
+                first = self._first_answer(LOCAL_SOURCE, message_id, now_ms)
+                if first is not None:
+                    log.info("fan-out %s was handed over before: nothing done", message_id.hex())
+                    return LocalEnqueueResult(queue_deleted=first.queue_deleted, duplicate=True)
             self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
-            for domain, message_id, payload in forward:
-                self.outbound.append(domain.value, message_id, payload, now_ms)
+            for domain, outbound_id, payload in forward:
+                self.outbound.append(domain.value, outbound_id, payload, now_ms)
                 result.forwarded.append(domain)
+            if message_id is not None:
+                self._remember(LOCAL_SOURCE, message_id, result.queue_deleted,
+                               now_ms + self.config.local_message_id_keep_ms)
         return result
 
     # --- key distribution (spec/federation/use_cases.md#authentication-key-distribution) ---------
@@ -685,13 +730,18 @@ class QsCore:
         Checks, in this order (cheap first, and nothing is enqueued unless
         all pass): the source is a domain we federate with (403); we are the
         destination (403); the timestamp is within the maximal age and not in
-        the future (401); the signature verifies under one of ``source_keys``
-        (401 :class:`UnknownSourceKey`); every
+        the future (401); the group of the payload is the source's — its
+        GroupId's ``ds_domain`` is the source domain (403 ``not_group_owner``,
+        ``threat_model/stride/security_requirements/federated_homeservers.md#message-fan-out``:
+        no homeserver fans out on behalf of another); the signature verifies
+        under one of ``source_keys`` (401 :class:`UnknownSourceKey`); every
         config names this homeserver (403); rate limits per source domain,
-        per client queue config and per queue (429 with Retry-After); the
-        message id is new — a replay raises :class:`DuplicateMessage` (409)
-        and enqueues nothing. Then the message is processed like one from
-        the local DS (``#enqueuing-messages``).
+        per client queue config and per queue (429 with Retry-After). Then
+        the message is processed like one from the local DS
+        (``#enqueuing-messages``), unless its id was taken already: a replay
+        (the sender's retry after a lost answer) enqueues nothing and gets
+        the answer the first delivery got, stored with the id in the
+        enqueue's transaction (``duplicate`` in the result).
         """
         cfg = self.config
         if not cfg.federates_with(message.source):
@@ -702,16 +752,18 @@ class QsCore:
             raise Forbidden(f"message is for {message.destination}, this is {cfg.domain}",
                             code="wrong_destination")
         self._check_timestamp(message.timestamp, now_ms, cfg.max_inter_qs_token_age_ms, "QsToQsMessage")
+        group_id = group_id_of(message.payload)
+        if group_id.ds_domain != message.source:
+            raise Forbidden(f"group {group_id} is not a group of {message.source}", code="not_group_owner")
         self._verify_remote_signature(message, source_keys, received)
         if any(c.client_homeserver_domain != cfg.domain for c in message.payload.client_queue_configs):
             raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
-        group_id = group_id_of(message.payload)
 
         # Rate limits (#rate-limiting) first: in-memory counters
         # (docs/decisions.md); a 429 leaves no trace but the counters, so the
-        # sender's retry is clean. Then the replay check and the enqueue in
-        # one store transaction, so a message id is remembered exactly when
-        # the message was enqueued.
+        # sender's retry is clean. Then the replay check, the enqueue and the
+        # id with its answer in one store transaction, so a message id is
+        # remembered exactly when the message was enqueued.
         source = message.source.value
         opened = self._open_all(self._received_configs(message, received))
         per_domain, per_config, per_queue = (cfg.rate_limit_per_domain, cfg.rate_limit_per_client_queue_config,
@@ -734,13 +786,14 @@ class QsCore:
         candidates = self._candidates(opened, group_id, result)
         plaintext = encode(message.payload.message_content, MessageContent)
         with self.transaction():
-            fresh = self.records.remember_message_id(source, message.message_id, now_ms,
-                                                     cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
-            if fresh:
-                self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
-        if not fresh:
-            log.info("replayed QsToQsMessage %s from %s refused", message.message_id.hex(), source)
-            raise DuplicateMessage(f"message {message.message_id.hex()} from {source} was already received")
+            first = self._first_answer(source, message.message_id, now_ms)
+            if first is not None:
+                log.info("replayed QsToQsMessage %s from %s: the first answer again, nothing enqueued",
+                         message.message_id.hex(), source)
+                return FederatedEnqueueResult(first, [], duplicate=True)
+            self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
+            self._remember(source, message.message_id, result.queue_deleted,
+                           now_ms + cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
         return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
 
     def _verify_remote_signature(self, message: QsToQsMessage, keys: Sequence[bytes] | None,

@@ -11,8 +11,11 @@ What lives here:
   (``#publish-keypackages``, ``#get-addpackage``).
 * **Blocklists**: salted group-id hashes per client (``#qs-state``:
   "List of salted group ID hashes"); see :func:`blocklist_hash`.
-* **Replay cache** of federated message ids (``#federated-qs-to-qs-communication``,
-  decision in :mod:`phoenix_ref.queuing.messages`).
+* **Taken message ids** with the answer each got: ids of federated
+  QsToQsMessages per source domain (``#federated-qs-to-qs-communication``,
+  replays) and the ids the local DS hands fan-outs over with, under the
+  source :data:`LOCAL_SOURCE` (``#local-enqueue-message``, idempotent
+  hand-over; docs/decisions.md "A40").
 
 Every method is one atomic transaction, so a request that needs one read and
 one write touches the store twice at most (``spec/performance_goals.md``,
@@ -37,10 +40,14 @@ from ..storage import RowCache, chunks, open_connection, transaction
 
 __all__ = [
     "UserRecord", "ClientRecord", "EnqueueKeys", "QsRecords", "MemoryQsRecords", "SqliteQsRecords",
-    "blocklist_hash", "BLOCKLIST_SALT_LEN",
+    "blocklist_hash", "BLOCKLIST_SALT_LEN", "LOCAL_SOURCE",
 ]
 
 BLOCKLIST_SALT_LEN = 32
+#: The source under which the ids of the local DS's fan-outs are kept. It is
+#: no domain name (an Fqdn has at least two labels), so it never meets the
+#: ids of a federated source.
+LOCAL_SOURCE = "local"
 
 
 def blocklist_hash(salt: bytes, group_id: GroupId | bytes) -> bytes:
@@ -118,9 +125,15 @@ class QsRecords(Protocol):
         any, an ordinary one (deleted: used once) before a last-resort one
         (kept). None when no user has the token."""
 
-    def remember_message_id(self, source: str, message_id: bytes, now_ms: int, keep_ms: int) -> bool:
-        """True if ``(source, message_id)`` is new (then kept ``keep_ms``), False
-        for a replay. Expired ids are purged."""
+    def message_answer(self, source: str, message_id: bytes, now_ms: int) -> bytes | None:
+        """The answer stored with ``(source, message_id)`` if that id is taken
+        and has not expired at ``now_ms``, else None. Purges expired ids."""
+
+    def remember_message_id(self, source: str, message_id: bytes, answer: bytes, expires_ms: int) -> None:
+        """Take ``(source, message_id)`` until ``expires_ms``, with the answer
+        it got. Meant inside the transaction that checked
+        :meth:`message_answer` and did the work; an id that is taken already
+        is a caller's bug (the SQLite store raises ``IntegrityError``)."""
 
     def close(self) -> None: ...
 
@@ -142,7 +155,7 @@ class MemoryQsRecords:
         self._clients: dict[QsCid, ClientRecord] = {}
         self._kps: dict[QsCid, list[tuple[int, bytes, bool]]] = {}
         self._blocked: set[tuple[QsCid, bytes]] = set()
-        self._seen: dict[tuple[str, bytes], int] = {}
+        self._taken: dict[tuple[str, bytes], tuple[int, bytes]] = {}   # → (expires_ms, answer)
         self._kp_seq = 0
 
     def _token_owner(self, token: bytes) -> QsUid | None:
@@ -280,13 +293,17 @@ class MemoryQsRecords:
                     self._kps[c.qs_cid] = [r for r in self._kps[c.qs_cid] if r[0] != pick[0]]
             return out
 
-    def remember_message_id(self, source, message_id, now_ms, keep_ms):
+    def message_answer(self, source, message_id, now_ms):
         with self._lock:
-            self._seen = {k: exp for k, exp in self._seen.items() if exp > now_ms}
-            if (source, message_id) in self._seen:
-                return False
-            self._seen[(source, message_id)] = now_ms + keep_ms
-            return True
+            self._taken = {k: v for k, v in self._taken.items() if v[0] > now_ms}
+            taken = self._taken.get((source, message_id))
+            return None if taken is None else taken[1]
+
+    def remember_message_id(self, source, message_id, answer, expires_ms):
+        with self._lock:
+            if (source, message_id) in self._taken:
+                raise ValueError(f"message id {message_id.hex()} of {source} is taken already")
+            self._taken[(source, message_id)] = (expires_ms, answer)
 
     def close(self):
         pass
@@ -321,13 +338,15 @@ CREATE TABLE IF NOT EXISTS qs_blocklist (
     group_hash BLOB NOT NULL,
     PRIMARY KEY (qs_cid, group_hash)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS qs_seen_messages (
+CREATE TABLE IF NOT EXISTS qs_message_ids (
     source TEXT NOT NULL,
     message_id BLOB NOT NULL,
     expires_ms INTEGER NOT NULL,
+    answer BLOB NOT NULL,
     PRIMARY KEY (source, message_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS qs_seen_messages_exp ON qs_seen_messages (expires_ms);
+CREATE INDEX IF NOT EXISTS qs_message_ids_exp ON qs_message_ids (expires_ms);
+DROP TABLE IF EXISTS qs_seen_messages;
 DROP TABLE IF EXISTS qs_rate_limits;
 """
 
@@ -544,12 +563,16 @@ class SqliteQsRecords:
                     db.execute("DELETE FROM qs_key_packages WHERE id=?", (pick[0],))
             return out
 
-    def remember_message_id(self, source, message_id, now_ms, keep_ms):
+    def message_answer(self, source, message_id, now_ms):
         with self.transaction() as db:
-            db.execute("DELETE FROM qs_seen_messages WHERE expires_ms <= ?", (now_ms,))
-            cur = db.execute("INSERT OR IGNORE INTO qs_seen_messages VALUES (?,?,?)",
-                             (source, message_id, now_ms + keep_ms))
-            return cur.rowcount == 1
+            db.execute("DELETE FROM qs_message_ids WHERE expires_ms <= ?", (now_ms,))
+            row = db.execute("SELECT answer FROM qs_message_ids WHERE source=? AND message_id=?",
+                             (source, message_id)).fetchone()
+            return None if row is None else bytes(row[0])
+
+    def remember_message_id(self, source, message_id, answer, expires_ms):
+        with self.transaction() as db:
+            db.execute("INSERT INTO qs_message_ids VALUES (?,?,?,?)", (source, message_id, expires_ms, answer))
 
     def close(self):
         if self._own:

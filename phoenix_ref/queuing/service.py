@@ -248,7 +248,11 @@ class QsService:
     # --- enqueue ----------------------------------------------------------------------------
 
     async def local_enqueue(self, message: FanOutMessage, message_id: bytes | None = None) -> LocalEnqueueResult:
-        result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms())
+        """:meth:`QsCore.local_enqueue` in a worker thread, then wake the
+        websockets of the queues that got the message and the outbound
+        senders of the domains it was forwarded to. With ``message_id`` a
+        repeated hand-over does nothing (``result.duplicate``)."""
+        result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms(), message_id)
         self.notifier.notify(result.enqueued)
         if self.outbound_sender is not None:
             for domain in result.forwarded:
@@ -270,6 +274,8 @@ class QsService:
                 raise
             keys = await self.source_keys.fetch(message.source, cached is not None)
             result = await self._federated_enqueue(message, keys, received)
+        if result.duplicate:
+            self.stats["federated_enqueue_duplicates"] += 1
         self.notifier.notify(result.enqueued)
         return result
 
@@ -285,6 +291,12 @@ class QsService:
         return self.core.frame_outbound(item, self.clock.now_ms())
 
     def on_delivered(self, item: OutboundItem, response: bytes) -> None:
+        """The destination took ``item``: hand the ``QueueDeleted`` entries of
+        its answer to ``on_queue_deleted``. An empty answer is what a
+        ``409 duplicate_message`` stands for (a receiver that answers a
+        replay with a refusal, not with its first answer): nothing to report."""
+        if not response:
+            return
         try:
             answer = decode(FederatedEnqueueResponse, response)
         except DecodeError as e:

@@ -5,8 +5,8 @@ keystore. Everything else the spec lists under *QS state* lives in the
 homeserver's ``qs.sqlite3``, in three groups of tables:
 
 * ``qs_users``, ``qs_clients``, ``qs_key_packages``, ``qs_blocklist``,
-  ``qs_seen_messages`` — records, KeyPackages, blocklists and the
-  federated replay cache
+  ``qs_message_ids`` — records, KeyPackages, blocklists and the
+  taken message ids (federated replays, the local DS's hand-overs)
   (:class:`~phoenix_ref.queuing.records.SqliteQsRecords`);
 * ``qs_queues``, ``qs_ratchets``, ``qs_messages`` — the fan-out queues with
   their encryption key material (:class:`~phoenix_ref.queues.SqliteQueueStore`);
@@ -36,7 +36,7 @@ import trio
 from ..federation.outbound import SqliteOutboundStore
 from ..federation.outbound_crypto import OutboundKeys
 from ..queues import SqliteQueueStore
-from ..storage import open_connection, transaction
+from ..storage import open_connection, purge_deleted, transaction
 from .records import SqliteQsRecords
 
 __all__ = ["QsStore"]
@@ -59,6 +59,10 @@ class QsStore:
         """One SQLite transaction around the store calls made inside it (same
         thread): they all commit at its end or none does."""
         return transaction(self.connection, self.lock)
+
+    def purge_deleted(self) -> bool:
+        """After a deletion of records: :func:`phoenix_ref.storage.purge_deleted`."""
+        return purge_deleted(self.connection, self.lock)
 
     @classmethod
     async def open(cls, path: Path | str, outbound_keys: OutboundKeys) -> "QsStore":
