@@ -84,6 +84,7 @@ async def test_entries_the_qs_refused_stay_in_the_outbox(tmp_path):
         nursery.cancel_scope.cancel()
 
 
+@spec(DISTRIBUTION, "MUST")
 def test_crash_point_values():
     assert crash_countdown(None) is None
     assert crash_countdown("") is None

@@ -8,8 +8,8 @@ its GroupContext, ratchet tree, interim transcript hash, proposal store),
 the client and user profiles, the past group states kept for joiners, the
 Queue ID decryption key and the digests of the last commits the DS applied
 (so that a client whose answer was lost can learn that its commit went
-through: docs/decisions.md, "A commit whose answer was lost"). :class:`GroupState` is the working form the
-core changes.
+through: docs/decisions.md, "A commit whose answer was lost").
+:class:`GroupState` is the working form the core changes.
 
 At rest (:func:`seal_state` / :func:`open_state`) the encoding is prefixed
 with its length, padded with zeros to a multiple of the bucket size
