@@ -159,6 +159,7 @@ async def _crash_and_recover(http: httpx.AsyncClient, servers: dict[str, ServePr
         await bob.update(gid)
     await hs_a.proc.wait()
     assert hs_a.proc.returncode == -signal.SIGKILL, hs_a.log()
+    assert bob.groups[gid].unsure is not None             # bob keeps the commit: its fate is unknown
     assert hs_a.outbox_rows() == 1                        # the state and its fan-out are on disk ...
     commit = encode(bob.groups[gid].unsure.body.params.commit)
     assert bob.groups[gid].group.epoch == epoch           # ... and bob does not know it: still pending
