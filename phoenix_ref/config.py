@@ -108,6 +108,7 @@ class Limits:
     # DS configuration (spec/delivery_service.md#ds-configuration-options; docs/decisions.md A9)
     ds_max_inactivity_days: int = _limit(90, unit="days")        # "maximal duration of client commit inactivity"
     ds_max_key_package_age_days: int = _limit(90, unit="days")   # maximal age of an added KeyPackage
+    ds_padding_percentile: int = _limit(8, maximum=10, unit="deciles")   # "padding target (1..10)" (A19)
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff
     federation_retry_base_s: float = _limit(1.0, minimum=0.001, maximum=86_400, unit="seconds")   # first retry delay
     federation_retry_max_s: float = _limit(300.0, minimum=0.001, maximum=86_400, unit="seconds")  # cap of the retry delay

@@ -326,7 +326,8 @@ def qs_config(cfg: Config) -> QsConfig:
 def ds_config(cfg: Config) -> DsConfig:
     """The DS core's configuration from the homeserver's."""
     return DsConfig(Fqdn(cfg.domain), max_inactivity_days=cfg.limits.ds_max_inactivity_days,
-                    max_key_package_age_days=cfg.limits.ds_max_key_package_age_days)
+                    max_key_package_age_days=cfg.limits.ds_max_key_package_age_days,
+                    padding_percentile=cfg.limits.ds_padding_percentile)
 
 
 def backoff_policy(limits: Limits) -> BackoffPolicy:

@@ -235,3 +235,27 @@ def test_ds_removals_still_work_after_the_ds_key_rotated(world):
     assert proposal.public_message.content.sender.sender_index == 0     # the group's one external sender: old key
     member.group.process(proposal)                                       # a member verifies it with that key
     assert len(member.group.proposals) == 1
+
+
+def group_of(world, n):
+    gid, member = world.create()
+    key, cred = world.client()
+    packages = [add_package(world)[:3] for _ in range(n - 1)]
+    world.call(member, member.add_request(packages, key, cred.client_id))
+    return gid, member
+
+
+@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "MUST")
+@spec("spec/delivery_service.md#ds-configuration-options", "MUST")
+def test_padding_buckets_follow_the_configured_decile(world):
+    small, m3 = group_of(world, 3)
+    large, m9 = group_of(world, 9)
+    sizes = {g: len(world.rows[g].sealed_state) for g in (small, large)}
+    assert sizes[small] < sizes[large]                   # the 4096-byte floor does not hide 9 members
+    bucket = world.core.set_bucket(list(sizes.values()))  # decile 8 of two groups: the larger one
+    for gid, member in ((small, m3), (large, m9)):
+        world.call(member, member.update_request())        # the next write pads to the new bucket
+    assert len(world.rows[small].sealed_state) == len(world.rows[large].sealed_state) == bucket + 28
+    huge, m20 = group_of(world, 20)                        # past the bucket: the next multiple
+    n = len(world.rows[huge].sealed_state) - 28
+    assert n % bucket == 0 and n >= 2 * bucket

@@ -32,7 +32,9 @@ from ..mls.extensions import ExternalSender, ExternalSenders, RolesExtension, ge
 from ..mls.group import ApplicationMessage, CommitMessage, CommitResult, Group
 from ..mls.welcome import decrypt_group_info, decrypt_group_secrets
 from ..mls.keypackage import KeyPackageBundle
-from ..mls.messages import Credential, GroupContextExtensions, MLSMessage, Remove, make_key_package_ref
+from ..mls.messages import (
+    Credential, GroupContextExtensions, MLSMessage, Remove, SenderType, make_key_package_ref,
+)
 from ..mls.tree import RatchetTree
 from ..paths import endpoint_path
 from ..queuing.messages import (
@@ -229,28 +231,38 @@ class GroupMember:
         raise ValueError(f"{type(content).__name__} is not for an existing group")
 
     def _process_mls(self, message: MLSMessage, trust: TrustStore | None) -> Any:
-        aad = bytes(message.public_message.content.authenticated_data) if message.public_message else b""
+        content = message.public_message.content if message.public_message else None
+        aad = bytes(content.authenticated_data) if content is not None else b""
         out = self.group.process(message)
-        if isinstance(out, CommitMessage):
-            if out.removed_me:
-                self.gone = True
-                return out
-            for leaf in out.applied.removed:
-                self.members.pop(leaf, None)
-            if out.applied.added:
-                infos = decode(m.AddUsersParamsAad, aad).encrypted_credential_information
-                for (leaf, _), sealed in zip(out.applied.added, infos):
-                    self._learn(leaf, bytes(sealed), trust)
-            elif aad and out.sender.leaf_index is not None:
-                info = decode(m.UpdateClientParamsAad, aad).option_encrypted_credential_information
-                if info is not None:
-                    self._learn(out.sender.leaf_index, bytes(info), trust)
+        if not isinstance(out, CommitMessage):
+            return out
+        if out.removed_me:
+            self.gone = True
+            return out
+        left = {leaf: self.members.pop(leaf) for leaf in out.applied.removed if leaf in self.members}
+        if out.applied.added:
+            infos = decode(m.AddUsersParamsAad, aad).encrypted_credential_information
+            for (leaf, _), sealed in zip(out.applied.added, infos):
+                self._learn(leaf, bytes(sealed), trust)
+        elif out.sender.sender_type == SenderType.new_member_commit:
+            joiner = next(i for i, _ in self.group.tree.leaves() if i not in self.members)
+            if aad:           # join connection group: the joiner's credential information
+                self._learn(joiner, bytes(decode(m.JoinConnectionGroupParamsAad, aad)
+                                          .encrypted_credential_information), trust)
+            elif len(left) == 1:   # resync: the same client, same credential, in its new leaf
+                self.members[joiner] = left.popitem()[1]
+        elif aad:
+            info = decode(m.UpdateClientParamsAad, aad).option_encrypted_credential_information
+            if info is not None:
+                self._learn(out.sender.leaf_index, bytes(info), trust)
         return out
 
-    def _learn(self, leaf: int, sealed: bytes, trust: TrustStore | None) -> None:
+    def _learn(self, leaf: int, sealed: bytes, trust: TrustStore | None, tree: Any = None) -> None:
+        """Decrypt a member's credential information and check it against its
+        leaf (in ``tree``, a ratchet-tree node list, else our current tree)."""
         info = open_credential_information(self.credential_key, sealed)
-        verify_leaf(self.group.tree.leaf(leaf), info.client_credential, info.signature_encryption_key, trust,
-                    self.now())
+        node = RatchetTree.from_nodes(tree).leaf(leaf) if tree is not None else self.group.tree.leaf(leaf)
+        verify_leaf(node, info.client_credential, info.signature_encryption_key, trust, self.now())
         self.members[leaf] = info
 
     # --- joining (F8) --------------------------------------------------------------------------------
@@ -274,6 +286,50 @@ class GroupMember:
                               DsKeyPackageRef(make_key_package_ref(kp_bundle.key_package)), now_ms)
 
     @classmethod
+    def join_external(cls, group_id: GroupId, info: m.ExternalCommitInfoResponse, leaf: LeafIdentity,
+                      own: CredentialInformation, ear_key: bytes, credential_key: bytes,
+                      queue_config: ClientQueueConfig, trust: TrustStore | None, clock: Any
+                      ) -> tuple["GroupMember", PendingRequest]:
+        """*Join connection group* (``#join-connection-group``): an external
+        commit with our credential information in its AAD. The member is
+        kept only if the DS takes the request."""
+        sealed = seal_credential_information(credential_key, own)
+        group, commit = Group.join_by_external_commit(
+            info.group_info, leaf.signing_key, leaf.mls_credential, ratchet_tree=RatchetTree.from_nodes(info.public_tree),
+            authenticated_data=encode(m.JoinConnectionGroupParamsAad(sealed)), clock=clock)
+        me = cls(group_id, group, leaf, ear_key, credential_key, clock)
+        for entry in info.credential_chains:
+            me._learn(entry.leaf_index, bytes(entry.encrypted_credential_information), trust, tree=info.public_tree)
+        me.members[group.leaf_index] = own
+        gi = group.group_info()
+        params = m.JoinConnectionGroupParams(commit, ear_key, m.GroupInfoUpdate(gi.signature, gi.extensions),
+                                             queue_config)
+        return me, PendingRequest("ds_join_connection_group", params)
+
+    def resync(self, info: m.ExternalCommitInfoResponse, queue_config: ClientQueueConfig,
+               trust: TrustStore | None) -> tuple["GroupMember", PendingRequest]:
+        """*Resync* (``#resync``, decision A8): rejoin by an external commit
+        that removes our old leaf, with the same leaf credential and key.
+        Needs only the group's keys and our leaf identity, not the MLS state."""
+        old = self.group.leaf_index
+        group, commit = Group.join_by_external_commit(
+            info.group_info, self.leaf.signing_key, self.leaf.mls_credential,
+            ratchet_tree=RatchetTree.from_nodes(info.public_tree), resync_leaf=old, clock=self.clock)
+        me = GroupMember(self.group_id, group, self.leaf, self.ear_key, self.credential_key, self.clock)
+        own = self.members.get(old)
+        for entry in info.credential_chains:
+            if entry.leaf_index != old:
+                me._learn(entry.leaf_index, bytes(entry.encrypted_credential_information), trust,
+                          tree=info.public_tree)
+        if own is not None:
+            me.members[group.leaf_index] = own
+        gi = group.group_info()
+        params = m.ResyncClientParams(commit, self.ear_key, m.GroupInfoUpdate(gi.signature, gi.extensions),
+                                      queue_config)
+        return me, signed_request("ds_resync_client", params, self.group_id, self.leaf.signing_key,
+                                  DsLeafIndex(old), self.now())
+
+    @classmethod
     def join(cls, bundle: WelcomeBundle, kp_bundle: KeyPackageBundle, leaf: LeafIdentity, ear_key: bytes,
              credential_key: bytes, info: m.WelcomeInfoResponse, trust: TrustStore | None, clock: Any
              ) -> "GroupMember":
@@ -288,7 +344,7 @@ class GroupMember:
 
 
 
-_REQUESTS = {"ds_create_group": m.CreateGroupRequest, "ds_update_queue_info": m.UpdateQueueInfoRequest,
+_REQUESTS = {"ds_create_group": m.CreateGroupRequest, "ds_resync_client": m.ResyncClientRequest, "ds_update_queue_info": m.UpdateQueueInfoRequest,
              "ds_welcome_info": m.WelcomeInfoRequest, "ds_add_users": m.AddUsersRequest,
              "ds_remove_users": m.RemoveUsersRequest, "ds_update_client": m.UpdateClientRequest,
              "ds_self_remove_user": m.SelfRemoveUserRequest, "ds_send_message": m.SendMessageRequest,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from .. import endpoints
-from ..codec import decode, encode
+from ..codec import U8, VarBytes, decode, encode, struct, variant
 from ..credentials import ClientCredential, TrustStore
 from ..errors import ProtocolError
 from ..ids import ClientId, Fqdn, GroupId, UserId
@@ -44,12 +44,13 @@ from ..mls.extensions import ClientQueueConfig as ExtClientQueueConfig
 from ..mls.extensions import LastResortExtension, get_extension
 from ..mls.keypackage import KeyPackageBundle
 from ..mls.messages import make_key_package_ref
+from ..delivery import messages as dsm
 from ..queuing import messages as qm
 from ..queuing.fanout import group_id_of
 from .calls import call_endpoint
 from .groups import GroupMember, PendingRequest
 from .phoenix_credentials import (
-    LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
+    CredentialInformation, LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
 )
 from .qs_client import QsClient, QsIdentity
 from .session import ClientSession
@@ -57,13 +58,31 @@ from .session import ClientSession
 __all__ = ["Messenger", "ContactCard"]
 
 
-@dataclass(frozen=True)
+@struct
 class ContactCard:
     """What a user hands a contact (``spec/glossary.md#friendship-keys``)."""
     user_id: UserId
     client_credential: ClientCredential
-    friendship_token: bytes
-    friendship_key: bytes
+    friendship_token: VarBytes
+    friendship_key: VarBytes
+
+
+@struct
+class TextMessage:
+    body: VarBytes
+
+
+#: What the application data of an MLS message holds (a client-level
+#: format; the spec leaves it to clients, docs/decisions.md "Client payloads"):
+#: a text, or a contact card that the two users of a connection group swap.
+AppPayload = variant(U8, {1: TextMessage, 2: ContactCard}, "AppPayload")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text as a member saw it."""
+    sender: UserId | None
+    body: bytes
 
 
 @dataclass
@@ -80,6 +99,10 @@ class Messenger:
     trust: TrustStore | None = None
     #: groups joined or left, as events for the caller
     events: list[tuple[str, GroupId]] = field(default_factory=list)
+    #: texts received per group, in order
+    texts: dict[GroupId, list[Text]] = field(default_factory=dict)
+    #: connection groups we created, by the user we asked (connection establishment)
+    connection_groups: dict[GroupId, UserId | None] = field(default_factory=dict)
 
     # --- setting up ----------------------------------------------------------------------------
 
@@ -245,7 +268,7 @@ class Messenger:
 
     async def set_admins(self, group_id: GroupId, users: list[UserId]) -> None:
         """Make exactly these users the group's admins (we must be one, A7)."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.roles_request([self.leaf_of(group_id, u) for u in users]))
 
     async def leave(self, group_id: GroupId) -> None:
@@ -253,10 +276,13 @@ class Messenger:
         member = await self._ready(group_id)
         await self._submit(member, member.self_remove_request())
 
-    async def send(self, group_id: GroupId, data: bytes) -> None:
-        """F9."""
+    async def send(self, group_id: GroupId, text: bytes) -> None:
+        """F9: a text to the group."""
+        await self._send_payload(group_id, TextMessage(text))
+
+    async def _send_payload(self, group_id: GroupId, payload: Any) -> None:
         member = await self._ready(group_id)
-        await self._submit(member, member.send_request(data))
+        await self._submit(member, member.send_request(encode(payload, AppPayload)))
 
     async def delete_group(self, group_id: GroupId) -> None:
         """F14 (admins): remove everyone else, then the DS deletes the group."""
@@ -312,10 +338,81 @@ class Messenger:
         if member.unsure is not None:
             member.held.append(content)           # after our own commit's fate is known
             return
-        member.process(content, self.trust)
+        out = member.process(content, self.trust)
+        if isinstance(content, qm.ApplicationContent):
+            await self._application(group_id, member, out)
         if member.gone:
             self.events.append(("removed", group_id))
             del self.groups[group_id]
+
+    async def _application(self, group_id: GroupId, member: GroupMember, message: Any) -> None:
+        info = member.members.get(message.sender)
+        sender = info.client_credential.client_id.user_id if info is not None else None
+        payload = decode(AppPayload, message.data)
+        if isinstance(payload, TextMessage):
+            self.texts.setdefault(group_id, []).append(Text(sender, bytes(payload.body)))
+        elif isinstance(payload, ContactCard) and payload.user_id == sender and group_id in self.connection_groups:
+            self.add_contact(payload)            # the responder of our connection: answer with our card
+            self.connection_groups[group_id] = sender
+            await self._send_payload(group_id, self.card())
+        elif isinstance(payload, ContactCard) and payload.user_id == sender:
+            self.add_contact(payload)            # the initiator's answer
+
+    def text_bodies(self, group_id: GroupId) -> list[bytes]:
+        return [t.body for t in self.texts.get(group_id, [])]
+
+    # --- connections (spec/authentication_service/connection_establishment.md) -----------------------
+
+    async def connect(self, user: UserId | None = None, *, alias: tuple[Fqdn | str, str] | None = None) -> GroupId:
+        """F3: create a connection group and send its keys to ``user``'s
+        client (by user id) or to an alias ``(domain, alias)``."""
+        gid = await self.create_group()
+        member = self.groups[gid]
+        if alias is None:
+            package = await self.session.connection_package(user)
+            await self.session.send_connection_establishment(package, gid, member.ear_key, member.credential_key)
+        else:
+            domain, name = alias
+            payload = await self.session.alias_connection_package(domain, name)
+            await self.session.send_alias_connection_establishment(domain, name, payload, gid, member.ear_key,
+                                                                   member.credential_key)
+        self.connection_groups[gid] = user
+        return gid
+
+    async def accept_connections(self, *, alias: str | None = None,
+                                 decide: Callable[[ClientCredential], bool] = lambda cred: True) -> list[GroupId]:
+        """F4: read the direct queue (or an alias queue), and for every
+        package ``decide`` accepts, join its connection group and send our
+        contact card. A refused package is dropped: the spec has no way to
+        tell the initiator (docs/decisions.md, "Connection rejection")."""
+        packages = (await self.session.dequeue_connection_messages() if alias is None
+                    else await self.session.dequeue_alias_messages(alias))
+        joined = []
+        for cep in packages:
+            if not decide(cep.sender_client_credential):
+                continue
+            gid = cep.connection_group_id
+            ear, cred_key = bytes(cep.connection_group_ear_key), bytes(cep.connection_group_credential_key)
+            info = await self.ds(gid.ds_domain, "ds_external_commit_info", dsm.ExternalCommitInfoParams(gid, ear))
+            leaf = new_leaf_identity(self.session.identity.signing_key, self.session.credential, self.now())
+            own = CredentialInformation(self.session.credential, leaf.signature_encryption_key)
+            member, request = GroupMember.join_external(gid, info, leaf, own, ear, cred_key,
+                                                        await self._queue_config(), self.trust, self.session.clock)
+            await self.ds(gid.ds_domain, request.name, request.body)
+            self.groups[gid] = member
+            self.events.append(("joined", gid))
+            await self._send_payload(gid, self.card())
+            joined.append(gid)
+        return joined
+
+    async def resync(self, group_id: GroupId) -> None:
+        """F16: rejoin a group whose MLS state was lost, keeping our leaf credential."""
+        old = self.groups[group_id]
+        info = await self.ds(group_id.ds_domain, "ds_external_commit_info",
+                             dsm.ExternalCommitInfoParams(group_id, old.ear_key))
+        member, request = old.resync(info, await self._queue_config(), self.trust)
+        await self.ds(group_id.ds_domain, request.name, request.body)
+        self.groups[group_id] = member
 
     async def _join(self, bundle: qm.WelcomeBundle) -> None:
         """F8: open the attribution, the EAR key, fetch the tree, join."""

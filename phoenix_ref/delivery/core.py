@@ -59,7 +59,9 @@ from ..queuing.messages import (
     ProposalContent, QueueDeletionRemoval, WelcomeBundle,
 )
 from . import messages as m
-from .group_state import ClientProfile, GroupState, Joiner, PastGroupState, WrongEarKey, open_state, seal_state
+from .group_state import (
+    SEAL_OVERHEAD, ClientProfile, GroupState, Joiner, PastGroupState, WrongEarKey, open_state, seal_state,
+)
 
 __all__ = ["DsConfig", "DsCore", "GroupRow", "Outcome", "group_id_of_request", "DAY_MS",
            "EAR_KEY_LABEL", "DELETED_QUEUE_LABEL", "ProposalStoreNotEmpty", "WrongEpoch", "commit_digest"]
@@ -94,7 +96,8 @@ class DsConfig:
     max_token_age_ms: int = 3600 * 1000                 # #ds-configuration-options
     max_inactivity_days: int = 90                       # #ds-configuration-options
     max_key_package_age_days: int = 90                  # decision A9
-    bucket_bytes: int = 4096                            # decision A19
+    min_bucket_bytes: int = 4096                        # decision A19
+    padding_percentile: int = 8                         # #ds-configuration-options ("1..10", a decile)
 
 
 @dataclass
@@ -161,7 +164,23 @@ class DsCore:
 
     def __init__(self, config: DsConfig, signing_keys: Sequence[SigningKey]):
         self.config = config
-        self.signing_keys = list(signing_keys)
+        self.signing_keys = signing_keys     # the keystore's list: a rotation shows here
+        #: the padding bucket (decision A19), recomputed from the stored
+        #: sizes by :meth:`set_bucket`
+        self.bucket_bytes = config.min_bucket_bytes
+
+    def set_bucket(self, stored_sizes: Sequence[int]) -> int:
+        """Decision A19: the bucket is the size of the stored state at the
+        configured decile (ordered by size), at least the minimum; every
+        state is padded to a multiple of it. ``stored_sizes`` are the
+        lengths of the stored ciphertexts, which the database shows anyway."""
+        sizes = sorted(stored_sizes)
+        bucket = self.config.min_bucket_bytes
+        if sizes:
+            at = sizes[max(0, -(-len(sizes) * self.config.padding_percentile // 10) - 1)]
+            bucket = max(bucket, at - SEAL_OVERHEAD)
+        self.bucket_bytes = bucket
+        return bucket
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -195,7 +214,7 @@ class DsCore:
             raise Forbidden(str(e), code="wrong_ear_key") from None
 
     def _seal(self, st: GroupState, out: Outcome) -> Outcome:
-        out.sealed_state = seal_state(st, st.ear_key, self.config.bucket_bytes)
+        out.sealed_state = seal_state(st, st.ear_key, self.bucket_bytes)
         return out
 
     def _today(self, now_ms: int) -> int:
@@ -337,6 +356,88 @@ class DsCore:
             self._check_token(auth, p.group_id, DsKeyPackageRef, leaf.signature_key, "ds_welcome_info", p, now_ms)
             return m.WelcomeInfoResponse(past.public_tree, past.credential_chains)
         raise NotFound(f"no group state of epoch {p.epoch} waits for this KeyPackage", code="unknown_welcome")
+
+    def external_commit_info(self, req: m.ExternalCommitInfoParams, row: GroupRow | None, now_ms: int
+                             ) -> m.ExternalCommitInfoResponse:
+        """``#get-external-commit-information``: what an external committer
+        needs; the EAR key is the authentication (A4). Read only (A29)."""
+        st = self._open(req.group_id, row, req.group_state_ear_key)
+        pg = st.public
+        return m.ExternalCommitInfoResponse(pg.group_info, pg.tree.to_nodes(), st.credential_chains())
+
+    def _validate_external(self, st: GroupState, message: MLSMessage, now_ms: int) -> PublicCommit:
+        if message.wire_format != WireFormat.mls_public_message:
+            raise Malformed("commits travel as PublicMessages (A15)", code="commit_not_public")
+        fc = message.public_message.content
+        if bytes(fc.group_id) != st.group_id.to_mls():
+            raise Malformed("the commit is for another group", code="group_id_mismatch")
+        if fc.epoch != st.public.epoch:
+            raise WrongEpoch(f"the group is at epoch {st.public.epoch}, the commit is for epoch {fc.epoch}: "
+                             "fetch the external commit information again")
+        if fc.content_type != ContentType.commit or fc.sender.sender_type != SenderType.new_member_commit:
+            raise Malformed("an external commit is expected", code="not_external_commit")
+        try:
+            return st.public.validate_commit(message, now=now_ms // 1000)
+        except MlsError as e:
+            raise Malformed(f"invalid external commit: {e}", code="invalid_commit") from None
+
+    def join_connection_group(self, req: m.JoinConnectionGroupParams, row: GroupRow | None, now_ms: int
+                              ) -> Outcome:
+        """``#join-connection-group``: an external commit into a group of a
+        single user (A6), authenticated by the EAR key (``#authentication-9``);
+        the joiner names its queue config (A5); the commit goes to the
+        members (A41)."""
+        st = self._open(group_id_of_request(req), row, req.group_state_ear_key)
+        if len(st.users) != 1:
+            raise Conflict("only a group of a single user can be joined as a connection group",
+                           code="not_a_connection_group")
+        self._require_empty_store(st)
+        commit = self._validate_external(st, req.external_commit, now_ms)
+        if commit.applied.removed:
+            raise Malformed("joining a connection group removes no one", code="proposal_not_allowed")
+        aad = _decode_aad(m.JoinConnectionGroupParamsAad, commit)
+        joiner = commit.committer
+        self._check_leaf_credential(commit.tree.leaf(joiner), now_ms)
+        self._check_roles(st, commit, joiner)
+        before = {i: c.client_queue_config for i, c in st.clients.items()}
+        self._merge(st, commit, req.group_info_update)
+        today = self._today(now_ms)
+        st.add_client(ClientProfile(joiner, aad.encrypted_credential_information, req.sender_queue_config, today,
+                                    st.public.epoch))
+        out = Outcome(response=m.Empty())
+        self._finish_commit(st, req.external_commit, commit, joiner, before, out, now_ms)
+        return self._seal(st, out)
+
+    def resync_client(self, req: m.ResyncClientRequest, row: GroupRow | None, now_ms: int) -> Outcome:
+        """``#resync`` as RFC 9420 allows it (A8): an external commit that
+        removes the client's old leaf — the DsAuthToken's — and brings the
+        same leaf credential back."""
+        p = req.params
+        st, old, out, changed = self._begin("ds_resync_client", req, row, now_ms)
+        try:
+            self._require_empty_store(st)
+            commit = self._validate_external(st, p.external_commit, now_ms)
+            if list(commit.applied.removed) != [old]:
+                raise Malformed("a resync removes exactly the resyncing client's old leaf (A8)",
+                                code="proposal_not_allowed")
+            new = commit.committer
+            old_leaf, new_leaf = st.public.tree.leaf(old), commit.tree.leaf(new)
+            if encode(new_leaf.credential) != encode(old_leaf.credential) \
+                    or bytes(new_leaf.signature_key) != bytes(old_leaf.signature_key):
+                raise Malformed("the leaf credential of a resynced client must stay the same (A8)",
+                                code="credential_changed")
+            self._check_roles(st, commit, new)
+            before = {i: c.client_queue_config for i, c in st.clients.items()}
+            self._merge(st, commit, p.group_info_update)
+        except ProtocolError as e:
+            return self._refused(st, out, changed, e)
+        info = st.clients[old].encrypted_credential_information
+        st.remove_client(old)            # the same client, in its new leaf
+        st.add_client(ClientProfile(new, info, p.sender_queue_config, self._today(now_ms), st.public.epoch))
+        st.drop_expired_joiners(now_ms // 1000)
+        out.send([cfg for leaf, cfg in sorted(before.items()) if leaf != old], CommitContent(p.external_commit))
+        out.response = m.Empty()
+        return self._seal(st, out)
 
     # --- commits --------------------------------------------------------------------------------
 

@@ -35,10 +35,12 @@ from ..queuing.messages import ClientQueueConfig
 from .messages import EAR_KEY_LEN, LeafCredentialInformation
 
 __all__ = ["ClientProfile", "Joiner", "PastGroupState", "GroupState", "seal_state", "open_state",
-           "WrongEarKey", "DEFAULT_BUCKET_BYTES", "RECENT_COMMITS"]
+           "WrongEarKey", "DEFAULT_BUCKET_BYTES", "SEAL_OVERHEAD", "RECENT_COMMITS"]
 
 #: The smallest padding bucket (docs/decisions.md, A19).
 DEFAULT_BUCKET_BYTES = 4096
+#: What sealing adds to the padded plaintext: the nonce and the AEAD tag.
+SEAL_OVERHEAD = NN + 16
 #: How many applied commits the state remembers by digest.
 RECENT_COMMITS = 16
 

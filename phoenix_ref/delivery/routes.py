@@ -20,7 +20,8 @@ __all__ = ["handlers"]
 
 #: Endpoints that act on a group through :meth:`DsService.group_request`.
 _GROUP_REQUESTS = ("ds_update_queue_info", "ds_add_users", "ds_remove_users", "ds_update_client",
-                   "ds_self_remove_user", "ds_send_message", "ds_delete_group")
+                   "ds_self_remove_user", "ds_send_message", "ds_delete_group", "ds_join_connection_group",
+                   "ds_resync_client")
 
 
 def handlers(keystore: Callable[[], Keystore], service: Callable[[], DsService]) -> dict[str, Handler]:
@@ -37,6 +38,9 @@ def handlers(keystore: Callable[[], Keystore], service: Callable[[], DsService])
     async def ds_welcome_info(call: Call):
         return await service().welcome_info(call.body)
 
+    async def ds_external_commit_info(call: Call):
+        return await service().external_commit_info(call.body)
+
     def group_request(name: str) -> Handler:
         async def handler(call: Call):
             return await service().group_request(name, call.body)
@@ -45,4 +49,5 @@ def handlers(keystore: Callable[[], Keystore], service: Callable[[], DsService])
 
     return {"ds_verifying_key": ds_verifying_key, "ds_request_group_id": ds_request_group_id,
             "ds_create_group": ds_create_group, "ds_welcome_info": ds_welcome_info,
+            "ds_external_commit_info": ds_external_commit_info,
             **{name: group_request(name) for name in _GROUP_REQUESTS}}

@@ -134,6 +134,11 @@ class DsService:
         now = self.clock.now_ms()
         return await trio.to_thread.run_sync(lambda: self.core.welcome_info(req, self.store.read_group(gid), now))
 
+    async def external_commit_info(self, req: m.ExternalCommitInfoParams) -> m.ExternalCommitInfoResponse:
+        now = self.clock.now_ms()
+        return await trio.to_thread.run_sync(
+            lambda: self.core.external_commit_info(req, self.store.read_group(req.group_id), now))
+
     async def group_request(self, name: str, req: Any) -> Any:
         """A request that may change the group and fan out (module docstring)."""
         gid = group_id_of_request(req)
@@ -206,9 +211,16 @@ class DsService:
         await self._hand_over(entries)
         return len(await trio.to_thread.run_sync(self.store.outbox))
 
+    async def refresh_padding(self) -> int:
+        """Recompute the padding bucket from the stored sizes (A19); the
+        sweeper calls this, and :meth:`run` at start."""
+        sizes = await trio.to_thread.run_sync(self.store.state_sizes)
+        return self.core.set_bucket(sizes)
+
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Hand over what a crash left in the outbox, then retry failures
-        every ``RETRY_INTERVAL_S`` until cancelled."""
+        """Recompute the padding bucket, hand over what a crash left in the
+        outbox, then retry failures every ``RETRY_INTERVAL_S`` until cancelled."""
+        await self.refresh_padding()
         try:
             await self.drain_outbox()
         except ProtocolError:

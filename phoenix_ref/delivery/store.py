@@ -142,6 +142,11 @@ class DsStore(SqliteStore):
                            "WHERE EXISTS (SELECT 1 FROM ds_groups WHERE group_id=?)",
                            (encode(group_id), sealed, encode(group_id)))
 
+    def state_sizes(self) -> list[int]:
+        """The lengths of the stored states (for the padding bucket, A19)."""
+        with self.lock:
+            return [n for (n,) in self.conn.execute("SELECT length(state) FROM ds_groups")]
+
     def queue_id_keys(self, group_ids: list[GroupId]) -> dict[GroupId, bytes]:
         with self.lock:
             out = {}
