@@ -67,6 +67,7 @@ class Endpoint:
     section: str               # spec section id (<file>#<slug>)
     federated: bool = False    # meant for remote homeservers (spec/general_concepts/federation.md#federated-endpoints)
     websocket: bool = False    # also served as a websocket; ``request`` is its first binary message
+    local_only: bool = False   # takes only tokens of the local issuer key (docs/decisions.md, A21)
 
     def url(self, domain: str, port: int | None = None) -> str:
         host = f"{self.service}.{domain}" + (f":{port}" if port else "")
@@ -88,9 +89,12 @@ IDEMPOTENT_POSTS = frozenset({"get_user_record", "dequeue_messages", "as_dequeue
 
 
 def _ep(name: str, service: Service, method: str, request, response, auth: Auth,
-        privacy_pass: bool, section: str, federated: bool = False, websocket: bool = False) -> Endpoint:
+        privacy_pass: bool, section: str, federated: bool = False, websocket: bool = False,
+        local_only: bool = False) -> Endpoint:
+    if local_only and (not privacy_pass or federated):
+        raise AssertionError(f"{name}: a local-only row needs a token and is not federated")
     return Endpoint(name, service, method, endpoint_path(name), request, response, auth,
-                    privacy_pass, section, federated, websocket)
+                    privacy_pass, section, federated, websocket, local_only)
 
 
 #: The AS core's authentication modes as rows of this table.
@@ -137,8 +141,9 @@ def _ds_client_rows():
     """(name, request, response, auth, section slug, federated) of the DS
     client endpoints. Privacy Pass on all (``#authentication``); request
     group id and create group are for local clients only
-    (spec/federation/use_cases.md#message-distribution), every other one
-    for clients of any homeserver."""
+    (spec/federation/use_cases.md#message-distribution) and take only
+    tokens of the local issuer key (``local_only`` = not ``federated``,
+    docs/decisions.md A21), every other one is for clients of any homeserver."""
     m, tok = _dsm, Auth.DS_AUTH_TOKEN
     return [
         ("ds_request_group_id", None, m.RequestGroupIdResponse, Auth.NONE, "request-group-id", False),
@@ -185,7 +190,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _ep("ds_verifying_key", Service.DS, "GET", None, DsVerifyingKeyResponse, Auth.NONE, False,
         "spec/federation/use_cases.md#authentication-key-distribution", federated=True),
     # --- DS client endpoints: spec/delivery_service.md#client-endpoints (names: docs/decisions.md, A34)
-    *(_ep(name, Service.DS, "POST", req, resp, auth, True, _DS + slug, federated=federated)
+    *(_ep(name, Service.DS, "POST", req, resp, auth, True, _DS + slug, federated=federated,
+          local_only=not federated)
       for name, req, resp, auth, slug, federated in _ds_client_rows()),
 )
 
@@ -237,6 +243,12 @@ SIGNATURE_LABELS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def _token_column(ep: Endpoint) -> str:
+    if not ep.privacy_pass:
+        return "—"
+    return "required (local key)" if ep.local_only else "required"
+
+
 def wire_doc() -> str:
     """The text of docs/wire.md."""
     from .crypto import HOMESERVER_PREFIX
@@ -266,6 +278,10 @@ def wire_doc() -> str:
         "  endpoint), 405, 409 (conflict), 413 (body too large), 415, 429 (with `Retry-After`);",
         "  body `ErrorResponse { code: string<V>, message: string<V> }`.",
         "* Privacy Pass tokens travel in `Authorization: PrivateToken token=…` (RFC 9577).",
+        "  The AS of `D` issues under two key sets (`IssuerKeysResponse`): `token_keys` for",
+        "  its own clients, `federated_token_keys` for clients of other homeservers. Rows",
+        "  marked *local key* take only tokens of the first set: a valid token of the",
+        "  second gets `403 local_clients_only` and stays unspent.",
         "* Key ids of QS/DS keys: SHA-256 of the public key (`federation/keys.py`).",
         "",
         "## Delegation",
@@ -283,7 +299,7 @@ def wire_doc() -> str:
     for ep in ENDPOINTS:
         lines.append(
             f"| {ep.service} | {ep.method} | `{ep.path}` | {_struct_name(ep.request)} | "
-            f"{_struct_name(ep.response)} | {ep.auth} | {'required' if ep.privacy_pass else '—'} | "
+            f"{_struct_name(ep.response)} | {ep.auth} | {_token_column(ep)} | "
             f"{'yes' if ep.federated else '—'} | `{ep.section}` |")
     lines += ["", "`websocket` (QS): also opened as a websocket (RFC 6455, `wss://`). The request",
               "struct is the client's first binary message; the QS answers with binary `QsWsMessage`s",

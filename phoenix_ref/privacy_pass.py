@@ -53,18 +53,18 @@ from . import voprf
 from .codec import (
     U8, U16, U64, DecodeError, EncodeError, Reader, WireType, decode, encode, fixed, optional, struct, vec,
 )
-from .errors import ProtocolError, RateLimited, Unauthorized, UpstreamError
+from .errors import Forbidden, ProtocolError, RateLimited, Unauthorized, UpstreamError
 
 __all__ = [
     "TOKEN_TYPE", "NK", "NID", "NONCE_LEN", "DEFAULT_MAX_BATCH",
-    "InvalidToken", "MissingToken", "TokenSpent", "UnknownTokenKey",
+    "InvalidToken", "MissingToken", "TokenSpent", "UnknownTokenKey", "LocalClientsOnly",
     "InvalidTokenRequest", "InvalidTokenResponse",
     "TokenChallenge", "homeserver_challenge", "AmortizedBatchTokenRequest",
     "AmortizedBatchTokenResponse", "TokenRequest", "TokenResponse", "Token",
     "decode_token_request", "decode_token_response", "decode_token",
     "IssuerKey", "IssuerKeys", "IssuanceState", "begin_issuance", "evaluate", "issue",
     "check_token_request", "finalize", "token_key_id", "SpentTokenStore",
-    "MemorySpentTokenStore", "spend_id", "redeem", "authorization_header",
+    "MemorySpentTokenStore", "spend_id", "verify", "spend", "redeem", "authorization_header",
     "parse_authorization", "www_authenticate_header", "IssuanceLimits",
     "AllowanceWindow", "CounterStore", "MemoryCounterStore", "IssuancePolicy",
 ]
@@ -100,6 +100,12 @@ class TokenSpent(Unauthorized):
 class UnknownTokenKey(Unauthorized):
     """The token names an issuer key this homeserver does not (or no longer) accept."""
     code = "unknown_token_key"
+
+
+class LocalClientsOnly(Forbidden):
+    """A valid token of the federated issuer key at an endpoint that only the
+    homeserver's own clients may call (docs/decisions.md, A21)."""
+    code = "local_clients_only"
 
 
 class InvalidTokenRequest(ProtocolError):
@@ -530,16 +536,14 @@ def spend_id(token: Token) -> bytes:
     return hashlib.sha256(token.token_key_id + token.nonce).digest()
 
 
-def redeem(token: Token | bytes, keys: IssuerKeys, spent: SpentTokenStore, *,
-           challenge: TokenChallenge, now_ms: int) -> None:
-    """Accept a token once, or raise.
+def verify(token: Token | bytes, keys: IssuerKeys, *, challenge: TokenChallenge, now_ms: int) -> Token:
+    """Check a token without spending it; returns the decoded token or raises.
 
     Checks, in order: the token type (0x0005), that the token answers
     ``challenge``, that its key id names a key redeemable at ``now_ms``
-    (:class:`UnknownTokenKey`), that its authenticator equals
+    (:class:`UnknownTokenKey`), and that its authenticator equals
     ``Evaluate(skI, token_input)`` compared in constant time (RFC 9578 §5.4;
-    :class:`InvalidToken`), and finally that it was not spent before
-    (:class:`TokenSpent`). Only a verified token reaches the spent store.
+    :class:`InvalidToken`).
     """
     if not isinstance(token, Token):
         token = decode_token(token)
@@ -551,8 +555,21 @@ def redeem(token: Token | bytes, keys: IssuerKeys, spent: SpentTokenStore, *,
     expected = _VOPRF.evaluate(key.private_key, token.token_input())
     if not hmac.compare_digest(expected, token.authenticator):
         raise InvalidToken("the token's authenticator does not verify")
+    return token
+
+
+def spend(token: Token, spent: SpentTokenStore) -> None:
+    """Record a verified token as redeemed, or raise :class:`TokenSpent`."""
     if not spent.mark_spent(spend_id(token), token.token_key_id):
         raise TokenSpent("the token was already redeemed")
+
+
+def redeem(token: Token | bytes, keys: IssuerKeys, spent: SpentTokenStore, *,
+           challenge: TokenChallenge, now_ms: int) -> None:
+    """Accept a token once, or raise: :func:`verify`, then :func:`spend` (a
+    double spend is :class:`TokenSpent`). Only a verified token reaches the
+    spent store."""
+    spend(verify(token, keys, challenge=challenge, now_ms=now_ms), spent)
 
 
 # --- the PrivateToken HTTP authentication scheme (RFC 9577 §2) ----------------------

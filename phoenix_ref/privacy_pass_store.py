@@ -16,7 +16,11 @@ One file holds what ``privacy_pass.py`` needs to survive a restart:
 
 What each column holds, why and for how long: ``docs/storage.md, "Privacy Pass store"``.
 * ``issuer_keys`` — the issuer's key pairs ("AS Privacy Pass key material",
-  ``spec/authentication_service.md#as-state``), one row per key.
+  ``spec/authentication_service.md#as-state``), one row per key, each of one
+  of two sets (``role``): the **local** keys the AS issues under for its own
+  clients and the **federated** keys it issues under for clients of other
+  homeservers (docs/decisions.md, A21). A file written before the roles
+  existed gets the column on open, its keys becoming the local set.
 
 The methods are synchronous; under Trio the caller runs them with
 ``trio.to_thread.run_sync``. One connection is shared by those threads and
@@ -32,7 +36,11 @@ from typing import Callable
 from .privacy_pass import AllowanceWindow, IssuerKey, IssuerKeys
 from .storage import open_connection, transaction
 
-__all__ = ["PrivacyPassStore"]
+__all__ = ["PrivacyPassStore", "LOCAL", "FEDERATED", "ISSUER_ROLES"]
+
+#: The two issuer key sets (``issuer_keys.role``).
+LOCAL, FEDERATED = "local", "federated"
+ISSUER_ROLES = (LOCAL, FEDERATED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spent_tokens (
@@ -51,7 +59,8 @@ CREATE TABLE IF NOT EXISTS issuer_keys (
     private_key      BLOB NOT NULL,
     public_key       BLOB NOT NULL,
     created_ms       INTEGER NOT NULL,
-    redeem_until_ms  INTEGER          -- NULL: the current key
+    redeem_until_ms  INTEGER,         -- NULL: the current key of its role
+    role             TEXT NOT NULL DEFAULT 'local' CHECK (role IN ('local', 'federated'))
 );
 """
 
@@ -68,6 +77,10 @@ class PrivacyPassStore:
         self._db = open_connection(path)
         with self._lock:
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(issuer_keys)")}
+            if "role" not in columns:   # a file from before the two key sets: its keys are local
+                self._db.execute("ALTER TABLE issuer_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'local' "
+                                 "CHECK (role IN ('local', 'federated'))")
 
     def close(self) -> None:
         with self._lock:
@@ -137,19 +150,24 @@ class PrivacyPassStore:
 
     # -- issuer keys -------------------------------------------------------------------
 
-    def save_issuer_keys(self, keys: IssuerKeys) -> None:
-        """Replace the stored key set with ``keys`` (one transaction)."""
-        rows = [(k.key_id, k.private_key, k.public_key, k.created_ms, k.redeem_until_ms) for k in keys.all()]
+    def save_issuer_keys(self, keys: IssuerKeys, role: str = LOCAL) -> None:
+        """Replace the stored key set of ``role`` with ``keys`` (one transaction)."""
+        if role not in ISSUER_ROLES:
+            raise ValueError(f"unknown issuer key role {role!r}")
+        rows = [(k.key_id, k.private_key, k.public_key, k.created_ms, k.redeem_until_ms, role) for k in keys.all()]
         with transaction(self._db, self._lock) as db:
-            db.execute("DELETE FROM issuer_keys")
-            db.executemany("INSERT INTO issuer_keys VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("DELETE FROM issuer_keys WHERE role = ?", (role,))
+            db.executemany("INSERT INTO issuer_keys (key_id, private_key, public_key, created_ms, "
+                           "redeem_until_ms, role) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
-    def load_issuer_keys(self) -> IssuerKeys | None:
-        """The stored key set, or ``None`` before the first ``save_issuer_keys``."""
+    def load_issuer_keys(self, role: str = LOCAL) -> IssuerKeys | None:
+        """The stored key set of ``role``, or ``None`` before its first ``save_issuer_keys``."""
+        if role not in ISSUER_ROLES:
+            raise ValueError(f"unknown issuer key role {role!r}")
         with self._lock:
             rows = self._db.execute(
-                "SELECT private_key, public_key, created_ms, redeem_until_ms FROM issuer_keys "
-                "ORDER BY redeem_until_ms IS NOT NULL, redeem_until_ms DESC, created_ms DESC").fetchall()
+                "SELECT private_key, public_key, created_ms, redeem_until_ms FROM issuer_keys WHERE role = ? "
+                "ORDER BY redeem_until_ms IS NOT NULL, redeem_until_ms DESC, created_ms DESC", (role,)).fetchall()
         if not rows:
             return None
         keys = [IssuerKey(bytes(sk), bytes(pk), created, until) for sk, pk, created, until in rows]

@@ -32,6 +32,7 @@ from phoenix_ref.testing import Deployment
 
 AS = "spec/authentication_service.md#"
 A = Fqdn("a.example")
+B = Fqdn("b.example")
 
 
 async def refused(awaitable, status: int, code: str | None = None) -> ProtocolError:
@@ -409,9 +410,18 @@ async def test_issuer_keys_endpoint_names_the_key_tokens_are_issued_under(deploy
         resp = await http.get(node.url("as", "/phoenix/v1/privacy_pass_issuer_keys"))
         assert resp.status_code == 200
         from phoenix_ref.privacy_pass_gate import IssuerKeysResponse
-        keys = decode(IssuerKeysResponse, resp.content).token_keys
+        directory = decode(IssuerKeysResponse, resp.content)
         gate = node.hs.privacy_pass_gate
-        assert [(k.token_type, k.token_key) for k in keys] == [(pp.TOKEN_TYPE, gate.keys.current.public_key)]
+        assert [(k.token_type, k.token_key) for k in directory.token_keys] == \
+            [(pp.TOKEN_TYPE, gate.keys.current.public_key)]
+        assert [(k.token_type, k.token_key) for k in directory.federated_token_keys] == \
+            [(pp.TOKEN_TYPE, gate.federated_keys.current.public_key)]
+        # a client requests under the list that matches it, and gets tokens
+        alice = await register(http, deployment)
+        bob = await ClientSession.register(http, B, clock=deployment.clock)
+        assert await alice.issuer_key(A) == directory.token_keys[0].token_key
+        assert await bob.issuer_key(A) == directory.federated_token_keys[0].token_key
+        assert len(await alice.fetch_tokens(A, 1)) == len(await bob.fetch_tokens(A, 1)) == 1
 
 
 # --- #token-issuance ---------------------------------------------------------------------------

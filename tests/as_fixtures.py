@@ -24,8 +24,12 @@ def make_secrets(domain: Fqdn, now: int = NOW) -> AsSecrets:
     as_key, inter_key = SigningKey.generate(), SigningKey.generate()
     as_cred = AsCredential.create(domain, as_key, now - YEAR, now + 10 * YEAR)
     inter = AsIntermediateCredential.create(as_cred, as_key, inter_key, now - YEAR, now + 5 * YEAR)
+    local = pp.IssuerKeys.generate(now)
+    federated = pp.IssuerKeys.generate(now)
+    while federated.current.truncated_key_id == local.current.truncated_key_id:   # as the gate draws them
+        federated = pp.IssuerKeys.generate(now)
     return AsSecrets(AsCredentialsResponse([as_cred], [inter], []), inter, inter_key,
-                     opaque.OpaqueServerSetup.generate(), pp.IssuerKeys.generate(now))
+                     opaque.OpaqueServerSetup.generate(), local, federated)
 
 
 @dataclass

@@ -483,6 +483,10 @@ def _issuer_public(asu) -> bytes:
     return asu.secrets.token_keys.current.public_key
 
 
+def _federated_public(asu) -> bytes:
+    return asu.secrets.federated_token_keys.current.public_key
+
+
 def test_local_token_issuance_and_allowance(asu):
     ident = asu.register()
     state, req = ident.request_tokens(_issuer_public(asu), DOMAIN, 6, NOW)
@@ -527,35 +531,43 @@ def test_only_registered_clients_get_tokens(asu):
         asu.core.request_tokens(req, NOW)
 
 
+@spec("spec/federation/federation_protocol.md#client-to-remote-as-communication", "MUST")
 def test_federated_token_issuance(tmp_path):
     a = build("a.example", tmp_path / "a.db")
     b = build("b.example", tmp_path / "b.db")
     try:
         users = [b.register() for _ in range(3)]
-        _, req = users[0].request_tokens(_issuer_public(a), a.domain, 2, NOW)
+        _, req = users[0].request_tokens(_federated_public(a), a.domain, 2, NOW)
         with pytest.raises(UnknownSigner) as e:  # the core asks for b.example's AS credentials
             a.core.request_tokens(req, NOW)
         assert e.value.domain == Fqdn("b.example")
         remote = trust_for({b.domain: b.secrets.credentials})
-        state, req = users[0].request_tokens(_issuer_public(a), a.domain, 8, NOW)
+        state, req = users[0].request_tokens(_federated_public(a), a.domain, 8, NOW)
         tokens = pp.finalize(state, a.core.request_tokens(req, NOW, remote_trust=remote).tokens)
-        pp.redeem(tokens[0], a.secrets.token_keys, pp.MemorySpentTokenStore(),
+        pp.redeem(tokens[0], a.secrets.federated_token_keys, pp.MemorySpentTokenStore(),
                   challenge=pp.homeserver_challenge(a.domain), now_ms=NOW)
-        _, req = users[1].request_tokens(_issuer_public(a), a.domain, 7, NOW)
+        with pytest.raises(pp.UnknownTokenKey):          # not a token of the local key
+            pp.redeem(tokens[1], a.secrets.token_keys, pp.MemorySpentTokenStore(),
+                      challenge=pp.homeserver_challenge(a.domain), now_ms=NOW)
+        # a client of b.example gets nothing under a.example's local key (422, not charged)
+        _, req = users[1].request_tokens(_issuer_public(a), a.domain, 1, NOW)
+        with pytest.raises(pp.InvalidTokenRequest):
+            a.core.request_tokens(req, NOW, remote_trust=remote)
+        _, req = users[1].request_tokens(_federated_public(a), a.domain, 7, NOW)
         a.core.request_tokens(req, NOW, remote_trust=remote)
         # the per-domain allowance (15) is exhausted although users[2] has its own left
-        _, req = users[2].request_tokens(_issuer_public(a), a.domain, 1, NOW)
+        _, req = users[2].request_tokens(_federated_public(a), a.domain, 1, NOW)
         with pytest.raises(RateLimited):
             a.core.request_tokens(req, NOW, remote_trust=remote)
         # a token request signed for b.example's AS does not work at a.example's
-        _, req = users[2].request_tokens(_issuer_public(a), b.domain, 1, NOW)
+        _, req = users[2].request_tokens(_federated_public(a), b.domain, 1, NOW)
         with pytest.raises(auth_tokens.TokenBadSignature):
             a.core.request_tokens(req, NOW, remote_trust=remote)
         # a client claiming b.example but certified by another AS
         mallory_as = build("b.example", tmp_path / "m.db")
         try:
             mallory = mallory_as.register()
-            _, req = mallory.request_tokens(_issuer_public(a), a.domain, 1, NOW)
+            _, req = mallory.request_tokens(_federated_public(a), a.domain, 1, NOW)
             with pytest.raises(Unauthorized):
                 a.core.request_tokens(req, NOW, remote_trust=remote)
         finally:
@@ -563,6 +575,16 @@ def test_federated_token_issuance(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+@spec("spec/federation/use_cases.md#message-distribution", "MUST")
+def test_local_clients_get_no_tokens_under_the_federated_key(asu):
+    """Docs/decisions.md A21: local and federated tokens come from separate keys."""
+    ident = asu.register()
+    _, req = ident.request_tokens(_federated_public(asu), DOMAIN, 1, NOW)
+    with pytest.raises(pp.InvalidTokenRequest):
+        asu.core.request_tokens(req, NOW)
+    assert asu.core.issuance.remaining(client_id=ident.client_id, client_domain=DOMAIN, now_ms=NOW) == 10
 
 
 def test_bad_token_request_is_refused_without_charge(asu):

@@ -130,7 +130,7 @@ async def _get(http: httpx.AsyncClient, d: Deployment, service: str, path: str) 
     return resp.content
 
 
-async def _eventually(check, timeout: float = 10.0) -> None:
+async def _eventually(check, timeout: float = 30.0) -> None:
     """Wait until the running homeserver's next look at the operator's changes made ``check()`` true."""
     with trio.fail_after(timeout):
         while not await check():

@@ -214,12 +214,15 @@ class AsSecrets:
     """``#as-state``: AS credential key material (what *Get AS credentials*
     publishes and the intermediate key that signs CSRs), the AS OPAQUE key
     material (opaque-ke ``ServerSetup``: OPRF seed and server key pair) and
-    the Privacy Pass issuer keys."""
+    the Privacy Pass issuer keys: ``token_keys`` issue to the AS's own
+    clients, ``federated_token_keys`` to clients of other homeservers
+    (docs/decisions.md, A21)."""
     credentials: AsCredentialsResponse
     intermediate: AsIntermediateCredential
     intermediate_key: SigningKey
     opaque_server_setup: opaque.OpaqueServerSetup
     token_keys: pp.IssuerKeys
+    federated_token_keys: pp.IssuerKeys
 
 
 def _ephemeral_key(ident: UserId | ClientId) -> bytes:
@@ -570,17 +573,24 @@ class AuthenticationCore:
         them and retry. The allowance is charged per client and, for
         federated clients, per domain (``#rate-limiting``): 429 with
         ``retry_after`` when exhausted.
+
+        A local client gets tokens under the local issuer key, a client of
+        another homeserver under the federated one; a request naming the
+        other set's key is refused with 422 like any key that does not issue
+        (docs/decisions.md, A21: only local tokens create groups).
         """
         credential = req.auth.client_credential
         client_id = credential.client_id
         domain = client_id.as_domain
         if domain == self.domain:
             self._client_auth("request_tokens", req.auth, req.params, now_ms)
+            keys = self.secrets.token_keys
         else:
             if remote_trust is None or not remote_trust.knows(domain):
                 raise UnknownSigner(f"the AS credentials of {domain} are needed", domain=domain)
             self._verify_credential_auth("request_tokens", req.auth, req.params, now_ms, remote_trust)
-        key, elements = pp.check_token_request(req.params.token_request, self.secrets.token_keys,
+            keys = self.secrets.federated_token_keys
+        key, elements = pp.check_token_request(req.params.token_request, keys,
                                                max_batch=self.issuance.limits.max_batch)
         self.issuance.consume(client_id=client_id, client_domain=domain, n=len(elements), now_ms=now_ms)
         return m.TokenResponse(pp.evaluate(key, elements))

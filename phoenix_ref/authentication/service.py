@@ -88,13 +88,14 @@ class AsService:
         """What the core's secrets depend on; a change means "rebuild them"."""
         ks = self.keystore
         return (ks.as_intermediates[0][0].fingerprint(), len(ks.as_credentials), self.store.revocations,
-                id(self.gate.keys), now_ms // DAY_MS)
+                id(self.gate.keys), id(self.gate.federated_keys), now_ms // DAY_MS)
 
     def _secrets(self, now_ms: int) -> AsSecrets:
         ks, store = self.keystore, self.store
         inter, inter_key = ks.as_intermediates[0]
         creds = as_credentials_response(ks, store.revoked_sync(), now_ms)
-        return AsSecrets(creds, inter, inter_key, store.accounts.opaque_server_setup(), self.gate.keys)
+        return AsSecrets(creds, inter, inter_key, store.accounts.opaque_server_setup(), self.gate.keys,
+                         self.gate.federated_keys)
 
     async def core(self, now_ms: int) -> AuthenticationCore:
         """The core, built on first use, with up-to-date key material; a new

@@ -11,8 +11,8 @@ high-level side of the Authentication Service (``spec/authentication_service.md`
 * a **token wallet** per issuing domain: :meth:`ClientSession.token` hands
   out an unspent token of ``domain``'s AS, fetching a batch (*token
   issuance*, also at other homeservers' ASs,
-  ``spec/federation/federation_protocol.md#client-to-remote-as-communication``)
-  when the wallet is empty; :meth:`ClientSession.authorization` gives the
+  ``spec/federation/federation_protocol.md#client-to-remote-as-communication``,
+  under their federated issuer key) when the wallet is empty; :meth:`ClientSession.authorization` gives the
   header (``Authorization: PrivateToken token=…``) for any request to the AS,
   DS or QS of that domain;
 * :meth:`ClientSession.call` — any AS endpoint, with a token attached when
@@ -145,14 +145,17 @@ class ClientSession:
     # --- Privacy Pass ------------------------------------------------------------------------
 
     async def issuer_key(self, domain: Fqdn | str, *, refresh: bool = False) -> bytes:
-        """The key ``domain``'s AS issues tokens under (*Get Privacy Pass issuer keys*)."""
+        """The key ``domain``'s AS issues tokens to this client under (*Get
+        Privacy Pass issuer keys*): the first of its ``token_keys`` at the
+        home AS, of its ``federated_token_keys`` at any other (docs/decisions.md, A21)."""
         domain = _fqdn(domain)
         if refresh or domain not in self.wallet.issuer_keys:
             path = "/phoenix/v1/privacy_pass_issuer_keys"
             resp = await self.as_client.http.get(f"{self.as_client.base_url(domain)}{path}")
             if resp.status_code != 200:
                 raise error_from_response(resp.status_code, resp.content, resp.headers.get("Retry-After"))
-            keys = decode(IssuerKeysResponse, resp.content).token_keys
+            directory = decode(IssuerKeysResponse, resp.content)
+            keys = directory.token_keys if domain == self.domain else directory.federated_token_keys
             usable = [k.token_key for k in keys if k.token_type == pp.TOKEN_TYPE]
             if not usable:
                 raise ProtocolError(f"{domain} offers no issuer key of type {pp.TOKEN_TYPE:#06x}",

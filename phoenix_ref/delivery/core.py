@@ -240,8 +240,9 @@ class DsCore:
                                                encode(st.group_id), ct.kem_output, ct.ciphertext))
             except (DecodeError, CryptoError):
                 continue   # not sealed to this group's key: nothing to act on
+        # without deleted queues, skip encoding every member's config
         gone = [i for i, p in sorted(st.clients.items())
-                if encode(p.client_queue_config) in deleted and i not in targeted]
+                if encode(p.client_queue_config) in deleted and i not in targeted] if deleted else []
         today = self._today(now_ms)
         inactive = [i for i, p in sorted(st.clients.items())
                     if today - p.activity_day > self.config.max_inactivity_days
@@ -352,9 +353,10 @@ class DsCore:
             joiner = next((j for j in past.joiners if bytes(j.key_package_ref) == ref), None)
             if joiner is None:
                 continue
-            leaf = RatchetTree.from_nodes(past.public_tree).leaf(joiner.leaf_index)
+            nodes = past.tree_nodes()
+            leaf = RatchetTree.from_nodes(nodes).leaf(joiner.leaf_index)
             self._check_token(auth, p.group_id, DsKeyPackageRef, leaf.signature_key, "ds_welcome_info", p, now_ms)
-            return m.WelcomeInfoResponse(past.public_tree, past.credential_chains)
+            return m.WelcomeInfoResponse(nodes, past.chains())
         raise NotFound(f"no group state of epoch {p.epoch} waits for this KeyPackage", code="unknown_welcome")
 
     def external_commit_info(self, req: m.ExternalCommitInfoParams, row: GroupRow | None, now_ms: int
@@ -575,8 +577,7 @@ class DsCore:
             st.add_client(ClientProfile(index, info, cfg, today, st.public.epoch))
             joiners.append(Joiner(make_key_package_ref(kp), index, kp.leaf_node.lifetime.not_after))
         self._finish_commit(st, p.commit, commit, leaf, before, out, now_ms)
-        st.past_states.append(PastGroupState(st.public.epoch, st.public.tree.to_nodes(), st.credential_chains(),
-                                             joiners))
+        st.past_states.append(PastGroupState.of(st.public.epoch, st.public.tree, st.credential_chains(), joiners))
         for (index, kp), wai, cfg in zip(commit.applied.added, p.welcome_attribution_info, configs):
             ear = encrypt_with_label(kp.init_key, EAR_KEY_LABEL, encode(gid), st.ear_key)
             out.send([cfg], WelcomeBundle(p.welcome, wai, encode(ear), b"", gid))

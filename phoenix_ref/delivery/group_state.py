@@ -78,11 +78,41 @@ class Joiner:
 @struct
 class PastGroupState:
     """A copy kept for joiners (``#ds-state``, A24): the tree and the
-    credential information of the epoch a Welcome joins."""
+    credential information of the epoch a Welcome joins.
+
+    ``public_tree`` and ``credential_chains`` hold the items of a
+    ``RatchetTreeWire`` and of a ``vec(LeafCredentialInformation)``, kept
+    encoded: a vector and an ``opaque<V>`` have the same length prefix, so
+    the stored bytes are those of the decoded vectors, but a request that
+    opens the state skips each copy instead of decoding a whole tree; only
+    *get Welcome information* decodes one (:meth:`tree_nodes`, :meth:`chains`)."""
     epoch: U64
-    public_tree: RatchetTreeWire
-    credential_chains: vec(LeafCredentialInformation)
+    public_tree: VarBytes
+    credential_chains: VarBytes
     joiners: vec(Joiner)
+
+    @classmethod
+    def of(cls, epoch: int, tree: RatchetTree, chains: list[LeafCredentialInformation],
+           joiners: list[Joiner]) -> "PastGroupState":
+        return cls(epoch, _items(tree.to_bytes()), _items(encode(chains, _CHAINS)), joiners)
+
+    def tree_nodes(self) -> list:
+        return decode(RatchetTreeWire, encode(self.public_tree, VarBytes))
+
+    def tree(self) -> RatchetTree:
+        return RatchetTree.from_nodes(self.tree_nodes())
+
+    def chains(self) -> list[LeafCredentialInformation]:
+        return decode(_CHAINS, encode(self.credential_chains, VarBytes))
+
+
+_CHAINS = vec(LeafCredentialInformation)
+
+
+def _items(encoded_vector: bytes) -> bytes:
+    """An encoded vector without its varint length prefix (RFC 9420 §2.1.2:
+    the top two bits of the first byte give the prefix's length)."""
+    return encoded_vector[1 << (encoded_vector[0] >> 6):]
 
 
 @struct
@@ -95,6 +125,11 @@ class GroupStateWire:
     users: vec(UserProfile)
     past_states: vec(PastGroupState)
     queue_id_decryption_key: VarBytes
+    #: the tree hash of every node of ``public_tree`` (``RatchetTree.node_hashes``):
+    #: a cache, so that a commit rehashes only its direct path instead of the
+    #: whole tree after every load (the parent hashes of an UpdatePath need
+    #: the hashes of all its copath subtrees)
+    tree_hashes: VarBytes
     recent_commits: vec(VarBytes)
 
 
@@ -167,18 +202,22 @@ class GroupState:
         pg = self.public
         wire = GroupStateWire(pg.group_info, pg.tree.to_nodes(), pg.transcript.interim, pg.proposals.contents(),
                               [p for _, p in sorted(self.clients.items())], [UserProfile(u) for u in self.users],
-                              self.past_states, self.queue_id_decryption_key, self.recent_commits)
+                              self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes(),
+                              self.recent_commits)
         return encode(wire)
 
     @classmethod
     def from_bytes(cls, group_id: GroupId, data: bytes) -> "GroupState":
         """Rebuild a state :meth:`to_bytes` wrote. The bytes come out of an
         authenticated decryption under the group's EAR key, so they are what
-        the DS itself validated and wrote; they are not validated again."""
+        the DS itself validated and wrote; they are not validated again (nor
+        are the cached tree hashes recomputed)."""
         wire = decode(GroupStateWire, data)
         gi = wire.group_info
         ctx = gi.group_context
-        public = PublicGroup(ctx, RatchetTree.from_nodes(wire.public_tree),
+        tree = RatchetTree.from_nodes(wire.public_tree)
+        tree.restore_node_hashes(wire.tree_hashes)
+        public = PublicGroup(ctx, tree,
                              TranscriptHashes(ctx.confirmed_transcript_hash, wire.interim_transcript_hash), gi)
         for content in wire.proposals:
             public.proposals.add(content)

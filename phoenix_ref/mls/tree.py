@@ -414,6 +414,25 @@ class RatchetTree:
             self._hashes[x] = h
         return h
 
+    def node_hashes(self) -> bytes:
+        """The tree hash of every node, in node order, concatenated
+        (``width * NH`` bytes; missing ones are computed). With
+        :meth:`restore_node_hashes` a holder that stores the tree, like the
+        DS, keeps the cache across loads."""
+        self.tree_hash()
+        return b"".join(self._hashes)
+
+    def restore_node_hashes(self, data: bytes) -> bool:
+        """Take the hash cache from :meth:`node_hashes` of this same tree.
+        The caller vouches that ``data`` was computed from these nodes;
+        data of another width is ignored (False), and hashes are computed
+        again when needed."""
+        nh = crypto.NH
+        if len(data) != nh * len(self._nodes):
+            return False
+        self._hashes = [data[i:i + nh] for i in range(0, len(data), nh)]
+        return True
+
     def _compute_hash(self, x: int, child_hash) -> bytes:
         return _node_hash(x, self._nodes[x], child_hash)
 
