@@ -10,7 +10,8 @@ with what the Delivery Service flows need (``spec/delivery_service.md``,
   their leaf credentials;
 * builders for each DS request (with its DsAuthToken, bound to the request),
   whose commit stays pending until the caller reports the DS's answer
-  (:meth:`accepted` / :meth:`refused`);
+  (:meth:`accepted` / :meth:`refused`); a commit whose answer never came is
+  kept as :attr:`GroupMember.unsure` until the DS is asked again;
 * :meth:`process` for what a client dequeues for this group.
 """
 
@@ -76,6 +77,13 @@ class GroupMember:
     received: list[Received] = field(default_factory=list)
     #: True once a commit removed us or the group was deleted
     gone: bool = False
+    #: a commit request sent without an answer (the DS may or may not have
+    #: applied it); its commit stays pending (docs/decisions.md, "A commit
+    #: whose answer was lost")
+    unsure: PendingRequest | None = None
+    #: messages dequeued for this group while ``unsure`` is set, processed in
+    #: order once its outcome is known
+    held: list[Any] = field(default_factory=list)
 
     # --- creation ---------------------------------------------------------------------------
 
@@ -195,6 +203,11 @@ class GroupMember:
         self._pending_adds = []
         if request.name == "ds_delete_group":
             self.gone = True
+
+    def resigned(self, request: PendingRequest) -> PendingRequest:
+        """``request`` with the same params under a fresh DsAuthToken (to ask
+        again about a commit whose answer was lost)."""
+        return self._request(request.name, request.body.params)
 
     def refused(self, request: PendingRequest) -> None:
         """The DS refused ``request``: a pending commit is dropped."""

@@ -19,6 +19,15 @@ practice, is a later flow, so for now two clients swap cards directly.
 A request the DS refuses raises its :class:`~phoenix_ref.errors.ProtocolError`
 after the pending commit is dropped (``409 wrong_epoch``: receive, then try
 again; :meth:`Messenger.commit_with_retry` does that).
+
+A commit whose answer never came (the connection broke, the DS crashed or
+answered 5xx) may or may not have been applied. Its error is raised, but the
+commit stays pending as :attr:`GroupMember.unsure`: :meth:`Messenger.settle`
+sends the same commit again under a fresh DsAuthToken, and the DS either
+applies it now or answers that it already did — success both times, and
+the other members get it once (docs/decisions.md, "A commit whose answer
+was lost"). Until then messages dequeued for that group are held back;
+:meth:`Messenger.receive` and the group flows settle first.
 """
 
 from __future__ import annotations
@@ -165,11 +174,53 @@ class Messenger:
     async def _submit(self, member: GroupMember, request: PendingRequest) -> Any:
         try:
             answer = await self.ds(member.group_id.ds_domain, request.name, request.body)
-        except BaseException:
-            member.refused(request)
+        except BaseException as e:
+            if _answered(e) or member.group.pending_commit is None:
+                member.refused(request)
+            else:
+                member.unsure = request          # outcome unknown: settle() asks again
             raise
         member.accepted(request)
         return answer
+
+    async def settle(self, group_id: GroupId | None = None) -> None:
+        """Learn what became of commits whose answer was lost (module
+        docstring): send each again, then process what was held back for
+        its group. A refusal (the commit lost to another one) is raised after
+        the commit is dropped; if the DS still cannot be reached the error is
+        raised and the commit stays unsure."""
+        for gid in [group_id] if group_id is not None else list(self.groups):
+            member = self.groups.get(gid)
+            if member is None or member.unsure is None:
+                continue
+            request = member.resigned(member.unsure)
+            refusal = None
+            try:
+                await self.ds(gid.ds_domain, request.name, request.body)
+            except ProtocolError as e:
+                if not _answered(e):
+                    raise
+                if not (request.name == "ds_delete_group" and e.code == "unknown_group"):
+                    refusal = e                   # (a deleted group is gone either way)
+            member.unsure = None
+            if refusal is None:
+                member.accepted(request)
+            else:
+                member.refused(request)
+            if member.gone:
+                del self.groups[gid]
+            else:
+                held, member.held = member.held, []
+                for content in held:
+                    await self._handle(content)
+            if refusal is not None:
+                raise refusal
+
+    async def _ready(self, group_id: GroupId) -> GroupMember:
+        """The group's member view, once no commit of ours is unsure."""
+        if self.groups[group_id].unsure is not None:
+            await self.settle(group_id)
+        return self.groups[group_id]
 
     async def ds_verifying_key(self, domain: Fqdn | str) -> bytes:
         return (await self.ds(domain, "ds_verifying_key")).verifying_keys[0]
@@ -188,7 +239,7 @@ class Messenger:
 
     async def invite(self, group_id: GroupId, users: list[UserId]) -> None:
         """F7: fetch each contact's AddPackage at its QS, check it, add them all in one commit."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         packages = []
         for uid in users:
             card = self.contacts[uid]
@@ -207,22 +258,22 @@ class Messenger:
 
     async def remove(self, group_id: GroupId, users: list[UserId]) -> None:
         """F12 (admins): remove users' clients."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.remove_request([self.leaf_of(group_id, u) for u in users]))
 
     async def update(self, group_id: GroupId) -> None:
         """F11 / F17: a commit with a fresh path and every pending proposal."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.update_request())
 
     async def set_admins(self, group_id: GroupId, users: list[UserId]) -> None:
         """Make exactly these users the group's admins (we must be one, A7)."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.roles_request([self.leaf_of(group_id, u) for u in users]))
 
     async def leave(self, group_id: GroupId) -> None:
         """F13: propose our own removal; a member commits it with its next update."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.self_remove_request())
 
     async def send(self, group_id: GroupId, text: bytes) -> None:
@@ -230,18 +281,18 @@ class Messenger:
         await self._send_payload(group_id, TextMessage(text))
 
     async def _send_payload(self, group_id: GroupId, payload: Any) -> None:
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.send_request(encode(payload, AppPayload)))
 
     async def delete_group(self, group_id: GroupId) -> None:
         """F14 (admins): remove everyone else, then the DS deletes the group."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.delete_request())
         del self.groups[group_id]
 
     async def update_queue_info(self, group_id: GroupId) -> None:
         """F15: a fresh sealed queue config for this group."""
-        member = self.groups[group_id]
+        member = await self._ready(group_id)
         await self._submit(member, member.queue_info_request(await self._queue_config()))
 
     async def commit_with_retry(self, group_id: GroupId, action: Callable[[], Awaitable[None]],
@@ -259,7 +310,18 @@ class Messenger:
     # --- receiving (F10) --------------------------------------------------------------------------
 
     async def receive(self) -> int:
-        """Dequeue everything new and process it in order; the number of messages."""
+        """Dequeue everything new and process it in order; the number of
+        messages. Unsure commits are settled first where their DS answers;
+        one that was refused is reported as a ``("commit_refused", group)`` event."""
+        for gid in [g for g, member in self.groups.items() if member.unsure is not None]:
+            try:
+                await self.settle(gid)
+            except ProtocolError as e:
+                if not _answered(e):
+                    continue
+                self.events.append(("commit_refused", gid))
+            except Exception:
+                continue                          # still unreachable: its messages wait
         plaintexts = await self.qs.receive(self.me)
         for plaintext in plaintexts:
             await self._handle(decode(qm.MessageContent, plaintext))
@@ -273,6 +335,9 @@ class Messenger:
         member = self.groups.get(group_id)
         if member is None or member.gone:
             return      # a group we left or never joined: nothing to do
+        if member.unsure is not None:
+            member.held.append(content)           # after our own commit's fate is known
+            return
         out = member.process(content, self.trust)
         if isinstance(content, qm.ApplicationContent):
             await self._application(group_id, member, out)
@@ -375,6 +440,12 @@ class Messenger:
             return None
         return card.client_credential
 
+
+
+def _answered(e: BaseException) -> bool:
+    """Whether ``e`` is the DS's answer to a request (a refusal it decided),
+    rather than no answer: a transport error, a cancellation or a 5xx."""
+    return isinstance(e, ProtocolError) and e.status < 500
 
 
 def _group_of(content: Any) -> GroupId:

@@ -15,7 +15,11 @@ sender, decision A29); the MLS message is checked by the public view
 (:class:`~phoenix_ref.mls.public_group.PublicGroup`) and by the endpoint's
 rules; only then does the state change. A commit for another epoch than the
 current one gets ``409 wrong_epoch``, which — with the per-group lock of
-the shell — decides between two commits of the same epoch. A refusal leaves
+the shell — decides between two commits of the same epoch; the one exception
+is a byte-identical repetition, by its sender, of one of the last commits the
+DS applied: a client that lost the answer asks again and is told the commit
+went through, with nothing written or sent a second time
+(docs/decisions.md, "A commit whose answer was lost"). A refusal leaves
 the state as it was, except for removal proposals the DS made for an
 authenticated member, which are kept and sent (they do not depend on the
 refused request).
@@ -32,7 +36,8 @@ from typing import Any, Callable, Sequence
 from ..auth_tokens import DsAuthToken, DsKeyPackageRef, DsLeafIndex, RequestBinding
 from ..codec import DecodeError, decode, encode
 from ..credentials import LeafCredential
-from ..crypto import CryptoError, HPKECiphertext, HpkeKeyPair, SigningKey, decrypt_with_label, encrypt_with_label
+from ..crypto import CryptoError, HPKECiphertext, HpkeKeyPair, SigningKey, decrypt_with_label, encrypt_with_label, \
+    hash_
 from ..errors import Conflict, Forbidden, Malformed, NotFound, ProtocolError
 from ..ids import Fqdn, GroupId
 from ..mls import MlsError
@@ -59,7 +64,7 @@ from .group_state import (
 )
 
 __all__ = ["DsConfig", "DsCore", "GroupRow", "Outcome", "group_id_of_request", "DAY_MS",
-           "EAR_KEY_LABEL", "DELETED_QUEUE_LABEL", "ProposalStoreNotEmpty", "WrongEpoch"]
+           "EAR_KEY_LABEL", "DELETED_QUEUE_LABEL", "ProposalStoreNotEmpty", "WrongEpoch", "commit_digest"]
 
 DAY_MS = 24 * 3600 * 1000
 #: EncryptWithLabel labels (decisions A11 and A2).
@@ -69,6 +74,11 @@ DELETED_QUEUE_LABEL = "phoenix DeletedQueue"
 
 class WrongEpoch(Conflict):
     code = "wrong_epoch"
+
+
+def commit_digest(message: MLSMessage) -> bytes:
+    """What the group state remembers of an applied commit."""
+    return hash_(encode(message))
 
 
 class ProposalStoreNotEmpty(Conflict):
@@ -417,6 +427,25 @@ class DsCore:
 
     # --- commits --------------------------------------------------------------------------------
 
+    @staticmethod
+    def _is_repeat(st: GroupState, message: MLSMessage, sender: int) -> bool:
+        """Whether ``message`` is, byte for byte, one of the last commits the
+        DS applied, sent by ``sender`` (the token's leaf). Asked before the
+        endpoint's other rules, which judge the group as it is now, not as
+        it was then (docs/decisions.md, "A commit whose answer was lost")."""
+        if message.wire_format != WireFormat.mls_public_message:
+            return False
+        fc = message.public_message.content
+        return fc.epoch < st.public.epoch and fc.sender.sender_type == SenderType.member \
+            and fc.sender.leaf_index == sender and commit_digest(message) in st.recent_commits
+
+    def _repeat(self, st: GroupState, out: Outcome, changed: bool) -> Outcome:
+        """The answer to a repeated commit: success, as the first time;
+        nothing is written or sent again (only removals the DS proposed
+        while opening the state, as for any request)."""
+        out.response = m.Empty()
+        return self._seal(st, out) if changed else out
+
     def _validate_commit(self, st: GroupState, message: MLSMessage, sender: int | None, now_ms: int
                          ) -> PublicCommit:
         """A commit of this group and epoch, as a PublicMessage (A15), from
@@ -496,6 +525,7 @@ class DsCore:
         for leaf in commit.applied.removed:
             st.remove_client(leaf)
         st.touch(committer, self._today(now_ms))
+        st.remember_commit(commit_digest(message))
         st.drop_joiner(committer)
         st.drop_expired_joiners(now_ms // 1000)
         out.send([cfg for leaf, cfg in sorted(before.items()) if leaf != committer],
@@ -513,6 +543,8 @@ class DsCore:
         :meth:`_finish_commit` and the fan-out."""
         p = req.params
         st, leaf, out, changed = self._begin(name, req, row, now_ms)
+        if self._is_repeat(st, p.commit, leaf):
+            return self._repeat(st, out, changed)
         try:
             if empty_store:
                 self._require_empty_store(st)

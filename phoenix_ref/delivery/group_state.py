@@ -5,9 +5,11 @@
 One encoding, :class:`GroupStateWire`, holds everything the spec lists in
 the encrypted group state: the public view of the MLS group (GroupInfo with
 its GroupContext, ratchet tree, interim transcript hash, proposal store),
-the client and user profiles, the past group states kept for joiners and
-the Queue ID decryption key. :class:`GroupState` is the working form the
-core changes.
+the client and user profiles, the past group states kept for joiners, the
+Queue ID decryption key and the digests of the last commits the DS applied
+(so that a client whose answer was lost can learn that its commit went
+through: docs/decisions.md, "A commit whose answer was lost").
+:class:`GroupState` is the working form the core changes.
 
 At rest (:func:`seal_state` / :func:`open_state`) the encoding is prefixed
 with its length, padded with zeros to a multiple of the bucket size
@@ -33,12 +35,14 @@ from ..queuing.messages import ClientQueueConfig
 from .messages import EAR_KEY_LEN, LeafCredentialInformation
 
 __all__ = ["ClientProfile", "Joiner", "PastGroupState", "GroupState", "seal_state", "open_state",
-           "WrongEarKey", "DEFAULT_BUCKET_BYTES", "SEAL_OVERHEAD"]
+           "WrongEarKey", "DEFAULT_BUCKET_BYTES", "SEAL_OVERHEAD", "RECENT_COMMITS"]
 
 #: The smallest padding bucket (docs/decisions.md, A19).
 DEFAULT_BUCKET_BYTES = 4096
 #: What sealing adds to the padded plaintext: the nonce and the AEAD tag.
 SEAL_OVERHEAD = NN + 16
+#: How many applied commits the state remembers by digest.
+RECENT_COMMITS = 16
 
 
 class WrongEarKey(CryptoError):
@@ -126,6 +130,7 @@ class GroupStateWire:
     #: whole tree after every load (the parent hashes of an UpdatePath need
     #: the hashes of all its copath subtrees)
     tree_hashes: VarBytes
+    recent_commits: vec(VarBytes)
 
 
 @dataclass
@@ -137,6 +142,8 @@ class GroupState:
     users: list[list[int]]
     past_states: list[PastGroupState] = field(default_factory=list)
     queue_id_decryption_key: bytes = b""
+    #: digests of the last RECENT_COMMITS commits applied, oldest first
+    recent_commits: list[bytes] = field(default_factory=list)
     #: the EAR key the state was opened with (never encoded)
     ear_key: bytes = field(default=b"", repr=False)
 
@@ -166,6 +173,9 @@ class GroupState:
         p = self.clients[leaf_index]
         self.clients[leaf_index] = replace(p, activity_day=day, activity_epoch=self.public.epoch)
 
+    def remember_commit(self, digest: bytes) -> None:
+        self.recent_commits = (self.recent_commits + [digest])[-RECENT_COMMITS:]
+
     # --- past states (#ds-state, A24) ----------------------------------------------------------
 
     def drop_joiner(self, leaf_index: int) -> None:
@@ -192,7 +202,8 @@ class GroupState:
         pg = self.public
         wire = GroupStateWire(pg.group_info, pg.tree.to_nodes(), pg.transcript.interim, pg.proposals.contents(),
                               [p for _, p in sorted(self.clients.items())], [UserProfile(u) for u in self.users],
-                              self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes())
+                              self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes(),
+                              self.recent_commits)
         return encode(wire)
 
     @classmethod
@@ -211,7 +222,8 @@ class GroupState:
         for content in wire.proposals:
             public.proposals.add(content)
         return cls(group_id, public, {p.leaf_index: p for p in wire.clients}, [list(u.leaves) for u in wire.users],
-                   list(wire.past_states), wire.queue_id_decryption_key)
+                   list(wire.past_states), wire.queue_id_decryption_key,
+                   [bytes(d) for d in wire.recent_commits])
 
 
 # --- encryption at rest ---------------------------------------------------------------------------

@@ -15,11 +15,23 @@ One request on a group (``spec/delivery_service.md#validation``):
 
 A crash after step 2 leaves the entries in the outbox; :meth:`DsService.run`
 hands them over at start (in order) and retries any that failed.
+
+**Crash point for tests.** The environment variable ``PHOENIX_CRASH_AT``,
+read once when a :class:`DsService` is built, can name the moment between
+steps 2 and 3: ``ds-after-state-write`` (or ``ds-after-state-write:<n>``
+for the n-th time, counting only writes that left fan-outs to hand over).
+There the process sends itself SIGKILL, as a power cut would stop it: the
+new state and its outbox entries are on disk, nothing reached the QS, no
+answer left. Unset (the normal case), nothing happens. Other values are for
+other components and are ignored here (docs/decisions.md, "Crash points
+for tests").
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -33,12 +45,30 @@ from . import messages as m
 from .core import DsCore, group_id_of_request
 from .store import DsStore, OutboxEntry
 
-__all__ = ["DsService", "MESSAGE_ID_LEN"]
+__all__ = ["DsService", "MESSAGE_ID_LEN", "CRASH_ENV", "CRASH_AFTER_STATE_WRITE", "crash_countdown"]
 
 log = logging.getLogger(__name__)
 MESSAGE_ID_LEN = 16
 #: How often the DS retries outbox entries the QS did not take.
 RETRY_INTERVAL_S = 5.0
+#: The test crash point (module docstring).
+CRASH_ENV = "PHOENIX_CRASH_AT"
+CRASH_AFTER_STATE_WRITE = "ds-after-state-write"
+
+
+def crash_countdown(value: str | None) -> int | None:
+    """How many state writes with fan-outs the DS makes before it kills
+    itself, from a ``PHOENIX_CRASH_AT`` value; None for no crash."""
+    if not value:
+        return None
+    point, _, count = value.partition(":")
+    if point != CRASH_AFTER_STATE_WRITE:
+        return None
+    if not count:
+        return 1
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{CRASH_ENV}={value!r}: the count after ':' is a positive integer")
+    return int(count)
 
 
 class _GroupLocks:
@@ -76,6 +106,7 @@ class DsService:
         self._locks = _GroupLocks()
         self._handover = trio.Lock()       # one hand-over at a time keeps the outbox order
         self._pending = trio.Event()       # set when an entry stayed in the outbox
+        self._crash_in = crash_countdown(os.environ.get(CRASH_ENV))   # tests only (module docstring)
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -124,10 +155,21 @@ class DsService:
                     seqs = self.store.store_outcome(gid, outcome, ids, now)
                 return outcome, [OutboxEntry(s, i, fo) for s, i, fo in zip(seqs, ids, outcome.fan_outs)]
             outcome, entries = await trio.to_thread.run_sync(work)
+            self._crash_point(entries)
             await self._hand_over(entries)
         if outcome.error is not None:
             raise outcome.error
         return outcome.response
+
+    def _crash_point(self, entries: list[OutboxEntry]) -> None:
+        """The test crash point between the state write and the hand-over
+        (module docstring): SIGKILL, so no cleanup and no answer."""
+        if self._crash_in is None or not entries:
+            return
+        self._crash_in -= 1
+        if self._crash_in == 0:
+            log.critical("%s: killing this process after the state write", CRASH_ENV)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # --- hand-over to the QS (decision A40) --------------------------------------------------------
 
