@@ -276,7 +276,8 @@ def summary_lines(entries: list[dict[str, Any]]) -> list[str]:
 # --- the sequence diagram ------------------------------------------------------------------------
 
 class Diagram:
-    """A Mermaid ``sequenceDiagram``: one note per step, then one arrow per
+    """A Mermaid ``sequenceDiagram``: a note per step and per announced
+    action, each followed by the requests logged meanwhile, one arrow per
     (sender, receiver, success) with the endpoints and their counts."""
 
     def __init__(self, users: Iterable[str]):
@@ -296,7 +297,7 @@ class Diagram:
         self.lines.append(f"    Note over {over or self._span()}: {_safe(text)}")
 
     def requests(self, entries: list[dict[str, Any]]) -> None:
-        """Arrows for one step's log entries. A request served for another
+        """Arrows for a stretch of log entries. A request served for another
         homeserver is drawn from the sender's log (it also says when the
         receiver could not be reached), so it is skipped on the receiving side."""
         arrows: dict[tuple[str, str, bool], list[str]] = {}
