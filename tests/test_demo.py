@@ -8,6 +8,7 @@ import argparse
 import re
 import subprocess
 import sys
+import tempfile
 
 from phoenix_ref import demo
 
@@ -51,8 +52,11 @@ def test_a_failed_check_is_one_line_and_a_non_zero_exit(tmp_path, monkeypatch, c
         async with self.step("something that goes wrong"):
             self.check(False, "the impossible", "as planned")
     monkeypatch.setattr(demo.Story, "run", failing_story)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))     # the kept folder lands in tmp_path
     args = argparse.Namespace(trace=tmp_path / "t.mmd", keep=False)
     assert demo.run(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "FAILED: step 1: the impossible does not hold (as planned)" in err[0]
     assert (tmp_path / "t.mmd").read_text().startswith("sequenceDiagram\n")
+    [kept] = tmp_path.glob("phoenix-demo-*")                     # kept for a look at the logs
+    assert str(kept) in err[0] and (kept / "a.example" / "config.toml").exists()
