@@ -10,8 +10,14 @@
     ``--peer B=PORT`` adds resolve overrides sending ``B``, ``as.B``, ``ds.B``,
     ``qs.B`` to ``127.0.0.1:PORT`` (labs on one machine).
 
-``phoenix-ref serve --config FILE``
+``phoenix-ref serve --config FILE [--request-log FILE]``
     Serve the homeserver with anycorn over TLS 1.3 (HTTP/2 and 1.1) on Trio.
+    ``--request-log`` appends one JSON line per request served and per
+    federation request sent (:class:`phoenix_ref.http.RequestLog`).
+
+``phoenix-ref demo [--trace FILE] [--keep]``
+    Three homeservers on loopback and a story through them, traced from
+    their request logs (``demo.py``).
 
 ``phoenix-ref admin --config FILE COMMAND``
     Operator commands on the homeserver's data and keys directories, safe
@@ -24,6 +30,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import ssl
@@ -31,83 +38,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import admin
-from .clock import Clock
+from . import admin, demo
 from .config import Config, ConfigError
 from .keystore import Keystore, KeystoreError
-
-SERVICES = ("as", "ds", "qs")
-
-
-def certificate_names(domain: str) -> list[str]:
-    return [domain] + [f"{s}.{domain}" for s in SERVICES]
-
-
-def load_or_create_ca(ca_dir: Path):
-    """The lab CA in ``ca_dir`` (``ca.pem``, ``ca-key.pem``), created if absent."""
-    import trustme
-    ca_dir.mkdir(parents=True, exist_ok=True)
-    cert, key = ca_dir / "ca.pem", ca_dir / "ca-key.pem"
-    if cert.exists() and key.exists():
-        return trustme.CA.from_pem(cert.read_bytes(), key.read_bytes())
-    ca = trustme.CA(organization_name="phoenix-ref test CA")
-    ca.cert_pem.write_to_path(str(cert))
-    _write_private(key, ca.private_key_pem.bytes())
-    return ca
-
-
-def write_server_cert(ca, domain: str, out_dir: Path) -> tuple[Path, Path]:
-    """Issue a certificate for ``domain`` and its service hosts; write cert.pem, key.pem."""
-    leaf = ca.issue_cert(*certificate_names(domain))
-    cert, key = out_dir / "cert.pem", out_dir / "key.pem"
-    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    _write_private(key, leaf.private_key_pem.bytes())
-    return cert, key
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def generate_config(out_dir: Path, domain: str, *, port: int = 8443, host: str = "127.0.0.1",
-                    test_ca: bool = False, test_ca_dir: Path | None = None,
-                    peers: dict[str, int] | None = None, cert: Path | None = None,
-                    key: Path | None = None, ca_bundle: Path | None = None,
-                    now_ms: int | None = None, **overrides) -> Config:
-    """Create a homeserver directory (see module docstring); return its Config.
-
-    Raises ConfigError if ``out_dir`` already holds a config or key material.
-    ``overrides`` are further :class:`Config` fields (tests, labs).
-    """
-    out_dir = Path(out_dir).resolve()
-    cfg_path = out_dir / "config.toml"
-    if cfg_path.exists():
-        raise ConfigError(f"{cfg_path} exists; refusing to overwrite it")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if test_ca:
-        ca = load_or_create_ca(Path(test_ca_dir or out_dir).resolve())
-        cert, key = write_server_cert(ca, domain, out_dir)
-        ca_bundle = Path(test_ca_dir or out_dir).resolve() / "ca.pem"
-    resolve = dict(overrides.pop("resolve", {}))
-    for peer, peer_port in (peers or {}).items():
-        for name in certificate_names(peer):
-            resolve[name] = f"127.0.0.1:{peer_port}"
-    config = Config(domain=domain, data_dir=out_dir / "data", keys_dir=out_dir / "keys",
-                    listen_host=host, listen_port=port, tls_cert=cert, tls_key=key,
-                    ca_bundle=ca_bundle, resolve=resolve, **overrides)
-    try:
-        Keystore.create(config.keys_dir, config.domain, now_ms if now_ms is not None else Clock().now_ms())
-    except KeystoreError as e:
-        raise ConfigError(str(e)) from None
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path.write_text(config.to_toml(base=out_dir), encoding="utf-8")
-    return config
-
+# provisioning lives in provision.py (the demo uses it too); it is
+# re-exported here, where tests, examples and the harness have found it
+from .provision import (SERVICES, certificate_names, generate_config, load_or_create_ca,  # noqa: F401
+                        write_server_cert)
 
 #: The only TLS version a listener accepts and a client offers:
 #: spec/threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication
@@ -208,14 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PEM trust anchors for outgoing federation (default: the system store)")
     s = sub.add_parser("serve", help="serve a homeserver over TLS")
     s.add_argument("--config", required=True, type=Path, help="the homeserver's config.toml")
+    s.add_argument("--request-log", type=Path, metavar="FILE",
+                   help="append one JSON line per request served and per federation request sent "
+                        "(time, host, method, path, status; see phoenix_ref/http.py RequestLog)")
     admin.add_parser(sub)
+    demo.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # the demo tells its own story; the libraries' INFO lines would drown it
+    logging.basicConfig(level=logging.WARNING if args.command == "demo" else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "generate-config":
             cfg = generate_config(args.dir, args.domain, port=args.port, host=args.host,
@@ -227,13 +170,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "admin":
             print(admin.run(args))
             return 0
+        if args.command == "demo":
+            return demo.run(args)
         import trio
         cfg = Config.load(args.config)
         Keystore.load(cfg.keys_dir, cfg.domain)   # fail early and clearly
         server_config(cfg)
+        from .homeserver import Homeserver
+        from .http import RequestLog
+        request_log = RequestLog(args.request_log, cfg.domain) if args.request_log else None
         print(f"serving {cfg.domain} on https://{cfg.listen_host}:{cfg.listen_port} "
               f"(hosts {', '.join(certificate_names(cfg.domain))})", flush=True)
-        trio.run(serve, cfg)
+        try:
+            trio.run(functools.partial(serve, cfg, homeserver=Homeserver(cfg, request_log=request_log)))
+        finally:
+            if request_log is not None:
+                request_log.close()
         return 0
     except (ConfigError, KeystoreError, FileNotFoundError, admin.AdminError) as e:
         print(f"phoenix-ref: {e}", file=sys.stderr)

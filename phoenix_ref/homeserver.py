@@ -57,8 +57,8 @@ from .federation.discovery import WELL_KNOWN_PATH, well_known_document
 from .federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome
 from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
-from .http import (MEDIA_TYPE, Call, CallCheck, decode_body, install_error_handlers, make_view, read_body,
-                   require_tls)
+from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
+                   read_body, require_tls)
 from .keystore import Keystore
 from .privacy_pass_gate import PrivacyPassGate
 from .queues import Queues
@@ -111,15 +111,20 @@ class Homeserver:
     """One domain's AS, DS and QS (see module docstring).
 
     ``clock`` is the wall clock for every service; ``federation_transport``
-    replaces the network of the federation client (in-process tests).
+    replaces the network of the federation client (in-process tests);
+    ``request_log``, if given, gets a line for every request served and
+    every federation request sent (:class:`~phoenix_ref.http.RequestLog`;
+    the caller closes it).
     """
 
     def __init__(self, config: Config, *, clock: Clock | None = None,
-                 federation_transport: Callable[[ssl.SSLContext], Any] | None = None):
+                 federation_transport: Callable[[ssl.SSLContext], Any] | None = None,
+                 request_log: RequestLog | None = None):
         self.config = config
         self.domain = config.domain
         self.clock = clock or Clock()
         self._federation_transport = federation_transport
+        self.request_log = request_log
         self.keystore: Keystore | None = None
         self.as_store: AsStore | None = None
         self.qs_store: QsStore | None = None
@@ -147,7 +152,8 @@ class Homeserver:
         self._background_done: trio.Event | None = None
         self.operator = Operator(self)
         self.app = self._build_app()
-        self.asgi = _HostNormaliser(self.app)
+        # the request log sees the normalised Host, as the routes do
+        self.asgi = _HostNormaliser(request_log.middleware(self.app) if request_log else self.app)
 
     # --- app -------------------------------------------------------------------------
 
@@ -221,7 +227,8 @@ class Homeserver:
         if self.privacy_pass is None or isinstance(self.privacy_pass, PrivacyPassGate):
             self.privacy_pass = self.privacy_pass_gate
         self.federation = FederationClient(cfg, endpoints.by_name, clock=self.clock,
-                                           transport=self._federation_transport)
+                                           transport=self._federation_transport,
+                                           on_request=self.request_log.sent if self.request_log else None)
         self.as_service = AsService(cfg, self.keystore, self.as_store, self.privacy_pass_gate,
                                     self.federation.keys, self.clock)
         self.qs = self._build_qs()

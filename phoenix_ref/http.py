@@ -7,14 +7,21 @@ service handler with a :class:`Call`, and encodes the response struct.
 Errors leave as an ``ErrorResponse {code, message}`` body with the status
 of the :class:`~phoenix_ref.errors.ProtocolError` — bad input never gives a
 5xx. Media type of every body: ``application/phoenix`` (docs/decisions.md).
+
+:class:`RequestLog` (opt-in, ``phoenix-ref serve --request-log FILE``)
+writes one JSON line per request served and per federation request sent.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
@@ -202,3 +209,105 @@ def _error(status: int, code: str, message: str) -> ProtocolError:
     err = ProtocolError(message, code=code)
     err.status = status
     return err
+
+
+# --- request log -------------------------------------------------------------------------
+
+class RequestLog:
+    """An append-only file of JSON lines: one per request the homeserver
+    served (``"dir": "in"``), written as its answer starts (so a client
+    that has the answer finds the line), and one per request its federation
+    client sent to another homeserver (``"dir": "out"``), written when the
+    answer has arrived or the attempt failed.
+
+    ``phoenix-ref serve --request-log FILE`` turns it on; ``phoenix-ref demo``
+    reads it to show what each homeserver did. Every line has ``t`` (Unix
+    time in seconds when the line was written), ``hs`` (the homeserver's
+    domain), ``dir``, ``method``, ``host``, ``path`` (no query string) and
+    ``ms`` (milliseconds from the start of the request until then). An ``in`` line adds
+    ``status`` (101 for an accepted websocket; null when the request ended
+    before any answer, e.g. the client went away) and ``agent`` (the
+    User-Agent, at most 100 characters); an ``out`` line adds ``to`` (the
+    destination domain) and either ``status`` or ``error`` (the failure's
+    class name, e.g. ``Unreachable``). Nothing else — no body, no token, no
+    address (docs/decisions.md, "Request log").
+
+    Each line goes out in one ``write`` on a file opened with ``O_APPEND``,
+    so several processes may share a file and a reader sees whole lines
+    (a line that is still being written lacks its newline).
+    """
+
+    def __init__(self, path: "os.PathLike[str] | str", domain: str):
+        self.path = path
+        self.domain = domain
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if self._fd is None:
+            return
+        line = json.dumps({"t": round(time.time(), 4), "hs": self.domain, **entry}, separators=(",", ":"))
+        os.write(self._fd, line.encode() + b"\n")
+
+    def served(self, *, host: str, method: str, path: str, status: int | None, ms: float, agent: str) -> None:
+        self._write({"dir": "in", "method": method, "host": host, "path": path[:200], "status": status,
+                     "ms": round(ms, 1), "agent": agent[:100]})
+
+    def sent(self, *, destination: str | None, method: str, url: str, status: int | None,
+             error: str | None, ms: float) -> None:
+        parts = urlsplit(url)
+        entry: dict[str, Any] = {"dir": "out", "method": method, "host": parts.hostname or "",
+                                 "path": parts.path[:200], "to": destination or parts.hostname or "",
+                                 "ms": round(ms, 1)}
+        entry.update({"status": status} if error is None else {"error": error})
+        self._write(entry)
+
+    def middleware(self, app: Any) -> Any:
+        """``app`` wrapped so that every HTTP request and websocket it serves is logged."""
+        return _RequestLogging(app, self)
+
+
+class _RequestLogging:
+    """ASGI middleware of :class:`RequestLog`: notes the status the app
+    answers with and writes one line when the request has ended."""
+
+    def __init__(self, app: Any, log: RequestLog):
+        self.app = app
+        self.log = log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        logged = False
+
+        def write(status: int | None) -> None:
+            nonlocal logged
+            logged = True
+            headers = {k.lower(): v for k, v in scope.get("headers", [])}
+            self.log.served(host=headers.get(b"host", b"").decode("latin-1"),
+                            method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
+                            path=scope.get("path", ""), status=status, ms=(time.monotonic() - started) * 1000,
+                            agent=headers.get(b"user-agent", b"").decode("latin-1"))
+
+        async def noting_send(message):
+            if not logged:
+                kind = message["type"]
+                if kind == "http.response.start" or kind == "websocket.http.response.start":
+                    write(message["status"])
+                elif kind == "websocket.accept":
+                    write(101)
+                elif kind == "websocket.close":
+                    write(403)        # refused before the handshake completed
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_send)
+        finally:
+            if not logged:
+                write(None)

@@ -25,6 +25,7 @@ to other homeservers.
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Generic, Iterable, Protocol, TypeVar
 
@@ -213,6 +214,19 @@ def _tls_failure(exc: BaseException) -> FederationError | None:
 
 # --- the HTTPS fetcher ------------------------------------------------------------------
 
+#: The User-Agent of every request a homeserver sends to another: it names
+#: the software, not the sending domain.
+USER_AGENT = "phoenix-ref homeserver"
+
+
+class RequestObserver(Protocol):
+    """Told about every request :class:`HttpsFetcher` sent, once it ended:
+    the answer's ``status``, or the name of the ``error`` that ended it (:meth:`~phoenix_ref.http.RequestLog.sent`)."""
+
+    def __call__(self, *, destination: str | None, method: str, url: str, status: int | None,
+                 error: str | None, ms: float) -> None: ...
+
+
 class HttpsFetcher:
     """GET/POST over verified TLS; returns the body of a 2xx answer.
 
@@ -223,14 +237,15 @@ class HttpsFetcher:
     def __init__(self, ssl_context: ssl.SSLContext, *, resolve: dict[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  connect_timeout_s: float = 5.0, request_timeout_s: float = 10.0,
-                 max_answer_bytes: int = 1 << 20):
+                 max_answer_bytes: int = 1 << 20, on_request: RequestObserver | None = None):
         self.ssl_context = ssl_context
         self.max_answer_bytes = max_answer_bytes
         self.requests = 0   # number of requests sent (tests count cache hits with it)
+        self.on_request = on_request
         self._http = httpx.AsyncClient(
             transport=transport or https_transport(ssl_context, resolve or {}),
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
-            trust_env=False, follow_redirects=False)
+            headers={"user-agent": USER_AGENT}, trust_env=False, follow_redirects=False)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -247,6 +262,24 @@ class HttpsFetcher:
         if not url.startswith("https://"):
             raise NotTls(f"refusing a non-https URL {url!r}", domain=domain, url=url)
         self.requests += 1
+        if self.on_request is None:
+            return (await self._request(method, url, content, headers, domain, expect, retry_safe))[1]
+        started, status, error = time.monotonic(), None, None
+        try:
+            status, body = await self._request(method, url, content, headers, domain, expect, retry_safe)
+            return body
+        except RemoteRefused as e:
+            status = e.status
+            raise
+        except BaseException as e:
+            error = type(e).__name__
+            raise
+        finally:
+            self.on_request(destination=domain, method=method, url=url, status=status, error=error,
+                            ms=(time.monotonic() - started) * 1000)
+
+    async def _request(self, method: str, url: str, content: bytes, headers: dict[str, str] | None,
+                       domain: str | None, expect: str | None, retry_safe: bool) -> tuple[int, bytes]:
         try:
             async with self._http.stream(method, url, content=content or None, headers=headers,
                                          extensions={RETRY_SAFE: True} if retry_safe else None) as resp:
@@ -279,7 +312,7 @@ class HttpsFetcher:
             ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != expect:
                 raise MalformedAnswer(f"answer is {ctype!r}, expected {expect!r}", domain=domain, url=url)
-        return bytes(body)
+        return resp.status_code, bytes(body)
 
 
 def _refused(resp: httpx.Response, body: bytes, domain: str | None, url: str) -> RemoteRefused:

@@ -18,8 +18,8 @@ import httpx
 from ..clock import Clock
 from ..codec import DecodeError, decode
 from ..http import MEDIA_TYPE
-from .client import (FederationError, HttpsFetcher, MalformedAnswer, NotFederated, RowLookup, client_ssl_context,
-                     fetch_many)
+from .client import (FederationError, HttpsFetcher, MalformedAnswer, NotFederated, RequestObserver, RowLookup,
+                     client_ssl_context, fetch_many)
 from .discovery import Discovery
 from .keys import RemoteKeyCache
 
@@ -34,11 +34,13 @@ class FederationClient:
     Built from a :class:`~phoenix_ref.config.Config` and ``rows``, the
     endpoint table's lookup (:data:`RowLookup`); ``transport`` (a
     factory taking the client's ``ssl.SSLContext``) replaces the network in
-    in-process tests. The owner calls :meth:`aclose`.
+    in-process tests; ``on_request`` is told about every request sent
+    (:class:`~.client.RequestObserver`). The owner calls :meth:`aclose`.
     """
 
     def __init__(self, config, rows: RowLookup, *, clock: Clock | None = None,
-                 transport: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None):
+                 transport: Callable[[ssl.SSLContext], httpx.AsyncBaseTransport] | None = None,
+                 on_request: RequestObserver | None = None):
         self.config = config
         self.clock = clock or Clock()
         lim = config.limits
@@ -47,7 +49,7 @@ class FederationClient:
                                     transport=transport(ctx) if transport else None,
                                     connect_timeout_s=lim.connect_timeout_s,
                                     request_timeout_s=lim.request_timeout_s,
-                                    max_answer_bytes=lim.max_answer_bytes)
+                                    max_answer_bytes=lim.max_answer_bytes, on_request=on_request)
         self.discovery = Discovery(self.fetcher, overrides=config.discovery, clock=self.clock,
                                    ttl_ms=lim.discovery_ttl_s * 1000)
         self.keys = RemoteKeyCache(self, rows, clock=self.clock, ttl_ms=lim.key_cache_ttl_s * 1000,
