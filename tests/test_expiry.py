@@ -274,3 +274,28 @@ async def test_the_sweeper_never_expires_the_head_a_sender_is_sending(autojump_c
             await trio.sleep(1)
         n.cancel_scope.cancel()
     assert [d.message_id for d in store.dead_letters] == [b"\x02" * 16]   # the one behind, not the head
+
+
+async def test_a_parked_destination_holds_nothing_so_the_sweeper_expires_its_queue(autojump_clock):
+    """A parked sender sends nothing until unparked: its whole queue,
+    head included, is the sweeper's to expire."""
+    store = MemoryOutboundStore()
+
+    async def send(item):
+        raise KeyError("a bug")                                         # a programming error parks
+
+    now_ms = lambda: int(trio.current_time() * 1000)   # noqa: E731
+    sender = OutboundSender(store, send, now_ms=now_ms, max_age_ms=60_000)
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        await sender.submit("b.example", b"\x01" * 16, b"p1", now_ms())
+        await sender.submit("b.example", b"\x02" * 16, b"p2", now_ms())
+        with trio.fail_after(3600):
+            while not sender.is_parked("b.example"):
+                await trio.sleep(1)
+        assert sender.held() == {}
+        await trio.sleep(120)
+        now = now_ms()
+        assert store.expire(now - 60_000, expired_rejection(60_000), now, sender.held()) == 2
+        n.cancel_scope.cancel()
+    assert store.destinations() == [] and len(store.dead_letters) == 2
