@@ -101,17 +101,22 @@ class Limits:
     token_batch_max: int = _limit(100, maximum=10_000, unit="tokens")   # tokens per issuance request
     as_max_messages: int = _limit(500, maximum=100_000, unit="messages")   # "maximal number of requested messages"
     as_max_client_age_s: int = _limit(90 * 86_400, unit="seconds")   # "maximal QS client record age": inactive AS client entries go
-    as_prune_interval_s: int = _limit(3600, unit="seconds")        # how often the AS looks for inactive client entries
+    as_max_alias_age_s: int = _limit(90 * 86_400, unit="seconds")   # alias entries whose queue nobody fetched from go (docs/decisions.md)
     registrations_per_source: int = _limit(32, unit="registrations")   # pending registration starts one network source may hold
     qs_max_client_age_s: int = _limit(90 * 86_400, unit="seconds")   # "maximal QS client record age" (#qs-configuration-options)
-    qs_prune_interval_s: int = _limit(3600, unit="seconds")        # how often the QS looks for inactive client records
     # DS configuration (spec/delivery_service.md#ds-configuration-options; docs/decisions.md A9)
     ds_max_inactivity_days: int = _limit(90, unit="days")        # "maximal duration of client commit inactivity"
     ds_max_key_package_age_days: int = _limit(90, unit="days")   # maximal age of an added KeyPackage
     ds_padding_percentile: int = _limit(8, maximum=10, unit="deciles")   # "padding target (1..10)" (A19)
+    ds_group_expiry_days: int = _limit(180, unit="days")         # groups without a commit for longer go (decision A18)
+    # state expiration (spec/general_concepts/state_expiration.md): one sweeper per
+    # homeserver deletes what expired, at start and then every this many seconds (sweeper.py)
+    sweep_interval_s: float = _limit(3600.0, minimum=0.01, maximum=86_400, unit="seconds")
     # outbound federation queues (GUIDE §3, federation/outbound.py): exponential backoff
     federation_retry_base_s: float = _limit(1.0, minimum=0.001, maximum=86_400, unit="seconds")   # first retry delay
     federation_retry_max_s: float = _limit(300.0, minimum=0.001, maximum=86_400, unit="seconds")  # cap of the retry delay
+    # a QS-to-QS message not delivered within this age moves to the dead letters (docs/decisions.md)
+    federation_outbound_max_age_s: int = _limit(7 * 86_400, minimum=60, unit="seconds")
     # the HTTP server: a connection is closed after this many requests (clients reconnect)
     max_requests_per_connection: int = _limit(1000, unit="requests")
     # how often a running homeserver looks for key files and revocations that

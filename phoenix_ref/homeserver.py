@@ -18,9 +18,10 @@ and back; nothing else reaches into the homeserver.
 Lifecycle: the routes are registered when the app is built; the app's
 lifespan startup loads the keystore, opens one SQLite store per service in
 the data directory, builds the federation client and the services, and
-starts their background work (the QS's outbound sender and pruning, the AS's
-pruning) in ``app.nursery`` (Quart-Trio's lifespan nursery) under one cancel
-scope; shutdown cancels it and closes the stores. A route called before
+starts their background work (the QS's outbound sender, the DS's outbox
+hand-over, and the one sweeper that deletes expired state,
+:mod:`phoenix_ref.sweeper`) in ``app.nursery`` (Quart-Trio's lifespan
+nursery) under one cancel scope; shutdown cancels it and closes the stores. A route called before
 startup or after shutdown answers 502 ``<service>_not_running``.
 
 Plug-in points: endpoint rows in ``endpoints.py`` with handlers in
@@ -54,7 +55,7 @@ from .delivery.store import DsStore
 from .errors import NotFound, UpstreamError
 from .federation.facade import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
-from .federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome
+from .federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome, expired_rejection
 from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
 from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
@@ -67,6 +68,7 @@ from .queuing.core import QsConfig, QsCore
 from .queuing.messages import QueueDeleted
 from .queuing.service import KeystoreQsKeys, QsService, RemoteSourceKeys
 from .queuing.store import QsStore
+from .sweeper import Rule, Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ class Homeserver:
         #: Where remote QSs' ``QueueDeleted`` answers go instead of the DS
         #: (``#local-enqueue-message``), if a test sets it.
         self.on_queue_deleted: Callable[[list[QueueDeleted]], None] | None = None
+        #: The sweeper of expired state (set at startup; phoenix_ref/sweeper.py).
+        self.sweeper: Sweeper | None = None
         #: The background work's cancel scope and "it has ended" (set at startup).
         self._background: trio.CancelScope | None = None
         self._background_done: trio.Event | None = None
@@ -245,12 +249,14 @@ class Homeserver:
                          on_queue_deleted=self._queue_deleted)
 
     async def _start_background(self) -> None:
-        """The QS's outbound sender (pending queues resume at once) and
-        pruning, and the AS's pruning, in ``app.nursery``; shutdown cancels them."""
+        """The QS's outbound sender (pending queues resume at once), the DS's
+        outbox hand-over and the sweeper in ``app.nursery``; shutdown cancels them."""
         limits, qs = self.config.limits, self.qs
         sender = OutboundSender(self.qs_store.outbound, functools.partial(_send_federated, self, qs),
                                 policy=backoff_policy(limits), on_delivered=qs.on_delivered,
-                                now_ms=self.clock.now_ms)
+                                now_ms=self.clock.now_ms, max_age_ms=limits.federation_outbound_max_age_s * 1000)
+        self.sweeper = Sweeper(await self._sweep_rules(sender), self.clock.now_ms, limits.sweep_interval_s,
+                               name=self.domain)
         self._background = trio.CancelScope()
         done = self._background_done = trio.Event()
 
@@ -258,15 +264,43 @@ class Homeserver:
             try:
                 with self._background:
                     async with trio.open_nursery() as nursery:
-                        await nursery.start(qs.run, sender, limits.qs_prune_interval_s)
-                        await nursery.start(self.as_service.prune_periodically)
+                        await nursery.start(qs.run, sender)
                         await nursery.start(self.ds.run)
+                        await nursery.start(self.sweeper.run)
                         nursery.start_soon(self.watch_operator_changes)
                         task_status.started()
             finally:
                 done.set()
 
         await self.app.nursery.start(run)
+
+    async def _sweep_rules(self, sender: OutboundSender) -> list[Rule]:
+        """Every kind of state that expires
+        (``spec/general_concepts/state_expiration.md``; docs/storage.md says
+        which rule deletes which rows). Inside encrypted DS states, past
+        states and inactive members are handled when a member's request
+        opens the state (``delivery/core.py``); the sweeper holds no EAR key."""
+        limits, qs_core, ds_store = self.config.limits, self.qs.core, self.ds_store
+        max_age_ms = limits.federation_outbound_max_age_s * 1000
+        outbound = self.qs_store.outbound
+
+        def expire_outbound(now_ms: int) -> int:
+            # the clock was read before the held heads are (OutboundSender docstring)
+            return outbound.expire(now_ms - max_age_ms, expired_rejection(max_age_ms), now_ms, sender.held())
+
+        return [*await self.as_service.sweep_rules(self.clock.now_ms()),
+                Rule("qs inactive client records", lambda now: len(qs_core.prune_inactive(now))),
+                Rule("qs expired KeyPackages", qs_core.expire_key_packages),
+                Rule("qs outbound messages past their age", expire_outbound),
+                Rule("ds expired groups", lambda now: ds_store.expire_groups(now, limits.ds_group_expiry_days)),
+                Rule("ds expired placeholders", ds_store.expire_placeholders),
+                Rule("ds padding bucket from the stored sizes (A19)", self._refresh_padding)]
+
+    def _refresh_padding(self, now_ms: int) -> int:
+        """Sweeper rule: recompute the DS padding bucket; the number of groups it saw."""
+        sizes = self.ds_store.state_sizes()
+        self.ds.core.set_bucket(sizes)
+        return len(sizes)
 
     async def watch_operator_changes(self) -> None:
         """Every ``operator_poll_interval_s``: :meth:`check_operator_changes`.

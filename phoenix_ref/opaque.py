@@ -283,9 +283,11 @@ class EphemeralOpaqueDb:
                 self._by_source.pop(entry.source, None)
         return entry
 
-    def _purge(self, now_ms: int) -> None:
-        for k in [k for k, e in self._entries.items() if e.expires_at_ms <= now_ms]:
+    def _purge(self, now_ms: int) -> int:
+        expired = [k for k, e in self._entries.items() if e.expires_at_ms <= now_ms]
+        for k in expired:
             self._drop(k)
+        return len(expired)
 
     def _check_room(self, key: bytes, source: str | None, now_ms: int) -> None:
         """Raise RateLimited if storing ``key`` would pass a bound (replacing
@@ -347,10 +349,13 @@ class EphemeralOpaqueDb:
         with self._lock:
             self._drop(key)
 
-    def purge(self, now_ms: int) -> None:
-        """Drop every expired entry."""
+    def purge(self, now_ms: int) -> int:
+        """Drop every entry that expired by ``now_ms`` (an expired entry is
+        refused anyway; this frees the credential and OPAQUE state it
+        holds, which otherwise stay until a bound is reached). Returns how
+        many went. The homeserver's sweeper calls it."""
         with self._lock:
-            self._purge(now_ms)
+            return self._purge(now_ms)
 
     def __len__(self) -> int:
         with self._lock:

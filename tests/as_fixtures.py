@@ -53,8 +53,10 @@ class AsUnderTest:
         self.close()
         return build(self.domain, self.path, self.secrets, counters=self.counters)
 
-    def register(self, password: bytes = b"correct horse", now: int = NOW, packages: int = 1) -> AsIdentity:
-        reg, init = Registration.start(self.domain, password, self.secrets.intermediate.fingerprint(), now)
+    def register(self, password: bytes = b"correct horse", now: int = NOW, packages: int = 1,
+                 validity_ms: int = YEAR) -> AsIdentity:
+        reg, init = Registration.start(self.domain, password, self.secrets.intermediate.fingerprint(), now,
+                                       validity_ms=validity_ms)
         resp = self.core.init_user_registration(init, now)
         ident = reg.identity(self.core.finish_user_registration(reg.finish(resp, now), now))
         if packages:

@@ -277,7 +277,7 @@ def test_publish_validates_key_packages_as_the_mls_module_does(core):
         with pytest.raises(Malformed) as e:
             publish(alice, [AddPackage(bad, os.urandom(40), os.urandom(40))])
         assert e.value.code == "bad_key_package" and why in e.value.message, e.value.message
-    assert core.records.take_add_packages(alice.friendship_token) == []
+    assert core.records.take_add_packages(alice.friendship_token, NOW // 1000) == []
     publish(alice, [AddPackage(kp, os.urandom(40), os.urandom(40))])   # the untouched one is accepted
     got = core.get_add_package(AddPackageParams(alice.friendship_token), NOW)
     assert [ap.key_package for ap in got.add_packages] == [kp]
@@ -940,7 +940,7 @@ def test_inactive_client_records_are_pruned_after_the_maximal_age(core):
     assert core.prune_inactive(NOW + age + 1) == [idle.qs_cid]
     assert deleted == [[idle.qs_cid]]
     assert core.records.get_client(idle.qs_cid) is None and core.records.get_user(idle.qs_uid) is None
-    assert core.records.take_add_packages(idle.friendship_token) is None
+    assert core.records.take_add_packages(idle.friendship_token, NOW // 1000) is None
     with pytest.raises(NotFound):
         core.queues.info(encode(idle.qs_cid))
     assert core.records.get_client(active.qs_cid) is not None

@@ -52,10 +52,27 @@ def test_friendship_token_unique_on_create_and_update(store):
 
 def test_key_packages_ordinary_first_last_resort_kept(store):
     uid, cid = new_user(store, b"f" * 32)
-    assert store.take_add_packages(b"f" * 32) == []
-    store.replace_add_packages(cid, [(b"lr", True), (b"k1", False), (b"k2", False)])
-    assert [store.take_add_packages(b"f" * 32) for _ in range(4)] == [[b"k1"], [b"k2"], [b"lr"], [b"lr"]]
-    assert store.take_add_packages(b"nobody") is None
+    assert store.take_add_packages(b"f" * 32, 0) == []
+    store.replace_add_packages(cid, [(b"lr", True, 2**40), (b"k1", False, 2**40), (b"k2", False, 2**40)])
+    assert [store.take_add_packages(b"f" * 32, 0) for _ in range(4)] == [[b"k1"], [b"k2"], [b"lr"], [b"lr"]]
+    assert store.take_add_packages(b"nobody", 0) is None
+
+
+def test_key_packages_past_their_lifetime_are_not_handed_out_and_then_deleted(store):
+    """A KeyPackage is usable up to and including its ``not_after`` second
+    (RFC 9420 §7.2); after that it is skipped, last resort or not, and
+    :meth:`expire_add_packages` deletes it (state_expiration.md)."""
+    _, cid = new_user(store, b"f" * 32)
+    _, other = new_user(store, b"g" * 32)
+    store.replace_add_packages(cid, [(b"old", False, 100), (b"lr-old", True, 100), (b"new", False, 200)])
+    store.replace_add_packages(other, [(b"lr", True, 100)])
+    assert store.take_add_packages(b"g" * 32, 100) == [b"lr"]            # its last second: still good
+    assert store.take_add_packages(b"g" * 32, 101) == []                 # then never again
+    assert store.take_add_packages(b"f" * 32, 101) == [b"new"]           # the expired ones are skipped
+    assert store.take_add_packages(b"f" * 32, 101) == []                 # an expired last resort is no fallback
+    assert store.expire_add_packages(100) == 0
+    assert store.expire_add_packages(101) == 3                           # old, lr-old and the other's lr
+    assert store.take_add_packages(b"f" * 32, 0) == [] and store.take_add_packages(b"g" * 32, 0) == []
 
 
 def test_blocklist_and_client_for_enqueue(store):

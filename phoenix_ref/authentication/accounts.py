@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 
+#: SQLite INTEGER is signed 64-bit; a package's ``not_after`` is a client's u64.
+_SQLITE_MAX = (1 << 63) - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class UserEntry:
     """``#as-state`` user entry (its client entries are stored separately)."""
@@ -54,9 +58,12 @@ class UserEntry:
 
 @dataclasses.dataclass(frozen=True)
 class ClientEntry:
-    """``#as-state`` client entry: the encoded ClientCredential of the client."""
+    """``#as-state`` client entry: the encoded ClientCredential of the client
+    and the end of its validity (``expiration_data.not_after``, ms), after
+    which the entry is deleted (``state_expiration.md#expiration-of-clients``)."""
     client_id: ClientId
     client_credential: bytes
+    not_after_ms: int = _SQLITE_MAX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +97,7 @@ class AccountStore(Protocol):
     def delete_user(self, user_id: UserId) -> list[ClientId]: ...
     def get_client(self, client_id: ClientId) -> ClientEntry | None: ...
     def delete_client(self, client_id: ClientId) -> bool: ...
+    def expired_clients(self, now_ms: int) -> list[ClientId]: ...
     def add_connection_packages(self, client_id: ClientId, packages: list[tuple[bytes, int]]) -> None: ...
     def take_connection_package(self, user_id: UserId, now_ms: int) -> bytes | None: ...
 
@@ -99,6 +107,7 @@ class AccountStore(Protocol):
     def delete_alias(self, alias: Alias) -> None: ...
     def add_alias_packages(self, alias: Alias, payloads: list[tuple[bytes, int]]) -> None: ...
     def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None: ...
+    def expire_packages(self, now_ms: int) -> int: ...
 
     # after deletions
     def purge_deleted(self) -> None: ...
@@ -113,9 +122,11 @@ CREATE TABLE IF NOT EXISTS users (
 CREATE TABLE IF NOT EXISTS clients (
     client_id BLOB PRIMARY KEY,
     user_id BLOB NOT NULL REFERENCES users(user_id) ON DELETE CASCADE,
-    client_credential BLOB NOT NULL
+    client_credential BLOB NOT NULL,
+    not_after_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS clients_by_user ON clients(user_id);
+CREATE INDEX IF NOT EXISTS clients_by_expiry ON clients(not_after_ms);
 CREATE TABLE IF NOT EXISTS connection_packages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     client_id BLOB NOT NULL REFERENCES clients(client_id) ON DELETE CASCADE,
@@ -123,6 +134,7 @@ CREATE TABLE IF NOT EXISTS connection_packages (
     package BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS packages_by_client ON connection_packages(client_id);
+CREATE INDEX IF NOT EXISTS packages_by_expiry ON connection_packages(not_after_ms);
 CREATE TABLE IF NOT EXISTS aliases (
     alias BLOB PRIMARY KEY,
     alias_auth_key BLOB NOT NULL
@@ -134,16 +146,13 @@ CREATE TABLE IF NOT EXISTS alias_packages (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS packages_by_alias ON alias_packages(alias);
+CREATE INDEX IF NOT EXISTS alias_packages_by_expiry ON alias_packages(not_after_ms);
 -- AS OPAQUE key material (#as-state): secret, generated once.
 CREATE TABLE IF NOT EXISTS opaque_key_material (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     server_setup BLOB NOT NULL
 );
 """
-
-
-#: SQLite INTEGER is signed 64-bit; a package's ``not_after`` is a client's u64.
-_SQLITE_MAX = (1 << 63) - 1
 
 
 def _package_rows(owner: bytes, packages: list[tuple[bytes, int]]) -> list[tuple[bytes, int, bytes]]:
@@ -210,7 +219,8 @@ class SqliteAccountStore:
                 raise Conflict(f"user {user.user_id} already exists", code="user_exists")
             db.execute("INSERT INTO users VALUES (?, ?, ?)",
                        (uid, user.opaque_record, user.encrypted_user_profile))
-            db.execute("INSERT INTO clients VALUES (?, ?, ?)", (cid, uid, client.client_credential))
+            db.execute("INSERT INTO clients VALUES (?, ?, ?, ?)",
+                       (cid, uid, client.client_credential, min(client.not_after_ms, _SQLITE_MAX)))
             db.executemany("INSERT INTO connection_packages (client_id, not_after_ms, package) VALUES (?, ?, ?)",
                            _package_rows(cid, connection_packages))
 
@@ -256,8 +266,16 @@ class SqliteAccountStore:
         return [(decode(UserId, bytes(uid)), n) for uid, n in rows]
 
     def get_client(self, client_id: ClientId) -> ClientEntry | None:
-        row = self._read("SELECT client_credential FROM clients WHERE client_id = ?", (encode(client_id),))
-        return None if row is None else ClientEntry(client_id, row[0])
+        row = self._read("SELECT client_credential, not_after_ms FROM clients WHERE client_id = ?",
+                         (encode(client_id),))
+        return None if row is None else ClientEntry(client_id, row[0], row[1])
+
+    def expired_clients(self, now_ms: int) -> list[ClientId]:
+        """The clients whose credential ended before ``now_ms``."""
+        with self.lock:
+            rows = self.connection.execute("SELECT client_id FROM clients WHERE not_after_ms < ? ORDER BY client_id",
+                                           (now_ms,)).fetchall()
+        return [decode(ClientId, bytes(r[0])) for r in rows]
 
     def delete_client(self, client_id: ClientId) -> bool:
         """Delete a client entry with its connection packages (the caller
@@ -353,6 +371,14 @@ class SqliteAccountStore:
                 raise NotFound(f"no alias {alias}", code="unknown_alias")
             db.executemany("INSERT INTO alias_packages (alias, not_after_ms, payload) VALUES (?, ?, ?)",
                            _package_rows(key, payloads))
+
+    def expire_packages(self, now_ms: int) -> int:
+        """Delete every connection package and alias package payload whose
+        lifetime ended before ``now_ms`` (the last-resort one too: an expired
+        package is of no use to anyone); returns how many went."""
+        with self.transaction() as db:
+            return sum(db.execute(f"DELETE FROM {table} WHERE not_after_ms < ?", (now_ms,)).rowcount
+                       for table in ("connection_packages", "alias_packages"))
 
     def take_alias_package(self, alias: Alias, now_ms: int) -> bytes | None:
         key = encode(alias)

@@ -194,7 +194,8 @@ class AsConfig:
 
     ``max_client_age_ms`` is the spec's "Maximal QS client record age": a
     client entry whose direct queue nobody fetched from for longer is deleted
-    by :meth:`AuthenticationCore.prune_inactive`.
+    by :meth:`AuthenticationCore.prune_inactive`; ``max_alias_age_ms`` does
+    the same for alias entries (:meth:`AuthenticationCore.prune_inactive_aliases`).
     ``max_messages`` (the spec's "maximal number of requested messages") is
     configured on the :class:`~phoenix_ref.queues.Queues` the core is given;
     the anonymous token time-frame and default token allowance live in the
@@ -207,6 +208,7 @@ class AsConfig:
     max_client_credential_validity_ms: int = 2 * 365 * 24 * 3600 * 1000
     max_connection_packages_per_upload: int = 100
     max_client_age_ms: int = 90 * 86_400_000   # "Maximal QS client record age" (#configuration)
+    max_alias_age_ms: int = 90 * 86_400_000    # alias entries whose queue nobody fetched from (docs/decisions.md)
 
 
 @dataclass
@@ -345,7 +347,8 @@ class AuthenticationCore:
         record = opaque.server_registration_finish(p.opaque_registration_record)
         with self.accounts.transaction():   # the entries and the queue, or nothing
             self.accounts.create_user(UserEntry(user_id, record, b""),
-                                      ClientEntry(client_id, encode(credential)), [])
+                                      ClientEntry(client_id, encode(credential), credential.expiration_data.not_after),
+                                      [])
             self._create_queue(direct_queue_id(client_id), queue_key, ratchet_key, now_ms)
         self.ephemeral.delete(_ephemeral_key(user_id))
         return m.FinishUserRegistrationResponse(credential)
@@ -425,31 +428,82 @@ class AuthenticationCore:
         except NotFound:
             pass
 
-    # --- #configuration: "Maximal QS client record age" ----------------------------------
+    # --- state expiration (spec/general_concepts/state_expiration.md; run by the sweeper) -----
 
-    def prune_inactive(self, now_ms: int) -> list[ClientId]:
-        """Delete the client entries whose direct queue was last fetched from
-        longer ago than ``max_client_age_ms`` (activity is kept to the month,
-        ``#as-state``), with their connection packages and queues; a user
-        entry goes with its last client. Alias queues are kept: the spec
-        sets no age for them. Also drops the token issuance windows that
-        ended (metadata minimalism). Returns the deleted clients."""
-        self.issuance.purge(now_ms)
+    def _delete_clients(self, client_ids: list[ClientId]) -> list[ClientId]:
+        """Delete these client entries as account deletion deletes a client:
+        each with its connection packages and direct queue in one
+        transaction, the user entry with its last client, the client's
+        token issuance window; then purge the files. Returns those that existed."""
         gone = []
-        for queue_id in self.queues.inactive(now_ms - self.config.max_client_age_ms):
-            if not queue_id.startswith(b"c"):   # a client's queue (accounts.direct_queue_id)
-                continue
-            client_id = decode(ClientId, queue_id[1:])
+        for client_id in client_ids:
             with self.accounts.transaction():   # the entry and its queue, or neither
                 try:
                     self.accounts.delete_client(client_id)
+                    existed = True
                 except NotFound:
-                    pass                   # a queue whose entry is gone already
+                    existed = False        # a queue whose entry is gone already
+                self._delete_queue(direct_queue_id(client_id))
+            self.issuance.forget(client_id)
+            if existed:
+                gone.append(client_id)
+        if client_ids:
+            self.accounts.purge_deleted()
+        return gone
+
+    def prune_inactive(self, now_ms: int) -> list[ClientId]:
+        """``#configuration``, "Maximal QS client record age": delete the
+        client entries whose direct queue was last fetched from longer ago
+        than ``max_client_age_ms`` (activity is kept to the month,
+        ``#as-state``) like :meth:`_delete_clients`. Also drops the token
+        issuance windows that ended (metadata minimalism). Returns the
+        deleted clients."""
+        self.issuance.purge(now_ms)
+        idle = [decode(ClientId, queue_id[1:])
+                for queue_id in self.queues.inactive(now_ms - self.config.max_client_age_ms)
+                if queue_id.startswith(b"c")]   # a client's queue (accounts.direct_queue_id)
+        return self._delete_clients(idle)
+
+    def expire_credentials(self, now_ms: int) -> list[ClientId]:
+        """``state_expiration.md#expiration-of-clients``: "The AS enforces
+        this by removing expired client credentials" — every client entry
+        whose credential's ``not_after`` lies before ``now_ms`` goes like
+        :meth:`_delete_clients`. Returns the deleted clients."""
+        return self._delete_clients(self.accounts.expired_clients(now_ms))
+
+    def prune_inactive_aliases(self, now_ms: int) -> list[Alias]:
+        """Delete the alias entries whose direct queue was last fetched from
+        longer ago than ``max_alias_age_ms``, each with its package payloads
+        and queue (as *delete alias* does). Returns the deleted aliases."""
+        gone = []
+        for queue_id in self.queues.inactive(now_ms - self.config.max_alias_age_ms):
+            if not queue_id.startswith(b"a"):   # an alias's queue (accounts.direct_queue_id)
+                continue
+            alias = decode(Alias, queue_id[1:])
+            with self.accounts.transaction():
+                try:
+                    self.accounts.delete_alias(alias)
+                    gone.append(alias)
+                except NotFound:
+                    pass
                 self._delete_queue(queue_id)
-            gone.append(client_id)
         if gone:
             self.accounts.purge_deleted()
         return gone
+
+    def expire_connection_packages(self, now_ms: int) -> int:
+        """Delete connection packages and alias package payloads whose
+        lifetime ended (fetching skips them already); returns how many."""
+        n = self.accounts.expire_packages(now_ms)
+        if n:
+            self.accounts.purge_deleted()
+        return n
+
+    def expire_pending(self, now_ms: int) -> int:
+        """Drop the ephemeral OPAQUE DB entries (pending registrations and
+        2FA logins) whose time ran out; they are refused already, this frees
+        what they hold. Returns how many."""
+        return self.ephemeral.purge(now_ms)
 
     # --- profiles -----------------------------------------------------------------------------
 

@@ -23,9 +23,12 @@ client's domain; the service fetches that domain's *Get AS credentials*
 answer through the remote key cache (over TLS, cached, one refetch for an
 unknown intermediate) and calls the core once more with it.
 
-Background work: :meth:`AsService.prune_periodically` runs the core's
-pruning of inactive client entries (``#configuration``, "Maximal QS client
-record age") in a thread every ``as_prune_interval_s``.
+State expiration (``spec/general_concepts/state_expiration.md``):
+:meth:`AsService.sweep_rules` hands the homeserver's sweeper
+(:mod:`phoenix_ref.sweeper`) the AS's rules — expired client credentials,
+inactive client entries (``#configuration``, "Maximal QS client record
+age") and alias entries, expired connection packages, pending OPAQUE
+handshakes that ran out.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..http import Call
 from ..ids import ClientId, Fqdn
 from ..keystore import Keystore
 from ..privacy_pass_gate import IssuerKeysResponse, PrivacyPassGate
+from ..sweeper import Rule
 from .core import AsConfig, AsSecrets, AuthenticationCore, operation
 from .store import AsStore
 
@@ -137,6 +141,7 @@ class AsService:
                                    max_batch=lim.token_batch_max)
         policy = pp.IssuancePolicy(limits, self.gate.store, self.config.domain, self.keystore.counter_secret)
         as_config = AsConfig(Fqdn(self.config.domain), max_client_age_ms=lim.as_max_client_age_s * 1000,
+                             max_alias_age_ms=lim.as_max_alias_age_s * 1000,
                              max_pending_registrations_per_source=lim.registrations_per_source)
         return AuthenticationCore(as_config, secrets, self.store.accounts, self.store.queues, policy)
 
@@ -176,7 +181,7 @@ class AsService:
             raise UpstreamError(f"the AS credentials of {domain} cannot be fetched: {e}",
                                 code="remote_as_unavailable") from None
 
-    # --- background work: #configuration, "Maximal QS client record age" -------------------
+    # --- state expiration (the homeserver's sweeper, phoenix_ref/sweeper.py) ------------------
 
     async def prune_inactive(self, now_ms: int) -> list[ClientId]:
         """One round of :meth:`AuthenticationCore.prune_inactive`; returns the deleted clients."""
@@ -186,12 +191,13 @@ class AsService:
             log.info("%s: pruned %d inactive client entries", self.config.domain, len(gone))
         return gone
 
-    async def prune_periodically(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run :meth:`prune_inactive` every ``as_prune_interval_s`` until cancelled."""
-        task_status.started()
-        while True:
-            try:
-                await self.prune_inactive(self.clock.now_ms())
-            except Exception:   # a failed round must not stop the homeserver; the next one retries
-                log.exception("%s: pruning inactive client entries failed", self.config.domain)
-            await trio.sleep(self.config.limits.as_prune_interval_s)
+    async def sweep_rules(self, now_ms: int) -> list[Rule]:
+        """The AS's expiry rules for the sweeper (module docstring), each a
+        synchronous call of the core; the core is built first, so that they
+        need no event loop."""
+        core = await self.core(now_ms)
+        return [Rule("as client entries with expired credentials", lambda now: len(core.expire_credentials(now))),
+                Rule("as inactive client entries", lambda now: len(core.prune_inactive(now))),
+                Rule("as inactive alias entries", lambda now: len(core.prune_inactive_aliases(now))),
+                Rule("as expired connection packages", core.expire_connection_packages),
+                Rule("as expired pending OPAQUE handshakes", core.expire_pending)]

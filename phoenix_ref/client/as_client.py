@@ -112,8 +112,9 @@ class AsIdentity:
         p = m.UpdateUserProfileParams(profile_ctxt)
         return m.UpdateUserProfileRequest(self.auth("update_user_profile", p, now_ms), p)
 
-    def upload_packages(self, n: int, now_ms: int) -> m.UploadUserIdPackagesRequest:
-        p = m.UploadUserIdPackages([encode(self.connection_package(now_ms)) for _ in range(n)])
+    def upload_packages(self, n: int, now_ms: int, lifetime_ms: int | None = None) -> m.UploadUserIdPackagesRequest:
+        lifetime = {} if lifetime_ms is None else {"lifetime_ms": lifetime_ms}
+        p = m.UploadUserIdPackages([encode(self.connection_package(now_ms, **lifetime)) for _ in range(n)])
         return m.UploadUserIdPackagesRequest(self.auth("upload_connection_packages", p, now_ms), p)
 
     def dequeue(self, now_ms: int, max_messages: int = 100) -> m.DequeueMessagesRequest:

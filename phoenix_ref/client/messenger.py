@@ -148,9 +148,10 @@ class Messenger:
     async def _queue_config(self) -> qm.ClientQueueConfig:
         return await self.qs.client_queue_config(self.me)
 
-    async def publish_add_packages(self, n: int) -> None:
+    async def publish_add_packages(self, n: int, lifetime_seconds: int | None = None) -> None:
         """``#publish-keypackages``: ``n`` fresh AddPackages (replacing the
-        published ones), the last of last resort; their keys are kept."""
+        published ones), the last of last resort; their keys are kept. Their
+        KeyPackages live ``lifetime_seconds`` (default: the MLS module's)."""
         qs_key = await self.qs.queue_config_key(self.domain)
         packages = []
         for i in range(n):
@@ -158,7 +159,8 @@ class Messenger:
             config = self.me.client_queue_config(qs_key)
             ext_config = ExtClientQueueConfig(str(config.client_homeserver_domain).encode(), config.sealed_config)
             package, bundle = make_add_package(leaf, self.session.credential, self.friendship_key, ext_config,
-                                               self.now(), last_resort=i == n - 1)
+                                               self.now(), last_resort=i == n - 1,
+                                               lifetime_seconds=lifetime_seconds)
             self.key_packages[make_key_package_ref(bundle.key_package)] = (bundle, leaf)
             packages.append(package)
         await self.qs.send(self.me, "publish_key_packages", qm.PublishKeyPackagesParams(self.me.qs_cid, packages))
@@ -227,9 +229,14 @@ class Messenger:
 
     # --- group flows ------------------------------------------------------------------------------
 
-    async def create_group(self) -> GroupId:
-        """F6: request a group id, create the MLS group, register it at our DS."""
-        gid = (await self.ds(self.domain, "ds_request_group_id")).group_id
+    async def request_group_id(self) -> GroupId:
+        """``#request-group-id`` at our DS: an id for :meth:`create_group`."""
+        return (await self.ds(self.domain, "ds_request_group_id")).group_id
+
+    async def create_group(self, group_id: GroupId | None = None) -> GroupId:
+        """F6: request a group id (unless ``group_id`` was requested before),
+        create the MLS group, register it at our DS."""
+        gid = group_id or await self.request_group_id()
         leaf = new_leaf_identity(self.session.identity.signing_key, self.session.credential, self.now())
         member = GroupMember.create(gid, leaf, self.session.credential, await self.ds_verifying_key(self.domain),
                                     self.session.clock)

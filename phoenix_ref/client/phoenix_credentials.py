@@ -160,13 +160,16 @@ def open_credential_information(credential_key: bytes, sealed: bytes) -> Credent
 # --- AddPackages -------------------------------------------------------------------------------------
 
 def make_add_package(leaf: LeafIdentity, client_credential: ClientCredential, friendship_key: bytes,
-                     queue_config: ExtClientQueueConfig, now_ms: int, *, last_resort: bool = False
-                     ) -> tuple[AddPackage, KeyPackageBundle]:
-    """An AddPackage for the QS and the KeyPackage's private keys."""
+                     queue_config: ExtClientQueueConfig, now_ms: int, *, last_resort: bool = False,
+                     lifetime_seconds: int | None = None) -> tuple[AddPackage, KeyPackageBundle]:
+    """An AddPackage for the QS and the KeyPackage's private keys; the
+    KeyPackage lives ``lifetime_seconds`` (default: the MLS module's)."""
     exts = [to_extension(QueueConfigExtension(queue_config))]
     if last_resort:
         exts.append(to_extension(LastResortExtension()))
-    bundle = create_key_package(leaf.signing_key, leaf.mls_credential, now=now_ms // 1000, extensions=exts)
+    lifetime = {} if lifetime_seconds is None else {"lifetime_seconds": lifetime_seconds}
+    bundle = create_key_package(leaf.signing_key, leaf.mls_credential, now=now_ms // 1000, extensions=exts,
+                                **lifetime)
     package = AddPackage(bundle.key_package,
                          _seal(friendship_key, b"phoenix AddPackage credential", encode(client_credential)),
                          _seal(friendship_key, b"phoenix AddPackage signature key", leaf.signature_encryption_key))

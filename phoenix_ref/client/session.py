@@ -117,11 +117,14 @@ class ClientSession:
     @classmethod
     async def register(cls, http: Any, domain: Fqdn | str, password: bytes = b"correct horse battery staple",
                        *, clock: Any = None, user_id: UserId | None = None, base_url: Any = None,
-                       connection_packages: int = 1, token_batch: int = DEFAULT_TOKEN_BATCH) -> "ClientSession":
+                       connection_packages: int = 1, token_batch: int = DEFAULT_TOKEN_BATCH,
+                       credential_validity_ms: int = CREDENTIAL_VALIDITY_MS) -> "ClientSession":
         """Register a new user (random user id unless given) with its first
         client at ``domain``'s AS (``#initialize-user-registration``,
-        ``#finish-user-registration``). Raises the AS's refusal as a
-        ProtocolError (e.g. 409 ``user_exists``)."""
+        ``#finish-user-registration``); its credential asks to be valid for
+        ``credential_validity_ms`` (at most as long as the signing
+        intermediate). Raises the AS's refusal as a ProtocolError (e.g. 409
+        ``user_exists``)."""
         domain = _fqdn(domain)
         clock = clock or Clock()
         as_client = AsClient(http, base_url)
@@ -131,7 +134,7 @@ class ClientSession:
             raise ProtocolError(f"{domain} publishes no usable intermediate credential", code="no_intermediate")
         now = clock.now_ms()
         # the credential must end before the intermediate that signs it (credentials.md)
-        validity = min(CREDENTIAL_VALIDITY_MS, intermediate.expiration_data.not_after - now)
+        validity = min(credential_validity_ms, intermediate.expiration_data.not_after - now)
         reg, init = Registration.start(domain, password, intermediate.fingerprint(), now, user_id=user_id,
                                        validity_ms=validity)
         response = await as_client.call(domain, "init_user_registration", init)
@@ -207,8 +210,10 @@ class ClientSession:
         """The AS credentials of ``domains`` (default: home), fetched over TLS now."""
         return await self.as_client.trust(*(domains or (self.domain,)))
 
-    async def upload_connection_packages(self, n: int) -> None:
-        await self.call(self.domain, "upload_connection_packages", self.identity.upload_packages(n, self.now()))
+    async def upload_connection_packages(self, n: int, lifetime_ms: int | None = None) -> None:
+        """``n`` fresh connection packages, valid ``lifetime_ms`` (default 30 days)."""
+        await self.call(self.domain, "upload_connection_packages",
+                        self.identity.upload_packages(n, self.now(), lifetime_ms))
 
     async def update_profile(self, profile_ctxt: bytes) -> None:
         await self.call(self.domain, "update_user_profile", self.identity.update_profile(profile_ctxt, self.now()))

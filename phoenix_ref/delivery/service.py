@@ -212,8 +212,8 @@ class DsService:
         return len(await trio.to_thread.run_sync(self.store.outbox))
 
     async def refresh_padding(self) -> int:
-        """Recompute the padding bucket from the stored sizes (A19); the
-        sweeper calls this, and :meth:`run` at start."""
+        """Recompute the padding bucket from the stored sizes (A19), as
+        :meth:`run` does at start; the homeserver's sweeper does it too."""
         sizes = await trio.to_thread.run_sync(self.store.state_sizes)
         return self.core.set_bucket(sizes)
 

@@ -10,6 +10,13 @@ Tables:
   reported deleted, each sealed to the group's Queue ID key (decision A2).
 * ``ds_placeholders`` — group ids handed out by *request group id* and not
   yet created, with the hour they were handed out (decision A22).
+
+Expiry (``spec/general_concepts/state_expiration.md``; the homeserver's
+sweeper calls :meth:`DsStore.expire_groups` and
+:meth:`DsStore.expire_placeholders`) works on these plaintext columns only:
+the DS holds no EAR key at rest. What expires inside a state (past states,
+inactive members) is dealt with when a member's request opens it
+(``core.py``).
 * ``ds_outbox`` — fan-outs written with the state that caused them and not
   yet taken by the local QS (decision A40), sealed with the homeserver's
   at-rest key (:class:`~phoenix_ref.federation.outbound_crypto.OutboundKeys`).
@@ -25,21 +32,38 @@ import sqlite3
 from dataclasses import dataclass
 
 from ..codec import decode, encode
+from ..errors import NotFound
 from ..federation.outbound_crypto import OutboundKeys
 from ..ids import GroupId
 from ..queuing.messages import FanOutMessage
-from ..storage import SqliteStore
+from ..storage import SqliteStore, purge_deleted
 from .core import GroupRow, Outcome
 
-__all__ = ["DsStore", "OutboxEntry", "month_of"]
+__all__ = ["DsStore", "OutboxEntry", "month_of", "expired_before_month", "PLACEHOLDER_HOURS"]
 
 _OUTBOX = "ds outbox"
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+#: A placeholder lives this many hours (decision A22).
+PLACEHOLDER_HOURS = 24
 
 
 def month_of(now_ms: int) -> int:
     """``#activity-times``: a timestamp with only the month and the year."""
     d = datetime.datetime.fromtimestamp(now_ms / 1000, datetime.timezone.utc)
     return d.year * 12 + d.month - 1
+
+
+def expired_before_month(now_ms: int, expiry_days: int) -> int:
+    """Groups whose stored month is below this one have had no commit for
+    more than ``expiry_days`` at ``now_ms``.
+
+    A stored month says only that the last commit fell somewhere in it, at
+    the latest on its last millisecond; a group is old enough only when even
+    that latest moment lies ``expiry_days`` back, i.e. when the month of
+    ``now - expiry_days`` is a later one (decision A18). So no group goes
+    early, and one goes at most a month (plus a sweep interval) late."""
+    return month_of(now_ms - expiry_days * DAY_MS)
 
 
 @dataclass
@@ -109,7 +133,34 @@ class DsStore(SqliteStore):
             if db.execute("SELECT 1 FROM ds_groups WHERE group_id=?", (gid,)).fetchone():
                 return False
             return db.execute("INSERT OR IGNORE INTO ds_placeholders VALUES (?,?)",
-                              (gid, now_ms // 3_600_000)).rowcount == 1
+                              (gid, now_ms // HOUR_MS)).rowcount == 1
+
+    # --- expiry (the sweeper; decisions A18, A22) -----------------------------------------------
+
+    def expire_groups(self, now_ms: int, expiry_days: int) -> int:
+        """Delete the groups without a commit for more than ``expiry_days``
+        (:func:`expired_before_month`) with their deleted-queue rows, in one
+        transaction; returns how many groups went. Their outbox entries stay
+        (decision A18), and the freed rows are wiped from the files."""
+        before = expired_before_month(now_ms, expiry_days)
+        with self.transaction() as db:
+            self.writes += 1
+            db.execute("DELETE FROM ds_deleted_queues WHERE group_id IN "
+                       "(SELECT group_id FROM ds_groups WHERE month < ?)", (before,))
+            n = db.execute("DELETE FROM ds_groups WHERE month < ?", (before,)).rowcount
+        if n:   # metadata minimalism: no old page of the group stays in the log
+            purge_deleted(self.conn, self.lock)
+        return n
+
+    def expire_placeholders(self, now_ms: int) -> int:
+        """Delete the placeholders handed out more than ``PLACEHOLDER_HOURS``
+        ago (decision A22). Only the hour is stored, so one counts from the
+        end of its hour: a placeholder goes between 24 and 25 hours after it
+        was handed out, never earlier. Returns how many went."""
+        with self.transaction() as db:
+            self.writes += 1
+            return db.execute("DELETE FROM ds_placeholders WHERE created_hour + ? <= ?",
+                              (PLACEHOLDER_HOURS + 1, now_ms // HOUR_MS)).rowcount
 
     def store_outcome(self, group_id: GroupId, outcome: Outcome, message_ids: list[bytes], now_ms: int,
                       *, created: bool = False) -> list[int]:
@@ -123,13 +174,18 @@ class DsStore(SqliteStore):
                 for table in ("ds_groups", "ds_deleted_queues", "ds_placeholders"):
                     db.execute(f"DELETE FROM {table} WHERE group_id=?", (gid,))
             elif outcome.sealed_state is not None:
+                # The sweeper may have deleted the placeholder or the group
+                # since the request read it: then nothing is written and the
+                # request gets the answer it would have got a moment later.
                 if created:
-                    db.execute("DELETE FROM ds_placeholders WHERE group_id=?", (gid,))
+                    if db.execute("DELETE FROM ds_placeholders WHERE group_id=?", (gid,)).rowcount != 1:
+                        raise NotFound(f"no placeholder for group id {group_id}: it expired",
+                                       code="unknown_group_id")
                     db.execute("INSERT INTO ds_groups VALUES (?,?,?,?)",
                                (gid, outcome.sealed_state, month_of(now_ms), outcome.queue_id_key))
-                else:
-                    db.execute("UPDATE ds_groups SET state=?, month=? WHERE group_id=?",
-                               (outcome.sealed_state, month_of(now_ms), gid))
+                elif db.execute("UPDATE ds_groups SET state=?, month=? WHERE group_id=?",
+                                (outcome.sealed_state, month_of(now_ms), gid)).rowcount != 1:
+                    raise NotFound(f"no group {group_id} on this DS: it expired", code="unknown_group")
             db.executemany("DELETE FROM ds_deleted_queues WHERE id=?", [(i,) for i in outcome.consumed_deleted])
             return [self._append_outbox(db, mid, fo) for mid, fo in zip(message_ids, outcome.fan_outs)]
 

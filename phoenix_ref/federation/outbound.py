@@ -24,6 +24,11 @@ homeserver's Trio nursery, then delivers that queue:
   deduplicate by message id;
 * **refusals kept**: a message the destination refuses for good (a 4xx)
   moves to a dead-letter table with the answer, so an operator can see it;
+* **not forever**: a message still undelivered ``max_age_ms`` after it was
+  queued (``[limits] federation_outbound_max_age_s``) moves to the dead
+  letters with the code ``expired`` instead of being sent: by the sender
+  before an attempt, and by the homeserver's sweeper (:meth:`OutboundStore.expire`)
+  for messages waiting behind a head or in a parked queue;
 * **bugs parked, not retried forever**: an exception that is no answer and
   no network failure is logged with its traceback, counted, and parks its
   destination until an operator unparks it or the process restarts
@@ -66,7 +71,11 @@ from .outbound_crypto import OutboundKeyError, OutboundKeys
 __all__ = [
     "OutboundItem", "OutboundStore", "MemoryOutboundStore", "SqliteOutboundStore", "Parked", "DeadLetter",
     "Delivered", "RetryLater", "Rejected", "Outcome", "outcome_of_failure", "BackoffPolicy", "OutboundSender",
+    "expired_rejection", "EXPIRED",
 ]
+
+#: The error code of a dead letter that was never answered: it grew too old.
+EXPIRED = "expired"
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +126,11 @@ class OutboundStore(Protocol):
     def dead_letter(self, destination: str, seq: int, rejected: "Rejected", now_ms: int) -> OutboundItem | None:
         """Move a refused item to the dead letters with the refusal, in one
         unit; return the new head of ``destination``'s queue."""
+
+    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, int]) -> int:
+        """Move every item queued before ``before_ms`` to the dead letters with
+        ``rejected`` as the reason, except the item ``keep[destination]`` of
+        each destination (the head its sender holds); return how many moved."""
 
     def destinations(self) -> list[str]:
         """Every destination that has at least one pending item."""
@@ -169,6 +183,17 @@ class MemoryOutboundStore:
                     self.dead_letters.append(DeadLetter(destination, item.message_id, item.enqueued_ms, now_ms,
                                                         rejected.status, rejected.code, rejected.reason))
         return self.remove(destination, seq)
+
+    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, int]) -> int:
+        with self._lock:
+            n = 0
+            for destination, queue in self._queues.items():
+                old = [i for i in queue if i.enqueued_ms < before_ms and keep.get(destination) != i.seq]
+                self.dead_letters += [DeadLetter(destination, i.message_id, i.enqueued_ms, now_ms, rejected.status,
+                                                 rejected.code, rejected.reason) for i in old]
+                self._queues[destination] = [i for i in queue if i not in old]
+                n += len(old)
+            return n
 
     def destinations(self) -> list[str]:
         with self._lock:
@@ -296,6 +321,18 @@ class SqliteOutboundStore:
             db.execute("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
         return self.head(destination)
 
+    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, int]) -> int:
+        with self._tx() as db:
+            old = [(d, seq) for d, seq in db.execute(
+                       "SELECT destination, seq FROM outbound_queue WHERE enqueued_ms < ?", (before_ms,)).fetchall()
+                   if keep.get(d) != seq]
+            db.executemany("INSERT INTO outbound_dead_letters (destination, message_id, key_id, payload, enqueued_ms, "
+                           "rejected_ms, status, code, message) SELECT destination, message_id, key_id, payload, "
+                           "enqueued_ms, ?, ?, ?, ? FROM outbound_queue WHERE destination = ? AND seq = ?",
+                           [(now_ms, rejected.status, rejected.code, rejected.reason, d, seq) for d, seq in old])
+            db.executemany("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", old)
+        return len(old)
+
     def destinations(self) -> list[str]:
         with self._lock:
             rows = self._conn.execute("SELECT DISTINCT destination FROM outbound_queue ORDER BY destination").fetchall()
@@ -373,6 +410,13 @@ class Rejected:
     code: str | None = None
 
 
+def expired_rejection(max_age_ms: int) -> Rejected:
+    """What a dead letter records for a message that grew too old: no
+    answer (status 0), code :data:`EXPIRED`, and the limit it passed."""
+    return Rejected(0, f"not delivered within {max_age_ms // 1000} s of being queued "
+                       "(limits.federation_outbound_max_age_s)", EXPIRED)
+
+
 Outcome = Delivered | RetryLater | Rejected
 SendFn = Callable[[OutboundItem], Awaitable[Outcome]]
 
@@ -448,7 +492,19 @@ class OutboundSender:
     thread) after a definite answer and before the item leaves the queue —
     the QS uses the first to hand ``QueueDeleted`` answers back to its DS.
     ``now_ms``: the wall clock for the times stored with dead letters and
-    parkings. ``rng``: source of jitter (tests pass a seeded one).
+    parkings, and for the age of messages. ``rng``: source of jitter (tests
+    pass a seeded one).
+
+    **Messages too old** — queued more than ``max_age_ms`` ago (None: no
+    limit) — are not sent: right before every attempt the sender looks at
+    its head's age and moves an old head to the dead letters
+    (:func:`expired_rejection`). The homeserver's sweeper moves the old
+    items behind the heads (:meth:`OutboundStore.expire`), sparing each
+    destination's :meth:`held` head. The sender records its head as held
+    *before* it checks the age, and the sweeper reads the clock *before* it
+    looks at the held heads, so a message the sweeper moves is either one
+    no attempt has begun on or one the sender finds expired itself; an
+    expired message is never sent.
 
     **Refused messages** (:class:`Rejected`) move to the store's dead
     letters with the answer, and a WARNING names them.
@@ -471,7 +527,7 @@ class OutboundSender:
                  on_delivered: Callable[[OutboundItem, bytes], None] | None = None,
                  on_rejected: Callable[[OutboundItem, Rejected], None] | None = None,
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-                 rng: _random.Random | None = None):
+                 rng: _random.Random | None = None, max_age_ms: int | None = None):
         self.store = store
         self.send = send
         self.policy = policy
@@ -479,7 +535,10 @@ class OutboundSender:
         self.on_rejected = on_rejected
         self.now_ms = now_ms
         self.rng = rng or _random.Random()
-        #: ``delivered``, ``retried``, ``dead_lettered``, ``programming_errors``.
+        self.max_age_ms = max_age_ms
+        self._held: dict[str, int] = {}      # destination → seq of the head its task works on
+        self._held_lock = threading.Lock()   # held() is read from the sweeper's worker thread
+        #: ``delivered``, ``retried``, ``dead_lettered``, ``expired``, ``programming_errors``.
         self.stats: Counter[str] = Counter()
         self._dests: dict[str, _Destination] = {}
         self._nursery: trio.Nursery | None = None
@@ -525,6 +584,22 @@ class OutboundSender:
             self._nursery.start_soon(self._serve, destination, state, name=f"outbound:{destination}")
         state.wakeup.set()
 
+    def held(self) -> dict[str, int]:
+        """Destination → sequence number of the head its sender is working
+        on (checking, sending, waiting to retry). Thread-safe."""
+        with self._held_lock:
+            return dict(self._held)
+
+    def _hold(self, destination: str, seq: int | None) -> None:
+        with self._held_lock:
+            if seq is None:
+                self._held.pop(destination, None)
+            else:
+                self._held[destination] = seq
+
+    def _too_old(self, item: OutboundItem) -> bool:
+        return self.max_age_ms is not None and self.now_ms() - item.enqueued_ms > self.max_age_ms
+
     def pending_failures(self, destination: str) -> int:
         """Consecutive failed attempts of ``destination``'s head (for tests, metrics)."""
         state = self._dests.get(destination)
@@ -548,6 +623,7 @@ class OutboundSender:
             try:
                 await self._drain(destination, state)
             except Exception as e:  # noqa: BLE001 - a programming error: park, never crash the homeserver
+                self._hold(destination, None)   # a parked queue is the sweeper's to expire
                 await self._park(destination, state, e)
 
     async def _drain(self, destination: str, state: _Destination) -> None:
@@ -558,9 +634,15 @@ class OutboundSender:
         item = await self._store(self.store.head, destination)
         while True:
             if item is None:
+                self._hold(destination, None)
                 await state.wakeup.wait()
                 state.wakeup = trio.Event()
                 item = await self._store(self.store.head, destination)
+                continue
+            self._hold(destination, item.seq)   # first hold, then look at the age (class docstring)
+            if self._too_old(item):
+                state.failures = 0
+                item = await self._expire(item)
                 continue
             outcome = await self._attempt(item)
             if isinstance(outcome, RetryLater):
@@ -589,6 +671,14 @@ class OutboundSender:
                     item.destination, outcome.status, outcome.code, outcome.reason, item.message_id.hex())
         self.stats["dead_lettered"] += 1
         return await self._store(self.store.dead_letter, item.destination, item.seq, outcome, self.now_ms())
+
+    async def _expire(self, item: OutboundItem) -> OutboundItem | None:
+        """Move a head that grew too old to the dead letters; return the next head."""
+        log.warning("outbound to %s: message %s not delivered within %d s; moved to the dead letters",
+                    item.destination, item.message_id.hex(), self.max_age_ms // 1000)
+        self.stats["expired"] += 1
+        return await self._store(self.store.dead_letter, item.destination, item.seq,
+                                 expired_rejection(self.max_age_ms), self.now_ms())
 
     async def _attempt(self, item: OutboundItem) -> Outcome:
         """One try, bounded in time. An exception :func:`outcome_of_failure`

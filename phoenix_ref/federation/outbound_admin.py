@@ -5,7 +5,8 @@ directory) — also while the homeserver runs, SQLite's WAL lets both at it —
 and lists per destination the pending messages, whether its sender is
 parked and why (a programming error, :class:`~.outbound.OutboundSender`),
 and the dead letters: their count and the last few with the refusing
-answer. ``--unpark DOMAIN`` removes a parking; a running sender notices
+answer, or, for a message that was never delivered within
+``[limits] federation_outbound_max_age_s``, "expired" and that limit. ``--unpark DOMAIN`` removes a parking; a running sender notices
 within its ``park_check_interval`` and sends again. ``--drop-dead-letters
 DOMAIN`` deletes that destination's dead letters once the operator has
 read them (docs/storage.md).
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .outbound import DeadLetter, Parked, SqliteOutboundStore
+from .outbound import EXPIRED, DeadLetter, Parked, SqliteOutboundStore
 
 __all__ = ["DestinationReport", "report", "format_report", "run"]
 
@@ -57,6 +58,9 @@ def format_report(reports: list[DestinationReport]) -> str:
         state = f"PARKED since {_time(r.parked.parked_ms)}: {r.parked.reason}" if r.parked else "sending"
         lines.append(f"{r.destination}: {r.pending} pending, {state}, {r.dead_letters} dead letters")
         for dl in r.recent_dead_letters:
+            if dl.code == EXPIRED and dl.status == 0:   # never answered: it grew too old
+                lines.append(f"  dead letter {dl.message_id.hex()} expired {_time(dl.rejected_ms)}: {dl.message}")
+                continue
             lines.append(f"  dead letter {dl.message_id.hex()} refused {_time(dl.rejected_ms)}: "
                          f"{dl.status} {dl.code or '-'}: {dl.message}")
     return "\n".join(lines)

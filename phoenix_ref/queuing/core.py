@@ -411,6 +411,12 @@ class QsCore:
         self._clients_deleted(gone)
         return gone
 
+    def expire_key_packages(self, now_ms: int) -> int:
+        """Delete the AddPackages whose KeyPackage lifetime (RFC 9420 §7.2,
+        ``not_after`` in seconds, inclusive) ended before ``now_ms``, last
+        resort ones too: nobody may add with them any more. Returns how many."""
+        return self.records.expire_add_packages(now_ms // 1000)
+
     # --- client records (decision, see .messages) ------------------------------------------
 
     def create_client_record(self, request: CreateClientRecordRequest, now_ms: int) -> CreateClientRecordResponse:
@@ -502,16 +508,21 @@ class QsCore:
             raise Malformed("no AddPackages", code="bad_key_package")
         rows = []
         for i, ap in enumerate(params.add_packages):
-            rows.append((encode(ap), self._validate_key_package(ap.key_package, params.qs_cid, i, now_ms)))
-        if not any(lr for _, lr in rows):
+            last_resort = self._validate_key_package(ap.key_package, params.qs_cid, i, now_ms)
+            rows.append((encode(ap), last_resort, ap.key_package.leaf_node.lifetime.not_after))
+        if not any(lr for _, lr, _ in rows):
             raise Malformed("no KeyPackage of last resort among the AddPackages", code="missing_last_resort")
         self.records.replace_add_packages(params.qs_cid, rows)
         return Empty()
 
     def get_add_package(self, params: AddPackageParams, now_ms: int) -> AddPackageResponse:
         """``#get-addpackage``: the friendship token authenticates; one AddPackage
-        per client of the user, signed by the QS."""
-        taken = self.records.take_add_packages(params.friendship_token)
+        per client of the user, signed by the QS. A KeyPackage whose lifetime
+        ended is never handed out (``state_expiration.md#state-expiration``:
+        key material with an expiration date "has to be rotated in time"; a
+        client without a live one is left out of the answer); the sweeper
+        deletes it (:meth:`expire_key_packages`)."""
+        taken = self.records.take_add_packages(params.friendship_token, now_ms // 1000)
         if taken is None:
             raise Unauthorized("unknown friendship token", code="unknown_friendship_token")
         packages = [decode(AddPackage, raw) for raw in taken]

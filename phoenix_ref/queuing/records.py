@@ -117,13 +117,20 @@ class QsRecords(Protocol):
 
     def block(self, qs_cid: QsCid, group_id: GroupId) -> bool: ...
 
-    def replace_add_packages(self, qs_cid: QsCid, packages: list[tuple[bytes, bool]]) -> bool:
-        """Delete the client's AddPackages, store ``(encoded AddPackage, last_resort)`` ones."""
+    def replace_add_packages(self, qs_cid: QsCid, packages: list[tuple[bytes, bool, int]]) -> bool:
+        """Delete the client's AddPackages, store ``(encoded AddPackage,
+        last_resort, not_after)`` ones; ``not_after`` is the end of the
+        KeyPackage's lifetime in seconds (RFC 9420 §7.2, inclusive)."""
 
-    def take_add_packages(self, friendship_token: bytes) -> list[bytes] | None:
+    def take_add_packages(self, friendship_token: bytes, now_s: int) -> list[bytes] | None:
         """For the user with this token: one AddPackage per client that has
-        any, an ordinary one (deleted: used once) before a last-resort one
-        (kept). None when no user has the token."""
+        any whose lifetime has not ended at ``now_s``, an ordinary one
+        (deleted: used once) before a last-resort one (kept). None when no
+        user has the token."""
+
+    def expire_add_packages(self, now_s: int) -> int:
+        """Delete the AddPackages whose lifetime ended before ``now_s``,
+        last-resort ones too; returns how many."""
 
     def message_answer(self, source: str, message_id: bytes, now_ms: int) -> bytes | None:
         """The answer stored with ``(source, message_id)`` if that id is taken
@@ -138,7 +145,7 @@ class QsRecords(Protocol):
     def close(self) -> None: ...
 
 
-def _take_one(rows: list[tuple[int, bytes, bool]]) -> tuple[int, bytes, bool] | None:
+def _take_one(rows: list[tuple]) -> tuple | None:
     """Prefer an ordinary KeyPackage (oldest first) over a last-resort one."""
     ordinary = [r for r in rows if not r[2]]
     if ordinary:
@@ -153,7 +160,7 @@ class MemoryQsRecords:
         self._lock = threading.RLock()
         self._users: dict[QsUid, UserRecord] = {}
         self._clients: dict[QsCid, ClientRecord] = {}
-        self._kps: dict[QsCid, list[tuple[int, bytes, bool]]] = {}
+        self._kps: dict[QsCid, list[tuple[int, bytes, bool, int]]] = {}   # (seq, package, last resort, not_after)
         self._blocked: set[tuple[QsCid, bytes]] = set()
         self._taken: dict[tuple[str, bytes], tuple[int, bytes]] = {}   # → (expires_ms, answer)
         self._kp_seq = 0
@@ -272,26 +279,35 @@ class MemoryQsRecords:
             if qs_cid not in self._clients:
                 return False
             rows = []
-            for data, last_resort in packages:
+            for data, last_resort, not_after in packages:
                 self._kp_seq += 1
-                rows.append((self._kp_seq, data, last_resort))
+                rows.append((self._kp_seq, data, last_resort, not_after))
             self._kps[qs_cid] = rows
             return True
 
-    def take_add_packages(self, friendship_token):
+    def take_add_packages(self, friendship_token, now_s):
         with self._lock:
             owner = self._token_owner(friendship_token)
             if owner is None:
                 return None
             out = []
             for c in sorted(self._clients_of(owner), key=lambda c: encode(c.qs_cid)):
-                pick = _take_one(self._kps.get(c.qs_cid, []))
+                pick = _take_one([r for r in self._kps.get(c.qs_cid, []) if r[3] >= now_s])
                 if pick is None:
                     continue
                 out.append(pick[1])
                 if not pick[2]:
                     self._kps[c.qs_cid] = [r for r in self._kps[c.qs_cid] if r[0] != pick[0]]
             return out
+
+    def expire_add_packages(self, now_s):
+        with self._lock:
+            n = 0
+            for qs_cid, rows in self._kps.items():
+                kept = [r for r in rows if r[3] >= now_s]
+                n += len(rows) - len(kept)
+                self._kps[qs_cid] = kept
+            return n
 
     def message_answer(self, source, message_id, now_ms):
         with self._lock:
@@ -330,9 +346,11 @@ CREATE TABLE IF NOT EXISTS qs_key_packages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     qs_cid BLOB NOT NULL,
     add_package BLOB NOT NULL,
-    last_resort INTEGER NOT NULL
+    last_resort INTEGER NOT NULL,
+    not_after_s INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS qs_key_packages_cid ON qs_key_packages (qs_cid, last_resort, id);
+CREATE INDEX IF NOT EXISTS qs_key_packages_expiry ON qs_key_packages (not_after_s);
 CREATE TABLE IF NOT EXISTS qs_blocklist (
     qs_cid BLOB NOT NULL,
     group_hash BLOB NOT NULL,
@@ -349,6 +367,9 @@ CREATE INDEX IF NOT EXISTS qs_message_ids_exp ON qs_message_ids (expires_ms);
 DROP TABLE IF EXISTS qs_seen_messages;
 DROP TABLE IF EXISTS qs_rate_limits;
 """
+
+#: SQLite INTEGER is signed 64-bit; a KeyPackage's ``not_after`` is a u64.
+_SQLITE_MAX = (1 << 63) - 1
 
 _CLIENT_COLS = "qs_cid, client_record_auth_key, queue_encryption_key, encrypted_push_token, blocklist_salt"
 
@@ -541,11 +562,12 @@ class SqliteQsRecords:
             if db.execute("SELECT 1 FROM qs_clients WHERE qs_cid=?", (cid,)).fetchone() is None:
                 return False
             db.execute("DELETE FROM qs_key_packages WHERE qs_cid=?", (cid,))
-            db.executemany("INSERT INTO qs_key_packages (qs_cid, add_package, last_resort) VALUES (?,?,?)",
-                           [(cid, data, int(lr)) for data, lr in packages])
+            db.executemany("INSERT INTO qs_key_packages (qs_cid, add_package, last_resort, not_after_s) "
+                           "VALUES (?,?,?,?)",
+                           [(cid, data, int(lr), min(not_after, _SQLITE_MAX)) for data, lr, not_after in packages])
             return True
 
-    def take_add_packages(self, friendship_token):
+    def take_add_packages(self, friendship_token, now_s):
         with self.transaction() as db:
             owner = db.execute("SELECT qs_uid FROM qs_users WHERE friendship_token=?", (friendship_token,)).fetchone()
             if owner is None:
@@ -554,7 +576,7 @@ class SqliteQsRecords:
             cids = db.execute("SELECT qs_cid FROM qs_clients WHERE qs_uid=? ORDER BY qs_cid", (owner[0],)).fetchall()
             for (cid,) in cids:
                 rows = db.execute("SELECT id, add_package, last_resort FROM qs_key_packages WHERE qs_cid=? "
-                                  "ORDER BY last_resort, id LIMIT 1", (cid,)).fetchall()
+                                  "AND not_after_s >= ? ORDER BY last_resort, id LIMIT 1", (cid, now_s)).fetchall()
                 pick = _take_one([(r[0], bytes(r[1]), bool(r[2])) for r in rows])
                 if pick is None:
                     continue
@@ -562,6 +584,10 @@ class SqliteQsRecords:
                 if not pick[2]:
                     db.execute("DELETE FROM qs_key_packages WHERE id=?", (pick[0],))
             return out
+
+    def expire_add_packages(self, now_s):
+        with self.transaction() as db:
+            return db.execute("DELETE FROM qs_key_packages WHERE not_after_s < ?", (now_s,)).rowcount
 
     def message_answer(self, source, message_id, now_ms):
         with self.transaction() as db:

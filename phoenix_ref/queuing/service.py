@@ -7,8 +7,10 @@ runs them in a Trio program:
   to SQLite, GUIDE §4), wakes websocket listeners (:class:`QueueNotifier`,
   ``#negotiate-websocket-connection``) and the outbound sender of each
   domain a fan-out was forwarded to (``#local-enqueue-message``), frames
-  outbound QsToQsMessages, and runs the background work: the outbound sender
-  and the pruning of inactive client records (``#qs-configuration-options``).
+  outbound QsToQsMessages, and runs the outbound sender. What expires (inactive
+  client records, ``#qs-configuration-options``; KeyPackages past their
+  lifetime) is deleted by the homeserver's sweeper (:mod:`phoenix_ref.sweeper`)
+  through the core.
 * Federated enqueue (``#federated-qs-to-qs-communication``): the core is
   given the source QS's verifying keys from the remote key cache, if the
   cache holds them. When the core raises :class:`~.core.UnknownSourceKey`
@@ -224,26 +226,10 @@ class QsService:
 
     # --- background work ------------------------------------------------------------------
 
-    async def run(self, sender: OutboundSender, prune_interval_s: float,
-                  task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run ``sender`` (pending queues resume at once) and the pruning
-        until cancelled; started once both run."""
+    async def run(self, sender: OutboundSender, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run ``sender`` (pending queues resume at once) until cancelled."""
         self.outbound_sender = sender
-        async with trio.open_nursery() as nursery:
-            await nursery.start(sender.run)
-            nursery.start_soon(self.prune_periodically, prune_interval_s)
-            task_status.started()
-
-    async def prune_periodically(self, interval_s: float) -> None:
-        """Run :meth:`QsCore.prune_inactive` every ``interval_s`` until cancelled."""
-        while True:
-            try:
-                gone = await trio.to_thread.run_sync(self.core.prune_inactive, self.clock.now_ms())
-                if gone:
-                    log.info("deleted %d inactive QS client records", len(gone))
-            except Exception:   # a failed round must not stop the homeserver; the next one retries
-                log.exception("pruning inactive QS client records failed")
-            await trio.sleep(interval_s)
+        await sender.run(task_status=task_status)
 
     # --- enqueue ----------------------------------------------------------------------------
 
