@@ -183,8 +183,11 @@ async def test_revoking_the_intermediate_beside_a_running_homeserver(hs1):
         assert code == 0 and said == f"revoked intermediate {old.hex()} and issued a new current intermediate\n"
 
         async def revoked_published() -> bool:
+            """The revocation and the new intermediate are both published (the
+            running homeserver takes them up in one look, but two files)."""
             creds = decode(AsCredentialsResponse, await _get(http, d, "as", "/phoenix/v1/as_credentials"))
-            return old in creds.revoked_certs
+            usable = creds.signing_intermediate(d.clock.now_ms())
+            return old in creds.revoked_certs and usable is not None and usable.fingerprint() != old
 
         await _eventually(revoked_published)
         # alice's credential was signed by the revoked intermediate: the AS no longer accepts it
