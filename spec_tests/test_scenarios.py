@@ -18,6 +18,10 @@ adds ``LONG_SEEDS`` seeds. A failing walk names its seed;
 fresh deployment::
 
     PHOENIX_WALK_SEED=7 pytest spec_tests/test_scenarios.py -k walk
+
+A seed fixes the walk's operations (each seed has its own group and random
+generator); in the many-seed run the users carry what earlier seeds left
+(used KeyPackages, other groups), a replay starts with fresh users.
 """
 
 from __future__ import annotations
@@ -458,6 +462,10 @@ class Walk:
                 return True
         return False
 
+    def names(self, user_ids) -> list[str]:
+        by_id = {self.uid(i): self.name(i) for i in range(len(self.us))}
+        return sorted(by_id.get(u, u) for u in user_ids)
+
     def problems(self) -> list[str]:
         """How what every user holds differs from what the walk expects."""
         out = []
@@ -481,11 +489,11 @@ class Walk:
             if len(g.proposals) != len(self.pending):
                 out.append(f"{who} holds {len(g.proposals)} proposals, expected {len(self.pending)}")
             if member_ids(m, self.gid) != uids:
-                out.append(f"{who} sees members {sorted(member_ids(m, self.gid))}, expected {sorted(uids)}")
+                out.append(f"{who} sees members {self.names(member_ids(m, self.gid))}, expected {self.names(uids)}")
             if len(list(g.tree.leaves())) != len(self.members):
                 out.append(f"{who} has {len(list(g.tree.leaves()))} leaves, expected {len(self.members)}")
             if admin_ids(m, self.gid) != admins:
-                out.append(f"{who} sees admins {sorted(admin_ids(m, self.gid))}, expected {sorted(admins)}")
+                out.append(f"{who} sees admins {self.names(admin_ids(m, self.gid))}, expected {self.names(admins)}")
             authenticators.add(g.epoch_authenticator)
         if len(authenticators) > 1:
             out.append(f"{len(authenticators)} different epoch authenticators")
