@@ -286,6 +286,8 @@ class Walk:
             # the DS takes no commit but an update that commits the store; and
             # whoever saw the proposal commits before sending (RFC 9420 §12.4)
             out += [(7, "commit_pending"), (2, "refused_pending")]
+            if (self.admins - self.pending) and (self.members - self.admins - self.pending):
+                out.append((2, "promote_pending"))    # an update with a roles change commits it too
         else:
             out += [(30, "send"), (12, "update"), (10, "remove") if len(self.members) > 1 else (0, ""),
                     (14, "join") if outside else (0, ""), (6, "add") if len(outside) >= 2 else (0, ""),
@@ -347,6 +349,19 @@ class Walk:
         self.epoch += 1
         self.members -= self.pending
         self.admins -= self.pending
+        self.pending = set()
+        return i
+
+    async def op_promote_pending(self, n):
+        i = self.pick(self.admins - self.pending)
+        new = self.pick(self.members - self.admins - self.pending)
+        self.log.append(f"{self.name(i)} makes {self.name(new)} an admin, committing the self-removes of "
+                        f"{sorted(self.pending)}")
+        admins = (self.admins - self.pending) | {new}
+        await self.us[i].set_admins(self.gid, [self.us[j].user_id for j in sorted(admins)])
+        self.epoch += 1
+        self.members -= self.pending
+        self.admins = admins
         self.pending = set()
         return i
 
@@ -583,7 +598,7 @@ async def test_random_walk_in_process():
     kinds = await walk_many("in_process", walk_seeds(CI_SEEDS))
     if not os.environ.get("PHOENIX_WALK_SEED"):      # the seeds reach every kind of operation
         assert set(kinds) == {"send", "update", "join", "add", "remove", "promote", "leave", "commit_pending",
-                              "refused_not_admin", "refused_pending"}
+                              "promote_pending", "refused_not_admin", "refused_pending"}
 
 
 @walk_test
