@@ -266,9 +266,14 @@ class _Vec(WireType):
     def __init__(self, item: WireType):
         self.item = item
         self.name = f"{item.name}<V>"
+        self._item: WireType | None = None   # ``item`` resolved, on first use
+
+    def _resolve(self) -> WireType:
+        self._item = _resolved(self.item)
+        return self._item
 
     def write(self, value: list, out: bytearray) -> None:
-        write = _resolved(self.item).write   # a long vector: one lookup, not one per item
+        write = (self._item or self._resolve()).write   # a long vector: one lookup, not one per item
         body = bytearray()
         for v in value:
             write(v, body)
@@ -280,7 +285,7 @@ class _Vec(WireType):
         outer_end = r.end
         if n > outer_end - r.pos:
             raise DecodeError(f"length {n} runs past the end ({outer_end - r.pos} bytes left)")
-        item = _resolved(self.item)
+        item = self._item or self._resolve()
         end = r.end = r.pos + n    # the items read up to the vector's end, not past it
         try:
             if isinstance(item, _UInt) and n % item.size == 0:
@@ -305,13 +310,18 @@ class _Optional(WireType):
     def __init__(self, item: WireType):
         self.item = item
         self.name = f"optional<{item.name}>"
+        self._item: WireType | None = None   # ``item`` resolved, on first use
+
+    def _resolve(self) -> WireType:
+        self._item = _resolved(self.item)
+        return self._item
 
     def write(self, value: Any, out: bytearray) -> None:
         if value is None:
             out.append(0)
         else:
             out.append(1)
-            _resolved(self.item).write(value, out)
+            (self._item or self._resolve()).write(value, out)
 
     def read(self, r: Reader) -> Any:
         if r.pos >= r.end:
@@ -321,7 +331,7 @@ class _Optional(WireType):
         if present == 0:
             return None
         if present == 1:
-            return _resolved(self.item).read(r)
+            return (self._item or self._resolve()).read(r)
         raise DecodeError(f"optional presence octet is {present}, not 0 or 1")
 
 
