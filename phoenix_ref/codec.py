@@ -113,6 +113,23 @@ class Reader:
             return data[pos:pos + n]
         return self.take(decode_varint(self))
 
+    def length(self) -> int:
+        """A varint length (:func:`decode_varint`), the one and two byte
+        forms read here directly; same checks, same errors."""
+        data, pos = self.data, self.pos
+        if pos < self.end:
+            first = data[pos]
+            if first < 0x40:
+                self.pos = pos + 1
+                return first
+            if first < 0x80 and pos + 1 < self.end:
+                n = ((first & 0x3F) << 8) | data[pos + 1]
+                if n < 0x40:
+                    raise DecodeError("non-minimal varint")
+                self.pos = pos + 2
+                return n
+        return decode_varint(self)
+
     def sub(self, n: int) -> "Reader":
         """A reader over the next ``n`` bytes; this reader skips them."""
         if n > self.end - self.pos:
@@ -181,15 +198,21 @@ class _UInt(WireType):
         self.size = size
         self.limit = 1 << (8 * size)
         self.name = f"uint{8 * size}"
-        self._fmt = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}[size]
+        self.code = {1: "B", 2: "H", 4: "I", 8: "Q"}[size]
+        fmt = _struct.Struct(">" + self.code)
+        self._pack, self._unpack_from = fmt.pack, fmt.unpack_from
 
     def write(self, value: int, out: bytearray) -> None:
         if not isinstance(value, int) or not 0 <= value < self.limit:
             raise EncodeError(f"{value!r} is not a {self.name}")
-        out += _struct.pack(self._fmt, value)
+        out += self._pack(value)
 
     def read(self, r: Reader) -> int:
-        return _struct.unpack(self._fmt, r.take(self.size))[0]
+        pos, n = r.pos, self.size
+        if n > r.end - pos:
+            raise DecodeError(f"needs {n} bytes, only {r.end - pos} left")
+        r.pos = pos + n
+        return self._unpack_from(r.data, pos)[0]
 
 
 class _VarBytes(WireType):
@@ -198,7 +221,11 @@ class _VarBytes(WireType):
     def write(self, value: bytes, out: bytearray) -> None:
         if not isinstance(value, (bytes, bytearray)):
             raise EncodeError(f"{type(value).__name__} is not bytes")
-        out += encode_varint(len(value))
+        n = len(value)
+        if n < 0x40:
+            out.append(n)
+        else:
+            out += encode_varint(n)
         out += value
 
     def read(self, r: Reader) -> bytes:
@@ -239,44 +266,72 @@ class _Vec(WireType):
     def __init__(self, item: WireType):
         self.item = item
         self.name = f"{item.name}<V>"
+        self._item: WireType | None = None   # ``item`` resolved, on first use
+
+    def _resolve(self) -> WireType:
+        self._item = _resolved(self.item)
+        return self._item
 
     def write(self, value: list, out: bytearray) -> None:
+        write = (self._item or self._resolve()).write   # a long vector: one lookup, not one per item
         body = bytearray()
         for v in value:
-            self.item.write(v, body)
+            write(v, body)
         out += encode_varint(len(body))
         out += body
 
     def read(self, r: Reader) -> list:
-        sub = r.sub(decode_varint(r))
-        read = _resolved(self.item).read   # a long vector: one lookup, not one per item
-        items = []
+        n = r.length()
+        outer_end = r.end
+        if n > outer_end - r.pos:
+            raise DecodeError(f"length {n} runs past the end ({outer_end - r.pos} bytes left)")
+        item = self._item or self._resolve()
+        end = r.end = r.pos + n    # the items read up to the vector's end, not past it
         try:
-            while sub.pos < sub.end:
-                items.append(read(sub))
-        except DecodeError as e:
-            raise e.within(f"[{len(items)}]") from None
-        return items
+            if isinstance(item, _UInt) and n % item.size == 0:
+                # whole integers only: one unpack for the vector (an odd
+                # length takes the loop below, which fails on the last item)
+                items = list(_struct.unpack_from(f">{n // item.size}{item.code}", r.data, r.pos))
+                r.pos = end
+                return items
+            read = item.read
+            items = []
+            try:
+                while r.pos < end:
+                    items.append(read(r))
+            except DecodeError as e:
+                raise e.within(f"[{len(items)}]") from None
+            return items
+        finally:
+            r.end = outer_end
 
 
 class _Optional(WireType):
     def __init__(self, item: WireType):
         self.item = item
         self.name = f"optional<{item.name}>"
+        self._item: WireType | None = None   # ``item`` resolved, on first use
+
+    def _resolve(self) -> WireType:
+        self._item = _resolved(self.item)
+        return self._item
 
     def write(self, value: Any, out: bytearray) -> None:
         if value is None:
             out.append(0)
         else:
             out.append(1)
-            self.item.write(value, out)
+            (self._item or self._resolve()).write(value, out)
 
     def read(self, r: Reader) -> Any:
-        present = r.take(1)[0]
+        if r.pos >= r.end:
+            raise DecodeError(f"needs 1 bytes, only {r.end - r.pos} left")
+        present = r.data[r.pos]
+        r.pos += 1
         if present == 0:
             return None
         if present == 1:
-            return self.item.read(r)
+            return (self._item or self._resolve()).read(r)
         raise DecodeError(f"optional presence octet is {present}, not 0 or 1")
 
 
@@ -285,16 +340,17 @@ class _Enum(WireType):
         self.tag = tag
         self.cls = cls
         self.name = cls.__name__
+        self._members = {int(m): m for m in cls}   # cls(raw) without the Enum call machinery
 
     def write(self, value: int, out: bytearray) -> None:
         self.tag.write(int(self.cls(value)), out)
 
     def read(self, r: Reader) -> Any:
         raw = self.tag.read(r)
-        try:
-            return self.cls(raw)
-        except ValueError:
-            raise DecodeError(f"unknown {self.cls.__name__} value {raw}") from None
+        member = self._members.get(raw)
+        if member is None:
+            raise DecodeError(f"unknown {self.cls.__name__} value {raw}")
+        return member
 
 
 class _Variant(WireType):
@@ -320,13 +376,20 @@ class _Variant(WireType):
 
 
 class _Struct(WireType):
-    """Wire type of a ``@struct`` class; fields resolved on first use."""
+    """Wire type of a ``@struct`` class; fields resolved on first use.
+
+    On first use each field's wire type is resolved once (a :class:`_Lazy`
+    to the struct it names) and the bound ``read`` / ``write`` of every
+    field kept in a list (:meth:`_compile`), so that a value is read or
+    written by one loop over those functions, without looking anything up
+    per field."""
 
     def __init__(self, cls: type):
         self.cls = cls
         self.name = cls.__name__
         self._fields: list[tuple[str, WireType]] | None = None
         self._readers: list[Callable[[Reader], Any]] | None = None   # each field's read, resolved
+        self._writers: list[tuple[str, Callable[[Any, bytearray], None]]] | None = None
 
     @property
     def fields(self) -> list[tuple[str, WireType]]:
@@ -340,17 +403,26 @@ class _Struct(WireType):
             self._fields = resolved
         return self._fields
 
+    def _compile(self) -> None:
+        self._writers = [(name, _resolved(wt).write) for name, wt in self.fields]
+        self._readers = [_resolved(wt).read for _, wt in self.fields]
+
     def write(self, value: Any, out: bytearray) -> None:
-        for name, wt in self.fields:
+        writers = self._writers
+        if writers is None:
+            self._compile()
+            writers = self._writers
+        for name, write in writers:
             try:
-                wt.write(getattr(value, name), out)
+                write(getattr(value, name), out)
             except EncodeError as e:
                 raise EncodeError(f"{self.name}.{name}: {e}") from None
 
     def read(self, r: Reader) -> Any:
         readers = self._readers
         if readers is None:
-            readers = self._readers = [_resolved(wt).read for _, wt in self.fields]
+            self._compile()
+            readers = self._readers
         values = []
         try:
             for read in readers:
@@ -488,36 +560,58 @@ def selected(key: str | Callable[[dict], Any], cases: dict[Any, Any]) -> Any:
 
 
 class _SelectStruct(_Struct):
-    """A struct whose ``selected`` fields depend on fields before them."""
+    """A struct whose ``selected`` fields depend on fields before them.
+
+    Compiled like :class:`_Struct`: a plain field keeps its bound
+    ``read`` / ``write``; a ``selected`` field its selector and the
+    ``read`` / ``write`` of each case (``None`` for a case that is absent)."""
+
+    def _compile(self) -> None:
+        plans = []
+        for name, wt in self.fields:
+            if isinstance(wt, _Selected):
+                cases = {sel: None if case is None else _resolved(wire_type_of(case))
+                         for sel, case in wt.cases.items()}
+                plans.append((name, wt.key, {sel: None if c is None else c.read for sel, c in cases.items()},
+                              {sel: None if c is None else c.write for sel, c in cases.items()}))
+            else:
+                res = _resolved(wt)
+                plans.append((name, None, res.read, res.write))
+        self._plans = plans
+        self._readers = [p[2] for p in plans]
+        self._writers = [(p[0], p[3]) for p in plans]
 
     def write(self, value: Any, out: bytearray) -> None:
+        if self._writers is None:
+            self._compile()
         earlier: dict[str, Any] = {}
-        for name, wt in self.fields:
+        for name, key, _, write in self._plans:
             v = getattr(value, name)
             earlier[name] = v
-            if isinstance(wt, _Selected):
-                chosen = wt.choose(earlier)
-                if chosen is None:
+            if key is not None:
+                write = write.get(key(earlier) if callable(key) else earlier[key])
+                if write is None:
                     if v is not None:
                         raise EncodeError(f"{self.name}.{name} must be absent for this selector")
                     continue
-                wt = chosen
             try:
-                wt.write(v, out)
+                write(v, out)
             except EncodeError as e:
                 raise EncodeError(f"{self.name}.{name}: {e}") from None
             except (AttributeError, TypeError) as e:
                 raise EncodeError(f"{self.name}.{name}: {e}") from None
 
     def read(self, r: Reader) -> Any:
+        if self._readers is None:
+            self._compile()
         earlier: dict[str, Any] = {}
-        for name, wt in self.fields:
+        for name, key, read, _ in self._plans:
             try:
-                if isinstance(wt, _Selected):
-                    chosen = wt.choose(earlier)
-                    earlier[name] = None if chosen is None else chosen.read(r)
+                if key is not None:
+                    read = read.get(key(earlier) if callable(key) else earlier[key])
+                    earlier[name] = None if read is None else read(r)
                 else:
-                    earlier[name] = wt.read(r)
+                    earlier[name] = read(r)
             except DecodeError as e:
                 raise e.within(self.name, name) from None
         return self.cls(*earlier.values())

@@ -23,13 +23,15 @@ encryption key and the deleted-queue rows stay in plaintext (the store).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
-from ..codec import U32, U64, DecodeError, VarBytes, decode, encode, struct, vec
+from ..codec import U32, U64, DecodeError, VarBytes, decode, encode, optional, struct, vec
 from ..crypto import NN, CryptoError, aead_open, aead_seal, random_bytes
 from ..ids import GroupId
-from ..mls.messages import AuthenticatedContent, GroupInfo
+from ..mls.messages import AuthenticatedContent, GroupInfo, Node
 from ..mls.public_group import PublicGroup
 from ..mls.transcript import TranscriptHashes
+from ..mls.messages import LeafNode, ParentNode
 from ..mls.tree import RatchetTree, RatchetTreeWire
 from ..queuing.messages import ClientQueueConfig
 from .messages import EAR_KEY_LEN, LeafCredentialInformation
@@ -117,11 +119,16 @@ def _items(encoded_vector: bytes) -> bytes:
 
 @struct
 class GroupStateWire:
+    """The state at rest. The tree's nodes and the client profiles, nearly
+    all of the bytes, are stored as one encoded entry each (an ``opaque<V>``
+    holding a ``Node``, absent for a blank node; one holding a
+    ``ClientProfile``), so that writing the state back re-encodes only the
+    entries a request changed (:class:`_Entries`)."""
     group_info: GroupInfo
-    public_tree: RatchetTreeWire
+    public_tree: vec(optional(VarBytes))
     interim_transcript_hash: VarBytes
     proposals: vec(AuthenticatedContent)
-    clients: vec(ClientProfile)
+    clients: vec(VarBytes)
     users: vec(UserProfile)
     past_states: vec(PastGroupState)
     queue_id_decryption_key: VarBytes
@@ -131,6 +138,42 @@ class GroupStateWire:
     #: the hashes of all its copath subtrees)
     tree_hashes: VarBytes
     recent_commits: vec(VarBytes)
+
+
+class _Entries:
+    """The encoding of every tree node and client profile a state was read
+    from, kept while the state lives, so that :meth:`GroupState.to_bytes`
+    copies the bytes of what a request left unchanged (at n = 1024 a commit
+    changes a dozen nodes and one profile of ~3000 entries, and encoding them
+    all again cost about as much as the rest of the commit).
+
+    Keyed by the identity of the decoded object: nodes and profiles are
+    frozen dataclasses, replaced, never changed, so an object still held
+    here (the entry keeps it alive, its id cannot be reused) still has the
+    encoding it was decoded from."""
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[object, bytes]] = {}
+
+    def decoded(self, value: object, data: bytes) -> object:
+        self._by_id[id(value)] = (value, data)
+        return value
+
+    def encoded(self, value: object, encode_fresh: Callable[[object], bytes]) -> bytes:
+        kept = self._by_id.get(id(value))
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        return encode_fresh(value)
+
+
+def _encode_node(value: "LeafNode | ParentNode") -> bytes:
+    return encode(Node.of(value))
+
+
+def _encode_profile(profile: ClientProfile) -> bytes:
+    return encode(profile)
 
 
 @dataclass
@@ -146,6 +189,8 @@ class GroupState:
     recent_commits: list[bytes] = field(default_factory=list)
     #: the EAR key the state was opened with (never encoded)
     ear_key: bytes = field(default=b"", repr=False)
+    #: the encodings of the entries the state was decoded from (never encoded)
+    _entries: _Entries = field(default_factory=_Entries, repr=False, compare=False)
 
     # --- members ---------------------------------------------------------------------------
 
@@ -200,8 +245,13 @@ class GroupState:
 
     def to_bytes(self) -> bytes:
         pg = self.public
-        wire = GroupStateWire(pg.group_info, pg.tree.to_nodes(), pg.transcript.interim, pg.proposals.contents(),
-                              [p for _, p in sorted(self.clients.items())], [UserProfile(u) for u in self.users],
+        entries = self._entries
+        nodes = pg.tree.to_values()
+        wire = GroupStateWire(pg.group_info,
+                              [None if v is None else entries.encoded(v, _encode_node) for v in nodes],
+                              pg.transcript.interim, pg.proposals.contents(),
+                              [entries.encoded(p, _encode_profile) for _, p in sorted(self.clients.items())],
+                              [UserProfile(u) for u in self.users],
                               self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes(),
                               self.recent_commits)
         return encode(wire)
@@ -213,17 +263,20 @@ class GroupState:
         the DS itself validated and wrote; they are not validated again (nor
         are the cached tree hashes recomputed)."""
         wire = decode(GroupStateWire, data)
+        entries = _Entries()
         gi = wire.group_info
         ctx = gi.group_context
-        tree = RatchetTree.from_nodes(wire.public_tree)
+        tree = RatchetTree.from_nodes([None if b is None else entries.decoded(decode(Node, b).value, b)
+                                       for b in wire.public_tree])
         tree.restore_node_hashes(wire.tree_hashes)
         public = PublicGroup(ctx, tree,
                              TranscriptHashes(ctx.confirmed_transcript_hash, wire.interim_transcript_hash), gi)
         for content in wire.proposals:
             public.proposals.add(content)
-        return cls(group_id, public, {p.leaf_index: p for p in wire.clients}, [list(u.leaves) for u in wire.users],
+        clients = [entries.decoded(decode(ClientProfile, b), b) for b in wire.clients]
+        return cls(group_id, public, {p.leaf_index: p for p in clients}, [list(u.leaves) for u in wire.users],
                    list(wire.past_states), wire.queue_id_decryption_key,
-                   [bytes(d) for d in wire.recent_commits])
+                   [bytes(d) for d in wire.recent_commits], _entries=entries)
 
 
 # --- encryption at rest ---------------------------------------------------------------------------

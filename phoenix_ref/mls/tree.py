@@ -225,12 +225,16 @@ class RatchetTree:
         """Decode ``optional<Node> ratchet_tree<V>``; raises DecodeError or TreeStructureError."""
         return cls.from_nodes(decode(RatchetTreeWire, data))
 
-    def to_nodes(self) -> list[Node | None]:
-        """The ``ratchet_tree`` node list, without trailing blanks (§12.4.3.3)."""
+    def to_values(self) -> list[TreeNode]:
+        """The LeafNode / ParentNode / None of every node, without trailing blanks (§12.4.3.3)."""
         end = len(self._nodes)
         while end > 0 and self._nodes[end - 1] is None:
             end -= 1
-        return [None if v is None else Node.of(v) for v in self._nodes[:end]]
+        return self._nodes[:end]
+
+    def to_nodes(self) -> list[Node | None]:
+        """The ``ratchet_tree`` node list, without trailing blanks (§12.4.3.3)."""
+        return [None if v is None else Node.of(v) for v in self.to_values()]
 
     def to_bytes(self) -> bytes:
         return encode(self.to_nodes(), RatchetTreeWire)
