@@ -198,6 +198,21 @@ class Group:
     def _now(self) -> int | None:
         return None if self.clock is None else self.clock.now_ms() // 1000
 
+    # --- saving and restoring (:mod:`.group_state`) --------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Everything this member needs to continue, as bytes (private keys
+        included; a pending Commit is not saved)."""
+        from .group_state import group_to_bytes
+        return group_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, clock: Clock | None = None) -> "Group":
+        """The member :meth:`to_bytes` saved; raises
+        :class:`~phoenix_ref.mls.group_state.GroupStateError`."""
+        from .group_state import group_from_bytes
+        return group_from_bytes(cls, data, clock)
+
     def _enter_epoch(self, state: _EpochState) -> None:
         self._state = state
         self.secret_tree = SecretTree(state.secrets.encryption_secret, state.tree.n_leaves)
