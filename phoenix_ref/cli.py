@@ -13,6 +13,10 @@
 ``phoenix-ref serve --config FILE``
     Serve the homeserver with anycorn over TLS 1.3 (HTTP/2 and 1.1) on Trio.
 
+``phoenix-ref client --state DIR COMMAND``
+    A person's client (``client_cli.py``): ``register --domain D``, ``connect``,
+    ``accept``, ``create-group``, ``invite``, ``send``, ``read``, ``listen``, …
+
 ``phoenix-ref admin --config FILE COMMAND``
     Operator commands on the homeserver's data and keys directories, safe
     while ``serve`` runs (``admin.py``): ``count-users``, ``list-users``,
@@ -31,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import admin
+from . import admin, client_cli
 from .clock import Clock
 from .config import Config, ConfigError
 from .keystore import Keystore, KeystoreError
@@ -209,12 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a homeserver over TLS")
     s.add_argument("--config", required=True, type=Path, help="the homeserver's config.toml")
     admin.add_parser(sub)
+    client_cli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "client":
+        return client_cli.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if args.command == "generate-config":

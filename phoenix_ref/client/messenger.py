@@ -37,7 +37,7 @@ from typing import Any, Awaitable, Callable
 
 from .. import endpoints
 from ..codec import U8, VarBytes, decode, encode, struct, variant
-from ..credentials import AsCredentialsResponse, ClientCredential, TrustStore
+from ..credentials import AsCredentialsResponse, ClientCredential, TrustStore, UnknownSigner
 from ..errors import ProtocolError
 from ..ids import ClientId, Fqdn, GroupId, UserId
 from ..mls.extensions import ClientQueueConfig as ExtClientQueueConfig
@@ -48,6 +48,7 @@ from ..delivery import messages as dsm
 from ..queuing import messages as qm
 from ..queuing.fanout import group_id_of
 from .calls import call_endpoint
+from .profile import open_profile, seal_profile
 from .groups import GroupMember, PendingRequest
 from .phoenix_credentials import (
     CredentialInformation, LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
@@ -59,6 +60,10 @@ from .state_store import ClientStore, StateRows
 
 __all__ = ["Messenger", "ContactCard"]
 
+#: At most this many domains a Welcome's members may bring that we must
+#: first fetch AS credentials for.
+MAX_NEW_DOMAINS = 8
+
 
 @struct
 class ContactCard:
@@ -67,6 +72,8 @@ class ContactCard:
     client_credential: ClientCredential
     friendship_token: VarBytes
     friendship_key: VarBytes
+    #: decrypts the user's profile at its AS (docs/decisions.md, "Client payloads")
+    profile_key: VarBytes
 
 
 @struct
@@ -119,6 +126,8 @@ class Messenger:
     texts: dict[GroupId, list[Text]] = field(default_factory=dict)
     #: connection groups we created, by the user we asked (connection establishment)
     connection_groups: dict[GroupId, UserId | None] = field(default_factory=dict)
+    #: encrypts our user profile at the AS (``spec/glossary.md#user-profile-encryption-key``)
+    profile_key: bytes = field(default_factory=new_symmetric_key)
     #: the AS credentials answers behind ``trust``, per domain
     trusted: dict[Fqdn, AsCredentialsResponse] = field(default_factory=dict)
     #: where the state is kept (None: in memory only)
@@ -171,6 +180,7 @@ class Messenger:
                           now_ms=clock.now_ms)
             out = cls(session, qs, account["qs"], account["friendship_key"], base_url, store=store)
             out.trusted = account["trusted"]
+            out.profile_key = account["profile_key"]
             out.trust = TrustStore.of(out.trusted) if out.trusted else None
             for _, card in store.rows("contacts"):
                 contact = decode(ContactCard, bytes(card))
@@ -199,7 +209,7 @@ class Messenger:
             return
         from . import saved as sv
         account = sv.save_account(self.session.identity, self.session.aliases, self.session.wallet, self.me,
-                                  self.friendship_key, self.trusted)
+                                  self.friendship_key, self.profile_key, self.trusted)
         rows = StateRows(encode(account))
         rows.contacts = {str(uid): encode(card) for uid, card in self.contacts.items()}
         rows.key_packages = {ref: encode(sv.save_key_package(*kp)) for ref, kp in self.key_packages.items()}
@@ -235,7 +245,8 @@ class Messenger:
         return self.session.now()
 
     def card(self) -> ContactCard:
-        return ContactCard(self.user_id, self.session.credential, self.me.friendship_token, self.friendship_key)
+        return ContactCard(self.user_id, self.session.credential, self.me.friendship_token, self.friendship_key,
+                           self.profile_key)
 
     def add_contact(self, card: ContactCard) -> None:
         self.contacts[card.user_id] = card
@@ -250,6 +261,27 @@ class Messenger:
             domain = Fqdn(str(d))
             self.trusted[domain] = await self.session.as_client.as_credentials(domain)
         self.trust = TrustStore.of(self.trusted)
+
+    async def ensure_trusted(self, domain: Fqdn | str) -> None:
+        """Add ``domain``'s AS credentials when credentials are being checked
+        and that domain is not trusted yet."""
+        domain = Fqdn(str(domain))
+        if self.trust is not None and domain not in self.trusted:
+            await self.trust_domains(domain)
+
+    # --- the user profile (``spec/authentication_service.md#update-user-profile``) -------------
+
+    async def set_display_name(self, name: str) -> None:
+        """Our profile, encrypted under our profile key, stored at our AS."""
+        await self.session.update_profile(seal_profile(self.profile_key, self.user_id, name))
+
+    async def display_name(self, user: UserId | None = None) -> str | None:
+        """``user``'s display name (default: ours), if they set one; needs
+        their profile key, which contacts swap with their cards."""
+        user = user or self.user_id
+        key = self.profile_key if user == self.user_id else self.contacts[user].profile_key
+        sealed = await self.session.profile(user)
+        return open_profile(bytes(key), user, sealed) if sealed else None
 
     async def _queue_config(self) -> qm.ClientQueueConfig:
         return await self.qs.client_queue_config(self.me)
@@ -429,6 +461,7 @@ class Messenger:
     async def connect(self, user: UserId | None = None, *, alias: tuple[Fqdn | str, str] | None = None) -> GroupId:
         """F3: create a connection group and send its keys to ``user``'s
         client (by user id) or to an alias ``(domain, alias)``."""
+        await self.ensure_trusted(user.as_domain if alias is None else alias[0])
         gid = await self.create_group()
         member = self.groups[gid]
         if alias is None:
@@ -455,6 +488,7 @@ class Messenger:
         for cep in packages:
             if not decide(cep.sender_client_credential):
                 continue
+            await self.ensure_trusted(cep.sender_client_credential.client_id.as_domain)
             gid = cep.connection_group_id
             ear, cred_key = bytes(cep.connection_group_ear_key), bytes(cep.connection_group_credential_key)
             info = await self.ds(gid.ds_domain, "ds_external_commit_info", dsm.ExternalCommitInfoParams(gid, ear))
@@ -492,8 +526,16 @@ class Messenger:
         ear_key = GroupMember.ear_key_of(bundle, kp_bundle)
         request = GroupMember.welcome_info_request(bundle, kp_bundle, ear_key, self.now())
         info = await self.ds(bundle.group_id.ds_domain, request.name, request.body)
-        member = GroupMember.join(bundle, kp_bundle, leaf, ear_key, bytes(payload.group_credential_encryption_key),
-                                  info, self.trust, self.session.clock)
+        for attempt in range(MAX_NEW_DOMAINS + 1):
+            try:
+                member = GroupMember.join(bundle, kp_bundle, leaf, ear_key,
+                                          bytes(payload.group_credential_encryption_key), info, self.trust,
+                                          self.session.clock)
+                break
+            except UnknownSigner as e:      # a member from a domain we did not trust yet
+                if e.domain is None or e.domain in self.trusted or attempt == MAX_NEW_DOMAINS:
+                    raise
+                await self.ensure_trusted(e.domain)
         self.groups[bundle.group_id] = member
         self.events.append(("joined", bundle.group_id))
         if not _is_last_resort(kp_bundle):

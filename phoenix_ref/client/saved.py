@@ -10,7 +10,7 @@ file that holds them is the client's secret (docs/decisions.md,
 * :class:`SavedAccount` — the AS identity (signing key, client credential,
   password, direct-queue reader, connection keys), the aliases held, the
   Privacy Pass wallet, the QS identity (keys, QsUid/QsCid, queue ratchet),
-  the friendship key and the AS credentials trusted per domain;
+  the friendship and profile keys and the AS credentials trusted per domain;
 * :class:`SavedKeyPackage` — a published KeyPackage's private keys and leaf;
 * :class:`SavedMember` — one group: the MLS state (:meth:`Group.to_bytes
   <phoenix_ref.mls.group.Group.to_bytes>`), the leaf identity, the EAR and
@@ -108,6 +108,7 @@ class SavedAccount:
     wallet: vec(SavedWalletEntry)
     qs_identity: SavedQsIdentity
     friendship_key: VarBytes
+    profile_key: VarBytes
     trusted: vec(SavedTrust)
 
 
@@ -181,7 +182,7 @@ def restore_leaf(saved: SavedLeaf) -> LeafIdentity:
 # --- the account ------------------------------------------------------------------------------
 
 def save_account(identity: AsIdentity, aliases: dict[Alias, AliasIdentity], wallet: TokenWallet,
-                 qs: QsIdentity, friendship_key: bytes,
+                 qs: QsIdentity, friendship_key: bytes, profile_key: bytes,
                  trusted: dict[Fqdn, AsCredentialsResponse]) -> SavedAccount:
     as_identity = SavedAsIdentity(str(identity.domain), identity.client_id, identity.signing_key.private,
                                   identity.credential, identity.password, _reader(identity.queue),
@@ -194,7 +195,8 @@ def save_account(identity: AsIdentity, aliases: dict[Alias, AliasIdentity], wall
     qs_identity = SavedQsIdentity(str(qs.domain), qs.user_key.private, qs.client_key.private, _pair(qs.queue_key),
                                   qs.friendship_token, qs.qs_uid, qs.qs_cid, qs.ratchet)
     trust = [SavedTrust(str(d), answer) for d, answer in sorted(trusted.items(), key=lambda kv: str(kv[0]))]
-    return SavedAccount(ACCOUNT_VERSION, as_identity, saved_aliases, entries, qs_identity, friendship_key, trust)
+    return SavedAccount(ACCOUNT_VERSION, as_identity, saved_aliases, entries, qs_identity, friendship_key, profile_key,
+                       trust)
 
 
 def restore_account(saved: SavedAccount) -> dict[str, Any]:
@@ -222,7 +224,7 @@ def restore_account(saved: SavedAccount) -> dict[str, Any]:
                     q.qs_uid, q.qs_cid, q.ratchet)
     trusted = {Fqdn(t.domain): t.answer for t in saved.trusted}
     return dict(identity=identity, aliases=aliases, wallet=wallet, qs=qs,
-                friendship_key=bytes(saved.friendship_key), trusted=trusted)
+                friendship_key=bytes(saved.friendship_key), profile_key=bytes(saved.profile_key), trusted=trusted)
 
 
 # --- KeyPackages and groups ----------------------------------------------------------------------
