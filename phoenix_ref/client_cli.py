@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import ssl
 import sys
 import traceback
@@ -83,7 +84,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     r.add_argument("--ca", type=Path, help="PEM CA certificate(s) to trust instead of the system store (test CA)")
     r.add_argument("--resolve", action="append", default=[], metavar="HOST=IP:PORT",
                    help="reach HOST (and as./ds./qs.HOST) at IP:PORT, like curl --resolve; repeatable")
-    r.add_argument("--password", default=None, help="account password (default: a random one kept in the state)")
+    r.add_argument("--password", default=None, help="the account's OPAQUE password (default: a random one, kept in the state)")
     parsers["alias"].add_argument("alias", help="the alias to register at your homeserver")
     c = parsers["connect"]
     c.add_argument("user", nargs="?", help="the user id (uuid@domain) to connect to")
@@ -232,7 +233,8 @@ async def _register(args: argparse.Namespace) -> int:
     if (args.state / STATE_FILE).exists():
         raise StateDirError(f"{args.state} already holds a client's state ({STATE_FILE})")
     async with _http(settings) as http:
-        m = await Messenger.register(http, domain, clock=Clock(), state_dir=args.state)
+        password = (args.password or secrets.token_urlsafe(24)).encode()
+        m = await Messenger.register(http, domain, clock=Clock(), state_dir=args.state, password=password)
         try:
             await m.trust_domains(domain)
             _out(str(m.user_id))

@@ -140,7 +140,7 @@ class Messenger:
     @classmethod
     async def register(cls, http: Any, domain: Fqdn | str, *, clock: Any, add_packages: int = 3,
                        base_url: Callable[[str, Fqdn], str] | None = None,
-                       state_dir: Path | str | None = None) -> "Messenger":
+                       state_dir: Path | str | None = None, password: bytes | None = None) -> "Messenger":
         """A new user at ``domain``: AS registration, QS user record,
         ``add_packages`` AddPackages (the last one of last resort). With
         ``state_dir`` the state is kept there (``spec/clients/creation.md``:
@@ -149,7 +149,8 @@ class Messenger:
         base_url = base_url or _default_base_url
         store = ClientStore.create(state_dir) if state_dir is not None else None
         try:
-            session = await ClientSession.register(http, domain, clock=clock)
+            session = await (ClientSession.register(http, domain, clock=clock) if password is None else
+                             ClientSession.register(http, domain, password, clock=clock))
             qs = QsClient(http, base_url=lambda d: base_url("qs", d), privacy_pass=session.token,
                           now_ms=clock.now_ms)
             me = await qs.register(domain)
