@@ -461,6 +461,7 @@ async def _listen(m: Any, settings: dict, args: argparse.Namespace) -> None:
     """Catch up, then wait on the QS websocket; every notification is a cue
     to fetch. A lost connection is opened again (progress on stderr)."""
     from .client.qs_client import WebsocketRefused, WsprotoTransport
+    from .endpoints import by_name
     host = f"qs.{m.domain}"
     target = settings.get("resolve", {}).get(host)
     if target is not None:
@@ -475,7 +476,7 @@ async def _listen(m: Any, settings: dict, args: argparse.Namespace) -> None:
         _print_new(m, settings, contacts, events)
         contacts, events = set(m.contacts), len(m.events)
         m.save()
-        ws = WsprotoTransport(host, "/phoenix/v1/websocket")
+        ws = WsprotoTransport(host, by_name("qs", "websocket").path)
         try:
             await ws.connect(address, ssl_context=_ssl_context(settings.get("ca")))
             notifications = await m.qs.open_websocket(m.me, ws)

@@ -14,7 +14,7 @@ from phoenix_ref.client.messenger import Messenger
 from phoenix_ref.client.state_store import STATE_FILE
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
-from spec_tests.test_ds_groups import A, B, agree, until
+from spec_tests.test_ds_groups import A, B, C, agree, chat, until
 
 
 async def connected(d, http, tmp_path):
@@ -102,3 +102,27 @@ async def test_a_restarted_client_keeps_its_connection_keys_wallet_and_queue(dep
         assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
         alice.close()
         bob.close()
+
+
+@spec("spec/authentication_service/credentials.md#leaf-credentials", "MUST")
+@spec("spec/delivery_service.md#adding-new-users-to-the-group", "MUST")
+async def test_members_from_a_domain_not_trusted_yet_are_checked_after_fetching_its_credentials(deployment_mode):
+    async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:
+        alice, bob, carol = [await Messenger.register(http, dom, clock=d.clock) for dom in (A, B, C)]
+        await alice.trust_domains(A, B, C)
+        await bob.trust_domains(B)          # bob and carol know only their own AS so far
+        await carol.trust_domains(C)
+        for m in (bob, carol):
+            alice.add_contact(m.card())
+            m.add_contact(alice.card())
+        gid = await alice.create_group()
+        await alice.invite(gid, [bob.user_id])
+        await until(lambda: gid in bob.groups, bob)           # the Welcome brings alice@A
+        await alice.invite(gid, [carol.user_id])
+        await until(lambda: gid in carol.groups, carol)       # the Welcome brings alice@A and bob@B
+        await until(lambda: bob.groups[gid].group.epoch == alice.groups[gid].group.epoch, bob)   # the commit brings carol@C
+        assert {str(x) for x in bob.trusted} == {str(x) for x in carol.trusted} == {A, B, C}
+        agree(alice, bob, carol, group_id=gid)
+        assert {i.client_credential.client_id.user_id for i in bob.groups[gid].members.values()} == {
+            alice.user_id, bob.user_id, carol.user_id}
+        await chat(gid, alice, bob, carol)

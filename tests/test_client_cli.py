@@ -96,13 +96,16 @@ async def test_two_people_on_two_homeservers_talk_through_the_command_line(tmp_p
         try:
             with trio.fail_after(30):
                 lines = _lines(listener.stdout)
-                await _until_stderr(listener, "listening on")
+                first = await _until_stderr(listener, "listening on")
+                assert "lost" not in first, first
                 await ok(alice_dir, "send", "friends", "while bob listens")
                 assert f"{gid} {alice}: while bob listens" == await lines.__anext__()
         finally:
             listener.send_signal(signal.SIGINT)
             with trio.fail_after(20):
                 assert await listener.wait() == 0
+                rest = await _rest(listener.stderr)
+        assert "lost" not in rest and "Traceback" not in rest, rest    # it came through the websocket
         # a new process with the same state still has the conversation, and reads what is new
         await ok(alice_dir, "send", "friends", "after bob's restart")
         assert (await ok(bob_dir, "read", "--all", gid)).splitlines() == [
@@ -198,9 +201,17 @@ async def _lines(stream):
         yield line.decode()
 
 
-async def _until_stderr(proc, text: str) -> None:
+async def _rest(stream) -> str:
+    buf = b""
+    while chunk := await stream.receive_some(4096):
+        buf += chunk
+    return buf.decode()
+
+
+async def _until_stderr(proc, text: str) -> str:
     buf = b""
     while text.encode() not in buf:
         chunk = await proc.stderr.receive_some(4096)
         assert chunk, buf.decode()
         buf += chunk
+    return buf.decode()

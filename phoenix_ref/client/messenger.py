@@ -433,6 +433,8 @@ class Messenger:
         member = self.groups.get(group_id)
         if member is None or member.gone:
             return      # a group we left or never joined: nothing to do
+        for domain in member.credential_domains(content):
+            await self.ensure_trusted(domain)      # new members from a domain not trusted yet
         out = member.process(content, self.trust)
         if isinstance(content, qm.ApplicationContent):
             await self._application(group_id, member, out)
