@@ -488,7 +488,7 @@ async def _listen(m: Any, settings: dict, args: argparse.Namespace) -> None:
                 _print_new(m, settings, contacts, events)
                 contacts, events = set(m.contacts), len(m.events)
                 m.save()
-                _save_settings_quietly(args.state, settings, m)
+                _keep_read_marks(m, settings)
         except (WebsocketRefused, OSError, trio.BrokenResourceError) as e:
             _progress(f"connection to {host} lost ({e}); again in {delay:g} s")
         finally:
@@ -497,7 +497,7 @@ async def _listen(m: Any, settings: dict, args: argparse.Namespace) -> None:
         delay = min(delay * 2, 30.0)
 
 
-def _save_settings_quietly(state: Path, settings: dict, m: Any) -> None:
+def _keep_read_marks(m: Any, settings: dict) -> None:
     """``listen`` holds the state open: write the read marks through its store."""
     if m.store is not None:
         m.store.set_settings(settings)

@@ -120,8 +120,11 @@ async def test_two_people_on_two_homeservers_talk_through_the_command_line(tmp_p
 
         # the error paths a person can act on: one line each, exit status 1
         stranger = f"{uuid.uuid4()}@{A}"
+        (tmp_path / "junk").mkdir()
+        (tmp_path / "junk" / "client.sqlite3").write_bytes(b"not a database, not even close" * 100)
         table = [
             (tmp_path / "nobody", ["read"], "holds no client state"),
+            (tmp_path / "junk", ["read"], "is not a client state file"),
             (alice_dir, ["register", "--domain", A, *where(d)], "already holds a client"),
             (alice_dir, ["connect", stranger], f"unknown user: {stranger}"),
             (alice_dir, ["connect", "not-a-user-id"], "is not a user id"),

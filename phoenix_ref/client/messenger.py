@@ -170,6 +170,7 @@ class Messenger:
         operation (raises :class:`~.state_store.StateDirError`)."""
         from . import saved as sv
         from ..codec import DecodeError
+        from ..mls import MlsError
         base_url = base_url or _default_base_url
         store = ClientStore.open(state_dir)
         try:
@@ -197,7 +198,7 @@ class Messenger:
                 group_id = GroupId.parse(gid)
                 out.texts.setdefault(group_id, []).append(Text(UserId.parse(sender) if sender else None, body))
             out._saved_texts = {g: len(t) for g, t in out.texts.items()}
-        except (DecodeError, ValueError) as e:
+        except (DecodeError, ValueError, MlsError, ProtocolError) as e:
             store.close()
             from .state_store import StateDirError
             raise StateDirError(f"{store.path} cannot be read: {e}") from None

@@ -31,7 +31,8 @@ them must protect them (the client keeps them in a mode-0600 file).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from ..codec import U8, U32, U64, DecodeError, VarBytes, decode, encode, optional, struct, vec
 from ..crypto import HpkeKeyPair, SigningKey
@@ -43,10 +44,8 @@ from .transcript import TranscriptHashes
 from .tree import RatchetTree
 from .treekem import PrivateStateError, PrivateTreeKeys
 
-if TYPE_CHECKING:
-    from .group import Group
-
-__all__ = ["GroupState", "GroupStateError", "FORMAT_VERSION", "group_to_bytes", "group_from_bytes"]
+__all__ = ["GroupState", "GroupStateError", "RestoredGroup", "FORMAT_VERSION", "group_to_bytes",
+           "group_from_bytes"]
 
 FORMAT_VERSION = 1
 
@@ -98,11 +97,32 @@ class GroupState:
     creator_key_package: optional(KeyPackage)
 
 
+@dataclass
+class RestoredGroup:
+    """What :func:`group_from_bytes` read back, checked for consistency;
+    :meth:`Group.from_bytes <phoenix_ref.mls.group.Group.from_bytes>` puts it together."""
+    group_context: GroupContext
+    tree: RatchetTree
+    keys: PrivateTreeKeys
+    secrets: EpochSecrets
+    transcript: TranscriptHashes
+    confirmation_tag: bytes
+    signing_key: SigningKey
+    secret_tree: SecretTree
+    proposals: list[AuthenticatedContent]
+    pending_updates: dict[bytes, HpkeKeyPair]
+    resumption_psks: dict[tuple[bytes, int], bytes]
+    external_psks: dict[bytes, bytes]
+    active: bool
+    creator_key_package: KeyPackage | None
+
+
 def _pairs(keys: dict[Any, HpkeKeyPair], index=lambda k: k) -> list[KeyPairState]:
     return [KeyPairState(index(k), pair.private, pair.public) for k, pair in keys.items()]
 
 
-def group_to_bytes(group: "Group") -> bytes:
+def group_to_bytes(group: Any) -> bytes:
+    """The :class:`GroupState` of a :class:`~phoenix_ref.mls.group.Group`."""
     st = group._state
     secrets = st.secrets
     return encode(GroupState(
@@ -116,8 +136,7 @@ def group_to_bytes(group: "Group") -> bytes:
         1 if group.active else 0, group.creator_key_package))
 
 
-def group_from_bytes(cls: type, data: bytes, clock: Any = None) -> "Group":
-    from .group import _EpochState
+def group_from_bytes(data: bytes) -> RestoredGroup:
     try:
         s = decode(GroupState, data)
     except DecodeError as e:
@@ -133,22 +152,18 @@ def group_from_bytes(cls: type, data: bytes, clock: Any = None) -> "Group":
         keys.check_consistent(tree)
     except PrivateStateError as e:
         raise GroupStateError(f"saved private keys do not match the tree: {e}") from None
-    secrets = EpochSecrets._derive(_opt(s.joiner_secret), _opt(s.welcome_secret), bytes(s.epoch_secret))
-    transcript = TranscriptHashes(bytes(s.confirmed_transcript_hash), bytes(s.interim_transcript_hash))
-    state = _EpochState(s.group_context, tree, keys, secrets, transcript, bytes(s.confirmation_tag))
-    group = cls(state, SigningKey.from_private(bytes(s.signature_private_key)),
-                external_psks={bytes(p.psk_id): bytes(p.psk) for p in s.external_psks}, clock=clock)
     if s.secret_tree.n_leaves != tree.n_leaves:
         raise GroupStateError("the saved secret tree has another width than the tree")
-    group.secret_tree = SecretTree.restore(s.secret_tree)
-    for content in s.proposals:
-        group.proposals.add(content)
-    group._pending_updates = {bytes(k.public): HpkeKeyPair(bytes(k.private), bytes(k.public))
-                              for k in s.pending_update_keys}
-    group.resumption_psks = {(bytes(p.group_id), p.epoch): bytes(p.psk) for p in s.resumption_psks}
-    group.active = bool(s.active)
-    group.creator_key_package = s.creator_key_package
-    return group
+    return RestoredGroup(
+        s.group_context, tree, keys,
+        EpochSecrets._derive(_opt(s.joiner_secret), _opt(s.welcome_secret), bytes(s.epoch_secret)),
+        TranscriptHashes(bytes(s.confirmed_transcript_hash), bytes(s.interim_transcript_hash)),
+        bytes(s.confirmation_tag), SigningKey.from_private(bytes(s.signature_private_key)),
+        SecretTree.restore(s.secret_tree), list(s.proposals),
+        {bytes(k.public): HpkeKeyPair(bytes(k.private), bytes(k.public)) for k in s.pending_update_keys},
+        {(bytes(p.group_id), p.epoch): bytes(p.psk) for p in s.resumption_psks},
+        {bytes(p.psk_id): bytes(p.psk) for p in s.external_psks},
+        bool(s.active), s.creator_key_package)
 
 
 def _opt(value: bytes | None) -> bytes | None:
