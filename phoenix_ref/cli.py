@@ -19,6 +19,10 @@
     Three homeservers on loopback and a story through them, traced from
     their request logs (``demo.py``).
 
+``phoenix-ref client --state DIR COMMAND``
+    A person's client (``client_cli.py``): ``register --domain D``, ``connect``,
+    ``accept``, ``create-group``, ``invite``, ``send``, ``read``, ``listen``, …
+
 ``phoenix-ref admin --config FILE COMMAND``
     Operator commands on the homeserver's data and keys directories, safe
     while ``serve`` runs (``admin.py``): ``count-users``, ``list-users``,
@@ -38,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import admin, demo
+from . import admin, client_cli, demo
 from .config import Config, ConfigError
 from .keystore import Keystore, KeystoreError
 # provisioning lives in provision.py (the demo uses it too); it is
@@ -150,12 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(time, host, method, path, status; see phoenix_ref/http.py RequestLog)")
     admin.add_parser(sub)
     demo.add_parser(sub)
+    client_cli.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "client":
+        return client_cli.run(args)
     # the demo tells its own story; the libraries' INFO lines would drown it
     logging.basicConfig(level=logging.WARNING if args.command == "demo" else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

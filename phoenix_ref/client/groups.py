@@ -257,6 +257,36 @@ class GroupMember:
                 self._learn(out.sender.leaf_index, bytes(info), trust)
         return out
 
+    def credential_domains(self, content: Any) -> set:
+        """The domains of the clients whose credential information a commit
+        for this group carries (decrypted ahead, so that their AS credentials
+        can be fetched before the commit is applied); empty if there is none
+        or it does not open (processing reports that)."""
+        if not isinstance(content, CommitContent) or content.message.public_message is None:
+            return set()
+        aad = bytes(content.message.public_message.content.authenticated_data)
+        if not aad:
+            return set()
+        sealed: list[bytes] = []      # whichever reading of the AAD opens (the AEAD decides)
+        for wire in (m.AddUsersParamsAad, m.JoinConnectionGroupParamsAad, m.UpdateClientParamsAad):
+            try:
+                value = decode(wire, aad)
+            except Exception:   # noqa: BLE001 - not this kind of commit
+                continue
+            if isinstance(value, m.AddUsersParamsAad):
+                sealed += [bytes(x) for x in value.encrypted_credential_information]
+            elif isinstance(value, m.JoinConnectionGroupParamsAad):
+                sealed.append(bytes(value.encrypted_credential_information))
+            elif value.option_encrypted_credential_information is not None:
+                sealed.append(bytes(value.option_encrypted_credential_information))
+        domains = set()
+        for item in sealed:
+            try:
+                domains.add(open_credential_information(self.credential_key, item).client_credential.client_id.as_domain)
+            except Exception:   # noqa: BLE001 - processing the commit reports it
+                pass
+        return domains
+
     def _learn(self, leaf: int, sealed: bytes, trust: TrustStore | None, tree: Any = None) -> None:
         """Decrypt a member's credential information and check it against its
         leaf (in ``tree``, a ratchet-tree node list, else our current tree)."""

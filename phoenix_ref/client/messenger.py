@@ -28,16 +28,25 @@ applies it now or answers that it already did — success both times, and
 the other members get it once (docs/decisions.md, "A commit whose answer
 was lost"). Until then messages dequeued for that group are held back;
 :meth:`Messenger.receive` and the group flows settle first.
+
+State on disk: a Messenger made with ``register(..., state_dir=DIR)`` or
+:meth:`Messenger.open` keeps its whole state in ``DIR/client.sqlite3``
+(:mod:`.state_store`, :mod:`.saved`) and writes it, in one transaction,
+at the end of every public operation — also one that failed, since a
+refused request may still have spent tokens or moved a ratchet. Without a
+state directory everything stays in memory.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .. import endpoints
 from ..codec import U8, VarBytes, decode, encode, struct, variant
-from ..credentials import ClientCredential, TrustStore
+from ..credentials import AsCredentialsResponse, ClientCredential, TrustStore, UnknownSigner
 from ..errors import ProtocolError
 from ..ids import ClientId, Fqdn, GroupId, UserId
 from ..mls.extensions import ClientQueueConfig as ExtClientQueueConfig
@@ -48,14 +57,21 @@ from ..delivery import messages as dsm
 from ..queuing import messages as qm
 from ..queuing.fanout import group_id_of
 from .calls import call_endpoint
+from .profile import open_profile, seal_profile
 from .groups import GroupMember, PendingRequest
 from .phoenix_credentials import (
     CredentialInformation, LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
 )
+from .as_client import AsClient
 from .qs_client import QsClient, QsIdentity
 from .session import ClientSession
+from .state_store import ClientStore, StateRows
 
 __all__ = ["Messenger", "ContactCard"]
+
+#: At most this many domains a Welcome's members may bring that we must
+#: first fetch AS credentials for.
+MAX_NEW_DOMAINS = 8
 
 
 @struct
@@ -65,6 +81,8 @@ class ContactCard:
     client_credential: ClientCredential
     friendship_token: VarBytes
     friendship_key: VarBytes
+    #: decrypts the user's profile at its AS (docs/decisions.md, "Client payloads")
+    profile_key: VarBytes
 
 
 @struct
@@ -76,6 +94,20 @@ class TextMessage:
 #: format; the spec leaves it to clients, docs/decisions.md "Client payloads"):
 #: a text, or a contact card that the two users of a connection group swap.
 AppPayload = variant(U8, {1: TextMessage, 2: ContactCard}, "AppPayload")
+
+
+def _saves(method: Callable) -> Callable:
+    """Write the state after ``method`` (the outermost such call only)."""
+    @functools.wraps(method)
+    async def wrapper(self: "Messenger", *args: Any, **kwargs: Any) -> Any:
+        self._depth += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.save()
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -103,22 +135,110 @@ class Messenger:
     texts: dict[GroupId, list[Text]] = field(default_factory=dict)
     #: connection groups we created, by the user we asked (connection establishment)
     connection_groups: dict[GroupId, UserId | None] = field(default_factory=dict)
+    #: encrypts our user profile at the AS (``spec/glossary.md#user-profile-encryption-key``)
+    profile_key: bytes = field(default_factory=new_symmetric_key)
+    #: the AS credentials answers behind ``trust``, per domain
+    trusted: dict[Fqdn, AsCredentialsResponse] = field(default_factory=dict)
+    #: where the state is kept (None: in memory only)
+    store: ClientStore | None = None
+    _depth: int = 0
+    _saved_texts: dict[GroupId, int] = field(default_factory=dict)
 
     # --- setting up ----------------------------------------------------------------------------
 
     @classmethod
     async def register(cls, http: Any, domain: Fqdn | str, *, clock: Any, add_packages: int = 3,
-                       base_url: Callable[[str, Fqdn], str] | None = None) -> "Messenger":
+                       base_url: Callable[[str, Fqdn], str] | None = None,
+                       state_dir: Path | str | None = None, password: bytes | None = None) -> "Messenger":
         """A new user at ``domain``: AS registration, QS user record,
-        ``add_packages`` AddPackages (the last one of last resort)."""
-        base_url = base_url or (lambda service, d: f"https://{service}.{d}")
-        session = await ClientSession.register(http, domain, clock=clock)
-        qs = QsClient(http, base_url=lambda d: base_url("qs", d), privacy_pass=session.token,
-                      now_ms=clock.now_ms)
-        me = await qs.register(domain)
-        out = cls(session, qs, me, new_symmetric_key(), base_url)
-        await out.publish_add_packages(add_packages)
+        ``add_packages`` AddPackages (the last one of last resort). With
+        ``state_dir`` the state is kept there (``spec/clients/creation.md``:
+        the client stores its ids and keys); a directory that already holds a
+        client is refused before anything is sent."""
+        base_url = base_url or _default_base_url
+        store = ClientStore.create(state_dir) if state_dir is not None else None
+        try:
+            session = await (ClientSession.register(http, domain, clock=clock) if password is None else
+                             ClientSession.register(http, domain, password, clock=clock))
+            qs = QsClient(http, base_url=lambda d: base_url("qs", d), privacy_pass=session.token,
+                          now_ms=clock.now_ms)
+            me = await qs.register(domain)
+            out = cls(session, qs, me, new_symmetric_key(), base_url, store=store)
+            await out.publish_add_packages(add_packages)
+        except BaseException:
+            if store is not None:     # nothing worth keeping: the account is unusable without its keys
+                store.close()
+                store.path.unlink(missing_ok=True)
+            raise
         return out
+
+    @classmethod
+    def open(cls, state_dir: Path | str, http: Any, *, clock: Any,
+             base_url: Callable[[str, Fqdn], str] | None = None) -> "Messenger":
+        """The client saved in ``state_dir``, as it was after its last
+        operation (raises :class:`~.state_store.StateDirError`)."""
+        from . import saved as sv
+        from ..codec import DecodeError
+        from ..mls import MlsError
+        base_url = base_url or _default_base_url
+        store = ClientStore.open(state_dir)
+        try:
+            account = sv.restore_account(decode(sv.SavedAccount, store.account()))
+            session = ClientSession(AsClient(http), account["identity"], clock=clock)
+            session.wallet = account["wallet"]
+            session.aliases = account["aliases"]
+            qs = QsClient(http, base_url=lambda d: base_url("qs", d), privacy_pass=session.token,
+                          now_ms=clock.now_ms)
+            out = cls(session, qs, account["qs"], account["friendship_key"], base_url, store=store)
+            out.trusted = account["trusted"]
+            out.profile_key = account["profile_key"]
+            out.trust = TrustStore.of(out.trusted) if out.trusted else None
+            for _, card in store.rows("contacts"):
+                contact = decode(ContactCard, bytes(card))
+                out.contacts[contact.user_id] = contact
+            for ref, bundle in store.rows("key_packages"):
+                out.key_packages[bytes(ref)] = sv.restore_key_package(decode(sv.SavedKeyPackage, bytes(bundle)))
+            for _, member in store.rows("groups"):
+                m = sv.restore_member(decode(sv.SavedMember, bytes(member)), clock)
+                out.groups[m.group_id] = m
+            for gid, user in store.rows("connection_groups"):
+                out.connection_groups[GroupId.parse(gid)] = UserId.parse(user) if user else None
+            for gid, _seq, sender, body in store.texts():
+                group_id = GroupId.parse(gid)
+                out.texts.setdefault(group_id, []).append(Text(UserId.parse(sender) if sender else None, body))
+            out._saved_texts = {g: len(t) for g, t in out.texts.items()}
+        except (DecodeError, ValueError, MlsError, ProtocolError) as e:
+            store.close()
+            from .state_store import StateDirError
+            raise StateDirError(f"{store.path} cannot be read: {e}") from None
+        return out
+
+    def save(self) -> None:
+        """Write the whole state to the state directory, in one transaction
+        (nothing to do without one). Every public operation calls it."""
+        if self.store is None:
+            return
+        from . import saved as sv
+        account = sv.save_account(self.session.identity, self.session.aliases, self.session.wallet, self.me,
+                                  self.friendship_key, self.profile_key, self.trusted)
+        rows = StateRows(encode(account))
+        rows.contacts = {str(uid): encode(card) for uid, card in self.contacts.items()}
+        rows.key_packages = {ref: encode(sv.save_key_package(*kp)) for ref, kp in self.key_packages.items()}
+        rows.groups = {str(gid): encode(sv.save_member(m)) for gid, m in self.groups.items()}
+        rows.connection_groups = {str(gid): (str(u) if u else None) for gid, u in self.connection_groups.items()}
+        for gid, texts in self.texts.items():
+            done = self._saved_texts.get(gid, 0)
+            rows.new_texts += [(str(gid), i, str(t.sender) if t.sender else None, t.body)
+                               for i, t in enumerate(texts[done:], start=done)]
+        self.store.write(rows)
+        self._saved_texts = {gid: len(texts) for gid, texts in self.texts.items()}
+
+    def close(self) -> None:
+        """Release the state directory (after a last write)."""
+        if self.store is not None:
+            self.save()
+            self.store.close()
+            self.store = None
 
     @property
     def user_id(self) -> UserId:
@@ -136,18 +256,48 @@ class Messenger:
         return self.session.now()
 
     def card(self) -> ContactCard:
-        return ContactCard(self.user_id, self.session.credential, self.me.friendship_token, self.friendship_key)
+        return ContactCard(self.user_id, self.session.credential, self.me.friendship_token, self.friendship_key,
+                           self.profile_key)
 
     def add_contact(self, card: ContactCard) -> None:
         self.contacts[card.user_id] = card
+        if self._depth == 0:
+            self.save()
 
+    @_saves
     async def trust_domains(self, *domains: Fqdn | str) -> None:
-        """Check contacts' credential chains against their ASs' credentials."""
-        self.trust = await self.session.trust(*domains)
+        """Check contacts' credential chains against their ASs' credentials
+        (fetched now over TLS; domains trusted before stay trusted)."""
+        for d in domains:
+            domain = Fqdn(str(d))
+            self.trusted[domain] = await self.session.as_client.as_credentials(domain)
+        self.trust = TrustStore.of(self.trusted)
+
+    async def ensure_trusted(self, domain: Fqdn | str) -> None:
+        """Add ``domain``'s AS credentials when credentials are being checked
+        and that domain is not trusted yet."""
+        domain = Fqdn(str(domain))
+        if self.trust is not None and domain not in self.trusted:
+            await self.trust_domains(domain)
+
+    # --- the user profile (``spec/authentication_service.md#update-user-profile``) -------------
+
+    async def set_display_name(self, name: str) -> None:
+        """Our profile, encrypted under our profile key, stored at our AS."""
+        await self.session.update_profile(seal_profile(self.profile_key, self.user_id, name))
+
+    async def display_name(self, user: UserId | None = None) -> str | None:
+        """``user``'s display name (default: ours), if they set one; needs
+        their profile key, which contacts swap with their cards."""
+        user = user or self.user_id
+        key = self.profile_key if user == self.user_id else self.contacts[user].profile_key
+        sealed = await self.session.profile(user)
+        return open_profile(bytes(key), user, sealed) if sealed else None
 
     async def _queue_config(self) -> qm.ClientQueueConfig:
         return await self.qs.client_queue_config(self.me)
 
+    @_saves
     async def publish_add_packages(self, n: int, lifetime_seconds: int | None = None) -> None:
         """``#publish-keypackages``: ``n`` fresh AddPackages (replacing the
         published ones), the last of last resort; their keys are kept. Their
@@ -229,10 +379,12 @@ class Messenger:
 
     # --- group flows ------------------------------------------------------------------------------
 
+    @_saves
     async def request_group_id(self) -> GroupId:
         """``#request-group-id`` at our DS: an id for :meth:`create_group`."""
         return (await self.ds(self.domain, "ds_request_group_id")).group_id
 
+    @_saves
     async def create_group(self, group_id: GroupId | None = None) -> GroupId:
         """F6: request a group id (unless ``group_id`` was requested before),
         create the MLS group, register it at our DS."""
@@ -244,6 +396,7 @@ class Messenger:
         self.groups[gid] = member
         return gid
 
+    @_saves
     async def invite(self, group_id: GroupId, users: list[UserId]) -> None:
         """F7: fetch each contact's AddPackage at its QS, check it, add them all in one commit."""
         member = await self._ready(group_id)
@@ -263,26 +416,31 @@ class Messenger:
                 return leaf
         raise KeyError(f"{user} is not in group {group_id}")
 
+    @_saves
     async def remove(self, group_id: GroupId, users: list[UserId]) -> None:
         """F12 (admins): remove users' clients."""
         member = await self._ready(group_id)
         await self._submit(member, member.remove_request([self.leaf_of(group_id, u) for u in users]))
 
+    @_saves
     async def update(self, group_id: GroupId) -> None:
         """F11 / F17: a commit with a fresh path and every pending proposal."""
         member = await self._ready(group_id)
         await self._submit(member, member.update_request())
 
+    @_saves
     async def set_admins(self, group_id: GroupId, users: list[UserId]) -> None:
         """Make exactly these users the group's admins (we must be one, A7)."""
         member = await self._ready(group_id)
         await self._submit(member, member.roles_request([self.leaf_of(group_id, u) for u in users]))
 
+    @_saves
     async def leave(self, group_id: GroupId) -> None:
         """F13: propose our own removal; a member commits it with its next update."""
         member = await self._ready(group_id)
         await self._submit(member, member.self_remove_request())
 
+    @_saves
     async def send(self, group_id: GroupId, text: bytes) -> None:
         """F9: a text to the group."""
         await self._send_payload(group_id, TextMessage(text))
@@ -291,17 +449,20 @@ class Messenger:
         member = await self._ready(group_id)
         await self._submit(member, member.send_request(encode(payload, AppPayload)))
 
+    @_saves
     async def delete_group(self, group_id: GroupId) -> None:
         """F14 (admins): remove everyone else, then the DS deletes the group."""
         member = await self._ready(group_id)
         await self._submit(member, member.delete_request())
         del self.groups[group_id]
 
+    @_saves
     async def update_queue_info(self, group_id: GroupId) -> None:
         """F15: a fresh sealed queue config for this group."""
         member = await self._ready(group_id)
         await self._submit(member, member.queue_info_request(await self._queue_config()))
 
+    @_saves
     async def commit_with_retry(self, group_id: GroupId, action: Callable[[], Awaitable[None]],
                                 attempts: int = 5) -> None:
         """Run a committing ``action``; on ``409 wrong_epoch`` receive what
@@ -316,6 +477,7 @@ class Messenger:
 
     # --- receiving (F10) --------------------------------------------------------------------------
 
+    @_saves
     async def receive(self) -> int:
         """Dequeue everything new and process it in order; the number of
         messages. Unsure commits are settled first where their DS answers;
@@ -345,6 +507,8 @@ class Messenger:
         if member.unsure is not None:
             member.held.append(content)           # after our own commit's fate is known
             return
+        for domain in member.credential_domains(content):
+            await self.ensure_trusted(domain)      # new members from a domain not trusted yet
         out = member.process(content, self.trust)
         if isinstance(content, qm.ApplicationContent):
             await self._application(group_id, member, out)
@@ -370,9 +534,11 @@ class Messenger:
 
     # --- connections (spec/authentication_service/connection_establishment.md) -----------------------
 
+    @_saves
     async def connect(self, user: UserId | None = None, *, alias: tuple[Fqdn | str, str] | None = None) -> GroupId:
         """F3: create a connection group and send its keys to ``user``'s
         client (by user id) or to an alias ``(domain, alias)``."""
+        await self.ensure_trusted(user.as_domain if alias is None else alias[0])
         gid = await self.create_group()
         member = self.groups[gid]
         if alias is None:
@@ -386,6 +552,7 @@ class Messenger:
         self.connection_groups[gid] = user
         return gid
 
+    @_saves
     async def accept_connections(self, *, alias: str | None = None,
                                  decide: Callable[[ClientCredential], bool] = lambda cred: True) -> list[GroupId]:
         """F4: read the direct queue (or an alias queue), and for every
@@ -398,6 +565,7 @@ class Messenger:
         for cep in packages:
             if not decide(cep.sender_client_credential):
                 continue
+            await self.ensure_trusted(cep.sender_client_credential.client_id.as_domain)
             gid = cep.connection_group_id
             ear, cred_key = bytes(cep.connection_group_ear_key), bytes(cep.connection_group_credential_key)
             info = await self.ds(gid.ds_domain, "ds_external_commit_info", dsm.ExternalCommitInfoParams(gid, ear))
@@ -412,6 +580,7 @@ class Messenger:
             joined.append(gid)
         return joined
 
+    @_saves
     async def resync(self, group_id: GroupId) -> None:
         """F16: rejoin a group whose MLS state was lost, keeping our leaf credential."""
         old = self.groups[group_id]
@@ -434,8 +603,16 @@ class Messenger:
         ear_key = GroupMember.ear_key_of(bundle, kp_bundle)
         request = GroupMember.welcome_info_request(bundle, kp_bundle, ear_key, self.now())
         info = await self.ds(bundle.group_id.ds_domain, request.name, request.body)
-        member = GroupMember.join(bundle, kp_bundle, leaf, ear_key, bytes(payload.group_credential_encryption_key),
-                                  info, self.trust, self.session.clock)
+        for attempt in range(MAX_NEW_DOMAINS + 1):
+            try:
+                member = GroupMember.join(bundle, kp_bundle, leaf, ear_key,
+                                          bytes(payload.group_credential_encryption_key), info, self.trust,
+                                          self.session.clock)
+                break
+            except UnknownSigner as e:      # a member from a domain we did not trust yet
+                if e.domain is None or e.domain in self.trusted or attempt == MAX_NEW_DOMAINS:
+                    raise
+                await self.ensure_trusted(e.domain)
         self.groups[bundle.group_id] = member
         self.events.append(("joined", bundle.group_id))
         if not _is_last_resort(kp_bundle):
@@ -453,6 +630,10 @@ def _answered(e: BaseException) -> bool:
     """Whether ``e`` is the DS's answer to a request (a refusal it decided),
     rather than no answer: a transport error, a cancellation or a 5xx."""
     return isinstance(e, ProtocolError) and e.status < 500
+
+
+def _default_base_url(service: str, domain: Fqdn) -> str:
+    return f"https://{service}.{domain}"
 
 
 def _group_of(content: Any) -> GroupId:

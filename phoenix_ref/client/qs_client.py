@@ -214,12 +214,15 @@ class WsprotoTransport:
         self._ws = None
         self._pending: list[Any] = []
 
-    async def connect(self, host_port: tuple[str, int], ca_bundle: str | None = None) -> None:
+    async def connect(self, host_port: tuple[str, int], ca_bundle: str | None = None, *,
+                      ssl_context: Any = None) -> None:
+        """Open TLS to ``host_port`` (verifying ``self.host`` against
+        ``ca_bundle``, or the given client ``ssl_context``) and upgrade."""
         from wsproto import WSConnection
         from wsproto.connection import ConnectionType
         from wsproto.events import AcceptConnection, Request
         from ..federation.client import client_ssl_context
-        ctx = client_ssl_context(ca_bundle)
+        ctx = ssl_context or client_ssl_context(ca_bundle)
         ctx.set_alpn_protocols(["http/1.1"])   # websockets over HTTP/1.1 (RFC 6455)
         tcp = await trio.open_tcp_stream(*host_port)
         self.stream = trio.SSLStream(tcp, ctx, server_hostname=self.host, https_compatible=True)

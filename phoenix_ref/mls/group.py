@@ -45,6 +45,7 @@ from .framing import (
     InvalidSender, authenticate, build_content, decode_mls_message, protect_private,
     protect_public, unprotect_private, unprotect_public, with_confirmation_tag,
 )
+from .group_state import group_from_bytes, group_to_bytes
 from .key_schedule import EpochSecrets, external_init_receiver, external_init_sender
 from .keypackage import KeyPackageBundle, create_key_package, make_leaf_node
 from .messages import (
@@ -197,6 +198,29 @@ class Group:
 
     def _now(self) -> int | None:
         return None if self.clock is None else self.clock.now_ms() // 1000
+
+    # --- saving and restoring (:mod:`.group_state`) --------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Everything this member needs to continue, as bytes (private keys
+        included; a pending Commit is not saved)."""
+        return group_to_bytes(self)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, clock: Clock | None = None) -> "Group":
+        """The member :meth:`to_bytes` saved; raises
+        :class:`~phoenix_ref.mls.group_state.GroupStateError`."""
+        r = group_from_bytes(data)
+        state = _EpochState(r.group_context, r.tree, r.keys, r.secrets, r.transcript, r.confirmation_tag)
+        group = cls(state, r.signing_key, external_psks=r.external_psks, clock=clock)
+        group.secret_tree = r.secret_tree           # ratchets where they stood, not fresh
+        for content in r.proposals:
+            group.proposals.add(content)
+        group._pending_updates = r.pending_updates
+        group.resumption_psks = r.resumption_psks
+        group.active = r.active
+        group.creator_key_package = r.creator_key_package
+        return group
 
     def _enter_epoch(self, state: _EpochState) -> None:
         self._state = state

@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..codec import U8, U32, U64, VarBytes, optional, struct, vec
 from ..crypto import NH, NK, NN, derive_tree_secret, expand_with_label
 from . import MlsError
 from . import tree_math as tm
@@ -42,7 +43,7 @@ from . import tree_math as tm
 __all__ = [
     "DEFAULT_MAX_FORWARD", "DEFAULT_MAX_SKIPPED", "MAX_GENERATION", "RatchetKind",
     "RatchetKey", "HashRatchet", "SecretTree", "SecretTreeError", "UnknownLeaf",
-    "GenerationUnavailable", "sender_data_key_nonce",
+    "GenerationUnavailable", "sender_data_key_nonce", "SecretTreeState",
 ]
 
 DEFAULT_MAX_FORWARD = 1000
@@ -71,6 +72,47 @@ class RatchetKey:
     generation: int
     key: bytes
     nonce: bytes
+
+
+# --- saved form (a member's state on disk, :meth:`SecretTree.snapshot`) ------------------
+
+@struct
+class SkippedKeyState:
+    generation: U32
+    key: VarBytes
+    nonce: VarBytes
+
+
+@struct
+class RatchetState:
+    """One ratchet: its current secret (absent once exhausted), the next
+    generation and the keys kept for skipped generations."""
+    leaf: U32
+    kind: U8            # 0 handshake, 1 application
+    secret: optional(VarBytes)
+    generation: U64
+    skipped: vec(SkippedKeyState)
+
+
+@struct
+class NodeSecretState:
+    node: U32
+    secret: VarBytes
+
+
+@struct
+class SecretTreeState:
+    """Where a secret tree stands: the node secrets not yet consumed and
+    every ratchet derived so far, with its position (§9.2's deletion
+    schedule survives a save: consumed secrets are not in it)."""
+    n_leaves: U32
+    max_forward: U32
+    max_skipped: U32
+    nodes: vec(NodeSecretState)
+    ratchets: vec(RatchetState)
+
+
+_KINDS = ("handshake", "application")
 
 
 class HashRatchet:
@@ -133,6 +175,19 @@ class HashRatchet:
             self._skipped[key.generation] = key
 
 
+    def snapshot(self, leaf: int, kind: RatchetKind) -> RatchetState:
+        skipped = [SkippedKeyState(k.generation, k.key, k.nonce) for _, k in sorted(self._skipped.items())]
+        return RatchetState(leaf, _KINDS.index(kind), self._secret, self.generation, skipped)
+
+    @classmethod
+    def restore(cls, state: RatchetState, *, max_forward: int, max_skipped: int) -> "HashRatchet":
+        r = cls(b"", max_forward=max_forward, max_skipped=max_skipped)
+        r._secret = None if state.secret is None else bytes(state.secret)
+        r.generation = state.generation
+        r._skipped = {k.generation: RatchetKey(k.generation, bytes(k.key), bytes(k.nonce)) for k in state.skipped}
+        return r
+
+
 class SecretTree:
     """The secret tree of one epoch over ``n_leaves`` leaves (§9).
 
@@ -183,6 +238,24 @@ class SecretTree:
                     max_forward=self.max_forward, max_skipped=self.max_skipped)
             r = self._ratchets[(leaf, kind)]
         return r
+
+    def snapshot(self) -> SecretTreeState:
+        """The tree's current state, to save (see :class:`SecretTreeState`)."""
+        nodes = [NodeSecretState(x, secret) for x, secret in sorted(self._nodes.items())]
+        ratchets = [r.snapshot(leaf, kind) for (leaf, kind), r in sorted(self._ratchets.items())]
+        return SecretTreeState(self.n_leaves, self.max_forward, self.max_skipped, nodes, ratchets)
+
+    @classmethod
+    def restore(cls, state: SecretTreeState) -> "SecretTree":
+        """The tree :meth:`snapshot` saved, at the same ratchet positions."""
+        if state.n_leaves < 1 or any(r.kind >= len(_KINDS) or r.leaf >= state.n_leaves for r in state.ratchets):
+            raise ValueError("a saved secret tree names a leaf or ratchet kind it cannot have")
+        tree = cls(b"", state.n_leaves, max_forward=state.max_forward, max_skipped=state.max_skipped)
+        tree._nodes = {n.node: bytes(n.secret) for n in state.nodes}
+        tree._ratchets = {(r.leaf, _KINDS[r.kind]): HashRatchet.restore(r, max_forward=state.max_forward,
+                                                                         max_skipped=state.max_skipped)
+                          for r in state.ratchets}
+        return tree
 
     # Receivers: the key for a given generation (served once).
     def key(self, leaf: int, kind: RatchetKind, generation: int) -> RatchetKey:
