@@ -225,7 +225,8 @@ def test_constructors_coerce_strings_and_raw_bytes():
     lambda: QsUid(5),
     lambda: QsCid(uuid.uuid4(), uuid.uuid4()),
     lambda: GroupId("a.example", None),
-])
+], ids=["user-id-bytes", "user-id-str", "user-id-bad-domain", "client-id-str", "qs-uid-int",
+        "qs-cid-uuid", "group-id-none"])   # distinct ids: pytest --strict refuses repeats
 def test_constructors_reject_wrong_types(build):
     with pytest.raises(InvalidId):
         build()
