@@ -117,6 +117,7 @@ async def test_a_user_id_in_registration_gets_no_second_credential(deployment):
 # --- #finish-user-registration ---------------------------------------------------------------
 
 @spec(AS + "finish-user-registration", "MUST")
+@spec("spec/authentication_service.md#authentication-3", "MUST")   # its Authentication: Client 2FA
 async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(deployment):
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
@@ -372,6 +373,7 @@ async def test_delete_alias_needs_the_alias_auth_key_and_removes_everything(depl
 # --- #get-as-credentials and the issuer keys -----------------------------------------------------------
 
 @spec(AS + "get-as-credentials", "informative")
+@spec("spec/authentication_service/credentials.md#as-intermediate-credentials", "SHOULD")
 async def test_get_as_credentials_needs_no_authentication(deployment):
     async with deployment.client() as http:
         node = deployment["hs1"]

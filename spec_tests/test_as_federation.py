@@ -89,6 +89,7 @@ async def test_connection_establishment_by_user_id_across_homeservers(deployment
 
 @spec(DISCOVERY, "MUST")
 @spec(CONNECT, "MUST")
+@spec("spec/authentication_service/connection_establishment.md#discovery-and-connection-establishment", "MUST")
 async def test_connection_establishment_by_alias_across_homeservers(deployment):
     d = deployment
     async with d.client() as http:
@@ -125,6 +126,7 @@ async def test_remote_client_gets_tokens_authenticated_by_its_own_as_credentials
 
 @spec(RATE, "SHOULD")
 @spec(REMOTE_AS, "informative")
+@spec("spec/general_concepts/federation.md#federated-access-control-and-rate-limiting", "informative")
 async def test_remote_token_issuance_is_rate_limited_per_client_and_per_domain(deployment_mode):
     limits = Limits(token_allowance=4, token_domain_allowance=6, token_time_frame_s=600)
     async with Deployment(deployment_mode, ["hs1", "hs2"], limits=limits) as d:

@@ -165,6 +165,10 @@ async def test_every_as_endpoint_that_needs_a_token_refuses_a_missing_bad_foreig
 
 @spec(AS + "initialize-user-registration", "informative")
 @spec(AS + "token-issuance", "informative")
+# the Authentication subsections say "No Privacy Pass token required": that
+# releases the client (a MAY); that the server honours it is described behaviour
+@spec("spec/authentication_service.md#authentication-2", "informative")
+@spec("spec/authentication_service.md#authentication-18", "informative")
 async def test_endpoints_exempt_from_privacy_pass_work_without_a_token(deployment):
     """Registration start and token issuance are the spec's exemptions (and key
     distribution); finishing a registration and dequeuing one's own direct queue
@@ -182,6 +186,7 @@ async def test_endpoints_exempt_from_privacy_pass_work_without_a_token(deploymen
 
 
 @spec(AS + "authentication", "informative")
+@spec("spec/general_concepts/federation.md#federated-access-control-and-rate-limiting", "MUST")
 async def test_a_token_of_one_homeserver_is_not_accepted_by_another(deployment):
     async with deployment.client() as http:
         alice = await ClientSession.register(http, A, clock=deployment.clock)

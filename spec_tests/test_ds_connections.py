@@ -28,6 +28,7 @@ async def registered(d, http, *domains):
 @spec("spec/delivery_service.md#get-external-commit-information", "informative")
 @spec("spec/delivery_service.md#join-connection-group", "informative")
 @spec("functional_requirements.md#functional-requirements-for-users", "MUST")
+@spec("spec/delivery_service.md#authentication-9", "informative")   # join needs no more authentication
 async def test_connections_by_user_id_and_by_alias_across_three_homeservers(deployment_mode):
     async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:
         alice, bob, carol = await registered(d, http, A, B, C)
