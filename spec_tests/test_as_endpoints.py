@@ -56,7 +56,7 @@ def group_id() -> GroupId:
 
 # --- #initialize-user-registration ---------------------------------------------------------
 
-@spec(AS + "initialize-user-registration", "MUST")
+@spec(AS + "initialize-user-registration", "informative")
 async def test_init_user_registration_needs_no_token_and_hands_out_no_credential(deployment):
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
@@ -77,7 +77,7 @@ async def test_init_user_registration_needs_no_token_and_hands_out_no_credential
         await refused(c.call(A, "init_user_registration", foreign), 400, "foreign_user")
 
 
-@spec(AS + "initialize-user-registration", "MUST")
+@spec("threat_model/stride/security_requirements/users.md#initiate-user-registration", "MUST")
 async def test_init_user_registration_refuses_an_existing_user_id(deployment):
     async with deployment.client() as http:
         s = await register(http, deployment)
@@ -87,8 +87,8 @@ async def test_init_user_registration_refuses_an_existing_user_id(deployment):
         await refused(s.as_client.call(A, "init_user_registration", init), 409, "user_exists")
 
 
-@spec("threat_model/qualitative/authentication_service.md#baseline-security-under-an-honest-as", "MUST")
-@spec(AS + "initialize-user-registration", "MUST")
+@spec("threat_model/qualitative/authentication_service.md#baseline-security-under-an-honest-as", "informative")
+@spec(AS + "initialize-user-registration", "informative")
 async def test_a_user_id_in_registration_gets_no_second_credential(deployment):
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
@@ -117,6 +117,7 @@ async def test_a_user_id_in_registration_gets_no_second_credential(deployment):
 # --- #finish-user-registration ---------------------------------------------------------------
 
 @spec(AS + "finish-user-registration", "MUST")
+@spec("spec/authentication_service.md#authentication-3", "MUST")   # its Authentication: Client 2FA
 async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(deployment):
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
@@ -157,7 +158,7 @@ async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(de
 
 # --- profiles ----------------------------------------------------------------------------------
 
-@spec(AS + "update-user-profile", "MUST")
+@spec(AS + "update-user-profile", "informative")
 async def test_update_user_profile_is_client_credential_authenticated(deployment):
     async with deployment.client() as http:
         alice, bob = await register(http, deployment), await register(http, deployment)
@@ -177,7 +178,7 @@ async def test_update_user_profile_is_client_credential_authenticated(deployment
         assert await bob.profile(alice.user_id) == b"alice's encrypted profile"
 
 
-@spec(AS + "fetch-user-profile", "MUST")
+@spec(AS + "fetch-user-profile", "informative")
 async def test_fetch_user_profile_needs_no_authentication(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
@@ -189,8 +190,8 @@ async def test_fetch_user_profile_needs_no_authentication(deployment):
 
 # --- user id connection packages --------------------------------------------------------------
 
-@spec(AS + "upload-user-id-connection-packages", "MUST")
-@spec(AS + "get-user-id-connection-package", "MUST")
+@spec(AS + "upload-user-id-connection-packages", "informative")
+@spec(AS + "get-user-id-connection-package", "informative")
 async def test_connection_packages_by_user_id(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment, connection_packages=1)
@@ -214,7 +215,7 @@ async def test_connection_packages_by_user_id(deployment):
 
 # --- #user-account-deletion --------------------------------------------------------------------
 
-@spec(AS + "user-account-deletion", "MUST")
+@spec(AS + "user-account-deletion", "informative")
 @spec(AS + "initiate-2fa-operation", "MUST")
 async def test_user_account_deletion_is_client_2fa(deployment):
     async with deployment.client() as http:
@@ -242,8 +243,8 @@ async def test_user_account_deletion_is_client_2fa(deployment):
 
 # --- direct user queues -------------------------------------------------------------------------
 
-@spec(AS + "enqueue-message", "MUST")
-@spec(AS + "dequeue-messages", "MUST")
+@spec(AS + "enqueue-message", "informative")
+@spec(AS + "dequeue-messages", "informative")
 async def test_direct_queue_enqueue_and_dequeue(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
@@ -278,7 +279,7 @@ async def test_direct_queue_enqueue_and_dequeue(deployment):
                       "unknown_client")
 
 
-@spec(AS + "dequeue-messages", "MUST")
+@spec(AS + "dequeue-messages", "informative")
 async def test_dequeue_returns_at_most_the_configured_maximum(deployment_mode):
     async with Deployment(deployment_mode, ["hs1"], limits=Limits(as_max_messages=2)) as d:
         async with d.client() as http:
@@ -296,9 +297,9 @@ async def test_dequeue_returns_at_most_the_configured_maximum(deployment_mode):
 
 # --- aliases ------------------------------------------------------------------------------------
 
-@spec(AS + "register-alias", "MUST")
-@spec(AS + "upload-alias-connection-package-payloads", "MUST")
-@spec(AS + "get-alias-connection-package", "MUST")
+@spec(AS + "register-alias", "informative")
+@spec(AS + "upload-alias-connection-package-payloads", "informative")
+@spec(AS + "get-alias-connection-package", "informative")
 async def test_register_alias_and_its_connection_package_payloads(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
@@ -321,8 +322,8 @@ async def test_register_alias_and_its_connection_package_payloads(deployment):
         await refused(bob.alias_connection_package(A, "nobody.here"), 404, "unknown_alias")
 
 
-@spec(AS + "enqueue-alias-messages", "MUST")
-@spec(AS + "dequeue-alias-messages", "MUST")
+@spec(AS + "enqueue-alias-messages", "informative")
+@spec(AS + "dequeue-alias-messages", "informative")
 async def test_alias_queue_enqueue_and_dequeue(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
@@ -345,7 +346,7 @@ async def test_alias_queue_enqueue_and_dequeue(deployment):
                       404, "unknown_alias")
 
 
-@spec(AS + "delete-alias", "MUST")
+@spec(AS + "delete-alias", "informative")
 async def test_delete_alias_needs_the_alias_auth_key_and_removes_everything(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
@@ -371,7 +372,8 @@ async def test_delete_alias_needs_the_alias_auth_key_and_removes_everything(depl
 
 # --- #get-as-credentials and the issuer keys -----------------------------------------------------------
 
-@spec(AS + "get-as-credentials", "MUST")
+@spec(AS + "get-as-credentials", "informative")
+@spec("spec/authentication_service/credentials.md#as-intermediate-credentials", "SHOULD")
 async def test_get_as_credentials_needs_no_authentication(deployment):
     async with deployment.client() as http:
         node = deployment["hs1"]
@@ -383,8 +385,8 @@ async def test_get_as_credentials_needs_no_authentication(deployment):
         assert answer.as_intermediate_credentials == [c for c, _ in ks.as_intermediates]
 
 
-@spec(AS + "get-as-credentials", "MUST")
-@spec(AS + "initialize-user-registration", "MUST")
+@spec(AS + "get-as-credentials", "informative")
+@spec(AS + "initialize-user-registration", "informative")
 async def test_the_as_issues_a_new_intermediate_before_the_current_one_ends(deployment):
     """A client credential must end before the intermediate that signs it, so
     an AS that kept its first intermediate would, after a year, register
@@ -403,7 +405,7 @@ async def test_the_as_issues_a_new_intermediate_before_the_current_one_ends(depl
         assert await early.profile(late.user_id) == b""
 
 
-@spec(AS + "token-issuance", "MUST")
+@spec(AS + "token-issuance", "informative")
 async def test_issuer_keys_endpoint_names_the_key_tokens_are_issued_under(deployment):
     async with deployment.client() as http:
         node = deployment["hs1"]
@@ -426,7 +428,7 @@ async def test_issuer_keys_endpoint_names_the_key_tokens_are_issued_under(deploy
 
 # --- #token-issuance ---------------------------------------------------------------------------
 
-@spec(AS + "token-issuance", "MUST")
+@spec(AS + "token-issuance", "informative")
 async def test_token_issuance_gives_tokens_every_service_of_the_domain_redeems(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment, token_batch=3)
@@ -458,7 +460,7 @@ def foreign_issuer_key(real_key: bytes, now: int) -> bytes:
     return other.public_key
 
 
-@spec(AS + "token-issuance", "MUST")
+@spec(AS + "token-issuance", "informative")
 async def test_token_issuance_refuses_bad_requests_and_bad_authentication(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
@@ -483,7 +485,7 @@ async def test_token_issuance_refuses_bad_requests_and_bad_authentication(deploy
         assert len(resp.tokens.evaluated_msgs) == 2
 
 
-@spec(AS + "rate-limiting", "MUST")
+@spec(AS + "rate-limiting", "SHOULD")
 async def test_token_issuance_is_rate_limited_per_client(deployment_mode):
     limits = Limits(token_allowance=6, token_time_frame_s=3600)
     async with Deployment(deployment_mode, ["hs1"], limits=limits) as d:
@@ -507,7 +509,7 @@ async def test_token_issuance_is_rate_limited_per_client(deployment_mode):
 
 
 @spec("threat_model/stride/security_requirements/users.md#dequeue-messages", "MUST")
-@spec(AS + "dequeue-messages", "MUST")
+@spec(AS + "dequeue-messages", "informative")
 async def test_a_client_whose_allowance_is_spent_still_dequeues_its_direct_queue(deployment_mode):
     """"Clients must always be able to dequeue messages from their own queue":
     the dequeue needs the client's signature, no token (docs/decisions.md,

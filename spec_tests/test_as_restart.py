@@ -23,7 +23,7 @@ from phoenix_ref.spec_plugin import spec
 A = Fqdn("a.example")
 
 
-@spec("spec/authentication_service.md#as-state", "MUST")
+@spec("spec/authentication_service.md#as-state", "informative")
 @spec("spec/authentication_service.md#initiate-2fa-operation", "MUST")
 async def test_register_restart_and_log_in_with_the_password_again(deployment):
     d = deployment
@@ -86,7 +86,7 @@ async def test_a_registration_pending_at_restart_must_start_over(deployment):
         assert again.user_id == uid
 
 
-@spec("spec/authentication_service.md#configuration", "MUST")
+@spec("spec/authentication_service.md#configuration", "informative")
 async def test_inactive_client_entries_are_pruned_after_the_maximal_age(deployment):
     """"Maximal QS client record age: maximal age of an inactive client entry.
     Default: 90d" — a client that has not fetched from its direct queue for

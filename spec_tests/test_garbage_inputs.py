@@ -175,7 +175,9 @@ def server(config):
         yield served
 
 
-@pytest.mark.parametrize("ep", [pytest.param(e, marks=spec(e.section, "MUST")) for e in ROWS],
+# the control checks what each endpoint's section describes (its
+# authentication, its answer), not one of its requirement sentences
+@pytest.mark.parametrize("ep", [pytest.param(e, marks=spec(e.section, "informative")) for e in ROWS],
                          ids=[f"{e.service or 'well-known'}-{e.name}" for e in ROWS])
 def test_endpoint_answers_a_clean_request(server, ep):
     """The control: without a defect the endpoint works (so 4xx below means something)."""
@@ -209,7 +211,9 @@ def check_garbage(server: ServedHomeserver, ep: Endpoint, data) -> None:
 
 def garbage_test(examples: int):
     """The fuzz test of every endpoint with ``examples`` cases each."""
-    @spec("spec/federation/use_cases.md#federation-functionality", "MUST")
+    # the spec has no section on malformed requests; what it asks is that
+    # "an adversary should not be able to render a server unavailable"
+    @spec("threat_model.md#availability", "SHOULD")
     @pytest.mark.parametrize("ep", ROWS, ids=[f"{e.service or 'well-known'}-{e.name}" for e in ROWS])
     def test(server, ep):
         @settings(max_examples=examples, deadline=None, database=None)

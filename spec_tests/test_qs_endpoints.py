@@ -30,10 +30,10 @@ def qs_url(node, name: str) -> str:
     return f"https://qs.{node.domain}{endpoints.by_name('qs', name).path}"
 
 
-@spec(QS + "create-new-qs-user-record", "MUST")
-@spec(QS + "get-own-qs-user-record", "MUST")
-@spec(QS + "update-qs-user-record", "MUST")
-@spec(QS + "delete-qs-user-record", "MUST")
+@spec(QS + "create-new-qs-user-record", "informative")
+@spec(QS + "get-own-qs-user-record", "informative")
+@spec(QS + "update-qs-user-record", "informative")
+@spec(QS + "delete-qs-user-record", "informative")
 async def test_user_record_lifecycle(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -60,7 +60,7 @@ async def test_user_record_lifecycle(deployment):
             await qs.dequeue(alice)
 
 
-@spec(QS + "user-record-management-endpoints", "MUST")
+@spec(QS + "user-record-management-endpoints", "informative")
 async def test_client_records_and_last_client_takes_the_user_along(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -90,7 +90,7 @@ async def test_client_records_and_last_client_takes_the_user_along(deployment):
             await qs.send(alice, "get_user_record", m.UserRecordParams(alice.qs_uid))
 
 
-@spec(QS + "authentication", "MUST")
+@spec(QS + "authentication", "informative")
 async def test_qs_auth_token_names_the_record_and_is_bound_to_the_request(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -128,7 +128,7 @@ def _binding(me, params):
     return RequestBinding(me.domain, endpoints.by_name("qs", "dequeue_messages").path, encode(params))
 
 
-@spec(QS + "authentication", "MUST")
+@spec(QS + "authentication", "informative")
 async def test_privacy_pass_on_every_client_endpoint_but_dequeue_and_websocket(deployment):
     qs_rows = [ep for ep in endpoints.ENDPOINTS if ep.service == "qs" and not ep.federated]
     assert {ep.name for ep in qs_rows if not ep.privacy_pass} == {"dequeue_messages", "websocket"}
@@ -175,7 +175,7 @@ async def test_privacy_pass_on_every_client_endpoint_but_dequeue_and_websocket(d
         assert resp.status_code == 200
 
 
-@spec(QS + "fetch-queue-config-encryption-key", "MUST")
+@spec(QS + "fetch-queue-config-encryption-key", "informative")
 async def test_queue_config_key_seals_configs_the_qs_opens(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -186,8 +186,8 @@ async def test_queue_config_key_seals_configs_the_qs_opens(deployment):
         assert result.enqueued == [alice.qs_cid]
 
 
-@spec(QS + "fetch-queue-config-encryption-key", "MUST")
-@spec("spec/glossary.md#queueconfig-encryption-key", "MUST")
+@spec(QS + "fetch-queue-config-encryption-key", "informative")
+@spec("spec/glossary.md#queueconfig-encryption-key", "informative")
 async def test_configs_sealed_to_a_rotated_out_key_still_deliver(deployment):
     """After the operator rotates the QueueConfig encryption key, the answer
     lists the new key and the old one, and configs that group members hold,
@@ -208,7 +208,7 @@ async def test_configs_sealed_to_a_rotated_out_key_still_deliver(deployment):
 
 
 @spec(QS + "publish-keypackages", "MUST")
-@spec(QS + "get-addpackage", "MUST")
+@spec(QS + "get-addpackage", "informative")
 async def test_publish_key_packages_and_get_add_package(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -247,7 +247,7 @@ async def test_publish_key_packages_and_get_add_package(deployment):
                               m.AddPackageParams(alice.friendship_token))).add_packages == [newer]
 
 
-@spec(QS + "dequeue-messages", "MUST")
+@spec(QS + "dequeue-messages", "informative")
 async def test_dequeue_in_batches_deletes_only_below_the_start(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -267,8 +267,8 @@ async def test_dequeue_in_batches_deletes_only_below_the_start(deployment):
         assert len(alice.read(rest.messages)) == 2
 
 
-@spec(QS + "enqueuing-messages", "MUST")
-@spec(QS + "qs-state", "MUST")
+@spec(QS + "enqueuing-messages", "informative")
+@spec(QS + "qs-state", "SHOULD")
 async def test_blocklist_and_queue_deleted(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -288,8 +288,8 @@ async def test_blocklist_and_queue_deleted(deployment):
         assert await read_all(qs, alice, 1) == [b"ok"]
 
 
-@spec("spec/queuing_service.md#local-enqueue-message", "MUST")
-@spec("spec/federation/use_cases.md#message-distribution", "MUST")
+@spec("spec/queuing_service.md#local-enqueue-message", "informative")
+@spec("spec/federation/use_cases.md#message-distribution", "informative")
 async def test_local_enqueue_is_not_reachable_over_http(deployment):
     hs = deployment["hs1"].hs
     # no route takes a bare FanOutMessage; the only QS row for remote QSs is the federated one
@@ -314,7 +314,7 @@ async def test_local_enqueue_is_not_reachable_over_http(deployment):
         assert alice.read(got.messages) == []
 
 
-@spec(QS + "qs-configuration-options", "MUST")
+@spec(QS + "qs-configuration-options", "informative")
 async def test_inactive_client_records_are_pruned_after_the_maximal_age(deployment):
     """"Maximal QS client record age: maximal age of an inactive QS client
     record" (default 90 days here): a client that has not fetched from its

@@ -75,16 +75,16 @@ async def _split_and_heal(d: Deployment) -> None:
         assert await qs.receive(bob) == []                                             # once
 
 
-@spec(USE_CASES, "MUST")
-@spec(FEDERATED, "MUST")
+@spec(USE_CASES, "informative")
+@spec(FEDERATED, "informative")
 async def test_net_split_in_process_heals_exactly_once_in_order():
     with trio.fail_after(TEST_TIMEOUT_S):
         async with Deployment("in_process", ["hs1", "hs2"], limits=FAST_RETRIES) as d:
             await _split_and_heal(d)
 
 
-@spec(USE_CASES, "MUST")
-@spec(FEDERATED, "MUST")
+@spec(USE_CASES, "informative")
+@spec(FEDERATED, "informative")
 async def test_net_split_on_sockets_heals_exactly_once_in_order():
     with trio.fail_after(TEST_TIMEOUT_S):
         async with Deployment("sockets", ["hs1", "hs2"], limits=FAST_RETRIES) as d:
@@ -138,8 +138,8 @@ class ProcessHomeserver:
         assert self.proc.returncode == -signal.SIGKILL
 
 
-@spec(USE_CASES, "MUST")
-@spec(FEDERATED, "MUST")
+@spec(USE_CASES, "informative")
+@spec(FEDERATED, "informative")
 async def test_sender_killed_with_messages_queued_delivers_after_restart_none_twice():
     with trio.fail_after(TEST_TIMEOUT_S):
         async with Deployment("sockets", ["hs1", "hs2"], limits=FAST_RETRIES) as d:

@@ -23,7 +23,7 @@ WS = "spec/queuing_service.md#negotiate-websocket-connection"
 PATH = endpoints.by_name("qs", "websocket").path
 
 
-@spec(WS, "MUST")
+@spec(WS, "informative")
 async def test_connected_client_is_woken_when_its_queue_gets_a_message(deployment):
     hs = deployment["hs1"].hs
     async with deployment.client() as http:
@@ -47,8 +47,8 @@ async def test_connected_client_is_woken_when_its_queue_gets_a_message(deploymen
                 await trio.sleep(0.01)
 
 
-@spec(WS, "MUST")
-@spec("spec/queuing_service.md#authentication", "MUST")
+@spec(WS, "informative")
+@spec("spec/queuing_service.md#authentication", "informative")
 async def test_websocket_refuses_a_bad_token_with_4401(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -67,7 +67,7 @@ async def test_websocket_refuses_a_bad_token_with_4401(deployment):
                 assert (e.value.code, e.value.reason) == (code, reason)
 
 
-@spec(WS, "MUST")
+@spec(WS, "informative")
 async def test_plain_get_of_the_websocket_endpoint_needs_an_upgrade(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -79,8 +79,8 @@ async def test_plain_get_of_the_websocket_endpoint_needs_an_upgrade(deployment):
         assert decode(ErrorResponse, resp.content).code == "websocket_required"
 
 
-@spec(WS, "MUST")
-@spec("spec/queuing_service.md#user-record-management-endpoints", "MUST")
+@spec(WS, "informative")
+@spec("spec/queuing_service.md#user-record-management-endpoints", "informative")
 async def test_websocket_closes_when_its_client_record_is_deleted(deployment):
     """The socket watches a queue; when the client record (and so the queue)
     is deleted — by *delete client record* or with its user record — the QS

@@ -121,7 +121,7 @@ def test_tampered_sender_field(kind):
         check(tok, T0, BIND)
 
 
-@spec("spec/delivery_service.md#ds-configuration-options", "MUST")
+@spec("spec/delivery_service.md#ds-configuration-options", "informative")
 @kinds
 def test_maximum_age(kind):
     make, check = KINDS[kind]
@@ -159,7 +159,7 @@ def test_check_fresh_window(ts, now):
 
 # --- QS ------------------------------------------------------------------------------------
 
-@spec("spec/queuing_service.md#authentication", "MUST")
+@spec("spec/queuing_service.md#authentication", "informative")
 def test_qs_token_wire_layout_and_label():
     tok = QsAuthToken.create(KEY, QS_CID, T0, BIND)
     assert encode(tok) == b"\x02" + encode(QS_CID) + T0.to_bytes(8, "big") + b"\x40\x40" + tok.signature
@@ -169,7 +169,7 @@ def test_qs_token_wire_layout_and_label():
     crypto.hs_verify(KEY.public, "QsAuthTokenTbs", content, tok.signature)
 
 
-@spec("spec/queuing_service.md#authentication", "MUST")
+@spec("spec/queuing_service.md#authentication", "informative")
 def test_qs_uid_token_cannot_act_as_qs_cid_token():
     tok = QsAuthToken.create(KEY, QS_UID, T0, BIND)
     tok.check_sender(QS_UID)
@@ -192,7 +192,7 @@ def test_get_record_token_cannot_delete_record():
 
 # --- DS ------------------------------------------------------------------------------------
 
-@spec("spec/delivery_service.md#authentication", "MUST")
+@spec("spec/delivery_service.md#authentication", "informative")
 def test_ds_token_wire_layout_and_scope():
     tok = DsAuthToken.create(KEY, GROUP, T0, DsLeafIndex(7), BIND)
     assert encode(tok) == (encode(GROUP) + T0.to_bytes(8, "big") + b"\x01" + (7).to_bytes(4, "big")
@@ -215,7 +215,7 @@ def test_ds_token_signature_is_not_an_mls_signature():
 
 # --- AS ------------------------------------------------------------------------------------
 
-@spec("spec/authentication_service.md#authentication", "MUST")
+@spec("spec/authentication_service.md#authentication", "informative")
 def test_client_credential_auth_returns_chain():
     tok = ClientCredentialAuth.create(KEY, CRED, T0, BIND)
     chain = tok.verify(TRUST, T0, BIND)

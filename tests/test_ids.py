@@ -180,14 +180,14 @@ def test_alias_decode_rejects_non_canonical(bad):
 
 # --- structured ids ------------------------------------------------------------------
 
-@spec("spec/glossary.md#user-id-uid", "MUST")
+@spec("spec/glossary.md#user-id-uid", "informative")
 def test_user_id_wire_layout():
     u = UserId(Fqdn("a.example"), uuid.UUID(int=1))
     assert encode(u) == b"\x09a.example" + uuid.UUID(int=1).bytes
     assert str(u) == "00000000-0000-0000-0000-000000000001@a.example"
 
 
-@spec("spec/glossary.md#client-id-cid", "MUST")
+@spec("spec/glossary.md#client-id-cid", "informative")
 def test_client_id_wire_layout_and_text():
     u = UserId(Fqdn("a.example"), uuid.UUID(int=1))
     c = ClientId(u, uuid.UUID(int=2))
@@ -196,7 +196,7 @@ def test_client_id_wire_layout_and_text():
     assert c.as_domain == Fqdn("a.example")
 
 
-@spec("spec/glossary.md#qs-client-id-qscid", "MUST")
+@spec("spec/glossary.md#qs-client-id-qscid", "informative")
 def test_qs_cid_wire_layout():
     q = QsCid(QsUid(uuid.UUID(int=3)), uuid.UUID(int=4))
     assert encode(q) == uuid.UUID(int=3).bytes + uuid.UUID(int=4).bytes
@@ -225,7 +225,8 @@ def test_constructors_coerce_strings_and_raw_bytes():
     lambda: QsUid(5),
     lambda: QsCid(uuid.uuid4(), uuid.uuid4()),
     lambda: GroupId("a.example", None),
-])
+], ids=["user-id-bytes", "user-id-str", "user-id-bad-domain", "client-id-str", "qs-uid-int",
+        "qs-cid-uuid", "group-id-none"])   # distinct ids: pytest --strict refuses repeats
 def test_constructors_reject_wrong_types(build):
     with pytest.raises(InvalidId):
         build()

@@ -61,7 +61,7 @@ def through_ds(ds: PublicGroup, groups, committer, **kw):
     return res
 
 
-@spec("spec/delivery_service.md#validation", "MUST")
+@spec("spec/delivery_service.md#validation", "informative")
 def test_ds_follows_the_group():
     groups = new_group(3)
     ds = ds_for(groups[0])
@@ -102,7 +102,7 @@ def test_group_info_from_committer_signature():
     assert ds.tree.tree_hash() == joiner.tree.tree_hash()
 
 
-@spec("spec/delivery_service.md#ds-induced-removals", "MUST")
+@spec("spec/delivery_service.md#ds-induced-removals", "informative")
 def test_ds_induced_removal():
     ds_key = SigningKey.generate()
     ext = to_extension(ExternalSenders([ExternalSender(ds_key.public, Credential.basic(b"ds"))]))

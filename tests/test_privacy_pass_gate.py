@@ -83,7 +83,7 @@ def test_the_endpoint_table_marks_request_group_id_and_create_group_local_only()
     assert all(ep.privacy_pass and not ep.federated for ep in endpoints.ENDPOINTS if ep.local_only)
 
 
-@spec("spec/federation/use_cases.md#message-distribution", "MUST")
+@spec("spec/federation/use_cases.md#message-distribution", "informative")
 @spec("threat_model/stride/security_requirements/clients.md#group-creation", "MUST")
 async def test_local_only_rows_refuse_federated_tokens_and_leave_them_unspent(gate):
     create = endpoints.by_name("ds", "ds_create_group")

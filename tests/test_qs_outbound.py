@@ -391,7 +391,7 @@ async def test_an_operator_unpark_in_the_store_is_noticed_and_a_restart_retries(
 PAYLOAD = b"fan-out payload that must not be readable at rest " * 4
 
 
-@spec("spec/queuing_service.md#qs-state", "MUST")
+@spec("threat_model/stride/security_requirements.md#metadata-minimalism", "MUST")
 def test_the_outbound_queue_is_encrypted_at_rest(tmp_path):
     """QS-to-QS queues keep queue encryption key material: the database file
     holds no payload in the clear, neither queued nor dead-lettered."""

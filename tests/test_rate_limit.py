@@ -10,7 +10,7 @@ from phoenix_ref.spec_plugin import spec
 RATE = "spec/queuing_service.md#rate-limiting"
 
 
-@spec(RATE, "MAY")
+@spec(RATE, "informative")
 def test_fixed_windows_restart_at_the_window_boundary():
     c = WindowCounters()
     assert c.hit_all([("k", 2, 60_000)], 1_000) is None
@@ -22,7 +22,7 @@ def test_fixed_windows_restart_at_the_window_boundary():
     assert c.hits("k", 120_000) == 0                                   # that window has ended too
 
 
-@spec(RATE, "MAY")
+@spec(RATE, "informative")
 def test_every_key_is_counted_and_the_first_exceeded_one_is_reported():
     c = WindowCounters()
     limits = [(("domain", "x.example"), 100, 60_000), (("queue", b"a"), 1, 60_000), (("queue", b"b"), 5, 60_000)]
@@ -32,7 +32,7 @@ def test_every_key_is_counted_and_the_first_exceeded_one_is_reported():
     assert c.hit_all([("q", 1, 10_000), ("q", 1, 10_000)], 0) == ("q", 10_000)   # a key named twice counts twice
 
 
-@spec(RATE, "MAY")
+@spec(RATE, "informative")
 def test_memory_stays_bounded():
     c = WindowCounters(max_keys=100)
     for i in range(150):                 # a window that has ended is dropped first
