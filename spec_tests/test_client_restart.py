@@ -36,9 +36,9 @@ def restarted(m: Messenger, http, d) -> Messenger:
     return Messenger.open(state_dir, http, clock=d.clock)
 
 
-@spec("spec/clients/creation.md#qs-registration", "MUST")
-@spec("spec/queuing_service.md#dequeue-messages", "MUST")
-@spec("spec/delivery_service.md#send-application-message", "MUST")
+@spec("spec/clients/creation.md#qs-registration", "informative")
+@spec("spec/queuing_service.md#dequeue-messages", "informative")
+@spec("spec/delivery_service.md#send-application-message", "informative")
 async def test_a_client_restarted_mid_conversation_reads_on(deployment_mode, tmp_path):
     async with Deployment(deployment_mode, ["hs1", "hs2"]) as d, d.client() as http:
         alice, bob, _ = await connected(d, http, tmp_path)
@@ -83,7 +83,7 @@ async def test_a_client_restarted_mid_conversation_reads_on(deployment_mode, tmp
         bob.close()
 
 
-@spec("spec/clients/creation.md#qs-registration", "MUST")
+@spec("spec/clients/creation.md#qs-registration", "informative")
 async def test_a_restarted_client_keeps_its_connection_keys_wallet_and_queue(deployment_mode, tmp_path):
     async with Deployment(deployment_mode, ["hs1", "hs2"]) as d, d.client() as http:
         alice = await Messenger.register(http, A, clock=d.clock, state_dir=tmp_path / "alice")
@@ -104,7 +104,7 @@ async def test_a_restarted_client_keeps_its_connection_keys_wallet_and_queue(dep
         bob.close()
 
 
-@spec("spec/authentication_service/credentials.md#leaf-credentials", "MUST")
+@spec("spec/authentication_service/credentials.md#leaf-credentials", "informative")
 @spec("spec/delivery_service.md#adding-new-users-to-the-group", "MUST")
 async def test_members_from_a_domain_not_trusted_yet_are_checked_after_fetching_its_credentials(deployment_mode):
     async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:

@@ -51,7 +51,7 @@ async def refused(call) -> ProtocolError:
     return e.value
 
 
-@spec(EXPIRATION + "expiration-of-clients", "MUST")
+@spec(EXPIRATION + "expiration-of-clients", "informative")
 async def test_an_expired_client_credential_removes_its_client_entry(deployment_mode):
     """"The AS enforces this by removing expired client credentials": the
     client entry goes as in account deletion — the user entry with its last
@@ -71,7 +71,7 @@ async def test_an_expired_client_credential_removes_its_client_entry(deployment_
 
 
 @spec(EXPIRATION + "state-expiration", "MUST")
-@spec("spec/authentication_service.md#get-user-id-connection-package", "MUST")
+@spec("spec/authentication_service.md#get-user-id-connection-package", "informative")
 async def test_an_expired_connection_package_is_not_handed_out(deployment_mode):
     async with Deployment(deployment_mode, ["hs1"], limits=FAST) as d, d.client() as http:
         owner = await ClientSession.register(http, A, clock=d.clock, connection_packages=0)
@@ -87,7 +87,7 @@ async def test_an_expired_connection_package_is_not_handed_out(deployment_mode):
 
 
 @spec(EXPIRATION + "state-expiration", "MUST")
-@spec("spec/queuing_service.md#get-addpackage", "MUST")
+@spec("spec/queuing_service.md#get-addpackage", "informative")
 async def test_an_expired_keypackage_is_not_handed_out(deployment_mode):
     """KeyPackages "ha[ve] to be rotated in time": once its lifetime ended
     the QS hands it out no more — a client with no live one is left out of
@@ -115,7 +115,7 @@ def _into_next_month(now_ms: int, extra_ms: int) -> int:
     return int(nxt.timestamp() * 1000) + extra_ms - now_ms
 
 
-@spec(EXPIRATION + "expiration-of-groups", "MUST")
+@spec(EXPIRATION + "expiration-of-groups", "informative")
 async def test_a_group_without_commits_for_the_expiry_is_deleted(deployment_mode):
     """"A group state is deleted if no group member has updated their state
     in a pre-configured interval" (here one day; the DS keeps the month
@@ -136,7 +136,7 @@ async def test_a_group_without_commits_for_the_expiry_is_deleted(deployment_mode
         await alice.send(fresh, b"this one is alive")
 
 
-@spec("spec/delivery_service.md#request-group-id", "MUST")
+@spec("spec/delivery_service.md#request-group-id", "informative")
 async def test_a_group_id_placeholder_expires_after_a_day(deployment_mode):
     """A requested group id is reserved for 24 hours (decision A22): within
     them the group can be created, after them creation answers 404

@@ -115,7 +115,7 @@ def asu(tmp_path):
     a.close()
 
 
-@spec("spec/general_concepts/state_expiration.md#expiration-of-clients", "MUST")
+@spec("spec/general_concepts/state_expiration.md#expiration-of-clients", "informative")
 def test_client_entries_with_expired_credentials_are_removed_with_their_user(asu):
     """"The AS enforces this by removing expired client credentials": the
     entry goes as in account deletion (packages, queue, and the user entry
