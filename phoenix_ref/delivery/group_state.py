@@ -28,10 +28,9 @@ from typing import Callable
 from ..codec import U32, U64, DecodeError, VarBytes, decode, encode, optional, struct, vec
 from ..crypto import NN, CryptoError, aead_open, aead_seal, random_bytes
 from ..ids import GroupId
-from ..mls.messages import AuthenticatedContent, GroupInfo, Node
+from ..mls.messages import AuthenticatedContent, GroupInfo
 from ..mls.public_group import PublicGroup
 from ..mls.transcript import TranscriptHashes
-from ..mls.messages import LeafNode, ParentNode
 from ..mls.tree import RatchetTree, RatchetTreeWire
 from ..queuing.messages import ClientQueueConfig
 from .messages import EAR_KEY_LEN, LeafCredentialInformation
@@ -96,7 +95,10 @@ class PastGroupState:
     @classmethod
     def of(cls, epoch: int, tree: RatchetTree, chains: list[LeafCredentialInformation],
            joiners: list[Joiner]) -> "PastGroupState":
-        return cls(epoch, _items(tree.to_bytes()), _items(encode(chains, _CHAINS)), joiners)
+        # the items of the RatchetTreeWire, an ``optional<Node>`` each (a
+        # presence byte, then the Node), from the nodes' kept encodings
+        nodes = b"".join(b"\x00" if e is None else b"\x01" + e for e in tree.to_encoded())
+        return cls(epoch, nodes, _items(encode(chains, _CHAINS)), joiners)
 
     def tree_nodes(self) -> list:
         return decode(RatchetTreeWire, encode(self.public_tree, VarBytes))
@@ -166,10 +168,6 @@ class _Entries:
         if kept is not None and kept[0] is value:
             return kept[1]
         return encode_fresh(value)
-
-
-def _encode_node(value: "LeafNode | ParentNode") -> bytes:
-    return encode(Node.of(value))
 
 
 def _encode_profile(profile: ClientProfile) -> bytes:
@@ -246,9 +244,7 @@ class GroupState:
     def to_bytes(self) -> bytes:
         pg = self.public
         entries = self._entries
-        nodes = pg.tree.to_values()
-        wire = GroupStateWire(pg.group_info,
-                              [None if v is None else entries.encoded(v, _encode_node) for v in nodes],
+        wire = GroupStateWire(pg.group_info, pg.tree.to_encoded(),
                               pg.transcript.interim, pg.proposals.contents(),
                               [entries.encoded(p, _encode_profile) for _, p in sorted(self.clients.items())],
                               [UserProfile(u) for u in self.users],
@@ -266,9 +262,7 @@ class GroupState:
         entries = _Entries()
         gi = wire.group_info
         ctx = gi.group_context
-        tree = RatchetTree.from_nodes([None if b is None else entries.decoded(decode(Node, b).value, b)
-                                       for b in wire.public_tree])
-        tree.restore_node_hashes(wire.tree_hashes)
+        tree = RatchetTree.from_encoded(wire.public_tree, wire.tree_hashes)
         public = PublicGroup(ctx, tree,
                              TranscriptHashes(ctx.confirmed_transcript_hash, wire.interim_transcript_hash), gi)
         for content in wire.proposals:
