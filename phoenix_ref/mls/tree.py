@@ -265,10 +265,11 @@ class RatchetTree:
 
     def copy(self) -> "RatchetTree":
         """An independent tree (nodes are immutable; the hash cache is kept)."""
+        self._counts()   # built once here rather than by each copy
         other = RatchetTree.__new__(RatchetTree)
         other._nodes = self._nodes.copy()
         other._hashes = list(self._hashes)
-        other._enc_keys = None if self._enc_keys is None else dict(self._enc_keys)
+        other._enc_keys = dict(self._enc_keys)
         other._sig_keys = dict(self._sig_keys)
         other._cred_types = dict(self._cred_types)
         return other
@@ -381,12 +382,38 @@ class RatchetTree:
 
     def resolution(self, x: int) -> list[int]:
         """Node indices covering the non-blank descendants of ``x`` (§4.1.2)."""
-        if tm.is_leaf(x):
-            return [] if self._blank(x) else [x]   # a leaf is not decoded for this
-        v = self._nodes[x]
-        if v is not None:
-            return [x] + [2 * leaf for leaf in v.unmerged_leaves]
-        return self.resolution(tm.left(x)) + self.resolution(tm.right(x))
+        # Iterative, left to right, carrying each node's level (the children
+        # of node y at level k > 0 are y -/+ 2^(k-1)); leaves are not decoded.
+        nodes, found = self._nodes, []
+        stack = [(x, tm.level(x))]
+        while stack:
+            y, k = stack.pop()
+            if k == 0:
+                if not self._blank(y):
+                    found.append(y)
+                continue
+            v = nodes[y]
+            if v is not None:
+                found.append(y)
+                found.extend(2 * leaf for leaf in v.unmerged_leaves)
+            else:
+                half = 1 << (k - 1)
+                stack.append((y + half, k - 1))
+                stack.append((y - half, k - 1))
+        return found
+
+    def _has_nonblank(self, x: int) -> bool:
+        """Whether the resolution of ``x`` is not empty (stops at the first non-blank node)."""
+        stack = [(x, tm.level(x))]
+        while stack:
+            y, k = stack.pop()
+            if not self._blank(y):
+                return True
+            if k:
+                half = 1 << (k - 1)
+                stack.append((y + half, k - 1))
+                stack.append((y - half, k - 1))
+        return False
 
     def direct_path(self, leaf_index: int) -> list[int]:
         return tm.direct_path(2 * leaf_index, self.n_leaves)
@@ -403,7 +430,7 @@ class RatchetTree:
         """(direct path node, its copath child) for the filtered direct path."""
         x, n = 2 * leaf_index, self.n_leaves
         return [(p, c) for p, c in zip(tm.direct_path(x, n), tm.copath(x, n))
-                if self.resolution(c)]
+                if self._has_nonblank(c)]
 
     # --- extend / truncate and the proposals (§7.7, §12.1) --------------------------------
 
