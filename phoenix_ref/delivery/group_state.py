@@ -62,12 +62,6 @@ class ClientProfile:
 
 
 @struct
-class UserProfile:
-    """``#ds-state`` user profile: the leaves of one user (one, A6)."""
-    leaves: vec(U32)
-
-
-@struct
 class Joiner:
     """A client expected to pick up a past group state: its KeyPackageRef,
     its leaf and the end of its KeyPackage's lifetime (seconds)."""
@@ -131,7 +125,12 @@ class GroupStateWire:
     interim_transcript_hash: VarBytes
     proposals: vec(AuthenticatedContent)
     clients: vec(VarBytes)
-    users: vec(UserProfile)
+    #: the user profiles (``#ds-state``: the leaves of each user, one, A6)
+    #: as two integer vectors, each read in one go: how many leaves each
+    #: user has, and their leaves, user after user (a vector of per-user
+    #: structs cost ~6 ms to decode at n = 1024)
+    user_sizes: vec(U32)
+    user_leaves: vec(U32)
     past_states: vec(PastGroupState)
     queue_id_decryption_key: VarBytes
     #: the tree hash of every node of ``public_tree`` (``RatchetTree.node_hashes``):
@@ -247,7 +246,7 @@ class GroupState:
         wire = GroupStateWire(pg.group_info, pg.tree.to_encoded(),
                               pg.transcript.interim, pg.proposals.contents(),
                               [entries.encoded(p, _encode_profile) for _, p in sorted(self.clients.items())],
-                              [UserProfile(u) for u in self.users],
+                              [len(u) for u in self.users], [i for u in self.users for i in u],
                               self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes(),
                               self.recent_commits)
         return encode(wire)
@@ -268,7 +267,11 @@ class GroupState:
         for content in wire.proposals:
             public.proposals.add(content)
         clients = [entries.decoded(decode(ClientProfile, b), b) for b in wire.clients]
-        return cls(group_id, public, {p.leaf_index: p for p in clients}, [list(u.leaves) for u in wire.users],
+        users, at = [], 0
+        for size in wire.user_sizes:
+            users.append(wire.user_leaves[at:at + size])
+            at += size
+        return cls(group_id, public, {p.leaf_index: p for p in clients}, users,
                    list(wire.past_states), wire.queue_id_decryption_key,
                    [bytes(d) for d in wire.recent_commits], _entries=entries)
 
