@@ -119,7 +119,9 @@ class GroupStateWire:
     all of the bytes, are stored as one encoded entry each (an ``opaque<V>``
     holding a ``Node``, absent for a blank node; one holding a
     ``ClientProfile``), so that writing the state back re-encodes only the
-    entries a request changed (:class:`_Entries`)."""
+    entries a request changed (:meth:`RatchetTree.to_encoded`,
+    :class:`_Entries`), and opening it decodes a node only when a request
+    reads it (:meth:`RatchetTree.from_encoded`)."""
     group_info: GroupInfo
     public_tree: vec(optional(VarBytes))
     interim_transcript_hash: VarBytes
@@ -142,13 +144,14 @@ class GroupStateWire:
 
 
 class _Entries:
-    """The encoding of every tree node and client profile a state was read
+    """The encoding of every client profile a state was read
     from, kept while the state lives, so that :meth:`GroupState.to_bytes`
     copies the bytes of what a request left unchanged (at n = 1024 a commit
-    changes a dozen nodes and one profile of ~3000 entries, and encoding them
-    all again cost about as much as the rest of the commit).
+    changes one profile of 1024, and encoding them all again cost about as
+    much as the rest of the commit). Tree nodes keep theirs in the tree
+    (:class:`~phoenix_ref.mls.tree.EncodedNodes`).
 
-    Keyed by the identity of the decoded object: nodes and profiles are
+    Keyed by the identity of the decoded object: profiles are
     frozen dataclasses, replaced, never changed, so an object still held
     here (the entry keeps it alive, its id cannot be reused) still has the
     encoding it was decoded from."""
