@@ -229,3 +229,34 @@ def test_tree_hash_cache_recomputes_only_the_direct_path():
             assert tree._hashes[x] == before[x]
     fresh = t.RatchetTree.from_nodes(tree.to_nodes())
     assert tree.tree_hash() == fresh.tree_hash()
+
+
+@pytest.mark.parametrize("vector", vector_params("tree-operations.json"))
+def test_tree_restored_node_by_node_behaves_as_decoded(vector):
+    """A tree restored from per-node encodings (the DS's, decoded on first
+    read) gives the same resolutions, key counts, hashes and results of the
+    proposals as the decoded tree, and writes back the entries it kept."""
+    plain = t.RatchetTree.from_bytes(bytes.fromhex(vector["tree_before"]))
+    entries = plain.to_encoded()
+    lazy = t.RatchetTree.from_encoded(entries, plain.node_hashes())
+    assert lazy.to_encoded() == entries
+    for x in range(plain.width):
+        assert lazy.resolution(x) == plain.resolution(x)
+    for _, leaf in plain.leaves():
+        assert lazy.signature_key_count(leaf.signature_key) == plain.signature_key_count(leaf.signature_key)
+        assert lazy.encryption_key_in_use(leaf.encryption_key)
+    assert lazy.credential_types_in_use() == plain.credential_types_in_use()
+    proposal = m.decode_proposal(bytes.fromhex(vector["proposal"]))
+    copy = lazy.copy()
+    if isinstance(proposal, m.Add):
+        copy.add_leaf(proposal.key_package.leaf_node)
+    elif isinstance(proposal, m.Update):
+        copy.update_leaf(vector["proposal_sender"], proposal.leaf_node)
+    else:
+        copy.remove_leaf(proposal.removed)
+    assert copy.to_bytes().hex() == vector["tree_after"]
+    assert copy.tree_hash().hex() == vector["tree_hash_after"]
+    after = bytes.fromhex(vector["tree_after"])   # the items follow a varint length (RFC 9420 §2.1.2)
+    assert b"".join(b"\x00" if e is None else b"\x01" + e for e in copy.to_encoded()) \
+        == after[1 << (after[0] >> 6):]
+    assert lazy.to_encoded() == entries   # the copy's changes stay in the copy

@@ -28,10 +28,9 @@ from typing import Callable
 from ..codec import U32, U64, DecodeError, VarBytes, decode, encode, optional, struct, vec
 from ..crypto import NN, CryptoError, aead_open, aead_seal, random_bytes
 from ..ids import GroupId
-from ..mls.messages import AuthenticatedContent, GroupInfo, Node
+from ..mls.messages import AuthenticatedContent, GroupInfo
 from ..mls.public_group import PublicGroup
 from ..mls.transcript import TranscriptHashes
-from ..mls.messages import LeafNode, ParentNode
 from ..mls.tree import RatchetTree, RatchetTreeWire
 from ..queuing.messages import ClientQueueConfig
 from .messages import EAR_KEY_LEN, LeafCredentialInformation
@@ -63,12 +62,6 @@ class ClientProfile:
 
 
 @struct
-class UserProfile:
-    """``#ds-state`` user profile: the leaves of one user (one, A6)."""
-    leaves: vec(U32)
-
-
-@struct
 class Joiner:
     """A client expected to pick up a past group state: its KeyPackageRef,
     its leaf and the end of its KeyPackage's lifetime (seconds)."""
@@ -96,7 +89,10 @@ class PastGroupState:
     @classmethod
     def of(cls, epoch: int, tree: RatchetTree, chains: list[LeafCredentialInformation],
            joiners: list[Joiner]) -> "PastGroupState":
-        return cls(epoch, _items(tree.to_bytes()), _items(encode(chains, _CHAINS)), joiners)
+        # the items of the RatchetTreeWire, an ``optional<Node>`` each (a
+        # presence byte, then the Node), from the nodes' kept encodings
+        nodes = b"".join(b"\x00" if e is None else b"\x01" + e for e in tree.to_encoded())
+        return cls(epoch, nodes, _items(encode(chains, _CHAINS)), joiners)
 
     def tree_nodes(self) -> list:
         return decode(RatchetTreeWire, encode(self.public_tree, VarBytes))
@@ -123,13 +119,20 @@ class GroupStateWire:
     all of the bytes, are stored as one encoded entry each (an ``opaque<V>``
     holding a ``Node``, absent for a blank node; one holding a
     ``ClientProfile``), so that writing the state back re-encodes only the
-    entries a request changed (:class:`_Entries`)."""
+    entries a request changed (:meth:`RatchetTree.to_encoded`,
+    :class:`_Entries`), and opening it decodes a node only when a request
+    reads it (:meth:`RatchetTree.from_encoded`)."""
     group_info: GroupInfo
     public_tree: vec(optional(VarBytes))
     interim_transcript_hash: VarBytes
     proposals: vec(AuthenticatedContent)
     clients: vec(VarBytes)
-    users: vec(UserProfile)
+    #: the user profiles (``#ds-state``: the leaves of each user, one, A6)
+    #: as two integer vectors, each read in one go: how many leaves each
+    #: user has, and their leaves, user after user (a vector of per-user
+    #: structs cost ~6 ms to decode at n = 1024)
+    user_sizes: vec(U32)
+    user_leaves: vec(U32)
     past_states: vec(PastGroupState)
     queue_id_decryption_key: VarBytes
     #: the tree hash of every node of ``public_tree`` (``RatchetTree.node_hashes``):
@@ -141,13 +144,14 @@ class GroupStateWire:
 
 
 class _Entries:
-    """The encoding of every tree node and client profile a state was read
+    """The encoding of every client profile a state was read
     from, kept while the state lives, so that :meth:`GroupState.to_bytes`
     copies the bytes of what a request left unchanged (at n = 1024 a commit
-    changes a dozen nodes and one profile of ~3000 entries, and encoding them
-    all again cost about as much as the rest of the commit).
+    changes one profile of 1024, and encoding them all again cost about as
+    much as the rest of the commit). Tree nodes keep theirs in the tree
+    (:class:`~phoenix_ref.mls.tree.EncodedNodes`).
 
-    Keyed by the identity of the decoded object: nodes and profiles are
+    Keyed by the identity of the decoded object: profiles are
     frozen dataclasses, replaced, never changed, so an object still held
     here (the entry keeps it alive, its id cannot be reused) still has the
     encoding it was decoded from."""
@@ -166,10 +170,6 @@ class _Entries:
         if kept is not None and kept[0] is value:
             return kept[1]
         return encode_fresh(value)
-
-
-def _encode_node(value: "LeafNode | ParentNode") -> bytes:
-    return encode(Node.of(value))
 
 
 def _encode_profile(profile: ClientProfile) -> bytes:
@@ -246,12 +246,10 @@ class GroupState:
     def to_bytes(self) -> bytes:
         pg = self.public
         entries = self._entries
-        nodes = pg.tree.to_values()
-        wire = GroupStateWire(pg.group_info,
-                              [None if v is None else entries.encoded(v, _encode_node) for v in nodes],
+        wire = GroupStateWire(pg.group_info, pg.tree.to_encoded(),
                               pg.transcript.interim, pg.proposals.contents(),
                               [entries.encoded(p, _encode_profile) for _, p in sorted(self.clients.items())],
-                              [UserProfile(u) for u in self.users],
+                              [len(u) for u in self.users], [i for u in self.users for i in u],
                               self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes(),
                               self.recent_commits)
         return encode(wire)
@@ -266,15 +264,17 @@ class GroupState:
         entries = _Entries()
         gi = wire.group_info
         ctx = gi.group_context
-        tree = RatchetTree.from_nodes([None if b is None else entries.decoded(decode(Node, b).value, b)
-                                       for b in wire.public_tree])
-        tree.restore_node_hashes(wire.tree_hashes)
+        tree = RatchetTree.from_encoded(wire.public_tree, wire.tree_hashes)
         public = PublicGroup(ctx, tree,
                              TranscriptHashes(ctx.confirmed_transcript_hash, wire.interim_transcript_hash), gi)
         for content in wire.proposals:
             public.proposals.add(content)
         clients = [entries.decoded(decode(ClientProfile, b), b) for b in wire.clients]
-        return cls(group_id, public, {p.leaf_index: p for p in clients}, [list(u.leaves) for u in wire.users],
+        users, at = [], 0
+        for size in wire.user_sizes:
+            users.append(wire.user_leaves[at:at + size])
+            at += size
+        return cls(group_id, public, {p.leaf_index: p for p in clients}, users,
                    list(wire.past_states), wire.queue_id_decryption_key,
                    [bytes(d) for d in wire.recent_commits], _entries=entries)
 

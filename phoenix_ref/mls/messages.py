@@ -50,7 +50,7 @@ from ..codec import (
     U8, U16, U32, U64, DecodeError, EncodeError, Reader, VarBytes, WireType,
     decode, encode, enum, fixed, optional, struct, variant, vec, wire_type_of,
 )
-from ..codec import select_struct, selected
+from ..codec import keep_encoding, select_struct, selected
 
 # --- enums and plain integer types (§6, §7.2, §12.1, §17) --------------------
 
@@ -447,6 +447,7 @@ class ProposalOrRef:
         return cls(ProposalOrRefType.reference, reference=ref)
 
 
+@keep_encoding   # encoded several times by a receiver (signed content, transcript, ...)
 @struct
 class Commit:
     proposals: vec(ProposalOrRef)

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Sequence
 from dataclasses import replace
 
 from .. import crypto
-from ..codec import U8, U32, VarBytes, decode, encode, enum, optional, struct
+from ..codec import U8, U32, Reader, VarBytes, decode, encode, enum, optional, struct
 from . import MlsError
 from . import tree_math as tm
 from .extensions import ExtensionError, RequiredCapabilities, check_unique, get_extension
@@ -151,37 +151,57 @@ class RatchetTree:
     ``ratchet_tree`` wire form) or :meth:`single` (a new group's creator).
     """
 
-    def __init__(self, nodes: list[TreeNode]):
+    def __init__(self, nodes: "list[TreeNode] | EncodedNodes"):
         """``nodes`` must already be a full tree (length ``2^(d+1) - 1``)."""
         self._nodes = nodes
         self._hashes: list[bytes | None] = [None] * len(nodes)
         # Occurrence counts kept up to date by _set, so that a Commit's
-        # uniqueness and capability checks (§7.3) need no scan of the tree.
-        self._enc_keys: dict[bytes, int] = {}
+        # uniqueness and capability checks (§7.3) need no scan of the tree;
+        # built on first use (:meth:`_counts`), None until then.
+        self._enc_keys: dict[bytes, int] | None = None
         self._sig_keys: dict[bytes, int] = {}
         self._cred_types: dict[int, int] = {}
-        for v in nodes:
-            self._count(v, 1)
+
+    def _counts(self) -> None:
+        """Build the occurrence counts, once. The nodes of a tree restored
+        with :meth:`from_encoded` give their keys without being decoded."""
+        if self._enc_keys is not None:
+            return
+        self._enc_keys = {}
+        if isinstance(self._nodes, EncodedNodes):
+            for summary in self._nodes.key_summaries():
+                self._count_keys(summary, 1)
+        else:
+            for v in self._nodes:
+                self._count(v, 1)
 
     def _count(self, v: TreeNode, delta: int) -> None:
-        if v is None:
+        if v is not None:
+            self._count_keys(_key_summary(v), delta)
+
+    def _count_keys(self, summary: "tuple[bytes, bytes | None, int | None] | None", delta: int) -> None:
+        if summary is None:
             return
-        _bump(self._enc_keys, v.encryption_key, delta)
-        if isinstance(v, LeafNode):
-            _bump(self._sig_keys, v.signature_key, delta)
-            _bump(self._cred_types, int(v.credential.credential_type), delta)
+        enc, sig, cred_type = summary
+        _bump(self._enc_keys, enc, delta)
+        if sig is not None:
+            _bump(self._sig_keys, sig, delta)
+            _bump(self._cred_types, cred_type, delta)
 
     def encryption_key_in_use(self, key: bytes) -> bool:
         """Whether some node of the tree has this encryption key."""
+        self._counts()
         return key in self._enc_keys
 
     def signature_key_count(self, key: bytes) -> int:
         """How many leaves have this signature key."""
+        self._counts()
         return self._sig_keys.get(key, 0)
 
     def credential_types_in_use(self, excluding_leaf: int | None = None) -> set[int]:
         """The credential types of the members' leaves (without the one of
         ``excluding_leaf`` if no other leaf uses it)."""
+        self._counts()
         types = set(self._cred_types)
         leaf = self.leaf(excluding_leaf) if excluding_leaf is not None else None
         if leaf is not None and self._cred_types.get(int(leaf.credential.credential_type)) == 1:
@@ -225,12 +245,16 @@ class RatchetTree:
         """Decode ``optional<Node> ratchet_tree<V>``; raises DecodeError or TreeStructureError."""
         return cls.from_nodes(decode(RatchetTreeWire, data))
 
+    def _end(self) -> int:
+        """The number of nodes without trailing blanks (§12.4.3.3)."""
+        end = len(self._nodes)
+        while end > 0 and self._blank(end - 1):
+            end -= 1
+        return end
+
     def to_values(self) -> list[TreeNode]:
         """The LeafNode / ParentNode / None of every node, without trailing blanks (§12.4.3.3)."""
-        end = len(self._nodes)
-        while end > 0 and self._nodes[end - 1] is None:
-            end -= 1
-        return self._nodes[:end]
+        return self._nodes[:self._end()]
 
     def to_nodes(self) -> list[Node | None]:
         """The ``ratchet_tree`` node list, without trailing blanks (§12.4.3.3)."""
@@ -241,8 +265,9 @@ class RatchetTree:
 
     def copy(self) -> "RatchetTree":
         """An independent tree (nodes are immutable; the hash cache is kept)."""
+        self._counts()   # built once here rather than by each copy
         other = RatchetTree.__new__(RatchetTree)
-        other._nodes = list(self._nodes)
+        other._nodes = self._nodes.copy()
         other._hashes = list(self._hashes)
         other._enc_keys = dict(self._enc_keys)
         other._sig_keys = dict(self._sig_keys)
@@ -250,7 +275,36 @@ class RatchetTree:
         return other
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RatchetTree) and self._nodes == other._nodes
+        return isinstance(other, RatchetTree) and list(self._nodes) == list(other._nodes)
+
+    # --- a holder that stores the tree node by node (the DS) ----------------------------
+
+    @classmethod
+    def from_encoded(cls, entries: Sequence[bytes | None], node_hashes: bytes = b"") -> "RatchetTree":
+        """A tree from the encoded ``Node`` of each node (None for a blank),
+        as :meth:`to_encoded` gave them, with the hash cache of
+        :meth:`node_hashes`. Nodes are decoded when first read
+        (:class:`EncodedNodes`): a request that reads a dozen nodes of a
+        large tree decodes a dozen. The caller vouches that the entries are
+        those of a valid tree (they are not checked, not even decoded)."""
+        items = list(entries)
+        width = 1
+        while width < len(items):
+            width = 2 * width + 1
+        tree = cls(EncodedNodes(items + [None] * (width - len(items))))
+        tree.restore_node_hashes(node_hashes)
+        return tree
+
+    def to_encoded(self, encode_node=None) -> list[bytes | None]:
+        """The encoded ``Node`` of every node (None for a blank), without
+        trailing blanks: those of :meth:`from_encoded` that were not changed
+        are given back as they came, the others are encoded by
+        ``encode_node(value)`` (by default ``encode(Node.of(value))``)."""
+        encode_node = encode_node or _encode_node
+        end = self._end()
+        if isinstance(self._nodes, EncodedNodes):
+            return self._nodes.encoded(end, encode_node)
+        return [None if v is None else encode_node(v) for v in self._nodes[:end]]
 
     # --- access ------------------------------------------------------------------------
 
@@ -287,13 +341,23 @@ class RatchetTree:
             if leaf is not None:
                 yield i, leaf
 
+    def leaf_indices(self) -> list[int]:
+        """The indices of the non-blank leaves, left to right (none is decoded)."""
+        return [i for i in range(self.n_leaves) if not self._blank(2 * i)]
+
     def member_count(self) -> int:
-        return sum(1 for _ in self.leaves())
+        return len(self.leaf_indices())
+
+    def _blank(self, x: int) -> bool:
+        """Whether node ``x`` is blank (without decoding it)."""
+        nodes = self._nodes
+        return nodes.is_blank(x) if isinstance(nodes, EncodedNodes) else nodes[x] is None
 
     def _set(self, x: int, value: TreeNode) -> None:
         """Every node change goes here: it drops the cached hashes of ``x`` and its ancestors."""
-        self._count(self._nodes[x], -1)
-        self._count(value, 1)
+        if self._enc_keys is not None:
+            self._count(self._nodes[x], -1)
+            self._count(value, 1)
         self._nodes[x] = value
         self._hashes[x] = None
         for p in tm.direct_path(x, self.n_leaves):
@@ -318,14 +382,38 @@ class RatchetTree:
 
     def resolution(self, x: int) -> list[int]:
         """Node indices covering the non-blank descendants of ``x`` (§4.1.2)."""
-        v = self._nodes[x]
-        if v is not None:
-            if isinstance(v, ParentNode):
-                return [x] + [2 * leaf for leaf in v.unmerged_leaves]
-            return [x]
-        if tm.is_leaf(x):
-            return []
-        return self.resolution(tm.left(x)) + self.resolution(tm.right(x))
+        # Iterative, left to right, carrying each node's level (the children
+        # of node y at level k > 0 are y -/+ 2^(k-1)); leaves are not decoded.
+        nodes, found = self._nodes, []
+        stack = [(x, tm.level(x))]
+        while stack:
+            y, k = stack.pop()
+            if k == 0:
+                if not self._blank(y):
+                    found.append(y)
+                continue
+            v = nodes[y]
+            if v is not None:
+                found.append(y)
+                found.extend(2 * leaf for leaf in v.unmerged_leaves)
+            else:
+                half = 1 << (k - 1)
+                stack.append((y + half, k - 1))
+                stack.append((y - half, k - 1))
+        return found
+
+    def _has_nonblank(self, x: int) -> bool:
+        """Whether the resolution of ``x`` is not empty (stops at the first non-blank node)."""
+        stack = [(x, tm.level(x))]
+        while stack:
+            y, k = stack.pop()
+            if not self._blank(y):
+                return True
+            if k:
+                half = 1 << (k - 1)
+                stack.append((y + half, k - 1))
+                stack.append((y - half, k - 1))
+        return False
 
     def direct_path(self, leaf_index: int) -> list[int]:
         return tm.direct_path(2 * leaf_index, self.n_leaves)
@@ -342,7 +430,7 @@ class RatchetTree:
         """(direct path node, its copath child) for the filtered direct path."""
         x, n = 2 * leaf_index, self.n_leaves
         return [(p, c) for p, c in zip(tm.direct_path(x, n), tm.copath(x, n))
-                if self.resolution(c)]
+                if self._has_nonblank(c)]
 
     # --- extend / truncate and the proposals (§7.7, §12.1) --------------------------------
 
@@ -357,18 +445,19 @@ class RatchetTree:
         """Halve the tree while its right half has no non-blank leaf (§7.7, §12.1.3)."""
         while self.n_leaves > 1:
             half = self.n_leaves // 2
-            if any(self._nodes[2 * i] is not None for i in range(half, self.n_leaves)):
+            if any(not self._blank(2 * i) for i in range(half, self.n_leaves)):
                 return
             width = tm.node_width(half)
-            for v in self._nodes[width:]:
-                self._count(v, -1)
+            if self._enc_keys is not None:
+                for v in self._nodes[width:]:
+                    self._count(v, -1)
             del self._nodes[width:]
             del self._hashes[width:]
 
     def free_leaf_index(self) -> int:
         """Where the next Add goes: the leftmost blank leaf, or the first new one (§12.1.1)."""
         for i in range(self.n_leaves):
-            if self._nodes[2 * i] is None:
+            if self._blank(2 * i):
                 return i
         return self.n_leaves
 
@@ -633,6 +722,113 @@ def _parent_hash(encryption_key: bytes, parent_hash: bytes, original_sibling_tre
     return crypto.hash_(encode(ParentHashInput(encryption_key, parent_hash, original_sibling_tree_hash)))
 
 
+def _key_summary(v: LeafNode | ParentNode) -> tuple[bytes, bytes | None, int | None]:
+    """What the occurrence counts of :class:`RatchetTree` take from a node:
+    its encryption key and, for a leaf, its signature key and credential type."""
+    if isinstance(v, LeafNode):
+        return v.encryption_key, v.signature_key, int(v.credential.credential_type)
+    return v.encryption_key, None, None
+
+
+def _encode_node(value: LeafNode | ParentNode) -> bytes:
+    return encode(Node.of(value))
+
+
+class _Encoded:
+    """One node of :class:`EncodedNodes` as it was stored: its encoded
+    ``Node``, decoded on first read (and then kept, also for the copies of
+    the list that share this cell)."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.value: LeafNode | ParentNode | None = None
+
+    def get(self) -> LeafNode | ParentNode:
+        if self.value is None:
+            self.value = decode(Node, self.data).value
+        return self.value
+
+
+class EncodedNodes:
+    """The node array of a tree restored node by node
+    (:meth:`RatchetTree.from_encoded`, the DS's stored trees): each stored
+    node stays encoded until it is read, then is decoded once. A node set
+    since replaces its cell, so :meth:`encoded` knows which stored encodings
+    still hold. At n = 1024 opening the state decoded some 2000 nodes, the
+    leaves large with their LeafCredential, for a commit that reads a
+    dozen; the key counts a commit needs come from the head of each
+    encoding (:meth:`key_summaries`).
+
+    Supports what :class:`RatchetTree` does with its plain list of nodes:
+    ``len``, indexing and slicing (decoding), assignment, iteration,
+    ``extend``, ``del`` of a tail slice and ``copy``."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, entries: list[bytes | None]):
+        self._items: list = [None if b is None else _Encoded(bytes(b)) for b in entries]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, x):
+        if isinstance(x, slice):
+            return [v.get() if type(v) is _Encoded else v for v in self._items[x]]
+        v = self._items[x]
+        return v.get() if type(v) is _Encoded else v
+
+    def __setitem__(self, x: int, value: TreeNode) -> None:
+        self._items[x] = value
+
+    def __delitem__(self, x: slice) -> None:
+        del self._items[x]
+
+    def __iter__(self) -> Iterator[TreeNode]:
+        return iter(self[:])
+
+    def extend(self, values: Iterable[TreeNode]) -> None:
+        self._items.extend(values)
+
+    def copy(self) -> "EncodedNodes":
+        other = EncodedNodes.__new__(EncodedNodes)
+        other._items = list(self._items)
+        return other
+
+    def is_blank(self, x: int) -> bool:
+        return self._items[x] is None
+
+    def encoded(self, end: int, encode_node) -> list[bytes | None]:
+        """The encoding of each of the first ``end`` nodes: the stored one if
+        the node was not set since, else ``encode_node(value)``."""
+        return [v if v is None else v.data if type(v) is _Encoded else encode_node(v)
+                for v in self._items[:end]]
+
+    def key_summaries(self) -> Iterator[tuple[bytes, bytes | None, int | None] | None]:
+        """:func:`_key_summary` of every node, None for a blank. A stored
+        node not yet decoded is not decoded for this: LeafNode and
+        ParentNode both begin with ``encryption_key<V>``, a LeafNode goes on
+        with ``signature_key<V>`` and its credential's ``uint16``
+        credential_type (§7.2), read here from the head of the encoding."""
+        for v in self._items:
+            if v is None:
+                yield None
+            elif type(v) is _Encoded:
+                if v.value is not None:
+                    yield _key_summary(v.value)
+                    continue
+                r = Reader(v.data)
+                node_type = r.take(1)[0]
+                enc = r.take_prefixed()
+                if node_type == NodeType.leaf:
+                    yield enc, r.take_prefixed(), int.from_bytes(r.take(2), "big")
+                else:
+                    yield enc, None, None
+            else:
+                yield _key_summary(v)
+
+
 def _bump(counts: dict, key, delta: int) -> None:
     n = counts.get(key, 0) + delta
     if n:
@@ -767,6 +963,6 @@ __all__ = [
     "LeafSignatureError", "CapabilitiesError", "LifetimeError", "DuplicateLeafExtension",
     "MAX_LEAF_LIFETIME_SECONDS", "check_lifetime", "LeafNodeHashInput", "ParentNodeHashInput",
     "TreeHashInput", "ParentHashInput", "DEFAULT_EXTENSION_TYPES", "DEFAULT_PROPOSAL_TYPES",
-    "RatchetTree", "verify_leaf_signature", "sign_leaf_node", "validate_leaf_node",
+    "RatchetTree", "EncodedNodes", "verify_leaf_signature", "sign_leaf_node", "validate_leaf_node",
     "check_group_support", "check_extensions_listed",
 ]
