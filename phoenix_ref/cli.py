@@ -208,6 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(hosts {', '.join(certificate_names(cfg.domain))}){metrics}", flush=True)
         try:
             trio.run(functools.partial(serve, cfg, homeserver=Homeserver(cfg, request_log=request_log)))
+        except BaseExceptionGroup as group:
+            # Ctrl-C reaches the tasks of two servers: it may come out wrapped in their nurseries
+            if group.split(KeyboardInterrupt)[1] is not None:
+                raise
         finally:
             request_log.close()
         return 0

@@ -403,6 +403,7 @@ async def test_serve_log_format_json_and_metrics_listener(tmp_path):
         proc.send_signal(signal.SIGINT)
         await trio.to_thread.run_sync(lambda: proc.wait(timeout=20))
         err.close()
+    assert proc.returncode == 0, (tmp_path / "stderr").read_text()[-2000:]
 
     assert s.value("phoenix_http_requests_total", service="as", endpoint="request_tokens", status="200") == 1
     assert s.value("phoenix_http_requests_total", service="as", endpoint="init_user_registration", status="200") == 1
