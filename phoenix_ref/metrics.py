@@ -55,7 +55,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import endpoints
 from .federation.discovery import WELL_KNOWN_PATH
-from .federation.outbound import Delivered, OutboundItem, Outcome, Rejected, RetryLater
+from .federation.outbound import Delivered, Outcome, Rejected, RetryLater
 
 __all__ = ["HomeserverMetrics", "metrics_app", "MAX_DOMAINS", "OTHER", "METRICS_PATH"]
 
