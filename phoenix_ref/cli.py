@@ -10,10 +10,16 @@
     ``--peer B=PORT`` adds resolve overrides sending ``B``, ``as.B``, ``ds.B``,
     ``qs.B`` to ``127.0.0.1:PORT`` (labs on one machine).
 
-``phoenix-ref serve --config FILE [--request-log FILE]``
+``phoenix-ref serve --config FILE [--request-log FILE] [--log-format text|json]``
     Serve the homeserver with anycorn over TLS 1.3 (HTTP/2 and 1.1) on Trio.
-    ``--request-log`` appends one JSON line per request served and per
-    federation request sent (:class:`phoenix_ref.http.RequestLog`).
+    Its log goes to stderr, with one line per request served, per federation
+    request sent and per outbound delivery attempt
+    (:class:`phoenix_ref.http.RequestLog`), as text or, with ``--log-format
+    json``, as JSON objects (:mod:`phoenix_ref.logs`). ``--request-log``
+    also appends those request lines, as JSON, to a file. With ``[operator]
+    metrics_listen`` in the config, the same process answers Prometheus
+    scrapes at ``http://ADDRESS:PORT/metrics`` (loopback only, plain HTTP;
+    :mod:`phoenix_ref.metrics`).
 
 ``phoenix-ref demo [--trace FILE] [--keep]``
     Three homeservers on loopback and a story through them, traced from
@@ -42,7 +48,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import admin, client_cli, demo
+from . import admin, client_cli, demo, logs
 from .config import Config, ConfigError
 from .keystore import Keystore, KeystoreError
 # provisioning lives in provision.py (the demo uses it too); it is
@@ -71,8 +77,10 @@ def server_config(config: Config, *, bind: Sequence[str] | None = None, tls: boo
 
     anycorn's own :meth:`~anycorn.Config.create_ssl_context` allows TLS 1.2,
     so the returned config builds its context with :func:`server_ssl_context`
-    instead. ``tls=False`` exists only for the test harness's plain-HTTP
-    variant. Raises ConfigError when the certificate or key is missing.
+    instead. ``tls=False`` serves plain HTTP: the operator's loopback metrics
+    listener and the test harness's plain-HTTP variant, never the public
+    listener of ``phoenix-ref serve``. Raises ConfigError when the
+    certificate or key is missing.
     """
     from anycorn import Config as ServerConfig
 
@@ -116,8 +124,19 @@ async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
     hs = homeserver or Homeserver(config)
     bind = [f"fd://{os.dup(sock.fileno())}"] if sock is not None else None
     sc = server_config(config, bind=bind, tls=tls)
-    await anycorn.serve(hs.asgi, sc, shutdown_trigger=shutdown_trigger,
-                        task_status=task_status or trio.TASK_STATUS_IGNORED)
+    task_status = task_status or trio.TASK_STATUS_IGNORED
+    if config.operator.metrics_listen is None:
+        await anycorn.serve(hs.asgi, sc, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        return
+    # the operator listener: its own plain-HTTP server for GET /metrics in
+    # this process, listening before the public one starts and stopped when
+    # it has stopped (docs/decisions.md, "Metrics on an operator listener")
+    metrics_sc = server_config(config, bind=[config.operator.metrics_listen], tls=False)
+    metrics_sc.alpn_protocols = ["http/1.1"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(anycorn.serve, hs.metrics_asgi, metrics_sc))
+        await anycorn.serve(hs.asgi, sc, shutdown_trigger=shutdown_trigger, task_status=task_status)
+        nursery.cancel_scope.cancel()
 
 
 def _parse_peer(text: str) -> tuple[str, int]:
@@ -150,8 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a homeserver over TLS")
     s.add_argument("--config", required=True, type=Path, help="the homeserver's config.toml")
     s.add_argument("--request-log", type=Path, metavar="FILE",
-                   help="append one JSON line per request served and per federation request sent "
-                        "(time, host, method, path, status; see phoenix_ref/http.py RequestLog)")
+                   help="also append the request lines (one per request served, per federation request "
+                        "sent, per outbound delivery attempt) as JSON to FILE; see phoenix_ref/http.py RequestLog")
+    s.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                   help="how the log on stderr is written: text lines or one JSON object per line "
+                        "(default: %(default)s; see phoenix_ref/logs.py)")
     admin.add_parser(sub)
     demo.add_parser(sub)
     client_cli.add_parser(sub)
@@ -185,14 +207,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_config(cfg)
         from .homeserver import Homeserver
         from .http import RequestLog
-        request_log = RequestLog(args.request_log, cfg.domain) if args.request_log else None
+        logs.configure(args.log_format, domain=cfg.domain)
+        request_log = RequestLog(args.request_log, cfg.domain, logger=logging.getLogger(logs.REQUEST_LOGGER))
+        metrics = (f"; metrics at http://{cfg.operator.metrics_listen}/metrics"
+                   if cfg.operator.metrics_listen else "")
         print(f"serving {cfg.domain} on https://{cfg.listen_host}:{cfg.listen_port} "
-              f"(hosts {', '.join(certificate_names(cfg.domain))})", flush=True)
+              f"(hosts {', '.join(certificate_names(cfg.domain))}){metrics}", flush=True)
         try:
             trio.run(functools.partial(serve, cfg, homeserver=Homeserver(cfg, request_log=request_log)))
+        except BaseExceptionGroup as group:
+            # Ctrl-C reaches the tasks of two servers: it may come out wrapped in their nurseries
+            if group.split(KeyboardInterrupt)[1] is not None:
+                raise
         finally:
-            if request_log is not None:
-                request_log.close()
+            request_log.close()
         return 0
     except (ConfigError, KeystoreError, FileNotFoundError, admin.AdminError) as e:
         print(f"phoenix-ref: {e}", file=sys.stderr)

@@ -39,6 +39,9 @@ Example (every table but the top-level keys is optional)::
     [performance]
     gc_thresholds = [50000, 20, 20]   # CPython's cyclic GC thresholds (default 700, 10, 10)
 
+    [operator]                   # what only the operator reaches; absent keys: off
+    metrics_listen = "127.0.0.1:9464"   # Prometheus GET /metrics, plain HTTP, loopback only
+
 Discovery order and the well-known format: docs/decisions.md, and
 ``federation/discovery.py``.
 """
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
@@ -170,6 +174,60 @@ class Performance:
 
 
 @dataclass(frozen=True)
+class OperatorSettings:
+    """``[operator]``: listeners for the homeserver's operator, never for clients.
+
+    ``metrics_listen`` — ``ADDRESS:PORT`` (IPv6 as ``[ADDRESS]:PORT``) where
+    the same process serves Prometheus metrics at ``GET /metrics`` over
+    plain HTTP (:mod:`phoenix_ref.metrics`); None (the default, and what
+    ``generate-config`` writes) serves none and collects none. The address
+    must be a loopback IP literal: the figures are per peer domain and per
+    endpoint, metadata a homeserver shows to its operator only, and a plain
+    HTTP listener on any other address would show them to the network
+    (docs/decisions.md, "Metrics on an operator listener"; a scraper on
+    another machine reaches it through a tunnel or a TLS proxy the operator
+    runs). The port must differ from the public listener's when both are on
+    one address (checked in :class:`Config`).
+    """
+    metrics_listen: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.metrics_listen is None:
+            return
+        _typed(self.metrics_listen, str, "operator.metrics_listen")
+        host, port = split_host_port(self.metrics_listen, "operator.metrics_listen")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"operator.metrics_listen: {host!r} is not an IP address (write the loopback "
+                              "address, e.g. \"127.0.0.1:9464\" or \"[::1]:9464\")") from None
+        if not ip.is_loopback:
+            raise ConfigError(f"operator.metrics_listen: {host} is not a loopback address; the metrics "
+                              "listener speaks plain HTTP and is for the operator only (reach it from "
+                              "elsewhere through a tunnel or a TLS proxy)")
+        object.__setattr__(self, "metrics_listen", f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``(address, port)`` of the metrics listener, or None when it is off."""
+        if self.metrics_listen is None:
+            return None
+        host, port = split_host_port(self.metrics_listen, "operator.metrics_listen")
+        return host, port
+
+
+def split_host_port(text: str, where: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` or ``"[V6]:PORT"`` → (host, port), the port from 1 to 65535."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"{where}: {text!r}: write an IPv6 address in brackets, [ADDRESS]:PORT")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected ADDRESS:PORT with a port from 1 to 65535, got {text!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
 class Config:
     domain: str
     data_dir: Path
@@ -187,6 +245,7 @@ class Config:
     federation_deny: tuple[str, ...] = ()
     limits: Limits = Limits()
     performance: Performance = Performance()
+    operator: OperatorSettings = OperatorSettings()
 
     def __post_init__(self) -> None:
         # spec/threat_model/stride/security_requirements/operators.md#homeserver-setup:
@@ -232,6 +291,14 @@ class Config:
             set_(f"federation_{which}", names)
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"limits: expected a table, got {self.limits!r}")
+        if not isinstance(self.operator, OperatorSettings):
+            raise ConfigError(f"operator: expected a table, got {self.operator!r}")
+        metrics = self.operator.metrics_address()
+        if metrics is not None and metrics[1] == self.listen_port \
+                and self.listen_host.strip("[]") in (metrics[0], "0.0.0.0", "::", "localhost"):
+            raise ConfigError(f"operator.metrics_listen: {self.operator.metrics_listen} is where the public "
+                              f"listener ({self.listen_host}:{self.listen_port}) is; the operator listener "
+                              "needs a port of its own")
 
     # --- derived values -------------------------------------------------------
 
@@ -282,6 +349,7 @@ class Config:
         fed = _table(raw, "federation", {"allow", "deny"})
         lim = _table(raw, "limits", {f.name for f in dataclasses.fields(Limits)})
         perf = _table(raw, "performance", {"gc_thresholds"})
+        operator = _table(raw, "operator", {f.name for f in dataclasses.fields(OperatorSettings)})
         discovery = _table(raw, "discovery", None)
         resolve = _table(raw, "resolve", None)
         if "domain" not in raw:
@@ -305,6 +373,7 @@ class Config:
             federation_deny=fed.get("deny", ()),
             limits=Limits(**lim),
             performance=Performance(**perf),
+            operator=OperatorSettings(**operator),
         )
 
     def to_toml(self, base: Path | None = None) -> str:
@@ -338,12 +407,20 @@ class Config:
         for f in dataclasses.fields(Limits):
             out.append(f"{f.name} = {getattr(self.limits, f.name)!r}")
         out += ["", "[performance]", f"gc_thresholds = [{', '.join(map(str, self.performance.gc_thresholds))}]"]
+        out += ["", "[operator]"]
+        if self.operator.metrics_listen is None:
+            # off unless the operator asks; the commented line shows how
+            out += ["# Prometheus metrics at GET http://ADDRESS:PORT/metrics, plain HTTP, loopback only "
+                    "(README, \"Metrics and logs\")",
+                    '# metrics_listen = "127.0.0.1:9464"']
+        else:
+            out.append(f"metrics_listen = {_q(self.operator.metrics_listen)}")
         return "\n".join(out) + "\n"
 
 
 _TLS_KEYS = {"cert", "key", "ca_bundle", "min_version"}
 _TOP_LEVEL_KEYS = {"domain", "data_dir", "keys_dir", "listen", "tls", "well_known", "discovery", "resolve",
-                   "federation", "limits", "performance"}
+                   "federation", "limits", "performance", "operator"}
 
 
 def _known_keys(table: dict[str, Any], where: str, known: set[str]) -> None:

@@ -307,10 +307,12 @@ class Diagram:
                 if src not in self.users:
                     continue
                 dst = SHORT[e["hs"]]
-            else:
+            elif e["dir"] == "out":     # "attempt" lines repeat what the "out" lines show
                 src, dst = SHORT[e["hs"]], SHORT.get(e["to"])
                 if dst is None:
                     continue
+            else:
+                continue
             good = ok(e)
             label = endpoint_name(e["path"])
             if not good:

@@ -61,6 +61,7 @@ from .ids import Fqdn, InvalidId
 from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
                    read_body, require_tls)
 from .keystore import Keystore
+from .metrics import HomeserverMetrics, attempt_outcome, metrics_app
 from .privacy_pass_gate import PrivacyPassGate
 from .queues import Queues
 from .queuing import routes as qs_routes
@@ -114,9 +115,15 @@ class Homeserver:
 
     ``clock`` is the wall clock for every service; ``federation_transport``
     replaces the network of the federation client (in-process tests);
-    ``request_log``, if given, gets a line for every request served and
-    every federation request sent (:class:`~phoenix_ref.http.RequestLog`;
-    the caller closes it).
+    ``request_log``, if given, gets a record for every request served, every
+    federation request sent and every outbound delivery attempt
+    (:class:`~phoenix_ref.http.RequestLog`; the caller closes it).
+
+    With ``[operator] metrics_listen`` set, :attr:`metrics` counts what the
+    request log records and what the services report
+    (:mod:`phoenix_ref.metrics`; without a request log from the caller the
+    homeserver makes one that writes nowhere), and :attr:`metrics_asgi` is
+    the app the operator listener serves (``cli.serve`` binds it).
     """
 
     def __init__(self, config: Config, *, clock: Clock | None = None,
@@ -155,9 +162,18 @@ class Homeserver:
         self._background: trio.CancelScope | None = None
         self._background_done: trio.Event | None = None
         self.operator = Operator(self)
+        #: Prometheus counters (None: ``[operator] metrics_listen`` is not set).
+        self.metrics: HomeserverMetrics | None = None
+        if config.operator.metrics_listen is not None:
+            self.metrics = HomeserverMetrics(self.hosts(), outbound_store=lambda: self.qs_store and self.qs_store.outbound,
+                                             now_ms=self.clock.now_ms)
+            if self.request_log is None:
+                self.request_log = RequestLog(None, self.domain)
+            self.request_log.listeners.append(self.metrics.record)
+        self.metrics_asgi = metrics_app(lambda: self.metrics)
         self.app = self._build_app()
         # the request log sees the normalised Host, as the routes do
-        self.asgi = _HostNormaliser(request_log.middleware(self.app) if request_log else self.app)
+        self.asgi = _HostNormaliser(self.request_log.middleware(self.app) if self.request_log else self.app)
 
     # --- app -------------------------------------------------------------------------
 
@@ -210,7 +226,9 @@ class Homeserver:
 
     async def _check_call(self, endpoint: endpoints.Endpoint, call: Call) -> None:
         if endpoint.privacy_pass and self.privacy_pass is not None:
-            await self.privacy_pass(endpoint, call)
+            role = await self.privacy_pass(endpoint, call)
+            if self.metrics is not None and isinstance(role, str):   # the gate says whose token it was
+                self.metrics.redeemed(str(endpoint.service), role)
 
     # --- lifespan ------------------------------------------------------------------------
 
@@ -235,6 +253,8 @@ class Homeserver:
                                            on_request=self.request_log.sent if self.request_log else None)
         self.as_service = AsService(cfg, self.keystore, self.as_store, self.privacy_pass_gate,
                                     self.federation.keys, self.clock)
+        if self.metrics is not None:
+            self.as_service.on_tokens_issued = self.metrics.issued
         self.qs = self._build_qs()
         self.ds = DsService(DsCore(ds_config(cfg), self.keystore.ds_signing_keys), self.ds_store,
                             self.qs.local_enqueue, self.clock)
@@ -245,8 +265,11 @@ class Homeserver:
         core = QsCore(qs_config(self.config), KeystoreQsKeys(self.keystore), store.records,
                       Queues(store.queue_store), store.outbound, transaction=store.transaction,
                       purge_deleted=store.purge_deleted)
-        return QsService(core, self.clock, source_keys=RemoteSourceKeys(self.federation.keys),
-                         on_queue_deleted=self._queue_deleted)
+        qs = QsService(core, self.clock, source_keys=RemoteSourceKeys(self.federation.keys),
+                       on_queue_deleted=self._queue_deleted)
+        if self.metrics is not None:
+            qs.on_batch_received = self.metrics.batch_received.observe
+        return qs
 
     async def _start_background(self) -> None:
         """The QS's outbound sender (pending queues resume at once), the DS's
@@ -254,7 +277,8 @@ class Homeserver:
         limits, qs = self.config.limits, self.qs
         sender = OutboundSender(self.qs_store.outbound, functools.partial(_send_federated, self, qs),
                                 policy=backoff_policy(limits), on_delivered=qs.on_delivered,
-                                now_ms=self.clock.now_ms, max_age_ms=limits.federation_outbound_max_age_s * 1000)
+                                now_ms=self.clock.now_ms, max_age_ms=limits.federation_outbound_max_age_s * 1000,
+                                on_attempt=self._attempted if self.request_log is not None else None)
         self.sweeper = Sweeper(await self._sweep_rules(sender), self.clock.now_ms, limits.sweep_interval_s,
                                name=self.domain)
         self._background = trio.CancelScope()
@@ -301,6 +325,13 @@ class Homeserver:
         sizes = self.ds_store.state_sizes()
         self.ds.core.set_bucket(sizes)
         return len(sizes)
+
+    def _attempted(self, item: OutboundItem, outcome: Outcome, *, attempt: int, seconds: float,
+                   retry_in: float | None) -> None:
+        """An outbound delivery attempt ended: one ``attempt`` record."""
+        kind, extra = attempt_outcome(outcome)
+        self.request_log.attempt(destination=item.destination, outcome=kind, attempt=attempt, ms=seconds * 1000,
+                                 retry_in=retry_in, **extra)
 
     async def watch_operator_changes(self) -> None:
         """Every ``operator_poll_interval_s``: :meth:`check_operator_changes`.
@@ -390,6 +421,8 @@ async def _send_federated(hs, svc: QsService, item: OutboundItem) -> Outcome:
     svc.stats["federated_enqueue_sent"] += 1
     hs.federation.check_federates(item.destination)
     urls = await hs.federation.discovery.discover(item.destination)
+    if hs.metrics is not None:
+        hs.metrics.batch_sent.observe(1)   # one queued message per QsToQsMessage
     return Delivered(await hs.federation.fetcher.request(
         ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
         domain=item.destination, expect=MEDIA_TYPE, retry_safe=True))

@@ -8,8 +8,10 @@ Errors leave as an ``ErrorResponse {code, message}`` body with the status
 of the :class:`~phoenix_ref.errors.ProtocolError` — bad input never gives a
 5xx. Media type of every body: ``application/phoenix`` (docs/decisions.md).
 
-:class:`RequestLog` (opt-in, ``phoenix-ref serve --request-log FILE``)
-writes one JSON line per request served and per federation request sent.
+:class:`RequestLog` makes one record per request served, per federation
+request sent and per outbound delivery attempt, for a JSON-lines file
+(``phoenix-ref serve --request-log FILE``), the log (stderr) and the
+Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -214,44 +216,72 @@ def _error(status: int, code: str, message: str) -> ProtocolError:
 # --- request log -------------------------------------------------------------------------
 
 class RequestLog:
-    """An append-only file of JSON lines: one per request the homeserver
-    served (``"dir": "in"``), written as its answer starts (so a client
-    that has the answer finds the line), and one per request its federation
-    client sent to another homeserver (``"dir": "out"``), written when the
-    answer has arrived or the attempt failed.
+    """One record per request the homeserver served (``"dir": "in"``),
+    written as its answer starts (so a client that has the answer finds the
+    line), one per request its federation client sent to another homeserver
+    (``"dir": "out"``), written when the answer has arrived or the request
+    failed, and one per delivery attempt of its outbound federation queues
+    (``"dir": "attempt"``), written once the attempt's outcome is known.
 
-    ``phoenix-ref serve --request-log FILE`` turns it on; ``phoenix-ref demo``
-    reads it to show what each homeserver did. Every line has ``t`` (Unix
-    time in seconds when the line was written), ``hs`` (the homeserver's
-    domain), ``dir``, ``method``, ``host``, ``path`` (no query string) and
-    ``ms`` (milliseconds from the start of the request until then). An ``in`` line adds
-    ``status`` (101 for an accepted websocket; null when the request ended
-    before any answer, e.g. the client went away) and ``agent`` (the
-    User-Agent, at most 100 characters); an ``out`` line adds ``to`` (the
-    destination domain) and either ``status`` or ``error`` (the failure's
-    class name, e.g. ``Unreachable``). Nothing else — no body, no token, no
-    address (docs/decisions.md, "Request log").
+    Where the records go — any of, each optional:
 
-    Each line goes out in one ``write`` on a file opened with ``O_APPEND``,
-    so several processes may share a file and a reader sees whole lines
-    (a line that is still being written lacks its newline).
+    * ``path``: an append-only file of JSON lines (``phoenix-ref serve
+      --request-log FILE``; ``phoenix-ref demo`` reads it to show what each
+      homeserver did);
+    * ``logger``: a :mod:`logging` record at INFO per line, the entry in its
+      ``request`` attribute (``phoenix-ref serve`` logs them to stderr, as
+      JSON with ``--log-format json``: :mod:`phoenix_ref.logs`);
+    * :attr:`listeners`: callables given each entry (the homeserver's
+      Prometheus metrics count them, :mod:`phoenix_ref.metrics`).
+
+    Every entry has ``t`` (Unix time in seconds when it was written), ``hs``
+    (the homeserver's domain) and ``dir``. ``in`` and ``out`` add ``method``,
+    ``host``, ``path`` (no query string) and ``ms`` (milliseconds from the
+    start of the request until then). An ``in`` entry adds ``status`` (101
+    for an accepted websocket; null when the request ended before any
+    answer, e.g. the client went away) and ``agent`` (the User-Agent, at most
+    100 characters); an ``out`` entry adds ``to`` (the destination domain)
+    and either ``status`` or ``error`` (the failure's class name, e.g.
+    ``Unreachable``). An ``attempt`` entry has ``to``, ``outcome``
+    (``delivered``, ``retry`` or ``dead_letter``), ``attempt`` (1 for the
+    first try of the queue's head), ``ms``, ``retry_in`` (seconds, for a
+    retry) and, for a dead letter, the refusal's ``status`` and ``code``.
+    Nothing else — no body, no token, no address, no client or user id
+    (docs/decisions.md, "Request log").
+
+    Each file line goes out in one ``write`` on a file opened with
+    ``O_APPEND``, so several processes may share a file and a reader sees
+    whole lines (a line that is still being written lacks its newline).
     """
 
-    def __init__(self, path: "os.PathLike[str] | str", domain: str):
+    def __init__(self, path: "os.PathLike[str] | str | None", domain: str, *,
+                 logger: logging.Logger | None = None):
         self.path = path
         self.domain = domain
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.logger = logger
+        #: called with every entry (a dict), before it is written anywhere
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._fd: int | None = None
+        if path is not None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def close(self) -> None:
+        """Close the file (the other sinks go on)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def _write(self, entry: dict[str, Any]) -> None:
-        if self._fd is None:
-            return
-        line = json.dumps({"t": round(time.time(), 4), "hs": self.domain, **entry}, separators=(",", ":"))
-        os.write(self._fd, line.encode() + b"\n")
+        entry = {"t": round(time.time(), 4), "hs": self.domain, **entry}
+        for listener in self.listeners:
+            try:
+                listener(entry)
+            except Exception:   # counting must never cost a request its answer
+                log.exception("a request log listener failed")
+        if self._fd is not None:
+            os.write(self._fd, json.dumps(entry, separators=(",", ":")).encode() + b"\n")
+        if self.logger is not None and self.logger.isEnabledFor(logging.INFO):
+            self.logger.info("%s", LazyText(entry), extra={"request": entry})
 
     def served(self, *, host: str, method: str, path: str, status: int | None, ms: float, agent: str) -> None:
         self._write({"dir": "in", "method": method, "host": host, "path": path[:200], "status": status,
@@ -266,9 +296,33 @@ class RequestLog:
         entry.update({"status": status} if error is None else {"error": error})
         self._write(entry)
 
+    def attempt(self, *, destination: str, outcome: str, attempt: int, ms: float,
+                retry_in: float | None = None, status: int | None = None, code: str | None = None) -> None:
+        entry: dict[str, Any] = {"dir": "attempt", "to": destination, "outcome": outcome, "attempt": attempt,
+                                 "ms": round(ms, 1)}
+        if retry_in is not None:
+            entry["retry_in"] = round(retry_in, 3)
+        if status is not None:
+            entry.update(status=status, code=(code or "")[:100] or None)
+        self._write(entry)
+
     def middleware(self, app: Any) -> Any:
         """``app`` wrapped so that every HTTP request and websocket it serves is logged."""
         return _RequestLogging(app, self)
+
+
+class LazyText:
+    """The text form of a request log entry (``key=value …``), built only if
+    a handler formats the record."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, entry: dict[str, Any]):
+        self.entry = entry
+
+    def __str__(self) -> str:
+        return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
+                        for k, v in self.entry.items() if k != "t")
 
 
 class _RequestLogging:

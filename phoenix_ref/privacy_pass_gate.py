@@ -137,10 +137,11 @@ class PrivacyPassGate:
 
     # --- redemption -------------------------------------------------------------------
 
-    async def __call__(self, endpoint: Any, call: Any) -> None:
+    async def __call__(self, endpoint: Any, call: Any) -> str:
         """Redeem the request's token or raise (module docstring); a row with
-        ``local_only`` set takes local tokens only."""
-        await self.redeem_header(call.headers.get("Authorization"), call.now_ms,
+        ``local_only`` set takes local tokens only. Returns the role of the
+        token's key (``"local"`` or ``"federated"``), for the metrics."""
+        return await self.redeem_header(call.headers.get("Authorization"), call.now_ms,
                                  local_only=bool(getattr(endpoint, "local_only", False)))
 
     async def redeem_header(self, value: str | None, now_ms: int, *, local_only: bool = False) -> str:

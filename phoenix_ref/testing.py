@@ -24,6 +24,8 @@ homeserver's outbound CA bundle. Variants for negative tests:
 :meth:`Deployment.set_down` makes a homeserver unreachable (in-process: its
 connections are refused; sockets: its server is stopped and the port
 closed) and :meth:`Deployment.set_up` brings it back with the same data.
+``metrics=True`` gives every homeserver an operator metrics listener on a
+free loopback port (:meth:`Node.metrics_client` scrapes it).
 
 Time: one :class:`~phoenix_ref.clock.FixedClock` (starting at the real time)
 is shared by every homeserver, so tests move TTLs and expiry by hand.
@@ -57,7 +59,7 @@ import trio
 
 from .cli import generate_config, load_or_create_ca, serve, server_ssl_context, write_server_cert
 from .clock import Clock, FixedClock
-from .config import Config, Limits
+from .config import Config, Limits, OperatorSettings
 from .federation.client import client_ssl_context, https_transport
 from .homeserver import Homeserver
 
@@ -65,6 +67,13 @@ MODES = ("in_process", "sockets")
 DOMAINS = {"hs1": "a.example", "hs2": "b.example", "hs3": "c.example"}
 SERVICES = ("as", "ds", "qs")
 STOP_TIMEOUT_S = 30.0   # teardown: how long the nodes get to stop before they are cancelled
+
+
+def _free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def names_of(domain: str) -> list[str]:
@@ -189,6 +198,18 @@ class Node:
     _stop: trio.Event | None = field(default=None, repr=False)
     _stopped: trio.Event | None = field(default=None, repr=False)
 
+    def metrics_client(self) -> httpx.AsyncClient:
+        """A client of this node's operator metrics listener
+        (``http://ADDRESS:PORT``): over the network in "sockets" mode,
+        straight to the metrics app in-process. The caller closes it."""
+        listen = self.config.operator.metrics_listen
+        if listen is None or self.hs is None:
+            raise RuntimeError(f"{self.name} has no metrics listener (Deployment(metrics=True))")
+        if self.port:
+            return httpx.AsyncClient(base_url=f"http://{listen}", trust_env=False, timeout=10.0)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.hs.metrics_asgi),
+                                 base_url=f"http://{listen}", trust_env=False)
+
     def url(self, service: str, path: str) -> str:
         """The URL of ``path`` on one of this node's services (``""`` for the bare domain)."""
         host = f"{service}.{self.domain}" if service else self.domain
@@ -202,7 +223,7 @@ class Deployment:
     def __init__(self, mode: str = "in_process", names: Sequence[str] = ("hs1", "hs2"), *,
                  wrong_ca: Sequence[str] = (), plain_http: Sequence[str] = (),
                  no_well_known: Sequence[str] = (), clock: FixedClock | None = None,
-                 discovery_overrides: bool = False, limits: Limits | None = None):
+                 discovery_overrides: bool = False, limits: Limits | None = None, metrics: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.mode = mode
@@ -210,6 +231,7 @@ class Deployment:
         self.wrong_ca, self.plain_http, self.no_well_known = set(wrong_ca), set(plain_http), set(no_well_known)
         self.discovery_overrides = discovery_overrides
         self.limits = limits          # every homeserver's config limits (None: defaults)
+        self.metrics = metrics        # every homeserver with an operator metrics listener
         self.clock = clock or FixedClock(Clock().now_ms())
         self.nodes: dict[str, Node] = {}
         self.network = InProcessNetwork(self)
@@ -302,10 +324,12 @@ class Deployment:
             if self.discovery_overrides:
                 overrides = {self._domain(n): {s: f"https://{s}.{self._domain(n)}:{ports.get(n, 443)}"
                                                for s in SERVICES} for n in self.names if n != name}
+            extra: dict[str, Any] = {"limits": self.limits} if self.limits is not None else {}
+            if self.metrics:   # a free loopback port (served in "sockets" mode; in-process, use Node.metrics_client)
+                extra["operator"] = OperatorSettings(metrics_listen=f"127.0.0.1:{_free_port()}")
             cfg = generate_config(d, domain, port=port, test_ca=True, test_ca_dir=self.tmp / "ca",
                                   now_ms=self.clock.now_ms(), resolve=resolve, discovery=overrides,
-                                  well_known_enabled=name not in self.no_well_known,
-                                  **({"limits": self.limits} if self.limits is not None else {}))
+                                  well_known_enabled=name not in self.no_well_known, **extra)
             if name in self.wrong_ca:
                 write_server_cert(other_ca, domain, d)   # replaces cert.pem/key.pem
             node = Node(name, domain, d, cfg, port=ports.get(name, 0),

@@ -11,7 +11,7 @@ from cryptography import x509
 
 from phoenix_ref.cli import generate_config, main
 from phoenix_ref.codec import decode
-from phoenix_ref.config import Config, ConfigError, Limits, Performance
+from phoenix_ref.config import Config, ConfigError, Limits, OperatorSettings, Performance
 from phoenix_ref.credentials import AsCredentialsResponse
 from phoenix_ref.queuing.messages import QsVerifyingKeyResponse
 from phoenix_ref.homeserver import Homeserver, normalise_host
@@ -65,12 +65,35 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
     *((f'domain = "a.example"\n[performance]\ngc_thresholds = {bad}', "performance.gc_thresholds")
       for bad in ("[0, 20, 20]", "[50000, 20]", "[50000, 20, 20, 1]", "50000", '"50000, 20, 20"',
                   "[50000, -1, 20]", "[1.5, 20, 20]", "[true, 20, 20]", "[2147483648, 20, 20]")),
+    ('domain = "a.example"\n[operator]\nbogus = 1', "operator: unknown keys"),
+    ('domain = "a.example"\noperator = "127.0.0.1:9464"', "operator: expected a table"),
+    *((f'domain = "a.example"\n[operator]\nmetrics_listen = {bad}', "operator.metrics_listen")
+      for bad in ('"0.0.0.0:9464"', '"10.1.2.3:9464"', '"[::]:9464"', '"[2001:db8::1]:9464"',   # not loopback
+                  '"localhost:9464"', '"metrics.a.example:9464"',                              # not an address
+                  '"127.0.0.1"', '"127.0.0.1:"', '"127.0.0.1:0"', '"127.0.0.1:65536"', '"127.0.0.1:x"',
+                  '"::1:9464"', '""', "9464", "true", '["127.0.0.1:9464"]')),
+    ('domain = "a.example"\n[listen]\nport = 9464\n[operator]\nmetrics_listen = "127.0.0.1:9464"',
+     "operator.metrics_listen: .* public listener"),
 ])
 def test_bad_config_is_a_config_error(tmp_path, text, needle):
     path = tmp_path / "config.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=needle):
         Config.load(path)
+
+
+@pytest.mark.parametrize("given, stored", [("127.0.0.1:9464", "127.0.0.1:9464"), ("127.8.9.10:1", "127.8.9.10:1"),
+                                           ("[::1]:9464", "[::1]:9464"),
+                                           ("[0:0:0:0:0:0:0:1]:9464", "[::1]:9464")])
+def test_metrics_listen_takes_a_loopback_address(tmp_path, given, stored):
+    cfg = _config(tmp_path, operator=OperatorSettings(metrics_listen=given))
+    assert cfg.operator.metrics_listen == stored
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml(base=tmp_path))
+    assert Config.load(path) == cfg
+    assert f'metrics_listen = "{stored}"' in path.read_text().splitlines()
+    # another port on the public listener's address is fine
+    _config(tmp_path, listen_host="127.0.0.1", listen_port=9465, operator=OperatorSettings(metrics_listen=given))
 
 
 def test_federation_allow_and_deny_lists(tmp_path):

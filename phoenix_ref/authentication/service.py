@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import trio
 
@@ -87,6 +87,9 @@ class AsService:
         self._core: AuthenticationCore | None = None
         self._version: tuple | None = None
         self._lock = trio.Lock()
+        #: ``on_tokens_issued(role, n)``: the AS issued ``n`` Privacy Pass
+        #: tokens to a ``"local"`` or ``"federated"`` client (metrics)
+        self.on_tokens_issued: Callable[[str, int], None] | None = None
 
     def _secrets_version(self, now_ms: int) -> tuple:
         """What the core's secrets depend on; a change means "rebuild them"."""
@@ -159,16 +162,22 @@ class AsService:
             functools.partial(core.init_user_registration, call.body, call.now_ms, source=call.source))
 
     async def request_tokens(self, call: Call) -> Any:
-        """``#token-issuance``, local and federated clients (module docstring)."""
+        """``#token-issuance``, local and federated clients (module docstring).
+        Tells :attr:`on_tokens_issued` how many tokens went out, and to whom."""
         core = await self.core(call.now_ms)
         try:
-            return await trio.to_thread.run_sync(core.request_tokens, call.body, call.now_ms)
+            response = await trio.to_thread.run_sync(core.request_tokens, call.body, call.now_ms)
+            role = "local"   # the core verified the credential without another domain's AS credentials
         except UnknownSigner as e:
             if e.domain is None or e.domain == core.domain:
                 raise
             trust = await self._remote_trust(e.domain, call.body.auth.client_credential.signer_fingerprint)
-        return await trio.to_thread.run_sync(
-            functools.partial(core.request_tokens, call.body, call.now_ms, remote_trust=trust))
+            response = await trio.to_thread.run_sync(
+                functools.partial(core.request_tokens, call.body, call.now_ms, remote_trust=trust))
+            role = "federated"
+        if self.on_tokens_issued is not None:
+            self.on_tokens_issued(role, issued_count(response))
+        return response
 
     async def _remote_trust(self, domain: Fqdn, want_fingerprint: bytes) -> TrustStore:
         """``domain``'s AS credentials from the remote key cache (TLS only)."""
@@ -201,3 +210,8 @@ class AsService:
                 Rule("as inactive alias entries", lambda now: len(core.prune_inactive_aliases(now))),
                 Rule("as expired connection packages", core.expire_connection_packages),
                 Rule("as expired pending OPAQUE handshakes", core.expire_pending)]
+
+
+def issued_count(response: Any) -> int:
+    """How many tokens a TokenResponse carries (one evaluated element each)."""
+    return len(response.tokens.evaluated_msgs)

@@ -211,6 +211,11 @@ class MemoryOutboundStore:
         with self._lock:
             return dict(self._parked)
 
+    def queue_summary(self) -> dict[str, tuple[int, int]]:
+        """Per destination with pending items: (how many, oldest ``enqueued_ms``)."""
+        with self._lock:
+            return {d: (len(q), min(i.enqueued_ms for i in q)) for d, q in self._queues.items() if q}
+
 
 class SqliteOutboundStore:
     """:class:`OutboundStore` in SQLite tables, payloads sealed at rest.
@@ -359,6 +364,14 @@ class SqliteOutboundStore:
             return dict(self._conn.execute(
                 "SELECT destination, COUNT(*) FROM outbound_queue GROUP BY destination").fetchall())
 
+    def queue_summary(self) -> dict[str, tuple[int, int]]:
+        """Per destination with pending items: (how many, oldest ``enqueued_ms``)
+        — one query, for the metrics a scrape computes."""
+        with self._lock:
+            rows = self._conn.execute("SELECT destination, COUNT(*), MIN(enqueued_ms) FROM outbound_queue "
+                                      "GROUP BY destination").fetchall()
+        return {d: (n, oldest) for d, n, oldest in rows}
+
     def dead_letter_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._conn.execute(
@@ -506,6 +519,12 @@ class OutboundSender:
     no attempt has begun on or one the sender finds expired itself; an
     expired message is never sent.
 
+    ``on_attempt(item, outcome, attempt=, seconds=, retry_in=)``: told about
+    every attempt once its outcome is known (``attempt`` counts the tries of
+    this head, from 1; ``retry_in`` is the delay before the next one, for a
+    :class:`RetryLater`) — the homeserver's request log and metrics; an
+    exception it raises is logged and changes nothing.
+
     **Refused messages** (:class:`Rejected`) move to the store's dead
     letters with the answer, and a WARNING names them.
 
@@ -527,8 +546,10 @@ class OutboundSender:
                  on_delivered: Callable[[OutboundItem, bytes], None] | None = None,
                  on_rejected: Callable[[OutboundItem, Rejected], None] | None = None,
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
-                 rng: _random.Random | None = None, max_age_ms: int | None = None):
+                 rng: _random.Random | None = None, max_age_ms: int | None = None,
+                 on_attempt: Callable[..., None] | None = None):
         self.store = store
+        self.on_attempt = on_attempt
         self.send = send
         self.policy = policy
         self.on_delivered = on_delivered
@@ -644,18 +665,31 @@ class OutboundSender:
                 state.failures = 0
                 item = await self._expire(item)
                 continue
+            started = time.monotonic()
             outcome = await self._attempt(item)
+            seconds = time.monotonic() - started
             if isinstance(outcome, RetryLater):
                 state.failures += 1
                 self.stats["retried"] += 1
                 delay = self.policy.delay(state.failures, self.rng, outcome.retry_after)
+                self._tell(item, outcome, state.failures, seconds, delay)
                 log.info("outbound to %s: %s; retry %d in %.1fs",
                          destination, outcome.reason, state.failures, delay)
                 await trio.sleep(delay)
                 continue
+            self._tell(item, outcome, state.failures + 1, seconds, None)
             state.failures = 0
             state.wakeup = trio.Event()
             item = await self._settle(item, outcome)
+
+    def _tell(self, item: OutboundItem, outcome: Outcome, attempt: int, seconds: float,
+              retry_in: float | None) -> None:
+        if self.on_attempt is None:
+            return
+        try:
+            self.on_attempt(item, outcome, attempt=attempt, seconds=seconds, retry_in=retry_in)
+        except Exception:   # noqa: BLE001 - observing must not stop (or park) delivery
+            log.exception("outbound to %s: the attempt observer failed", item.destination)
 
     async def _settle(self, item: OutboundItem, outcome: Delivered | Rejected) -> OutboundItem | None:
         """Tell the callback, then take the item out of the queue (delivered)

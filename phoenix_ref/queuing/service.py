@@ -212,6 +212,8 @@ class QsService:
         self.outbound_sender: OutboundSender | None = None
         #: counters for tests and metrics, e.g. "federated_enqueue_sent"/"_received"
         self.stats: Counter[str] = Counter()
+        #: told the number of messages in every QS-to-QS request accepted (metrics)
+        self.on_batch_received: Callable[[int], None] | None = None
 
     async def call(self, method, *args):
         return await trio.to_thread.run_sync(method, *args)
@@ -262,6 +264,8 @@ class QsService:
             result = await self._federated_enqueue(message, keys, received)
         if result.duplicate:
             self.stats["federated_enqueue_duplicates"] += 1
+        if self.on_batch_received is not None:
+            self.on_batch_received(1)   # a QsToQsMessage carries one FanOutMessage
         self.notifier.notify(result.enqueued)
         return result
 

@@ -1,0 +1,75 @@
+"""What ``phoenix-ref serve`` writes to stderr: its log, text or JSON lines.
+
+Two kinds of record go through :mod:`logging`:
+
+* the **request records** of :class:`~phoenix_ref.http.RequestLog` (logger
+  :data:`REQUEST_LOGGER`, level INFO): one per request served, per
+  federation request sent and per outbound delivery attempt, the entry
+  itself in the record's ``request`` attribute;
+* everything else the homeserver and its libraries log (start-up, retries,
+  dead letters, bugs).
+
+``--log-format json`` (:class:`JsonFormatter`) writes a request record as
+its entry — the same object as a line of the request log file (``t``,
+``hs``, ``dir``, ``method``, ``host``, ``path``, ``status``, ``ms`` …) — and
+any other record as ``{"t", "hs", "level", "logger", "msg"}`` plus ``exc``
+(the traceback) when it has one. ``text`` (the default) writes the usual
+``time logger level message`` lines, a request record's message being its
+entry as ``key=value`` pairs.
+
+What the request records hold is listed in :class:`~phoenix_ref.http.RequestLog`:
+no bodies, tokens, addresses, client or user ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import IO
+
+__all__ = ["REQUEST_LOGGER", "FORMATS", "JsonFormatter", "configure"]
+
+#: The logger of request records (``phoenix_ref.http.RequestLog``).
+REQUEST_LOGGER = "phoenix_ref.requests"
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record (module docstring); ``domain`` is the
+    homeserver's, for records that are not request records."""
+
+    def __init__(self, domain: str = ""):
+        super().__init__()
+        self.domain = domain
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = getattr(record, "request", None)
+        if isinstance(entry, dict):
+            return json.dumps(entry, separators=(",", ":"), default=str)
+        out = {"t": round(record.created, 4), "hs": self.domain, "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"), default=str)
+
+
+def configure(fmt: str = "text", *, level: int = logging.INFO, domain: str = "",
+              stream: IO[str] | None = None) -> logging.Handler:
+    """Send every log record at ``level`` and above to ``stream`` (stderr) in
+    format ``fmt`` (``text`` or ``json``); replaces the root logger's
+    handlers. Returns the handler."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {FORMATS}, not {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(domain))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
