@@ -73,8 +73,10 @@ async def test_the_loop_waits_its_interval_between_rounds(autojump_clock):
         while len(times) < 3:
             await trio.sleep(1)
         nursery.cancel_scope.cancel()
-    # the mock clock may jump a few seconds while a round's thread runs
-    assert [round((t - start) / 3600) for t in times] == [0, 1, 2]
+    # the autojump clock may jump ahead while a round's worker thread runs,
+    # so the check is: the first round at once, then never sooner than the interval
+    assert times[0] - start < 3600
+    assert all(later - earlier >= 3600 for earlier, later in zip(times, times[1:]))
 
 
 def test_rule_names_are_unique():
