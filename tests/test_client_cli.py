@@ -36,8 +36,36 @@ def cli(state: Path, *args: str) -> list[str]:
 
 
 async def run(state: Path, *args: str) -> subprocess.CompletedProcess:
-    return await trio.run_process(cli(state, *args), capture_stdout=True, capture_stderr=True, check=False,
-                                  env=ENV)
+    """One command in a terminal session: its stdin and stdout are a pseudo
+    terminal (as when a person types it), its stderr is kept apart so the
+    one-line errors can be checked."""
+    master, slave = os.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:   # until the terminal closes (EIO once no process holds it)
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, drain)
+            try:
+                done = await trio.run_process(cli(state, *args), stdin=slave, stdout=slave, capture_stderr=True,
+                                              check=False, env=ENV)
+            finally:
+                os.close(slave)
+                slave = -1
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    stdout = b"".join(chunks).replace(b"\r\n", b"\n")
+    return subprocess.CompletedProcess(done.args, done.returncode, stdout, done.stderr)
 
 
 async def ok(state: Path, *args: str) -> str:
@@ -68,6 +96,9 @@ async def fails(state: Path, *args: str) -> str:
 @spec("spec/delivery_service.md#send-application-message", "informative")
 @spec("spec/authentication_service.md#update-user-profile", "informative")
 async def test_two_people_on_two_homeservers_talk_through_the_command_line(tmp_path):
+    """Two people, each with a state directory, talk through ``phoenix-ref
+    client`` commands run in pseudo terminals; every command is a new process,
+    so each restarts the client from its state."""
     async with Deployment("sockets", ["hs1", "hs2"], clock=Clock()) as d:
         alice_dir, bob_dir = tmp_path / "alice", tmp_path / "bob"
         alice = (await ok(alice_dir, "register", "--domain", A, *where(d))).strip()
