@@ -149,6 +149,16 @@ async def test_two_people_on_two_homeservers_talk_through_the_command_line(tmp_p
         assert (await ok(bob_dir, "profile", alice)).strip() == "Alice A."
         assert re.search(rf"^{gid} \(friends\) admin epoch=\d+ members=", await ok(alice_dir, "groups"), re.M)
 
+        # a third person connects to bob by an alias of his
+        await ok(bob_dir, "alias", "bob-b")
+        carol_dir = tmp_path / "carol-a"
+        carol = (await ok(carol_dir, "register", "--domain", A, *where(d))).strip()
+        await ok(carol_dir, "connect", "--alias", B, "bob-b")
+        assert f"connected with {carol}" in await ok(bob_dir, "accept", "--alias", "bob-b", "--wait", "20")
+        assert f"* new contact {bob}" in await ok(carol_dir, "read", "--wait", "20")
+        assert f"* new contact {carol}" in await ok(bob_dir, "read", "--wait", "20")
+        assert sorted((await ok(bob_dir, "contacts")).split()) == sorted([alice, carol])
+
         # the error paths a person can act on: one line each, exit status 1
         stranger = f"{uuid.uuid4()}@{A}"
         (tmp_path / "junk").mkdir()
