@@ -225,18 +225,18 @@ class GroupState:
 
     def drop_joiner(self, leaf_index: int) -> None:
         """The client at ``leaf_index`` no longer needs a past state (it
-        committed or left); copies left without joiners go."""
-        kept = []
-        for past in self.past_states:
-            joiners = [j for j in past.joiners if j.leaf_index != leaf_index]
-            if joiners:
-                kept.append(replace(past, joiners=joiners))
-        self.past_states = kept
+        committed or left)."""
+        self._keep_joiners(lambda j: j.leaf_index != leaf_index)
 
     def drop_expired_joiners(self, now_s: int) -> None:
+        """Joiners whose KeyPackage lifetime ended will never fetch their past state."""
+        self._keep_joiners(lambda j: j.not_after >= now_s)
+
+    def _keep_joiners(self, keep: Callable[[Joiner], bool]) -> None:
+        """Keep the joiners ``keep`` accepts; copies left without joiners go (A24)."""
         kept = []
         for past in self.past_states:
-            joiners = [j for j in past.joiners if j.not_after >= now_s]
+            joiners = [j for j in past.joiners if keep(j)]
             if joiners:
                 kept.append(replace(past, joiners=joiners))
         self.past_states = kept
