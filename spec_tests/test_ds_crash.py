@@ -44,6 +44,9 @@ from phoenix_ref.spec_plugin import spec
 
 from .test_ds_groups import agree, chat, until
 
+#: beyond HTTPS: serve processes started with a crash point, killed and restarted; the DS outbox rows on disk
+pytestmark = pytest.mark.needs_control("serve processes started with a crash point, killed and restarted; the DS outbox rows on disk")
+
 A, B, C = "a.example", "b.example", "c.example"
 DISTRIBUTION = "spec/delivery_service.md#message-distribution"
 TEST_TIMEOUT_S = 60

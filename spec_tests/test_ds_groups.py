@@ -188,6 +188,7 @@ async def test_a_deleted_remote_queue_leads_to_a_ds_removal(deployment_mode):
 
 @spec("spec/delivery_service.md#ds-induced-removals", "informative")
 @spec("spec/delivery_service.md#activity-times", "informative")
+@pytest.mark.needs_control("the homeservers' shared clock")
 async def test_an_inactive_member_is_removed(deployment_mode):
     limits = Limits(ds_max_inactivity_days=1)
     async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"], limits=limits) as d, d.client() as http:

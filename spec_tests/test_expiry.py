@@ -27,6 +27,9 @@ from phoenix_ref.testing import Deployment
 
 from .qs_http import message, qs_client, read_all
 
+#: beyond HTTPS: the homeservers' shared clock and the sweeper's round counter; hs1's outbound store
+pytestmark = pytest.mark.needs_control("the homeservers' shared clock and the sweeper's round counter; hs1's outbound store")
+
 A = "a.example"
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
