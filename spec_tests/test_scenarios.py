@@ -568,6 +568,7 @@ async def walk_many(mode: str, seeds: list[int]):
             walk = await run_walk(seed, us)
             for k, v in walk.kinds.items():
                 kinds[k] = kinds.get(k, 0) + v
+            print(f"seed {seed} passed ({time.perf_counter() - started:.0f} s)", flush=True)   # progress under -s
         print(f"{len(seeds)} walks of {WALK_OPS} operations ({mode}) in {time.perf_counter() - started:.1f} s: "
               f"{dict(sorted(kinds.items()))}")
         return kinds
