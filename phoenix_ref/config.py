@@ -121,6 +121,10 @@ class Limits:
     federation_retry_max_s: float = _limit(300.0, minimum=0.001, maximum=86_400, unit="seconds")  # cap of the retry delay
     # a QS-to-QS message not delivered within this age moves to the dead letters (docs/decisions.md)
     federation_outbound_max_age_s: int = _limit(7 * 86_400, minimum=60, unit="seconds")
+    # a backlog for one destination goes as QsToQsBatches of at most this many messages (the
+    # protocol's maximum is 100) and, beyond the first, this many payload bytes (docs/decisions.md)
+    federation_batch_max_messages: int = _limit(100, maximum=100, unit="messages")
+    federation_batch_max_bytes: int = _limit(512 * 1024, minimum=1024, unit="bytes")
     # the HTTP server: a connection is closed after this many requests (clients reconnect)
     max_requests_per_connection: int = _limit(1000, unit="requests")
     # how often a running homeserver looks for key files and revocations that

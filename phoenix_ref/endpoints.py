@@ -184,8 +184,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
       for name, req, resp, auth, pp, slug in _qs_client_rows()),
     _ep("websocket", Service.QS, "GET", _qsm.WsRequest, None, Auth.QS_AUTH_TOKEN, False,
         _QS + "negotiate-websocket-connection", websocket=True),
-    # --- QS federation: the one QS endpoint for remote QSs (spec/federation/use_cases.md#message-distribution)
+    # --- QS federation: the QS endpoints for remote QSs (spec/federation/use_cases.md#message-distribution)
     _ep("federated_enqueue", Service.QS, "POST", _qsm.QsToQsMessage, _qsm.FederatedEnqueueResponse,
+        Auth.QS_SIGNATURE, False, _QS + "federated-qs-to-qs-communication", federated=True),
+    # several QsToQsMessages of one source in one request (docs/decisions.md, "QS-to-QS batches")
+    _ep("federated_enqueue_batch", Service.QS, "POST", _qsm.QsToQsBatch, _qsm.FederatedEnqueueBatchResponse,
         Auth.QS_SIGNATURE, False, _QS + "federated-qs-to-qs-communication", federated=True),
     _ep("ds_verifying_key", Service.DS, "GET", None, DsVerifyingKeyResponse, Auth.NONE, False,
         "spec/federation/use_cases.md#authentication-key-distribution", federated=True),
@@ -233,6 +236,7 @@ SIGNATURE_LABELS: tuple[tuple[str, str, str], ...] = (
     ("ClientCredentialPayload", "credentials", "spec/authentication_service/credentials.md#client-credentials"),
     ("ClientCredentialCsr", "credentials", "spec/authentication_service/credentials.md#client-credentials"),
     ("QsToQsMessage", "queuing.messages", "spec/queuing_service.md#federated-qs-to-qs-communication"),
+    ("QsToQsBatch", "queuing.messages", "spec/queuing_service.md#federated-qs-to-qs-communication"),
     ("AddPackageResponse", "queuing.messages", "spec/queuing_service.md#get-addpackage"),
     ("SealedQueueConfig", "queuing.messages", "spec/glossary.md#sealed-queue-config"),
     ("QsAuthTokenTbs", "auth_tokens", "spec/queuing_service.md#authentication"),

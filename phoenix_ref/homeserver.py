@@ -55,7 +55,8 @@ from .delivery.store import DsStore
 from .errors import NotFound, UpstreamError
 from .federation.facade import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
-from .federation.outbound import BackoffPolicy, Delivered, OutboundItem, OutboundSender, Outcome, expired_rejection
+from .federation.outbound import (BackoffPolicy, BatchLimits, Delivered, OutboundItem, OutboundSender, Outcome,
+                                  expired_rejection)
 from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
 from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
@@ -66,7 +67,7 @@ from .privacy_pass_gate import PrivacyPassGate
 from .queues import Queues
 from .queuing import routes as qs_routes
 from .queuing.core import QsConfig, QsCore
-from .queuing.messages import QueueDeleted
+from .queuing.messages import MAX_BATCH_MESSAGES, QueueDeleted
 from .queuing.service import KeystoreQsKeys, QsService, RemoteSourceKeys
 from .queuing.store import QsStore
 from .sweeper import Rule, Sweeper
@@ -276,6 +277,9 @@ class Homeserver:
         outbox hand-over and the sweeper in ``app.nursery``; shutdown cancels them."""
         limits, qs = self.config.limits, self.qs
         sender = OutboundSender(self.qs_store.outbound, functools.partial(_send_federated, self, qs),
+                                send_batch=functools.partial(_send_federated_batch, self, qs),
+                                batch_limits=BatchLimits(min(limits.federation_batch_max_messages, MAX_BATCH_MESSAGES),
+                                                         limits.federation_batch_max_bytes),
                                 policy=backoff_policy(limits), on_delivered=qs.on_delivered,
                                 now_ms=self.clock.now_ms, max_age_ms=limits.federation_outbound_max_age_s * 1000,
                                 on_attempt=self._attempted if self.request_log is not None else None)
@@ -422,10 +426,32 @@ async def _send_federated(hs, svc: QsService, item: OutboundItem) -> Outcome:
     hs.federation.check_federates(item.destination)
     urls = await hs.federation.discovery.discover(item.destination)
     if hs.metrics is not None:
-        hs.metrics.batch_sent.observe(1)   # one queued message per QsToQsMessage
+        hs.metrics.batch_sent.observe(1)   # a lone message travels as a QsToQsMessage
     return Delivered(await hs.federation.fetcher.request(
         ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
         domain=item.destination, expect=MEDIA_TYPE, retry_safe=True))
+
+
+async def _send_federated_batch(hs, svc: QsService, items: list[OutboundItem]) -> list[Outcome]:
+    """One delivery attempt of several outbound items of one destination
+    (a backlog): POST them as one signed QsToQsBatch to the destination's
+    ``federated_enqueue_batch`` endpoint; its answer has one result per
+    item (:meth:`QsService.batch_outcomes`). A refusal of the request as a
+    whole, or a failure, raises and concerns every item. Safe to send twice:
+    the receiver deduplicates each entry by its message id."""
+    ep = endpoints.by_name("qs", "federated_enqueue_batch")
+    body = svc.frame_outbound_batch(items)
+    svc.stats["federated_enqueue_sent"] += len(items)
+    svc.stats["federated_batches_sent"] += 1
+    destination = items[0].destination
+    hs.federation.check_federates(destination)
+    urls = await hs.federation.discovery.discover(destination)
+    if hs.metrics is not None:
+        hs.metrics.batch_sent.observe(len(items))
+    answer = await hs.federation.fetcher.request(
+        ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
+        domain=destination, expect=MEDIA_TYPE, retry_safe=True)
+    return svc.batch_outcomes(items, answer)
 
 
 class Operator:

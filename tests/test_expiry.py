@@ -193,7 +193,7 @@ def test_old_outbound_items_move_to_the_dead_letters_but_not_a_held_head(outboun
     outbound.append("b.example", b"\x03" * 16, b"p3", 9000)
     outbound.append("c.example", b"\x04" * 16, b"p4", 1000)
     rejection = expired_rejection(7000)
-    assert outbound.expire(5000, rejection, 9999, keep={"b.example": b1}) == 2   # p2, p4; p1 is held
+    assert outbound.expire(5000, rejection, 9999, keep={"b.example": (b1,)}) == 2   # p2, p4; p1 is held
     assert outbound.head("b.example").payload == b"p1"
     assert outbound.remove("b.example", b1).payload == b"p3"
     assert outbound.destinations() == ["b.example"]

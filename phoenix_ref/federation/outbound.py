@@ -8,9 +8,16 @@ own store, in the same transaction as the rest of the request when the
 store allows, and returns. One sender task per destination, all inside the
 homeserver's Trio nursery, then delivers that queue:
 
-* **in order**: a destination's queue is sent head first, one message at a
-  time; the next message leaves only once the head is delivered or refused
-  for good;
+* **in order**: a destination's queue is sent head first; the next
+  messages leave only once the head is delivered or refused for good;
+* **in batches when there is a backlog**: an attempt carries every message
+  waiting when it starts, up to :class:`BatchLimits` (count and bytes) —
+  one request for several messages when the caller gives a ``send_batch``
+  (the QS: docs/decisions.md, "QS-to-QS batches"). No timer waits for a
+  batch to fill: a lone message goes at once, and batches form only from
+  messages that queued while the previous attempt was under way or the
+  destination was unreachable. Each message of a batch gets its own
+  outcome, so one refusal does not sink the others;
 * **independently**: every destination has its own task, so a destination
   that is down (a net-split, ``spec/federation/use_cases.md``) only delays its
   own messages;
@@ -37,7 +44,9 @@ homeserver's Trio nursery, then delivers that queue:
 
 The module knows nothing about what it carries: the caller provides a
 ``send`` coroutine that performs one attempt and returns how it went
-(:class:`Delivered`, :class:`RetryLater` or :class:`Rejected`) or raises;
+(:class:`Delivered`, :class:`RetryLater` or :class:`Rejected`) or raises,
+and optionally a ``send_batch`` for several items, which returns one
+outcome for all or one per item;
 :func:`outcome_of_failure` says what a federation answer or failure means.
 The QS's ``send`` frames and signs the stored payload at every attempt, so
 the timestamp a receiver checks is that of the attempt, not of the enqueue.
@@ -60,24 +69,25 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Collection, Protocol, Sequence, TypeVar
 
 import trio
 
 from ..storage import open_connection, purge_deleted, transaction
 from .client import FederationError, NotFederated, RemoteRefused
-from .outbound_crypto import OutboundKeyError, OutboundKeys
+from .outbound_crypto import SEAL_OVERHEAD, OutboundKeyError, OutboundKeys
 
 __all__ = [
     "OutboundItem", "OutboundStore", "MemoryOutboundStore", "SqliteOutboundStore", "Parked", "DeadLetter",
     "Delivered", "RetryLater", "Rejected", "Outcome", "outcome_of_failure", "BackoffPolicy", "OutboundSender",
-    "expired_rejection", "EXPIRED",
+    "expired_rejection", "EXPIRED", "BatchLimits", "SendBatchFn",
 ]
 
 #: The error code of a dead letter that was never answered: it grew too old.
 EXPIRED = "expired"
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,19 @@ class OutboundItem:
     message_id: bytes
     payload: bytes
     enqueued_ms: int
+
+
+def _within(items: Sequence[T], max_bytes: int, size: Callable[[T], int]) -> list[T]:
+    """The longest prefix of ``items`` whose sizes add up to at most
+    ``max_bytes`` — but at least the first item, whatever its size (a
+    message larger than the bound travels alone, as it would unbatched)."""
+    out, total = [], 0
+    for item in items:
+        total += size(item)
+        if out and total > max_bytes:
+            break
+        out.append(item)
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,10 +150,21 @@ class OutboundStore(Protocol):
         """Move a refused item to the dead letters with the refusal, in one
         unit; return the new head of ``destination``'s queue."""
 
-    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, int]) -> int:
+    def batch(self, destination: str, max_items: int, max_bytes: int) -> list[OutboundItem]:
+        """The oldest pending items of ``destination``, in order: at most
+        ``max_items``, and no more than fit in ``max_bytes`` of payload —
+        but always the head, whatever its size. Empty if none is pending."""
+
+    def settle(self, destination: str, delivered: list[int], rejected: list[tuple[int, "Rejected"]], now_ms: int,
+               max_items: int, max_bytes: int) -> list[OutboundItem]:
+        """In one unit: drop the ``delivered`` items and move the
+        ``rejected`` ones (seq, refusal) to the dead letters; return the
+        next :meth:`batch` (one call where a sender would otherwise make two)."""
+
+    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, Collection[int]]) -> int:
         """Move every item queued before ``before_ms`` to the dead letters with
-        ``rejected`` as the reason, except the item ``keep[destination]`` of
-        each destination (the head its sender holds); return how many moved."""
+        ``rejected`` as the reason, except the items ``keep[destination]`` of
+        each destination (those its sender holds); return how many moved."""
 
     def destinations(self) -> list[str]:
         """Every destination that has at least one pending item."""
@@ -184,11 +218,29 @@ class MemoryOutboundStore:
                                                         rejected.status, rejected.code, rejected.reason))
         return self.remove(destination, seq)
 
-    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, int]) -> int:
+    def batch(self, destination: str, max_items: int, max_bytes: int) -> list[OutboundItem]:
+        with self._lock:
+            return _within(self._queues.get(destination, [])[:max_items], max_bytes, lambda i: len(i.payload))
+
+    def settle(self, destination: str, delivered: list[int], rejected: list[tuple[int, "Rejected"]], now_ms: int,
+               max_items: int, max_bytes: int) -> list[OutboundItem]:
+        with self._lock:
+            queue = self._queues.get(destination, [])
+            by_seq = {i.seq: i for i in queue}
+            for seq, r in rejected:
+                item = by_seq.get(seq)
+                if item is not None:
+                    self.dead_letters.append(DeadLetter(destination, item.message_id, item.enqueued_ms, now_ms,
+                                                        r.status, r.code, r.reason))
+            gone = set(delivered) | {seq for seq, _ in rejected}
+            self._queues[destination] = [i for i in queue if i.seq not in gone]
+        return self.batch(destination, max_items, max_bytes)
+
+    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, Collection[int]]) -> int:
         with self._lock:
             n = 0
             for destination, queue in self._queues.items():
-                old = [i for i in queue if i.enqueued_ms < before_ms and keep.get(destination) != i.seq]
+                old = [i for i in queue if i.enqueued_ms < before_ms and i.seq not in keep.get(destination, ())]
                 self.dead_letters += [DeadLetter(destination, i.message_id, i.enqueued_ms, now_ms, rejected.status,
                                                  rejected.code, rejected.reason) for i in old]
                 self._queues[destination] = [i for i in queue if i not in old]
@@ -326,11 +378,35 @@ class SqliteOutboundStore:
             db.execute("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?", (destination, seq))
         return self.head(destination)
 
-    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, int]) -> int:
+    def batch(self, destination: str, max_items: int, max_bytes: int) -> list[OutboundItem]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, message_id, payload, enqueued_ms, key_id FROM outbound_queue "
+                "WHERE destination = ? ORDER BY seq LIMIT ?", (destination, max_items)).fetchall()
+        rows = _within(rows, max_bytes, lambda row: len(row[2]) - SEAL_OVERHEAD)
+        sealer = self._sealer() if rows else None
+        return [OutboundItem(destination, seq, bytes(mid), sealer.open(key_id or b"", destination, bytes(mid),
+                                                                        bytes(sealed)), enqueued_ms)
+                for seq, mid, sealed, enqueued_ms, key_id in rows]
+
+    def settle(self, destination: str, delivered: list[int], rejected: list[tuple[int, "Rejected"]], now_ms: int,
+               max_items: int, max_bytes: int) -> list[OutboundItem]:
+        with self._tx() as db:
+            if rejected:
+                db.executemany(
+                    "INSERT INTO outbound_dead_letters (destination, message_id, key_id, payload, enqueued_ms, "
+                    "rejected_ms, status, code, message) SELECT destination, message_id, key_id, payload, "
+                    "enqueued_ms, ?, ?, ?, ? FROM outbound_queue WHERE destination = ? AND seq = ?",
+                    [(now_ms, r.status, r.code, r.reason, destination, seq) for seq, r in rejected])
+            db.executemany("DELETE FROM outbound_queue WHERE destination = ? AND seq = ?",
+                           [(destination, seq) for seq in [*delivered, *(seq for seq, _ in rejected)]])
+        return self.batch(destination, max_items, max_bytes)
+
+    def expire(self, before_ms: int, rejected: "Rejected", now_ms: int, keep: dict[str, Collection[int]]) -> int:
         with self._tx() as db:
             old = [(d, seq) for d, seq in db.execute(
                        "SELECT destination, seq FROM outbound_queue WHERE enqueued_ms < ?", (before_ms,)).fetchall()
-                   if keep.get(d) != seq]
+                   if seq not in keep.get(d, ())]
             db.executemany("INSERT INTO outbound_dead_letters (destination, message_id, key_id, payload, enqueued_ms, "
                            "rejected_ms, status, code, message) SELECT destination, message_id, key_id, payload, "
                            "enqueued_ms, ?, ?, ?, ? FROM outbound_queue WHERE destination = ? AND seq = ?",
@@ -432,6 +508,17 @@ def expired_rejection(max_age_ms: int) -> Rejected:
 
 Outcome = Delivered | RetryLater | Rejected
 SendFn = Callable[[OutboundItem], Awaitable[Outcome]]
+#: One attempt for several items of one destination: one outcome for all
+#: (an answer to the request as a whole, a network failure) or one per item.
+SendBatchFn = Callable[[list[OutboundItem]], Awaitable["Outcome | list[Outcome]"]]
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much one attempt may carry: at most ``max_messages`` items and,
+    beyond the first, no more than ``max_bytes`` of payload."""
+    max_messages: int = 1
+    max_bytes: int = 1 << 20
 
 
 def outcome_of_failure(error: Exception) -> Outcome | None:
@@ -500,7 +587,13 @@ class OutboundSender:
 
     ``store``: where queues live. ``send``: one delivery attempt; it returns
     an :class:`Outcome` or raises, and :func:`outcome_of_failure` says what
-    the exception means. ``on_delivered(item, response)`` /
+    the exception means. ``send_batch``: one attempt for several items of a
+    destination (a backlog), bounded by ``batch_limits``; it returns one
+    :class:`Outcome` for all of them or a list with one per item (a lone
+    item always goes through ``send``). Delivered and refused items of an
+    attempt leave the queue in one store call (:meth:`OutboundStore.settle`);
+    items told to retry stay at the head, and the destination backs off
+    (the longest ``Retry-After`` among them) before its next attempt. ``on_delivered(item, response)`` /
     ``on_rejected(item, outcome)``: called (synchronously, in the Trio
     thread) after a definite answer and before the item leaves the queue —
     the QS uses the first to hand ``QueueDeleted`` answers back to its DS.
@@ -513,8 +606,8 @@ class OutboundSender:
     its head's age and moves an old head to the dead letters
     (:func:`expired_rejection`). The homeserver's sweeper moves the old
     items behind the heads (:meth:`OutboundStore.expire`), sparing each
-    destination's :meth:`held` head. The sender records its head as held
-    *before* it checks the age, and the sweeper reads the clock *before* it
+    destination's :meth:`held` items (the batch under way). The sender
+    records its batch as held *before* it checks the ages, and the sweeper reads the clock *before* it
     looks at the held heads, so a message the sweeper moves is either one
     no attempt has begun on or one the sender finds expired itself; an
     expired message is never sent.
@@ -547,19 +640,24 @@ class OutboundSender:
                  on_rejected: Callable[[OutboundItem, Rejected], None] | None = None,
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
                  rng: _random.Random | None = None, max_age_ms: int | None = None,
-                 on_attempt: Callable[..., None] | None = None):
+                 on_attempt: Callable[..., None] | None = None,
+                 send_batch: SendBatchFn | None = None, batch_limits: BatchLimits | None = None):
         self.store = store
         self.on_attempt = on_attempt
         self.send = send
+        self.send_batch = send_batch
+        #: Without ``send_batch`` every attempt carries one item.
+        self.batch_limits = (batch_limits or BatchLimits(max_messages=100)) if send_batch else BatchLimits(1)
         self.policy = policy
         self.on_delivered = on_delivered
         self.on_rejected = on_rejected
         self.now_ms = now_ms
         self.rng = rng or _random.Random()
         self.max_age_ms = max_age_ms
-        self._held: dict[str, int] = {}      # destination → seq of the head its task works on
+        self._held: dict[str, tuple[int, ...]] = {}   # destination → seqs of the items its task works on
         self._held_lock = threading.Lock()   # held() is read from the sweeper's worker thread
-        #: ``delivered``, ``retried``, ``dead_lettered``, ``expired``, ``programming_errors``.
+        #: ``delivered``, ``retried``, ``dead_lettered``, ``expired``, ``programming_errors``
+        #: (items), ``attempts`` (requests).
         self.stats: Counter[str] = Counter()
         self._dests: dict[str, _Destination] = {}
         self._nursery: trio.Nursery | None = None
@@ -605,18 +703,18 @@ class OutboundSender:
             self._nursery.start_soon(self._serve, destination, state, name=f"outbound:{destination}")
         state.wakeup.set()
 
-    def held(self) -> dict[str, int]:
-        """Destination → sequence number of the head its sender is working
+    def held(self) -> dict[str, tuple[int, ...]]:
+        """Destination → sequence numbers of the items its sender is working
         on (checking, sending, waiting to retry). Thread-safe."""
         with self._held_lock:
             return dict(self._held)
 
-    def _hold(self, destination: str, seq: int | None) -> None:
+    def _hold(self, destination: str, items: Sequence[OutboundItem]) -> None:
         with self._held_lock:
-            if seq is None:
+            if not items:
                 self._held.pop(destination, None)
             else:
-                self._held[destination] = seq
+                self._held[destination] = tuple(i.seq for i in items)
 
     def _too_old(self, item: OutboundItem) -> bool:
         return self.max_age_ms is not None and self.now_ms() - item.enqueued_ms > self.max_age_ms
@@ -644,43 +742,61 @@ class OutboundSender:
             try:
                 await self._drain(destination, state)
             except Exception as e:  # noqa: BLE001 - a programming error: park, never crash the homeserver
-                self._hold(destination, None)   # a parked queue is the sweeper's to expire
+                self._hold(destination, ())   # a parked queue is the sweeper's to expire
                 await self._park(destination, state, e)
 
+    def _bounds(self) -> tuple[int, int]:
+        return self.batch_limits.max_messages, self.batch_limits.max_bytes
+
     async def _drain(self, destination: str, state: _Destination) -> None:
-        # A fresh event before every read of the head: a wake() after the
+        # A fresh event before every read of the queue: a wake() after the
         # read sets it, so no wake-up is lost. Only this task removes items
-        # of ``destination``, so a head it has read stays the head.
+        # of ``destination``, so the items it has read stay at the head.
+        # A batch is what is waiting when the previous attempt ended: no
+        # timer waits for more, so a lone message goes at once.
         state.wakeup = trio.Event()
-        item = await self._store(self.store.head, destination)
+        items = await self._store(self.store.batch, destination, *self._bounds())
         while True:
-            if item is None:
-                self._hold(destination, None)
+            if not items:
+                self._hold(destination, ())
                 await state.wakeup.wait()
                 state.wakeup = trio.Event()
-                item = await self._store(self.store.head, destination)
+                items = await self._store(self.store.batch, destination, *self._bounds())
                 continue
-            self._hold(destination, item.seq)   # first hold, then look at the age (class docstring)
-            if self._too_old(item):
+            self._hold(destination, items)   # first hold, then look at the age (class docstring)
+            old = [i for i in items if self._too_old(i)]
+            if old:
                 state.failures = 0
-                item = await self._expire(item)
+                state.wakeup = trio.Event()
+                items = await self._expire(destination, old)
                 continue
             started = time.monotonic()
-            outcome = await self._attempt(item)
+            outcomes = await self._attempt(items)
             seconds = time.monotonic() - started
-            if isinstance(outcome, RetryLater):
+            self.stats["attempts"] += 1
+            retry = [o for o in outcomes if isinstance(o, RetryLater)]
+            delay = None
+            if retry:
                 state.failures += 1
-                self.stats["retried"] += 1
-                delay = self.policy.delay(state.failures, self.rng, outcome.retry_after)
-                self._tell(item, outcome, state.failures, seconds, delay)
-                log.info("outbound to %s: %s; retry %d in %.1fs",
-                         destination, outcome.reason, state.failures, delay)
-                await trio.sleep(delay)
+                self.stats["retried"] += len(retry)
+                after = [o.retry_after for o in retry if o.retry_after is not None]
+                delay = self.policy.delay(state.failures, self.rng, max(after) if after else None)
+            for item, outcome in zip(items, outcomes):
+                self._tell(item, outcome, state.failures if retry else state.failures + 1, seconds,
+                           delay if isinstance(outcome, RetryLater) else None)
+            settled = [(i, o) for i, o in zip(items, outcomes) if not isinstance(o, RetryLater)]
+            if not retry:
+                state.failures = 0
+                state.wakeup = trio.Event()
+                items = await self._settle(destination, settled)
                 continue
-            self._tell(item, outcome, state.failures + 1, seconds, None)
-            state.failures = 0
+            if settled:
+                await self._settle(destination, settled)
+            log.info("outbound to %s: %s; retry %d in %.1fs",
+                     destination, retry[0].reason, state.failures, delay)
+            await trio.sleep(delay)
             state.wakeup = trio.Event()
-            item = await self._settle(item, outcome)
+            items = await self._store(self.store.batch, destination, *self._bounds())
 
     def _tell(self, item: OutboundItem, outcome: Outcome, attempt: int, seconds: float,
               retry_in: float | None) -> None:
@@ -691,44 +807,60 @@ class OutboundSender:
         except Exception:   # noqa: BLE001 - observing must not stop (or park) delivery
             log.exception("outbound to %s: the attempt observer failed", item.destination)
 
-    async def _settle(self, item: OutboundItem, outcome: Delivered | Rejected) -> OutboundItem | None:
-        """Tell the callback, then take the item out of the queue (delivered)
-        or into the dead letters (rejected); return the next head."""
-        if isinstance(outcome, Delivered):
-            if self.on_delivered is not None:
-                self.on_delivered(item, outcome.response)
-            self.stats["delivered"] += 1
-            return await self._store(self.store.remove, item.destination, item.seq)
-        if self.on_rejected is not None:
-            self.on_rejected(item, outcome)
-        log.warning("outbound to %s refused for good (%d %s: %s); message %s moved to the dead letters",
-                    item.destination, outcome.status, outcome.code, outcome.reason, item.message_id.hex())
-        self.stats["dead_lettered"] += 1
-        return await self._store(self.store.dead_letter, item.destination, item.seq, outcome, self.now_ms())
+    async def _settle(self, destination: str, settled: list[tuple[OutboundItem, Delivered | Rejected]]
+                      ) -> list[OutboundItem]:
+        """Tell the callbacks, then take the delivered items out of the
+        queue and the rejected ones into the dead letters, in one store
+        call; return the next batch."""
+        delivered, rejected = [], []
+        for item, outcome in settled:
+            if isinstance(outcome, Delivered):
+                if self.on_delivered is not None:
+                    self.on_delivered(item, outcome.response)
+                self.stats["delivered"] += 1
+                delivered.append(item.seq)
+                continue
+            if self.on_rejected is not None:
+                self.on_rejected(item, outcome)
+            log.warning("outbound to %s refused for good (%d %s: %s); message %s moved to the dead letters",
+                        item.destination, outcome.status, outcome.code, outcome.reason, item.message_id.hex())
+            self.stats["dead_lettered"] += 1
+            rejected.append((item.seq, outcome))
+        return await self._store(self.store.settle, destination, delivered, rejected, self.now_ms(),
+                                 *self._bounds())
 
-    async def _expire(self, item: OutboundItem) -> OutboundItem | None:
-        """Move a head that grew too old to the dead letters; return the next head."""
-        log.warning("outbound to %s: message %s not delivered within %d s; moved to the dead letters",
-                    item.destination, item.message_id.hex(), self.max_age_ms // 1000)
-        self.stats["expired"] += 1
-        return await self._store(self.store.dead_letter, item.destination, item.seq,
-                                 expired_rejection(self.max_age_ms), self.now_ms())
+    async def _expire(self, destination: str, old: list[OutboundItem]) -> list[OutboundItem]:
+        """Move items that grew too old to the dead letters; return the next batch."""
+        for item in old:
+            log.warning("outbound to %s: message %s not delivered within %d s; moved to the dead letters",
+                        item.destination, item.message_id.hex(), self.max_age_ms // 1000)
+        self.stats["expired"] += len(old)
+        rejection = expired_rejection(self.max_age_ms)
+        return await self._store(self.store.settle, destination, [], [(i.seq, rejection) for i in old],
+                                 self.now_ms(), *self._bounds())
 
-    async def _attempt(self, item: OutboundItem) -> Outcome:
-        """One try, bounded in time. An exception :func:`outcome_of_failure`
-        cannot place propagates (a programming error)."""
+    async def _attempt(self, items: list[OutboundItem]) -> list[Outcome]:
+        """One try for ``items`` (one request), bounded in time: one outcome
+        per item. An exception :func:`outcome_of_failure` cannot place, or
+        an answer that is no outcome (or not one per item), propagates (a
+        programming error)."""
         with trio.move_on_after(self.policy.attempt_timeout):
             try:
-                outcome = await self.send(item)
+                if len(items) == 1 or self.send_batch is None:
+                    outcome = await self.send(items[0])
+                else:
+                    outcome = await self.send_batch(items)
             except Exception as e:
                 known = outcome_of_failure(e)
                 if known is None:
                     raise
-                return known
-            if not isinstance(outcome, (Delivered, RetryLater, Rejected)):
-                raise TypeError(f"send returned {outcome!r}, not an Outcome")
-            return outcome
-        return RetryLater("attempt timed out")
+                return [known] * len(items)
+            outcomes = outcome if isinstance(outcome, list) else [outcome] * len(items)
+            if len(outcomes) != len(items) or not all(
+                    isinstance(o, (Delivered, RetryLater, Rejected)) for o in outcomes):
+                raise TypeError(f"send returned {outcome!r}, not an Outcome (or one per item)")
+            return outcomes
+        return [RetryLater("attempt timed out")] * len(items)
 
     async def _park(self, destination: str, state: _Destination, error: Exception) -> None:
         """Stop ``destination`` after a programming error until it is unparked."""

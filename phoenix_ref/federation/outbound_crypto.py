@@ -24,11 +24,13 @@ from collections.abc import Sequence
 from ..codec import VarBytes, encode, struct
 from ..crypto import NK, NN, CryptoError, aead_open, aead_seal, kdf_expand, random_bytes
 
-__all__ = ["OutboundKeys", "OutboundKeyError", "SECRET_LEN"]
+__all__ = ["OutboundKeys", "OutboundKeyError", "SECRET_LEN", "SEAL_OVERHEAD"]
 
 #: Length of an outbound queue secret in the keystore.
 SECRET_LEN = 32
 KEY_ID_LEN = 8
+#: Bytes a sealed payload has beyond the payload: the nonce and the AES-GCM tag.
+SEAL_OVERHEAD = NN + 16
 _KEY_INFO = b"phoenix_ref outbound queue at rest: key"
 _ID_INFO = b"phoenix_ref outbound queue at rest: key id"
 

@@ -58,7 +58,7 @@ from typing import Callable, Sequence
 from ..auth_tokens import RequestBinding
 from ..codec import DecodeError, VarBytes, decode, encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, hs_sign, hs_verify
-from ..errors import Forbidden, Malformed, NotFound, RateLimited, Unauthorized
+from ..errors import Forbidden, Malformed, NotFound, ProtocolError, RateLimited, TooLarge, Unauthorized
 from ..federation.outbound import OutboundItem, OutboundStore
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.extensions import (
@@ -72,10 +72,12 @@ from ..queues import Queues
 from ..rate_limit import WindowCounters
 from .fanout import (
     ConfigLists, DigestedConfig, InvalidQueueConfig, OpenedQueueConfig, SealedConfigCache, config_digest,
-    config_key_id, group_id_of, open_sealed_queue_config, received_config_list, split_by_domain, with_digests,
+    config_key_id, group_id_of, open_sealed_queue_config, payload_config_list, received_config_list, split_by_domain,
+    with_digests,
 )
 from .messages import (
-    MESSAGE_ID_LEN, AddPackage, AddPackageParams, AddPackageResponse, AddPackageResponseTBS,
+    MAX_BATCH_MESSAGES, MESSAGE_ID_LEN, AddPackage, BatchAccepted, BatchRefused, FederatedEnqueueBatchResponse,
+    QsToQsBatch, QsToQsBatchTBS, encode_qs_to_qs_batch_tbs, received_batch_tbs, AddPackageParams, AddPackageResponse, AddPackageResponseTBS,
     BlockGroupRequest, ClientQueueConfig, ClientRecordResponse, CreateClientRecordRequest,
     CreateClientRecordResponse, CreateUserRecordParams, CreateUserRecordResponse,
     DeleteClientRecordRequest, DeleteUserRecordRequest, DequeueMessagesRequest, DequeueMessagesResponse,
@@ -88,12 +90,13 @@ from .records import BLOCKLIST_SALT_LEN, LOCAL_SOURCE, ClientRecord, QsRecords, 
 
 __all__ = [
     "QS_TO_QS_LABEL", "ADD_PACKAGE_RESPONSE_LABEL", "RateLimit", "QsConfig", "QsKeys",
-    "LocalEnqueueResult", "FederatedEnqueueResult", "QsCore", "operation_path", "UnknownSourceKey",
+    "LocalEnqueueResult", "FederatedEnqueueResult", "FederatedBatchResult", "QS_TO_QS_BATCH_LABEL", "QsCore", "operation_path", "UnknownSourceKey",
 ]
 
 log = logging.getLogger(__name__)
 
 QS_TO_QS_LABEL = "QsToQsMessage"
+QS_TO_QS_BATCH_LABEL = "QsToQsBatch"
 ADD_PACKAGE_RESPONSE_LABEL = "AddPackageResponse"
 MAX_SIGNATURE_KEY_LEN = 32  # Ed25519 (ciphersuite 1)
 MAX_FRIENDSHIP_TOKEN_LEN = 256
@@ -725,6 +728,93 @@ class QsCore:
         tbs = encode_qs_to_qs_tbs(self.config.domain, Fqdn(item.destination), now_ms, item.message_id, item.payload)
         return tbs + encode(hs_sign(self.keys.signing_key, QS_TO_QS_LABEL, tbs), VarBytes)
 
+    def frame_outbound_batch(self, items: Sequence[OutboundItem], now_ms: int) -> bytes:
+        """Frame several stored outbound payloads of one destination as one
+        encoded, signed :class:`~.messages.QsToQsBatch` (docs/decisions.md,
+        "QS-to-QS batches"): one timestamp and one signature for all, each
+        payload framed as stored with its own message id."""
+        destinations = {item.destination for item in items}
+        if len(destinations) != 1 or not 1 <= len(items) <= MAX_BATCH_MESSAGES:
+            raise ValueError(f"a batch is 1..{MAX_BATCH_MESSAGES} items of one destination")
+        tbs = encode_qs_to_qs_batch_tbs(self.config.domain, Fqdn(items[0].destination), now_ms,
+                                        [(item.message_id, item.payload) for item in items])
+        return tbs + encode(hs_sign(self.keys.signing_key, QS_TO_QS_BATCH_LABEL, tbs), VarBytes)
+
+    # The checks of a federated message, shared by a lone QsToQsMessage and
+    # the entries of a QsToQsBatch (#federated-qs-to-qs-communication):
+    # _check_frame (partner, source, destination, age) and the signature
+    # once per request; _check_group, _admit (configs, rate limits) per
+    # message; _store_admitted (replay, enqueue, id) inside the transaction.
+
+    def _check_frame(self, source: Fqdn, destination: Fqdn, timestamp: int, now_ms: int, what: str) -> None:
+        cfg = self.config
+        if not cfg.federates_with(source):
+            raise Forbidden(f"{source} is not a federation partner", code="domain_not_allowed")
+        if source == cfg.domain:
+            raise Forbidden(f"a {what} from our own domain", code="wrong_source")
+        if destination != cfg.domain:
+            raise Forbidden(f"{what} is for {destination}, this is {cfg.domain}", code="wrong_destination")
+        self._check_timestamp(timestamp, now_ms, cfg.max_inter_qs_token_age_ms, what)
+
+    @staticmethod
+    def _check_group(source: Fqdn, payload: FanOutMessage) -> GroupId:
+        """The payload's group, which must be one of ``source``'s (403
+        ``not_group_owner``; threat_model/stride/security_requirements/federated_homeservers.md#message-fan-out)."""
+        group_id = group_id_of(payload)
+        if group_id.ds_domain != source:
+            raise Forbidden(f"group {group_id} is not a group of {source}", code="not_group_owner")
+        return group_id
+
+    def _admit(self, source: Fqdn, message_id: bytes, payload: FanOutMessage, group_id: GroupId,
+               configs: list[DigestedConfig], now_ms: int) -> "_Admitted":
+        """Every check of one authenticated federated message that needs no
+        store write: its configs name this homeserver (403), they open, and
+        the rate limits (#rate-limiting) per source domain, per client queue
+        config and per queue admit it (429 with Retry-After). The counters
+        are in memory (docs/decisions.md), so a 429 leaves no trace but them
+        and the sender's retry is clean."""
+        cfg = self.config
+        if any(c.client_homeserver_domain != cfg.domain for c in payload.client_queue_configs):
+            raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
+        opened = self._open_all(configs)
+        per_domain, per_config, per_queue = (cfg.rate_limit_per_domain, cfg.rate_limit_per_client_queue_config,
+                                             cfg.rate_limit_per_queue)
+        hits = [] if per_domain is None else [(("domain", source.value), per_domain.limit, per_domain.window_ms)]
+        for _, digest, o in opened:
+            if o is None:   # configs that do not open reach nobody: they are only refused
+                continue
+            if per_config is not None:
+                hits.append((("config", digest), per_config.limit, per_config.window_ms))
+            if per_queue is not None:
+                queue_id = o.queue_id if isinstance(o, OpenedQueueConfig) else _queue_id(o)
+                hits.append((("queue", queue_id), per_queue.limit, per_queue.window_ms))
+        over = self.rate_limits.hit_all(hits, now_ms)
+        if over is not None:
+            (kind, _), window_end = over
+            retry_after = max(1, -(-(window_end - now_ms) // 1000))
+            raise RateLimited(f"rate limit for {kind} exceeded", retry_after=retry_after)
+        result = LocalEnqueueResult()
+        candidates = self._candidates(opened, group_id, result)
+        return _Admitted(message_id, group_id, candidates, result,
+                         encode(payload.message_content, MessageContent))
+
+    def _store_admitted(self, source: str, admitted: "_Admitted", now_ms: int) -> FederatedEnqueueResult:
+        """Inside the caller's transaction: a taken message id gets its first
+        answer and nothing is enqueued; a new one is enqueued and remembered
+        with its answer, so an id is remembered exactly when its message
+        was enqueued."""
+        cfg = self.config
+        first = self._first_answer(source, admitted.message_id, now_ms)
+        if first is not None:
+            log.info("replayed QS-to-QS message %s from %s: the first answer again, nothing enqueued",
+                     admitted.message_id.hex(), source)
+            return FederatedEnqueueResult(first, [], duplicate=True)
+        result = admitted.result
+        self._enqueue_candidates(admitted.candidates, admitted.group_id, admitted.plaintext, now_ms, result)
+        self._remember(source, admitted.message_id, result.queue_deleted,
+                       now_ms + cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
+        return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
+
     def federated_enqueue(self, message: QsToQsMessage, now_ms: int, source_keys: Sequence[bytes] | None, *,
                           received: bytes | None = None) -> FederatedEnqueueResult:
         """Accept a QsToQsMessage from a remote QS.
@@ -744,78 +834,122 @@ class QsCore:
         the future (401); the group of the payload is the source's — its
         GroupId's ``ds_domain`` is the source domain (403 ``not_group_owner``,
         ``threat_model/stride/security_requirements/federated_homeservers.md#message-fan-out``:
-        no homeserver fans out on behalf of another); the signature verifies
-        under one of ``source_keys`` (401 :class:`UnknownSourceKey`); every
-        config names this homeserver (403); rate limits per source domain,
-        per client queue config and per queue (429 with Retry-After). Then
-        the message is processed like one from the local DS
-        (``#enqueuing-messages``), unless its id was taken already: a replay
-        (the sender's retry after a lost answer) enqueues nothing and gets
-        the answer the first delivery got, stored with the id in the
-        enqueue's transaction (``duplicate`` in the result).
+        no homeserver fans out on behalf of another; checked before the
+        signature, so such a message makes the QS fetch no key); the
+        signature verifies under one of ``source_keys`` (401
+        :class:`UnknownSourceKey`); every config names this homeserver
+        (403); rate limits per source domain, per client queue config and
+        per queue (429 with Retry-After). Then the message is processed like
+        one from the local DS (``#enqueuing-messages``), unless its id was
+        taken already: a replay (the sender's retry after a lost answer)
+        enqueues nothing and gets the answer the first delivery got, stored
+        with the id in the enqueue's transaction (``duplicate`` in the result).
         """
-        cfg = self.config
-        if not cfg.federates_with(message.source):
-            raise Forbidden(f"{message.source} is not a federation partner", code="domain_not_allowed")
-        if message.source == cfg.domain:
-            raise Forbidden("a QsToQsMessage from our own domain", code="wrong_source")
-        if message.destination != cfg.domain:
-            raise Forbidden(f"message is for {message.destination}, this is {cfg.domain}",
-                            code="wrong_destination")
-        self._check_timestamp(message.timestamp, now_ms, cfg.max_inter_qs_token_age_ms, "QsToQsMessage")
-        group_id = group_id_of(message.payload)
-        if group_id.ds_domain != message.source:
-            raise Forbidden(f"group {group_id} is not a group of {message.source}", code="not_group_owner")
-        self._verify_remote_signature(message, source_keys, received)
-        if any(c.client_homeserver_domain != cfg.domain for c in message.payload.client_queue_configs):
-            raise Forbidden("the message holds queue configs of another homeserver", code="misdirected_config")
-
-        # Rate limits (#rate-limiting) first: in-memory counters
-        # (docs/decisions.md); a 429 leaves no trace but the counters, so the
-        # sender's retry is clean. Then the replay check, the enqueue and the
-        # id with its answer in one store transaction, so a message id is
-        # remembered exactly when the message was enqueued.
-        source = message.source.value
-        opened = self._open_all(self._received_configs(message, received))
-        per_domain, per_config, per_queue = (cfg.rate_limit_per_domain, cfg.rate_limit_per_client_queue_config,
-                                             cfg.rate_limit_per_queue)
-        hits = [] if per_domain is None else [(("domain", source), per_domain.limit, per_domain.window_ms)]
-        for _, digest, o in opened:
-            if o is None:   # configs that do not open reach nobody: they are only refused
-                continue
-            if per_config is not None:
-                hits.append((("config", digest), per_config.limit, per_config.window_ms))
-            if per_queue is not None:
-                queue_id = o.queue_id if isinstance(o, OpenedQueueConfig) else _queue_id(o)
-                hits.append((("queue", queue_id), per_queue.limit, per_queue.window_ms))
-        over = self.rate_limits.hit_all(hits, now_ms)
-        if over is not None:
-            (kind, _), window_end = over
-            retry_after = max(1, -(-(window_end - now_ms) // 1000))
-            raise RateLimited(f"rate limit for {kind} exceeded", retry_after=retry_after)
-        result = LocalEnqueueResult()
-        candidates = self._candidates(opened, group_id, result)
-        plaintext = encode(message.payload.message_content, MessageContent)
+        self._check_frame(message.source, message.destination, message.timestamp, now_ms, "QsToQsMessage")
+        group_id = self._check_group(message.source, message.payload)
+        self._verify_remote_signature(
+            message.source, source_keys, QS_TO_QS_LABEL, message.signature,
+            lambda: message.tbs() if received is None else received_qs_to_qs_tbs(received, message))
+        admitted = self._admit(message.source, message.message_id, message.payload, group_id,
+                               self._received_configs(message, received), now_ms)
         with self.transaction():
-            first = self._first_answer(source, message.message_id, now_ms)
-            if first is not None:
-                log.info("replayed QsToQsMessage %s from %s: the first answer again, nothing enqueued",
-                         message.message_id.hex(), source)
-                return FederatedEnqueueResult(first, [], duplicate=True)
-            self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
-            self._remember(source, message.message_id, result.queue_deleted,
-                           now_ms + cfg.max_inter_qs_token_age_ms + cfg.max_clock_skew_ms)
-        return FederatedEnqueueResult(FederatedEnqueueResponse(result.queue_deleted), result.enqueued)
+            return self._store_admitted(message.source.value, admitted, now_ms)
 
-    def _verify_remote_signature(self, message: QsToQsMessage, keys: Sequence[bytes] | None,
-                                 received: bytes | None) -> None:
+    def federated_enqueue_batch(self, batch: QsToQsBatch, now_ms: int, source_keys: Sequence[bytes] | None, *,
+                                received: bytes | None = None) -> "FederatedBatchResult":
+        """Accept a :class:`~.messages.QsToQsBatch`: several messages of one
+        source for this QS in one request (docs/decisions.md, "QS-to-QS
+        batches").
+
+        The request as a whole is checked once, as a lone QsToQsMessage
+        would be, and refused as a whole (raises) if it fails: at least one
+        and at most :data:`~.messages.MAX_BATCH_MESSAGES` entries (400
+        ``empty_batch`` / 413 ``batch_too_large``), partner, source,
+        destination, age, then the signature (:class:`UnknownSourceKey` as in
+        :meth:`federated_enqueue`). Then each entry on its own: its payload
+        decodes strictly as a FanOutMessage (400 ``bad_payload``), and the
+        checks of :meth:`federated_enqueue` that concern one message (group
+        owner, configs of this homeserver, rate limits). An entry that fails
+        gets its refusal in ``results``; the others go on. Finally every
+        admitted entry is replay-checked, enqueued and remembered in ONE
+        store transaction: after a crash all of the batch's enqueues
+        happened or none did. Entries with an id taken before — by an
+        earlier request or by an earlier entry of this batch — get the
+        first answer and enqueue nothing.
+        """
+        n = len(batch.entries)
+        if n == 0:
+            raise Malformed("a QsToQsBatch carries at least one message", code="empty_batch")
+        if n > MAX_BATCH_MESSAGES:
+            raise TooLarge(f"a QsToQsBatch carries at most {MAX_BATCH_MESSAGES} messages, not {n}",
+                           code="batch_too_large")
+        self._check_frame(batch.source, batch.destination, batch.timestamp, now_ms, "QsToQsBatch")
+        self._verify_remote_signature(
+            batch.source, source_keys, QS_TO_QS_BATCH_LABEL, batch.signature,
+            lambda: encode(QsToQsBatchTBS(batch.source, batch.destination, batch.timestamp, batch.entries))
+            if received is None else received_batch_tbs(received, batch))
+        admitted: list[_Admitted | ProtocolError] = []
+        for entry in batch.entries:
+            try:
+                try:
+                    payload = decode(FanOutMessage, entry.payload)
+                except DecodeError as e:
+                    raise Malformed(f"the payload is not a FanOutMessage: {e}", code="bad_payload") from None
+                group_id = self._check_group(batch.source, payload)
+                configs = self.config_lists.decode(payload_config_list(entry.payload))
+                admitted.append(self._admit(batch.source, entry.message_id, payload, group_id, configs, now_ms))
+            except ProtocolError as e:
+                admitted.append(e)
+        source = batch.source.value
+        results: list[FederatedEnqueueResult | ProtocolError] = []
+        with self.transaction():
+            for a in admitted:
+                results.append(a if isinstance(a, ProtocolError) else self._store_admitted(source, a, now_ms))
+        return FederatedBatchResult(results)
+
+    def _verify_remote_signature(self, source: Fqdn, keys: Sequence[bytes] | None, label: str, signature: bytes,
+                                 tbs: Callable[[], bytes]) -> None:
         if keys is None:
-            raise UnknownSourceKey(f"no verifying key of {message.source} at hand", source=message.source)
-        tbs = message.tbs() if received is None else received_qs_to_qs_tbs(received, message)
+            raise UnknownSourceKey(f"no verifying key of {source} at hand", source=source)
+        signed = tbs()
         for key in keys:
             try:
-                hs_verify(key, QS_TO_QS_LABEL, tbs, message.signature)
+                hs_verify(key, label, signed, signature)
                 return
             except CryptoError:
                 continue
-        raise UnknownSourceKey("QsToQsMessage signature does not verify", source=message.source)
+        raise UnknownSourceKey(f"{label} signature does not verify", source=source)
+
+
+@dataclass
+class _Admitted:
+    """A federated message that passed every check but the replay check:
+    what its enqueue needs (:meth:`QsCore._store_admitted`)."""
+    message_id: bytes
+    group_id: GroupId
+    candidates: list[tuple[ClientQueueConfig, OpenedQueueConfig]]
+    result: LocalEnqueueResult   # configs already reported (rejected, QueueDeleted) while opening
+    plaintext: bytes
+
+
+@dataclass
+class FederatedBatchResult:
+    """What :meth:`QsCore.federated_enqueue_batch` did: per entry, in order,
+    its :class:`FederatedEnqueueResult` or the refusal it got."""
+    results: list[FederatedEnqueueResult | ProtocolError]
+
+    @property
+    def enqueued(self) -> list[QsCid]:
+        """The QsCids that received any of the batch's messages (wake-ups)."""
+        return [c for r in self.results if isinstance(r, FederatedEnqueueResult) for c in r.enqueued]
+
+    @property
+    def duplicates(self) -> int:
+        return sum(1 for r in self.results if isinstance(r, FederatedEnqueueResult) and r.duplicate)
+
+    def response(self) -> FederatedEnqueueBatchResponse:
+        """The answer for the source QS: one result per entry."""
+        return FederatedEnqueueBatchResponse([
+            BatchAccepted(r.response) if isinstance(r, FederatedEnqueueResult)
+            else BatchRefused(r.status, r.code, r.message, r.retry_after or 0)
+            for r in self.results])

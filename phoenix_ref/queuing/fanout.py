@@ -71,6 +71,7 @@ __all__ = [
     "SEALED_CONFIG_LABEL", "SEALED_SENDER_LABEL", "seal_queue_config", "config_key_id", "OpenedQueueConfig",
     "InvalidQueueConfig", "peek_sender", "open_sealed_queue_config", "config_digest", "SealedConfigCache",
     "DigestedConfig", "CONFIG_LIST_CACHE_BYTES", "with_digests", "ConfigLists", "received_config_list",
+    "payload_config_list",
     "split_by_domain", "group_id_of",
 ]
 
@@ -272,6 +273,15 @@ def received_config_list(received: bytes, message: QsToQsMessage) -> bytes:
     r = Reader(received, start)
     length = decode_varint(r)
     return received[start:r.pos + length]
+
+
+def payload_config_list(payload: bytes) -> bytes:
+    """The encoded ``client_queue_configs`` (length prefix included) at the
+    start of ``payload``, an encoded FanOutMessage that strictly decoded
+    (its first field is that list)."""
+    r = Reader(payload, 0)
+    length = decode_varint(r)
+    return payload[:r.pos + length]
 
 
 def split_by_domain(message: FanOutMessage) -> dict[Fqdn, FanOutMessage]:

@@ -21,7 +21,9 @@ Struct and field names follow the spec so that a reader can search for them.
   ``CreateUserRecordParams`` and ``AddPackageParams`` travel alone (no token).
   ``DequeueMessagesResponse`` is :class:`phoenix_ref.queues.DequeueMessagesResponse`.
 * Federation (``#federated-qs-to-qs-communication``): ``QsToQsMessage`` and
-  ``FederatedEnqueueResponse``.
+  ``FederatedEnqueueResponse``; several messages of one source for one
+  destination in one request: ``QsToQsBatch`` (entries ``QsToQsBatchEntry``)
+  and ``FederatedEnqueueBatchResponse`` (a ``BatchEntryResult`` per entry).
 * ``AddPackage`` (``spec/glossary.md#addpackage``).
 * Key distribution (``spec/federation/use_cases.md#authentication-key-distribution``):
   ``QsVerifyingKeyResponse`` (``#fetch-qs-verifying-key``) and
@@ -84,7 +86,7 @@ Choices where the spec is silent (docs/decisions.md):
 from __future__ import annotations
 
 from ..auth_tokens import QsAuthToken
-from ..codec import U8, U64, VarBytes, decode, encode, fixed, optional, struct, variant, vec
+from ..codec import U8, U16, U32, U64, String, VarBytes, decode, encode, encode_varint, fixed, optional, struct, variant, vec
 from ..crypto import HPKECiphertext
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.messages import KeyPackage, MLSMessage, Welcome
@@ -95,6 +97,8 @@ __all__ = [
     "QueueConfig", "SealedQueueConfig", "ClientQueueConfig",
     "CommitContent", "ApplicationContent", "WelcomeBundle", "MessageContent", "FanOutMessage",
     "QueueDeleted", "QsToQsMessageTBS", "QsToQsMessage", "encode_qs_to_qs_tbs", "received_qs_to_qs_tbs", "FederatedEnqueueResponse",
+    "MAX_BATCH_MESSAGES", "QsToQsBatchEntry", "QsToQsBatchTBS", "QsToQsBatch", "BatchAccepted", "BatchRefused",
+    "BatchEntryResult", "FederatedEnqueueBatchResponse", "encode_qs_to_qs_batch_tbs", "received_batch_tbs",
     "AddPackage", "CreateUserRecordParams", "CreateUserRecordResponse", "UpdateUserRecordParams",
     "UserRecordParams", "ClientRecordResponse", "UserRecordResponse", "DeleteUserRecordParams",
     "CreateClientRecordParams", "CreateClientRecordResponse", "UpdateClientRecordParams",
@@ -284,6 +288,94 @@ def received_qs_to_qs_tbs(received: bytes, message: QsToQsMessage) -> bytes:
 class FederatedEnqueueResponse:
     """Answer to a QsToQsMessage: the configs whose queues do not exist."""
     queue_deleted: vec(QueueDeleted)
+
+
+# --- several QS-to-QS messages in one request (docs/decisions.md, "QS-to-QS batches") --------
+
+#: The most messages one :class:`QsToQsBatch` may carry (a receiver refuses
+#: more with 413); a sender also bounds a batch's bytes (``[limits]
+#: federation_batch_max_bytes``) below the receiver's body limit.
+MAX_BATCH_MESSAGES = 100
+
+
+@struct
+class QsToQsBatchEntry:
+    """One message of a batch: its id (the receiver's dedupe key, as in a
+    QsToQsMessage) and its FanOutMessage, encoded, as an opaque vector so
+    that one entry that does not decode is refused alone."""
+    message_id: _MESSAGE_ID
+    payload: VarBytes
+
+
+@struct
+class QsToQsBatchTBS:
+    """The signed part of a :class:`QsToQsBatch` (every field but the signature)."""
+    source: Fqdn
+    destination: Fqdn
+    timestamp: U64
+    entries: vec(QsToQsBatchEntry)
+
+
+@struct
+class QsToQsBatch:
+    """Several QsToQsMessages of one source for one destination in one
+    request, signed once (label ``"QsToQsBatch"``): what each entry means
+    is exactly what a QsToQsMessage with the same source, destination,
+    timestamp, message id and payload would mean."""
+    source: Fqdn
+    destination: Fqdn
+    timestamp: U64
+    entries: vec(QsToQsBatchEntry)
+    signature: VarBytes
+
+
+@struct
+class BatchAccepted:
+    """A batch entry that was enqueued, or a replay of one that was (its
+    first answer)."""
+    response: FederatedEnqueueResponse
+
+
+@struct
+class BatchRefused:
+    """A batch entry refused on its own: the status and error code a lone
+    QsToQsMessage with it would have got, and ``retry_after`` (seconds, 0
+    for none) of a 429."""
+    status: U16
+    code: String
+    message: String
+    retry_after: U32
+
+
+BatchEntryResult = variant(U8, {1: BatchAccepted, 2: BatchRefused}, "BatchEntryResult")
+
+
+@struct
+class FederatedEnqueueBatchResponse:
+    """Answer to a :class:`QsToQsBatch`: one result per entry, in the entries' order."""
+    results: vec(BatchEntryResult)
+
+
+def encode_qs_to_qs_batch_tbs(source: Fqdn, destination: Fqdn, timestamp: int,
+                              entries: list[tuple[bytes, bytes]]) -> bytes:
+    """``encode(QsToQsBatchTBS(...))`` for entries given as ``(message_id,
+    encoded FanOutMessage)``, without decoding the stored payloads (a struct
+    encodes as its fields in order; a vector is its varint length and its
+    items)."""
+    body = b"".join(encode(mid, _MESSAGE_ID) + encode(payload, VarBytes) for mid, payload in entries)
+    return (encode(source) + encode(destination) + encode(timestamp, U64)
+            + encode_varint(len(body)) + body)
+
+
+def received_batch_tbs(received: bytes, batch: QsToQsBatch) -> bytes:
+    """The signed bytes of a batch taken from the bytes it was strictly
+    decoded from: ``received`` without the encoded signature at its end
+    (the argument of :func:`received_qs_to_qs_tbs`). Raises ValueError if
+    ``received`` does not end with it."""
+    sig = encode(batch.signature, VarBytes)
+    if len(received) < len(sig) or not received.endswith(sig):
+        raise ValueError("the received bytes do not end with the batch's signature")
+    return received[:len(received) - len(sig)]
 
 
 # --- KeyPackages (spec/queuing_service/keypackage_publication.md) ---------------------

@@ -9,7 +9,8 @@ in :mod:`.core`, the async shell in :mod:`.service`, and the homeserver
   the rows that require it (``spec/queuing_service.md#authentication``: all
   client endpoints but *dequeue messages* and *negotiate websocket
   connection*) before the handler runs. ``#federated-qs-to-qs-communication``
-  goes to :meth:`~.service.QsService.federated_enqueue`.
+  goes to :meth:`~.service.QsService.federated_enqueue` (one message) and
+  :meth:`~.service.QsService.federated_enqueue_batch` (several).
 * :func:`websocket_handlers` — ``#negotiate-websocket-connection`` as a real
   websocket (framing in :mod:`.messages`); a plain HTTP GET of the same path
   gets ``426 websocket_required`` once its token checks out. The QS closes
@@ -88,9 +89,13 @@ def handlers(service: Callable[[], QsService]) -> dict[str, Handler]:
     async def federated_enqueue(call: Call):
         return (await service().federated_enqueue(call.body, call.raw or None)).response
 
+    async def federated_enqueue_batch(call: Call):
+        return (await service().federated_enqueue_batch(call.body, call.raw or None)).response()
+
     table: dict[str, Handler] = {name: client_handler(name) for name in CLIENT_OPERATIONS}
     table.update(qs_verifying_key=qs_verifying_key, queue_config_encryption_key=queue_config_encryption_key,
-                 websocket=websocket, federated_enqueue=federated_enqueue)
+                 websocket=websocket, federated_enqueue=federated_enqueue,
+                 federated_enqueue_batch=federated_enqueue_batch)
     return table
 
 

@@ -26,24 +26,26 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Callable, Protocol, TypeVar
 
 import trio
 
-from ..codec import DecodeError, decode
+from ..codec import DecodeError, decode, encode
 from ..errors import Forbidden, Unauthorized, UpstreamError
-from ..federation.client import FederationError, NotFederated, Unreachable
+from ..federation.client import FederationError, MalformedAnswer, NotFederated, RemoteRefused, Unreachable
 from ..federation.keys import RemoteKeyCache
-from ..federation.outbound import OutboundItem, OutboundSender
+from ..federation.outbound import Delivered, OutboundItem, OutboundSender, Outcome, outcome_of_failure
 from ..ids import Fqdn, QsCid
 from ..keystore import Keystore
-from .core import FederatedEnqueueResult, LocalEnqueueResult, QsCore, UnknownSourceKey
+from .core import FederatedBatchResult, FederatedEnqueueResult, LocalEnqueueResult, QsCore, UnknownSourceKey
 from .fanout import config_key_id
-from .messages import FanOutMessage, FederatedEnqueueResponse, QsToQsMessage, QueueDeleted
+from .messages import (BatchAccepted, FanOutMessage, FederatedEnqueueBatchResponse, FederatedEnqueueResponse,
+                       QsToQsBatch, QsToQsMessage, QueueDeleted)
 
 __all__ = ["QueueNotifier", "SourceKeys", "RemoteSourceKeys", "KeystoreQsKeys", "QsService"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # --- websocket notifications (#negotiate-websocket-connection) ------------------------------
@@ -254,14 +256,9 @@ class QsService:
         are fetched (afresh if cached ones failed) and the core checks once
         more. A second refusal is the answer: there is no loop."""
         self.stats["federated_enqueue_received"] += 1
-        cached = self.source_keys.cached(message.source) if self.source_keys else None
-        try:
-            result = await self._federated_enqueue(message, cached, received)
-        except UnknownSourceKey:
-            if self.source_keys is None:
-                raise
-            keys = await self.source_keys.fetch(message.source, cached is not None)
-            result = await self._federated_enqueue(message, keys, received)
+        now_ms = self.clock.now_ms()
+        result = await self._with_source_keys(
+            message.source, lambda keys: self.core.federated_enqueue(message, now_ms, keys, received=received))
         if result.duplicate:
             self.stats["federated_enqueue_duplicates"] += 1
         if self.on_batch_received is not None:
@@ -269,16 +266,71 @@ class QsService:
         self.notifier.notify(result.enqueued)
         return result
 
-    async def _federated_enqueue(self, message: QsToQsMessage, keys: list[bytes] | None,
-                                 received: bytes | None) -> FederatedEnqueueResult:
+    async def federated_enqueue_batch(self, batch: QsToQsBatch, received: bytes | None = None
+                                      ) -> FederatedBatchResult:
+        """A :class:`~.messages.QsToQsBatch` (docs/decisions.md, "QS-to-QS
+        batches"): the whole batch is one core call in one worker thread —
+        one signature check, one store transaction — with the key fetch of
+        :meth:`federated_enqueue` when the source's keys are not at hand."""
+        self.stats["federated_enqueue_received"] += len(batch.entries)
+        self.stats["federated_batches_received"] += 1
         now_ms = self.clock.now_ms()
-        return await trio.to_thread.run_sync(
-            lambda: self.core.federated_enqueue(message, now_ms, keys, received=received))
+        result = await self._with_source_keys(
+            batch.source, lambda keys: self.core.federated_enqueue_batch(batch, now_ms, keys, received=received))
+        self.stats["federated_enqueue_duplicates"] += result.duplicates
+        if self.on_batch_received is not None:
+            self.on_batch_received(len(batch.entries))
+        self.notifier.notify(result.enqueued)
+        return result
+
+    async def _with_source_keys(self, source: Fqdn, work: Callable[[list[bytes] | None], T]) -> T:
+        """``work(keys)`` in a worker thread with the source's cached keys;
+        on :class:`UnknownSourceKey` once more with keys fetched (afresh if
+        cached ones failed)."""
+        cached = self.source_keys.cached(source) if self.source_keys else None
+        try:
+            return await trio.to_thread.run_sync(work, cached)
+        except UnknownSourceKey:
+            if self.source_keys is None:
+                raise
+            keys = await self.source_keys.fetch(source, cached is not None)
+            return await trio.to_thread.run_sync(work, keys)
 
     # --- outbound ---------------------------------------------------------------------------
 
     def frame_outbound(self, item: OutboundItem) -> bytes:
         return self.core.frame_outbound(item, self.clock.now_ms())
+
+    def frame_outbound_batch(self, items: list[OutboundItem]) -> bytes:
+        return self.core.frame_outbound_batch(items, self.clock.now_ms())
+
+    @staticmethod
+    def batch_outcomes(items: list[OutboundItem], answer: bytes) -> list[Outcome]:
+        """What a :class:`~.messages.FederatedEnqueueBatchResponse` means for
+        each item sent: an accepted entry is :class:`Delivered` with the
+        encoded FederatedEnqueueResponse (what a lone message's answer
+        body is, for :meth:`on_delivered`); a refused one means what the
+        same refusal of a lone message means (:func:`outcome_of_failure`:
+        429 and 5xx retry, another 4xx is final). An answer that does not
+        decode, or has not one result per item, is a
+        :class:`~phoenix_ref.federation.client.MalformedAnswer` (every item
+        is retried)."""
+        try:
+            results = decode(FederatedEnqueueBatchResponse, answer).results
+        except DecodeError as e:
+            raise MalformedAnswer(f"bad answer to a QS-to-QS batch: {e}", domain=items[0].destination) from None
+        if len(results) != len(items):
+            raise MalformedAnswer(f"{len(results)} results for a batch of {len(items)} messages",
+                                  domain=items[0].destination)
+        outcomes: list[Outcome] = []
+        for item, r in zip(items, results):
+            if isinstance(r, BatchAccepted):
+                outcomes.append(Delivered(encode(r.response)))
+            else:
+                refused = RemoteRefused(f"{r.status} {r.code}: {r.message}", status=r.status, code=r.code,
+                                        retry_after=r.retry_after or None, domain=item.destination)
+                outcomes.append(outcome_of_failure(refused))
+        return outcomes
 
     def on_delivered(self, item: OutboundItem, response: bytes) -> None:
         """The destination took ``item``: hand the ``QueueDeleted`` entries of
