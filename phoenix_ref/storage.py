@@ -48,11 +48,14 @@ class Connection(sqlite3.Connection):
     """An ``sqlite3`` connection that tells listeners when a unit of work is
     rolled back, so that a store can drop in-memory copies of rows that
     were written inside it (:class:`~phoenix_ref.queues.SqliteQueueStore`
-    keeps the key material of busy queues)."""
+    keeps the key material of busy queues), and counts the transactions
+    :func:`transaction` committed (``commits``: each is a write to disk,
+    the cost the spec's IO goal counts; tests and benchmarks read it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rollback_listeners: list[Callable[[], None]] = []
+        self.commits = 0
 
     def rolled_back(self) -> None:
         for listener in self.rollback_listeners:
@@ -235,6 +238,8 @@ def transaction(conn: sqlite3.Connection, lock) -> Iterator[sqlite3.Connection]:
             if id(conn) in _failed:
                 raise NestedUnitFailed("a unit of work nested in this one failed; nothing was committed")
             conn.execute("COMMIT")
+            if isinstance(conn, Connection):
+                conn.commits += 1
         except BaseException:
             if conn.in_transaction:   # SQLite may have rolled back already
                 conn.execute("ROLLBACK")

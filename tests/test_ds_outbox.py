@@ -37,11 +37,12 @@ class RecordingQs:
         self.calls: list[tuple[bytes, bytes]] = []   # (body, message id)
         self.refuse = refuse
 
-    async def local_enqueue(self, message, message_id=None) -> LocalEnqueueResult:
+    async def local_enqueue_many(self, handovers) -> tuple[list[LocalEnqueueResult], None]:
         if self.refuse:
             raise OSError("the QS store is unavailable")
-        self.calls.append((bytes(message.message_content.message.private_message.ciphertext), message_id))
-        return LocalEnqueueResult()
+        for message, message_id in handovers:
+            self.calls.append((bytes(message.message_content.message.private_message.ciphertext), message_id))
+        return [LocalEnqueueResult() for _ in handovers], None
 
 
 def crashed_store(path) -> tuple[DsStore, list[bytes]]:
@@ -54,7 +55,7 @@ def crashed_store(path) -> tuple[DsStore, list[bytes]]:
 
 def service(store: DsStore, qs: RecordingQs) -> DsService:
     core = DsCore(DsConfig(Fqdn("a.example")), [])
-    return DsService(core, store, qs.local_enqueue, FixedClock(0))
+    return DsService(core, store, qs.local_enqueue_many, FixedClock(0))
 
 
 @spec(DISTRIBUTION, "informative")

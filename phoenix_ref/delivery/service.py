@@ -8,9 +8,10 @@ One request on a group (``spec/delivery_service.md#validation``):
 2. in one worker-thread call: read the row, run the core, write the
    outcome — the new state and its fan-outs as outbox entries in one
    transaction (decision A40);
-3. hand each fan-out to the QS with its message id (the QS enqueues once
-   per id), store the QueueDeleted answers sealed to the group's Queue ID
-   key and drop the handed-over entries;
+3. hand the fan-outs to the QS with their message ids, all in one call
+   (the QS enqueues once per id, all of them in one transaction), store
+   the QueueDeleted answers sealed to the group's Queue ID key and drop the
+   handed-over entries;
 4. release the lock, answer.
 
 A crash after step 2 leaves the entries in the outbox; :meth:`DsService.run`
@@ -95,13 +96,15 @@ class _GroupLocks:
 
 
 class DsService:
-    """The DS of one homeserver (module docstring). ``local_enqueue`` is
-    the local QS's entry point ``(FanOutMessage, message_id) -> LocalEnqueueResult``."""
+    """The DS of one homeserver (module docstring). ``local_enqueue_many``
+    is the local QS's entry point: a list of ``(FanOutMessage, message_id)``
+    → ``(results of those it took, in order; its refusal or None)``
+    (:meth:`~phoenix_ref.queuing.service.QsService.local_enqueue_many`)."""
 
-    def __init__(self, core: DsCore, store: DsStore, local_enqueue: Callable[..., Any], clock):
+    def __init__(self, core: DsCore, store: DsStore, local_enqueue_many: Callable[..., Any], clock):
         self.core = core
         self.store = store
-        self.local_enqueue = local_enqueue
+        self.local_enqueue_many = local_enqueue_many
         self.clock = clock
         self._locks = _GroupLocks()
         self._handover = trio.Lock()       # one hand-over at a time keeps the outbox order
@@ -180,10 +183,13 @@ class DsService:
             done: list[int] = []
             deleted: list[tuple[GroupId, bytes]] = []
             try:
-                for entry in entries:
-                    result = await self.local_enqueue(entry.message, message_id=entry.message_id)
-                    deleted += await self._sealed(result.queue_deleted)
-                    done.append(entry.seq)
+                # one call, one QS transaction for all of them (its refusal, if
+                # any, ends the list: the entries from it on stay, in order)
+                results, refused = await self.local_enqueue_many([(e.message, e.message_id) for e in entries])
+                deleted = await self._sealed([qd for r in results for qd in r.queue_deleted])
+                done = [e.seq for e in entries[:len(results)]]
+                if refused is not None:
+                    raise refused
             except Exception:
                 log.exception("the local QS did not take a fan-out; it stays in the outbox")
                 self._pending.set()

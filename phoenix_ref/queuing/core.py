@@ -676,6 +676,37 @@ class QsCore:
         second call with a taken id does nothing and returns ``duplicate``
         with the first call's ``queue_deleted``.
         """
+        prepared = self._prepare_local(message, message_id)
+        with self.transaction():
+            return self._store_local(prepared, now_ms)
+
+    def local_enqueue_many(self, handovers: Sequence[tuple[FanOutMessage, bytes | None]], now_ms: int
+                           ) -> tuple[list[LocalEnqueueResult], ProtocolError | None]:
+        """Several hand-overs of the local DS (``(message, message_id)``, as
+        :meth:`local_enqueue` takes them) in ONE store transaction, in order
+        (``spec/performance_goals.md#homeserver-processing``: one write per
+        request; a DS request that leaves several fan-outs, or the DS's
+        outbox after a restart). The hand-overs before the first one that
+        is refused are done; the refusal is returned with their results and
+        nothing after it is looked at, so the DS keeps its outbox order.
+        A message id given twice is done once (the second gets ``duplicate``)."""
+        prepared: list[_PreparedLocal] = []
+        refused: ProtocolError | None = None
+        for message, message_id in handovers:
+            try:
+                prepared.append(self._prepare_local(message, message_id))
+            except ProtocolError as e:
+                refused = e
+                break
+        if not prepared:
+            return [], refused
+        with self.transaction():
+            return [self._store_local(p, now_ms) for p in prepared], refused
+
+    def _prepare_local(self, message: FanOutMessage, message_id: bytes | None) -> "_PreparedLocal":
+        """Everything of a local hand-over that can fail, before any write:
+        the group of the content, the local configs opened, each remote
+        domain's FanOutMessage encoded with a fresh outbound message id."""
         if message_id is not None and len(message_id) != MESSAGE_ID_LEN:
             raise ValueError(f"a message id has {MESSAGE_ID_LEN} bytes, not {len(message_id)}")
         result = LocalEnqueueResult()
@@ -692,19 +723,24 @@ class QsCore:
             else:
                 payload = self.config_lists.encode_fan_out(part.client_queue_configs, plaintext)
                 forward.append((domain, os.urandom(MESSAGE_ID_LEN), payload))
-        with self.transaction():
-            if message_id is not None:
-                first = self._first_answer(LOCAL_SOURCE, message_id, now_ms)
-                if first is not None:
-                    log.info("fan-out %s was handed over before: nothing done", message_id.hex())
-                    return LocalEnqueueResult(queue_deleted=first.queue_deleted, duplicate=True)
-            self._enqueue_candidates(candidates, group_id, plaintext, now_ms, result)
-            for domain, outbound_id, payload in forward:
-                self.outbound.append(domain.value, outbound_id, payload, now_ms)
-                result.forwarded.append(domain)
-            if message_id is not None:
-                self._remember(LOCAL_SOURCE, message_id, result.queue_deleted,
-                               now_ms + self.config.local_message_id_keep_ms)
+        return _PreparedLocal(message_id, group_id, plaintext, candidates, forward, result)
+
+    def _store_local(self, p: "_PreparedLocal", now_ms: int) -> LocalEnqueueResult:
+        """Inside the caller's transaction: the replay check of the DS's id,
+        the local queue writes, the outbound appends and the id with its answer."""
+        if p.message_id is not None:
+            first = self._first_answer(LOCAL_SOURCE, p.message_id, now_ms)
+            if first is not None:
+                log.info("fan-out %s was handed over before: nothing done", p.message_id.hex())
+                return LocalEnqueueResult(queue_deleted=first.queue_deleted, duplicate=True)
+        result = p.result
+        self._enqueue_candidates(p.candidates, p.group_id, p.plaintext, now_ms, result)
+        for domain, outbound_id, payload in p.forward:
+            self.outbound.append(domain.value, outbound_id, payload, now_ms)
+            result.forwarded.append(domain)
+        if p.message_id is not None:
+            self._remember(LOCAL_SOURCE, p.message_id, result.queue_deleted,
+                           now_ms + self.config.local_message_id_keep_ms)
         return result
 
     # --- key distribution (spec/federation/use_cases.md#authentication-key-distribution) ---------
@@ -919,6 +955,18 @@ class QsCore:
             except CryptoError:
                 continue
         raise UnknownSourceKey(f"{label} signature does not verify", source=source)
+
+
+@dataclass
+class _PreparedLocal:
+    """A local hand-over checked and opened, ready for its transaction
+    (:meth:`QsCore._store_local`)."""
+    message_id: bytes | None
+    group_id: GroupId
+    plaintext: bytes
+    candidates: list[tuple[ClientQueueConfig, OpenedQueueConfig]]
+    forward: list[tuple[Fqdn, bytes, bytes]]   # (domain, outbound message id, encoded FanOutMessage)
+    result: LocalEnqueueResult
 
 
 @dataclass

@@ -31,7 +31,7 @@ from typing import AsyncIterator, Callable, Protocol, TypeVar
 import trio
 
 from ..codec import DecodeError, decode, encode
-from ..errors import Forbidden, Unauthorized, UpstreamError
+from ..errors import Forbidden, ProtocolError, Unauthorized, UpstreamError
 from ..federation.client import FederationError, MalformedAnswer, NotFederated, RemoteRefused, Unreachable
 from ..federation.keys import RemoteKeyCache
 from ..federation.outbound import Delivered, OutboundItem, OutboundSender, Outcome, outcome_of_failure
@@ -248,6 +248,19 @@ class QsService:
             for domain in result.forwarded:
                 self.outbound_sender.wake(domain.value)
         return result
+
+    async def local_enqueue_many(self, handovers: list[tuple[FanOutMessage, bytes | None]]
+                                 ) -> tuple[list[LocalEnqueueResult], ProtocolError | None]:
+        """:meth:`QsCore.local_enqueue_many` — several hand-overs of the DS in
+        one worker-thread call and one store transaction — then the wake-ups
+        of :meth:`local_enqueue` for all of them."""
+        results, refused = await trio.to_thread.run_sync(self.core.local_enqueue_many, handovers,
+                                                         self.clock.now_ms())
+        self.notifier.notify([c for r in results for c in r.enqueued])
+        if self.outbound_sender is not None:
+            for domain in {d for r in results for d in r.forwarded}:
+                self.outbound_sender.wake(domain.value)
+        return results, refused
 
     async def federated_enqueue(self, message: QsToQsMessage, received: bytes | None = None
                                 ) -> FederatedEnqueueResult:
