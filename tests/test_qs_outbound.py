@@ -14,7 +14,7 @@ from phoenix_ref.federation.client import (
     BadCertificate, MalformedAnswer, NotFederated, NotTls, RemoteRefused, Unreachable,
 )
 from phoenix_ref.federation.outbound import (
-    BackoffPolicy, Delivered, MemoryOutboundStore, OutboundSender, Parked, Rejected, RetryLater,
+    BackoffPolicy, BatchLimits, Delivered, MemoryOutboundStore, OutboundSender, Parked, Rejected, RetryLater,
     SqliteOutboundStore, outcome_of_failure,
 )
 from phoenix_ref.federation.outbound_crypto import OutboundKeyError, OutboundKeys
@@ -275,6 +275,117 @@ def test_remove_returns_the_next_head(tmp_path, kind):
     assert store.head("c.example").payload == b"other"
     if kind == "sqlite":
         store.close()
+
+
+# --- batches of a backlog (docs/decisions.md, "QS-to-QS batches") --------------------------------
+
+class BatchRemote:
+    """A receiver that is down until ``up`` is set; records every request:
+    ("one", [payload]) for ``send``, ("batch", [payloads]) for ``send_batch``.
+    ``answer(payload)`` gives each message's outcome once it is up."""
+
+    def __init__(self, answer=lambda payload: Delivered()):
+        self.requests: list[tuple[str, list[bytes]]] = []
+        self.up = trio.Event()
+        self.answer = answer
+
+    async def send(self, item):
+        self.requests.append(("one", [item.payload]))
+        if not self.up.is_set():
+            raise Unreachable("down")
+        return self.answer(item.payload)
+
+    async def send_batch(self, items):
+        self.requests.append(("batch", [i.payload for i in items]))
+        if not self.up.is_set():
+            raise Unreachable("down")
+        return [self.answer(i.payload) for i in items]
+
+
+def _batch_sender(store, remote, limits=BatchLimits(100, 1 << 20), **kw):
+    return OutboundSender(store, remote.send, send_batch=remote.send_batch, batch_limits=limits,
+                          policy=BackoffPolicy(base_delay=1.0, max_delay=5.0, jitter=0), **kw)
+
+
+@pytest.mark.trio
+async def test_a_lone_message_goes_at_once_and_alone(autojump_clock):
+    store, remote = MemoryOutboundStore(), BatchRemote()
+    remote.up.set()
+    sender = _batch_sender(store, remote)
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        t0 = trio.current_time()
+        await sender.submit("b.example", b"\x01" * 16, b"lone", 0)
+        await _wait_until(lambda: store.destinations() == [], step=0.001)
+        assert trio.current_time() - t0 < 0.01                  # no timer waited for company
+        n.cancel_scope.cancel()
+    assert remote.requests == [("one", [b"lone"])]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_backlog_goes_in_batches_up_to_the_bounds(tmp_path, autojump_clock, kind):
+    """While the destination is down 20 messages queue up; once it is back
+    they go in order, in batches of at most 7 (the count bound)."""
+    store = MemoryOutboundStore() if kind == "memory" else SqliteOutboundStore(str(tmp_path / "o.db"), keys=KEYS)
+    remote = BatchRemote()
+    delivered = []
+    sender = _batch_sender(store, remote, BatchLimits(7, 1 << 20), on_delivered=lambda i, r: delivered.append(i.payload))
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        for k in range(20):
+            await sender.submit("b.example", bytes([k]) * 16, b"m%02d" % k, 0)
+        await _wait_until(lambda: sender.pending_failures("b.example") >= 2)
+        remote.up.set()
+        await _wait_until(lambda: len(delivered) == 20)
+        n.cancel_scope.cancel()
+    assert delivered == [b"m%02d" % k for k in range(20)]
+    sent_up = [payloads for kind_, payloads in remote.requests[-3:]]
+    assert [len(p) for p in sent_up] == [7, 7, 6] and sum(sent_up, []) == delivered
+    assert sender.stats["attempts"] == len(remote.requests)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_batch_is_bounded_by_bytes_but_always_holds_the_head(tmp_path, kind):
+    store = MemoryOutboundStore() if kind == "memory" else SqliteOutboundStore(str(tmp_path / "o.db"), keys=KEYS)
+    for k, size in enumerate([50, 30, 30, 10]):
+        store.append("b.example", bytes([k]) * 16, b"x" * size, k)
+    assert [len(i.payload) for i in store.batch("b.example", 10, 80)] == [50, 30]
+    assert [len(i.payload) for i in store.batch("b.example", 10, 10)] == [50]        # the head, whatever its size
+    assert [len(i.payload) for i in store.batch("b.example", 3, 1000)] == [50, 30, 30]
+    assert store.batch("c.example", 10, 1000) == []
+
+
+@pytest.mark.trio
+async def test_each_message_of_a_batch_has_its_own_outcome(autojump_clock):
+    """Delivered leave, a refused one goes to the dead letters alone, one
+    told to retry stays at the head and goes again after the backoff."""
+    tries: dict[bytes, int] = {}
+
+    def answer(payload):
+        tries[payload] = tries.get(payload, 0) + 1
+        if payload == b"bad":
+            return Rejected(403, "not yours", "not_group_owner")
+        if payload == b"slow" and tries[payload] == 1:
+            return RetryLater("429 rate_limited", 3)
+        return Delivered()
+
+    store, remote = MemoryOutboundStore(), BatchRemote(answer)
+    delivered = []
+    sender = _batch_sender(store, remote, on_delivered=lambda i, r: delivered.append(i.payload))
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        for k, p in enumerate([b"ok1", b"bad", b"slow", b"ok2"]):
+            await sender.submit("b.example", bytes([k]) * 16, p, 0)
+        await _wait_until(lambda: sender.pending_failures("b.example") >= 1)   # the first (down) attempt failed
+        remote.up.set()
+        await _wait_until(lambda: store.destinations() == [])
+        n.cancel_scope.cancel()
+    assert delivered == [b"ok1", b"ok2", b"slow"]
+    assert [(d.code, d.status) for d in store.dead_letters] == [("not_group_owner", 403)]
+    last = remote.requests[-2:]
+    assert last[0] == ("batch", [b"ok1", b"bad", b"slow", b"ok2"]) and last[1] == ("one", [b"slow"])
+    assert sender.stats["dead_lettered"] == 1 and sender.stats["delivered"] == 3
 
 
 # --- what an answer means -----------------------------------------------------------------
