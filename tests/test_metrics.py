@@ -134,17 +134,18 @@ async def test_scrape_counts_requests_federation_and_privacy_pass():
         assert sa.value("phoenix_privacy_pass_tokens_redeemed_total", service="ds", role="federated") > 0
         assert sa.labels("phoenix_privacy_pass_tokens_redeemed_total", "service") >= {"as", "ds", "qs"}
 
-        # federation a → b: every delivery was one accepted QS-to-QS request of one message
+        # federation a → b: every delivery was accepted, each message in one QS-to-QS request
+        # (a lone one as a QsToQsMessage, two that waited together as one QsToQsBatch)
         delivered = sa.value("phoenix_federation_deliveries_total", destination=B)
         assert delivered >= 2          # the welcome and the message
-        assert sa.value("phoenix_federation_requests_total", destination=B, endpoint="federated_enqueue",
-                        result="200") == delivered
-        assert sa.value("phoenix_federation_batch_messages_sent_count") == delivered
+        requests = sum(sa.value("phoenix_federation_requests_total", destination=B, endpoint=e, result="200")
+                       for e in ("federated_enqueue", "federated_enqueue_batch"))
+        assert sa.value("phoenix_federation_batch_messages_sent_count") == requests
         assert sa.value("phoenix_federation_batch_messages_sent_sum") == delivered
-        assert sb.value("phoenix_http_requests_total", service="qs", endpoint="federated_enqueue",
-                        status="200") == delivered
-        assert sb.value("phoenix_federation_batch_messages_received_count") == delivered
-        assert sb.value("phoenix_federation_batch_messages_received_bucket", le="1.0") == delivered
+        assert sum(sb.value("phoenix_http_requests_total", service="qs", endpoint=e, status="200")
+                   for e in ("federated_enqueue", "federated_enqueue_batch")) == requests
+        assert sb.value("phoenix_federation_batch_messages_received_count") == requests
+        assert sb.value("phoenix_federation_batch_messages_received_sum") == delivered
         assert sa.value("phoenix_federation_retries_total") == 0
         assert sa.value("phoenix_federation_dead_letters_total") == 0
         assert sa.value("phoenix_federation_queue_depth") == 0   # nothing waiting
@@ -186,6 +187,53 @@ async def test_scrape_counts_requests_federation_and_privacy_pass():
             return s if s.value("phoenix_federation_queue_depth") == 0 else None
         s = await eventually(drained)
         assert s.value("phoenix_federation_deliveries_total", destination=B) == delivered + 1
+
+
+@spec("threat_model/stride/security_requirements/operators.md#homeserver-management", "informative")
+async def test_batch_sizes_show_a_backlog_sent_as_one_request_and_a_lone_message_alone():
+    """b.example is down while a.example queues 20 messages for it; once it
+    is back they travel in one QsToQsBatch (the bound is 100), which both
+    histograms show as a request of 20 messages. A message sent while the
+    queue is empty goes at once, alone (a request of 1)."""
+    from spec_tests.qs_http import message, qs_client, read_all
+    async with Deployment("in_process", ["hs1", "hs2"], metrics=True, limits=FAST_RETRIES) as d, \
+            d.client() as http:
+        a, b = d["hs1"], d["hs2"]
+        qs = await qs_client(d, http, B)
+        bob = await qs.register(B)
+        cfg = await qs.client_queue_config(bob)
+        await d.set_down("hs2")
+        for i in range(20):
+            await a.hs.qs.local_enqueue(message([cfg], b"m%d" % i))
+        await eventually(lambda: _true(a.hs.qs.outbound_sender.pending_failures(B) >= 2))
+        await d.set_up("hs2")
+        assert await read_all(qs, bob, 20) == [b"m%d" % i for i in range(20)]
+        sb = await scrape(b)
+        assert sb.value("phoenix_federation_batch_messages_received_count") == 1
+        assert sb.value("phoenix_federation_batch_messages_received_sum") == 20
+        assert sb.value("phoenix_federation_batch_messages_received_bucket", le="10.0") == 0
+        assert sb.value("phoenix_http_requests_total", service="qs", endpoint="federated_enqueue_batch",
+                        status="200") == 1
+        sa = await scrape(a)
+        assert sa.value("phoenix_federation_requests_total", destination=B, endpoint="federated_enqueue_batch",
+                        result="200") == 1
+        # the sender observed a request of 20 (the one that went through; those that failed while
+        # b was down carried what had queued by then)
+        assert sa.value("phoenix_federation_batch_messages_sent_bucket", le="20.0") \
+            - sa.value("phoenix_federation_batch_messages_sent_bucket", le="10.0") >= 1
+
+        await eventually(lambda: _true(a.hs.qs.outbound_sender.held() == {}))
+        await a.hs.qs.local_enqueue(message([cfg], b"alone"))
+        assert await read_all(qs, bob, 1) == [b"alone"]
+        sb = await scrape(b)
+        assert sb.value("phoenix_federation_batch_messages_received_count") == 2
+        assert sb.value("phoenix_federation_batch_messages_received_bucket", le="1.0") == 1
+        assert sb.value("phoenix_http_requests_total", service="qs", endpoint="federated_enqueue",
+                        status="200") == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_429_given_and_received_are_counted():
