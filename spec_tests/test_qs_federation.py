@@ -13,13 +13,13 @@ import os
 import trio
 
 from phoenix_ref import endpoints
-from phoenix_ref.codec import decode, encode
+from phoenix_ref.codec import VarBytes, decode, encode
 from phoenix_ref.crypto import SigningKey, hs_sign
 from phoenix_ref.errors import ErrorResponse
 from phoenix_ref.http import MEDIA_TYPE
 from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.queuing import messages as m
-from phoenix_ref.queuing.core import QS_TO_QS_LABEL
+from phoenix_ref.queuing.core import QS_TO_QS_BATCH_LABEL, QS_TO_QS_LABEL
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 
@@ -176,3 +176,65 @@ async def test_remote_queue_deleted_travels_back(deployment):
             while not deleted:
                 await trio.sleep(0.05)
         assert [q.client_queue_config for q in deleted] == [gone_cfg]
+
+
+BATCH_URL = "https://qs.b.example" + endpoints.by_name("qs", "federated_enqueue_batch").path
+
+
+def _batch(d, entries: list[tuple[bytes, bytes]], *, key: SigningKey | None = None) -> bytes:
+    """A QsToQsBatch from a.example of ``(message id, encoded payload)`` entries."""
+    tbs = m.encode_qs_to_qs_batch_tbs(Fqdn("a.example"), Fqdn("b.example"), d.clock.now_ms(), entries)
+    key = key or d["hs1"].hs.keystore.qs_signing_keys[0]
+    return tbs + encode(hs_sign(key, QS_TO_QS_BATCH_LABEL, tbs), VarBytes)
+
+
+@spec(FEDERATED, "informative")
+async def test_a_batch_answers_each_message_and_refuses_bad_requests_with_4xx(deployment):
+    """Several messages in one QsToQsBatch (docs/decisions.md, "QS-to-QS
+    batches"): a fresh one, one already delivered as a lone QsToQsMessage,
+    one for a deleted queue, one whose payload does not decode and one for
+    a group of another homeserver each get their own answer; the good ones
+    are enqueued once. Bodies that are no batch, a forged one and one of
+    more than 100 messages get a 4xx and enqueue nothing."""
+    d = deployment
+    headers = {"content-type": MEDIA_TYPE}
+    async with d.client() as http:
+        qs = await qs_client(d, http, "b.example")
+        bob, gone = await qs.register("b.example"), await qs.register("b.example")
+        cfg, gone_cfg = await qs.client_queue_config(bob), await qs.client_queue_config(gone)
+        await qs.send(gone, "delete_user_record", m.DeleteUserRecordParams(gone.qs_uid))
+        lone = _frame(d, message([cfg], b"lone"))
+        assert (await http.post(URL, content=lone, headers=headers)).status_code == 200
+        assert await read_all(qs, bob, 1) == [b"lone"]
+
+        lone_id = decode(m.QsToQsMessage, lone).message_id
+        entries = [(os.urandom(16), encode(message([cfg], b"fresh"))),
+                   (lone_id, encode(message([cfg], b"lone"))),
+                   (os.urandom(16), encode(message([gone_cfg], b"to gone"))),
+                   (os.urandom(16), b"\x05 not a fan-out"),
+                   (os.urandom(16), encode(message([cfg], b"foreign", group=GroupId.random("c.example"))))]
+        resp = await http.post(BATCH_URL, content=_batch(d, entries), headers=headers)
+        assert resp.status_code == 200
+        fresh, replay, deleted, bad, foreign = decode(m.FederatedEnqueueBatchResponse, resp.content).results
+        assert isinstance(fresh, m.BatchAccepted) and fresh.response.queue_deleted == []
+        assert isinstance(replay, m.BatchAccepted)                 # the lone message's first answer
+        assert [q.client_queue_config for q in deleted.response.queue_deleted] == [gone_cfg]
+        assert (bad.status, bad.code) == (400, "bad_payload")
+        assert (foreign.status, foreign.code) == (403, "not_group_owner")
+        assert await read_all(qs, bob, 1) == [b"fresh"]
+        assert await qs.receive(bob) == []                          # the replay enqueued nothing
+
+        good = [(os.urandom(16), encode(message([cfg], b"never")))]
+        refused = {
+            "not a batch": (b"\x00\x01\x02", 400),
+            "a lone message on the batch endpoint": (lone, 400),
+            "trailing bytes": (_batch(d, good) + b"\x00", 400),
+            "forged": (_batch(d, good, key=SigningKey.generate()), 401),
+            "empty": (_batch(d, []), 400),
+            "too many": (_batch(d, good * 101), 413),
+        }
+        for what, (body, status) in refused.items():
+            resp = await http.post(BATCH_URL, content=body, headers=headers)
+            assert resp.status_code == status, (what, resp.status_code, resp.content)
+            decode(ErrorResponse, resp.content)
+        assert await qs.receive(bob) == []
