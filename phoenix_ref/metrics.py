@@ -23,8 +23,9 @@ What is counted, and from where:
   ``phoenix_federation_retries_total`` and ``phoenix_federation_dead_letters_total``,
   all ``{destination}``, from its ``attempt`` records;
 * messages per QS-to-QS request — ``phoenix_federation_batch_messages_sent``
-  and ``…_received`` (histograms; 1 per request while the sender sends one
-  message per request, kept so that batching shows);
+  (every attempt) and ``…_received`` (every request the QS processed):
+  histograms, 1 for a lone QsToQsMessage, the entry count of a QsToQsBatch
+  (a backlog, docs/decisions.md "QS-to-QS batches");
 * Privacy Pass — ``phoenix_privacy_pass_tokens_issued_total{role}`` and
   ``phoenix_privacy_pass_tokens_redeemed_total{service, role}``, ``role``
   being ``local`` (the homeserver's own clients) or ``federated``;
