@@ -56,7 +56,18 @@ reports, against
   CPU is less disturbed by other load than wall time, but on a shared
   machine it still varies by 20% or more between runs.
 
-Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 30]``.
+* **scale** (``--scale``): n = 100, 200, 500, 1000 recipients over K = 10
+  homeservers, uninstrumented. For each n, the one-at-a-time CPU per
+  delivered message (each message waits for every remote homeserver's
+  answer before the next: idle destinations, a lone message per request)
+  with its floor multiple, and a **burst**: ``--burst`` messages handed to
+  the QS back to back, so a backlog forms behind the first; it reports the
+  federation requests they took, messages per request, CPU per delivered
+  message and QS-database commits per message delivered to a homeserver.
+  Flat means the per-delivered-message cost does not grow with n.
+
+Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 30]``,
+or ``python benchmarks/fanout_bench.py --scale [--sizes 100,200,500,1000] [--homeservers 10] [--burst 50]``.
 """
 
 from __future__ import annotations
@@ -87,7 +98,7 @@ from phoenix_ref.queuing.messages import encode_qs_to_qs_tbs  # noqa: E402
 from phoenix_ref.testing import Deployment  # noqa: E402
 from tests.qs_helpers import application_message  # noqa: E402
 
-NAMES = ["hs1", "hs2", "hs3"]
+NAMES = [f"hs{i}" for i in range(1, 11)]   # hs1..hs3: a/b/c.example; the others hs<i>.example
 BLOCK = 3   # warm messages sent back to back between two timings of the floor
 INSTRUMENTED_MESSAGES = 6   # warm messages of the instrumented pass (counts and breakdown)
 BODY = os.urandom(200)   # an application message of ordinary size
@@ -244,8 +255,10 @@ async def _register(hs, n_here: int) -> list[QsIdentity]:
 
 
 class _Removals:
-    """The sender's outbound store, telling the Trio thread each time a
-    delivered item has been removed (the sender's last step for it)."""
+    """The sender's outbound store, telling the Trio thread how many
+    delivered items it has just removed (the sender's last step for them:
+    ``settle`` for a batch's outcomes, ``remove`` for a single item in
+    versions of the sender without batches)."""
 
     def __init__(self, inner, on_removed) -> None:
         self._inner, self._on_removed = inner, on_removed
@@ -258,10 +271,30 @@ class _Removals:
         try:
             return self._inner.remove(destination, seq)
         finally:
-            self._token.run_sync_soon(self._on_removed)
+            self._token.run_sync_soon(self._on_removed, 1)
+
+    def settle(self, destination: str, delivered, rejected, *args):
+        try:
+            return self._inner.settle(destination, delivered, rejected, *args)
+        finally:
+            self._token.run_sync_soon(self._on_removed, len(delivered) + len(rejected))
 
 
-async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict:
+def _requests(stats) -> int:
+    """Federation requests the sender made: ``attempts`` where the sender
+    counts them, else one per item attempted (a sender without batches)."""
+    if "attempts" in stats:
+        return stats["attempts"]
+    return stats["delivered"] + stats["retried"] + stats["dead_lettered"]
+
+
+def _commits(nodes) -> int:
+    """Commits of every QS database of the deployment (0 where the storage
+    layer does not count them)."""
+    return sum(getattr(hs.qs_store.connection, "commits", 0) for hs in nodes)
+
+
+async def run_case(n: int, k: int, messages: int, *, instrumented: bool, burst: int = 0) -> dict:
     """One deployment of ``k`` homeservers and ``n`` queues; a cold message,
     then ``messages`` warm ones. ``instrumented``: count asymmetric
     operations and store calls and time the parts (the counts and the
@@ -275,7 +308,7 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
                 clients.append((hs, me))
         configs = [me.client_queue_config(hs.keystore.qs_queue_config_keys[0].public) for hs, me in clients]
         sender = nodes[0]
-        group = GroupId.random("ds.a.example")
+        group = GroupId.random(sender.domain)   # a group of the sending homeserver (decision "Fan-out only for the sender's own groups")
         if instrumented:
             for hs in nodes:
                 instrument(hs)
@@ -287,12 +320,18 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
             on_delivered(item, response)
             answers[0] += 1
 
-        def count_removals():
-            removed[0] += 1
-            if removed[0] == k - 1:
+        expected = [k - 1]   # removals that complete the current measurement
+
+        def count_removals(count: int):
+            removed[0] += count
+            if removed[0] >= expected[0]:
                 done.set()
         sender.qs.outbound_sender.on_delivered = count_answers
         sender.qs.outbound_sender.store = _Removals(sender.qs.outbound_sender.store, count_removals)
+
+        def set_done(event: trio.Event) -> None:
+            nonlocal done
+            done = event
 
         async def one(body: bytes) -> tuple[float, dict, dict, int, dict]:
             nonlocal done
@@ -340,21 +379,52 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool) -> dict
             if not instrumented:
                 timings.append(floor())
         floors, steps = [f for f, _ in timings], [step for _, step in timings]
+        bursts = await _burst(sender, nodes, configs, group, burst, k, expected, removed,
+                              set_done) if burst and k > 1 else None
         for hs in nodes:   # every queue got every message exactly once
             core = hs.qs.core
             for owner, me in clients:
                 if owner is hs:
                     info = await hs.qs.call(core.queues.info, encode(me.qs_cid))
-                    assert info.message_count == 1 + 1 + messages, info   # reset + cold + warm
+                    assert info.message_count == 1 + 1 + messages + (burst if bursts else 0), info
+                    # reset + cold + warm (+ burst)
         # one client query: a dequeue
         io.clear()
         hs, me = clients[0]
         await hs.qs.call(hs.qs.core.dequeue_messages, me.dequeue_request(hs.clock.now_ms()), hs.clock.now_ms())
         dequeue_io = dict(io)
         return {"n": n, "k": k, "domains": [hs.domain for hs in nodes], "cold": cold, "warm": warm,
-                "dequeue_io": dequeue_io, "floors": floors,
+                "dequeue_io": dequeue_io, "floors": floors, "burst": bursts,
                 "message_floors": [(floors[i] + floors[i + 1]) / 2 for i in floor_of] if floors else [],
                 "message_steps": [(steps[i] + steps[i + 1]) / 2 for i in floor_of] if steps else []}
+
+
+async def _burst(sender, nodes, configs, group, count: int, k: int, expected: list[int], removed: list[int],
+                 set_done) -> dict:
+    """``count`` messages handed to the QS back to back, as a busy group's
+    stream would come: the sender works on the first while the others
+    queue up behind it (a backlog). CPU from the first hand-over until the
+    sender has removed every delivered item, per delivered message; and the
+    federation requests it took."""
+    outbound = sender.qs.outbound_sender
+    requests0, delivered0, commits0 = _requests(outbound.stats), outbound.stats["delivered"], _commits(nodes)
+    removed[0], expected[0] = 0, count * (k - 1)
+    event = trio.Event()
+    set_done(event)
+    t0 = time.process_time()
+    for _ in range(count):
+        await sender.qs.local_enqueue(m.FanOutMessage(
+            [m.ClientQueueConfig(c.client_homeserver_domain, bytes(bytearray(c.sealed_config))) for c in configs],
+            application_message(group, BODY)))
+    with trio.fail_after(600):
+        await event.wait()
+    cpu = time.process_time() - t0
+    expected[0] = k - 1
+    requests = _requests(outbound.stats) - requests0
+    delivered = outbound.stats["delivered"] - delivered0
+    assert delivered == count * (k - 1), (delivered, count, k)
+    return {"count": count, "cpu": cpu, "requests": requests, "delivered": delivered,
+            "commits": _commits(nodes) - commits0}
 
 
 def _per(domain_counts: dict, domain: str) -> str:
@@ -424,6 +494,44 @@ def report_fixed_and_marginal(results: list[dict]) -> None:
           f"{marginal / floor_large:.1f}x the crypto floor of n = {large['n']} ==")
 
 
+def report_scale(results: list[dict]) -> None:
+    """One line per n of the scale run: the warm CPU per delivered message
+    (one message at a time: idle destinations, a lone message per request)
+    with its crypto-floor multiple, and the burst (a backlog: messages per
+    federation request, CPU and commits per delivered message)."""
+    k = results[0]["k"]
+    print(f"\n== scale: n recipients over K = {k} homeservers (in-process) ==")
+    print("     n | one at a time: us/delivered  x floor  fed. requests/msg | "
+          "burst: msgs  fed. requests  msgs/request  us/delivered  commits/delivered-to-HS")
+    for r in results:
+        n = r["n"]
+        warm_cpu = statistics.median(c for c, *_ in r["warm"])
+        ratio = statistics.median(c / n / f for (c, *_), f in zip(r["warm"], r["message_floors"]))
+        requests = statistics.median(req for _, _, _, req, _ in r["warm"])
+        line = f"{n:6d} | {warm_cpu / n * 1e6:27.1f}  {ratio:7.2f}  {requests:17.0f} |"
+        b = r["burst"]
+        if b:
+            line += (f" {b['count']:11d}  {b['requests']:13d}  {b['delivered'] / b['requests']:12.1f}  "
+                     f"{b['cpu'] / (b['count'] * n) * 1e6:12.1f}  {b['commits'] / b['delivered']:23.2f}")
+        print(line)
+    first, last = results[0], results[-1]
+    per = [statistics.median(c for c, *_ in r["warm"]) / r["n"] for r in (first, last)]
+    print(f"flatness: CPU per delivered message at n = {last['n']} is {per[1] / per[0]:.2f}x that at "
+          f"n = {first['n']} (one at a time)", end="")
+    if first["burst"] and last["burst"]:
+        bper = [r["burst"]["cpu"] / (r["burst"]["count"] * r["n"]) for r in (first, last)]
+        print(f", {bper[1] / bper[0]:.2f}x (burst)")
+    else:
+        print()
+
+
+async def main_scale(sizes, k, messages, burst) -> None:
+    """Uninstrumented cases over ``k`` homeservers for each n (issue 17:
+    n = 100 … 1000 over 10 homeservers, cost per delivered message flat)."""
+    results = [await run_case(n, k, messages, instrumented=False, burst=burst) for n in sizes]
+    report_scale(results)
+
+
 async def main_async(sizes, homeservers, messages) -> None:
     for k in homeservers:
         results = []
@@ -443,7 +551,16 @@ def main() -> None:
     p.add_argument("--sizes", default="10,100,1000")
     p.add_argument("--homeservers", default="1,3")
     p.add_argument("--messages", type=int, default=30, help="warm messages per case (timed pass)")
+    p.add_argument("--scale", action="store_true",
+                   help="the scale run instead: --sizes (default 100,200,500,1000) over the one homeserver "
+                        "count of --homeservers (default 10), one-at-a-time and burst, no instrumentation")
+    p.add_argument("--burst", type=int, default=50, help="messages handed over back to back in the scale run")
     a = p.parse_args()
+    if a.scale:
+        sizes = a.sizes if a.sizes != "10,100,1000" else "100,200,500,1000"
+        k = int(a.homeservers) if a.homeservers != "1,3" else 10
+        trio.run(main_scale, [int(x) for x in sizes.split(",")], k, a.messages, a.burst)
+        return
     trio.run(main_async, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.homeservers.split(",")],
              a.messages)
 
