@@ -234,3 +234,24 @@ def test_several_local_hand_overs_are_one_transaction_and_a_refusal_ends_the_lis
          (fan_out([bob.client_queue_config()], GROUP, b"never"), os.urandom(16))], NOW)
     assert len(results) == 1 and isinstance(refused, Malformed)
     assert received(bob) == [content(b"h2")]
+
+
+@spec("spec/queuing_service.md#dequeue-messages", "informative")
+def test_a_dequeue_returns_many_and_acknowledges_in_one_transaction(tmp_path):
+    """A dequeue returns every waiting message (up to the bounds) and, in
+    the same single commit, deletes those below its start: the messages the
+    client got from the previous dequeue."""
+    p = Pair(tmp_path)
+    p.deliver([p.queue(b"m%d" % i) for i in range(5)])
+    start = p.bob.ratchet.generation
+    params = DequeueMessagesParams(p.bob.qs_cid, start, 1000)
+    commits = p.conn.commits
+    got = p.b.dequeue_messages(p.bob.request("dequeue_messages", params), NOW)
+    assert p.conn.commits == commits + 1
+    assert len(got.messages) == 5 and got.remaining_messages_number == 0
+    after = got.messages[-1].sequence_number + 1
+    params = DequeueMessagesParams(p.bob.qs_cid, after, 1000)
+    commits = p.conn.commits
+    assert p.b.dequeue_messages(p.bob.request("dequeue_messages", params), NOW).messages == []
+    assert p.conn.commits == commits + 1
+    assert p.b.queues.info(encode(p.bob.qs_cid)).message_count == 0   # the five are gone
