@@ -53,10 +53,11 @@ from .delivery.core import DsConfig, DsCore
 from .delivery.service import DsService
 from .delivery.store import DsStore
 from .errors import NotFound, UpstreamError
+from .federation.client import RemoteRefused
 from .federation.facade import FederationClient
 from .federation.discovery import WELL_KNOWN_PATH, well_known_document
 from .federation.outbound import (BackoffPolicy, BatchLimits, Delivered, OutboundItem, OutboundSender, Outcome,
-                                  expired_rejection)
+                                  expired_rejection, outcome_of_failure)
 from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
 from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
@@ -437,7 +438,9 @@ async def _send_federated_batch(hs, svc: QsService, items: list[OutboundItem]) -
     (a backlog): POST them as one signed QsToQsBatch to the destination's
     ``federated_enqueue_batch`` endpoint; its answer has one result per
     item (:meth:`QsService.batch_outcomes`). A refusal of the request as a
-    whole, or a failure, raises and concerns every item. Safe to send twice:
+    whole, or a failure, raises and concerns every item — except a 404: a
+    peer that has no such endpoint gets the items one by one, each as a
+    QsToQsMessage. Safe to send twice:
     the receiver deduplicates each entry by its message id."""
     ep = endpoints.by_name("qs", "federated_enqueue_batch")
     body = svc.frame_outbound_batch(items)
@@ -448,10 +451,28 @@ async def _send_federated_batch(hs, svc: QsService, items: list[OutboundItem]) -
     urls = await hs.federation.discovery.discover(destination)
     if hs.metrics is not None:
         hs.metrics.batch_sent.observe(len(items))
-    answer = await hs.federation.fetcher.request(
-        ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
-        domain=destination, expect=MEDIA_TYPE, retry_safe=True)
+    try:
+        answer = await hs.federation.fetcher.request(
+            ep.method, urls.base("qs") + ep.path, content=body, headers={"content-type": MEDIA_TYPE},
+            domain=destination, expect=MEDIA_TYPE, retry_safe=True)
+    except RemoteRefused as e:
+        if e.status != 404:
+            raise
+        # a peer without the batch row (another implementation): each message alone, in order
+        return [await _send_alone(hs, svc, item) for item in items]
     return svc.batch_outcomes(items, answer)
+
+
+async def _send_alone(hs, svc: QsService, item: OutboundItem) -> Outcome:
+    """:func:`_send_federated` with a failure turned into its outcome (a
+    programming error still raises)."""
+    try:
+        return await _send_federated(hs, svc, item)
+    except Exception as e:
+        outcome = outcome_of_failure(e)
+        if outcome is None:
+            raise
+        return outcome
 
 
 class Operator:

@@ -255,3 +255,37 @@ def test_a_dequeue_returns_many_and_acknowledges_in_one_transaction(tmp_path):
     assert p.b.dequeue_messages(p.bob.request("dequeue_messages", params), NOW).messages == []
     assert p.conn.commits == commits + 1
     assert p.b.queues.info(encode(p.bob.qs_cid)).message_count == 0   # the five are gone
+
+
+async def test_a_peer_without_the_batch_endpoint_gets_the_messages_one_by_one():
+    """A 404 to the batch request (an implementation that has no such row)
+    is no refusal of the messages: each goes again alone, as a QsToQsMessage,
+    and gets its own outcome."""
+    from types import SimpleNamespace
+
+    from phoenix_ref.federation.client import RemoteRefused
+    from phoenix_ref.homeserver import _send_federated_batch
+
+    posted: list[str] = []
+
+    async def request(method, url, *, content, **kw):
+        posted.append(url.rsplit("/", 1)[1])
+        if url.endswith("/federated_enqueue_batch"):
+            raise RemoteRefused("no such endpoint", status=404, code="unknown_endpoint")
+        if b"bad" in content:
+            raise RemoteRefused("not yours", status=403, code="not_group_owner")
+        return encode(FederatedEnqueueResponse([]))
+
+    async def discover(domain):
+        return SimpleNamespace(base=lambda service: f"https://{service}.{domain}")
+
+    core = make_core("a.example")
+    svc = QsService(core, SimpleNamespace(now_ms=lambda: NOW))
+    hs = SimpleNamespace(metrics=None, federation=SimpleNamespace(
+        check_federates=lambda d: None, discovery=SimpleNamespace(discover=discover),
+        fetcher=SimpleNamespace(request=request)))
+    items = [OutboundItem("b.example", i, bytes([i]) * 16, p, NOW) for i, p in enumerate([b"ok", b"bad", b"ok2"])]
+    outcomes = await _send_federated_batch(hs, svc, items)
+    assert posted == ["federated_enqueue_batch"] + ["federated_enqueue"] * 3
+    assert [type(o) for o in outcomes] == [Delivered, Rejected, Delivered]
+    assert outcomes[1].code == "not_group_owner"
