@@ -64,6 +64,9 @@ reports, against
   the QS back to back, so a backlog forms behind the first; it reports the
   federation requests they took, messages per request, CPU per delivered
   message and QS-database commits per message delivered to a homeserver.
+  Then a **backlog** (``--backlog``): every remote homeserver is
+  unreachable to the sender while that many messages are handed over, then
+  reachable again; it reports the same figures for the drain.
   Flat means the per-delivered-message cost does not grow with n.
 
 Run: ``python benchmarks/fanout_bench.py [--sizes 10,100,1000] [--homeservers 1,3] [--messages 30]``,
@@ -92,6 +95,8 @@ import phoenix_ref.queuing.core as qs_core  # noqa: E402
 import phoenix_ref.queuing.fanout as fanout  # noqa: E402
 from phoenix_ref.client.qs_client import QsIdentity  # noqa: E402
 from phoenix_ref.codec import encode  # noqa: E402
+from phoenix_ref.federation.client import Unreachable  # noqa: E402
+from phoenix_ref.federation.outbound import BackoffPolicy  # noqa: E402
 from phoenix_ref.ids import GroupId  # noqa: E402
 from phoenix_ref.queuing import messages as m  # noqa: E402
 from phoenix_ref.queuing.messages import encode_qs_to_qs_tbs  # noqa: E402
@@ -294,7 +299,7 @@ def _commits(nodes) -> int:
     return sum(getattr(hs.qs_store.connection, "commits", 0) for hs in nodes)
 
 
-async def run_case(n: int, k: int, messages: int, *, instrumented: bool, burst: int = 0) -> dict:
+async def run_case(n: int, k: int, messages: int, *, instrumented: bool, burst: int = 0, backlog: int = 0) -> dict:
     """One deployment of ``k`` homeservers and ``n`` queues; a cold message,
     then ``messages`` warm ones. ``instrumented``: count asymmetric
     operations and store calls and time the parts (the counts and the
@@ -381,12 +386,15 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool, burst: 
         floors, steps = [f for f, _ in timings], [step for _, step in timings]
         bursts = await _burst(sender, nodes, configs, group, burst, k, expected, removed,
                               set_done) if burst and k > 1 else None
+        backlogs = await _backlog(sender, nodes, configs, group, backlog, k, expected, removed,
+                                  set_done) if backlog and k > 1 else None
         for hs in nodes:   # every queue got every message exactly once
             core = hs.qs.core
             for owner, me in clients:
                 if owner is hs:
                     info = await hs.qs.call(core.queues.info, encode(me.qs_cid))
-                    assert info.message_count == 1 + 1 + messages + (burst if bursts else 0), info
+                    assert info.message_count == 1 + 1 + messages + (burst if bursts else 0) + (
+                        backlog if backlogs else 0), info
                     # reset + cold + warm (+ burst)
         # one client query: a dequeue
         io.clear()
@@ -394,7 +402,7 @@ async def run_case(n: int, k: int, messages: int, *, instrumented: bool, burst: 
         await hs.qs.call(hs.qs.core.dequeue_messages, me.dequeue_request(hs.clock.now_ms()), hs.clock.now_ms())
         dequeue_io = dict(io)
         return {"n": n, "k": k, "domains": [hs.domain for hs in nodes], "cold": cold, "warm": warm,
-                "dequeue_io": dequeue_io, "floors": floors, "burst": bursts,
+                "dequeue_io": dequeue_io, "floors": floors, "burst": bursts, "backlog": backlogs,
                 "message_floors": [(floors[i] + floors[i + 1]) / 2 for i in floor_of] if floors else [],
                 "message_steps": [(steps[i] + steps[i + 1]) / 2 for i in floor_of] if steps else []}
 
@@ -424,6 +432,40 @@ async def _burst(sender, nodes, configs, group, count: int, k: int, expected: li
     delivered = outbound.stats["delivered"] - delivered0
     assert delivered == count * (k - 1), (delivered, count, k)
     return {"count": count, "cpu": cpu, "requests": requests, "delivered": delivered,
+            "commits": _commits(nodes) - commits0}
+
+
+async def _backlog(sender, nodes, configs, group, count: int, k: int, expected: list[int], removed: list[int],
+                   set_done) -> dict:
+    """The issue's backlog: every remote homeserver is unreachable (to the
+    sender: each attempt fails as a refused connection would) while
+    ``count`` messages are handed over; then they are reachable again. CPU
+    from then until the sender has removed every delivered item, per
+    delivered message, and the federation requests that took."""
+    outbound = sender.qs.outbound_sender
+    send, send_batch, policy = outbound.send, getattr(outbound, "send_batch", None), outbound.policy
+    outbound.policy = BackoffPolicy(base_delay=0.05, max_delay=0.2)
+
+    async def down(_):
+        raise Unreachable("the bench cut this destination off")
+    outbound.send = outbound.send_batch = down
+    removed[0], expected[0] = 0, count * (k - 1)
+    event = trio.Event()
+    set_done(event)
+    for _ in range(count):
+        await sender.qs.local_enqueue(m.FanOutMessage(
+            [m.ClientQueueConfig(c.client_homeserver_domain, bytes(bytearray(c.sealed_config))) for c in configs],
+            application_message(group, BODY)))
+    requests0, delivered0, commits0 = _requests(outbound.stats), outbound.stats["delivered"], _commits(nodes)
+    t0 = time.process_time()
+    outbound.send, outbound.send_batch = send, send_batch
+    with trio.fail_after(600):
+        await event.wait()
+    cpu = time.process_time() - t0
+    outbound.policy, expected[0] = policy, k - 1
+    delivered = outbound.stats["delivered"] - delivered0
+    assert delivered == count * (k - 1), (delivered, count, k)
+    return {"count": count, "cpu": cpu, "requests": _requests(outbound.stats) - requests0, "delivered": delivered,
             "commits": _commits(nodes) - commits0}
 
 
@@ -514,6 +556,13 @@ def report_scale(results: list[dict]) -> None:
             line += (f" {b['count']:11d}  {b['requests']:13d}  {b['delivered'] / b['requests']:12.1f}  "
                      f"{b['cpu'] / (b['count'] * n) * 1e6:12.1f}  {b['commits'] / b['delivered']:23.2f}")
         print(line)
+    if results[0]["backlog"]:
+        print("     n | backlog (destinations unreachable, then back): msgs  fed. requests  msgs/request  "
+              "us/delivered  commits/delivered-to-HS")
+        for r in results:
+            b = r["backlog"]
+            print(f"{r['n']:6d} | {b['count']:52d}  {b['requests']:13d}  {b['delivered'] / b['requests']:12.1f}  "
+                  f"{b['cpu'] / (b['count'] * r['n']) * 1e6:12.1f}  {b['commits'] / b['delivered']:23.2f}")
     first, last = results[0], results[-1]
     per = [statistics.median(c for c, *_ in r["warm"]) / r["n"] for r in (first, last)]
     print(f"flatness: CPU per delivered message at n = {last['n']} is {per[1] / per[0]:.2f}x that at "
@@ -525,10 +574,10 @@ def report_scale(results: list[dict]) -> None:
         print()
 
 
-async def main_scale(sizes, k, messages, burst) -> None:
+async def main_scale(sizes, k, messages, burst, backlog) -> None:
     """Uninstrumented cases over ``k`` homeservers for each n (issue 17:
     n = 100 … 1000 over 10 homeservers, cost per delivered message flat)."""
-    results = [await run_case(n, k, messages, instrumented=False, burst=burst) for n in sizes]
+    results = [await run_case(n, k, messages, instrumented=False, burst=burst, backlog=backlog) for n in sizes]
     report_scale(results)
 
 
@@ -555,11 +604,13 @@ def main() -> None:
                    help="the scale run instead: --sizes (default 100,200,500,1000) over the one homeserver "
                         "count of --homeservers (default 10), one-at-a-time and burst, no instrumentation")
     p.add_argument("--burst", type=int, default=50, help="messages handed over back to back in the scale run")
+    p.add_argument("--backlog", type=int, default=100,
+                   help="messages queued while the destinations are unreachable, in the scale run")
     a = p.parse_args()
     if a.scale:
         sizes = a.sizes if a.sizes != "10,100,1000" else "100,200,500,1000"
         k = int(a.homeservers) if a.homeservers != "1,3" else 10
-        trio.run(main_scale, [int(x) for x in sizes.split(",")], k, a.messages, a.burst)
+        trio.run(main_scale, [int(x) for x in sizes.split(",")], k, a.messages, a.burst, a.backlog)
         return
     trio.run(main_async, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.homeservers.split(",")],
              a.messages)
