@@ -13,8 +13,13 @@ flows of ``../shared/ds-inventory.md`` §3 that involve the DS:
 
 Contacts: what a connection exchanges (``spec/queuing_service/keypackage_publication.md``:
 user id, client credential, friendship token and friendship encryption key)
-is a :class:`ContactCard`; connection establishment, which carries it in
-practice, is a later flow, so for now two clients swap cards directly.
+is a :class:`ContactCard`, sent in the connection group
+(:meth:`Messenger.connect`, :meth:`Messenger.accept_connections`); tests
+may also hand cards over directly (:meth:`Messenger.add_contact`). The
+connection group is the reference for a contact's clients: an invitation
+from any other client is declined (:meth:`Messenger._join`).
+:meth:`Messenger.remove_contact` ends a connection and rotates the
+friendship token.
 
 A request the DS refuses raises its :class:`~phoenix_ref.errors.ProtocolError`
 after the pending commit is dropped (``409 wrong_epoch``: receive, then try
