@@ -311,7 +311,8 @@ def _print_new(m: Any, settings: dict[str, Any], contacts_before: set, events_fr
     return n
 
 
-_EVENTS = {"joined": "joined group", "removed": "removed from group"}
+_EVENTS = {"joined": "joined group", "removed": "removed from group",
+           "declined": "declined an invitation (not from a client of a contact's connection group) to group"}
 
 
 # --- the commands ------------------------------------------------------------------------------------------

@@ -273,7 +273,19 @@ class _Vec(WireType):
         return self._item
 
     def write(self, value: list, out: bytearray) -> None:
-        write = (self._item or self._resolve()).write   # a long vector: one lookup, not one per item
+        item = self._item or self._resolve()
+        if isinstance(item, _UInt) and value and all(type(v) is int for v in value):
+            # whole integers: one pack for the vector (the read below does
+            # one unpack); a value out of range fails like the item writer
+            try:
+                body = _struct.pack(f">{len(value)}{item.code}", *value)
+            except _struct.error:
+                bad = next(v for v in value if not 0 <= v < item.limit)
+                raise EncodeError(f"{bad!r} is not a {item.name}") from None
+            out += encode_varint(len(body))
+            out += body
+            return
+        write = item.write   # a long vector: one lookup, not one per item
         body = bytearray()
         for v in value:
             write(v, body)
@@ -527,7 +539,8 @@ def struct(cls: type[T]) -> type[T]:
 
 class _KeptStruct(_Struct):
     """Wire type of a :func:`keep_encoding` struct: a value's encoding is
-    computed once and kept on the value (attribute ``_KEPT_ENCODING``)."""
+    kept on the value (attribute ``_KEPT_ENCODING``), from the bytes it was
+    read from, or computed on its first write."""
 
     def write(self, value: Any, out: bytearray) -> None:
         kept = value.__dict__.get(_KEPT_ENCODING)
@@ -537,6 +550,12 @@ class _KeptStruct(_Struct):
             kept = bytes(body)
             object.__setattr__(value, _KEPT_ENCODING, kept)
         out += kept
+
+    def read(self, r: Reader) -> Any:
+        start = r.pos
+        value = super().read(r)
+        object.__setattr__(value, _KEPT_ENCODING, r.data[start:r.pos])
+        return value
 
 
 _KEPT_ENCODING = "_kept_encoding"
@@ -552,7 +571,12 @@ def keep_encoding(cls: type[T]) -> type[T]:
     Commit is encoded once and its bytes copied the other times. Sound
     because struct values are frozen dataclasses, replaced, never changed:
     a value keeps the encoding of its fields (changing a list a value holds,
-    in place, would break this, as it breaks the value's meaning anywhere)."""
+    in place, would break this, as it breaks the value's meaning anywhere).
+
+    A value read from the wire keeps the bytes it was read from: every
+    reader here accepts only the canonical encoding (minimal varints,
+    presence octets 0 or 1, known tags, valid UTF-8), so those bytes are
+    the ones a fresh encoding would give."""
     cls.__wire_type__ = _KeptStruct(cls)  # type: ignore[attr-defined]
     return cls
 

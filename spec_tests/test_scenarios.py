@@ -19,6 +19,9 @@ fresh deployment::
 
     PHOENIX_WALK_SEED=7 pytest spec_tests/test_scenarios.py -k walk
 
+and ``PHOENIX_WALK_SEEDS=0-20`` walks seeds 0 to 20 among the same users,
+as the many-seed runs do (a failure may need what earlier seeds left).
+
 A seed fixes the walk's operations (each seed has its own group and random
 generator); in the many-seed run the users carry what earlier seeds left
 (used KeyPackages, other groups), a replay starts with fresh users.
@@ -246,8 +249,21 @@ SETTLE_TIMEOUT_S = 20
 
 
 def walk_seeds(default) -> list[int]:
-    replay = os.environ.get("PHOENIX_WALK_SEED")
-    return [int(replay)] if replay else list(default)
+    """``default``, or the seeds a replay names: ``PHOENIX_WALK_SEED=<n>``
+    (that seed alone) or ``PHOENIX_WALK_SEEDS=<first>-<last>`` (those seeds
+    one after the other in one deployment, as the many-seed runs walk them,
+    for a failure that needs what earlier seeds left behind)."""
+    one, run = os.environ.get("PHOENIX_WALK_SEED"), os.environ.get("PHOENIX_WALK_SEEDS")
+    if one:
+        return [int(one)]
+    if run:
+        first, _, last = run.partition("-")
+        return list(range(int(first), int(last or first) + 1))
+    return list(default)
+
+
+def replaying() -> bool:
+    return bool(os.environ.get("PHOENIX_WALK_SEED") or os.environ.get("PHOENIX_WALK_SEEDS"))
 
 
 @dataclass
@@ -532,7 +548,9 @@ class Walk:
         assert not problems, "\n".join(problems)
 
 
-async def run_walk(seed: int, us: list[Messenger]) -> Walk:
+async def run_walk(seed: int, us: list[Messenger], first_seed: int | None = None) -> Walk:
+    """One seed's walk; ``first_seed`` is the first seed walked among the
+    same users before it (for the replay line of a failure)."""
     walk = Walk(seed, us)
     step = "start"
     try:
@@ -546,6 +564,9 @@ async def run_walk(seed: int, us: list[Messenger]) -> Walk:
         trail = "\n  ".join(walk.log[-12:])
         message = (f"random walk seed {seed} failed at step {step}: {type(e).__name__}: {e}\n"
                    f"replay with: PHOENIX_WALK_SEED={seed} pytest spec_tests/test_scenarios.py -k walk\n"
+                   + ("" if first_seed in (None, seed) else
+                      f"or, with what the seeds before it left: PHOENIX_WALK_SEEDS={first_seed}-{seed} "
+                      f"pytest spec_tests/test_scenarios.py -k walk_in_process\n") +
                    f"last operations:\n  {trail}")
         print(message)
         raise AssertionError(message) from e
@@ -553,9 +574,18 @@ async def run_walk(seed: int, us: list[Messenger]) -> Walk:
 
 
 #: Each client request spends a Privacy Pass token; a walk spends a few
-#: hundred per user and the clock stands still, so the allowance per time
-#: frame is raised (its limit is tested elsewhere).
-WALK_LIMITS = Limits(token_allowance=1_000_000)
+#: hundred per user, and a long run's clock (below) stays within one day's
+#: time frame, so the allowances per client and per other homeserver are
+#: raised (their limits are tested elsewhere).
+WALK_LIMITS = Limits(token_allowance=1_000_000, token_domain_allowance=10_000_000)
+
+#: How far the shared clock moves after each seed. The clock stands still
+#: during a walk, and the QS's rate limits count per minute
+#: (``spec/queuing_service.md#rate-limiting``: by default 600 messages a
+#: minute per client queue config): without time passing, the 7th or so
+#: seed among the same users would meet a 429 whose Retry-After never ends.
+#: A minute per seed is about what a seed takes on a real deployment.
+CLOCK_PER_SEED_MS = 60_000
 
 
 async def walk_many(mode: str, seeds: list[int]):
@@ -565,7 +595,8 @@ async def walk_many(mode: str, seeds: list[int]):
         kinds: dict[str, int] = {}
         started = time.perf_counter()
         for seed in seeds:
-            walk = await run_walk(seed, us)
+            walk = await run_walk(seed, us, first_seed=seeds[0])
+            d.clock.advance(CLOCK_PER_SEED_MS)
             for k, v in walk.kinds.items():
                 kinds[k] = kinds.get(k, 0) + v
             print(f"seed {seed} passed ({time.perf_counter() - started:.0f} s)", flush=True)   # progress under -s
@@ -597,7 +628,7 @@ def walk_test(fn):
 @walk_test
 async def test_random_walk_in_process():
     kinds = await walk_many("in_process", walk_seeds(CI_SEEDS))
-    if not os.environ.get("PHOENIX_WALK_SEED"):      # the seeds reach every kind of operation
+    if not replaying():      # the seeds reach every kind of operation
         assert set(kinds) == {"send", "update", "join", "add", "remove", "promote", "leave", "commit_pending",
                               "promote_pending", "refused_not_admin", "refused_pending"}
 

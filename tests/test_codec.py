@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from phoenix_ref.codec import (
     U8, U16, U32, U64, DecodeError, EncodeError, Reader, String, VarBytes, decode,
-    decode_varint, encode, encode_varint, enum as enum_, fixed, optional, struct, variant, vec,
+    decode_varint, encode, encode_varint, enum as enum_, fixed, keep_encoding, optional, struct, variant, vec,
 )
 from tests.conftest import vector_params
 
@@ -178,3 +178,39 @@ def test_take_prefixed_edges():
         Reader(b"\xc0\x00").take_prefixed()
     with pytest.raises(DecodeError):
         Reader(b"").take_prefixed()
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=40))
+def test_integer_vectors_written_in_one_pack_match_the_item_writer(values):
+    """A vector of uint32 is written in one pack; the bytes are those of
+    writing item after item (``bool`` items take the item writer)."""
+    expected = encode_varint(4 * len(values)) + b"".join(encode(v, U32) for v in values)
+    assert encode(values, vec(U32)) == expected
+    assert decode(vec(U32), expected) == values
+
+
+def test_integer_vector_out_of_range_is_an_encode_error():
+    with pytest.raises(EncodeError, match="4294967296 is not a uint32"):
+        encode([1, 2**32, 3], vec(U32))
+    with pytest.raises(EncodeError):
+        encode([1, -1], vec(U16))
+    assert encode([True, 2], vec(U8)) == b"\x02\x01\x02"
+
+
+@keep_encoding
+@struct
+class KeptLeaf:
+    index: U32
+    data: VarBytes
+
+
+def test_a_kept_struct_read_from_the_wire_writes_the_bytes_it_came_from():
+    wire = encode([KeptLeaf(1, b"ab"), KeptLeaf(2, b"")], vec(KeptLeaf))
+    values = decode(vec(KeptLeaf), wire)
+    assert values == [KeptLeaf(1, b"ab"), KeptLeaf(2, b"")]
+    assert values[0].__dict__["_kept_encoding"] == b"\x00\x00\x00\x01\x02ab"
+    assert encode(values, vec(KeptLeaf)) == wire
+    # a value built in Python computes its encoding on first write
+    fresh = KeptLeaf(3, b"x")
+    assert "_kept_encoding" not in fresh.__dict__
+    assert encode(fresh) == b"\x00\x00\x00\x03\x01x"

@@ -13,8 +13,13 @@ flows of ``../shared/ds-inventory.md`` §3 that involve the DS:
 
 Contacts: what a connection exchanges (``spec/queuing_service/keypackage_publication.md``:
 user id, client credential, friendship token and friendship encryption key)
-is a :class:`ContactCard`; connection establishment, which carries it in
-practice, is a later flow, so for now two clients swap cards directly.
+is a :class:`ContactCard`, sent in the connection group
+(:meth:`Messenger.connect`, :meth:`Messenger.accept_connections`); tests
+may also hand cards over directly (:meth:`Messenger.add_contact`). The
+connection group is the reference for a contact's clients: an invitation
+from any other client is declined (:meth:`Messenger._join`).
+:meth:`Messenger.remove_contact` ends a connection and rotates the
+friendship token.
 
 A request the DS refuses raises its :class:`~phoenix_ref.errors.ProtocolError`
 after the pending commit is dropped (``409 wrong_epoch``: receive, then try
@@ -60,10 +65,10 @@ from .calls import call_endpoint
 from .profile import open_profile, seal_profile
 from .groups import GroupMember, PendingRequest
 from .phoenix_credentials import (
-    CredentialInformation, LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
+    CredentialError, CredentialInformation, LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
 )
 from .as_client import AsClient
-from .qs_client import QsClient, QsIdentity
+from .qs_client import QsClient, QsIdentity, new_friendship_token
 from .session import ClientSession
 from .state_store import ClientStore, StateRows
 
@@ -135,6 +140,9 @@ class Messenger:
     texts: dict[GroupId, list[Text]] = field(default_factory=dict)
     #: connection groups we created, by the user we asked (connection establishment)
     connection_groups: dict[GroupId, UserId | None] = field(default_factory=dict)
+    #: each contact's connection group, whoever created it: which clients are
+    #: the contact's (``spec/authentication_service/security_guarantees.md``)
+    connections: dict[UserId, GroupId] = field(default_factory=dict)
     #: encrypts our user profile at the AS (``spec/glossary.md#user-profile-encryption-key``)
     profile_key: bytes = field(default_factory=new_symmetric_key)
     #: the AS credentials answers behind ``trust``, per domain
@@ -203,6 +211,8 @@ class Messenger:
                 out.groups[m.group_id] = m
             for gid, user in store.rows("connection_groups"):
                 out.connection_groups[GroupId.parse(gid)] = UserId.parse(user) if user else None
+            for user, gid in store.rows("connections"):
+                out.connections[UserId.parse(user)] = GroupId.parse(gid)
             for gid, _seq, sender, body in store.texts():
                 group_id = GroupId.parse(gid)
                 out.texts.setdefault(group_id, []).append(Text(UserId.parse(sender) if sender else None, body))
@@ -226,6 +236,7 @@ class Messenger:
         rows.key_packages = {ref: encode(sv.save_key_package(*kp)) for ref, kp in self.key_packages.items()}
         rows.groups = {str(gid): encode(sv.save_member(m)) for gid, m in self.groups.items()}
         rows.connection_groups = {str(gid): (str(u) if u else None) for gid, u in self.connection_groups.items()}
+        rows.connections = {str(u): str(gid) for u, gid in self.connections.items()}
         for gid, texts in self.texts.items():
             done = self._saved_texts.get(gid, 0)
             rows.new_texts += [(str(gid), i, str(t.sender) if t.sender else None, t.body)
@@ -522,12 +533,16 @@ class Messenger:
         payload = decode(AppPayload, message.data)
         if isinstance(payload, TextMessage):
             self.texts.setdefault(group_id, []).append(Text(sender, bytes(payload.body)))
-        elif isinstance(payload, ContactCard) and payload.user_id == sender and group_id in self.connection_groups:
-            self.add_contact(payload)            # the responder of our connection: answer with our card
-            self.connection_groups[group_id] = sender
-            await self._send_payload(group_id, self.card())
         elif isinstance(payload, ContactCard) and payload.user_id == sender:
-            self.add_contact(payload)            # the initiator's answer
+            ours = group_id in self.connection_groups and self.connection_groups[group_id] in (None, sender)
+            if not ours and self.connections.get(sender) != group_id:
+                return                           # cards count only in the sender's connection group
+            first = self.connections.get(sender) != group_id
+            self.connections[sender] = group_id
+            self.add_contact(payload)            # a new contact, or a contact's new card (a rotated token)
+            if ours and first:                   # the responder of our connection: answer with our card
+                self.connection_groups[group_id] = sender
+                await self._send_payload(group_id, self.card())
 
     def text_bodies(self, group_id: GroupId) -> list[bytes]:
         return [t.body for t in self.texts.get(group_id, [])]
@@ -575,6 +590,7 @@ class Messenger:
                                                         await self._queue_config(), self.trust, self.session.clock)
             await self.ds(gid.ds_domain, request.name, request.body)
             self.groups[gid] = member
+            self.connections[cep.sender_client_credential.client_id.user_id] = gid
             self.events.append(("joined", gid))
             await self._send_payload(gid, self.card())
             joined.append(gid)
@@ -591,10 +607,21 @@ class Messenger:
         self.groups[group_id] = member
 
     async def _join(self, bundle: qm.WelcomeBundle) -> None:
-        """F8: open the attribution, the EAR key, fetch the tree, join."""
+        """F8: open the attribution, the EAR key, fetch the tree, join.
+
+        An invitation whose attribution does not open under our friendship
+        key, or was not signed by a client of a contact's connection group
+        (``spec/authentication_service/security_guarantees.md#connection-groups-and-multi-client-identity``),
+        is declined: nothing is fetched or sent, a ``("declined", group)``
+        event tells the caller (docs/decisions.md, "Declined invitations")."""
         welcome_bytes = encode(bundle.welcome)
-        payload, _sender = open_attribution(bytes(bundle.encrypted_welcome_attribution_info), self.friendship_key,
-                                            bundle.group_id, welcome_bytes, self._credential_of)
+        try:
+            payload, _sender = open_attribution(bytes(bundle.encrypted_welcome_attribution_info),
+                                                self.friendship_key, bundle.group_id, welcome_bytes,
+                                                self._credential_of)
+        except CredentialError:
+            self.events.append(("declined", bundle.group_id))
+            return
         refs = {bytes(s.new_member) for s in bundle.welcome.secrets}
         ref = next((r for r in self.key_packages if r in refs), None)
         if ref is None:
@@ -619,10 +646,53 @@ class Messenger:
             del self.key_packages[ref]
 
     def _credential_of(self, client_id: ClientId) -> ClientCredential | None:
+        """The credential of ``client_id`` if it is a client of one of our
+        contacts: a member of our connection group with that contact (the
+        reference for which clients are the contact's), or, for a card handed
+        over without a connection group (:meth:`add_contact`), the card's client."""
         card = self.contacts.get(client_id.user_id)
-        if card is None or card.client_credential.client_id != client_id:
+        if card is None:
             return None
-        return card.client_credential
+        gid = self.connections.get(client_id.user_id)
+        if gid is None:
+            return card.client_credential if card.client_credential.client_id == client_id else None
+        member = self.groups.get(gid)
+        if member is None:
+            return None               # the connection group is gone: no client is the contact's
+        for info in member.members.values():
+            if info.client_credential.client_id == client_id:
+                return info.client_credential
+        return None
+
+    @_saves
+    async def remove_contact(self, user: UserId) -> list[UserId]:
+        """End the connection with ``user``
+        (``spec/queuing_service/keypackage_publication.md#friendship-token-rotation``):
+        a fresh friendship token replaces ours at our QS, so the copy ``user``
+        holds no longer fetches our AddPackages; every other contact gets our
+        card with the new token in its connection group; we forget ``user``
+        and propose to leave our connection group with them. Returns the
+        contacts that have no connection group (cards swapped by hand), who
+        must be handed the new card (:meth:`card`) some other way."""
+        token = new_friendship_token()
+        await self.qs.send(self.me, "update_user_record",
+                           qm.UpdateUserRecordParams(self.me.qs_uid, self.me.user_key.public, token))
+        self.me.friendship_token = token
+        self.contacts.pop(user, None)
+        gone = self.connections.pop(user, None)
+        for gid, asked in list(self.connection_groups.items()):
+            if gid == gone or asked == user:
+                del self.connection_groups[gid]
+        untold = []
+        for other in list(self.contacts):
+            gid = self.connections.get(other)
+            if gid is None or gid not in self.groups:
+                untold.append(other)
+                continue
+            await self._send_payload(gid, self.card())
+        if gone is not None and gone in self.groups:
+            await self.leave(gone)
+        return untold
 
 
 

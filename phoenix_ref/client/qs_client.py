@@ -37,12 +37,18 @@ from ..queuing import messages as m
 from ..queuing.fanout import seal_queue_config
 from .calls import PrivacyPassSource, call_endpoint
 
-__all__ = ["QsIdentity", "QsClient", "QsNotifications", "WsprotoTransport", "USER_OPERATIONS", "WebsocketRefused"]
+__all__ = ["QsIdentity", "QsClient", "new_friendship_token", "QsNotifications", "WsprotoTransport",
+           "USER_OPERATIONS", "WebsocketRefused"]
 
 #: Endpoints authenticated by the QsUid (the user record auth key); the
 #: other token-authenticated ones by the QsCid.
 USER_OPERATIONS = frozenset({"update_user_record", "get_user_record", "delete_user_record",
                              "create_client_record"})
+
+
+def new_friendship_token() -> bytes:
+    """A fresh, random friendship token (``spec/glossary.md#friendship-token``)."""
+    return os.urandom(32)
 
 
 def _row(name: str) -> endpoints.Endpoint:
@@ -64,7 +70,7 @@ class QsIdentity:
     @classmethod
     def new(cls, domain: Fqdn | str) -> "QsIdentity":
         return cls(Fqdn(str(domain)), SigningKey.generate(), SigningKey.generate(), HpkeKeyPair.generate(),
-                   os.urandom(32))
+                   new_friendship_token())
 
     # --- requests -------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ Tables (values are the encoded structs of :mod:`.saved`, or text):
 ``connection_groups``
     group id → the user a connection group was created for (empty: by alias,
     not yet answered).
+``connections``
+    user id → the connection group shared with that contact, on either side
+    of the connection (the reference for the contact's clients).
 ``texts``
     the message log: group id, position in the group's log, sender, body.
 
@@ -49,6 +52,7 @@ CREATE TABLE IF NOT EXISTS contacts (user_id TEXT PRIMARY KEY, card BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS key_packages (ref BLOB PRIMARY KEY, bundle BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS groups (group_id TEXT PRIMARY KEY, member BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS connection_groups (group_id TEXT PRIMARY KEY, user_id TEXT);
+CREATE TABLE IF NOT EXISTS connections (user_id TEXT PRIMARY KEY, group_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS texts (group_id TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT,
                                   body BLOB NOT NULL, PRIMARY KEY (group_id, seq));
 """
@@ -67,6 +71,7 @@ class StateRows:
     key_packages: dict[bytes, bytes] = field(default_factory=dict)
     groups: dict[str, bytes] = field(default_factory=dict)
     connection_groups: dict[str, str | None] = field(default_factory=dict)
+    connections: dict[str, str] = field(default_factory=dict)
     #: (group id, position, sender or None, body)
     new_texts: list[tuple[str, int, str | None, bytes]] = field(default_factory=list)
 
@@ -114,10 +119,12 @@ class ClientStore:
             db.close()
             raise StateDirError(f"{path} has another state format than this client reads ({SCHEMA_VERSION})")
         try:
-            return cls(path, db)
+            store = cls(path, db)
         except StateDirError:
             db.close()
             raise
+        db.executescript(SCHEMA)      # tables added since the file was made (all CREATE IF NOT EXISTS)
+        return store
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -143,7 +150,7 @@ class ClientStore:
         return data
 
     def rows(self, table: str) -> list[tuple]:
-        if table not in ("contacts", "key_packages", "groups", "connection_groups"):
+        if table not in ("contacts", "key_packages", "groups", "connection_groups", "connections"):
             raise ValueError(table)
         return self._db.execute(f"SELECT * FROM {table}").fetchall()
 
@@ -170,7 +177,8 @@ class ClientStore:
             for table, key, value, items in (("contacts", "user_id", "card", rows.contacts),
                                              ("key_packages", "ref", "bundle", rows.key_packages),
                                              ("groups", "group_id", "member", rows.groups),
-                                             ("connection_groups", "group_id", "user_id", rows.connection_groups)):
+                                             ("connection_groups", "group_id", "user_id", rows.connection_groups),
+                                             ("connections", "user_id", "group_id", rows.connections)):
                 db.execute(f"DELETE FROM {table}")
                 db.executemany(f"INSERT INTO {table} ({key}, {value}) VALUES (?, ?)", list(items.items()))
             db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?)", rows.new_texts)

@@ -50,10 +50,11 @@ class WrongEarKey(CryptoError):
     """The EAR key given does not open the stored group state."""
 
 
-@struct
+@dataclass(frozen=True)
 class ClientProfile:
     """``#ds-state`` client profile. ``activity_day`` is in UTC days since
-    the Unix epoch (docs/decisions.md, A18)."""
+    the Unix epoch (docs/decisions.md, A18). Stored as a row of the client
+    columns of :class:`GroupStateWire`."""
     leaf_index: U32
     encrypted_credential_information: VarBytes
     client_queue_config: ClientQueueConfig
@@ -115,18 +116,30 @@ def _items(encoded_vector: bytes) -> bytes:
 
 @struct
 class GroupStateWire:
-    """The state at rest. The tree's nodes and the client profiles, nearly
-    all of the bytes, are stored as one encoded entry each (an ``opaque<V>``
-    holding a ``Node``, absent for a blank node; one holding a
-    ``ClientProfile``), so that writing the state back re-encodes only the
-    entries a request changed (:meth:`RatchetTree.to_encoded`,
-    :class:`_Entries`), and opening it decodes a node only when a request
-    reads it (:meth:`RatchetTree.from_encoded`)."""
+    """The state at rest. The tree's nodes, most of the bytes, are stored
+    as one encoded entry each (an ``opaque<V>`` holding a ``Node``, absent
+    for a blank node), so that writing the state back re-encodes only the
+    nodes a request changed (:meth:`RatchetTree.to_encoded`), and opening
+    it decodes a node only when a request reads it
+    (:meth:`RatchetTree.from_encoded`).
+
+    The client profiles are stored as columns, in leaf order: a profile's
+    fields are the items at one position of the five ``client_*`` vectors.
+    Every request reads every member's activity day and queue config (the
+    DS's removals, the fan-out), so the profiles are all read on open; as
+    columns the integers come out in one unpack each, the credential
+    information stays bytes and a queue config keeps the bytes it was read
+    from (:func:`~phoenix_ref.codec.keep_encoding`), so that writing them
+    into a fan-out or back into the state copies them."""
     group_info: GroupInfo
     public_tree: vec(optional(VarBytes))
     interim_transcript_hash: VarBytes
     proposals: vec(AuthenticatedContent)
-    clients: vec(VarBytes)
+    client_leaves: vec(U32)
+    client_credentials: vec(VarBytes)
+    client_queue_configs: vec(ClientQueueConfig)
+    client_activity_days: vec(U32)
+    client_activity_epochs: vec(U64)
     #: the user profiles (``#ds-state``: the leaves of each user, one, A6)
     #: as two integer vectors, each read in one go: how many leaves each
     #: user has, and their leaves, user after user (a vector of per-user
@@ -143,39 +156,6 @@ class GroupStateWire:
     recent_commits: vec(VarBytes)
 
 
-class _Entries:
-    """The encoding of every client profile a state was read
-    from, kept while the state lives, so that :meth:`GroupState.to_bytes`
-    copies the bytes of what a request left unchanged (at n = 1024 a commit
-    changes one profile of 1024, and encoding them all again cost about as
-    much as the rest of the commit). Tree nodes keep theirs in the tree
-    (:class:`~phoenix_ref.mls.tree.EncodedNodes`).
-
-    Keyed by the identity of the decoded object: profiles are
-    frozen dataclasses, replaced, never changed, so an object still held
-    here (the entry keeps it alive, its id cannot be reused) still has the
-    encoding it was decoded from."""
-
-    __slots__ = ("_by_id",)
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, tuple[object, bytes]] = {}
-
-    def decoded(self, value: object, data: bytes) -> object:
-        self._by_id[id(value)] = (value, data)
-        return value
-
-    def encoded(self, value: object, encode_fresh: Callable[[object], bytes]) -> bytes:
-        kept = self._by_id.get(id(value))
-        if kept is not None and kept[0] is value:
-            return kept[1]
-        return encode_fresh(value)
-
-
-def _encode_profile(profile: ClientProfile) -> bytes:
-    return encode(profile)
-
-
 @dataclass
 class GroupState:
     """The decrypted state of one group."""
@@ -189,8 +169,6 @@ class GroupState:
     recent_commits: list[bytes] = field(default_factory=list)
     #: the EAR key the state was opened with (never encoded)
     ear_key: bytes = field(default=b"", repr=False)
-    #: the encodings of the entries the state was decoded from (never encoded)
-    _entries: _Entries = field(default_factory=_Entries, repr=False, compare=False)
 
     # --- members ---------------------------------------------------------------------------
 
@@ -245,10 +223,13 @@ class GroupState:
 
     def to_bytes(self) -> bytes:
         pg = self.public
-        entries = self._entries
+        profiles = [p for _, p in sorted(self.clients.items())]
         wire = GroupStateWire(pg.group_info, pg.tree.to_encoded(),
                               pg.transcript.interim, pg.proposals.contents(),
-                              [entries.encoded(p, _encode_profile) for _, p in sorted(self.clients.items())],
+                              [p.leaf_index for p in profiles],
+                              [p.encrypted_credential_information for p in profiles],
+                              [p.client_queue_config for p in profiles],
+                              [p.activity_day for p in profiles], [p.activity_epoch for p in profiles],
                               [len(u) for u in self.users], [i for u in self.users for i in u],
                               self.past_states, self.queue_id_decryption_key, pg.tree.node_hashes(),
                               self.recent_commits)
@@ -261,7 +242,6 @@ class GroupState:
         the DS itself validated and wrote; they are not validated again (nor
         are the cached tree hashes recomputed)."""
         wire = decode(GroupStateWire, data)
-        entries = _Entries()
         gi = wire.group_info
         ctx = gi.group_context
         tree = RatchetTree.from_encoded(wire.public_tree, wire.tree_hashes)
@@ -269,14 +249,18 @@ class GroupState:
                              TranscriptHashes(ctx.confirmed_transcript_hash, wire.interim_transcript_hash), gi)
         for content in wire.proposals:
             public.proposals.add(content)
-        clients = [entries.decoded(decode(ClientProfile, b), b) for b in wire.clients]
+        columns = (wire.client_leaves, wire.client_credentials, wire.client_queue_configs,
+                   wire.client_activity_days, wire.client_activity_epochs)
+        if len({len(c) for c in columns}) != 1:
+            raise DecodeError("stored group state: client columns of different lengths")
+        clients = {row[0]: ClientProfile(*row) for row in zip(*columns)}
         users, at = [], 0
         for size in wire.user_sizes:
             users.append(wire.user_leaves[at:at + size])
             at += size
-        return cls(group_id, public, {p.leaf_index: p for p in clients}, users,
+        return cls(group_id, public, clients, users,
                    list(wire.past_states), wire.queue_id_decryption_key,
-                   [bytes(d) for d in wire.recent_commits], _entries=entries)
+                   [bytes(d) for d in wire.recent_commits])
 
 
 # --- encryption at rest ---------------------------------------------------------------------------

@@ -86,7 +86,8 @@ Choices where the spec is silent (docs/decisions.md):
 from __future__ import annotations
 
 from ..auth_tokens import QsAuthToken
-from ..codec import U8, U16, U32, U64, String, VarBytes, decode, encode, encode_varint, fixed, optional, struct, variant, vec
+from ..codec import (U8, U16, U32, U64, String, VarBytes, decode, encode, encode_varint, fixed, keep_encoding, optional,
+                     struct, variant, vec)
 from ..crypto import HPKECiphertext
 from ..ids import Fqdn, GroupId, QsCid, QsUid
 from ..mls.messages import KeyPackage, MLSMessage, Welcome
@@ -154,6 +155,7 @@ class SealedQueueConfig:
     signature: VarBytes
 
 
+@keep_encoding   # the DS stores one per member and writes them all into every fan-out
 @struct
 class ClientQueueConfig:
     """Where and to which queue a DS delivers a member's messages.
