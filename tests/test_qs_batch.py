@@ -178,12 +178,20 @@ def test_the_request_as_a_whole_is_checked_once(tmp_path):
     assert received(p.bob) == []
 
 
-def test_rate_limits_refuse_single_entries_with_retry_after(tmp_path):
+def test_a_rate_limited_entry_and_all_behind_it_are_told_to_come_back(tmp_path):
+    """429 with Retry-After for the entry over the limit, and the same for
+    every entry behind it — even one for another queue — so that nothing
+    reaches a queue ahead of a message the sender will send again."""
     p = Pair(tmp_path, rate_limit_per_queue=RateLimit(2))
-    results = p.deliver([p.queue(b"m%d" % i) for i in range(3)]).results
-    assert [isinstance(r, FederatedEnqueueResult) for r in results] == [True, True, False]
-    assert results[2].status == 429 and results[2].retry_after >= 1
+    carol = Client.register(p.b)
+    received(carol)
+    items = [p.queue(b"m%d" % i) for i in range(3)] + [p.queue(b"c", configs=[carol.client_queue_config()])]
+    results = p.deliver(items).results
+    assert [isinstance(r, FederatedEnqueueResult) for r in results] == [True, True, False, False]
+    assert [(r.status, r.code) for r in results[2:]] == [(429, "rate_limited")] * 2
+    assert results[2].retry_after >= 1 and results[3].retry_after == results[2].retry_after
     assert received(p.bob) == [content(b"m0"), content(b"m1")]
+    assert received(carol) == []
 
 
 def _item(seq: int) -> OutboundItem:

@@ -100,6 +100,18 @@ class OutboundItem:
     enqueued_ms: int
 
 
+def _in_order(outcomes: list["Outcome"]) -> list["Outcome"]:
+    """The outcomes of one attempt as the sender acts on them: from the
+    first :class:`RetryLater` on, every item is retried — one the receiver
+    took after it will be a replay, answered with its first answer — so
+    the queue leaves in order."""
+    for i, outcome in enumerate(outcomes):
+        if isinstance(outcome, RetryLater):
+            behind = RetryLater(f"behind a message to retry ({outcome.reason})", outcome.retry_after)
+            return outcomes[:i + 1] + [behind] * (len(outcomes) - i - 1)
+    return outcomes
+
+
 def _within(items: Sequence[T], max_bytes: int, size: Callable[[T], int]) -> list[T]:
     """The longest prefix of ``items`` whose sizes add up to at most
     ``max_bytes`` — but at least the first item, whatever its size (a
@@ -592,8 +604,10 @@ class OutboundSender:
     :class:`Outcome` for all of them or a list with one per item (a lone
     item always goes through ``send``). Delivered and refused items of an
     attempt leave the queue in one store call (:meth:`OutboundStore.settle`);
-    items told to retry stay at the head, and the destination backs off
-    (the longest ``Retry-After`` among them) before its next attempt. ``on_delivered(item, response)`` /
+    the first item told to retry and every item behind it stay at the head
+    (order holds: what the receiver took behind it is a replay next time),
+    and the destination backs off (the longest ``Retry-After`` among them)
+    before its next attempt. ``on_delivered(item, response)`` /
     ``on_rejected(item, outcome)``: called (synchronously, in the Trio
     thread) after a definite answer and before the item leaves the queue —
     the QS uses the first to hand ``QueueDeleted`` answers back to its DS.
@@ -771,7 +785,7 @@ class OutboundSender:
                 items = await self._expire(destination, old)
                 continue
             started = time.monotonic()
-            outcomes = await self._attempt(items)
+            outcomes = _in_order(await self._attempt(items))
             seconds = time.monotonic() - started
             self.stats["attempts"] += 1
             retry = [o for o in outcomes if isinstance(o, RetryLater)]

@@ -906,7 +906,10 @@ class QsCore:
         decodes strictly as a FanOutMessage (400 ``bad_payload``), and the
         checks of :meth:`federated_enqueue` that concern one message (group
         owner, configs of this homeserver, rate limits). An entry that fails
-        gets its refusal in ``results``; the others go on. Finally every
+        gets its refusal in ``results``; the others go on — except after a
+        429: the entries behind a rate-limited one get the same 429 without
+        being looked at, so that none of them reaches a queue before it
+        (the sender retries them in order; the destination's order holds). Finally every
         admitted entry is replay-checked, enqueued and remembered in ONE
         store transaction: after a crash all of the batch's enqueues
         happened or none did. Entries with an id taken before — by an
@@ -925,7 +928,11 @@ class QsCore:
             lambda: encode(QsToQsBatchTBS(batch.source, batch.destination, batch.timestamp, batch.entries))
             if received is None else received_batch_tbs(received, batch))
         admitted: list[_Admitted | ProtocolError] = []
+        limited: RateLimited | None = None
         for entry in batch.entries:
+            if limited is not None:   # keep the order: nothing overtakes a message told to come back
+                admitted.append(limited)
+                continue
             try:
                 try:
                     payload = decode(FanOutMessage, entry.payload)
@@ -934,6 +941,9 @@ class QsCore:
                 group_id = self._check_group(batch.source, payload)
                 configs = self.config_lists.decode(payload_config_list(entry.payload))
                 admitted.append(self._admit(batch.source, entry.message_id, payload, group_id, configs, now_ms))
+            except RateLimited as e:
+                limited = e
+                admitted.append(e)
             except ProtocolError as e:
                 admitted.append(e)
         source = batch.source.value
