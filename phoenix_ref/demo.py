@@ -606,7 +606,8 @@ class Story:
             entries = self.collect()
             for src in (A, B):
                 self.check(any(e["dir"] == "out" and e["hs"] == src and e["to"] == C and ok(e)
-                               and endpoint_name(e["path"]) == "federated_enqueue" for e in entries),
+                               and endpoint_name(e["path"]) in ("federated_enqueue", "federated_enqueue_batch")
+                               for e in entries),
                            f"{src}'s outbound queue delivered to c.example (its request log)")
             self.agree(gid, users)
 

@@ -292,10 +292,12 @@ async def test_blocklist_and_queue_deleted(deployment):
 @spec("spec/federation/use_cases.md#message-distribution", "informative")
 async def test_local_enqueue_is_not_reachable_over_http(deployment):
     hs = deployment["hs1"].hs
-    # no route takes a bare FanOutMessage; the only QS row for remote QSs is the federated one
+    # no route takes a bare FanOutMessage; the only QS rows for remote QSs are the federated
+    # ones (a QsToQsMessage, or a QsToQsBatch of them), both signed by the remote QS
     assert all(ep.request is not m.FanOutMessage for ep in endpoints.ENDPOINTS)
-    assert [ep.name for ep in endpoints.ENDPOINTS if ep.service == "qs" and ep.federated
-            and ep.request is not None] == ["federated_enqueue"]
+    remote_rows = [ep for ep in endpoints.ENDPOINTS if ep.service == "qs" and ep.federated and ep.request is not None]
+    assert [ep.name for ep in remote_rows] == ["federated_enqueue", "federated_enqueue_batch"]
+    assert {ep.auth for ep in remote_rows} == {endpoints.Auth.QS_SIGNATURE}
     registered = {r.endpoint for r in hs.app.url_map.iter_rules()}
     table = {f"{ep.service}.{ep.name}" for ep in endpoints.ENDPOINTS}
     assert registered - table <= {"well_known", "qs.websocket.websocket"}
