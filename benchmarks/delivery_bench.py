@@ -106,6 +106,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -315,21 +316,26 @@ def text_of(tag: str, seq: int) -> bytes:
 
 
 def parse_text(body: bytes) -> tuple[str, int] | None:
+    """(tag, seq) of a text :func:`text_of` made, byte for byte; else None."""
     parts = body.split(b" ", 3)
-    if len(parts) < 4 or parts[0] != b"dbench":
+    if len(parts) < 4 or parts[0] != b"dbench" or not parts[2].isdigit():
         return None
-    return parts[1].decode(), int(parts[2])
+    key = parts[1].decode(errors="replace"), int(parts[2])
+    return key if body == text_of(*key) else None
 
 
 class Recipient:
     """A user on B who listens on its QS websocket and stamps every text it
     decrypts with the time it had it: ``arrivals[(tag, seq)]`` → times (one
-    per copy). ``on_arrival(tag, seq)`` is called for each copy."""
+    per copy). ``on_arrival(tag, seq)`` is called for each copy. A text that
+    is not one the sender wrote, byte for byte, or that comes from anybody
+    else counts in ``foreign``."""
 
-    def __init__(self, messenger: Messenger, name: str):
+    def __init__(self, messenger: Messenger, sender: Messenger):
         self.m = messenger
-        self.name = name
+        self.sender = sender.user_id
         self.arrivals: dict[tuple[str, int], list[float]] = {}
+        self.foreign = 0
         self.on_arrival: Callable[[str, int], None] = lambda tag, seq: None
         self._seen: dict[Any, int] = {}     # group → texts already stamped
 
@@ -342,9 +348,11 @@ class Recipient:
             done = self._seen.get(gid, 0)
             for t in texts[done:]:
                 key = parse_text(t.body)
-                if key is not None:
-                    self.arrivals.setdefault(key, []).append(now)
-                    self.on_arrival(*key)
+                if key is None or t.sender != self.sender:
+                    self.foreign += 1
+                    continue
+                self.arrivals.setdefault(key, []).append(now)
+                self.on_arrival(*key)
             self._seen[gid] = len(texts)
 
     async def listen(self, address: tuple[str, int], ca: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -409,21 +417,26 @@ class Result:
     mode: str
     window: int
     users: int
+    n: int                          # messages to send
     sent: int = 0                   # messages the DS accepted
-    send_errors: int = 0
+    send_errors: int = 0            # sends answered with an error or not answered at all
     send_error_kinds: dict[str, int] = field(default_factory=dict)
-    lost: int = 0                   # (message, recipient) copies that never came
+    lost: int = 0                   # (accepted message, recipient) copies that never came
     delivered_unconfirmed: int = 0  # messages whose send failed but that arrived all the same
     duplicates: int = 0             # copies beyond the first
+    foreign: int = 0                # texts the recipients decrypted that the sender did not write
     federated_deliveries: int = 0   # delivered messages × destination homeservers (1)
     user_deliveries: int = 0        # (message, recipient) pairs decrypted
     wall_s: float = 0.0             # first send → last decryption
     send_s: float = 0.0             # first send → last send accepted
     msgs_per_s: float = 0.0
     user_deliveries_per_s: float = 0.0
-    cpu_ms: dict[str, float] = field(default_factory=dict)          # per process, whole scenario
-    cpu_ms_per_fed: dict[str, float] = field(default_factory=dict)  # A, B, A+B
+    # homeserver CPU: keys "A", "B", "A+B"; the *_x_floor ones divided by the floor
+    cpu_ms: dict[str, float] = field(default_factory=dict)          # the whole scenario
+    cpu_ms_per_fed: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_user: dict[str, float] = field(default_factory=dict)
+    cpu_per_fed_x_floor: dict[str, float] = field(default_factory=dict)
+    cpu_per_user_x_floor: dict[str, float] = field(default_factory=dict)
     client_cpu_ms_per_msg: float = 0.0
     fed_requests: float = 0.0       # federated_enqueue requests A → B
     fed_requests_all: float = 0.0   # every federation request, both ways
@@ -454,6 +467,7 @@ class Run:
         self.settle_s = settle_s
         self.token_issue: list[tuple[int, float]] = []   # (tokens issued, A's CPU s) per top-up
         self.sender: Messenger | None = None
+        self.floor_ms = 0.0
 
     async def setup(self, s: Scenario, nursery: trio.Nursery) -> tuple[Messenger, Any, list[Recipient]]:
         """``s.users`` fresh users on B, a fresh group on A's DS with them and
@@ -469,7 +483,7 @@ class Run:
         async with trio.open_nursery() as n:      # their round trips overlap
             for i in range(s.users):
                 n.start_soon(register_one, i)
-        recipients = [Recipient(m, f"{s.key}-r{i}") for i, m in enumerate(users)]
+        recipients = [Recipient(m, sender) for m in users]
         for r in recipients:
             sender.add_contact(r.m.card())
             r.m.add_contact(sender.card())
@@ -495,6 +509,7 @@ class Run:
         started: dict[int, float] = {}
         accepted: dict[int, float] = {}
         errors: dict[str, int] = {}
+        failed: set[int] = set()
         missing = {seq: len(recipients) for seq in range(n)}
         slots = trio.Semaphore(window)
         progress = {"t": time.perf_counter()}   # the last arrival or send answer
@@ -522,6 +537,7 @@ class Run:
                 progress["t"] = time.perf_counter()
                 kind = f"{type(e).__name__}: {str(e)[:80]}"
                 errors[kind] = errors.get(kind, 0) + 1
+                failed.add(seq)
                 if mode == "closed" and seq in missing:
                     del missing[seq]
                     slots.release()
@@ -546,6 +562,9 @@ class Run:
                     await trio.sleep(0.05)
             nursery.start_soon(send_all)
             nursery.start_soon(watchdog)
+        unanswered = [seq for seq in started if seq not in accepted and seq not in failed]
+        if unanswered:     # cut off by the watchdog
+            errors["no answer: sending stopped"] = len(unanswered)
         # every send has its answer; now wait for the copies still on their way
         while any(seq in accepted for seq in missing):
             if time.perf_counter() - progress["t"] > self.settle_s:
@@ -558,7 +577,7 @@ class Run:
         return {"started": started, "accepted": accepted, "errors": errors}
 
     async def scenario(self, s: Scenario) -> Result:
-        res = Result(s.key, s.title, s.mode, s.window, s.users)
+        res = Result(s.key, s.title, s.mode, s.window, s.users, s.n)
         async with trio.open_nursery() as listeners:
             sender, gid, recipients = await self.setup(s, listeners)
             await self.deliver(sender, gid, recipients, f"{s.key}-warmup", WARMUP_MESSAGES, "closed", 1)
@@ -600,17 +619,19 @@ class Run:
         res.delivered_unconfirmed = sum(1 for seq in started if seq not in accepted
                                         and any((s.key, seq) in r.arrivals for r in recipients))
         res.federated_deliveries = crossed         # every recipient is on B: one destination
+        res.foreign = sum(r.foreign for r in recipients)
         first = min(started.values()) if started else 0.0
         res.wall_s = max(0.0, last_arrival - first)
         res.send_s = max(accepted.values()) - first if accepted else 0.0
         res.msgs_per_s = complete / res.wall_s if res.wall_s else 0.0
         res.user_deliveries_per_s = res.user_deliveries / res.wall_s if res.wall_s else 0.0
-        res.cpu_ms = {A: cpu[A] * 1000, B: cpu[B] * 1000, "A+B": (cpu[A] + cpu[B]) * 1000}
-        per = {"A": cpu[A], "B": cpu[B], "A+B": cpu[A] + cpu[B]}
+        res.cpu_ms = {"A": cpu[A] * 1000, "B": cpu[B] * 1000, "A+B": (cpu[A] + cpu[B]) * 1000}
         if res.federated_deliveries:
-            res.cpu_ms_per_fed = {k: v * 1000 / res.federated_deliveries for k, v in per.items()}
+            res.cpu_ms_per_fed = {k: v / res.federated_deliveries for k, v in res.cpu_ms.items()}
+            res.cpu_per_fed_x_floor = {k: v / self.floor_ms for k, v in res.cpu_ms_per_fed.items()}
         if res.user_deliveries:
-            res.cpu_ms_per_user = {k: v * 1000 / res.user_deliveries for k, v in per.items()}
+            res.cpu_ms_per_user = {k: v / res.user_deliveries for k, v in res.cpu_ms.items()}
+            res.cpu_per_user_x_floor = {k: v / self.floor_ms for k, v in res.cpu_ms_per_user.items()}
         res.client_cpu_ms_per_msg = client_cpu * 1000 / max(1, len(started))
         res.fed_requests = delta(before, after, A, "phoenix_federation_requests_total",
                                  destination=B, endpoint="federated_enqueue")
@@ -675,7 +696,7 @@ def table(results: list[Result], floor_ms: float) -> list[str]:
     rows: list[tuple[str, Callable[[Result], str]]] = [
         ("mode (window)", lambda r: f"{r.mode} ({r.window})"),
         ("recipients on B", lambda r: str(r.users)),
-        ("messages accepted", lambda r: str(r.sent)),
+        ("messages accepted / to send", lambda r: f"{r.sent} / {r.n}"),
         ("msgs/s (delivered to all)", lambda r: _fmt(r.msgs_per_s, ".1f")),
         ("user-deliveries/s", lambda r: _fmt(r.user_deliveries_per_s, ".1f")),
         ("CPU ms/fed. delivery A", lambda r: _cpu(r.cpu_ms_per_fed.get("A"), floor_ms)),
@@ -688,7 +709,7 @@ def table(results: list[Result], floor_ms: float) -> list[str]:
         ("latency p50 ms", lambda r: _fmt(r.latency_ms.get("p50"), ".1f")),
         ("latency p95 ms", lambda r: _fmt(r.latency_ms.get("p95"), ".1f")),
         ("lost", lambda r: str(r.lost)),
-        ("duplicates", lambda r: str(r.duplicates)),
+        ("duplicates / foreign texts", lambda r: f"{r.duplicates} / {r.foreign}"),
         ("send errors", lambda r: str(r.send_errors)),
         ("429 answers", lambda r: _fmt(r.rate_limited_429, ".0f")),
         ("fed. retries / dead letters", lambda r: f"{r.fed_retries:.0f} / {r.dead_letters:.0f}"),
@@ -757,6 +778,7 @@ async def bench(args: argparse.Namespace, hs: Homeservers, out: Callable[[str], 
             f"{B} pid {hs.procs[B].pid} port {hs.ports[B]} ({time.monotonic() - t_start:.1f} s)")
         run = Run(hs, http, metrics_http, out, args.settle)
         floor = await run.floor(args.floor_requests)
+        run.floor_ms = floor["floor_ms"]
         out(f"floor: {floor['endpoint']}, {args.floor_requests} one at a time per homeserver: "
             + ", ".join(f"{d} {floor['cpu_ms_per_request'][d]:.3f} ms ({floor['requests'][d]:.0f} served)"
                         for d in DOMAINS)
@@ -816,8 +838,11 @@ def main(argv: list[str]) -> int:
     try:
         report = trio.run(bench, args, hs, out)
         failed = False
-    except BenchFailed as e:
-        out(f"delivery bench: FAILED: {e} (files kept in {root})")
+    except Exception as e:   # noqa: BLE001 - one line why, the folder kept for a look at the logs
+        first = _first_leaf(e)
+        if not isinstance(first, BenchFailed):
+            (root / "bench-error.txt").write_text(traceback.format_exc())
+        out(f"delivery bench: FAILED: {type(first).__name__}: {first} (files kept in {root})")
         return 1
     finally:
         hs.stop()
@@ -846,9 +871,31 @@ def main(argv: list[str]) -> int:
                "floor": report["floor"], "token_issuance": ti, "wall_s": report["wall_s"],
                "scenarios": [asdict(r) for r in results],
                "latency_listening": "QS websocket notifications (no polling)"}
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(_rounded(doc), indent=2) + "\n", encoding="utf-8")
         out(f"figures written to {args.json}")
+    wrong = [r.key for r in results if r.lost or r.duplicates or r.foreign]
+    if wrong:
+        out(f"delivery bench: messages lost, duplicated or garbled in {', '.join(wrong)}")
+        return 2
     return 0
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def _rounded(value: Any) -> Any:
+    """``value`` with every float rounded to 4 decimals (for the JSON file)."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
 
 
 if __name__ == "__main__":
