@@ -67,7 +67,11 @@ What is measured, per scenario, from outside the homeservers:
   is in the figure. Sender and recipients share this one client process,
   so under load its own CPU adds to the latency;
 * **msgs/s**: messages delivered to all their recipients per second, from
-  the first send to the last decryption;
+  the first send to the last decryption; beside it **sends accepted/s**,
+  from the first send to the DS's last answer. Under open loop the gap
+  between the two is the backlog that built up behind the DS (in A's
+  outbound queue, while its sender delivers one request after another),
+  and it is also what makes the open-loop latencies long;
 * **lost**: for every message the DS accepted and every recipient, whether
   the recipient decrypted it exactly once, checked on the decrypted texts
   (which carry the scenario and a sequence number): ``lost`` = copies that
@@ -128,8 +132,14 @@ from phoenix_ref.provision import certificate_names, generate_config  # noqa: E4
 
 A, B = "a.example", "b.example"
 DOMAINS = (A, B)
-#: Privacy Pass limits of the generated configs: no client may run short.
-BENCH_LIMITS = Limits(token_allowance=10 ** 9, token_domain_allowance=10 ** 9, token_batch_max=1000)
+#: The generated configs' limits: no client runs short of Privacy Pass
+#: tokens, and a connection is not closed after 1000 requests (the default):
+#: anycorn's GOAWAY then fails the requests in flight on it that are not safe
+#: to repeat (docs/decisions.md, "Connection reuse") — at 50 sends in flight,
+#: a few sends a thousand, which would show as send errors here, not as
+#: delivery cost. Everything else keeps its default.
+BENCH_LIMITS = Limits(token_allowance=10 ** 9, token_domain_allowance=10 ** 9, token_batch_max=1000,
+                      max_requests_per_connection=10 ** 9)
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 WARMUP_MESSAGES = 3
 #: Messages a dequeue asks for (the client library's default).
@@ -242,8 +252,9 @@ class Homeservers:
             if proc.poll() is not None:
                 raise BenchFailed(f"{d} exited with status {proc.returncode}: {self.tail(d)}")
 
-    async def quiet(self, idle_s: float = 0.3, timeout_s: float = 15.0) -> None:
-        """Until neither process has used a CPU tick for ``idle_s`` (or ``timeout_s`` passed)."""
+    async def quiet(self, idle_s: float = 0.3, timeout_s: float = 15.0) -> bool:
+        """Wait until neither process has used a CPU tick for ``idle_s``;
+        False if that did not happen within ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         last, since = self.cpu_s(), time.monotonic()
         while time.monotonic() < deadline:
@@ -252,7 +263,8 @@ class Homeservers:
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= idle_s:
-                return
+                return True
+        return False
 
     def stop(self) -> None:
         """SIGTERM both; SIGKILL what has not ended after 5 s."""
@@ -340,9 +352,17 @@ class Recipient:
         self._seen: dict[Any, int] = {}     # group → texts already stamped
 
     async def drain(self) -> None:
-        """Dequeue until the queue is empty; stamp the new texts."""
-        while await self.m.receive() >= DEQUEUE_MAX:
-            pass
+        """Dequeue until the queue is empty; stamp the new texts. A dequeue
+        that met a closed connection is asked again (harmless: it names the
+        first sequence number it wants, and texts already read are skipped)."""
+        for attempt in range(3):
+            try:
+                while await self.m.receive() >= DEQUEUE_MAX:
+                    pass
+                break
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
         now = time.perf_counter()
         for gid, texts in self.m.texts.items():
             done = self._seen.get(gid, 0)
@@ -469,6 +489,12 @@ class Run:
         self.sender: Messenger | None = None
         self.floor_ms = 0.0
 
+    async def settled(self, what: str) -> None:
+        """Wait for both homeservers to go idle; say so if they did not (that
+        CPU figure then includes whatever they were still doing)."""
+        if not await self.hs.quiet():
+            self.out(f"  {what}: the homeservers did not go idle within 15 s; measuring all the same")
+
     async def setup(self, s: Scenario, nursery: trio.Nursery) -> tuple[Messenger, Any, list[Recipient]]:
         """``s.users`` fresh users on B, a fresh group on A's DS with them and
         the sender (one user on A for the whole run), every recipient
@@ -582,10 +608,10 @@ class Run:
             sender, gid, recipients = await self.setup(s, listeners)
             await self.deliver(sender, gid, recipients, f"{s.key}-warmup", WARMUP_MESSAGES, "closed", 1)
             before = await scrape_all(self.hs, self.metrics_http)
-            await self.hs.quiet()
+            await self.settled(s.key)
             cpu0, client0 = self.hs.cpu_s(), time.process_time()
             raw = await self.deliver(sender, gid, recipients, s.key, s.n, s.mode, s.window)
-            await self.hs.quiet()
+            await self.settled(s.key)
             cpu1, client1 = self.hs.cpu_s(), time.process_time()
             after = await scrape_all(self.hs, self.metrics_http)
             listeners.cancel_scope.cancel()
@@ -665,11 +691,11 @@ class Run:
                 for _ in range(3):                       # the TLS handshake and first request are not counted
                     (await http.get(url)).raise_for_status()
                 before = await scrape_all(self.hs, self.metrics_http)
-                await self.hs.quiet()
+                await self.settled("floor")
                 cpu0 = self.hs.cpu_s()[d]
                 for _ in range(n):
                     (await http.get(url)).raise_for_status()
-                await self.hs.quiet()
+                await self.settled("floor")
                 cpu1 = self.hs.cpu_s()[d]
                 after = await scrape_all(self.hs, self.metrics_http)
                 served = delta(before, after, d, "phoenix_http_requests_total")
@@ -698,6 +724,7 @@ def table(results: list[Result], floor_ms: float) -> list[str]:
         ("recipients on B", lambda r: str(r.users)),
         ("messages accepted / to send", lambda r: f"{r.sent} / {r.n}"),
         ("msgs/s (delivered to all)", lambda r: _fmt(r.msgs_per_s, ".1f")),
+        ("sends accepted/s", lambda r: _fmt(r.sent / r.send_s if r.send_s else None, ".1f")),
         ("user-deliveries/s", lambda r: _fmt(r.user_deliveries_per_s, ".1f")),
         ("CPU ms/fed. delivery A", lambda r: _cpu(r.cpu_ms_per_fed.get("A"), floor_ms)),
         ("CPU ms/fed. delivery B", lambda r: _cpu(r.cpu_ms_per_fed.get("B"), floor_ms)),
