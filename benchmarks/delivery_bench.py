@@ -61,7 +61,8 @@ What is measured, per scenario, from outside the homeservers:
   and after; **429s** (``phoenix_rate_limit_given_total`` of both), federation
   **retries** and **dead letters** come from the same scrapes;
 * **latency**: from the sender's send call to the recipient's client
-  holding the decrypted text, per user-delivery (p50, p95). Recipients
+  holding the decrypted text (when the client library's ``receive()`` that
+  dequeued and decrypted it returns), per user-delivery (p50, p95). Recipients
   listen on the QS websocket (``#negotiate-websocket-connection``): every
   notification makes the client dequeue at once, so no polling interval
   is in the figure. Sender and recipients share this one client process,
@@ -359,17 +360,24 @@ class Recipient:
         self._seen: dict[Any, int] = {}     # group → texts already stamped
 
     async def drain(self) -> None:
-        """Dequeue until the queue is empty; stamp the new texts. A dequeue
-        that met a closed connection is asked again (harmless: it names the
-        first sequence number it wants, and texts already read are skipped)."""
-        for attempt in range(3):
+        """Dequeue until the queue is empty, stamping the new texts after
+        each dequeue. A dequeue that met a closed connection is asked again
+        (harmless: it names the first sequence number it wants, and texts
+        already read are skipped)."""
+        failures = 0
+        while True:
             try:
-                while await self.m.receive() >= DEQUEUE_MAX:
-                    pass
-                break
+                n = await self.m.receive()
             except httpx.TransportError:
-                if attempt == 2:
+                failures += 1
+                if failures == 3:
                     raise
+                continue
+            self._stamp()
+            if n < DEQUEUE_MAX:
+                return
+
+    def _stamp(self) -> None:
         now = time.perf_counter()
         for gid, texts in self.m.texts.items():
             done = self._seen.get(gid, 0)
