@@ -55,6 +55,9 @@ What is measured, per scenario, from outside the homeservers:
   and ``probe`` it is also one user-delivery; in ``c`` one federated
   delivery carries a message to ``--users`` users;
 * **per user-delivery**: one message decrypted by one recipient's client;
+* **requests served** by each homeserver (``phoenix_http_requests_total``:
+  the sends at A, the federation requests and dequeues at B; websocket
+  notifications are no requests), to read the CPU figures against;
 * **federation requests**: ``federated_enqueue`` requests A sent to B, and
   **messages per request** read from A's ``phoenix_federation_batch_messages_sent``
   histogram (its sum over its count), as scraped from A's ``/metrics`` before
@@ -63,9 +66,10 @@ What is measured, per scenario, from outside the homeservers:
 * **latency**: from the sender's send call to the recipient's client
   holding the decrypted text (when the client library's ``receive()`` that
   dequeued and decrypted it returns), per user-delivery (p50, p95). Recipients
-  listen on the QS websocket (``#negotiate-websocket-connection``): every
-  notification makes the client dequeue at once, so no polling interval
-  is in the figure. Sender and recipients share this one client process,
+  listen on the QS websocket (``#negotiate-websocket-connection``): a
+  notification makes the client dequeue at once (those that come while it
+  dequeues add up to one more dequeue), so no polling interval is in the
+  figure. Sender and recipients share this one client process,
   so under load its own CPU adds to the latency;
 * **msgs/s**: messages delivered to all their recipients per second, from
   the first send to the last decryption; beside it **sends accepted/s**,
@@ -391,15 +395,31 @@ class Recipient:
             self._seen[gid] = len(texts)
 
     async def listen(self, address: tuple[str, int], ca: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Open the websocket, then dequeue at every notification (until cancelled)."""
+        """Open the websocket, then dequeue whenever a notification came
+        (until cancelled). Notifications that arrive while a dequeue runs
+        add up to one more dequeue, as the QS adds up wake-ups that find
+        one pending: the QS sends one per enqueue, and a client that
+        dequeued once per notification would, behind a burst, ask its queue
+        again and again after it had emptied it."""
         ws = WsprotoTransport(f"qs.{self.m.domain}", by_name("qs", "websocket").path)
+        wake_send, wake_receive = trio.open_memory_channel(1)
+
+        async def read_notifications(notifications: Any) -> None:
+            while True:
+                await notifications.next_event()
+                try:
+                    wake_send.send_nowait(None)
+                except trio.WouldBlock:
+                    pass                        # a dequeue is already due
         try:
             await ws.connect(address, ssl_context=client_ssl_context(ca))   # its own context: ALPN http/1.1
             notifications = await self.m.qs.open_websocket(self.m.me, ws)
-            task_status.started()
-            while True:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_notifications, notifications)
+                task_status.started()
                 await self.drain()
-                await notifications.next_event()
+                async for _ in wake_receive:
+                    await self.drain()
         finally:
             with trio.CancelScope(shield=True):
                 await ws.aclose()
@@ -473,6 +493,7 @@ class Result:
     cpu_per_fed_x_floor: dict[str, float] = field(default_factory=dict)
     cpu_per_user_x_floor: dict[str, float] = field(default_factory=dict)
     client_cpu_ms_per_msg: float = 0.0
+    requests_served: dict[str, float] = field(default_factory=dict)   # every request, "A" and "B"
     fed_requests: float = 0.0       # federated_enqueue requests A → B
     fed_requests_all: float = 0.0   # every federation request, both ways
     batch_sent_mean: float | None = None       # A's phoenix_federation_batch_messages_sent: sum / count
@@ -674,6 +695,8 @@ class Run:
             res.cpu_ms_per_user = {k: v / res.user_deliveries for k, v in res.cpu_ms.items()}
             res.cpu_per_user_x_floor = {k: v / self.floor_ms for k, v in res.cpu_ms_per_user.items()}
         res.client_cpu_ms_per_msg = client_cpu * 1000 / max(1, len(started))
+        res.requests_served = {k: delta(before, after, d, "phoenix_http_requests_total")
+                               for k, d in (("A", A), ("B", B))}
         res.fed_requests = delta(before, after, A, "phoenix_federation_requests_total",
                                  destination=B, endpoint="federated_enqueue")
         res.fed_requests_all = (delta(before, after, A, "phoenix_federation_requests_total")
@@ -745,6 +768,8 @@ def table(results: list[Result], floor_ms: float) -> list[str]:
         ("CPU ms/fed. delivery B", lambda r: _cpu(r.cpu_ms_per_fed.get("B"), floor_ms)),
         ("CPU ms/fed. delivery A+B", lambda r: _cpu(r.cpu_ms_per_fed.get("A+B"), floor_ms)),
         ("CPU ms/user-delivery A+B", lambda r: _cpu(r.cpu_ms_per_user.get("A+B"), floor_ms)),
+        ("requests served A / B", lambda r: f"{r.requests_served.get('A', 0):.0f} / "
+                                            f"{r.requests_served.get('B', 0):.0f}"),
         ("federation requests A→B", lambda r: _fmt(r.fed_requests, ".0f")),
         ("msgs/request (A's histogram)", lambda r: _fmt(r.batch_sent_mean)),
         ("msgs/request (counted)", lambda r: _fmt(r.msgs_per_fed_request)),

@@ -50,5 +50,6 @@ def test_quick_run_delivers_every_message_once_and_reports_every_figure(tmp_path
         assert abs(s["cpu_per_fed_x_floor"]["A+B"] * floor["floor_ms"] - s["cpu_ms_per_fed"]["A+B"]) < 0.01, where
         assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p95"] <= s["latency_ms"]["max"], where
         assert s["msgs_per_s"] > 0, where
+        assert s["requests_served"]["A"] >= s["n"] and s["requests_served"]["B"] >= s["fed_requests"], where
     probe = next(s for s in doc["scenarios"] if s["key"] == "probe")
     assert probe["window"] == 1 and probe["users"] == 1
