@@ -111,6 +111,7 @@ async def test_connection_establishment_by_alias_across_homeservers(deployment):
 
 @spec(REMOTE_AS, "informative")
 @spec(TOKENS, "informative")
+@pytest.mark.needs_control("the remote key cache's fetch counters of the homeservers")
 async def test_remote_client_gets_tokens_authenticated_by_its_own_as_credentials(deployment):
     d = deployment
     async with d.client() as http:
