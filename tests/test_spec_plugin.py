@@ -220,7 +220,7 @@ def test_reports_hold_sections_sentences_outcomes_and_the_uncovered(pytester, tm
 
         @spec("{SHOULD_ONLY}", "SHOULD")
         @pytest.mark.skip(reason="target cannot do this")
-        def test_unsupported():
+        def test_skipped_for_a_reason():
             pass
     """)
     out = tmp_path / "report"
@@ -240,7 +240,7 @@ def test_reports_hold_sections_sentences_outcomes_and_the_uncovered(pytester, tm
     should = by_id[SHOULD_ONLY]
     assert should["counts"]["soft_failed"] == 1 and should["counts"]["skipped"] == 1
     outcomes = {t["test"].split("::")[-1]: t["outcome"] for t in should["tests"]}
-    assert outcomes == {"test_should_fails": "soft_failed", "test_unsupported": "skipped"}
+    assert outcomes == {"test_should_fails": "soft_failed", "test_skipped_for_a_reason": "skipped"}
     assert "target cannot do this" in [t["message"] for t in should["tests"]
                                       if t["outcome"] == "skipped"][0]
     assert data["totals"]["passed"] == 1 and data["strict"] is False
