@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from . import homeserver, testing
 from .target import Target, TargetFileError, load_manifest, load_target
 from .target_deployment import NeedsControl, Unsupported
 
@@ -72,12 +71,14 @@ class TargetRun:
         self.unexpected_passes: list[str] = []   # manifest entries that passed
         self._saved_init = None
         if target is not None:
+            from . import homeserver, testing   # (loaded only for a target run)
             testing.use_target(target)
             self._saved_init = homeserver.Homeserver.__init__
             homeserver.Homeserver.__init__ = _refuse_homeserver
 
     def unconfigure(self) -> None:
         if self.target is not None:
+            from . import homeserver, testing
             testing.use_target(None)
             homeserver.Homeserver.__init__ = self._saved_init
 
