@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -143,6 +144,8 @@ def test_the_suite_against_three_serve_processes(lab, tmp_path):
     assert len(others) >= 60, len(others)
     assert all(t.endswith("[target]") or "[" not in t for t in cases)   # no local mode ran
 
+    # kept for a look next to the in-process run's (README: build/conformance-target)
+    shutil.copytree(tmp_path, REPO_ROOT / "build" / "conformance-target", dirs_exist_ok=True)
     data = json.loads((tmp_path / "conformance.json").read_text())
     assert data["target"]["mode"] == "target"
     assert data["target"]["homeservers"] == {"hs1": "a.example", "hs2": "b.example", "hs3": "c.example"}
