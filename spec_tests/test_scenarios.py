@@ -646,6 +646,7 @@ async def test_random_walk_over_tls(request):
 
 
 @pytest.mark.slow
+@pytest.mark.needs_control("phoenix_ref homeservers in this process (test_random_walk_over_tls walks a target)")
 @walk_test
 async def test_random_walk_long_run():
     await walk_many("in_process", walk_seeds(LONG_SEEDS))

@@ -141,7 +141,7 @@ def test_the_suite_against_three_serve_processes(lab, tmp_path):
     # and all the others passed
     others = {t: c["outcome"] for t, c in cases.items() if t not in unsupported}
     assert others and set(others.values()) == {"passed"}, {t: o for t, o in others.items() if o != "passed"}
-    assert len(others) >= 60, len(others)
+    assert len(others) >= 40, len(others)
     assert all(t.endswith("[target]") or "[" not in t for t in cases)   # no local mode ran
 
     # kept for a look next to the in-process run's (README: build/conformance-target)
