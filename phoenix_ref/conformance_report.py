@@ -23,15 +23,16 @@ CHAPTERS = (
     "spec/federation/*.md", "spec/general_concepts/federation.md",
 )
 
-COLUMNS = ("passed", "failed", "soft_failed", "skipped_unsupported", "expected_failure",
+COLUMNS = ("passed", "failed", "soft_failed", "skipped", "unsupported", "expected_failure",
            "unexpected_pass")
-SHORT = ("pass", "fail", "soft", "skip", "xfail", "xpass")
-LABELS = ("passed", "failed", "SHOULD/MAY not met", "skipped / unsupported",
+SHORT = ("pass", "fail", "soft", "skip", "unsup", "xfail", "xpass")
+LABELS = ("passed", "failed", "SHOULD/MAY not met", "skipped", "unsupported",
           "expected failure", "unexpectedly passed")
 
 _COLUMN_OF = {
     "passed": "passed", "failed": "failed", "error": "failed", "soft_failed": "soft_failed",
-    "skipped": "skipped_unsupported", "xfailed": "expected_failure", "xpassed": "unexpected_pass",
+    "skipped": "skipped", "unsupported": "unsupported", "xfailed": "expected_failure",
+    "xpassed": "unexpected_pass",
 }
 
 
@@ -46,12 +47,14 @@ def _reqs(found):
 
 def build(cites: dict[str, list[tuple[str, str]]], outcomes: dict[str, str],
           messages: dict[str, str], *, strict: bool, generated: str,
-          chapters: tuple[str, ...] = CHAPTERS) -> dict:
+          chapters: tuple[str, ...] = CHAPTERS, target: dict | None = None) -> dict:
     """The report as plain data.
 
     ``cites``: test id → its ``(section, level)`` claims; ``outcomes``: test id
-    → outcome word (passed, failed, error, soft_failed, skipped, xfailed,
-    xpassed); tests without an outcome (deselected, not run) are left out.
+    → outcome word (passed, failed, error, soft_failed, skipped, unsupported,
+    xfailed, xpassed); tests without an outcome (deselected, not run) are
+    left out. ``target``: what the run was pointed at and its manifest
+    (``TargetRun.describe``); None for phoenix_ref's own run.
     """
     by_section: dict[str, list[dict]] = {}
     for nodeid, claims in cites.items():
@@ -85,6 +88,7 @@ def build(cites: dict[str, list[tuple[str, str]]], outcomes: dict[str, str],
     return {
         "generated": generated,
         "strict": strict,
+        "target": target or {"mode": "phoenix_ref"},
         "levels": "informative < MAY < SHOULD < MUST",
         "columns": dict(zip(COLUMNS, LABELS)),
         "totals": totals,
@@ -110,6 +114,22 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _target_lines(target: dict) -> list[str]:
+    """What the run was pointed at, and the manifest's unexpected passes (Markdown)."""
+    if target.get("mode") != "target" and "expected_failures_manifest" not in target:
+        return ["Run against phoenix_ref homeservers started by the suite.", ""]
+    out = []
+    if target.get("mode") == "target":
+        hs = ", ".join(f"{n} = {d}" for n, d in target["homeservers"].items())
+        out.append(f"Target: {_md(target['description'])} (`{target['deployment_file']}`; {hs}). "
+                   "Tests that need control of a homeserver are reported unsupported.")
+    if "expected_failures_manifest" in target:
+        out.append(f"Expected failures from `{target['expected_failures_manifest']}`.")
+        for t in target["unexpectedly_passing"]:
+            out.append(f"* **unexpectedly passing** (remove it from the manifest): `{t}`")
+    return out + [""]
+
+
 def render_markdown(data: dict) -> str:
     lines = [
         "# Phoenix conformance matrix", "",
@@ -117,6 +137,7 @@ def render_markdown(data: dict) -> str:
         + ("fail the run (--strict)." if data["strict"] else "are reported but do not fail the run."),
         "Levels: informative < MAY < SHOULD < MUST. \"text\" is the strongest level the section's "
         "text supports, \"claimed\" the strongest level its tests claim.", "",
+        *_target_lines(data.get("target") or {}),
         "| section | text | claimed | tests | " + " | ".join(LABELS) + " |",
         "|---|---|---|---|" + "---:|" * len(COLUMNS),
     ]
@@ -155,8 +176,9 @@ table{border-collapse:collapse;margin:1em 0}
 th,td{border:1px solid #ccc;padding:.25em .5em;vertical-align:top;text-align:left}
 td.n{text-align:right}
 tr.failed td{background:#fdd} tr.soft td{background:#ffd} tr.ok td{background:#efe}
-.passed{color:#060} .failed,.error{color:#a00;font-weight:bold} .soft_failed{color:#a60}
-.skipped,.xfailed,.xpassed{color:#666} q{font-style:italic} code{font-size:.9em}
+tr.unsupported td{background:#eee}
+.passed{color:#060} .failed,.error,.xpassed{color:#a00;font-weight:bold} .soft_failed{color:#a60}
+.skipped,.unsupported,.xfailed{color:#666} q{font-style:italic} code{font-size:.9em}
 details{margin:.2em 0}
 """
 
@@ -171,13 +193,25 @@ def _quotes(reqs) -> str:
     return "".join(f"<div><b>{_e(r['level'])}</b>: <q>{_e(r['sentence'])}</q></div>" for r in reqs)
 
 
+def _target_html(target: dict) -> str:
+    """The Markdown lines of :func:`_target_lines` as paragraphs (backticks → ``<code>``)."""
+    out = []
+    for line in _target_lines(target):
+        if line:
+            parts = _e(line.lstrip("* ")).split("`")
+            out.append("<p>" + "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+                       .replace("**", "") + "</p>")
+    return "".join(out)
+
+
 def render_html(data: dict) -> str:
     t = data["totals"]
     head = "".join(f"<th>{_e(h)}</th>" for h in LABELS)
     rows = []
     for s in data["sections"]:
         c = s["counts"]
-        cls = "failed" if c["failed"] else "soft" if c["soft_failed"] else "ok" if c["passed"] else ""
+        cls = ("failed" if c["failed"] or c["unexpected_pass"] else "soft" if c["soft_failed"]
+               else "ok" if c["passed"] else "unsupported" if c["unsupported"] else "")
         tests = "".join(
             f"<div><span class='{_e(x['outcome'])}'>{_e(x['outcome'])}</span> "
             f"<code>{_e(x['test'])}</code> ({_e(x['level'])})"
@@ -204,6 +238,7 @@ def render_html(data: dict) -> str:
 <p>Generated {_e(data['generated'])}. {_e(mode)} Levels: informative &lt; MAY &lt; SHOULD &lt; MUST;
 <em>text</em> is the strongest level the section's text supports, <em>claimed</em> the strongest
 its tests claim.</p>
+{_target_html(data.get("target") or {})}
 <table><thead><tr><th>section</th><th>text</th><th>claimed</th>{head}<th>requirements and tests</th></tr></thead>
 <tbody>{''.join(rows)}
 <tr><td><b>total</b></td><td></td><td></td>{total_cells}<td></td></tr></tbody></table>

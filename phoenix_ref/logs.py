@@ -32,6 +32,12 @@ __all__ = ["REQUEST_LOGGER", "FORMATS", "JsonFormatter", "configure"]
 
 #: The logger of request records (``phoenix_ref.http.RequestLog``).
 REQUEST_LOGGER = "phoenix_ref.requests"
+#: Libraries whose INFO records repeat a request record: httpx logs one
+#: line per request it sends ("HTTP Request: POST …"), which the request
+#: log's ``out`` record already holds. :func:`configure` lets only their
+#: warnings through, which saves a second formatted line and write per
+#: federation request (issue 17).
+QUIET_BELOW_WARNING = ("httpx",)
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
@@ -59,7 +65,8 @@ def configure(fmt: str = "text", *, level: int = logging.INFO, domain: str = "",
               stream: IO[str] | None = None) -> logging.Handler:
     """Send every log record at ``level`` and above to ``stream`` (stderr) in
     format ``fmt`` (``text`` or ``json``); replaces the root logger's
-    handlers. Returns the handler."""
+    handlers; the loggers of :data:`QUIET_BELOW_WARNING` pass warnings and
+    above only. Returns the handler."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -72,4 +79,6 @@ def configure(fmt: str = "text", *, level: int = logging.INFO, domain: str = "",
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in QUIET_BELOW_WARNING:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     return handler

@@ -22,6 +22,18 @@ spec's text, the conformance matrix and its reports.
   sections and levels are also JUnit properties (``--junitxml``).
 * ``@pytest.mark.slow`` tests (long fuzz and soak runs) are skipped with the
   reason "needs --run-slow" unless pytest runs with ``--run-slow``.
+* ``--phoenix-target FILE`` runs the suite against a deployment described by
+  a deployment file (:mod:`phoenix_ref.target`) instead of phoenix_ref
+  homeservers it starts itself: the ``deployment_mode`` fixture then has
+  the one value ``"target"``. A test marked ``needs_control(what)`` is not
+  run there and is reported **unsupported** (an outcome of its own, as is a
+  test that finds the target lacking what it needs, ``Unsupported``). An
+  unmarked test that reaches into a homeserver fails with
+  :class:`~phoenix_ref.target_deployment.NeedsControl` (:mod:`phoenix_ref.target_run`).
+* ``--phoenix-expected-failures FILE`` (or ``expected_failures`` in the
+  deployment file): test id → reason; such a test's failure is an expected
+  failure, and its passing is reported as "unexpectedly passing" (a failure
+  of the run with ``--strict``).
 
 ``phoenix_ref.spec_plugin.spec`` is a shorthand for the marker.
 """
@@ -33,12 +45,14 @@ from pathlib import Path
 
 import pytest
 
-from . import conformance_report
+from . import conformance_report, target_run
+from .target_deployment import Unsupported
 from .spec_sections import LEVEL_ORDER, check_section, section, strength
 
 LEVELS = LEVEL_ORDER            # ("informative", "MAY", "SHOULD", "MUST")
 SOFT_LEVELS = ("SHOULD", "MAY")  # a failure of these fails the run only with --strict
 SOFT_FAILED = "soft_failed"     # outcome word in the summary line and the reports
+UNSUPPORTED = "unsupported"     # outcome word: the target cannot give what the test needs
 
 
 def spec(section: str, level: str = "informative"):
@@ -53,6 +67,7 @@ class _Run:
         self.cites: dict[str, list[tuple[str, str]]] = {}   # nodeid → [(section, level)]
         self.outcomes: dict[str, str] = {}                  # nodeid → outcome word
         self.messages: dict[str, str] = {}                  # nodeid → failure/skip text
+        self.target: target_run.TargetRun | None = None     # with --phoenix-target / a manifest
 
 
 RUN = pytest.StashKey[_Run]()
@@ -67,6 +82,12 @@ def pytest_addoption(parser):
     group = parser.getgroup("phoenix conformance")
     group.addoption("--conformance-report", metavar="DIR", default=None,
                     help="write conformance.json, conformance.html and conformance.md into DIR")
+    group.addoption("--phoenix-target", metavar="FILE", default=None,
+                    help="run the conformance suite against the deployment this TOML file describes "
+                         "(docs/conformance.md) instead of phoenix_ref homeservers started here")
+    group.addoption("--phoenix-expected-failures", metavar="FILE", default=None,
+                    help="TOML manifest of known failures (test id = reason): they count as expected "
+                         "failures; one that passes is reported (and fails the run under --strict)")
 
 
 def pytest_configure(config):
@@ -74,7 +95,24 @@ def pytest_configure(config):
         "markers", "spec(section, level='informative'): spec section a conformance test checks "
                    "and the level it claims (MUST, SHOULD, MAY, informative)")
     config.addinivalue_line("markers", "slow: long-running test, skipped unless --run-slow")
-    config.stash[RUN] = _Run()
+    config.stash[RUN] = run = _Run()
+    run.target = target_run.configure(config)
+
+
+def pytest_unconfigure(config):
+    run = config.stash.get(RUN, None)
+    if run is not None and run.target is not None:
+        run.target.unconfigure()
+
+
+def deployment_modes(config) -> tuple[str, ...]:
+    """The values of the suite's ``deployment_mode`` fixture in this run:
+    ``("target",)`` with ``--phoenix-target``, else phoenix_ref's two local modes."""
+    run = config.stash.get(RUN, None)
+    if run is not None and run.target is not None and run.target.target is not None:
+        return ("target",)
+    from .testing import MODES
+    return MODES
 
 
 def strict_levels(config) -> bool:
@@ -140,6 +178,8 @@ def pytest_collection_modifyitems(session, config, items):
         keep.append(item)
     if len(keep) != len(items):
         items[:] = keep
+    if run.target is not None:
+        run.target.collected(items)
 
     if config.getoption("--run-slow"):
         return
@@ -152,6 +192,10 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def _outcome(report) -> str:
+    if getattr(report, "phoenix_unsupported", None) is not None:
+        return UNSUPPORTED
+    if getattr(report, "phoenix_unexpected_pass", False):
+        return "xpassed"    # a manifest entry that passed under --strict: failed, and said why
     xfail = hasattr(report, "wasxfail")
     if report.passed:
         return "xpassed" if xfail else "passed"
@@ -171,11 +215,51 @@ def _message(report) -> str:
     return str(report.longrepr) if report.longrepr else ""
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    run = item.config.stash[RUN]
+    if run.target is not None:
+        run.target.before_setup(item)   # raises Unsupported for a needs_control test
+
+
+def _unsupported_reason(excinfo) -> str | None:
+    """The message of the :class:`Unsupported` a setup or call ended with, else None.
+
+    pytest-trio hands a test's error over inside an exception group; a group
+    that holds only Unsupported counts (anything else in it is a failure)."""
+    if excinfo is None:
+        return None
+    exc = excinfo.value
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(Unsupported)
+        if match is None or rest is not None:
+            return None
+        while isinstance(match, BaseExceptionGroup):
+            match = match.exceptions[0]
+        exc = match
+    return str(exc) if isinstance(exc, Unsupported) else None
+
+
+def _as_unsupported(item, reason: str, report) -> None:
+    """Turn a setup or call that raised :class:`Unsupported` into an unsupported report."""
+    report.outcome = "skipped"
+    report.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"unsupported: {reason}")
+    report.phoenix_unsupported = reason
+    if hasattr(report, "wasxfail"):   # a manifest entry does not make it an expected failure
+        del report.wasxfail
+    item.user_properties.append(("spec_outcome", UNSUPPORTED))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     run = item.config.stash[RUN]
+    reason = _unsupported_reason(call.excinfo) if report.when in ("setup", "call") else None
+    if reason is not None:
+        _as_unsupported(item, reason, report)
+    elif run.target is not None:
+        run.target.after_report(item, report)   # the manifest's strict XPASS is an unexpected pass
     cites = run.cites.get(item.nodeid)
     if not cites:
         return
@@ -203,6 +287,8 @@ def pytest_runtest_makereport(item, call):
 def pytest_report_teststatus(report, config):
     if getattr(report, "phoenix_soft_failure", None) is not None:
         return SOFT_FAILED, "w", ("SOFT-FAILED", {"yellow": True})
+    if getattr(report, "phoenix_unsupported", None) is not None:
+        return UNSUPPORTED, "u", ("UNSUPPORTED", {"yellow": True})
     return None
 
 
@@ -227,6 +313,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for rep in soft:
             tr.write_sep("_", rep.nodeid)
             tr.write_line(str(rep.phoenix_soft_failure))
+    run = config.stash[RUN]
+    if run.target is not None:
+        run.target.summary(tr)
     rows = _matrix(config)
     if not rows:
         return
@@ -248,5 +337,6 @@ def pytest_sessionfinish(session, exitstatus):
     data = conformance_report.build(
         run.cites, run.outcomes, run.messages,
         strict=strict_levels(config),
+        target=run.target.describe() if run.target is not None else None,
         generated=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     conformance_report.write(Path(out), data)

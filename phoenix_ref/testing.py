@@ -27,6 +27,14 @@ closed) and :meth:`Deployment.set_up` brings it back with the same data.
 ``metrics=True`` gives every homeserver an operator metrics listener on a
 free loopback port (:meth:`Node.metrics_client` scrapes it).
 
+A third mode, ``"target"``, starts nothing: the homeservers are a deployment
+somebody else runs, described by a deployment file (``pytest
+--phoenix-target FILE``, which calls :func:`use_target`).
+``Deployment("target", names)`` is then a
+:class:`~phoenix_ref.target_deployment.TargetDeployment`, which gives only
+what HTTPS gives. While a target is in use, asking for a local mode is a
+:class:`~phoenix_ref.target_deployment.NeedsControl` error.
+
 Time: one :class:`~phoenix_ref.clock.FixedClock` (starting at the real time)
 is shared by every homeserver, so tests move TTLs and expiry by hand.
 
@@ -62,8 +70,11 @@ from .clock import Clock, FixedClock
 from .config import Config, Limits, OperatorSettings
 from .federation.client import client_ssl_context, https_transport
 from .homeserver import Homeserver
+from .target import Target
+from .target_deployment import NeedsControl, TargetDeployment
 
-MODES = ("in_process", "sockets")
+MODES = ("in_process", "sockets")   # the modes that run phoenix_ref homeservers here
+TARGET = "target"                   # the mode that tests somebody else's (use_target)
 DOMAINS = {"hs1": "a.example", "hs2": "b.example", "hs3": "c.example"}
 SERVICES = ("as", "ds", "qs")
 STOP_TIMEOUT_S = 30.0   # teardown: how long the nodes get to stop before they are cancelled
@@ -217,8 +228,29 @@ class Node:
         return f"https://{host}{port}{path}"
 
 
+_target: Target | None = None
+
+
+def use_target(target: Target | None) -> None:
+    """Make ``Deployment("target", ...)`` mean ``target`` (None: no target).
+
+    The spec plugin calls it for ``--phoenix-target``; while a target is in
+    use, the local modes are refused (the run is about the target)."""
+    global _target
+    _target = target
+
+
 class Deployment:
     """Named homeservers for tests and demos (see module docstring)."""
+
+    def __new__(cls, mode: str = "in_process", names: Sequence[str] = ("hs1", "hs2"), **kwargs: Any):
+        if mode == TARGET:
+            if _target is None:
+                raise ValueError("mode 'target' needs a deployment file (pytest --phoenix-target FILE)")
+            return TargetDeployment(_target, names, **kwargs)   # (not a Deployment: __init__ is skipped)
+        if _target is not None:
+            raise NeedsControl(f"phoenix_ref homeservers of its own (Deployment({mode!r}))")
+        return super().__new__(cls)
 
     def __init__(self, mode: str = "in_process", names: Sequence[str] = ("hs1", "hs2"), *,
                  wrong_ca: Sequence[str] = (), plain_http: Sequence[str] = (),
@@ -511,5 +543,5 @@ class AsgiWebsocket:
             pass
 
 
-__all__ = ["Deployment", "Node", "MODES", "DOMAINS", "tls_handshake", "InProcessNetwork", "AsgiWebsocket"]
+__all__ = ["Deployment", "Node", "MODES", "TARGET", "use_target", "DOMAINS", "tls_handshake", "InProcessNetwork", "AsgiWebsocket"]
 

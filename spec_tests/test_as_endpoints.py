@@ -5,6 +5,7 @@ key) enforced. Every test runs in-process and on real sockets
 (``deployment`` fixture); clients are :class:`phoenix_ref.client.session.ClientSession`.
 """
 
+import uuid
 import dataclasses
 import os
 
@@ -30,6 +31,9 @@ from phoenix_ref.queues import DequeueMessagesResponse
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 
+#: aliases carry this run's mark: a target keeps what earlier runs registered
+RUN = uuid.uuid4().hex[:8]
+
 AS = "spec/authentication_service.md#"
 A = Fqdn("a.example")
 B = Fqdn("b.example")
@@ -50,6 +54,12 @@ async def register(http, d, domain=A, **kw) -> ClientSession:
     return await ClientSession.register(http, domain, clock=d.clock, **kw)
 
 
+def within(intermediate, now: int) -> int:
+    """A CSR validity that ends before the intermediate does (credentials.md): on
+    a real clock, a year from now outlasts an intermediate made a moment ago."""
+    return min(365 * 24 * 3600 * 1000, intermediate.expiration_data.not_after - now)
+
+
 def group_id() -> GroupId:
     return GroupId(A, __import__("uuid").uuid4())
 
@@ -61,7 +71,7 @@ async def test_init_user_registration_needs_no_token_and_hands_out_no_credential
     async with deployment.client() as http:
         c, now = AsClient(http), deployment.clock.now_ms()
         inter = (await c.as_credentials(A)).signing_intermediate(now)
-        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now)
+        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now, validity_ms=within(inter, now))
         resp = await c.call(A, "init_user_registration", init)          # no Privacy Pass token
         assert len(resp.opaque_registration_response) > 0
         # the signed credential waits at the AS until the registration finishes
@@ -73,7 +83,7 @@ async def test_init_user_registration_needs_no_token_and_hands_out_no_credential
         forged = ClientCredentialCsr(payload, SigningKey.generate().sign(b"not the payload"))
         await refused(c.call(A, "init_user_registration", dataclasses.replace(init, client_csr=forged)), 400)
         # a user id of another domain is not this AS's to certify
-        _, foreign = Registration.start("b.example", b"pw", inter.fingerprint(), now)
+        _, foreign = Registration.start("b.example", b"pw", inter.fingerprint(), now, validity_ms=within(inter, now))
         await refused(c.call(A, "init_user_registration", foreign), 400, "foreign_user")
 
 
@@ -83,7 +93,7 @@ async def test_init_user_registration_refuses_an_existing_user_id(deployment):
         s = await register(http, deployment)
         now = deployment.clock.now_ms()
         inter = (await s.as_client.as_credentials(A)).signing_intermediate(now)
-        _, init = Registration.start(A, b"other", inter.fingerprint(), now, user_id=s.user_id)
+        _, init = Registration.start(A, b"other", inter.fingerprint(), now, validity_ms=within(inter, now), user_id=s.user_id)
         await refused(s.as_client.call(A, "init_user_registration", init), 409, "user_exists")
 
 
@@ -94,9 +104,9 @@ async def test_a_user_id_in_registration_gets_no_second_credential(deployment):
         c, now = AsClient(http), deployment.clock.now_ms()
         creds = await c.as_credentials(A)
         inter = creds.signing_intermediate(now)
-        first, init1 = Registration.start(A, b"pw", inter.fingerprint(), now)
+        first, init1 = Registration.start(A, b"pw", inter.fingerprint(), now, validity_ms=within(inter, now))
         uid = first.client_id.user_id
-        _, init2 = Registration.start(A, b"pw2", inter.fingerprint(), now, user_id=uid)
+        _, init2 = Registration.start(A, b"pw2", inter.fingerprint(), now, validity_ms=within(inter, now), user_id=uid)
         await c.call(A, "init_user_registration", init1)
         # a second client for the same user id while the first registration is pending
         await refused(c.call(A, "init_user_registration", init2), 409, "registration_pending")
@@ -123,7 +133,7 @@ async def test_finish_user_registration_is_client_2fa_and_creates_the_entries(de
         c, now = AsClient(http), deployment.clock.now_ms()
         creds = await c.as_credentials(A)
         inter = creds.signing_intermediate(now)
-        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now)
+        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now, validity_ms=within(inter, now))
         finish = reg.finish(await c.call(A, "init_user_registration", init), now)
         binding = request_binding(A, "finish_user_registration", finish.params)
 
@@ -303,12 +313,12 @@ async def test_dequeue_returns_at_most_the_configured_maximum(deployment_mode):
 async def test_register_alias_and_its_connection_package_payloads(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
-        ident = await alice.register_alias("alice.smith", packages=2)
+        ident = await alice.register_alias("alice.smith." + RUN, packages=2)
         # "check that the alias is not already registered"
-        _, again = AliasIdentity.new(A, "alice.smith")
+        _, again = AliasIdentity.new(A, "alice.smith." + RUN)
         await refused(alice.call(A, "register_alias", again), 409, "alias_exists")
         bob = await register(http, deployment)
-        payloads = [await bob.alias_connection_package(A, "alice.smith") for _ in range(3)]
+        payloads = [await bob.alias_connection_package(A, "alice.smith." + RUN) for _ in range(3)]
         # payloads only: no credential, no signature; the last one is kept as a last resort
         assert all(isinstance(p, m.ConnectionPackagePayload) for p in payloads)
         assert payloads[0] != payloads[1] and payloads[2] == payloads[1]
@@ -327,15 +337,15 @@ async def test_register_alias_and_its_connection_package_payloads(deployment):
 async def test_alias_queue_enqueue_and_dequeue(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
-        ident = await alice.register_alias("alice", packages=1)
+        ident = await alice.register_alias("alice." + RUN, packages=1)
         bob = await register(http, deployment)
-        payload = await bob.alias_connection_package(A, "alice")
+        payload = await bob.alias_connection_package(A, "alice." + RUN)
         gid = group_id()
-        await bob.send_alias_connection_establishment(A, "alice", payload, gid, b"e" * 32, b"c" * 32)
-        got = await alice.dequeue_alias_messages("alice")
+        await bob.send_alias_connection_establishment(A, "alice." + RUN, payload, gid, b"e" * 32, b"c" * 32)
+        got = await alice.dequeue_alias_messages("alice." + RUN)
         assert [c.connection_group_id for c in got] == [gid]
         assert got[0].sender_client_credential == bob.credential     # signature and chain verified
-        assert await alice.dequeue_alias_messages("alice") == []
+        assert await alice.dequeue_alias_messages("alice." + RUN) == []
         # dequeueing needs the alias auth key
         now = deployment.clock.now_ms()
         p = m.DequeueAliasMessagesParams(ident.alias, 0, 10)
@@ -350,30 +360,31 @@ async def test_alias_queue_enqueue_and_dequeue(deployment):
 async def test_delete_alias_needs_the_alias_auth_key_and_removes_everything(deployment):
     async with deployment.client() as http:
         alice = await register(http, deployment)
-        ident = await alice.register_alias("temp.alias", packages=1)
+        ident = await alice.register_alias("temp.alias." + RUN, packages=1)
         now = deployment.clock.now_ms()
         p = m.DeleteAlias(ident.alias)
         other_key = m.DeleteAliasRequest(AliasAuth.create(SigningKey.generate(), ident.alias, now,
                                                           request_binding(A, "delete_alias", p)), p)
         await refused(alice.call(A, "delete_alias", other_key), 401)
         # a valid signature for another alias does not delete this one
-        other = await alice.register_alias("other.alias", packages=0)
+        other = await alice.register_alias("other.alias." + RUN, packages=0)
         wrong_alias = m.DeleteAliasRequest(other.auth("delete_alias", p, now), p)
         await refused(alice.call(A, "delete_alias", wrong_alias), 403)
 
         await alice.call(A, "delete_alias", ident.delete(now))
-        await refused(alice.alias_connection_package(A, "temp.alias"), 404, "unknown_alias")
+        await refused(alice.alias_connection_package(A, "temp.alias." + RUN), 404, "unknown_alias")
         await refused(alice.call(A, "enqueue_alias_message", m.EnqueueAliasMessageParams(ident.alias, b"x")),
                       404, "unknown_alias")
         await refused(alice.call(A, "dequeue_alias_messages", ident.dequeue(now)), 404, "unknown_alias")
         # the alias is free again
-        await alice.register_alias("temp.alias", packages=0)
+        await alice.register_alias("temp.alias." + RUN, packages=0)
 
 
 # --- #get-as-credentials and the issuer keys -----------------------------------------------------------
 
 @spec(AS + "get-as-credentials", "informative")
 @spec("spec/authentication_service/credentials.md#as-intermediate-credentials", "SHOULD")
+@pytest.mark.needs_control("the AS's keystore (the answer is compared with the homeserver's own credentials)")
 async def test_get_as_credentials_needs_no_authentication(deployment):
     async with deployment.client() as http:
         node = deployment["hs1"]
@@ -387,6 +398,7 @@ async def test_get_as_credentials_needs_no_authentication(deployment):
 
 @spec(AS + "get-as-credentials", "informative")
 @spec(AS + "initialize-user-registration", "informative")
+@pytest.mark.needs_control("the homeservers' clock (300 days on)")
 async def test_the_as_issues_a_new_intermediate_before_the_current_one_ends(deployment):
     """A client credential must end before the intermediate that signs it, so
     an AS that kept its first intermediate would, after a year, register
@@ -406,6 +418,7 @@ async def test_the_as_issues_a_new_intermediate_before_the_current_one_ends(depl
 
 
 @spec(AS + "token-issuance", "informative")
+@pytest.mark.needs_control("the Privacy Pass gate's keys (the directory is compared with the homeserver's own)")
 async def test_issuer_keys_endpoint_names_the_key_tokens_are_issued_under(deployment):
     async with deployment.client() as http:
         node = deployment["hs1"]
@@ -486,6 +499,7 @@ async def test_token_issuance_refuses_bad_requests_and_bad_authentication(deploy
 
 
 @spec(AS + "rate-limiting", "SHOULD")
+@pytest.mark.needs_control("the homeservers' clock (to the end of the rate-limit window)")
 async def test_token_issuance_is_rate_limited_per_client(deployment_mode):
     limits = Limits(token_allowance=6, token_time_frame_s=3600)
     async with Deployment(deployment_mode, ["hs1"], limits=limits) as d:

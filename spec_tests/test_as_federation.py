@@ -35,6 +35,9 @@ from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 
+#: aliases carry this run's mark: a target keeps what earlier runs registered
+RUN = uuid.uuid4().hex[:8]
+
 A, B = Fqdn("a.example"), Fqdn("b.example")
 CONNECT = "spec/authentication_service/connection_establishment.md#connection-group-creation"
 DISCOVERY = "spec/federation/use_cases.md#user-discovery-and-connection-management"
@@ -59,6 +62,7 @@ def as_fetches(d, me: str, domain: Fqdn) -> int:
 
 @spec(DISCOVERY, "MUST")
 @spec(CONNECT, "MUST")
+@pytest.mark.needs_control("the remote key cache's fetch counters of the homeservers")
 async def test_connection_establishment_by_user_id_across_homeservers(deployment):
     d = deployment
     async with d.client() as http:
@@ -90,22 +94,24 @@ async def test_connection_establishment_by_user_id_across_homeservers(deployment
 @spec(DISCOVERY, "MUST")
 @spec(CONNECT, "MUST")
 @spec("spec/authentication_service/connection_establishment.md#discovery-and-connection-establishment", "MUST")
+@pytest.mark.needs_control("the remote key cache's fetch counters of the homeservers")
 async def test_connection_establishment_by_alias_across_homeservers(deployment):
     d = deployment
     async with d.client() as http:
         alice = await ClientSession.register(http, A, clock=d.clock)
-        await alice.register_alias("alice.example", packages=1)
+        await alice.register_alias("alice.example." + RUN, packages=1)
         bob = await ClientSession.register(http, B, clock=d.clock)
-        payload = await bob.alias_connection_package(A, "alice.example")
+        payload = await bob.alias_connection_package(A, "alice.example." + RUN)
         gid = GroupId(B, uuid.uuid4())
-        await bob.send_alias_connection_establishment(A, "alice.example", payload, gid, b"e" * 32, b"k" * 32)
+        await bob.send_alias_connection_establishment(A, "alice.example." + RUN, payload, gid, b"e" * 32, b"k" * 32)
         # the alias queue knows nothing of Alice's user id; the package names Bob
-        [cep] = await alice.dequeue_alias_messages("alice.example")
+        [cep] = await alice.dequeue_alias_messages("alice.example." + RUN)
         assert cep.sender_client_credential == bob.credential and cep.connection_group_id == gid
 
 
 @spec(REMOTE_AS, "informative")
 @spec(TOKENS, "informative")
+@pytest.mark.needs_control("the remote key cache's fetch counters of the homeservers")
 async def test_remote_client_gets_tokens_authenticated_by_its_own_as_credentials(deployment):
     d = deployment
     async with d.client() as http:
@@ -127,6 +133,7 @@ async def test_remote_client_gets_tokens_authenticated_by_its_own_as_credentials
 @spec(RATE, "SHOULD")
 @spec(REMOTE_AS, "informative")
 @spec("spec/general_concepts/federation.md#federated-access-control-and-rate-limiting", "informative")
+@pytest.mark.needs_control("the homeservers' clock (to the end of the rate-limit window)")
 async def test_remote_token_issuance_is_rate_limited_per_client_and_per_domain(deployment_mode):
     limits = Limits(token_allowance=4, token_domain_allowance=6, token_time_frame_s=600)
     async with Deployment(deployment_mode, ["hs1", "hs2"], limits=limits) as d:
@@ -154,6 +161,7 @@ async def test_remote_token_issuance_is_rate_limited_per_client_and_per_domain(d
 
 @spec(REMOTE_AS, "informative")
 @spec("spec/authentication_service.md#get-as-credentials", "informative")
+@pytest.mark.needs_control("the operator's revocation of an intermediate and the homeservers' clock")
 async def test_a_credential_under_a_revoked_intermediate_is_refused_after_refetch(deployment):
     d = deployment
     async with d.client() as http:
@@ -175,6 +183,7 @@ async def test_a_credential_under_a_revoked_intermediate_is_refused_after_refetc
 
 
 @spec(REMOTE_AS, "informative")
+@pytest.mark.needs_control("stopping and starting a homeserver")
 async def test_tokens_for_a_client_whose_as_cannot_be_reached(deployment):
     d = deployment
     async with d.client() as http:
@@ -200,9 +209,10 @@ async def test_abandoned_registrations_and_one_abusive_client_cannot_starve_thei
     async with Deployment(deployment_mode, ["hs1", "hs2"], limits=limits) as d:
         async with d.client() as http:
             c, now = AsClient(http), d.clock.now_ms()
-            fingerprint = (await c.as_credentials(A)).signing_intermediate(now).fingerprint()
+            inter = (await c.as_credentials(A)).signing_intermediate(now)
             for _ in range(20):
-                reg, init = Registration.start(A, b"pw", fingerprint, now)
+                reg, init = Registration.start(A, b"pw", inter.fingerprint(), now,
+                                               validity_ms=inter.expiration_data.not_after - now)
                 resp = await c.call(A, "init_user_registration", init)
                 assert [f.name for f in dataclasses.fields(resp)] == ["opaque_registration_response"]
                 # what the starter holds (its CSR and key), shown as a credential, draws nothing

@@ -20,6 +20,8 @@ from phoenix_ref.errors import ProtocolError, Unauthorized
 from phoenix_ref.ids import Fqdn, GroupId
 from phoenix_ref.spec_plugin import spec
 
+pytestmark = pytest.mark.needs_control("restarts of the homeserver process and its sweeper's pruning on a moved clock")
+
 A = Fqdn("a.example")
 
 
@@ -73,7 +75,8 @@ async def test_a_registration_pending_at_restart_must_start_over(deployment):
     async with d.client() as http:
         c, now = AsClient(http), d.clock.now_ms()
         inter = (await c.as_credentials(A)).signing_intermediate(now)
-        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now)
+        reg, init = Registration.start(A, b"pw", inter.fingerprint(), now,
+                                       validity_ms=inter.expiration_data.not_after - now)
         finish = reg.finish(await c.call(A, "init_user_registration", init), now)
         await d.restart("hs1")
     async with d.client() as http:

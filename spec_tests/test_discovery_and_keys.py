@@ -19,6 +19,8 @@ from phoenix_ref.ids import ClientId, UserId
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 
+pytestmark = pytest.mark.needs_control("the homeservers' own federation clients and key caches, and homeserver variants (no .well-known, wrong CA, plain HTTP, discovery overrides)")
+
 DISCOVERY = "spec/federation/use_cases.md#homeserver-domain-and-discovery"
 KEY_DISTRIBUTION = "spec/federation/use_cases.md#authentication-key-distribution"
 

@@ -5,6 +5,7 @@ external-commit endpoints, and a member that lost its state rejoining."""
 
 from __future__ import annotations
 
+import uuid
 import pytest
 
 from phoenix_ref.client.groups import GroupMember
@@ -15,6 +16,9 @@ from phoenix_ref.errors import ProtocolError
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 from spec_tests.test_ds_groups import A, B, C, agree, chat, trio_of_members, until
+
+#: aliases carry this run's mark: a target keeps what earlier runs registered
+RUN = uuid.uuid4().hex[:8]
 
 
 async def registered(d, http, *domains):
@@ -32,11 +36,11 @@ async def registered(d, http, *domains):
 async def test_connections_by_user_id_and_by_alias_across_three_homeservers(deployment_mode):
     async with Deployment(deployment_mode, ["hs1", "hs2", "hs3"]) as d, d.client() as http:
         alice, bob, carol = await registered(d, http, A, B, C)
-        await carol.session.register_alias("carol-the-cat")
+        await carol.session.register_alias("carol-the-cat." + RUN)
         with_bob = await alice.connect(bob.user_id)
-        with_carol = await alice.connect(alias=(C, "carol-the-cat"))
+        with_carol = await alice.connect(alias=(C, "carol-the-cat." + RUN))
         assert await bob.accept_connections() == [with_bob]
-        assert await carol.accept_connections(alias="carol-the-cat") == [with_carol]
+        assert await carol.accept_connections(alias="carol-the-cat." + RUN) == [with_carol]
         # the initiator sees the join and answers the responder's contact card with its own
         await until(lambda: bob.user_id in alice.contacts and carol.user_id in alice.contacts, alice)
         await until(lambda: alice.user_id in bob.contacts and alice.user_id in carol.contacts, bob, carol)

@@ -85,7 +85,7 @@ async def joining_requests(d, http, alice, bob, gid) -> list[PendingRequest]:
 @spec("threat_model.md#availability", "SHOULD")
 async def test_defective_ds_requests_get_4xx(deployment_mode):
     rng = random.Random(1304)
-    limits = Limits(token_allowance=100_000, token_batch_max=100)
+    limits = Limits(token_allowance=1_000_000, token_batch_max=100)   # plenty (the walk's allowance too)
     async with Deployment(deployment_mode, ["hs1", "hs2"], limits=limits) as d, d.client() as http:
         gid, (alice, bob) = await trio_of_members(d, http, (A, B))
         member = alice.groups[gid]

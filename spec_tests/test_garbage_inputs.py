@@ -34,6 +34,8 @@ from phoenix_ref.homeserver import Homeserver
 from phoenix_ref.http import MEDIA_TYPE
 from phoenix_ref.spec_plugin import spec
 
+pytestmark = pytest.mark.needs_control("phoenix_ref homeserver apps of its own (with a small body limit) next to the test")
+
 DOMAIN = "a.example"
 MAX_BODY = 16 * 1024
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "PROPFIND", "TRACE"]

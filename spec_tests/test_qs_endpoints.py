@@ -61,6 +61,7 @@ async def test_user_record_lifecycle(deployment):
 
 
 @spec(QS + "user-record-management-endpoints", "informative")
+@pytest.mark.needs_control("the QS's local enqueue (the DS's in-process path to its QS)")
 async def test_client_records_and_last_client_takes_the_user_along(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -176,6 +177,7 @@ async def test_privacy_pass_on_every_client_endpoint_but_dequeue_and_websocket(d
 
 
 @spec(QS + "fetch-queue-config-encryption-key", "informative")
+@pytest.mark.needs_control("the QS's keystore and its local enqueue")
 async def test_queue_config_key_seals_configs_the_qs_opens(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -188,6 +190,7 @@ async def test_queue_config_key_seals_configs_the_qs_opens(deployment):
 
 @spec(QS + "fetch-queue-config-encryption-key", "informative")
 @spec("spec/glossary.md#queueconfig-encryption-key", "informative")
+@pytest.mark.needs_control("rotating the QS's queue config key and its local enqueue")
 async def test_configs_sealed_to_a_rotated_out_key_still_deliver(deployment):
     """After the operator rotates the QueueConfig encryption key, the answer
     lists the new key and the old one, and configs that group members hold,
@@ -248,6 +251,7 @@ async def test_publish_key_packages_and_get_add_package(deployment):
 
 
 @spec(QS + "dequeue-messages", "informative")
+@pytest.mark.needs_control("the QS's local enqueue (the DS's in-process path to its QS)")
 async def test_dequeue_in_batches_deletes_only_below_the_start(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -269,6 +273,7 @@ async def test_dequeue_in_batches_deletes_only_below_the_start(deployment):
 
 @spec(QS + "enqueuing-messages", "informative")
 @spec(QS + "qs-state", "SHOULD")
+@pytest.mark.needs_control("the QS's local enqueue (the DS's in-process path to its QS)")
 async def test_blocklist_and_queue_deleted(deployment):
     async with deployment.client() as http:
         qs = await qs_client(deployment, http)
@@ -290,6 +295,7 @@ async def test_blocklist_and_queue_deleted(deployment):
 
 @spec("spec/queuing_service.md#local-enqueue-message", "informative")
 @spec("spec/federation/use_cases.md#message-distribution", "informative")
+@pytest.mark.needs_control("the homeserver's route table and its local enqueue")
 async def test_local_enqueue_is_not_reachable_over_http(deployment):
     hs = deployment["hs1"].hs
     # no route takes a bare FanOutMessage; the only QS rows for remote QSs are the federated
@@ -317,6 +323,7 @@ async def test_local_enqueue_is_not_reachable_over_http(deployment):
 
 
 @spec(QS + "qs-configuration-options", "informative")
+@pytest.mark.needs_control("the homeservers' clock and the QS's pruning")
 async def test_inactive_client_records_are_pruned_after_the_maximal_age(deployment):
     """"Maximal QS client record age: maximal age of an inactive QS client
     record" (default 90 days here): a client that has not fetched from its

@@ -10,6 +10,7 @@ the first answer again and enqueues nothing.
 
 import os
 
+import pytest
 import trio
 
 from phoenix_ref import endpoints
@@ -24,6 +25,8 @@ from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 
 from .qs_http import message, qs_client, read_all
+
+pytestmark = pytest.mark.needs_control("QsToQsMessages signed with the homeserver's own key, its outbound queues and counters, key rotation")
 
 FEDERATED = "spec/queuing_service.md#federated-qs-to-qs-communication"
 URL = "https://qs.b.example" + endpoints.by_name("qs", "federated_enqueue").path

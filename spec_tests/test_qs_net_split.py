@@ -38,6 +38,8 @@ from phoenix_ref.testing import Deployment
 
 from .qs_http import message, qs_client, read_all
 
+pytestmark = pytest.mark.needs_control("stopping, killing and restarting homeservers and their shared clock")
+
 USE_CASES = "spec/federation/use_cases.md#federation-use-cases"
 FEDERATED = "spec/queuing_service.md#federated-qs-to-qs-communication"
 FAST_RETRIES = Limits(federation_retry_base_s=0.05, federation_retry_max_s=0.3)

@@ -24,6 +24,7 @@ PATH = endpoints.by_name("qs", "websocket").path
 
 
 @spec(WS, "informative")
+@pytest.mark.needs_control("the QS's local enqueue (the DS's in-process path to its QS)")
 async def test_connected_client_is_woken_when_its_queue_gets_a_message(deployment):
     hs = deployment["hs1"].hs
     async with deployment.client() as http:
@@ -81,6 +82,7 @@ async def test_plain_get_of_the_websocket_endpoint_needs_an_upgrade(deployment):
 
 @spec(WS, "informative")
 @spec("spec/queuing_service.md#user-record-management-endpoints", "informative")
+@pytest.mark.needs_control("the QS's local enqueue (the DS's in-process path to its QS)")
 async def test_websocket_closes_when_its_client_record_is_deleted(deployment):
     """The socket watches a queue; when the client record (and so the queue)
     is deleted — by *delete client record* or with its user record — the QS

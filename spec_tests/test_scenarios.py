@@ -29,6 +29,7 @@ generator); in the many-seed run the users carry what earlier seeds left
 
 from __future__ import annotations
 
+import uuid
 import os
 import random
 import time
@@ -41,9 +42,12 @@ from phoenix_ref.client.messenger import Messenger
 from phoenix_ref.config import Limits
 from phoenix_ref.errors import ProtocolError
 from phoenix_ref.ids import GroupId
-from phoenix_ref.spec_plugin import spec
-from phoenix_ref.testing import Deployment
+from phoenix_ref.spec_plugin import deployment_modes, spec
+from phoenix_ref.testing import TARGET, Deployment
 from spec_tests.test_ds_groups import A, B, C, agree, until, users
+
+#: aliases carry this run's mark: a target keeps what earlier runs registered
+RUN = uuid.uuid4().hex[:8]
 
 HOMESERVERS = ["hs1", "hs2", "hs3"]
 
@@ -93,11 +97,11 @@ async def refused(status: int, code: str, action):
 async def test_scenario_connect_by_user_id_and_by_alias(deployment_mode):
     async with Deployment(deployment_mode, HOMESERVERS) as d, d.client() as http:
         alice, bob, carol = await registered(d, http, A, B, C)
-        await carol.session.register_alias("carol-on-c")
+        await carol.session.register_alias("carol-on-c." + RUN)
         by_id = await alice.connect(bob.user_id)                     # a.example → b.example, by user id
-        by_alias = await bob.connect(alias=(C, "carol-on-c"))         # b.example → c.example, by alias
+        by_alias = await bob.connect(alias=(C, "carol-on-c." + RUN))         # b.example → c.example, by alias
         assert await bob.accept_connections() == [by_id]
-        assert await carol.accept_connections(alias="carol-on-c") == [by_alias]
+        assert await carol.accept_connections(alias="carol-on-c." + RUN) == [by_alias]
         await until(lambda: bob.user_id in alice.contacts and carol.user_id in bob.contacts, alice, bob)
         await until(lambda: alice.user_id in bob.contacts and bob.user_id in carol.contacts, bob, carol)
         assert carol.contacts[bob.user_id].client_credential == bob.session.credential
@@ -596,7 +600,8 @@ async def walk_many(mode: str, seeds: list[int]):
         started = time.perf_counter()
         for seed in seeds:
             walk = await run_walk(seed, us, first_seed=seeds[0])
-            d.clock.advance(CLOCK_PER_SEED_MS)
+            if d.mode != TARGET:   # a target's clock is the real one, which moves by itself
+                d.clock.advance(CLOCK_PER_SEED_MS)
             for k, v in walk.kinds.items():
                 kinds[k] = kinds.get(k, 0) + v
             print(f"seed {seed} passed ({time.perf_counter() - started:.0f} s)", flush=True)   # progress under -s
@@ -626,6 +631,7 @@ def walk_test(fn):
 
 
 @walk_test
+@pytest.mark.needs_control("phoenix_ref homeservers in this process (test_random_walk_over_tls walks a target)")
 async def test_random_walk_in_process():
     kinds = await walk_many("in_process", walk_seeds(CI_SEEDS))
     if not replaying():      # the seeds reach every kind of operation
@@ -634,11 +640,14 @@ async def test_random_walk_in_process():
 
 
 @walk_test
-async def test_random_walk_on_sockets():
-    await walk_many("sockets", walk_seeds([SOCKETS_SEED]))
+async def test_random_walk_over_tls(request):
+    """One seed over real TLS: phoenix_ref on sockets, or the target in target mode."""
+    over = "target" if deployment_modes(request.config) == (TARGET,) else "sockets"
+    await walk_many(over, walk_seeds([SOCKETS_SEED]))
 
 
 @pytest.mark.slow
+@pytest.mark.needs_control("phoenix_ref homeservers in this process (test_random_walk_over_tls walks a target)")
 @walk_test
 async def test_random_walk_long_run():
     await walk_many("in_process", walk_seeds(LONG_SEEDS))

@@ -30,6 +30,8 @@ from phoenix_ref.federation.client import HttpsFetcher, OldTls, client_ssl_conte
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 
+pytestmark = pytest.mark.needs_control("phoenix_ref homeservers on sockets of its own (TLS versions, HTTP/2 bodies after the answer, its federation client)")
+
 TLS13 = "threat_model/stride/security_requirements.md#basic-confidentiality-and-authentication"
 AVAILABILITY = "threat_model.md#availability"
 

@@ -96,3 +96,134 @@ def test_crash_point_values():
         with pytest.raises(ValueError):
             crash_countdown(bad)
 
+
+
+# --- deletion of handed-over entries with the next write (docs/decisions.md,
+# "DS outbox entries dropped with the next write") -------------------------------------------------
+
+class _Request:
+    """A DS request as far as the service looks at it: the group it acts on."""
+
+    def __init__(self, body: bytes):
+        self.group_id, self.body = GROUP, body
+
+
+class _StubCore:
+    """A DS core whose ``send_message`` writes a new state and fans out the
+    request's body; ``fail`` makes it raise instead."""
+
+    def __init__(self):
+        self.fail = False
+
+    def set_bucket(self, sizes):
+        return 0
+
+    def send_message(self, req, row, now_ms):
+        assert row is not None
+        if self.fail:
+            raise ValueError("the core refused")
+        return Outcome(sealed_state=b"state " + req.body, fan_outs=[fan_out([], GROUP, req.body)])
+
+
+def store_with_group(path) -> DsStore:
+    store = DsStore(path, OutboundKeys([bytes(range(32))]))
+    store.add_placeholder(GROUP, 0)
+    store.store_outcome(GROUP, Outcome(sealed_state=b"state", queue_id_key=b"k" * 32), [], 0, created=True)
+    return store
+
+
+def stub_service(store: DsStore, qs: RecordingQs) -> tuple[DsService, _StubCore]:
+    core = _StubCore()
+    return DsService(core, store, qs.local_enqueue, FixedClock(0)), core
+
+
+def transactions(store: DsStore) -> list[str]:
+    begins: list[str] = []
+    store.conn.set_trace_callback(lambda s: begins.append(s) if s.startswith("BEGIN") else None)
+    return begins
+
+
+@spec(DISTRIBUTION, "informative")
+async def test_a_send_is_one_write_and_its_outbox_entry_goes_with_the_next_write(tmp_path):
+    store = store_with_group(tmp_path / "ds.sqlite3")
+    qs = RecordingQs()
+    ds, _ = stub_service(store, qs)
+    begins = transactions(store)
+    await ds.group_request("ds_send_message", _Request(b"m1"))
+    assert len(begins) == 1                               # the state and the outbox entry; no second write
+    [first] = store.outbox()
+    assert qs.calls == [(b"m1", first.message_id)]        # handed over, its row waits
+    begins.clear()
+    await ds.group_request("ds_send_message", _Request(b"m2"))
+    assert len(begins) == 1
+    [second] = store.outbox()                             # the first one went with this write
+    assert second.seq != first.seq and qs.calls[1] == (b"m2", second.message_id)
+    assert await ds.flush_done() == 1 and store.outbox() == []
+
+
+@spec(DISTRIBUTION, "informative")
+async def test_an_entry_whose_deletion_was_lost_is_handed_over_again_with_its_message_id(tmp_path):
+    store = store_with_group(tmp_path / "ds.sqlite3")
+    qs = RecordingQs()
+    ds, _ = stub_service(store, qs)
+    await ds.group_request("ds_send_message", _Request(b"m1"))
+    store.close()                                         # a crash: the deletion never happened
+    reopened = DsStore(tmp_path / "ds.sqlite3", OutboundKeys([bytes(range(32))]))
+    qs_after = RecordingQs()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service(reopened, qs_after).run)
+        # the same message id, which the QS remembers (it answers "duplicate" and enqueues nothing)
+        assert qs_after.calls == qs.calls
+        assert reopened.outbox() == []
+        nursery.cancel_scope.cancel()
+
+
+@spec(DISTRIBUTION, "informative")
+async def test_waiting_deletions_are_written_by_run_without_a_next_request_and_at_shutdown(tmp_path, monkeypatch):
+    from phoenix_ref.delivery import service as service_module
+    monkeypatch.setattr(service_module, "DONE_FLUSH_DELAY_S", 0.01)
+    store = store_with_group(tmp_path / "ds.sqlite3")
+    ds, _ = stub_service(store, RecordingQs())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ds.run)
+        await ds.group_request("ds_send_message", _Request(b"m1"))
+        with trio.fail_after(10):
+            while store.outbox():
+                await trio.sleep(0.01)
+        monkeypatch.setattr(service_module, "DONE_FLUSH_DELAY_S", 3600)
+        await trio.sleep(0.05)                            # the flusher now waits an hour
+        await ds.group_request("ds_send_message", _Request(b"m2"))
+        assert len(store.outbox()) == 1
+        nursery.cancel_scope.cancel()
+    assert store.outbox() == []                           # shutdown wrote it
+
+
+@spec(DISTRIBUTION, "informative")
+async def test_a_request_that_writes_nothing_leaves_the_waiting_deletions_waiting(tmp_path):
+    store = store_with_group(tmp_path / "ds.sqlite3")
+    ds, core = stub_service(store, RecordingQs())
+    await ds.group_request("ds_send_message", _Request(b"m1"))
+    core.fail = True
+    with pytest.raises(ValueError):
+        await ds.group_request("ds_send_message", _Request(b"m2"))
+    assert len(store.outbox()) == 1                       # not deleted, and not forgotten:
+    assert await ds.flush_done() == 1 and store.outbox() == []
+
+
+@spec(DISTRIBUTION, "informative")
+async def test_a_hand_over_with_queue_deleted_answers_writes_them_and_the_waiting_deletions_at_once(tmp_path):
+    from phoenix_ref.queuing.messages import ClientQueueConfig, QueueDeleted
+    store = store_with_group(tmp_path / "ds.sqlite3")
+    qs = RecordingQs()
+    ds, _ = stub_service(store, qs)
+    await ds.group_request("ds_send_message", _Request(b"m1"))
+    inner = qs.local_enqueue
+
+    async def enqueue_reporting_a_deleted_queue(message, message_id=None):
+        result = await inner(message, message_id=message_id)
+        result.queue_deleted.append(QueueDeleted(ClientQueueConfig(Fqdn("b.example"), b"sealed"), GROUP))
+        return result
+    ds.local_enqueue = enqueue_reporting_a_deleted_queue
+    await ds.group_request("ds_send_message", _Request(b"m2"))
+    assert store.outbox() == []                           # both deletions written with the answer
+    assert len(store.read_group(GROUP).deleted_queues) == 1

@@ -390,6 +390,21 @@ def test_text_and_json_request_lines():
             assert "dir=attempt to=b.example outcome=retry attempt=2" in lines[1]
 
 
+def test_httpx_request_lines_are_not_logged_twice():
+    """The request log's ``out`` record is the one line per federation
+    request; httpx's own INFO line for it is not written, its warnings are."""
+    out = io.StringIO()
+    handler = logs.configure("text", domain=A, stream=out)
+    try:
+        logging.getLogger("httpx").info('HTTP Request: POST https://qs.b.example/ "HTTP/2 200 OK"')
+        logging.getLogger("httpx").warning("something to see")
+        logging.getLogger("phoenix_ref.x").info("ours")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "something to see" in lines[0] and "ours" in lines[1]
+
+
 def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """Wait until the operator listener (plain HTTP) of ``proc`` accepts connections."""
     deadline = time.monotonic() + timeout

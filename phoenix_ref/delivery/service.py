@@ -14,6 +14,20 @@ One request on a group (``spec/delivery_service.md#validation``):
    handed-over entries;
 4. release the lock, answer.
 
+Dropping the handed-over entries is not a transaction of its own on the
+send path: their sequence numbers wait in memory and are deleted in the
+next request's write (step 2 of the next request, of any group), or by
+the background task after at most ``DONE_FLUSH_DELAY_S`` when no request
+comes. What that saves per message: one worker-thread hand-off, one
+SQLite transaction and its fsync. It is safe because the hand-over is
+idempotent: an entry whose deletion was lost (a crash or power cut within
+that delay) is handed over once more at the next start, and the QS,
+which remembers the message id for days (``QsConfig.local_message_id_keep_ms``),
+answers "duplicate" and enqueues nothing (docs/decisions.md, "DS outbox
+entries dropped with the next write"). QueueDeleted answers are never
+deferred: a hand-over that brings some writes them, and the waiting
+deletions with them, at once.
+
 A crash after step 2 leaves the entries in the outbox; :meth:`DsService.run`
 hands them over at start (in order) and retries any that failed.
 
@@ -52,6 +66,9 @@ log = logging.getLogger(__name__)
 MESSAGE_ID_LEN = 16
 #: How often the DS retries outbox entries the QS did not take.
 RETRY_INTERVAL_S = 5.0
+#: The longest a handed-over outbox entry waits for a request's write to
+#: delete it before the background task deletes it on its own (module docstring).
+DONE_FLUSH_DELAY_S = 1.0
 #: The test crash point (module docstring).
 CRASH_ENV = "PHOENIX_CRASH_AT"
 CRASH_AFTER_STATE_WRITE = "ds-after-state-write"
@@ -109,6 +126,10 @@ class DsService:
         self._locks = _GroupLocks()
         self._handover = trio.Lock()       # one hand-over at a time keeps the outbox order
         self._pending = trio.Event()       # set when an entry stayed in the outbox
+        #: sequence numbers of outbox entries the QS took whose rows are not
+        #: deleted yet (module docstring); touched on the Trio thread only
+        self._done: list[int] = []
+        self._done_waiting = trio.Event()  # set when ``_done`` became non-empty
         self._crash_in = crash_countdown(os.environ.get(CRASH_ENV))   # tests only (module docstring)
 
     # --- requests -----------------------------------------------------------------------------
@@ -148,18 +169,26 @@ class DsService:
         handler = getattr(self.core, name.removeprefix("ds_"))
         async with self._locks.hold(gid):
             now = self.clock.now_ms()
+            done, self._done = self._done, []
+            dropped = False
 
             def work():
+                nonlocal dropped
                 outcome = handler(req, self.store.read_group(gid), now)
                 ids = [random_bytes(MESSAGE_ID_LEN) for _ in outcome.fan_outs]
                 seqs = []
                 if outcome.sealed_state is not None or outcome.delete_group or outcome.consumed_deleted \
                         or outcome.fan_outs:
-                    seqs = self.store.store_outcome(gid, outcome, ids, now)
+                    seqs = self.store.store_outcome(gid, outcome, ids, now, outbox_done=done)
+                    dropped = True
                 return outcome, [OutboxEntry(s, i, fo) for s, i, fo in zip(seqs, ids, outcome.fan_outs)]
-            outcome, entries = await trio.to_thread.run_sync(work)
+            try:
+                outcome, entries = await trio.to_thread.run_sync(work)
+            finally:
+                if not dropped:       # nothing was written (or the write failed): they wait on
+                    self._defer_done(done)
             self._crash_point(entries)
-            await self._hand_over(entries)
+            await self._hand_over(entries, defer_done=True)
         if outcome.error is not None:
             raise outcome.error
         return outcome.response
@@ -176,7 +205,10 @@ class DsService:
 
     # --- hand-over to the QS (decision A40) --------------------------------------------------------
 
-    async def _hand_over(self, entries: list[OutboxEntry]) -> None:
+    async def _hand_over(self, entries: list[OutboxEntry], *, defer_done: bool = False) -> None:
+        """Hand ``entries`` to the QS in order. The rows of those it took
+        are deleted now, or, with ``defer_done`` and no QueueDeleted answer
+        to store, with the next write (module docstring)."""
         if not entries:
             return
         async with self._handover:
@@ -194,8 +226,43 @@ class DsService:
                 log.exception("the local QS did not take a fan-out; it stays in the outbox")
                 self._pending.set()
             finally:
-                if done or deleted:
-                    await trio.to_thread.run_sync(self.store.outbox_done, done, deleted)
+                if defer_done and not deleted:
+                    self._defer_done(done)
+                elif done or deleted:
+                    waiting, self._done = self._done, []
+                    try:
+                        await trio.to_thread.run_sync(self.store.outbox_done, waiting + done, deleted)
+                    except BaseException:
+                        self._defer_done(waiting)
+                        raise
+
+    def _defer_done(self, seqs: list[int]) -> None:
+        if seqs:
+            self._done.extend(seqs)
+            self._done_waiting.set()
+
+    async def flush_done(self) -> int:
+        """Delete the rows of the handed-over entries that wait for a write
+        (module docstring) now; returns how many."""
+        waiting, self._done = self._done, []
+        if waiting:
+            try:
+                await trio.to_thread.run_sync(self.store.outbox_done, waiting, [])
+            except BaseException:
+                self._defer_done(waiting)
+                raise
+        return len(waiting)
+
+    async def _flush_done_forever(self) -> None:
+        """Delete waiting rows at most ``DONE_FLUSH_DELAY_S`` after they began to wait."""
+        while True:
+            await self._done_waiting.wait()
+            await trio.sleep(DONE_FLUSH_DELAY_S)
+            self._done_waiting = trio.Event()
+            try:
+                await self.flush_done()
+            except Exception:
+                log.exception("deleting handed-over DS outbox entries failed; they are retried")
 
     async def _sealed(self, answers: list[QueueDeleted]) -> list[tuple[GroupId, bytes]]:
         """QueueDeleted answers sealed to their groups' Queue ID keys."""
@@ -212,7 +279,10 @@ class DsService:
             await trio.to_thread.run_sync(self.store.add_deleted_queues, rows)
 
     async def drain_outbox(self) -> int:
-        """Hand every outbox entry to the QS, oldest first; the number left."""
+        """Hand every outbox entry to the QS, oldest first; the number left.
+        Entries already handed over whose rows wait for deletion (module
+        docstring) are deleted, not handed over again."""
+        await self.flush_done()
         entries = await trio.to_thread.run_sync(self.store.outbox)
         await self._hand_over(entries)
         return len(await trio.to_thread.run_sync(self.store.outbox))
@@ -231,15 +301,26 @@ class DsService:
             await self.drain_outbox()
         except ProtocolError:
             log.exception("handing over the DS outbox failed")
-        task_status.started()
-        while True:
-            await self._pending.wait()
-            await trio.sleep(RETRY_INTERVAL_S)
-            self._pending = trio.Event()
-            try:
-                if await self.drain_outbox():
-                    self._pending.set()
-            except Exception:
-                log.exception("handing over the DS outbox failed")
-                self._pending.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_done_forever)
+                task_status.started()
+                while True:
+                    await self._pending.wait()
+                    await trio.sleep(RETRY_INTERVAL_S)
+                    self._pending = trio.Event()
+                    try:
+                        if await self.drain_outbox():
+                            self._pending.set()
+                    except Exception:
+                        log.exception("handing over the DS outbox failed")
+                        self._pending.set()
+        finally:
+            # at shutdown, what waits is deleted before the store closes
+            # (were it lost, the next start would hand it over once more, harmlessly)
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.flush_done()
+                except Exception:
+                    log.exception("deleting handed-over DS outbox entries at shutdown failed")
 

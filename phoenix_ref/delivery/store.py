@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from dataclasses import dataclass
+from typing import Sequence
 
 from ..codec import decode, encode
 from ..errors import NotFound
@@ -163,13 +164,17 @@ class DsStore(SqliteStore):
                               (PLACEHOLDER_HOURS + 1, now_ms // HOUR_MS)).rowcount
 
     def store_outcome(self, group_id: GroupId, outcome: Outcome, message_ids: list[bytes], now_ms: int,
-                      *, created: bool = False) -> list[int]:
+                      *, created: bool = False, outbox_done: Sequence[int] = ()) -> list[int]:
         """Write what a request did in one transaction: the state (or the
         group's deletion), the consumed deleted-queue rows, the placeholder
-        a creation used, and the outbox entries. Returns their sequence numbers."""
+        a creation used, and the outbox entries. Returns their sequence numbers.
+        ``outbox_done``: earlier entries the QS took, deleted in the same
+        transaction (the DS service defers their deletion to the next write)."""
         gid = encode(group_id)
         with self.transaction() as db:
             self.writes += 1
+            if outbox_done:
+                db.executemany("DELETE FROM ds_outbox WHERE seq=?", [(s,) for s in outbox_done])
             if outcome.delete_group:
                 for table in ("ds_groups", "ds_deleted_queues", "ds_placeholders"):
                     db.execute(f"DELETE FROM {table} WHERE group_id=?", (gid,))

@@ -1,0 +1,55 @@
+"""``benchmarks/delivery_bench.py --quick`` runs end to end: two ``serve``
+processes, every scenario, the table, the JSON file, and not one message
+lost, duplicated or garbled. Its figures are not checked against targets
+(a smoke run on a shared machine says nothing about speed), only that they
+were measured and add up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "delivery_bench.py"
+SCENARIOS = ["a", "c", "probe", "open-a", "open-c"]
+FLOOR_REQUESTS = 50
+
+
+def test_quick_run_delivers_every_message_once_and_reports_every_figure(tmp_path):
+    out_json = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--floor-requests", str(FLOOR_REQUESTS),
+                           "--json", str(out_json)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("scenario "))
+    assert header.split() == ["scenario"] + SCENARIOS
+    for label in ("CPU ms/fed. delivery A+B", "CPU ms/user-delivery A+B", "federation requests A→B",
+                  "msgs/request (A's histogram)", "latency p50 ms", "latency p95 ms", "lost", "429 answers"):
+        assert any(line.startswith(label) for line in lines), label
+    assert "targets (issue 17):" in lines
+
+    doc = json.loads(out_json.read_text())
+    floor = doc["floor"]
+    # the homeservers' own request counters saw exactly the floor's requests
+    assert floor["requests"] == {"a.example": FLOOR_REQUESTS, "b.example": FLOOR_REQUESTS}
+    assert floor["floor_ms"] > 0
+    assert [s["key"] for s in doc["scenarios"]] == SCENARIOS
+    for s in doc["scenarios"]:
+        where = s["key"]
+        assert s["sent"] == s["n"] > 0 and s["send_errors"] == 0, where
+        assert (s["lost"], s["duplicates"], s["foreign"]) == (0, 0, 0), where
+        assert s["federated_deliveries"] == s["n"], where
+        assert s["user_deliveries"] == s["n"] * s["users"], where
+        assert s["fed_requests"] >= 1 and s["batch_sent_mean"] >= 1, where
+        assert s["rate_limited_429"] == 0 and s["dead_letters"] == 0, where
+        cpu = s["cpu_ms"]
+        assert cpu["A"] > 0 and cpu["B"] > 0 and abs(cpu["A+B"] - cpu["A"] - cpu["B"]) < 0.01, where
+        assert abs(s["cpu_per_fed_x_floor"]["A+B"] * floor["floor_ms"] - s["cpu_ms_per_fed"]["A+B"]) < 0.01, where
+        assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p95"] <= s["latency_ms"]["max"], where
+        assert s["msgs_per_s"] > 0, where
+        assert s["requests_served"]["A"] >= s["n"] and s["requests_served"]["B"] >= s["fed_requests"], where
+    probe = next(s for s in doc["scenarios"] if s["key"] == "probe")
+    assert probe["window"] == 1 and probe["users"] == 1
