@@ -134,7 +134,7 @@ def store_with_group(path) -> DsStore:
 
 def stub_service(store: DsStore, qs: RecordingQs) -> tuple[DsService, _StubCore]:
     core = _StubCore()
-    return DsService(core, store, qs.local_enqueue, FixedClock(0)), core
+    return DsService(core, store, qs.local_enqueue_many, FixedClock(0)), core
 
 
 def transactions(store: DsStore) -> list[str]:
@@ -217,13 +217,14 @@ async def test_a_hand_over_with_queue_deleted_answers_writes_them_and_the_waitin
     qs = RecordingQs()
     ds, _ = stub_service(store, qs)
     await ds.group_request("ds_send_message", _Request(b"m1"))
-    inner = qs.local_enqueue
+    inner = qs.local_enqueue_many
 
-    async def enqueue_reporting_a_deleted_queue(message, message_id=None):
-        result = await inner(message, message_id=message_id)
-        result.queue_deleted.append(QueueDeleted(ClientQueueConfig(Fqdn("b.example"), b"sealed"), GROUP))
-        return result
-    ds.local_enqueue = enqueue_reporting_a_deleted_queue
+    async def enqueue_reporting_a_deleted_queue(handovers):
+        results, refused = await inner(handovers)
+        for result in results:
+            result.queue_deleted.append(QueueDeleted(ClientQueueConfig(Fqdn("b.example"), b"sealed"), GROUP))
+        return results, refused
+    ds.local_enqueue_many = enqueue_reporting_a_deleted_queue
     await ds.group_request("ds_send_message", _Request(b"m2"))
     assert store.outbox() == []                           # both deletions written with the answer
     assert len(store.read_group(GROUP).deleted_queues) == 1
