@@ -22,7 +22,11 @@ deleted in the next request's write, as the service defers them
   hand-over, after a ``gc.collect()``; median over the repeats), in
   milliseconds and as a multiple of **V**, one Ed25519 signature
   verification (:func:`phoenix_ref.crypto.verify`) timed in the same run,
-  between the sizes (the machine may be shared);
+  once per round (median). The sizes are measured **interleaved**: every
+  group is built first, then each round makes one send and one commit in
+  every group, smallest first, so a machine whose speed drifts during the
+  run (a shared host; V was seen to move by half within a minute) slows
+  every size alike and the ratio between sizes holds;
 * **store reads and writes** per request, as ``DsStore`` counts them
   (read units and write transactions; ``spec/performance_goals.md`` asks
   for at most one of each): the request's own, and the hand-over's own
@@ -271,6 +275,17 @@ class Measured:
     message_bytes: int  # the MLS message's size
 
 
+KINDS = ("send", "commit")
+
+
+def combined(ms: list[Measured]) -> Measured:
+    """One figure from single-request measurements: the median CPU, the mean counts."""
+    return Measured(statistics.median(m.cpu for m in ms), statistics.mean(m.reads for m in ms),
+                    statistics.mean(m.writes for m in ms), statistics.mean(m.handover_writes for m in ms),
+                    statistics.mean(m.fan_outs for m in ms), statistics.mean(m.recipients for m in ms),
+                    ms[-1].message_bytes)
+
+
 def measure(bench: Bench, kind: str, repeats: int) -> Measured:
     """``repeats`` requests of ``kind`` ("send" or "commit") by the creator."""
     cpu, reads, writes, handover, fan_outs, recipients, size = [], [], [], [], [], [], 0
@@ -336,25 +351,32 @@ def run(sizes: list[int], repeats: int, profile: bool = True, out=print) -> dict
     with tempfile.TemporaryDirectory() as tmp:
         benches = {}
         for n in sizes:
-            verify = time_verify()
-            results["verify"].append(verify)
             t = time.perf_counter()
-            bench = benches[n] = build(n, Path(tmp))
-            built = time.perf_counter() - t
-            rows = {}
-            rows["fresh", "send"] = measure(bench, "send", repeats)
-            rows["fresh", "commit"] = measure(bench, "commit", repeats)
-            fresh_size = bench.state_size()
-            past = bench.drop_past_states()
-            rows["settled", "send"] = measure(bench, "send", repeats)
-            rows["settled", "commit"] = measure(bench, "commit", repeats)
-            results["rows"][n] = {"verify": verify, "rows": rows, "fresh_state": fresh_size,
-                                  "settled_state": bench.state_size(), "past_states": past, "build_s": built}
-            bench.store.close() if n != sizes[-1] else None
+            benches[n] = build(n, Path(tmp))
+            results["rows"][n] = {"rows": {}, "build_s": time.perf_counter() - t}
+        for state in ("fresh", "settled"):
+            if state == "settled":
+                for n in sizes:
+                    results["rows"][n]["fresh_state"] = benches[n].state_size()
+                    results["rows"][n]["past_states"] = benches[n].drop_past_states()
+            samples: dict = {(n, kind): [] for n in sizes for kind in KINDS}
+            for _ in range(repeats):
+                results["verify"].append(time_verify(rounds=500))
+                for n in sizes:
+                    for kind in KINDS:
+                        samples[n, kind].append(measure(benches[n], kind, 1))
+            for (n, kind), ms in samples.items():
+                results["rows"][n]["rows"][state, kind] = combined(ms)
         verify = statistics.median(results["verify"])
+        for n in sizes:
+            results["rows"][n]["verify"] = verify
+            results["rows"][n]["settled_state"] = benches[n].state_size()
+        for n in sizes[:-1]:
+            benches[n].store.close()
         results["V"] = verify
+        vs = results["verify"]
         out(f"V = one Ed25519 verification: {verify * 1e6:.1f} µs CPU "
-            f"(per size: {', '.join(f'{v * 1e6:.1f}' for v in results['verify'])})")
+            f"(median of {len(vs)} rounds, {min(vs) * 1e6:.1f} to {max(vs) * 1e6:.1f})")
         out("")
         out(f"{'n':>5} {'state':>8} {'request':>7} {'msg B':>7} {'CPU ms':>8} {'×V':>7} "
             f"{'reads':>5} {'writes':>6} {'+hand-over':>10} {'fan-outs':>8} {'recipients':>10}")
