@@ -58,7 +58,9 @@ What is measured, per scenario, from outside the homeservers:
 * **requests served** by each homeserver (``phoenix_http_requests_total``:
   the sends at A, the federation requests and dequeues at B; websocket
   notifications are no requests), to read the CPU figures against;
-* **federation requests**: ``federated_enqueue`` requests A sent to B, and
+* **federation requests**: requests A sent to B on both federation rows
+  (``federated_enqueue`` for a lone message, ``federated_enqueue_batch``
+  for a batch, see ``FEDERATION_ENDPOINTS``), and
   **messages per request** read from A's ``phoenix_federation_batch_messages_sent``
   histogram (its sum over its count), as scraped from A's ``/metrics`` before
   and after; **429s** (``phoenix_rate_limit_given_total`` of both), federation
@@ -144,6 +146,8 @@ from phoenix_ref.queuing.core import QsConfig  # noqa: E402
 
 A, B = "a.example", "b.example"
 DOMAINS = (A, B)
+#: the federation rows a QS sends on (decision "QS-to-QS batches"): a lone message, a batch
+FEDERATION_ENDPOINTS = ("federated_enqueue", "federated_enqueue_batch")
 #: The generated configs' limits: no client runs short of Privacy Pass
 #: tokens, and a connection is not closed after 1000 requests (the default):
 #: anycorn's GOAWAY then fails the requests in flight on it that are not safe
@@ -494,11 +498,11 @@ class Result:
     cpu_per_user_x_floor: dict[str, float] = field(default_factory=dict)
     client_cpu_ms_per_msg: float = 0.0
     requests_served: dict[str, float] = field(default_factory=dict)   # every request, "A" and "B"
-    fed_requests: float = 0.0       # federated_enqueue requests A → B
+    fed_requests: float = 0.0       # federation requests A → B (single messages and batches)
     fed_requests_all: float = 0.0   # every federation request, both ways
     batch_sent_mean: float | None = None       # A's phoenix_federation_batch_messages_sent: sum / count
     batch_received_mean: float | None = None   # B's phoenix_federation_batch_messages_received
-    msgs_per_fed_request: float | None = None  # federated deliveries / federated_enqueue requests
+    msgs_per_fed_request: float | None = None  # federated deliveries / federation requests
     rate_limited_429: float = 0.0
     fed_retries: float = 0.0
     dead_letters: float = 0.0
@@ -697,8 +701,8 @@ class Run:
         res.client_cpu_ms_per_msg = client_cpu * 1000 / max(1, len(started))
         res.requests_served = {k: delta(before, after, d, "phoenix_http_requests_total")
                                for k, d in (("A", A), ("B", B))}
-        res.fed_requests = delta(before, after, A, "phoenix_federation_requests_total",
-                                 destination=B, endpoint="federated_enqueue")
+        res.fed_requests = sum(delta(before, after, A, "phoenix_federation_requests_total",
+                                     destination=B, endpoint=endpoint) for endpoint in FEDERATION_ENDPOINTS)
         res.fed_requests_all = (delta(before, after, A, "phoenix_federation_requests_total")
                                 + delta(before, after, B, "phoenix_federation_requests_total"))
         n_sent = delta(before, after, A, "phoenix_federation_batch_messages_sent_count")
