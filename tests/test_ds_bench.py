@@ -8,8 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from phoenix_ref.codec import U64, encode, struct, vec
-from phoenix_ref.delivery.group_state import Joiner, PastGroupState, open_state
+from phoenix_ref.codec import U32, U64, VarBytes, encode, struct, vec
+from phoenix_ref.delivery.group_state import open_state
 from phoenix_ref.delivery.messages import LeafCredentialInformation
 from phoenix_ref.mls.tree import RatchetTree, RatchetTreeWire
 
@@ -64,7 +64,9 @@ class _DecodedPastGroupState:
     epoch: U64
     public_tree: RatchetTreeWire
     credential_chains: vec(LeafCredentialInformation)
-    joiners: vec(Joiner)
+    joiner_refs: vec(VarBytes)
+    joiner_leaves: vec(U32)
+    joiner_not_after: vec(U64)
 
 
 def test_stored_state_caches_are_faithful(tmp_path):
@@ -77,7 +79,9 @@ def test_stored_state_caches_are_faithful(tmp_path):
     assert not fresh.restore_node_hashes(b"\0" * 32)
     # the past state keeps the bytes of the decoded form (no storage format change)
     (past,) = st.past_states
-    full = _DecodedPastGroupState(past.epoch, past.tree_nodes(), past.chains(), past.joiners)
+    full = _DecodedPastGroupState(past.epoch, past.tree_nodes(), past.chains(),
+                                  *map(list, zip(*((j.key_package_ref, j.leaf_index, j.not_after) for j in past.joiners))))
+    assert len(past.joiners) == 4
     assert encode(full) == encode(past)
     assert past.tree() == RatchetTree.from_nodes(past.tree_nodes())
     bench.store.close()

@@ -23,7 +23,6 @@ encryption key and the deleted-queue rows stay in plaintext (the store).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from ..codec import U32, U64, DecodeError, VarBytes, decode, encode, optional, struct, vec
 from ..crypto import NN, CryptoError, aead_open, aead_seal, random_bytes
@@ -62,13 +61,14 @@ class ClientProfile:
     activity_epoch: U64
 
 
-@struct
+@dataclass(frozen=True)
 class Joiner:
     """A client expected to pick up a past group state: its KeyPackageRef,
-    its leaf and the end of its KeyPackage's lifetime (seconds)."""
-    key_package_ref: VarBytes
-    leaf_index: U32
-    not_after: U64
+    its leaf and the end of its KeyPackage's lifetime (seconds). Stored as
+    a row of the joiner columns of :class:`PastGroupState`."""
+    key_package_ref: bytes
+    leaf_index: int
+    not_after: int
 
 
 @struct
@@ -81,11 +81,17 @@ class PastGroupState:
     encoded: a vector and an ``opaque<V>`` have the same length prefix, so
     the stored bytes are those of the decoded vectors, but a request that
     opens the state skips each copy instead of decoding a whole tree; only
-    *get Welcome information* decodes one (:meth:`tree_nodes`, :meth:`chains`)."""
+    *get Welcome information* decodes one (:meth:`tree_nodes`, :meth:`chains`).
+
+    The joiners are three columns (a joiner is the items at one position),
+    read and written a vector at a time: after an add of a thousand members
+    every request reads and keeps a thousand joiners."""
     epoch: U64
     public_tree: VarBytes
     credential_chains: VarBytes
-    joiners: vec(Joiner)
+    joiner_refs: vec(VarBytes)
+    joiner_leaves: vec(U32)
+    joiner_not_after: vec(U64)
 
     @classmethod
     def of(cls, epoch: int, tree: RatchetTree, chains: list[LeafCredentialInformation],
@@ -93,7 +99,25 @@ class PastGroupState:
         # the items of the RatchetTreeWire, an ``optional<Node>`` each (a
         # presence byte, then the Node), from the nodes' kept encodings
         nodes = b"".join(b"\x00" if e is None else b"\x01" + e for e in tree.to_encoded())
-        return cls(epoch, nodes, _items(encode(chains, _CHAINS)), joiners)
+        return cls(epoch, nodes, _items(encode(chains, _CHAINS)), [j.key_package_ref for j in joiners],
+                   [j.leaf_index for j in joiners], [j.not_after for j in joiners])
+
+    @property
+    def joiners(self) -> list[Joiner]:
+        return [Joiner(*row) for row in zip(self.joiner_refs, self.joiner_leaves, self.joiner_not_after)]
+
+    def keeping(self, leaf_index: int | None, now_s: int | None) -> "PastGroupState | None":
+        """This copy without the joiner at ``leaf_index`` and without joiners
+        whose KeyPackage ended before ``now_s``; None if no joiner is left
+        (itself if nothing changes)."""
+        rows = list(zip(self.joiner_refs, self.joiner_leaves, self.joiner_not_after))
+        kept = [r for r in rows if r[1] != leaf_index and (now_s is None or r[2] >= now_s)]
+        if len(kept) == len(rows):
+            return self
+        if not kept:
+            return None
+        refs, leaves, not_after = (list(c) for c in zip(*kept))
+        return replace(self, joiner_refs=refs, joiner_leaves=leaves, joiner_not_after=not_after)
 
     def tree_nodes(self) -> list:
         return decode(RatchetTreeWire, encode(self.public_tree, VarBytes))
@@ -204,20 +228,17 @@ class GroupState:
     def drop_joiner(self, leaf_index: int) -> None:
         """The client at ``leaf_index`` no longer needs a past state (it
         committed or left)."""
-        self._keep_joiners(lambda j: j.leaf_index != leaf_index)
+        self._keep_joiners(leaf_index, None)
 
     def drop_expired_joiners(self, now_s: int) -> None:
         """Joiners whose KeyPackage lifetime ended will never fetch their past state."""
-        self._keep_joiners(lambda j: j.not_after >= now_s)
+        self._keep_joiners(None, now_s)
 
-    def _keep_joiners(self, keep: Callable[[Joiner], bool]) -> None:
-        """Keep the joiners ``keep`` accepts; copies left without joiners go (A24)."""
-        kept = []
-        for past in self.past_states:
-            joiners = [j for j in past.joiners if keep(j)]
-            if joiners:
-                kept.append(replace(past, joiners=joiners))
-        self.past_states = kept
+    def _keep_joiners(self, leaf_index: int | None, now_s: int | None) -> None:
+        """Drop the joiner at ``leaf_index`` and the expired ones; copies left
+        without joiners go (A24)."""
+        kept = (past.keeping(leaf_index, now_s) for past in self.past_states)
+        self.past_states = [past for past in kept if past is not None]
 
     # --- encoding -----------------------------------------------------------------------------
 
