@@ -118,7 +118,6 @@ import math
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -139,6 +138,7 @@ from phoenix_ref.client.messenger import Messenger  # noqa: E402
 from phoenix_ref.client.qs_client import WsprotoTransport  # noqa: E402
 from phoenix_ref.clock import Clock  # noqa: E402
 from phoenix_ref.config import Limits, OperatorSettings  # noqa: E402
+from phoenix_ref.demo import free_ports, stop_processes  # noqa: E402
 from phoenix_ref.endpoints import by_name  # noqa: E402
 from phoenix_ref.federation.client import client_ssl_context, https_transport  # noqa: E402
 from phoenix_ref.provision import certificate_names, generate_config  # noqa: E402
@@ -177,20 +177,6 @@ class BenchFailed(Exception):
 
 
 # --- the homeserver processes ----------------------------------------------------------------------
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports that are free right now."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
 
 def process_cpu_s(pid: int) -> float:
     """utime + stime of process ``pid`` (every thread), in seconds, from ``/proc/<pid>/stat``."""
@@ -284,16 +270,7 @@ class Homeservers:
 
     def stop(self) -> None:
         """SIGTERM both; SIGKILL what has not ended after 5 s."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 5
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values())
 
     def tail(self, domain: str, lines: int = 5) -> str:
         try:

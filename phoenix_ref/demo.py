@@ -92,6 +92,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def stop_processes(procs, grace_s: float = 5.0) -> None:
+    """SIGTERM every process of ``procs``; SIGKILL what has not ended after ``grace_s``."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Lab:
     """Three homeservers in ``root``: ``root/ca`` (the test CA) and
@@ -149,16 +164,7 @@ class Lab:
 
     def stop_all(self) -> None:
         """SIGTERM every process; SIGKILL what has not ended after 5 s."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 5
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs.values())
         self.procs.clear()
 
     def tail(self, domain: str, lines: int = 5) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-import trio
 
 from phoenix_ref.client.messenger import Messenger
 from phoenix_ref.client.phoenix_credentials import (
@@ -27,6 +26,7 @@ from phoenix_ref.errors import Unauthorized
 from phoenix_ref.queuing.messages import AddPackageParams, UserRecordParams
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
+from spec_tests.test_ds_groups import until
 
 A, B = "a.example", "b.example"
 KP = "spec/queuing_service/keypackage_publication.md#"
@@ -71,16 +71,6 @@ async def register(d: Deployment, http, *domains: str) -> list[Messenger]:
     for m in out:
         await m.trust_domains(A, B)
     return out
-
-
-async def until(condition, *ms: Messenger, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            for m in ms:
-                await m.receive()
-            if condition():
-                return
-            await trio.sleep(0.02)
 
 
 async def connect(initiator: Messenger, responder: Messenger):
