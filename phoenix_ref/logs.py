@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import IO
 
 __all__ = ["REQUEST_LOGGER", "FORMATS", "JsonFormatter", "configure"]
@@ -66,7 +67,14 @@ def configure(fmt: str = "text", *, level: int = logging.INFO, domain: str = "",
     """Send every log record at ``level`` and above to ``stream`` (stderr) in
     format ``fmt`` (``text`` or ``json``); replaces the root logger's
     handlers; the loggers of :data:`QUIET_BELOW_WARNING` pass warnings and
-    above only. Returns the handler."""
+    above only. Returns the handler.
+
+    What Python would otherwise print to stderr by itself goes through the
+    log too, so that every line is in the chosen format (a JSON reader
+    never meets a stray line): warnings (logger ``py.warnings``), exceptions
+    no one could catch (an error in a ``__del__``, an unclosed coroutine;
+    logger ``phoenix_ref.unraisable``) and exceptions that end a thread
+    (logger ``phoenix_ref.thread``)."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {FORMATS}, not {fmt!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
@@ -81,4 +89,21 @@ def configure(fmt: str = "text", *, level: int = logging.INFO, domain: str = "",
     root.setLevel(level)
     for name in QUIET_BELOW_WARNING:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    logging.captureWarnings(True)
+    sys.unraisablehook = _log_unraisable
+    threading.excepthook = _log_thread_exception
     return handler
+
+
+def _log_unraisable(u: "sys.UnraisableHookArgs") -> None:
+    exc_info = (u.exc_type, u.exc_value, u.exc_traceback) if u.exc_value is not None else None
+    logging.getLogger("phoenix_ref.unraisable").error(
+        "%s: %r", u.err_msg or "Exception ignored in", u.object, exc_info=exc_info)
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("phoenix_ref.thread").error(
+        "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

@@ -18,7 +18,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import types
+import warnings
 from pathlib import Path
 
 import httpx
@@ -405,6 +408,40 @@ def test_httpx_request_lines_are_not_logged_twice():
     assert len(lines) == 2 and "something to see" in lines[0] and "ours" in lines[1]
 
 
+def test_what_python_prints_by_itself_is_a_log_line_too():
+    """With ``--log-format json`` every stderr line is JSON: a warning, an
+    exception raised where no one can catch it and one that ends a thread
+    go through the log (a stray line broke a reader of the serve log)."""
+    out = io.StringIO()
+    hooks = sys.unraisablehook, threading.excepthook
+    # an earlier test's configure left logging's capture marked as on, while
+    # pytest's per-test warning recorder replaced it: start from off
+    logging.captureWarnings(False)
+    handler = logs.configure("json", domain=A, stream=out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("an old call", DeprecationWarning)
+        try:
+            raise ValueError("in a __del__")
+        except ValueError as e:
+            sys.unraisablehook(types.SimpleNamespace(exc_type=ValueError, exc_value=e, exc_traceback=e.__traceback__,
+                                                     err_msg="Exception ignored in", object="a finaliser"))
+        worker = threading.Thread(target=lambda: 1 / 0, name="worker-1")
+        worker.start()
+        worker.join()
+    finally:
+        logging.captureWarnings(False)
+        sys.unraisablehook, threading.excepthook = hooks
+        logging.getLogger().removeHandler(handler)
+    warning, unraisable, thread = (json.loads(line) for line in out.getvalue().splitlines())
+    assert warning["logger"] == "py.warnings" and "DeprecationWarning: an old call" in warning["msg"]
+    assert unraisable["logger"] == "phoenix_ref.unraisable" and "ValueError: in a __del__" in unraisable["exc"]
+    assert "a finaliser" in unraisable["msg"]
+    assert thread["logger"] == "phoenix_ref.thread" and "worker-1" in thread["msg"]
+    assert "ZeroDivisionError" in thread["exc"]
+
+
 def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """Wait until the operator listener (plain HTTP) of ``proc`` accepts connections."""
     deadline = time.monotonic() + timeout
@@ -475,7 +512,9 @@ async def test_serve_log_format_json_and_metrics_listener(tmp_path):
     assert secrets and all(len(t) > 40 for t in secrets)
 
     stderr = (tmp_path / "stderr").read_text()
-    records = [json.loads(line) for line in stderr.splitlines()]      # every line is one JSON object
+    not_json = [line for line in stderr.splitlines() if not _is_json(line)]
+    assert not not_json, f"lines of the serve log that are not JSON:\n{stderr[-3000:]}"   # every line is one JSON object
+    records = [json.loads(line) for line in stderr.splitlines()]
     served = [r for r in records if r.get("dir") == "in"]
     paths = [r["path"] for r in served]
     for name in ("as_credentials", "init_user_registration", "finish_user_registration", "request_tokens",
@@ -490,3 +529,11 @@ async def test_serve_log_format_json_and_metrics_listener(tmp_path):
                  "correct horse", *secrets, *(t[:20] for t in secrets)]
     for text in forbidden:
         assert text not in stderr, text
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
