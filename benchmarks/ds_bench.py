@@ -286,27 +286,19 @@ def combined(ms: list[Measured]) -> Measured:
                     ms[-1].message_bytes)
 
 
-def measure(bench: Bench, kind: str, repeats: int) -> Measured:
-    """``repeats`` requests of ``kind`` ("send" or "commit") by the creator."""
-    cpu, reads, writes, handover, fan_outs, recipients, size = [], [], [], [], [], [], 0
-    for _ in range(repeats):
-        pending = bench.creator.send_request(BODY) if kind == "send" else bench.creator.update_request()
-        msg = pending.body.params.application_message if kind == "send" else pending.body.params.commit
-        size = len(encode(msg))
-        r0, w0, e0, d0 = bench.store.reads, bench.store.writes, bench.enqueued, bench.delivered
-        hw = _HandoverWrites(bench.store)
-        gc.collect()   # the garbage of building the request is not the DS's
-        t0 = time.process_time()
-        bench.submit(pending)
-        cpu.append(time.process_time() - t0)
-        reads.append(bench.store.reads - r0)
-        writes.append(bench.store.writes - w0 - hw.count)
-        handover.append(hw.count)
-        hw.restore()
-        fan_outs.append(bench.enqueued - e0)
-        recipients.append(bench.delivered - d0)
-    return Measured(statistics.median(cpu), statistics.mean(reads), statistics.mean(writes),
-                    statistics.mean(handover), statistics.mean(fan_outs), statistics.mean(recipients), size)
+def measure(bench: Bench, kind: str) -> Measured:
+    """One request of ``kind`` ("send" or "commit") by the creator (:func:`combined` makes a figure of several)."""
+    pending = bench.creator.send_request(BODY) if kind == "send" else bench.creator.update_request()
+    msg = pending.body.params.application_message if kind == "send" else pending.body.params.commit
+    r0, w0, e0, d0 = bench.store.reads, bench.store.writes, bench.enqueued, bench.delivered
+    hw = _HandoverWrites(bench.store)
+    gc.collect()   # the garbage of building the request is not the DS's
+    t0 = time.process_time()
+    bench.submit(pending)
+    cpu = time.process_time() - t0
+    hw.restore()
+    return Measured(cpu, bench.store.reads - r0, bench.store.writes - w0 - hw.count, hw.count,
+                    bench.enqueued - e0, bench.delivered - d0, len(encode(msg)))
 
 
 class _HandoverWrites:
@@ -364,7 +356,7 @@ def run(sizes: list[int], repeats: int, profile: bool = True, out=print) -> dict
                 results["verify"].append(time_verify(rounds=500))
                 for n in sizes:
                     for kind in KINDS:
-                        samples[n, kind].append(measure(benches[n], kind, 1))
+                        samples[n, kind].append(measure(benches[n], kind))
             for (n, kind), ms in samples.items():
                 results["rows"][n]["rows"][state, kind] = combined(ms)
         verify = statistics.median(results["verify"])

@@ -42,7 +42,7 @@ def test_reported_counts_are_the_store_statements(tmp_path):
         for kind in ("send", "commit"):
             statements.clear()
             epoch = bench.creator.group.epoch
-            m = ds_bench.measure(bench, kind, 1)
+            m = ds_bench.measure(bench, kind)
             begins = [s for s in statements if s.startswith("BEGIN")]
             group_reads = [s for s in statements if s.startswith("SELECT state")]
             assert len(begins) == m.writes + m.handover_writes == 1

@@ -54,11 +54,11 @@ class ClientProfile:
     """``#ds-state`` client profile. ``activity_day`` is in UTC days since
     the Unix epoch (docs/decisions.md, A18). Stored as a row of the client
     columns of :class:`GroupStateWire`."""
-    leaf_index: U32
-    encrypted_credential_information: VarBytes
+    leaf_index: int
+    encrypted_credential_information: bytes
     client_queue_config: ClientQueueConfig
-    activity_day: U32
-    activity_epoch: U64
+    activity_day: int
+    activity_epoch: int
 
 
 @dataclass(frozen=True)
