@@ -129,7 +129,6 @@ from typing import Any, Callable
 
 import httpx
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -141,6 +140,7 @@ from phoenix_ref.config import Limits, OperatorSettings  # noqa: E402
 from phoenix_ref.demo import free_ports, stop_processes  # noqa: E402
 from phoenix_ref.endpoints import by_name  # noqa: E402
 from phoenix_ref.federation.client import client_ssl_context, https_transport  # noqa: E402
+from phoenix_ref.metrics import Scrape  # noqa: E402
 from phoenix_ref.provision import certificate_names, generate_config  # noqa: E402
 from phoenix_ref.queuing.core import QsConfig  # noqa: E402
 
@@ -282,35 +282,18 @@ class Homeservers:
 
 # --- metrics ---------------------------------------------------------------------------------------
 
-@dataclass
-class Scrape:
-    """One ``/metrics`` answer: sample name → [(labels, value)]."""
-    samples: dict[str, list[tuple[dict[str, str], float]]]
-
-    @classmethod
-    def parse(cls, text: str) -> "Scrape":
-        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                samples.setdefault(s.name, []).append((dict(s.labels), s.value))
-        return cls(samples)
-
-    def total(self, name: str, **labels: str) -> float:
-        """The sum of the samples named ``name`` whose labels include ``labels``."""
-        return sum(v for ls, v in self.samples.get(name, []) if all(ls.get(k) == x for k, x in labels.items()))
-
 
 async def scrape_all(hs: Homeservers, http: httpx.AsyncClient) -> dict[str, Scrape]:
     out = {}
     for d in DOMAINS:
         resp = await http.get(hs.metrics_url(d))
         resp.raise_for_status()
-        out[d] = Scrape.parse(resp.text)
+        out[d] = Scrape(resp.text)
     return out
 
 
 def delta(before: dict[str, Scrape], after: dict[str, Scrape], domain: str, name: str, **labels: str) -> float:
-    return after[domain].total(name, **labels) - before[domain].total(name, **labels)
+    return after[domain].value(name, **labels) - before[domain].value(name, **labels)
 
 
 # --- clients ----------------------------------------------------------------------------------------

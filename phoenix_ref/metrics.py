@@ -53,12 +53,13 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.parser import text_string_to_metric_families
 
 from . import endpoints
 from .federation.discovery import WELL_KNOWN_PATH
 from .federation.outbound import Delivered, Outcome, Rejected, RetryLater
 
-__all__ = ["HomeserverMetrics", "metrics_app", "MAX_DOMAINS", "OTHER", "METRICS_PATH"]
+__all__ = ["HomeserverMetrics", "metrics_app", "Scrape", "MAX_DOMAINS", "OTHER", "METRICS_PATH"]
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +303,20 @@ def metrics_app(metrics: Callable[[], HomeserverMetrics | None]) -> Callable:
         await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
 
     return app
+
+
+class Scrape:
+    """One ``/metrics`` answer, parsed, for the readers of the metrics (the
+    tests and ``benchmarks/delivery_bench.py``): ``value(name, **labels)``
+    sums the samples named ``name`` whose labels include ``labels``."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        return sum(s.value for s in self.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def labels(self, name: str, label: str) -> set[str]:
+        return {s.labels[label] for s in self.samples if s.name == name and label in s.labels}

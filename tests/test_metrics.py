@@ -27,7 +27,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
 
 from phoenix_ref import logs
 from phoenix_ref.cli import generate_config
@@ -39,7 +38,7 @@ from phoenix_ref.errors import ProtocolError, RateLimited
 from phoenix_ref.federation.client import client_ssl_context, https_transport
 from phoenix_ref.homeserver import Homeserver
 from phoenix_ref.http import RequestLog
-from phoenix_ref.metrics import OTHER, HomeserverMetrics
+from phoenix_ref.metrics import OTHER, HomeserverMetrics, Scrape
 from phoenix_ref.provision import certificate_names
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
@@ -49,21 +48,6 @@ FAST_RETRIES = Limits(federation_retry_base_s=0.05, federation_retry_max_s=0.2)
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-class Scrape:
-    """One scrape, parsed: ``value(name, **labels)`` sums the samples that match."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
-
-    def value(self, name: str, **labels: str) -> float:
-        return sum(s.value for s in self.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
-
-    def labels(self, name: str, label: str) -> set[str]:
-        return {s.labels[label] for s in self.samples if s.name == name and label in s.labels}
-
 
 async def scrape(node) -> Scrape:
     async with node.metrics_client() as http:
