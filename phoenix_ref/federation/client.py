@@ -120,8 +120,16 @@ def retry_extensions(endpoint: Any) -> dict[str, bool] | None:
 
 
 class HttpsTransport(httpx.AsyncBaseTransport):
-    """Verified TLS 1.3 (HTTP/2 or 1.1) with a resolve override and one retry
-    on a connection the server closed.
+    """Verified TLS 1.3 (HTTP/2 and 1.1 offered, or with ``http2=False`` only
+    HTTP/1.1) with a resolve override and one retry on a connection the
+    server closed.
+
+    **HTTP/1.1 for federation**: the federation client sends one request at
+    a time per destination (the outbound sender of each queue), so HTTP/2's
+    multiplexing buys it nothing, while HTTP/2's framing costs CPU on both
+    ends of every request; :class:`FederationClient` therefore passes
+    ``http2=False`` (docs/decisions.md, "Federation requests over HTTP/1.1").
+    Clients, which keep many requests in flight, keep HTTP/2.
 
     **Resolve override** (``overrides``: ``"host:port"`` or ``"host"`` →
     ``"ip:port"``), like ``curl --resolve``: the TCP connection goes to the
@@ -139,8 +147,10 @@ class HttpsTransport(httpx.AsyncBaseTransport):
     (docs/decisions.md, "Connection reuse").
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext, overrides: dict[str, str] | None = None):
+    def __init__(self, ssl_context: ssl.SSLContext, overrides: dict[str, str] | None = None, *,
+                 http2: bool = True):
         self.ssl_context = ssl_context
+        self.http2 = http2
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self._pools: dict[str, httpx.AsyncHTTPTransport] = {}
         self.retries = 0   # requests sent a second time (tests and operators read it)
@@ -148,7 +158,7 @@ class HttpsTransport(httpx.AsyncBaseTransport):
     def _pool(self, key: str) -> httpx.AsyncHTTPTransport:
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=self.ssl_context, http2=True, retries=0)
+            pool = self._pools[key] = httpx.AsyncHTTPTransport(verify=self.ssl_context, http2=self.http2, retries=0)
         return pool
 
     def target(self, host: str, port: int) -> tuple[str, int] | None:
@@ -186,9 +196,10 @@ class HttpsTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
-def https_transport(ssl_context: ssl.SSLContext, resolve: dict[str, str]) -> httpx.AsyncBaseTransport:
+def https_transport(ssl_context: ssl.SSLContext, resolve: dict[str, str], *,
+                    http2: bool = True) -> httpx.AsyncBaseTransport:
     """An httpx transport over verified TLS with the resolve override (:class:`HttpsTransport`)."""
-    return HttpsTransport(ssl_context, resolve)
+    return HttpsTransport(ssl_context, resolve, http2=http2)
 
 
 #: OpenSSL's reasons for a handshake without a common protocol version.
@@ -243,7 +254,7 @@ class HttpsFetcher:
         self.requests = 0   # number of requests sent (tests count cache hits with it)
         self.on_request = on_request
         self._http = httpx.AsyncClient(
-            transport=transport or https_transport(ssl_context, resolve or {}),
+            transport=transport or https_transport(ssl_context, resolve or {}, http2=False),
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
             headers={"user-agent": USER_AGENT}, trust_env=False, follow_redirects=False)
 

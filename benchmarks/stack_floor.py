@@ -1,0 +1,264 @@
+"""What one empty HTTPS round trip costs, layer by layer, in one run.
+
+The delivery bench (``delivery_bench.py``) gives its CPU figures also as
+multiples of a *floor*: one ``GET /.well-known/phoenix`` through a running
+homeserver. This script splits that floor into the layers it crosses, so a
+reader can tell what a homeserver can still win and what the pinned stack
+(GUIDE §6) costs whatever the homeserver does. Three servers, each its own
+process, each serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
+(``cli.server_config``: the same certificate, timeouts and ALPN):
+
+* ``raw``     anycorn (on Trio) with a bare ASGI app of a dozen lines that
+  answers every request with a counter: TLS, HTTP and the server loop,
+  nothing else;
+* ``quart``   anycorn with a Quart-Trio app of one route answering the same:
+  adds Quart's request and app contexts, routing and response objects;
+* ``phoenix`` ``phoenix-ref serve``, ``GET /.well-known/phoenix``: adds the
+  homeserver's Host routing, request log (one JSON line per request, as
+  ``serve`` logs by default), metrics and its view.
+
+Each is asked ``--requests`` (1000) times, one request at a time on one
+kept-alive connection, once over HTTP/2 and once over HTTP/1.1, from this
+process through the project's client transport (httpx, ``HttpsTransport``).
+Per request it prints the server's CPU (utime + stime of its process, from
+``/proc``) and the client's (this process, ``time.process_time``), and the
+server figure as a multiple of the ``raw`` server over HTTP/1.1 — the least
+any request through this stack costs on this machine. The raw and Quart
+apps count the requests they answer, so a figure is never divided by
+requests that did not arrive.
+
+Figures depend on the machine and what else runs on it; the ratios between
+rows of one run are what to compare (GUIDE: performance claims are ratios
+measured in one run).
+
+    python benchmarks/stack_floor.py [--requests N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import trio  # noqa: E402
+
+from phoenix_ref.config import Config, Limits  # noqa: E402
+from phoenix_ref.demo import free_ports, stop_processes  # noqa: E402
+from phoenix_ref.federation.client import client_ssl_context, https_transport  # noqa: E402
+from phoenix_ref.provision import generate_config  # noqa: E402
+
+DOMAIN = "a.example"
+SERVERS = ("raw", "quart", "phoenix")
+PROTOCOLS = ("h2", "http/1.1")
+WARMUP = 20
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of process ``pid`` in seconds (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+# --- the servers (run as ``stack_floor.py --serve KIND CONFIG PORT``) -----------------------------
+
+def raw_app():
+    """A bare ASGI app: every request gets the number of requests so far."""
+    served = 0
+
+    async def app(scope, receive, send):
+        nonlocal served
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        served += 1
+        body = str(served).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+def quart_app():
+    """A Quart-Trio app of one route (any path) answering the same counter."""
+    from quart_trio import QuartTrio
+    app = QuartTrio("stack_floor")
+    served = {"n": 0}
+
+    @app.route("/", defaults={"path": ""})
+    @app.route("/<path:path>")
+    async def count(path: str):
+        served["n"] += 1
+        return str(served["n"]), 200, {"content-type": "text/plain"}
+    return app
+
+
+def serve(kind: str, config_path: Path, port: int) -> None:
+    import anyio
+    import anycorn
+
+    from phoenix_ref.cli import server_config
+    sc = server_config(Config.load(config_path), bind=[f"127.0.0.1:{port}"])
+    sc.accesslog = None
+    app = raw_app() if kind == "raw" else quart_app()
+    anyio.run(anycorn.serve, app, sc, backend="trio")
+
+
+# --- the measurement --------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    server: str
+    protocol: str
+    requests: int
+    server_cpu_ms: float          # per request
+    client_cpu_ms: float          # per request
+    x_raw_h1: float = 0.0         # server_cpu_ms / that of raw over HTTP/1.1
+
+
+class Servers:
+    """The three server processes in ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.ports = dict(zip(SERVERS, free_ports(len(SERVERS))))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.config = generate_config(root / DOMAIN, DOMAIN, port=self.ports["phoenix"], test_ca=True,
+                                      test_ca_dir=root / "ca",
+                                      limits=Limits(max_requests_per_connection=10 ** 9))
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        config = str(self.root / DOMAIN / "config.toml")
+        for kind in SERVERS:
+            if kind == "phoenix":
+                argv = [sys.executable, "-m", "phoenix_ref.cli", "serve", "--config", config]
+            else:
+                argv = [sys.executable, __file__, "--serve", kind, config, str(self.ports[kind])]
+            with open(self.root / f"{kind}.log", "ab") as out:
+                self.procs[kind] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def client(self, kind: str, protocol: str) -> httpx.AsyncClient:
+        resolve = {DOMAIN: f"127.0.0.1:{self.ports[kind]}"}
+        transport = https_transport(client_ssl_context(self.root / "ca" / "ca.pem"), resolve,
+                                    http2=protocol == "h2")
+        return httpx.AsyncClient(transport=transport, trust_env=False, timeout=30.0)
+
+    def tail(self, kind: str) -> str:
+        text = (self.root / f"{kind}.log").read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-5:])
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for kind in SERVERS:
+            async with self.client(kind, "http/1.1") as http:
+                while True:
+                    if self.procs[kind].poll() is not None:
+                        raise SystemExit(f"stack floor: {kind} server exited: {self.tail(kind)}")
+                    try:
+                        if (await http.get(f"https://{DOMAIN}/.well-known/phoenix")).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"stack floor: {kind} server did not answer: {self.tail(kind)}")
+                    await trio.sleep(0.1)
+
+    async def measure(self, kind: str, protocol: str, n: int) -> Row:
+        url = f"https://{DOMAIN}/.well-known/phoenix"
+        want = "HTTP/2" if protocol == "h2" else "HTTP/1.1"
+        pid = self.procs[kind].pid
+        async with self.client(kind, protocol) as http:
+            for _ in range(WARMUP):           # the handshake and first requests are not counted
+                (await http.get(url)).raise_for_status()
+            first = last = None
+            await trio.sleep(0.3)             # let the server go idle
+            server0, client0 = process_cpu_s(pid), time.process_time()
+            for _ in range(n):
+                resp = await http.get(url)
+                resp.raise_for_status()
+                if resp.http_version != want:
+                    raise SystemExit(f"stack floor: {kind} answered over {resp.http_version}, not {want}")
+                last = resp.text
+                first = first or last
+            client1 = time.process_time()
+            await trio.sleep(0.3)             # the tail of the last request (its log line, …)
+            server1 = process_cpu_s(pid)
+        if kind != "phoenix" and int(last) - int(first) + 1 != n:
+            raise SystemExit(f"stack floor: {kind} counted {int(last) - int(first) + 1} requests, not {n}")
+        return Row(kind, protocol, n, (server1 - server0) * 1000 / n, (client1 - client0) * 1000 / n)
+
+    def stop(self) -> None:
+        stop_processes(self.procs.values())
+
+
+async def run(servers: Servers, n: int) -> list[Row]:
+    servers.start()
+    await servers.wait_ready()
+    rows = []
+    for protocol in PROTOCOLS:
+        for kind in SERVERS:
+            rows.append(await servers.measure(kind, protocol, n))
+    base = next(r for r in rows if r.server == "raw" and r.protocol == "http/1.1").server_cpu_ms
+    for r in rows:
+        r.x_raw_h1 = r.server_cpu_ms / base if base else float("nan")
+    return rows
+
+
+def table(rows: list[Row]) -> list[str]:
+    out = [f"{'server':<8} {'protocol':<9} {'requests':>8} {'server CPU ms':>14} {'×raw h1':>8} "
+           f"{'client CPU ms':>14}"]
+    for r in rows:
+        out.append(f"{r.server:<8} {r.protocol:<9} {r.requests:>8} {r.server_cpu_ms:>14.3f} "
+                   f"{r.x_raw_h1:>8.2f} {r.client_cpu_ms:>14.3f}")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--serve"]:
+        serve(argv[1], Path(argv[2]), int(argv[3]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=1000, help="requests per server and protocol (default 1000)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the rows to FILE as JSON")
+    args = ap.parse_args(argv)
+    if args.requests < 1:
+        ap.error("--requests must be at least 1")
+    root = Path(tempfile.mkdtemp(prefix="phoenix-floor-"))
+    print(f"stack floor: {args.requests} requests per server and protocol; machine: {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}", flush=True)
+    servers = Servers(root)
+    try:
+        rows = trio.run(run, servers, args.requests)
+    finally:
+        servers.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    for line in table(rows):
+        print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"requests": args.requests, "rows": [asdict(r) for r in rows]},
+                                        indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
