@@ -149,7 +149,7 @@ class Homeserver:
         #: opened at startup; it becomes ``privacy_pass`` unless one was set.
         self.privacy_pass_gate: PrivacyPassGate | None = None
         #: The running QS (:class:`~.queuing.service.QsService`), set at startup:
-        #: the DS hands FanOutMessages to ``qs.local_enqueue_many`` (never over HTTP).
+        #: the DS hands FanOutMessages to ``qs.take_handovers`` (never over HTTP).
         self.qs: QsService | None = None
         #: The running AS (:class:`~.authentication.service.AsService`), set at startup.
         self.as_service: AsService | None = None
@@ -259,7 +259,7 @@ class Homeserver:
             self.as_service.on_tokens_issued = self.metrics.issued
         self.qs = self._build_qs()
         self.ds = DsService(DsCore(ds_config(cfg), self.keystore.ds_signing_keys), self.ds_store,
-                            self.qs.local_enqueue_many, self.clock)
+                            self.qs, self.clock)
         await self._start_background()
 
     def _build_qs(self) -> QsService:

@@ -36,13 +36,17 @@ class RecordingQs:
     def __init__(self, refuse: bool = False):
         self.calls: list[tuple[bytes, bytes]] = []   # (body, message id)
         self.refuse = refuse
+        self.taken = 0                               # results the wake-ups were given
 
-    async def local_enqueue_many(self, handovers) -> tuple[list[LocalEnqueueResult], None]:
+    def take_handovers(self, handovers) -> tuple[list[LocalEnqueueResult], None]:
         if self.refuse:
             raise OSError("the QS store is unavailable")
         for message, message_id in handovers:
             self.calls.append((bytes(message.message_content.message.private_message.ciphertext), message_id))
         return [LocalEnqueueResult() for _ in handovers], None
+
+    def handovers_taken(self, results) -> None:
+        self.taken += len(results)
 
 
 def crashed_store(path) -> tuple[DsStore, list[bytes]]:
@@ -55,7 +59,7 @@ def crashed_store(path) -> tuple[DsStore, list[bytes]]:
 
 def service(store: DsStore, qs: RecordingQs) -> DsService:
     core = DsCore(DsConfig(Fqdn("a.example")), [])
-    return DsService(core, store, qs.local_enqueue_many, FixedClock(0))
+    return DsService(core, store, qs, FixedClock(0))
 
 
 @spec(DISTRIBUTION, "informative")
@@ -134,7 +138,7 @@ def store_with_group(path) -> DsStore:
 
 def stub_service(store: DsStore, qs: RecordingQs) -> tuple[DsService, _StubCore]:
     core = _StubCore()
-    return DsService(core, store, qs.local_enqueue_many, FixedClock(0)), core
+    return DsService(core, store, qs, FixedClock(0)), core
 
 
 def transactions(store: DsStore) -> list[str]:
@@ -143,16 +147,31 @@ def transactions(store: DsStore) -> list[str]:
     return begins
 
 
+def count_thread_calls(monkeypatch) -> list[str]:
+    """The names of the functions run through ``trio.to_thread.run_sync`` from now on."""
+    calls: list[str] = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *args, **kwargs):
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    return calls
+
+
 @spec(DISTRIBUTION, "informative")
-async def test_a_send_is_one_write_and_its_outbox_entry_goes_with_the_next_write(tmp_path):
+async def test_a_send_is_one_write_and_its_outbox_entry_goes_with_the_next_write(tmp_path, monkeypatch):
     store = store_with_group(tmp_path / "ds.sqlite3")
     qs = RecordingQs()
     ds, _ = stub_service(store, qs)
     begins = transactions(store)
+    thread_calls = count_thread_calls(monkeypatch)
     await ds.group_request("ds_send_message", _Request(b"m1"))
     assert len(begins) == 1                               # the state and the outbox entry; no second write
+    assert len(thread_calls) == 1                         # the write and the hand-over: one worker-thread call
     [first] = store.outbox()
     assert qs.calls == [(b"m1", first.message_id)]        # handed over, its row waits
+    assert qs.taken == 1                                  # and the QS's wake-ups ran
     begins.clear()
     await ds.group_request("ds_send_message", _Request(b"m2"))
     assert len(begins) == 1
@@ -217,14 +236,14 @@ async def test_a_hand_over_with_queue_deleted_answers_writes_them_and_the_waitin
     qs = RecordingQs()
     ds, _ = stub_service(store, qs)
     await ds.group_request("ds_send_message", _Request(b"m1"))
-    inner = qs.local_enqueue_many
+    inner = qs.take_handovers
 
-    async def enqueue_reporting_a_deleted_queue(handovers):
-        results, refused = await inner(handovers)
+    def enqueue_reporting_a_deleted_queue(handovers):
+        results, refused = inner(handovers)
         for result in results:
             result.queue_deleted.append(QueueDeleted(ClientQueueConfig(Fqdn("b.example"), b"sealed"), GROUP))
         return results, refused
-    ds.local_enqueue_many = enqueue_reporting_a_deleted_queue
+    qs.take_handovers = enqueue_reporting_a_deleted_queue
     await ds.group_request("ds_send_message", _Request(b"m2"))
     assert store.outbox() == []                           # both deletions written with the answer
     assert len(store.read_group(GROUP).deleted_queues) == 1

@@ -4,15 +4,18 @@ One request on a group (``spec/delivery_service.md#validation``):
 
 1. take the group's lock (one Trio lock per group id, so two commits for
    the same epoch are decided one after the other: the second meets the new
-   epoch and gets ``409 wrong_epoch``);
+   epoch and gets ``409 wrong_epoch``) and the hand-over lock (one
+   hand-over at a time keeps the outbox order);
 2. in one worker-thread call: read the row, run the core, write the
    outcome — the new state and its fan-outs as outbox entries in one
-   transaction (decision A40);
-3. hand the fan-outs to the QS with their message ids, all in one call
-   (the QS enqueues once per id, all of them in one transaction), store
-   the QueueDeleted answers sealed to the group's Queue ID key and drop the
-   handed-over entries;
-4. release the lock, answer.
+   transaction (decision A40) — and then hand the fan-outs to the QS with
+   their message ids (the QS enqueues once per id, all of them in one
+   transaction of its own: :meth:`QsHandover.take_handovers`). One thread
+   hand-off per request, not one per store (issue 17);
+3. back on the Trio thread: the QS's wake-ups (websockets, outbound
+   senders), the QueueDeleted answers stored sealed to the group's Queue
+   ID key, the handed-over entries dropped;
+4. release the locks, answer.
 
 Dropping the handed-over entries is not a transaction of its own on the
 send path: their sequence numbers wait in memory and are deleted in the
@@ -32,8 +35,8 @@ A crash after step 2 leaves the entries in the outbox; :meth:`DsService.run`
 hands them over at start (in order) and retries any that failed.
 
 **Crash point for tests.** The environment variable ``PHOENIX_CRASH_AT``,
-read once when a :class:`DsService` is built, can name the moment between
-steps 2 and 3: ``ds-after-state-write`` (or ``ds-after-state-write:<n>``
+read once when a :class:`DsService` is built, can name the moment in step 2
+between the DS's write and the hand-over: ``ds-after-state-write`` (or ``ds-after-state-write:<n>``
 for the n-th time, counting only writes that left fan-outs to hand over).
 There the process sends itself SIGKILL, as a power cut would stop it: the
 new state and its outbox entries are on disk, nothing reached the QS, no
@@ -48,19 +51,20 @@ import logging
 import os
 import signal
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Protocol
 
 import trio
 
 from ..crypto import random_bytes
 from ..errors import ProtocolError
 from ..ids import GroupId
+from ..queuing.core import LocalEnqueueResult
 from ..queuing.messages import QueueDeleted
 from . import messages as m
 from .core import DsCore, group_id_of_request
 from .store import DsStore, OutboxEntry
 
-__all__ = ["DsService", "MESSAGE_ID_LEN", "CRASH_ENV", "CRASH_AFTER_STATE_WRITE", "crash_countdown"]
+__all__ = ["DsService", "QsHandover", "MESSAGE_ID_LEN", "CRASH_ENV", "CRASH_AFTER_STATE_WRITE", "crash_countdown"]
 
 log = logging.getLogger(__name__)
 MESSAGE_ID_LEN = 16
@@ -89,6 +93,19 @@ def crash_countdown(value: str | None) -> int | None:
     return int(count)
 
 
+class QsHandover(Protocol):
+    """What the DS needs of the local QS (:class:`~phoenix_ref.queuing.service.QsService`)."""
+
+    def take_handovers(self, handovers: list[tuple[Any, bytes]]
+                       ) -> tuple[list[LocalEnqueueResult], ProtocolError | None]:
+        """Enqueue ``(FanOutMessage, message_id)`` pairs in order, in one
+        transaction; blocking (a worker thread calls it). Returns the
+        results of those taken and the refusal that ended the list, or None."""
+
+    def handovers_taken(self, results: list[LocalEnqueueResult]) -> None:
+        """The wake-ups for what :meth:`take_handovers` took (Trio thread)."""
+
+
 class _GroupLocks:
     """One lock per group id, dropped when nobody holds or waits for it."""
 
@@ -113,15 +130,13 @@ class _GroupLocks:
 
 
 class DsService:
-    """The DS of one homeserver (module docstring). ``local_enqueue_many``
-    is the local QS's entry point: a list of ``(FanOutMessage, message_id)``
-    → ``(results of those it took, in order; its refusal or None)``
-    (:meth:`~phoenix_ref.queuing.service.QsService.local_enqueue_many`)."""
+    """The DS of one homeserver (module docstring). ``qs`` is the local QS's
+    entry point for hand-overs, in two halves (:class:`QsHandover`)."""
 
-    def __init__(self, core: DsCore, store: DsStore, local_enqueue_many: Callable[..., Any], clock):
+    def __init__(self, core: DsCore, store: DsStore, qs: "QsHandover", clock):
         self.core = core
         self.store = store
-        self.local_enqueue_many = local_enqueue_many
+        self.qs = qs
         self.clock = clock
         self._locks = _GroupLocks()
         self._handover = trio.Lock()       # one hand-over at a time keeps the outbox order
@@ -167,7 +182,7 @@ class DsService:
         """A request that may change the group and fan out (module docstring)."""
         gid = group_id_of_request(req)
         handler = getattr(self.core, name.removeprefix("ds_"))
-        async with self._locks.hold(gid):
+        async with self._locks.hold(gid), self._handover:
             now = self.clock.now_ms()
             done, self._done = self._done, []
             dropped = False
@@ -181,14 +196,15 @@ class DsService:
                         or outcome.fan_outs:
                     seqs = self.store.store_outcome(gid, outcome, ids, now, outbox_done=done)
                     dropped = True
-                return outcome, [OutboxEntry(s, i, fo) for s, i, fo in zip(seqs, ids, outcome.fan_outs)]
+                entries = [OutboxEntry(s, i, fo) for s, i, fo in zip(seqs, ids, outcome.fan_outs)]
+                self._crash_point(entries)
+                return outcome, entries, self._take(entries)
             try:
-                outcome, entries = await trio.to_thread.run_sync(work)
+                outcome, entries, (results, failure) = await trio.to_thread.run_sync(work)
             finally:
                 if not dropped:       # nothing was written (or the write failed): they wait on
                     self._defer_done(done)
-            self._crash_point(entries)
-            await self._hand_over(entries, defer_done=True)
+            await self._settle(entries, results, failure, defer_done=True)
         if outcome.error is not None:
             raise outcome.error
         return outcome.response
@@ -205,36 +221,55 @@ class DsService:
 
     # --- hand-over to the QS (decision A40) --------------------------------------------------------
 
-    async def _hand_over(self, entries: list[OutboxEntry], *, defer_done: bool = False) -> None:
-        """Hand ``entries`` to the QS in order. The rows of those it took
-        are deleted now, or, with ``defer_done`` and no QueueDeleted answer
-        to store, with the next write (module docstring)."""
+    def _take(self, entries: list[OutboxEntry]) -> tuple[list[LocalEnqueueResult], Exception | None]:
+        """Hand ``entries`` to the QS in order, in the calling worker thread:
+        one QS call, one QS transaction for all of them. Returns the results
+        of those it took and why it took no more (its refusal, which ends the
+        list, or an error), or None."""
+        if not entries:
+            return [], None
+        try:
+            return self.qs.take_handovers([(e.message, e.message_id) for e in entries])
+        except Exception as e:   # the entries stay in the outbox; _settle logs it
+            return [], e
+
+    async def _settle(self, entries: list[OutboxEntry], results: list[LocalEnqueueResult],
+                      failure: Exception | None, *, defer_done: bool) -> None:
+        """After :meth:`_take`, on the Trio thread under the hand-over lock:
+        the QS's wake-ups, then the rows of the entries it took are deleted
+        now, or, with ``defer_done`` and no QueueDeleted answer to store,
+        with the next write (module docstring)."""
+        if not entries:
+            return
+        self.qs.handovers_taken(results)
+        done: list[int] = []
+        deleted: list[tuple[GroupId, bytes]] = []
+        try:
+            deleted = await self._sealed([qd for r in results for qd in r.queue_deleted])
+            done = [e.seq for e in entries[:len(results)]]
+            if failure is not None:
+                raise failure
+        except Exception:
+            log.exception("the local QS did not take a fan-out; it stays in the outbox")
+            self._pending.set()
+        finally:
+            if defer_done and not deleted:
+                self._defer_done(done)
+            elif done or deleted:
+                waiting, self._done = self._done, []
+                try:
+                    await trio.to_thread.run_sync(self.store.outbox_done, waiting + done, deleted)
+                except BaseException:
+                    self._defer_done(waiting)
+                    raise
+
+    async def _hand_over(self, entries: list[OutboxEntry]) -> None:
+        """Hand ``entries`` to the QS in order and delete the rows of those it took."""
         if not entries:
             return
         async with self._handover:
-            done: list[int] = []
-            deleted: list[tuple[GroupId, bytes]] = []
-            try:
-                # one call, one QS transaction for all of them (its refusal, if
-                # any, ends the list: the entries from it on stay, in order)
-                results, refused = await self.local_enqueue_many([(e.message, e.message_id) for e in entries])
-                deleted = await self._sealed([qd for r in results for qd in r.queue_deleted])
-                done = [e.seq for e in entries[:len(results)]]
-                if refused is not None:
-                    raise refused
-            except Exception:
-                log.exception("the local QS did not take a fan-out; it stays in the outbox")
-                self._pending.set()
-            finally:
-                if defer_done and not deleted:
-                    self._defer_done(done)
-                elif done or deleted:
-                    waiting, self._done = self._done, []
-                    try:
-                        await trio.to_thread.run_sync(self.store.outbox_done, waiting + done, deleted)
-                    except BaseException:
-                        self._defer_done(waiting)
-                        raise
+            results, failure = await trio.to_thread.run_sync(self._take, entries)
+            await self._settle(entries, results, failure, defer_done=False)
 
     def _defer_done(self, seqs: list[int]) -> None:
         if seqs:

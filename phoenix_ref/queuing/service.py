@@ -190,8 +190,9 @@ class QsService:
     (module docstring).
 
     * ``call(method, *args)`` runs one core method in a worker thread;
-    * :meth:`local_enqueue` is the DS's entry point (a Python call, never an
-      HTTP route);
+    * :meth:`take_handovers` and :meth:`handovers_taken` are the DS's entry
+      point (Python calls, never an HTTP route); :meth:`local_enqueue` is one
+      hand-over on its own (tests, benchmarks);
     * :meth:`federated_enqueue` checks a remote QS's message with keys from
       ``source_keys`` (none: every federated message is refused, 401);
     * :meth:`frame_outbound` frames an outbound item for the federation client;
@@ -243,24 +244,29 @@ class QsService:
         senders of the domains it was forwarded to. With ``message_id`` a
         repeated hand-over does nothing (``result.duplicate``)."""
         result = await trio.to_thread.run_sync(self.core.local_enqueue, message, self.clock.now_ms(), message_id)
-        self.notifier.notify(result.enqueued)
-        if self.outbound_sender is not None:
-            for domain in result.forwarded:
-                self.outbound_sender.wake(domain.value)
+        self.handovers_taken([result])
         return result
 
-    async def local_enqueue_many(self, handovers: list[tuple[FanOutMessage, bytes | None]]
-                                 ) -> tuple[list[LocalEnqueueResult], ProtocolError | None]:
-        """:meth:`QsCore.local_enqueue_many` — several hand-overs of the DS in
-        one worker-thread call and one store transaction — then the wake-ups
-        of :meth:`local_enqueue` for all of them."""
-        results, refused = await trio.to_thread.run_sync(self.core.local_enqueue_many, handovers,
-                                                         self.clock.now_ms())
+    # The DS's hand-over of the fan-outs of one request (or of its outbox
+    # after a restart), in two halves, so that the DS runs the first in the
+    # same worker-thread call as its own write: one hand-off per request
+    # (issue 17; :class:`~phoenix_ref.delivery.service.DsService`).
+
+    def take_handovers(self, handovers: list[tuple[FanOutMessage, bytes | None]]
+                       ) -> tuple[list[LocalEnqueueResult], ProtocolError | None]:
+        """:meth:`QsCore.local_enqueue_many` at this moment. Blocking (one
+        store transaction): call it in a worker thread, then give the results
+        to :meth:`handovers_taken` on the Trio thread."""
+        return self.core.local_enqueue_many(handovers, self.clock.now_ms())
+
+    def handovers_taken(self, results: list[LocalEnqueueResult]) -> None:
+        """The wake-ups after hand-overs were taken (:meth:`take_handovers`,
+        :meth:`local_enqueue`): the websockets of the queues that got a
+        message, the outbound senders of the domains one was forwarded to."""
         self.notifier.notify([c for r in results for c in r.enqueued])
         if self.outbound_sender is not None:
             for domain in {d for r in results for d in r.forwarded}:
                 self.outbound_sender.wake(domain.value)
-        return results, refused
 
     async def federated_enqueue(self, message: QsToQsMessage, received: bytes | None = None
                                 ) -> FederatedEnqueueResult:
