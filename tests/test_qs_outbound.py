@@ -14,7 +14,8 @@ from phoenix_ref.federation.client import (
     BadCertificate, MalformedAnswer, NotFederated, NotTls, RemoteRefused, Unreachable,
 )
 from phoenix_ref.federation.outbound import (
-    BackoffPolicy, BatchLimits, Delivered, MemoryOutboundStore, OutboundSender, Parked, Rejected, RetryLater,
+    BackoffPolicy, BatchLimits, Delivered, MemoryOutboundStore, OutboundItem, OutboundSender, Parked, Rejected,
+    RetryLater,
     SqliteOutboundStore, outcome_of_failure,
 )
 from phoenix_ref.federation.outbound_crypto import OutboundKeyError, OutboundKeys
@@ -284,21 +285,24 @@ class BatchRemote:
     ("one", [payload]) for ``send``, ("batch", [payloads]) for ``send_batch``.
     ``answer(payload)`` gives each message's outcome once it is up."""
 
-    def __init__(self, answer=lambda payload: Delivered()):
+    def __init__(self, answer=lambda payload: Delivered(), delay: float = 0.0):
         self.requests: list[tuple[str, list[bytes]]] = []
         self.up = trio.Event()
         self.answer = answer
+        self.delay = delay            # seconds each request takes once the receiver is up
 
     async def send(self, item):
         self.requests.append(("one", [item.payload]))
         if not self.up.is_set():
             raise Unreachable("down")
+        await trio.sleep(self.delay)
         return self.answer(item.payload)
 
     async def send_batch(self, items):
         self.requests.append(("batch", [i.payload for i in items]))
         if not self.up.is_set():
             raise Unreachable("down")
+        await trio.sleep(self.delay)
         return [self.answer(i.payload) for i in items]
 
 
@@ -354,6 +358,76 @@ def test_a_batch_is_bounded_by_bytes_but_always_holds_the_head(tmp_path, kind):
     assert [len(i.payload) for i in store.batch("b.example", 10, 10)] == [50]        # the head, whatever its size
     assert [len(i.payload) for i in store.batch("b.example", 3, 1000)] == [50, 30, 30]
     assert store.batch("c.example", 10, 1000) == []
+
+
+async def _stream(linger_s: float) -> tuple[list[tuple[str, list[bytes]]], list[bytes], float]:
+    """60 messages to a receiver that takes 30 ms per request, one every
+    10 ms: the requests, the delivered payloads, and how long the first
+    (lone) message took."""
+    store, remote = MemoryOutboundStore(), BatchRemote(delay=0.03)
+    remote.up.set()
+    delivered: list[bytes] = []
+    sender = _batch_sender(store, remote, BatchLimits(100, 1 << 20, linger_s=linger_s),
+                           on_delivered=lambda i, r: delivered.append(i.payload))
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        t0 = trio.current_time()
+        for k in range(60):
+            await sender.submit("b.example", bytes([k]) * 16, b"m%02d" % k, 0)
+            if k == 0:
+                await _wait_until(lambda: delivered, step=0.001)
+                first = trio.current_time() - t0
+            else:
+                await trio.sleep(0.01)
+        await _wait_until(lambda: len(delivered) == 60, step=0.001)
+        n.cancel_scope.cancel()
+    return remote.requests, delivered, first
+
+
+@pytest.mark.trio
+async def test_under_a_backlog_the_next_batch_lingers_to_fill(autojump_clock):
+    """With a linger of 100 ms, once an attempt carried more than one
+    message the next batch waits to fill: far fewer requests for the same
+    stream, the same order, and the first message (no backlog) still at once."""
+    eager, eager_delivered, eager_first = await _stream(0.0)
+    lingering, delivered, first = await _stream(0.1)
+    order = [b"m%02d" % k for k in range(60)]
+    assert eager_delivered == delivered == order
+    assert [p for _, ps in lingering for p in ps] == order                 # every message sent once, in order
+    assert first < 0.05 and eager_first < 0.05                             # 30 ms: the request alone
+    assert max(len(ps) for _, ps in lingering) >= 8 > max(len(ps) for _, ps in eager)
+    assert len(lingering) * 2 < len(eager)
+
+
+@pytest.mark.trio
+async def test_a_lone_message_after_a_backlog_does_not_linger(autojump_clock):
+    """The linger follows a batch of several only while more wait: once
+    the queue is empty, the next lone message goes at once."""
+    store, remote = MemoryOutboundStore(), BatchRemote()
+    delivered: list[bytes] = []
+    sender = _batch_sender(store, remote, BatchLimits(100, 1 << 20, linger_s=10.0),
+                           on_delivered=lambda i, r: delivered.append(i.payload))
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        for k in range(3):                                        # a backlog while the receiver is down
+            await sender.submit("b.example", bytes([k]) * 16, b"m%d" % k, 0)
+        await _wait_until(lambda: sender.pending_failures("b.example") >= 1)
+        remote.up.set()
+        await _wait_until(lambda: len(delivered) == 3)
+        t0 = trio.current_time()
+        await sender.submit("b.example", b"\x09" * 16, b"lone", 0)
+        await _wait_until(lambda: len(delivered) == 4, step=0.001)
+        assert trio.current_time() - t0 < 0.01
+        n.cancel_scope.cancel()
+    assert remote.requests[-2:] == [("batch", [b"m0", b"m1", b"m2"]), ("one", [b"lone"])]
+
+
+def test_a_full_batch_is_full_by_count_or_by_bytes():
+    limits = BatchLimits(3, 100, linger_s=1.0)
+    item = lambda size: OutboundItem("b.example", 0, b"\x00" * 16, b"x" * size, 0)   # noqa: E731
+    assert not limits.full([item(10), item(10)])
+    assert limits.full([item(10)] * 3)
+    assert limits.full([item(60), item(40)])
 
 
 @pytest.mark.trio

@@ -13,11 +13,13 @@ homeserver's Trio nursery, then delivers that queue:
 * **in batches when there is a backlog**: an attempt carries every message
   waiting when it starts, up to :class:`BatchLimits` (count and bytes) —
   one request for several messages when the caller gives a ``send_batch``
-  (the QS: docs/decisions.md, "QS-to-QS batches"). No timer waits for a
-  batch to fill: a lone message goes at once, and batches form only from
-  messages that queued while the previous attempt was under way or the
-  destination was unreachable. Each message of a batch gets its own
-  outcome, so one refusal does not sink the others;
+  (the QS: docs/decisions.md, "QS-to-QS batches"). A lone message goes at
+  once; batches form from messages that queued while the previous attempt
+  was under way or the destination was unreachable, and, while a backlog
+  lasts (the previous attempt carried more than one message), during a
+  short wait before the next read (``BatchLimits.linger_s``; decision
+  "Federation batches linger under a backlog"). Each message of a batch
+  gets its own outcome, so one refusal does not sink the others;
 * **independently**: every destination has its own task, so a destination
   that is down (a net-split, ``spec/federation/use_cases.md``) only delays its
   own messages;
@@ -528,9 +530,19 @@ SendBatchFn = Callable[[list[OutboundItem]], Awaitable["Outcome | list[Outcome]"
 @dataclass(frozen=True)
 class BatchLimits:
     """How much one attempt may carry: at most ``max_messages`` items and,
-    beyond the first, no more than ``max_bytes`` of payload."""
+    beyond the first, no more than ``max_bytes`` of payload.
+
+    ``linger_s``: after an attempt that carried more than one item — proof
+    of a backlog — the sender lets the next batch gather for this long
+    before it reads it, unless a full batch already waits. A lone message
+    after a quiet spell never waits (module docstring)."""
     max_messages: int = 1
     max_bytes: int = 1 << 20
+    linger_s: float = 0.0
+
+    def full(self, items: Sequence["OutboundItem"]) -> bool:
+        """Whether ``items`` is as large a batch as an attempt may carry."""
+        return len(items) >= self.max_messages or sum(len(i.payload) for i in items) >= self.max_bytes
 
 
 def outcome_of_failure(error: Exception) -> Outcome | None:
@@ -766,8 +778,9 @@ class OutboundSender:
         # A fresh event before every read of the queue: a wake() after the
         # read sets it, so no wake-up is lost. Only this task removes items
         # of ``destination``, so the items it has read stay at the head.
-        # A batch is what is waiting when the previous attempt ended: no
-        # timer waits for more, so a lone message goes at once.
+        # A batch is what is waiting when the previous attempt ended (after
+        # the linger of BatchLimits when that attempt showed a backlog); a
+        # lone message after a quiet spell goes at once.
         state.wakeup = trio.Event()
         items = await self._store(self.store.batch, destination, *self._bounds())
         while True:
@@ -803,6 +816,10 @@ class OutboundSender:
                 state.failures = 0
                 state.wakeup = trio.Event()
                 items = await self._settle(destination, settled)
+                if len(settled) > 1 and items and self.batch_limits.linger_s \
+                        and not self.batch_limits.full(items):
+                    await trio.sleep(self.batch_limits.linger_s)   # a backlog: let the next batch fill
+                    items = await self._store(self.store.batch, destination, *self._bounds())
                 continue
             if settled:
                 await self._settle(destination, settled)
