@@ -63,7 +63,7 @@ from .ids import Fqdn, InvalidId
 from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
                    read_body, require_tls)
 from .keystore import Keystore
-from .metrics import HomeserverMetrics, attempt_outcome, metrics_app
+from .metrics import HomeserverMetrics, attempt_kinds, metrics_app
 from .privacy_pass_gate import PrivacyPassGate
 from .queues import Queues
 from .queuing import routes as qs_routes
@@ -332,12 +332,15 @@ class Homeserver:
         self.ds.core.set_bucket(sizes)
         return len(sizes)
 
-    def _attempted(self, item: OutboundItem, outcome: Outcome, *, attempt: int, seconds: float,
+    def _attempted(self, items: list[OutboundItem], outcomes: list[Outcome], *, attempt: int, seconds: float,
                    retry_in: float | None) -> None:
-        """An outbound delivery attempt ended: one ``attempt`` record."""
-        kind, extra = attempt_outcome(outcome)
-        self.request_log.attempt(destination=item.destination, outcome=kind, attempt=attempt, ms=seconds * 1000,
-                                 retry_in=retry_in, **extra)
+        """An outbound delivery attempt ended: one ``attempt`` record per
+        kind of outcome it had (one, unless the receiver answered the
+        messages of a batch differently), with how many messages had it."""
+        for kind, count, extra in attempt_kinds(outcomes):
+            self.request_log.attempt(destination=items[0].destination, outcome=kind, attempt=attempt,
+                                     ms=seconds * 1000, messages=count,
+                                     retry_in=retry_in if kind == "retry" else None, **extra)
 
     async def watch_operator_changes(self) -> None:
         """Every ``operator_poll_interval_s``: :meth:`check_operator_changes`.

@@ -243,9 +243,12 @@ class RequestLog:
     100 characters); an ``out`` entry adds ``to`` (the destination domain)
     and either ``status`` or ``error`` (the failure's class name, e.g.
     ``Unreachable``). An ``attempt`` entry has ``to``, ``outcome``
-    (``delivered``, ``retry`` or ``dead_letter``), ``attempt`` (1 for the
-    first try of the queue's head), ``ms``, ``retry_in`` (seconds, for a
-    retry) and, for a dead letter, the refusal's ``status`` and ``code``.
+    (``delivered``, ``retry`` or ``dead_letter``), ``messages`` (how many
+    messages of the attempt had that outcome: one record per attempt
+    unless the receiver answered the messages of a batch differently),
+    ``attempt`` (1 for the first try of the queue's head), ``ms``,
+    ``retry_in`` (seconds, for a retry) and, for a dead letter, the
+    refusal's ``status`` and ``code``.
     Nothing else — no body, no token, no address, no client or user id
     (docs/decisions.md, "Request log").
 
@@ -296,10 +299,10 @@ class RequestLog:
         entry.update({"status": status} if error is None else {"error": error})
         self._write(entry)
 
-    def attempt(self, *, destination: str, outcome: str, attempt: int, ms: float,
+    def attempt(self, *, destination: str, outcome: str, attempt: int, ms: float, messages: int = 1,
                 retry_in: float | None = None, status: int | None = None, code: str | None = None) -> None:
-        entry: dict[str, Any] = {"dir": "attempt", "to": destination, "outcome": outcome, "attempt": attempt,
-                                 "ms": round(ms, 1)}
+        entry: dict[str, Any] = {"dir": "attempt", "to": destination, "outcome": outcome, "messages": messages,
+                                 "attempt": attempt, "ms": round(ms, 1)}
         if retry_in is not None:
             entry["retry_in"] = round(retry_in, 3)
         if status is not None:

@@ -21,7 +21,8 @@ What is counted, and from where:
   records;
 * delivery attempts of the outbound queues — ``phoenix_federation_deliveries_total``,
   ``phoenix_federation_retries_total`` and ``phoenix_federation_dead_letters_total``,
-  all ``{destination}``, from its ``attempt`` records;
+  all ``{destination}`` and all counting messages (an attempt record's
+  ``messages``), from its ``attempt`` records;
 * messages per QS-to-QS request — ``phoenix_federation_batch_messages_sent``
   (every attempt) and ``…_received`` (every request the QS processed):
   histograms, 1 for a lone QsToQsMessage, the entry count of a QsToQsBatch
@@ -131,7 +132,7 @@ class HomeserverMetrics:
         self.deliveries = Counter("phoenix_federation_deliveries",
                                   "Outbound queue messages the destination accepted", ["destination"], registry=r)
         self.retries = Counter("phoenix_federation_retries",
-                               "Outbound delivery attempts that failed for now and will be retried",
+                               "Outbound queue messages whose attempt failed for now and will be retried",
                                ["destination"], registry=r)
         self.dead_letters = Counter("phoenix_federation_dead_letters",
                                     "Outbound queue messages the destination refused for good",
@@ -188,7 +189,7 @@ class HomeserverMetrics:
         counter = {"delivered": self.deliveries, "retry": self.retries,
                    "dead_letter": self.dead_letters}.get(entry.get("outcome"))
         if counter is not None:
-            counter.labels(self.domain_label(entry.get("to"))).inc()
+            counter.labels(self.domain_label(entry.get("to"))).inc(entry.get("messages", 1))
 
     # --- direct observations ------------------------------------------------------------------
 
@@ -213,6 +214,18 @@ def attempt_outcome(outcome: Outcome) -> tuple[str, dict[str, Any]]:
         return "dead_letter", {"status": outcome.status, "code": outcome.code}
     assert isinstance(outcome, RetryLater)
     return "retry", {}
+
+
+def attempt_kinds(outcomes: list[Outcome]) -> list[tuple[str, int, dict[str, Any]]]:
+    """The outcomes of one attempt grouped as its ``attempt`` records:
+    (outcome, how many messages had it, its fields), in order of first
+    appearance — one entry unless the messages were answered differently."""
+    kinds: dict[tuple, int] = {}
+    for outcome in outcomes:
+        kind, extra = attempt_outcome(outcome)
+        key = (kind, *sorted(extra.items()))
+        kinds[key] = kinds.get(key, 0) + 1
+    return [(kind, count, dict(extra)) for (kind, *extra), count in kinds.items()]
 
 
 class _OutboundQueues:

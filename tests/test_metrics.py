@@ -193,8 +193,13 @@ async def test_batch_sizes_show_a_backlog_sent_as_one_request_and_a_lone_message
         for i in range(20):
             await a.hs.qs.local_enqueue(message([cfg], b"m%d" % i))
         await eventually(lambda: _true(a.hs.qs.outbound_sender.pending_failures(B) >= 2))
+        attempts: list[dict] = []
+        a.hs.request_log.listeners.append(lambda e: attempts.append(e) if e["dir"] == "attempt" else None)
         await d.set_up("hs2")
         assert await read_all(qs, bob, 20) == [b"m%d" % i for i in range(20)]
+        await eventually(lambda: _true(any(e["outcome"] == "delivered" for e in attempts)))
+        # the batch that went through is one attempt record, for its 20 messages
+        assert [(e["outcome"], e["messages"]) for e in attempts if e["outcome"] != "retry"] == [("delivered", 20)]
         sb = await scrape(b)
         assert sb.value("phoenix_federation_batch_messages_received_count") == 1
         assert sb.value("phoenix_federation_batch_messages_received_sum") == 20
@@ -204,6 +209,7 @@ async def test_batch_sizes_show_a_backlog_sent_as_one_request_and_a_lone_message
         sa = await scrape(a)
         assert sa.value("phoenix_federation_requests_total", destination=B, endpoint="federated_enqueue_batch",
                         result="200") == 1
+        assert sa.value("phoenix_federation_deliveries_total", destination=B) == 20    # messages, not records
         # the sender observed a request of 20 (the one that went through; those that failed while
         # b was down carried what had queued by then)
         assert sa.value("phoenix_federation_batch_messages_sent_bucket", le="20.0") \
@@ -314,6 +320,18 @@ async def test_metrics_are_off_by_default(tmp_path):
         assert (await http.get(d["hs1"].url("qs", "/metrics"))).status_code == 404
 
 
+def test_one_attempt_record_per_kind_of_answer():
+    from phoenix_ref.federation.outbound import Delivered, Rejected, RetryLater
+    from phoenix_ref.metrics import attempt_kinds
+    assert attempt_kinds([Delivered()] * 7) == [("delivered", 7, {})]
+    mixed = [Delivered(), Rejected(403, "no", "not_group_owner"), Delivered(), Rejected(404, "gone", "unknown"),
+             Rejected(403, "no", "not_group_owner"), RetryLater("429", 3), RetryLater("429", 3)]
+    assert attempt_kinds(mixed) == [("delivered", 2, {}),
+                                    ("dead_letter", 2, {"code": "not_group_owner", "status": 403}),
+                                    ("dead_letter", 1, {"code": "unknown", "status": 404}),
+                                    ("retry", 2, {})]
+
+
 def test_domain_labels_are_bounded():
     m = HomeserverMetrics({"as.a.example": "as"}, max_domains=2)
     for i in range(5):
@@ -369,12 +387,12 @@ def test_text_and_json_request_lines():
             served, attempt, failed = (json.loads(line) for line in lines)
             assert served["dir"] == "in" and served["status"] == 200 and served["ms"] == 1.2 and served["hs"] == A
             assert attempt == {"t": attempt["t"], "hs": A, "dir": "attempt", "to": B, "outcome": "retry",
-                               "attempt": 2, "ms": 3.0, "retry_in": 0.5}
+                               "messages": 1, "attempt": 2, "ms": 3.0, "retry_in": 0.5}
             assert failed["level"] == "ERROR" and failed["msg"] == "it failed" and "ValueError: boom" in failed["exc"]
         else:
             assert "phoenix_ref.requests INFO hs=a.example dir=in method=POST host=qs.a.example" in lines[0]
             assert 'agent="tester 1.0"' in lines[0]
-            assert "dir=attempt to=b.example outcome=retry attempt=2" in lines[1]
+            assert "dir=attempt to=b.example outcome=retry messages=1 attempt=2" in lines[1]
 
 
 def test_httpx_request_lines_are_not_logged_twice():

@@ -638,11 +638,12 @@ class OutboundSender:
     no attempt has begun on or one the sender finds expired itself; an
     expired message is never sent.
 
-    ``on_attempt(item, outcome, attempt=, seconds=, retry_in=)``: told about
-    every attempt once its outcome is known (``attempt`` counts the tries of
-    this head, from 1; ``retry_in`` is the delay before the next one, for a
-    :class:`RetryLater`) — the homeserver's request log and metrics; an
-    exception it raises is logged and changes nothing.
+    ``on_attempt(items, outcomes, attempt=, seconds=, retry_in=)``: told
+    about every attempt once its outcomes are known, once per attempt with
+    its items and their outcomes in order (``attempt`` counts the tries of
+    the head, from 1; ``retry_in`` is the delay before the next one when
+    an outcome is a :class:`RetryLater`) — the homeserver's request log and
+    metrics; an exception it raises is logged and changes nothing.
 
     **Refused messages** (:class:`Rejected`) move to the store's dead
     letters with the answer, and a WARNING names them.
@@ -808,9 +809,7 @@ class OutboundSender:
                 self.stats["retried"] += len(retry)
                 after = [o.retry_after for o in retry if o.retry_after is not None]
                 delay = self.policy.delay(state.failures, self.rng, max(after) if after else None)
-            for item, outcome in zip(items, outcomes):
-                self._tell(item, outcome, state.failures if retry else state.failures + 1, seconds,
-                           delay if isinstance(outcome, RetryLater) else None)
+            self._tell(items, outcomes, state.failures if retry else state.failures + 1, seconds, delay)
             settled = [(i, o) for i, o in zip(items, outcomes) if not isinstance(o, RetryLater)]
             if not retry:
                 state.failures = 0
@@ -829,14 +828,14 @@ class OutboundSender:
             state.wakeup = trio.Event()
             items = await self._store(self.store.batch, destination, *self._bounds())
 
-    def _tell(self, item: OutboundItem, outcome: Outcome, attempt: int, seconds: float,
+    def _tell(self, items: list[OutboundItem], outcomes: list[Outcome], attempt: int, seconds: float,
               retry_in: float | None) -> None:
         if self.on_attempt is None:
             return
         try:
-            self.on_attempt(item, outcome, attempt=attempt, seconds=seconds, retry_in=retry_in)
+            self.on_attempt(items, outcomes, attempt=attempt, seconds=seconds, retry_in=retry_in)
         except Exception:   # noqa: BLE001 - observing must not stop (or park) delivery
-            log.exception("outbound to %s: the attempt observer failed", item.destination)
+            log.exception("outbound to %s: the attempt observer failed", items[0].destination)
 
     async def _settle(self, destination: str, settled: list[tuple[OutboundItem, Delivered | Rejected]]
                       ) -> list[OutboundItem]:
