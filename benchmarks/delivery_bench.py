@@ -188,6 +188,24 @@ def process_cpu_s(pid: int) -> float:
     return (utime + stime) * TICK_S
 
 
+async def wait_answering(name: str, proc: subprocess.Popen, up: Callable[[], Any], deadline: float,
+                         tail: Callable[[], str]) -> None:
+    """Poll ``await up()`` every 0.1 s until it is true; BenchFailed when
+    ``proc`` exits or ``deadline`` (``time.monotonic``) passes first, with
+    the end of its log (``tail()``)."""
+    while True:
+        if proc.poll() is not None:
+            raise BenchFailed(f"{name} exited with status {proc.returncode}: {tail()}")
+        try:
+            if await up():
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"{name} did not answer in time: {tail()}")
+        await trio.sleep(0.1)
+
+
 @dataclass
 class Homeservers:
     """``a.example`` and ``b.example`` in ``root`` (``root/ca``: the test CA;
@@ -229,19 +247,10 @@ class Homeservers:
         """Until both answer ``.well-known/phoenix`` over TLS and ``/metrics``."""
         deadline = time.monotonic() + timeout_s
         for d in DOMAINS:
-            while True:
-                proc = self.procs[d]
-                if proc.poll() is not None:
-                    raise BenchFailed(f"{d} exited with status {proc.returncode}: {self.tail(d)}")
-                try:
-                    if (await http.get(f"https://{d}/.well-known/phoenix")).status_code == 200 and \
-                            (await metrics_http.get(self.metrics_url(d))).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise BenchFailed(f"{d} did not answer within {timeout_s:.0f} s: {self.tail(d)}")
-                await trio.sleep(0.1)
+            async def up(d=d) -> bool:
+                return (await http.get(f"https://{d}/.well-known/phoenix")).status_code == 200 and \
+                    (await metrics_http.get(self.metrics_url(d))).status_code == 200
+            await wait_answering(d, self.procs[d], up, deadline, lambda d=d: self.tail(d))
 
     def metrics_url(self, domain: str) -> str:
         return f"http://127.0.0.1:{self.metrics_ports[domain]}/metrics"

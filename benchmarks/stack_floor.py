@@ -59,19 +59,13 @@ from phoenix_ref.demo import free_ports, stop_processes  # noqa: E402
 from phoenix_ref.federation.client import client_ssl_context, https_transport  # noqa: E402
 from phoenix_ref.provision import generate_config  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from delivery_bench import BenchFailed, process_cpu_s, wait_answering  # noqa: E402
+
 DOMAIN = "a.example"
 SERVERS = ("raw", "quart", "phoenix")
 PROTOCOLS = ("h2", "http/1.1")
 WARMUP = 20
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of process ``pid`` in seconds (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 # --- the servers (run as ``stack_floor.py --serve KIND CONFIG PORT``) -----------------------------
@@ -171,17 +165,10 @@ class Servers:
         deadline = time.monotonic() + timeout_s
         for kind in SERVERS:
             async with self.client(kind, "http/1.1") as http:
-                while True:
-                    if self.procs[kind].poll() is not None:
-                        raise SystemExit(f"stack floor: {kind} server exited: {self.tail(kind)}")
-                    try:
-                        if (await http.get(f"https://{DOMAIN}/.well-known/phoenix")).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"stack floor: {kind} server did not answer: {self.tail(kind)}")
-                    await trio.sleep(0.1)
+                async def up() -> bool:
+                    return (await http.get(f"https://{DOMAIN}/.well-known/phoenix")).status_code == 200
+                await wait_answering(f"the {kind} server", self.procs[kind], up, deadline,
+                                     lambda kind=kind: self.tail(kind))
 
     async def measure(self, kind: str, protocol: str, n: int) -> Row:
         url = f"https://{DOMAIN}/.well-known/phoenix"
@@ -249,6 +236,9 @@ def main(argv: list[str]) -> int:
     servers = Servers(root)
     try:
         rows = trio.run(run, servers, args.requests)
+    except BenchFailed as e:
+        print(f"stack floor: FAILED: {e}")
+        return 1
     finally:
         servers.stop()
         shutil.rmtree(root, ignore_errors=True)
