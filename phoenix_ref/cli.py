@@ -207,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_config(cfg)
         from .homeserver import Homeserver
         from .http import RequestLog
+        from .signals import until_stop_signal
         logs.configure(args.log_format, domain=cfg.domain)
         request_log = RequestLog(args.request_log, cfg.domain, logger=logging.getLogger(logs.REQUEST_LOGGER))
         metrics = (f"; metrics at http://{cfg.operator.metrics_listen}/metrics"
@@ -214,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"serving {cfg.domain} on https://{cfg.listen_host}:{cfg.listen_port} "
               f"(hosts {', '.join(certificate_names(cfg.domain))}){metrics}", flush=True)
         try:
-            trio.run(functools.partial(serve, cfg, homeserver=Homeserver(cfg, request_log=request_log)))
+            trio.run(functools.partial(serve, cfg, homeserver=Homeserver(cfg, request_log=request_log),
+                                       shutdown_trigger=until_stop_signal))
         except BaseExceptionGroup as group:
             # Ctrl-C reaches the tasks of two servers: it may come out wrapped in their nurseries
             if group.split(KeyboardInterrupt)[1] is not None:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import trio
 
 from .clock import Clock
+from .signals import until_stop_signal
 from .errors import Forbidden, NotFound, ProtocolError, RateLimited
 from .ids import Fqdn, GroupId, InvalidId, UserId
 
@@ -202,7 +203,16 @@ async def _command(args: argparse.Namespace) -> int:
     async with _http(settings) as http:
         m = Messenger.open(args.state, http, clock=Clock())
         try:
-            return await HANDLERS[args.client_command](m, settings, args) or 0
+            if args.client_command != "listen":
+                return await HANDLERS[args.client_command](m, settings, args) or 0
+            # listen runs until Ctrl-C or SIGTERM, which cancel it (phoenix_ref.signals)
+            async with trio.open_nursery() as nursery:
+                async def stop_on_signal() -> None:
+                    await until_stop_signal()
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(stop_on_signal)
+                await _listen(m, settings, args)
+            return 0
         finally:
             m.close()
             _save_settings(args.state, settings)
