@@ -610,27 +610,16 @@ async def walk_many(mode: str, seeds: list[int]):
         return kinds
 
 
-WALK_SPECS = [
-    spec("spec/delivery_service.md#validation", "informative"),
-    spec("spec/delivery_service.md#message-distribution", "SHOULD"),
-    spec("spec/delivery_service.md#proposal-store", "MUST"),
-    spec("spec/delivery_service.md#adding-new-users-to-the-group", "MUST"),
-    spec("spec/delivery_service.md#remove-users", "MUST"),
-    spec("spec/delivery_service.md#user-self-remove", "MUST"),
-    spec("spec/delivery_service.md#updating-the-sending-clients-own-key-material", "MUST"),
-    spec("spec/delivery_service.md#send-application-message", "informative"),
-    spec("spec/delivery_service.md#delete-group", "MUST"),
-    spec("spec/federation/use_cases.md#message-distribution", "informative"),
-]
-
-
-def walk_test(fn):
-    for mark in WALK_SPECS:
-        fn = mark(fn)
-    return fn
-
-
-@walk_test
+@spec("spec/delivery_service.md#validation", "informative")
+@spec("spec/delivery_service.md#message-distribution", "SHOULD")
+@spec("spec/delivery_service.md#proposal-store", "MUST")
+@spec("spec/delivery_service.md#adding-new-users-to-the-group", "MUST")
+@spec("spec/delivery_service.md#remove-users", "MUST")
+@spec("spec/delivery_service.md#user-self-remove", "MUST")
+@spec("spec/delivery_service.md#updating-the-sending-clients-own-key-material", "MUST")
+@spec("spec/delivery_service.md#send-application-message", "informative")
+@spec("spec/delivery_service.md#delete-group", "MUST")
+@spec("spec/federation/use_cases.md#message-distribution", "informative")
 @pytest.mark.needs_control("phoenix_ref homeservers in this process (test_random_walk_over_tls walks a target)")
 async def test_random_walk_in_process():
     kinds = await walk_many("in_process", walk_seeds(CI_SEEDS))
@@ -639,7 +628,16 @@ async def test_random_walk_in_process():
                               "promote_pending", "refused_not_admin", "refused_pending"}
 
 
-@walk_test
+@spec("spec/delivery_service.md#validation", "informative")
+@spec("spec/delivery_service.md#message-distribution", "SHOULD")
+@spec("spec/delivery_service.md#proposal-store", "MUST")
+@spec("spec/delivery_service.md#adding-new-users-to-the-group", "MUST")
+@spec("spec/delivery_service.md#remove-users", "MUST")
+@spec("spec/delivery_service.md#user-self-remove", "MUST")
+@spec("spec/delivery_service.md#updating-the-sending-clients-own-key-material", "MUST")
+@spec("spec/delivery_service.md#send-application-message", "informative")
+@spec("spec/delivery_service.md#delete-group", "MUST")
+@spec("spec/federation/use_cases.md#message-distribution", "informative")
 async def test_random_walk_over_tls(request):
     """One seed over real TLS: phoenix_ref on sockets, or the target in target mode."""
     over = "target" if deployment_modes(request.config) == (TARGET,) else "sockets"
@@ -648,6 +646,15 @@ async def test_random_walk_over_tls(request):
 
 @pytest.mark.slow
 @pytest.mark.needs_control("phoenix_ref homeservers in this process (test_random_walk_over_tls walks a target)")
-@walk_test
+@spec("spec/delivery_service.md#validation", "informative")
+@spec("spec/delivery_service.md#message-distribution", "SHOULD")
+@spec("spec/delivery_service.md#proposal-store", "MUST")
+@spec("spec/delivery_service.md#adding-new-users-to-the-group", "MUST")
+@spec("spec/delivery_service.md#remove-users", "MUST")
+@spec("spec/delivery_service.md#user-self-remove", "MUST")
+@spec("spec/delivery_service.md#updating-the-sending-clients-own-key-material", "MUST")
+@spec("spec/delivery_service.md#send-application-message", "informative")
+@spec("spec/delivery_service.md#delete-group", "MUST")
+@spec("spec/federation/use_cases.md#message-distribution", "informative")
 async def test_random_walk_long_run():
     await walk_many("in_process", walk_seeds(LONG_SEEDS))
