@@ -30,9 +30,9 @@ from typing import Any, Callable
 import trio
 
 from .clock import Clock
-from .signals import until_stop_signal
 from .errors import Forbidden, NotFound, ProtocolError, RateLimited
 from .ids import Fqdn, GroupId, InvalidId, UserId
+from .signals import cancel_on_stop_signal
 
 __all__ = ["add_parser", "run", "CliError"]
 
@@ -203,16 +203,7 @@ async def _command(args: argparse.Namespace) -> int:
     async with _http(settings) as http:
         m = Messenger.open(args.state, http, clock=Clock())
         try:
-            if args.client_command != "listen":
-                return await HANDLERS[args.client_command](m, settings, args) or 0
-            # listen runs until Ctrl-C or SIGTERM, which cancel it (phoenix_ref.signals)
-            async with trio.open_nursery() as nursery:
-                async def stop_on_signal() -> None:
-                    await until_stop_signal()
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(stop_on_signal)
-                await _listen(m, settings, args)
-            return 0
+            return await HANDLERS[args.client_command](m, settings, args) or 0
         finally:
             m.close()
             _save_settings(args.state, settings)
@@ -470,7 +461,8 @@ def _group_any(m: Any, settings: dict, text: str) -> GroupId:
 
 async def _listen(m: Any, settings: dict, args: argparse.Namespace) -> None:
     """Catch up, then wait on the QS websocket; every notification is a cue
-    to fetch. A lost connection is opened again (progress on stderr)."""
+    to fetch. A lost connection is opened again (progress on stderr).
+    Ctrl-C or SIGTERM ends it (:mod:`phoenix_ref.signals`)."""
     from .client.qs_client import WebsocketRefused, WsprotoTransport
     from .endpoints import by_name
     host = f"qs.{m.domain}"
@@ -481,31 +473,33 @@ async def _listen(m: Any, settings: dict, args: argparse.Namespace) -> None:
     else:
         address = (host, 443)
     contacts, events = set(m.contacts), len(m.events)
-    delay = 1.0
-    while True:
-        await m.receive()
-        _print_new(m, settings, contacts, events)
-        contacts, events = set(m.contacts), len(m.events)
-        m.save()
-        ws = WsprotoTransport(host, by_name("qs", "websocket").path)
-        try:
-            await ws.connect(address, ssl_context=_ssl_context(settings.get("ca")))
-            notifications = await m.qs.open_websocket(m.me, ws)
-            _progress(f"listening on {host} (Ctrl-C to stop)")
-            delay = 1.0
-            while True:
-                await notifications.next_event()
-                await m.receive()
-                _print_new(m, settings, contacts, events)
-                contacts, events = set(m.contacts), len(m.events)
-                m.save()
-                _keep_read_marks(m, settings)
-        except (WebsocketRefused, OSError, trio.BrokenResourceError) as e:
-            _progress(f"connection to {host} lost ({e}); again in {delay:g} s")
-        finally:
-            await ws.aclose()
-        await trio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cancel_on_stop_signal, nursery.cancel_scope)
+        delay = 1.0
+        while True:
+            await m.receive()
+            _print_new(m, settings, contacts, events)
+            contacts, events = set(m.contacts), len(m.events)
+            m.save()
+            ws = WsprotoTransport(host, by_name("qs", "websocket").path)
+            try:
+                await ws.connect(address, ssl_context=_ssl_context(settings.get("ca")))
+                notifications = await m.qs.open_websocket(m.me, ws)
+                _progress(f"listening on {host} (Ctrl-C to stop)")
+                delay = 1.0
+                while True:
+                    await notifications.next_event()
+                    await m.receive()
+                    _print_new(m, settings, contacts, events)
+                    contacts, events = set(m.contacts), len(m.events)
+                    m.save()
+                    _keep_read_marks(m, settings)
+            except (WebsocketRefused, OSError, trio.BrokenResourceError) as e:
+                _progress(f"connection to {host} lost ({e}); again in {delay:g} s")
+            finally:
+                await ws.aclose()
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _keep_read_marks(m: Any, settings: dict) -> None:

@@ -25,3 +25,10 @@ async def until_stop_signal() -> None:
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for _ in signals:
             return
+
+
+async def cancel_on_stop_signal(scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` at the first SIGINT or SIGTERM (a task to start
+    beside the work ``scope`` covers)."""
+    await until_stop_signal()
+    scope.cancel()
