@@ -4,8 +4,8 @@ A homeserver is one domain ``D`` with three services reached at
 ``as.D``, ``ds.D`` and ``qs.D`` (``spec/federation/use_cases.md#homeserver-domain-and-discovery``)
 plus the delegation document ``https://D/.well-known/phoenix``
 (``federation/discovery.py``). :class:`Homeserver` serves all of them as
-one Quart-Trio app that routes by ``Host``; an unknown host gets
-``404 unknown_host``.
+one ASGI app (:mod:`phoenix_ref.asgi`) that routes by ``Host``; an unknown
+host gets ``404 unknown_host``.
 
 This module is the composition root: the one place that builds, from the
 config, the stores, the sans-IO cores, the async services around them
@@ -20,9 +20,11 @@ lifespan startup loads the keystore, opens one SQLite store per service in
 the data directory, builds the federation client and the services, and
 starts their background work (the QS's outbound sender, the DS's outbox
 hand-over, and the one sweeper that deletes expired state,
-:mod:`phoenix_ref.sweeper`) in ``app.nursery`` (Quart-Trio's lifespan
-nursery) under one cancel scope; shutdown cancels it and closes the stores. A route called before
-startup or after shutdown answers 502 ``<service>_not_running``.
+:mod:`phoenix_ref.sweeper`) in ``app.nursery`` (the nursery the app keeps
+open for its lifespan, :mod:`phoenix_ref.asgi`) under one cancel scope;
+shutdown cancels it and closes the stores. In-process tests run the
+lifespan with ``app.running()``. A route called before startup or after
+shutdown answers 502 ``<service>_not_running``.
 
 Plug-in points: endpoint rows in ``endpoints.py`` with handlers in
 ``<service>/routes.py``; Privacy Pass via :attr:`Homeserver.privacy_pass`
@@ -39,10 +41,9 @@ import ssl
 from typing import Any, Callable, TypeVar
 
 import trio
-from quart import Response
-from quart_trio import QuartTrio
 
 from . import admin, endpoints
+from .asgi import App, Request, Response
 from .authentication import routes as as_routes
 from .authentication.service import AsService
 from .authentication.store import AsStore
@@ -60,8 +61,7 @@ from .federation.outbound import (BackoffPolicy, BatchLimits, Delivered, Outboun
                                   expired_rejection, outcome_of_failure)
 from .federation.outbound_crypto import OutboundKeys
 from .ids import Fqdn, InvalidId
-from .http import (MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, install_error_handlers, make_view,
-                   read_body, require_tls)
+from .http import MEDIA_TYPE, Call, CallCheck, RequestLog, decode_body, make_view, require_tls
 from .keystore import Keystore
 from .metrics import HomeserverMetrics, attempt_kinds, metrics_app
 from .privacy_pass_gate import PrivacyPassGate
@@ -183,10 +183,9 @@ class Homeserver:
         """Host name → what it serves."""
         return {self.config.host(s): s for s in ("as", "ds", "qs")} | {self.domain: "well-known"}
 
-    def _build_app(self) -> QuartTrio:
-        app = QuartTrio(__name__, host_matching=True, static_folder=None)
-        app.config["MAX_CONTENT_LENGTH"] = self.config.limits.max_body_bytes
-        app.config["BODY_TIMEOUT"] = int(self.config.limits.request_timeout_s * 3)
+    def _build_app(self) -> App:
+        app = App(startup=self._startup, shutdown=self._shutdown,
+                  body_timeout_s=self.config.limits.request_timeout_s * 3)
         as_service = lambda: _started(self.as_service, "as")   # noqa: E731
         qs_service = lambda: _started(self.qs, "qs")           # noqa: E731
         handlers = {"as": as_routes.handlers(as_service),
@@ -198,33 +197,25 @@ class Homeserver:
             if rows != set(table):
                 raise RuntimeError(f"{service}: endpoint table {sorted(rows)} and handlers "
                                    f"{sorted(table)} disagree")
-        for ep in endpoints.ENDPOINTS:
-            view = make_view(ep, handlers[str(ep.service)][ep.name], now_ms=self.clock.now_ms,
-                             max_body=self.config.limits.max_body_bytes, check=self._check_call)
-            app.add_url_rule(ep.path, endpoint=f"{ep.service}.{ep.name}", view_func=view,
-                             methods=[ep.method], host=self.config.host(str(ep.service)),
-                             provide_automatic_options=False)
         ws_views = qs_routes.websocket_handlers(qs_service, self.config.limits)
         for ep in endpoints.ENDPOINTS:
+            host = self.config.host(str(ep.service))
+            app.route(host, ep.path, ep.method,
+                      make_view(ep, handlers[str(ep.service)][ep.name], now_ms=self.clock.now_ms,
+                                max_body=self.config.limits.max_body_bytes, check=self._check_call))
             if ep.websocket:   # the same path, opened as a websocket (RFC 6455)
-                app.add_websocket(ep.path, endpoint=f"{ep.service}.{ep.name}.websocket",
-                                  view_func=ws_views[ep.name], host=self.config.host(str(ep.service)))
-        app.add_url_rule(WELL_KNOWN_PATH, endpoint="well_known", view_func=self._well_known,
-                         methods=["GET"], host=self.domain, provide_automatic_options=False)
-        install_error_handlers(app, lambda host: host in self.hosts())
-        app.before_serving(self._startup)
-        app.after_serving(self._shutdown)
+                app.websocket(host, ep.path, ws_views[ep.name])
+        app.route(self.domain, WELL_KNOWN_PATH, "GET", self._well_known)
         return app
 
-    async def _well_known(self) -> Response:
+    async def _well_known(self, request: Request) -> Response:
         """``GET https://D/.well-known/phoenix`` (delegation, docs/decisions.md)."""
-        require_tls()
+        require_tls(request)
         if not self.config.well_known_enabled:
             raise NotFound("this homeserver publishes no delegation", code="unknown_endpoint")
         max_body = self.config.limits.max_body_bytes
-        decode_body(None, await read_body(max_body), max_body)   # takes no body
-        return Response(well_known_document(self.config.announced_urls()), status=200,
-                        content_type="application/json")
+        decode_body(None, await request.body(max_body), max_body)   # takes no body
+        return Response(well_known_document(self.config.announced_urls()), content_type="application/json")
 
     async def _check_call(self, endpoint: endpoints.Endpoint, call: Call) -> None:
         if endpoint.privacy_pass and self.privacy_pass is not None:

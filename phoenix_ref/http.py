@@ -5,8 +5,9 @@ One generic view serves every row of the endpoint table
 a size limit, decodes it strictly into the row's request struct, calls the
 service handler with a :class:`Call`, and encodes the response struct.
 Errors leave as an ``ErrorResponse {code, message}`` body with the status
-of the :class:`~phoenix_ref.errors.ProtocolError` — bad input never gives a
-5xx. Media type of every body: ``application/phoenix`` (docs/decisions.md).
+of the :class:`~phoenix_ref.errors.ProtocolError` (the application of
+:mod:`phoenix_ref.asgi` maps them) — bad input never gives a 5xx. Media
+type of every body: ``application/phoenix`` (docs/decisions.md).
 
 :class:`RequestLog` makes one record per request served, per federation
 request sent and per outbound delivery attempt, for a JSON-lines file
@@ -25,23 +26,18 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-from quart import Quart, Response, request
-from werkzeug.exceptions import HTTPException
-
+from .asgi import MEDIA_TYPE, Request, Response, error_response
 from .codec import DecodeError, decode, encode
-from .errors import ErrorResponse, Forbidden, Malformed, ProtocolError, TooLarge, Unauthorized
+from .errors import Forbidden, Malformed, ProtocolError, TooLarge, Unauthorized
 
 log = logging.getLogger(__name__)
 
-MEDIA_TYPE = "application/phoenix"
+__all__ = ["MEDIA_TYPE", "Call", "CallCheck", "Handler", "RequestLog", "decode_body", "error_response",
+           "make_view", "require_tls", "source_of"]
 
 
 class UnsupportedMediaType(ProtocolError):
     status, code = 415, "unsupported_media_type"
-
-
-class MethodNotAllowed(ProtocolError):
-    status, code = 405, "method_not_allowed"
 
 
 class TlsRequired(Forbidden):
@@ -88,16 +84,7 @@ Handler = Callable[[Call], Awaitable[Any]]
 CallCheck = Callable[[Any, Call], Awaitable[None]]
 
 
-def error_response(err: ProtocolError) -> Response:
-    """The HTTP answer for a refusal: status, ErrorResponse body, Retry-After."""
-    body = encode(ErrorResponse(err.code, err.message[:1000]))
-    resp = Response(body, status=err.status, content_type=MEDIA_TYPE)
-    if err.retry_after is not None:
-        resp.headers["Retry-After"] = str(int(err.retry_after))
-    return resp
-
-
-def require_tls() -> None:
+def require_tls(request: Request) -> None:
     """Refuse a request that did not arrive over TLS (ASGI scheme ``http``)."""
     if request.scheme != "https":
         raise TlsRequired("this endpoint is served over TLS (https) only")
@@ -126,25 +113,14 @@ def decode_body(cls: type | None, data: bytes, max_len: int) -> Any:
         raise Malformed(f"cannot decode {cls.__name__}: {type(e).__name__}: {e}") from None
 
 
-async def read_body(max_len: int) -> bytes:
-    """The request body, refused with 413 once it is larger than ``max_len``."""
-    declared = request.content_length
-    if declared is not None and declared > max_len:
-        raise TooLarge(f"declared body of {declared} bytes exceeds {max_len}")
-    data = await request.get_data(cache=False, as_text=False)
-    if len(data) > max_len:
-        raise TooLarge(f"body of {len(data)} bytes exceeds {max_len}")
-    return data
-
-
 class MissingAuthentication(Unauthorized):
     """An endpoint that needs a token or a signature got a request with none."""
     code = "authentication_required"
 
 
 def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
-              max_body: int, check: CallCheck | None = None) -> Callable[[], Awaitable[Response]]:
-    """The Quart view for one endpoint-table row (see module docstring).
+              max_body: int, check: CallCheck | None = None) -> Callable[[Request], Awaitable[Response]]:
+    """The view for one endpoint-table row (see module docstring).
 
     Authentication comes before parsing: a row with a Privacy Pass token has
     it checked (and spent) before the body is decoded, and a row whose
@@ -154,9 +130,9 @@ def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
     """
     needs_auth_in_body = endpoint.request is not None and endpoint.auth != "none"
 
-    async def view() -> Response:
-        require_tls()
-        data = await read_body(max_body)
+    async def view(request: Request) -> Response:
+        require_tls(request)
+        data = await request.body(max_body)
         source, now = source_of(request.remote_addr), now_ms()
         if check is not None:
             await check(endpoint, Call(None, request.headers, now, b"", source))
@@ -164,53 +140,15 @@ def make_view(endpoint: Any, handler: Handler, *, now_ms: Callable[[], int],
             raise MissingAuthentication(f"{endpoint.name} needs its authentication ({endpoint.auth}) "
                                         "in the request body")
         if endpoint.request is not None:
-            ctype = (request.mimetype or "").lower()
+            ctype = request.mimetype
             if ctype != MEDIA_TYPE:
                 raise UnsupportedMediaType(f"request bodies are {MEDIA_TYPE}, not {ctype or 'untyped'}")
         call = Call(decode_body(endpoint.request, data, max_body), request.headers, now, data, source)
         result = await handler(call)
-        return Response(encode(result) if endpoint.response is not None else b"",
-                        status=200, content_type=MEDIA_TYPE)
+        return Response(encode(result) if endpoint.response is not None else b"")
 
     view.__name__ = f"view_{endpoint.service}_{endpoint.name}"
     return view
-
-
-def install_error_handlers(app: Quart, known_hosts: Callable[[str], bool]) -> None:
-    """Map every refusal to an ErrorResponse; only real bugs become a 500."""
-
-    @app.errorhandler(ProtocolError)
-    async def _protocol(err: ProtocolError) -> Response:
-        return error_response(err)
-
-    @app.errorhandler(HTTPException)
-    async def _http(err: HTTPException) -> Response:
-        status = err.code or 400
-        if status == 404:
-            if not known_hosts(request.host):
-                return error_response(_error(404, "unknown_host",
-                                                     f"no Phoenix service at host {request.host!r}"))
-            return error_response(_error(404, "unknown_endpoint", f"no endpoint {request.path!r}"))
-        if status == 405:
-            return error_response(MethodNotAllowed(f"method {request.method} not allowed here"))
-        if status == 413:
-            return error_response(TooLarge("request body too large"))
-        if 400 <= status < 500:
-            return error_response(_error(status, "bad_request", err.description or err.name))
-        log.error("HTTP exception %s", err)
-        return error_response(_error(500, "internal_error", "internal error"))
-
-    @app.errorhandler(Exception)
-    async def _bug(err: Exception) -> Response:
-        log.exception("internal error while handling %s %s", request.method, request.path)
-        return error_response(_error(500, "internal_error", "internal error"))
-
-
-def _error(status: int, code: str, message: str) -> ProtocolError:
-    """A ProtocolError with an explicit status (statuses without a subclass)."""
-    err = ProtocolError(message, code=code)
-    err.status = status
-    return err
 
 
 # --- request log -------------------------------------------------------------------------

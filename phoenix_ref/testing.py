@@ -5,7 +5,7 @@
 ``<name>.example``) in one of two modes:
 
 * ``"in_process"``: every homeserver's app runs in this Trio run (lifespan
-  through ``app.test_app()``); HTTP goes through an httpx transport that
+  through ``app.running()``); HTTP goes through an httpx transport that
   routes by host name to the right app with scheme ``https``. Before
   delivering a request it runs a real TLS handshake in memory between the
   caller's ``ssl.SSLContext`` and the target's certificate, so certificate
@@ -407,7 +407,7 @@ class Deployment:
 
     async def _run_in_process(self, node: Node, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            async with node.hs.app.test_app():
+            async with node.hs.app.running():
                 task_status.started()
                 await node._stop.wait()
         finally:

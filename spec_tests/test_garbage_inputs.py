@@ -156,7 +156,7 @@ class ServedHomeserver:
 
     async def _serve(self) -> None:
         hs = Homeserver(self.config)
-        async with hs.app.test_app():
+        async with hs.app.running():
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hs.asgi), trust_env=False) as c:
                 self._client, self._stop = c, trio.Event()
                 self._token = trio.lowlevel.current_trio_token()

@@ -193,7 +193,7 @@ def test_host_header_normalisation(header, host):
 
 
 async def _get(hs: Homeserver, url: str) -> bytes:
-    async with hs.app.test_app():
+    async with hs.app.running():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hs.asgi)) as c:
             resp = await c.get(url)
             assert resp.status_code == 200
@@ -203,7 +203,7 @@ async def _get(hs: Homeserver, url: str) -> bytes:
 async def test_key_material_and_revocations_survive_a_restart(tmp_path):
     cfg = generate_config(tmp_path / "a", "a.example")
     first = Homeserver(Config.load(tmp_path / "a" / "config.toml"))
-    async with first.app.test_app():
+    async with first.app.running():
         revoked = await first.operator.revoke_intermediate()
         await first.operator.rotate_qs_signing_key()
         qs_before = [k.public for k in first.keystore.qs_signing_keys]
@@ -252,7 +252,7 @@ async def test_a_started_homeserver_applies_the_configured_garbage_collector_thr
     before = gc.get_threshold()
     gc.set_threshold(700, 10, 10)
     try:
-        async with hs.app.test_app():
+        async with hs.app.running():
             assert gc.get_threshold() == (1234, 11, 9)
     finally:
         gc.set_threshold(*before)

@@ -27,7 +27,7 @@ async def test_a_route_called_before_startup_is_a_502_not_a_crash(tmp_path, url,
 
 async def test_startup_builds_the_services_the_routes_use(tmp_path):
     hs = Homeserver(generate_config(tmp_path / "a", "a.example"))
-    async with hs.app.test_app():
+    async with hs.app.running():
         assert hs.qs is not None and hs.as_service is not None
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hs.asgi)) as c:
             resp = await c.get("https://qs.a.example/phoenix/v1/qs_verifying_key")
@@ -43,6 +43,6 @@ async def test_shutdown_closes_the_stores_only_after_the_background_work_ended(t
     config = generate_config(tmp_path / "a", "a.example")
     for _ in range(5):
         hs = Homeserver(config)
-        async with hs.app.test_app():
+        async with hs.app.running():
             pass
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

@@ -34,11 +34,11 @@ class Odd:
     x: Annotated[int, _Exploding()]
 
 
-async def test_error_response_carries_status_code_and_retry_after():
+def test_error_response_carries_status_code_and_retry_after():
     resp = error_response(RateLimited("slow down", retry_after=7))
     assert resp.status_code == 429 and resp.headers["Retry-After"] == "7"
     assert resp.content_type == MEDIA_TYPE
-    assert decode(ErrorResponse, await resp.get_data()) == ErrorResponse("rate_limited", "slow down")
+    assert decode(ErrorResponse, resp.body) == ErrorResponse("rate_limited", "slow down")
 
 
 def test_decode_body_is_strict_and_never_leaks_other_exceptions():
@@ -63,7 +63,7 @@ async def test_privacy_pass_plug_in_is_called_for_marked_rows_only(tmp_path):
             raise Unauthorized("a Privacy Pass token is required", code="privacy_pass_required")
 
     hs.privacy_pass = check
-    async with hs.app.test_app():
+    async with hs.app.running():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=hs.asgi)) as c:
             refused = await c.get("https://qs.a.example/phoenix/v1/queue_config_encryption_key")
             ok = await c.get("https://qs.a.example/phoenix/v1/queue_config_encryption_key",

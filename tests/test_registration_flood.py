@@ -31,7 +31,7 @@ async def _start(as_client: AsClient, fingerprint: bytes, now_ms: int):
 async def test_a_flooding_source_is_limited_and_others_still_register(tmp_path):
     limit = 5
     hs = Homeserver(generate_config(tmp_path / "a", "a.example", limits=Limits(registrations_per_source=limit)))
-    async with hs.app.test_app():
+    async with hs.app.running():
         async with _client_from(hs, "198.51.100.7") as flood_http, \
                 _client_from(hs, "2001:db8:1:2::7") as v6_http, \
                 _client_from(hs, "2001:db8:1:2::8") as v6_neighbour_http, \

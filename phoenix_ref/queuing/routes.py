@@ -32,8 +32,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import trio
-from quart import websocket as current_websocket
 
+from ..asgi import ClientGone, Websocket
 from ..codec import encode
 from ..config import Limits
 from ..errors import Forbidden, Malformed, ProtocolError
@@ -104,8 +104,7 @@ def handlers(service: Callable[[], QsService]) -> dict[str, Handler]:
 def websocket_handlers(service: Callable[[], QsService], limits: Limits) -> dict[str, Any]:
     """Websocket views for the rows with ``websocket`` set (framing: :mod:`.messages`)."""
 
-    async def websocket() -> None:
-        ws = current_websocket
+    async def websocket(ws: Websocket) -> None:
         await ws.accept()
         try:
             if ws.scheme != "wss":
@@ -143,9 +142,14 @@ def websocket_handlers(service: Callable[[], QsService], limits: Limits) -> dict
     return {"websocket": websocket}
 
 
-async def _refuse_further_messages(ws, scope: trio.CancelScope) -> None:
-    """After the WsRequest the client only listens; anything it sends closes the socket."""
-    await ws.receive()
+async def _refuse_further_messages(ws: Websocket, scope: trio.CancelScope) -> None:
+    """After the WsRequest the client only listens; anything it sends closes
+    the socket. The client's leaving ends the subscription too."""
+    try:
+        await ws.receive()
+    except ClientGone:
+        scope.cancel()
+        return
     await ws.close(WS_CLOSE_BASE + 400, "unexpected_message")
     scope.cancel()
 
