@@ -11,12 +11,14 @@ test knows what one dequeue answer holds.
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from phoenix_ref.client.groups import UnexpectedContent
 from phoenix_ref.client.messenger import AppPayload, Messenger, TextMessage
+from phoenix_ref.client_cli import _print_new
 from phoenix_ref.codec import decode, encode
 from phoenix_ref.delivery import messages as dsm
 from phoenix_ref.queuing.messages import ApplicationContent, CommitContent, MessageContent
@@ -171,3 +173,12 @@ async def test_held_messages_go_on_after_an_unreadable_one(monkeypatch):
         assert bob.text_bodies(gid) == [b"a", b"c"]
         assert failures(bob, gid) == ["DecodeError"]
         agree(alice, bob, group_id=gid)
+
+
+def test_the_command_line_client_prints_events_with_and_without_a_reason(capsys):
+    m = SimpleNamespace(events=[("resynced", "G1"), ("message_failed", None, "DecodeError: bad tag")],
+                        texts={}, contacts={})
+    assert _print_new(m, {"names": {"chat": "G1"}}, set(), 0) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        "* missed a change and rejoined group chat",
+        "* a message could not be read in group (group unknown): DecodeError: bad tag"]
