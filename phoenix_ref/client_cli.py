@@ -297,8 +297,9 @@ def _print_new(m: Any, settings: dict[str, Any], contacts_before: set, events_fr
     removals and new contacts; the number of lines."""
     marks = settings.setdefault("read", {})
     n = 0
-    for event, gid in m.events[events_from:]:
-        _out(f"* {_EVENTS.get(event, event)} {_label(settings, gid)}")
+    for event, gid, *reason in m.events[events_from:]:
+        where = _label(settings, gid) if gid is not None else "(group unknown)"
+        _out(f"* {_EVENTS.get(event, event)} {where}" + "".join(f": {r}" for r in reason))
         n += 1
     for gid, texts in m.texts.items():
         done = marks.get(str(gid), 0)
@@ -313,7 +314,11 @@ def _print_new(m: Any, settings: dict[str, Any], contacts_before: set, events_fr
 
 
 _EVENTS = {"joined": "joined group", "removed": "removed from group",
-           "declined": "declined an invitation (not from a client of a contact's connection group) to group"}
+           "declined": "declined an invitation (not from a client of a contact's connection group) to group",
+           "commit_refused": "a commit of ours lost to another one in group",
+           "message_failed": "a message could not be read in group",
+           "resynced": "missed a change and rejoined group",
+           "resync_failed": "missed a change and could not yet rejoin group"}
 
 
 # --- the commands ------------------------------------------------------------------------------------------

@@ -29,11 +29,11 @@ from ..delivery.core import EAR_KEY_LABEL
 from ..ids import GroupId
 from ..mls.extensions import ExternalSender, ExternalSenders, RolesExtension, get_extension, set_extension, \
     to_extension
-from ..mls.group import ApplicationMessage, CommitMessage, CommitResult, Group
+from ..mls.group import CommitMessage, CommitResult, Group
 from ..mls.welcome import decrypt_group_info, decrypt_group_secrets
 from ..mls.keypackage import KeyPackageBundle
 from ..mls.messages import (
-    Credential, GroupContextExtensions, MLSMessage, Remove, SenderType, make_key_package_ref,
+    ContentType, Credential, GroupContextExtensions, MLSMessage, Remove, SenderType, WireFormat, make_key_package_ref,
 )
 from ..mls.tree import RatchetTree
 from ..paths import endpoint_path
@@ -46,7 +46,13 @@ from .phoenix_credentials import (
     new_symmetric_key, open_credential_information, seal_attribution, seal_credential_information, verify_leaf,
 )
 
-__all__ = ["GroupMember", "Received", "PendingRequest"]
+__all__ = ["GroupMember", "Received", "PendingRequest", "UnexpectedContent"]
+
+
+class UnexpectedContent(Exception):
+    """A dequeued message whose Phoenix envelope does not match the MLS
+    message inside (an ApplicationContent carrying a proposal or a commit).
+    Refused before MLS sees it, so the group's state is unchanged."""
 
 
 @dataclass(frozen=True)
@@ -222,8 +228,9 @@ class GroupMember:
         if isinstance(content, (CommitContent, ProposalContent)):
             return self._process_mls(content.message, trust)
         if isinstance(content, ApplicationContent):
+            if not _is_application_data(content.message):    # checked first: a commit must not slip in here
+                raise UnexpectedContent("an ApplicationContent that does not carry application data")
             out = self.group.process(content.message)
-            assert isinstance(out, ApplicationMessage)
             self.received.append(Received(out.sender, self.group.epoch, out.data))
             return out
         if isinstance(content, (ClientInactivityRemoval, QueueDeletionRemoval)):
@@ -256,6 +263,14 @@ class GroupMember:
             if info is not None:
                 self._learn(out.sender.leaf_index, bytes(info), trust)
         return out
+
+    def is_behind(self, content: Any) -> bool:
+        """Whether ``content`` belongs to a later epoch than ours: a commit
+        that moved the group on never reached us (the DS takes application
+        messages and commits only for the group's current epoch, A16), so
+        only a resync brings this member back."""
+        return any(epoch > self.group.epoch for epoch in map(_epoch_of, _mls_messages(content))
+                   if epoch is not None)
 
     def credential_domains(self, content: Any) -> set:
         """The domains of the clients whose credential information a commit
@@ -372,6 +387,29 @@ class GroupMember:
             me._learn(entry.leaf_index, bytes(entry.encrypted_credential_information), trust)
         return me
 
+
+
+def _mls_messages(content: Any) -> list[MLSMessage]:
+    """The MLS messages a group's MessageContent carries."""
+    if isinstance(content, (ClientInactivityRemoval, QueueDeletionRemoval)):
+        return list(content.proposals)
+    if isinstance(content, (CommitContent, ProposalContent, ApplicationContent)):
+        return [content.message]
+    return []
+
+
+def _epoch_of(message: MLSMessage) -> int | None:
+    """The epoch a PublicMessage or PrivateMessage names in the clear."""
+    if message.wire_format == WireFormat.mls_public_message:
+        return message.public_message.content.epoch
+    if message.wire_format == WireFormat.mls_private_message:
+        return message.private_message.epoch
+    return None
+
+
+def _is_application_data(message: MLSMessage) -> bool:
+    return (message.wire_format == WireFormat.mls_private_message
+            and message.private_message.content_type == ContentType.application)
 
 
 _REQUESTS = {"ds_create_group": m.CreateGroupRequest, "ds_resync_client": m.ResyncClientRequest, "ds_update_queue_info": m.UpdateQueueInfoRequest,

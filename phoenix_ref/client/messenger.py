@@ -21,6 +21,10 @@ from any other client is declined (:meth:`Messenger._join`).
 :meth:`Messenger.remove_contact` ends a connection and rotates the
 friendship token.
 
+:meth:`Messenger.receive` handles every dequeued message on its own: one
+that cannot be processed becomes a ``message_failed`` event, and a message
+of a later epoch (a commit never reached us) makes it resync the group.
+
 A request the DS refuses raises its :class:`~phoenix_ref.errors.ProtocolError`
 after the pending commit is dropped (``409 wrong_epoch``: receive, then try
 again; :meth:`Messenger.commit_with_retry` does that).
@@ -49,11 +53,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import httpx
+
 from .. import endpoints
-from ..codec import U8, VarBytes, decode, encode, struct, variant
+from ..codec import U8, DecodeError, VarBytes, decode, encode, struct, variant
 from ..credentials import AsCredentialsResponse, ClientCredential, TrustStore, UnknownSigner
+from ..crypto import CryptoError
 from ..errors import ProtocolError
 from ..ids import ClientId, Fqdn, GroupId, UserId
+from ..mls import MlsError
+from ..mls.framing import WrongEpoch
 from ..mls.extensions import ClientQueueConfig as ExtClientQueueConfig
 from ..mls.extensions import LastResortExtension, get_extension
 from ..mls.keypackage import KeyPackageBundle
@@ -63,7 +72,7 @@ from ..queuing import messages as qm
 from ..queuing.fanout import group_id_of
 from .calls import call_endpoint
 from .profile import open_profile, seal_profile
-from .groups import GroupMember, PendingRequest
+from .groups import GroupMember, PendingRequest, UnexpectedContent
 from .phoenix_credentials import (
     CredentialError, CredentialInformation, LeafIdentity, make_add_package, new_leaf_identity, new_symmetric_key, open_add_package, open_attribution,
 )
@@ -77,6 +86,23 @@ __all__ = ["Messenger", "ContactCard"]
 #: At most this many domains a Welcome's members may bring that we must
 #: first fetch AS credentials for.
 MAX_NEW_DOMAINS = 8
+
+#: Errors that mean "this dequeued message cannot be processed": its bytes,
+#: its MLS content or its keys are bad or from an epoch we cannot read, or a
+#: server we asked while handling it refused or could not be reached. They
+#: come from input or from the network, so :meth:`Messenger.receive` reports
+#: them and goes on with the next message. Anything else (TypeError,
+#: KeyError, AssertionError, a plain ValueError, ...) would be a bug of ours
+#: and propagates: swallowing it would hide it behind a stream of events.
+UNPROCESSABLE: tuple[type[Exception], ...] = (
+    MlsError,              # MLS refused it: wrong epoch, signature, decryption, an invalid commit
+    DecodeError,           # the MessageContent, the app payload or a commit's AAD does not parse
+    CryptoError,           # a key sealed in it does not open (a WelcomeBundle's EAR key)
+    CredentialError,       # credential information or an attribution that does not open or match
+    UnexpectedContent,     # a Phoenix envelope that does not fit the MLS message inside
+    ProtocolError,         # a server refused a request made for it (also credential checks, 5xx)
+    httpx.TransportError,  # a server could not be reached for it
+)
 
 
 @struct
@@ -134,8 +160,11 @@ class Messenger:
     #: published KeyPackages by ref: their private keys and leaf identity
     key_packages: dict[bytes, tuple[KeyPackageBundle, LeafIdentity]] = field(default_factory=dict)
     trust: TrustStore | None = None
-    #: groups joined or left, as events for the caller
-    events: list[tuple[str, GroupId]] = field(default_factory=list)
+    #: what happened to groups and dequeued messages, for the caller:
+    #: ``(kind, group)`` with kind ``joined``, ``removed``, ``declined``,
+    #: ``commit_refused``, ``resynced``; ``("message_failed", group or None,
+    #: reason)`` and ``("resync_failed", group, reason)`` (:meth:`receive`)
+    events: list[tuple] = field(default_factory=list)
     #: texts received per group, in order
     texts: dict[GroupId, list[Text]] = field(default_factory=dict)
     #: connection groups we created, by the user we asked (connection establishment)
@@ -349,35 +378,39 @@ class Messenger:
     async def settle(self, group_id: GroupId | None = None) -> None:
         """Learn what became of commits whose answer was lost (module
         docstring): send each again, then process what was held back for
-        its group. A refusal (the commit lost to another one) is raised after
-        the commit is dropped; if the DS still cannot be reached the error is
-        raised and the commit stays unsure."""
+        its group (as :meth:`receive` processes messages). A refusal (the
+        commit lost to another one) is raised after the commit is dropped;
+        if the DS still cannot be reached the error is raised and the commit
+        stays unsure."""
         for gid in [group_id] if group_id is not None else list(self.groups):
-            member = self.groups.get(gid)
-            if member is None or member.unsure is None:
-                continue
-            request = member.resigned(member.unsure)
-            refusal = None
-            try:
-                await self.ds(gid.ds_domain, request.name, request.body)
-            except ProtocolError as e:
-                if not _answered(e):
-                    raise
-                if not (request.name == "ds_delete_group" and e.code == "unknown_group"):
-                    refusal = e                   # (a deleted group is gone either way)
-            member.unsure = None
-            if refusal is None:
-                member.accepted(request)
-            else:
-                member.refused(request)
-            if member.gone:
-                del self.groups[gid]
-            else:
-                held, member.held = member.held, []
-                for content in held:
-                    await self._handle(content)
-            if refusal is not None:
-                raise refusal
+            await self._settle(gid, set())
+
+    async def _settle(self, gid: GroupId, resynced: set[GroupId]) -> None:
+        """:meth:`settle` for one group; ``resynced`` as in :meth:`_process_all`."""
+        member = self.groups.get(gid)
+        if member is None or member.unsure is None:
+            return
+        request = member.resigned(member.unsure)
+        refusal = None
+        try:
+            await self.ds(gid.ds_domain, request.name, request.body)
+        except ProtocolError as e:
+            if not _answered(e):
+                raise
+            if not (request.name == "ds_delete_group" and e.code == "unknown_group"):
+                refusal = e                   # (a deleted group is gone either way)
+        member.unsure = None
+        if refusal is None:
+            member.accepted(request)
+        else:
+            member.refused(request)
+        if member.gone:
+            del self.groups[gid]
+        else:
+            held, member.held = member.held, []
+            await self._process_all(held, resynced)
+        if refusal is not None:
+            raise refusal
 
     async def _ready(self, group_id: GroupId) -> GroupMember:
         """The group's member view, once no commit of ours is unsure."""
@@ -490,22 +523,83 @@ class Messenger:
 
     @_saves
     async def receive(self) -> int:
-        """Dequeue everything new and process it in order; the number of
-        messages. Unsure commits are settled first where their DS answers;
-        one that was refused is reported as a ``("commit_refused", group)`` event."""
+        """F10: dequeue everything new and process it in order; returns the
+        number of messages dequeued, processed or not.
+
+        Unsure commits are settled first where their DS answers; one that was
+        refused is reported as a ``("commit_refused", group)`` event.
+
+        Dequeuing moves our queue ratchet past the whole answer, so every
+        message in it is gone from the queue whatever becomes of it here. A
+        message that cannot be processed (:data:`UNPROCESSABLE`) is reported
+        as ``("message_failed", group or None, "ErrorClass: reason")`` and
+        the next one is processed; what the others did is kept and saved.
+
+        A message of a later epoch than the member's shows that a commit
+        never reached us. The group is then resynced (F16, ``#resync``) right
+        after that message, at most once per group per call, and reported as
+        ``("resynced", group)``, or ``("resync_failed", group, reason)`` if
+        the DS refused or could not be reached (the group's next message of a
+        later epoch tries again). Messages of the epochs we skipped cannot be
+        read any more (their keys were never ours): each is a failed message.
+
+        A message that failed because a server could not be reached (the AS
+        credentials of a new member's domain, the DS's welcome information)
+        is not retried, since it is no longer in the queue: a group whose
+        commit failed so is behind, and the group's next message resyncs it;
+        a lost Welcome leaves the client out of that group until it is
+        invited again. Any other error (a bug) propagates and the rest of
+        the answer is lost; the state written is what was processed before
+        (docs/decisions.md, "One unreadable message does not cost the rest
+        of a dequeue", "Resync on a message of a later epoch")."""
+        resynced: set[GroupId] = set()
         for gid in [g for g, member in self.groups.items() if member.unsure is not None]:
             try:
-                await self.settle(gid)
+                await self._settle(gid, resynced)
             except ProtocolError as e:
                 if not _answered(e):
                     continue
                 self.events.append(("commit_refused", gid))
-            except Exception:
+            except httpx.TransportError:
                 continue                          # still unreachable: its messages wait
         plaintexts = await self.qs.receive(self.me)
-        for plaintext in plaintexts:
-            await self._handle(decode(qm.MessageContent, plaintext))
+        await self._process_all(plaintexts, resynced)
         return len(plaintexts)
+
+    async def _process_all(self, messages: list[Any], resynced: set[GroupId]) -> None:
+        """Process dequeued messages (encoded or decoded MessageContents) in
+        order, each on its own (:meth:`receive`); ``resynced`` holds the
+        groups resynced during this call, which are not resynced again."""
+        for message in messages:
+            await self._process_one(message, resynced)
+
+    async def _process_one(self, message: Any, resynced: set[GroupId]) -> None:
+        """Handle one message; if it cannot be processed, report it, and
+        resync its group if it shows we missed a commit."""
+        content, group_id = message, None
+        try:
+            if isinstance(message, (bytes, bytearray)):
+                content = decode(qm.MessageContent, bytes(message))
+            group_id = _group_of(content)
+            await self._handle(content)
+        except UNPROCESSABLE as e:
+            self.events.append(("message_failed", group_id, f"{type(e).__name__}: {e}"))
+            if isinstance(e, WrongEpoch) and group_id not in resynced and self._is_behind(group_id, content):
+                resynced.add(group_id)
+                await self._recover(group_id)
+
+    def _is_behind(self, group_id: GroupId, content: Any) -> bool:
+        member = self.groups.get(group_id)
+        return member is not None and not member.gone and member.is_behind(content)
+
+    async def _recover(self, group_id: GroupId) -> None:
+        """Resync a group that moved on without us; the outcome is an event."""
+        try:
+            await self.resync(group_id)
+        except UNPROCESSABLE as e:
+            self.events.append(("resync_failed", group_id, f"{type(e).__name__}: {e}"))
+        else:
+            self.events.append(("resynced", group_id))
 
     async def _handle(self, content: Any) -> None:
         if isinstance(content, qm.WelcomeBundle):
