@@ -34,7 +34,7 @@ And first, the **floor**: ``--floor-requests`` (1000) ``GET /.well-known/phoenix
 requests to each homeserver, one at a time over one kept-alive HTTP/2
 connection. That endpoint answers a small constant document and touches no
 store and no key, so it is the cheapest request through the same stack as
-every other one: TLS 1.3, anycorn's HTTP/2, the Quart-Trio app with its
+every other one: TLS 1.3, anycorn's HTTP/2, the homeserver's ASGI app with its
 Host routing, the request log and the metrics. Its CPU per request (mean of
 the two homeservers) is the unit every other CPU figure is also given in
 ("×floor").

@@ -1,21 +1,24 @@
-"""What one empty HTTPS round trip costs, layer by layer, in one run.
+"""What one empty HTTPS round trip costs, server stack and homeserver apart, in one run.
 
 The delivery bench (``delivery_bench.py``) gives its CPU figures also as
 multiples of a *floor*: one ``GET /.well-known/phoenix`` through a running
-homeserver. This script splits that floor into the layers it crosses, so a
-reader can tell what a homeserver can still win and what the pinned stack
-(GUIDE §6) costs whatever the homeserver does. Three servers, each its own
-process, each serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
+homeserver. This script splits that floor in two, so a reader can tell
+what a homeserver can still win and what the pinned stack (GUIDE §6) costs
+whatever the homeserver does. Two servers, each its own process, each
+serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
 (``cli.server_config``: the same certificate, timeouts and ALPN):
 
 * ``raw``     anycorn (on Trio) with a bare ASGI app of a dozen lines that
   answers every request with a counter: TLS, HTTP and the server loop,
   nothing else;
-* ``quart``   anycorn with a Quart-Trio app of one route answering the same:
-  adds Quart's request and app contexts, routing and response objects;
 * ``phoenix`` ``phoenix-ref serve``, ``GET /.well-known/phoenix``: adds the
-  homeserver's Host routing, request log (one JSON line per request, as
-  ``serve`` logs by default), metrics and its view.
+  homeserver's application (:mod:`phoenix_ref.asgi`: Host normalising and
+  routing, request and response objects), request log (one JSON line per
+  request, as ``serve`` logs by default), metrics and its view.
+
+(Until the homeserver left Quart-Trio, a third row served a one-route
+Quart-Trio app; docs/decisions.md, "HTTP layer on plain ASGI", keeps what it
+measured.)
 
 Each is asked ``--requests`` (1000) times, one request at a time on one
 kept-alive connection, once over HTTP/2 and once over HTTP/1.1, from this
@@ -23,8 +26,8 @@ process through the project's client transport (httpx, ``HttpsTransport``).
 Per request it prints the server's CPU (utime + stime of its process, from
 ``/proc``) and the client's (this process, ``time.process_time``), and the
 server figure as a multiple of the ``raw`` server over HTTP/1.1 — the least
-any request through this stack costs on this machine. The raw and Quart
-apps count the requests they answer, so a figure is never divided by
+any request through this stack costs on this machine. The raw app counts
+the requests it answers, so a figure is never divided by
 requests that did not arrive.
 
 Figures depend on the machine and what else runs on it; the ratios between
@@ -63,12 +66,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from delivery_bench import BenchFailed, process_cpu_s, wait_answering  # noqa: E402
 
 DOMAIN = "a.example"
-SERVERS = ("raw", "quart", "phoenix")
+SERVERS = ("raw", "phoenix")
 PROTOCOLS = ("h2", "http/1.1")
 WARMUP = 20
 
 
-# --- the servers (run as ``stack_floor.py --serve KIND CONFIG PORT``) -----------------------------
+# --- the raw server (run as ``stack_floor.py --serve-raw CONFIG PORT``) ---------------------------
 
 def raw_app():
     """A bare ASGI app: every request gets the number of requests so far."""
@@ -90,28 +93,15 @@ def raw_app():
     return app
 
 
-def quart_app():
-    """A Quart-Trio app of one route (any path) answering the same counter."""
-    from quart_trio import QuartTrio
-    app = QuartTrio("stack_floor")
-    served = {"n": 0}
-
-    @app.route("/", defaults={"path": ""})
-    @app.route("/<path:path>")
-    async def count(path: str):
-        served["n"] += 1
-        return str(served["n"]), 200, {"content-type": "text/plain"}
-    return app
-
-
-def serve(kind: str, config_path: Path, port: int) -> None:
+def serve_raw(config_path: Path, port: int) -> None:
+    """Serve :func:`raw_app` as ``phoenix-ref serve`` would serve a homeserver."""
     import anyio
     import anycorn
 
     from phoenix_ref.cli import server_config
     sc = server_config(Config.load(config_path), bind=[f"127.0.0.1:{port}"])
     sc.accesslog = None
-    app = raw_app() if kind == "raw" else quart_app()
+    app = raw_app()
     anyio.run(anycorn.serve, app, sc, backend="trio")
 
 
@@ -128,7 +118,7 @@ class Row:
 
 
 class Servers:
-    """The three server processes in ``root``."""
+    """The server processes in ``root``."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -146,7 +136,7 @@ class Servers:
             if kind == "phoenix":
                 argv = [sys.executable, "-m", "phoenix_ref.cli", "serve", "--config", config]
             else:
-                argv = [sys.executable, __file__, "--serve", kind, config, str(self.ports[kind])]
+                argv = [sys.executable, __file__, "--serve-raw", config, str(self.ports[kind])]
             with open(self.root / f"{kind}.log", "ab") as out:
                 self.procs[kind] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -221,8 +211,8 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--serve"]:
-        serve(argv[1], Path(argv[2]), int(argv[3]))
+    if argv[:1] == ["--serve-raw"]:
+        serve_raw(Path(argv[1]), int(argv[2]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests per server and protocol (default 1000)")

@@ -16,8 +16,8 @@ import re
 from phoenix_ref.shared import REPO_ROOT
 
 DEPENDENCIES = {"anycorn", "anyio", "cryptography", "h11", "h2", "httpcore", "httpx", "hypercorn",
-                "hypothesis", "opaque_ke_py", "pyhpke", "pytest", "quart", "quart_trio", "rbcl", "trio",
-                "trustme", "werkzeug", "wsproto", "_pytest"}
+                "hypothesis", "opaque_ke_py", "pyhpke", "pytest", "rbcl", "trio", "trustme", "wsproto",
+                "_pytest"}
 #: servers whose public API is their top-level package only (``anycorn.serve``,
 #: ``anycorn.Config``); their submodules hold internals (``worker_serve``, ``Sockets``)
 TOP_LEVEL_ONLY = {"anycorn", "hypercorn"}
