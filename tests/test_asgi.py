@@ -56,6 +56,25 @@ def code(resp: httpx.Response) -> str:
     return decode(ErrorResponse, resp.content).code
 
 
+async def drive(app, scope: dict, incoming: list[dict]) -> list[dict]:
+    """Run ``app`` on ``scope`` with ``incoming`` as the client's messages,
+    after which the client sends nothing more; the messages the app sent
+    (within 5 s)."""
+    pending, sent = iter(incoming), []
+
+    async def receive():
+        for message in pending:
+            return message
+        await trio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    with trio.fail_after(5):
+        await app(scope, receive, send)
+    return sent
+
+
 async def test_routes_by_host_path_and_method():
     app = make_app()
     ok = await request(app, "POST", "/echo", body=b"abc")
@@ -97,36 +116,16 @@ async def test_body_over_the_limit_is_413_declared_or_streamed():
 
 
 async def test_a_body_that_does_not_arrive_in_time_is_408():
-    app = make_app(body_timeout_s=0.05)
-    sent = []
-
-    async def receive():
-        await trio.sleep_forever()                    # the client never sends its body
-
-    async def send(message):
-        sent.append(message)
-
     scope = {"type": "http", "method": "POST", "scheme": "https", "path": "/echo",
              "headers": [(b"host", HOST.encode())], "client": ("127.0.0.1", 1)}
-    with trio.fail_after(5):
-        await app(scope, receive, send)
+    sent = await drive(make_app(body_timeout_s=0.05), scope, [])     # the body never comes
     assert sent[0]["status"] == 408 and decode(ErrorResponse, sent[1]["body"]).code == "request_timeout"
 
 
 async def test_a_client_that_leaves_during_the_body_gets_no_answer():
-    app = make_app()
-    sent = []
-
-    async def receive():
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
     scope = {"type": "http", "method": "POST", "scheme": "https", "path": "/echo",
              "headers": [(b"host", HOST.encode())]}
-    await app(scope, receive, send)
-    assert sent == []
+    assert await drive(make_app(), scope, [{"type": "http.disconnect"}]) == []
 
 
 def ws_scope(path: str) -> dict:
@@ -134,16 +133,7 @@ def ws_scope(path: str) -> dict:
 
 
 async def test_a_websocket_on_a_path_without_one_is_refused_in_the_handshake():
-    app = make_app()
-    sent = []
-
-    async def receive():
-        return {"type": "websocket.connect"}
-
-    async def send(message):
-        sent.append(message)
-
-    await app(ws_scope("/hello"), receive, send)
+    sent = await drive(make_app(), ws_scope("/hello"), [{"type": "websocket.connect"}])
     assert [m["type"] for m in sent] == ["websocket.close"]
 
 
@@ -161,17 +151,9 @@ async def test_a_websocket_view_sees_messages_and_the_client_leaving():
             raise
 
     app.websocket(HOST, "/ws", view)
-    incoming = iter([{"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": b"\x01"},
-                     {"type": "websocket.receive", "text": "hi"}, {"type": "websocket.disconnect", "code": 1001}])
-    sent = []
-
-    async def receive():
-        return next(incoming)
-
-    async def send(message):
-        sent.append(message)
-
-    await app(ws_scope("/ws"), receive, send)
+    sent = await drive(app, ws_scope("/ws"), [
+        {"type": "websocket.connect"}, {"type": "websocket.receive", "bytes": b"\x01"},
+        {"type": "websocket.receive", "text": "hi"}, {"type": "websocket.disconnect", "code": 1001}])
     assert seen == [b"\x01", "hi", "gone"]
     assert [m["type"] for m in sent] == ["websocket.accept"]     # nothing sent to a client that left
 
@@ -184,15 +166,7 @@ async def test_a_websocket_view_that_returns_closes_normally():
         await ws.send(b"bye")
 
     app.websocket(HOST, "/ws", view)
-    sent = []
-
-    async def receive():
-        return {"type": "websocket.connect"}
-
-    async def send(message):
-        sent.append(message)
-
-    await app(ws_scope("/ws"), receive, send)
+    sent = await drive(app, ws_scope("/ws"), [{"type": "websocket.connect"}])
     assert [(m["type"], m.get("code")) for m in sent] == [("websocket.accept", None), ("websocket.send", None),
                                                           ("websocket.close", 1000)]
 
@@ -214,32 +188,13 @@ async def test_the_lifespan_reports_a_failed_startup(caplog):
     async def failing():
         raise OSError("no data directory")
 
-    app = make_app(startup=failing)
-    incoming = iter([{"type": "lifespan.startup"}])
-    sent = []
-
-    async def receive():
-        return next(incoming)
-
-    async def send(message):
-        sent.append(message)
-
-    await app({"type": "lifespan"}, receive, send)
+    sent = await drive(make_app(startup=failing), {"type": "lifespan"}, [{"type": "lifespan.startup"}])
     assert sent[0]["type"] == "lifespan.startup.failed" and "no data directory" in sent[0]["message"]
 
 
 async def test_the_lifespan_runs_startup_then_shutdown():
     events = []
-    app = make_app(events)
-    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
-    sent = []
-
-    async def receive():
-        return next(incoming)
-
-    async def send(message):
-        sent.append(message)
-
-    await app({"type": "lifespan"}, receive, send)
+    sent = await drive(make_app(events), {"type": "lifespan"},
+                       [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert events == ["startup", "shutdown"]
