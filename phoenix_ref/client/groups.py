@@ -12,7 +12,9 @@ with what the Delivery Service flows need (``spec/delivery_service.md``,
   whose commit stays pending until the caller reports the DS's answer
   (:meth:`accepted` / :meth:`refused`); a commit whose answer never came is
   kept as :attr:`GroupMember.unsure` until the DS is asked again;
-* :meth:`process` for what a client dequeues for this group.
+* :meth:`process` for what a client dequeues for this group; a commit whose
+  new members' credential information does not check out is refused whole,
+  before MLS moves to its epoch.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from ..queuing.messages import (
     QueueDeletionRemoval, WelcomeBundle,
 )
 from .phoenix_credentials import (
-    CredentialInformation, LeafIdentity, WelcomeAttributionInfoPayload,
+    CredentialError, CredentialInformation, LeafIdentity, WelcomeAttributionInfoPayload,
     new_symmetric_key, open_credential_information, seal_attribution, seal_credential_information, verify_leaf,
 )
 
@@ -90,6 +92,8 @@ class GroupMember:
     #: messages dequeued for this group while ``unsure`` is set, processed in
     #: order once its outcome is known
     held: list[Any] = field(default_factory=list)
+    #: the credential information of the members our pending commit adds
+    pending_adds: list[CredentialInformation] = field(default_factory=list)
 
     # --- creation ---------------------------------------------------------------------------
 
@@ -154,7 +158,7 @@ class GroupMember:
         welcome_bytes = encode(result.welcome)
         wais = [seal_attribution(sender_key, WelcomeAttributionInfoPayload(sender_client_id, self.credential_key),
                                  self.group_id, welcome_bytes, fkey) for _, _, fkey in packages]
-        self._pending_adds = [info for _, info, _ in packages]
+        self.pending_adds = [info for _, info, _ in packages]
         p = m.AddUsersParams(result.message, self.ear_key, self._update(result), result.welcome, wais, kps)
         return self._request("ds_add_users", p)
 
@@ -204,9 +208,9 @@ class GroupMember:
         self.group.merge_pending_commit()
         for leaf in commit_msg.removed:
             self.members.pop(leaf, None)
-        for (leaf, _), info in zip(commit_msg.added, getattr(self, "_pending_adds", [])):
+        for (leaf, _), info in zip(commit_msg.added, self.pending_adds):
             self.members[leaf] = info
-        self._pending_adds = []
+        self.pending_adds = []
         if request.name == "ds_delete_group":
             self.gone = True
 
@@ -219,7 +223,7 @@ class GroupMember:
         """The DS refused ``request``: a pending commit is dropped."""
         if self.group.pending_commit is not None:
             self.group.clear_pending_commit()
-        self._pending_adds = []
+        self.pending_adds = []
 
     # --- incoming (F10) ----------------------------------------------------------------------------
 
@@ -238,31 +242,65 @@ class GroupMember:
         raise ValueError(f"{type(content).__name__} is not for an existing group")
 
     def _process_mls(self, message: MLSMessage, trust: TrustStore | None) -> Any:
+        """A proposal or a commit. A commit is taken whole or not at all: the
+        members' credential information of the new epoch is worked out and
+        checked before MLS moves to it, so a commit refused here (a false
+        claim, information that does not open) leaves the group exactly as
+        it was. The DS took that commit, so the group has moved on without
+        us; the group's next message then shows a later epoch and
+        :meth:`Messenger.receive <phoenix_ref.client.messenger.Messenger.receive>`
+        resyncs (docs/decisions.md, "A refused commit is not applied")."""
         content = message.public_message.content if message.public_message else None
         aad = bytes(content.authenticated_data) if content is not None else b""
-        out = self.group.process(message)
-        if not isinstance(out, CommitMessage):
-            return out
-        if out.removed_me:
-            self.gone = True
-            return out
-        left = {leaf: self.members.pop(leaf) for leaf in out.applied.removed if leaf in self.members}
+        after: dict[int, CredentialInformation] = {}
+
+        def check(out: CommitMessage, tree: RatchetTree) -> None:
+            if not out.removed_me:
+                after.update(self._members_after(out, tree, aad, trust))
+
+        out = self.group.process(message, before_merge=check)
+        if isinstance(out, CommitMessage):
+            if out.removed_me:
+                self.gone = True
+            else:
+                self.members = after
+        return out
+
+    def _members_after(self, out: CommitMessage, tree: RatchetTree, aad: bytes,
+                       trust: TrustStore | None) -> dict[int, CredentialInformation]:
+        """The credential information per leaf once ``out`` is applied
+        (``tree`` is the new tree); raises if a new member's does not check
+        out. ``self.members`` is not touched."""
+        members = dict(self.members)
+        left = {leaf: members.pop(leaf) for leaf in out.applied.removed if leaf in members}
         if out.applied.added:
             infos = decode(m.AddUsersParamsAad, aad).encrypted_credential_information
+            if len(infos) != len(out.applied.added):
+                raise CredentialError("the commit does not carry one credential information per added member")
             for (leaf, _), sealed in zip(out.applied.added, infos):
-                self._learn(leaf, bytes(sealed), trust)
+                members[leaf] = self._opened(leaf, bytes(sealed), trust, tree)
         elif out.sender.sender_type == SenderType.new_member_commit:
-            joiner = next(i for i, _ in self.group.tree.leaves() if i not in self.members)
-            if aad:           # join connection group: the joiner's credential information
-                self._learn(joiner, bytes(decode(m.JoinConnectionGroupParamsAad, aad)
-                                          .encrypted_credential_information), trust)
-            elif len(left) == 1:   # resync: the same client, same credential, in its new leaf
-                self.members[joiner] = left.popitem()[1]
+            members[out.committer] = self._joiner_info(out.committer, tree, aad, left, trust)
         elif aad:
             info = decode(m.UpdateClientParamsAad, aad).option_encrypted_credential_information
             if info is not None:
-                self._learn(out.sender.leaf_index, bytes(info), trust)
-        return out
+                members[out.sender.leaf_index] = self._opened(out.sender.leaf_index, bytes(info), trust, tree)
+        return members
+
+    def _joiner_info(self, joiner: int, tree: RatchetTree, aad: bytes, left: dict[int, CredentialInformation],
+                     trust: TrustStore | None) -> CredentialInformation:
+        """Who the client that joined by an external commit (in leaf
+        ``joiner``, the commit's committer) is: a connection group's new
+        member brings its credential information in the AAD; a resync brings
+        none, since it is the same client with the same credential as in the
+        one leaf it removed. Any other external commit leaves a member we
+        could not authenticate, so it is refused."""
+        if aad:
+            sealed = decode(m.JoinConnectionGroupParamsAad, aad).encrypted_credential_information
+            return self._opened(joiner, bytes(sealed), trust, tree)
+        if len(left) == 1:
+            return next(iter(left.values()))
+        raise CredentialError("an external commit with neither credential information nor a resync's removal")
 
     def is_behind(self, content: Any) -> bool:
         """Whether ``content`` belongs to a later epoch than ours: a commit
@@ -305,10 +343,20 @@ class GroupMember:
     def _learn(self, leaf: int, sealed: bytes, trust: TrustStore | None, tree: Any = None) -> None:
         """Decrypt a member's credential information and check it against its
         leaf (in ``tree``, a ratchet-tree node list, else our current tree)."""
+        tree = RatchetTree.from_nodes(tree) if tree is not None else self.group.tree
+        self.members[leaf] = self._opened(leaf, sealed, trust, tree)
+
+    def _opened(self, leaf: int, sealed: bytes, trust: TrustStore | None, tree: RatchetTree
+                ) -> CredentialInformation:
+        """A member's credential information, decrypted and checked against
+        its leaf in ``tree``. The leaf index comes from a message or the DS,
+        so a blank one is refused like any other mismatch."""
         info = open_credential_information(self.credential_key, sealed)
-        node = RatchetTree.from_nodes(tree).leaf(leaf) if tree is not None else self.group.tree.leaf(leaf)
+        node = tree.leaf(leaf)
+        if node is None:
+            raise CredentialError(f"credential information for leaf {leaf}, which is blank")
         verify_leaf(node, info.client_credential, info.signature_encryption_key, trust, self.now())
-        self.members[leaf] = info
+        return info
 
     # --- joining (F8) --------------------------------------------------------------------------------
 
@@ -417,6 +465,14 @@ _REQUESTS = {"ds_create_group": m.CreateGroupRequest, "ds_resync_client": m.Resy
              "ds_remove_users": m.RemoveUsersRequest, "ds_update_client": m.UpdateClientRequest,
              "ds_self_remove_user": m.SelfRemoveUserRequest, "ds_send_message": m.SendMessageRequest,
              "ds_delete_group": m.DeleteGroupRequest}
+
+
+def request_type(name: str) -> type:
+    """The request struct of endpoint ``name`` (ValueError for one the
+    member does not build)."""
+    if name not in _REQUESTS:
+        raise ValueError(f"{name!r} is not a request a group member builds")
+    return _REQUESTS[name]
 
 
 def signed_request(name: str, params: Any, group_id: GroupId, key: SigningKey, sender: Any,

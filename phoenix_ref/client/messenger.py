@@ -36,7 +36,15 @@ sends the same commit again under a fresh DsAuthToken, and the DS either
 applies it now or answers that it already did — success both times, and
 the other members get it once (docs/decisions.md, "A commit whose answer
 was lost"). Until then messages dequeued for that group are held back;
-:meth:`Messenger.receive` and the group flows settle first.
+:meth:`Messenger.receive` and the group flows settle first. The unsure
+commit and the held messages are part of the saved state, so a restarted
+client settles them the same way (docs/decisions.md, "An unsure commit
+survives a restart").
+
+A commit the client refuses (a new member's credential information does not
+check out) is not applied at all (:meth:`GroupMember.process`): the client
+stays in the old epoch, and since the DS applied it, the group's next
+message resyncs the group as for a missed commit.
 
 State on disk: a Messenger made with ``register(..., state_dir=DIR)`` or
 :meth:`Messenger.open` keeps its whole state in ``DIR/client.sqlite3``

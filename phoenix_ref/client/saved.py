@@ -14,7 +14,12 @@ file that holds them is the client's secret (docs/decisions.md,
 * :class:`SavedKeyPackage` — a published KeyPackage's private keys and leaf;
 * :class:`SavedMember` — one group: the MLS state (:meth:`Group.to_bytes
   <phoenix_ref.mls.group.Group.to_bytes>`), the leaf identity, the EAR and
-  credential encryption keys and the members' credential information.
+  credential encryption keys and the members' credential information; and,
+  while a commit's DS answer is lost (:attr:`GroupMember.unsure
+  <phoenix_ref.client.groups.GroupMember.unsure>`), that commit (request,
+  MLS pending Commit, the added members' information) and the messages held
+  back for the group. Those messages were dequeued already, and the QS has
+  no other copy of them; the commit may have made the group's new epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import privacy_pass as pp
-from ..codec import U8, U32, String, VarBytes, optional, struct, vec
+from ..codec import U8, U32, String, VarBytes, decode, encode, optional, struct, vec
 from ..credentials import AsCredentialsResponse, ClientCredential, LeafCredential
 from ..crypto import HpkeKeyPair, SigningKey
 from ..ids import Alias, ClientId, Fqdn, GroupId, QsCid, QsUid
@@ -31,7 +36,8 @@ from ..mls.keypackage import KeyPackageBundle
 from ..mls.messages import KeyPackage
 from ..queue_crypto import QueueRatchetState
 from .as_client import AliasIdentity, AsIdentity, DirectQueueReader
-from .groups import GroupMember
+from ..queuing.messages import MessageContent
+from .groups import GroupMember, PendingRequest, request_type
 from .phoenix_credentials import CredentialInformation, LeafIdentity
 from .qs_client import QsIdentity
 from .session import TokenWallet
@@ -40,7 +46,8 @@ __all__ = ["SavedAccount", "SavedKeyPackage", "SavedMember", "ACCOUNT_VERSION",
            "save_account", "restore_account", "save_key_package", "restore_key_package",
            "save_member", "restore_member"]
 
-ACCOUNT_VERSION = 1
+#: 2: a group keeps an unsure commit and its held messages (SavedMember)
+ACCOUNT_VERSION = 2
 
 
 @struct
@@ -135,6 +142,24 @@ class SavedMemberInfo:
 
 
 @struct
+class SavedRequest:
+    """A DS request built by the member: its endpoint name and encoded body."""
+    name: String
+    body: VarBytes
+
+
+@struct
+class SavedUnsure:
+    """A commit whose DS answer was lost: the request to send again, the MLS
+    pending Commit (:meth:`Group.pending_to_bytes
+    <phoenix_ref.mls.group.Group.pending_to_bytes>`) and the credential
+    information of the members it adds."""
+    request: SavedRequest
+    pending_commit: VarBytes
+    pending_adds: vec(CredentialInformation)
+
+
+@struct
 class SavedMember:
     group_id: GroupId
     group: VarBytes
@@ -142,6 +167,8 @@ class SavedMember:
     ear_key: VarBytes
     credential_key: VarBytes
     members: vec(SavedMemberInfo)
+    unsure: optional(SavedUnsure)
+    held: vec(MessageContent)
 
 
 # --- small pieces ---------------------------------------------------------------------------
@@ -241,10 +268,11 @@ def restore_key_package(saved: SavedKeyPackage) -> tuple[KeyPackageBundle, LeafI
 
 
 def save_member(member: GroupMember) -> SavedMember:
-    """One group (its pending commit, if any, is not part of it)."""
+    """One group. Its pending commit is kept only while unsure: otherwise
+    the DS has answered and the commit was merged or dropped already."""
     infos = [SavedMemberInfo(leaf, info) for leaf, info in sorted(member.members.items())]
     return SavedMember(member.group_id, member.group.to_bytes(), save_leaf(member.leaf), member.ear_key,
-                       member.credential_key, infos)
+                       member.credential_key, infos, _save_unsure(member), list(member.held))
 
 
 def restore_member(saved: SavedMember, clock: Any) -> GroupMember:
@@ -252,4 +280,27 @@ def restore_member(saved: SavedMember, clock: Any) -> GroupMember:
     member = GroupMember(saved.group_id, group, restore_leaf(saved.leaf), bytes(saved.ear_key),
                          bytes(saved.credential_key), clock)
     member.members = {m.leaf_index: m.info for m in saved.members}
+    if saved.unsure is not None:
+        _restore_unsure(member, saved.unsure)
+    member.held = list(saved.held)
     return member
+
+
+def _save_unsure(member: GroupMember) -> SavedUnsure | None:
+    if member.unsure is None:
+        return None
+    pending = member.group.pending_to_bytes()
+    if pending is None:       # _submit marks only a commit unsure
+        raise ValueError("an unsure request without a pending commit")
+    request = SavedRequest(member.unsure.name, encode(member.unsure.body))
+    return SavedUnsure(request, pending, list(member.pending_adds))
+
+
+def _restore_unsure(member: GroupMember, saved: SavedUnsure) -> None:
+    """The unsure commit back in place, as :meth:`Messenger.settle
+    <phoenix_ref.client.messenger.Messenger.settle>` expects it: the request
+    to send again and the MLS Commit pending."""
+    kind = request_type(saved.request.name)
+    member.group.restore_pending(bytes(saved.pending_commit))
+    member.unsure = PendingRequest(saved.request.name, decode(kind, bytes(saved.request.body)))
+    member.pending_adds = list(saved.pending_adds)

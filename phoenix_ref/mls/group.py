@@ -32,20 +32,21 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from ..clock import Clock
-from ..codec import encode
+from ..codec import DecodeError, decode, encode
 from ..crypto import CryptoError, HpkeKeyPair, SigningKey, random_bytes
 from . import MlsError
 from .commit import (
     AppliedProposals, CommitError, PathRequired, ProposalInfo, ProposalStore, apply_proposals,
     check_proposal_sender, new_group_context, path_required,
-    proposal_or_refs, provisional_context, sender_signature_key, stage_commit, validate_proposal_list,
+    proposal_or_refs, provisional_context, resolve_proposals, sender_signature_key, stage_commit,
+    validate_proposal_list,
 )
 from .extensions import ExternalPub, RatchetTreeExtension, get_extension, to_extension
 from .framing import (
     InvalidSender, authenticate, build_content, decode_mls_message, protect_private,
     protect_public, unprotect_private, unprotect_public, with_confirmation_tag,
 )
-from .group_state import group_from_bytes, group_to_bytes
+from .group_state import GroupStateError, PendingCommitState, group_from_bytes, group_to_bytes
 from .key_schedule import EpochSecrets, external_init_receiver, external_init_sender
 from .keypackage import KeyPackageBundle, create_key_package, make_leaf_node
 from .messages import (
@@ -111,11 +112,20 @@ class ProposalMessage:
 
 @dataclass(frozen=True)
 class CommitMessage:
-    """A Commit was applied; ``removed_me`` when it removed this member."""
+    """A Commit was applied; ``removed_me`` when it removed this member.
+    ``committer`` is the committer's leaf in the new tree (for an external
+    Commit, the leaf the joiner took)."""
     sender: Sender
     epoch: int
     applied: AppliedProposals
     removed_me: bool = False
+    committer: int | None = None
+
+
+#: Called by :meth:`Group.process` with a Commit's outcome and the new
+#: epoch's tree once MLS has accepted it, before the member moves to that
+#: epoch; raising refuses the Commit and leaves the state unchanged.
+BeforeMerge = Callable[[CommitMessage, RatchetTree], None]
 
 
 @dataclass
@@ -203,8 +213,37 @@ class Group:
 
     def to_bytes(self) -> bytes:
         """Everything this member needs to continue, as bytes (private keys
-        included; a pending Commit is not saved)."""
+        included; a pending Commit is not saved: :meth:`pending_to_bytes`)."""
         return group_to_bytes(self)
+
+    def pending_to_bytes(self) -> bytes | None:
+        """Our pending Commit as bytes (None without one), for a caller that
+        must keep it across a restart because the DS's answer was lost."""
+        if self._pending is None:
+            return None
+        content, new_state, _applied = self._pending
+        next_epoch = Group(new_state, self.signing_key)   # only a carrier for the state's encoding
+        return encode(PendingCommitState(content, group_to_bytes(next_epoch)))
+
+    def restore_pending(self, data: bytes) -> None:
+        """Make what :meth:`pending_to_bytes` saved our pending Commit again.
+        What it applies is worked out anew from the Commit and this epoch's
+        proposals, so only the Commit and the next epoch's state are stored.
+        Raises :class:`~phoenix_ref.mls.group_state.GroupStateError` if it does
+        not belong to this member's current epoch."""
+        try:
+            saved = decode(PendingCommitState, data)
+        except DecodeError as e:
+            raise GroupStateError(f"saved pending Commit does not decode: {e}") from None
+        r = group_from_bytes(bytes(saved.next_epoch))
+        fc = saved.content.content
+        if (fc.commit is None or fc.sender != Sender.member(self.leaf_index) or fc.epoch != self.epoch
+                or fc.group_id != self.group_id or r.group_context.epoch != self.epoch + 1):
+            raise GroupStateError("the saved pending Commit is not ours for this epoch")
+        infos = resolve_proposals(fc.commit, fc.sender, self.proposals)
+        applied = apply_proposals(self.tree.copy(), self.group_context.extensions, infos)
+        new_state = _EpochState(r.group_context, r.tree, r.keys, r.secrets, r.transcript, r.confirmation_tag)
+        self._pending = (saved.content, new_state, applied)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, clock: Clock | None = None) -> "Group":
@@ -461,8 +500,14 @@ class Group:
         fc = content_hint.content if content_hint is not None else None
         return lambda sender: sender_signature_key(sender, st.tree, st.group_context, fc)
 
-    def process(self, message: MLSMessage | bytes) -> ApplicationMessage | ProposalMessage | CommitMessage:
+    def process(self, message: MLSMessage | bytes, *, before_merge: BeforeMerge | None = None
+                ) -> ApplicationMessage | ProposalMessage | CommitMessage:
         """Process a PublicMessage or PrivateMessage of the current epoch.
+
+        For a Commit, ``before_merge`` (if given) sees the outcome and the new
+        tree after every MLS check and before the epoch changes, so that a
+        caller's own checks of the new epoch (e.g. of new members'
+        credentials) can refuse it as a whole.
 
         Raises :class:`~phoenix_ref.mls.framing.FramingError` subclasses
         (wrong group / epoch, bad signature or membership tag, decryption),
@@ -488,24 +533,29 @@ class Group:
         if fc.content_type == ContentType.proposal:
             check_proposal_sender(fc.proposal, fc.sender, st.group_context, st.tree)
             return ProposalMessage(self.proposals.add(content))
-        return self._process_commit(content)
+        return self._process_commit(content, before_merge or _accept)
 
-    def _process_commit(self, content: AuthenticatedContent) -> CommitMessage:
+    def _process_commit(self, content: AuthenticatedContent, before_merge: BeforeMerge) -> CommitMessage:
         st = self._state
         sender = content.content.sender
         if self._pending is not None and sender == Sender.member(self.leaf_index):
-            pending_content, _new_state, applied = self._pending
+            pending_content, new_state, applied = self._pending
             if pending_content == content:
+                out = CommitMessage(sender, new_state.group_context.epoch, applied, committer=self.leaf_index)
+                before_merge(out, new_state.tree)
                 self.merge_pending_commit()
-                return CommitMessage(sender, self.epoch, applied)
+                return out
         if sender == Sender.member(self.leaf_index):
             raise InvalidSender("a Commit from our own leaf that we did not create")
         staged = stage_commit(content, st.tree, st.group_context, st.transcript, self.proposals,
                               now=self._now())
         me = self.leaf_index
         if me in staged.applied.removed:
+            out = CommitMessage(sender, staged.group_context.epoch, staged.applied, removed_me=True,
+                                committer=staged.committer)
+            before_merge(out, staged.tree)
             self.active = False
-            return CommitMessage(sender, staged.group_context.epoch, staged.applied, removed_me=True)
+            return out
 
         keys = st.keys.copy()
         if me in staged.applied.updated:
@@ -533,12 +583,14 @@ class Group:
         secrets = EpochSecrets.from_epoch(init_secret, commit_secret, psk_secret(psks), staged.group_context)
         tag = content.auth.confirmation_tag
         verify_confirmation_tag(secrets.confirmation_key, staged.group_context.confirmed_transcript_hash, tag)
+        out = CommitMessage(sender, staged.group_context.epoch, staged.applied, committer=staged.committer)
+        before_merge(out, staged.tree)
         self._pending_updates.clear()
         self._enter_epoch(_EpochState(staged.group_context, staged.tree, keys, secrets,
                                       staged.transcript, tag))
         if staged.applied.reinit is not None:
             self.active = False  # §12.4.2: wait for the Welcome of the new group
-        return CommitMessage(sender, self.epoch, staged.applied)
+        return out
 
     # --- joining (§12.4.3.1, §12.4.3.2) ------------------------------------------------------------
 
@@ -652,6 +704,10 @@ class Group:
 
 
 # --- helpers shared by the operations above -------------------------------------------------------
+
+
+def _accept(_out: CommitMessage, _tree: RatchetTree) -> None:
+    """The default :data:`BeforeMerge`: MLS's checks are all there is."""
 
 
 def _finish_epoch(st: _EpochState, tree: RatchetTree, keys: PrivateTreeKeys, applied: AppliedProposals,

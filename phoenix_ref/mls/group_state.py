@@ -19,9 +19,14 @@ what the next operation of the member may need (RFC 9420 §8, §9, §12):
 * resumption PSKs of past epochs and the external PSKs;
 * whether the member is still active, and the creator's KeyPackage.
 
-A pending Commit (created, not yet accepted by the DS) is **not** saved:
-the caller saves after the DS answered, and a restored member simply has
-no pending Commit (docs/decisions.md, "Client state on disk").
+A pending Commit (created, not yet accepted by the DS) is not part of it:
+normally the caller saves after the DS answered. A caller that must keep
+one across a restart (the DS's answer was lost) saves it apart with
+:meth:`Group.pending_to_bytes <phoenix_ref.mls.group.Group.pending_to_bytes>`
+— a :class:`PendingCommitState`: the Commit as we signed it and the state
+of the epoch it leads to, in this same format — and gives it back with
+:meth:`Group.restore_pending <phoenix_ref.mls.group.Group.restore_pending>`
+(docs/decisions.md, "Client state on disk").
 
 The format is versioned by its first byte; any other version, trailing
 bytes or an inconsistent state (keys that do not match the tree) is refused
@@ -45,7 +50,7 @@ from .tree import RatchetTree
 from .treekem import PrivateStateError, PrivateTreeKeys
 
 __all__ = ["GroupState", "GroupStateError", "RestoredGroup", "FORMAT_VERSION", "group_to_bytes",
-           "group_from_bytes"]
+           "group_from_bytes", "PendingCommitState"]
 
 FORMAT_VERSION = 1
 
@@ -95,6 +100,14 @@ class GroupState:
     external_psks: vec(ExternalPskState)
     active: U8
     creator_key_package: optional(KeyPackage)
+
+
+@struct
+class PendingCommitState:
+    """Our pending Commit: its AuthenticatedContent (with the confirmation
+    tag) and the :class:`GroupState` of the epoch it leads to."""
+    content: AuthenticatedContent
+    next_epoch: VarBytes
 
 
 @dataclass
