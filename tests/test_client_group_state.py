@@ -210,3 +210,43 @@ async def test_a_lost_commit_that_lost_to_another_is_dropped_after_a_restart(tmp
         assert again.groups[gid].unsure is None and again.text_bodies(gid) == [b"a", b"b"]
         agree(alice, again, group_id=gid)
         again.close()
+
+
+def as_format_1(state_dir):
+    """Rewrite a saved state as format 1 wrote it: account version 1, group
+    rows without the unsure commit and the held messages."""
+    import sqlite3
+
+    from phoenix_ref.client import saved as sv
+    from phoenix_ref.codec import decode
+    db = sqlite3.connect(state_dir / "client.sqlite3")
+    with db:
+        (account,), = db.execute("SELECT value FROM meta WHERE key = 'account'")
+        old = decode(sv.SavedAccount, bytes(account))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'account'",
+                   (encode(sv.SavedAccount(1, *[getattr(old, f) for f in list(old.__dataclass_fields__)[1:]])),))
+        for gid, row in db.execute("SELECT group_id, member FROM groups").fetchall():
+            new = decode(sv.SavedMember, bytes(row))
+            assert new.unsure is None and not new.held
+            v1 = sv.SavedMemberV1(new.group_id, new.group, new.leaf, new.ear_key, new.credential_key, new.members)
+            db.execute("UPDATE groups SET member = ? WHERE group_id = ?", (encode(v1), gid))
+    db.close()
+
+
+@spec("spec/clients/creation.md#qs-registration", "informative")
+async def test_a_state_directory_of_format_1_is_read_and_written_back_as_format_2(tmp_path):
+    from phoenix_ref.client import saved as sv
+    from phoenix_ref.codec import decode
+    async with Deployment("in_process", ["hs1"]) as d, d.client() as http:
+        gid, alice, bob = await member_with_state(d, http, tmp_path)
+        before = snapshot(bob, gid)
+        bob.close()
+        as_format_1(tmp_path / "bob")
+        again = Messenger.open(tmp_path / "bob", http, clock=d.clock)
+        assert snapshot(again, gid) == before and again.groups[gid].unsure is None
+        await alice.send(gid, b"still here")
+        assert await again.receive() == 1 and again.text_bodies(gid) == [b"still here"]
+        again.close()                                      # receive wrote the state back
+        third = Messenger.open(tmp_path / "bob", http, clock=d.clock)
+        assert decode(sv.SavedAccount, third.store.account()).version == sv.ACCOUNT_VERSION == 2
+        third.close()

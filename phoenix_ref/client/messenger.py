@@ -228,7 +228,8 @@ class Messenger:
         base_url = base_url or _default_base_url
         store = ClientStore.open(state_dir)
         try:
-            account = sv.restore_account(decode(sv.SavedAccount, store.account()))
+            saved_account = decode(sv.SavedAccount, store.account())
+            account = sv.restore_account(saved_account)
             session = ClientSession(AsClient(http), account["identity"], clock=clock)
             session.wallet = account["wallet"]
             session.aliases = account["aliases"]
@@ -244,7 +245,7 @@ class Messenger:
             for ref, bundle in store.rows("key_packages"):
                 out.key_packages[bytes(ref)] = sv.restore_key_package(decode(sv.SavedKeyPackage, bytes(bundle)))
             for _, member in store.rows("groups"):
-                m = sv.restore_member(decode(sv.SavedMember, bytes(member)), clock)
+                m = sv.restore_member(sv.read_member(bytes(member), saved_account.version), clock)
                 out.groups[m.group_id] = m
             for gid, user in store.rows("connection_groups"):
                 out.connection_groups[GroupId.parse(gid)] = UserId.parse(user) if user else None

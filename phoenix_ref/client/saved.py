@@ -42,12 +42,14 @@ from .phoenix_credentials import CredentialInformation, LeafIdentity
 from .qs_client import QsIdentity
 from .session import TokenWallet
 
-__all__ = ["SavedAccount", "SavedKeyPackage", "SavedMember", "ACCOUNT_VERSION",
+__all__ = ["SavedAccount", "SavedKeyPackage", "SavedMember", "ACCOUNT_VERSION", "READABLE_VERSIONS", "read_member",
            "save_account", "restore_account", "save_key_package", "restore_key_package",
            "save_member", "restore_member"]
 
 #: 2: a group keeps an unsure commit and its held messages (SavedMember)
 ACCOUNT_VERSION = 2
+#: formats this code reads; a format-1 group row is :class:`SavedMemberV1`
+READABLE_VERSIONS = (1, 2)
 
 
 @struct
@@ -171,6 +173,27 @@ class SavedMember:
     held: vec(MessageContent)
 
 
+@struct
+class SavedMemberV1:
+    """A group as format 1 saved it: no unsure commit, no held messages
+    (format 1 did not keep them, so a state of that format has none)."""
+    group_id: GroupId
+    group: VarBytes
+    leaf: SavedLeaf
+    ear_key: VarBytes
+    credential_key: VarBytes
+    members: vec(SavedMemberInfo)
+
+
+def read_member(data: bytes, version: int) -> SavedMember:
+    """A group row of an account saved in format ``version``."""
+    if version == 1:
+        old = decode(SavedMemberV1, data)
+        return SavedMember(old.group_id, old.group, old.leaf, old.ear_key, old.credential_key, old.members,
+                           None, [])
+    return decode(SavedMember, data)
+
+
 # --- small pieces ---------------------------------------------------------------------------
 
 def _pair(kp: HpkeKeyPair) -> SavedKeyPair:
@@ -228,8 +251,9 @@ def save_account(identity: AsIdentity, aliases: dict[Alias, AliasIdentity], wall
 
 def restore_account(saved: SavedAccount) -> dict[str, Any]:
     """The pieces :func:`save_account` took, rebuilt (keyword names as there)."""
-    if saved.version != ACCOUNT_VERSION:
-        raise ValueError(f"saved account has format {saved.version}, this code reads {ACCOUNT_VERSION}")
+    if saved.version not in READABLE_VERSIONS:
+        raise ValueError(f"saved account has format {saved.version}, this code reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     a = saved.as_identity
     identity = AsIdentity(Fqdn(a.domain), a.client_id, SigningKey.from_private(bytes(a.signing_key)), a.credential,
                           bytes(a.password), _queue(a.queue), _key_dict(a.connection_keys))
