@@ -14,8 +14,7 @@ import httpx
 import pytest
 
 from phoenix_ref.client.messenger import Messenger
-from phoenix_ref.client.phoenix_credentials import CredentialError, CredentialInformation, new_leaf_identity, \
-    open_add_package
+from phoenix_ref.client.phoenix_credentials import CredentialError, new_leaf_identity
 from phoenix_ref.codec import encode
 from phoenix_ref.delivery import messages as dsm
 from phoenix_ref.mls.group import Group
@@ -23,6 +22,7 @@ from phoenix_ref.queuing.messages import AddPackageParams, CommitContent
 from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment
 from spec_tests.test_ds_groups import agree, until, users
+from tests.test_client_keypackage_publication import add_with_false_claim
 
 A = "a.example"
 DS = "spec/delivery_service.md#"
@@ -51,14 +51,7 @@ async def test_a_commit_refused_for_a_false_claim_leaves_the_group_as_it_was():
         await until(lambda: gid in carol.groups, carol)
         before = snapshot(carol, gid)
         # alice adds dave's client but claims it is bob's: carol must refuse the whole commit
-        card = alice.contacts[dave.user_id]
-        answer = await alice.qs.call(A, "get_add_package", AddPackageParams(card.friendship_token))
-        package = answer.add_packages[0]
-        real = open_add_package(package, card.friendship_key, alice.trust, alice.now())
-        lie = CredentialInformation(bob.session.credential, real.signature_encryption_key)
-        member = alice.groups[gid]
-        await alice._submit(member, member.add_request([(package, lie, card.friendship_key)],
-                                                       alice.session.identity.signing_key, alice.client_id))
+        await add_with_false_claim(alice, gid, dave, bob)
         assert await carol.receive() == 1
         assert failures(carol, gid) == ["CredentialError"]
         assert snapshot(carol, gid) == before                # not in the new epoch, nothing learned

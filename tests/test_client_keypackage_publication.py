@@ -130,6 +130,21 @@ async def test_add_packages_keep_the_identity_from_the_qs_and_members_still_auth
         assert wire.leaks(bob) == []
 
 
+async def add_with_false_claim(sender, gid, added, claimed) -> None:
+    """``sender`` adds a client of ``added`` to group ``gid`` (through its
+    friendship token) but seals credential information that names
+    ``claimed``'s client credential with the new leaf's key: a false claim
+    every other member must refuse."""
+    card = sender.contacts[added.user_id]
+    answer = await sender.qs.call(card.user_id.as_domain, "get_add_package", AddPackageParams(card.friendship_token))
+    package = answer.add_packages[0]
+    real = open_add_package(package, card.friendship_key, sender.trust, sender.now())
+    lie = CredentialInformation(claimed.session.credential, real.signature_encryption_key)
+    member = sender.groups[gid]
+    await sender._submit(member, member.add_request([(package, lie, card.friendship_key)],
+                                                    sender.session.identity.signing_key, sender.client_id))
+
+
 @spec(KP + "friendship-tokens-and-key-addpackage-publication", "MUST")
 async def test_members_authenticate_a_joining_client_and_refuse_a_false_claim():
     async with Deployment("in_process", ["hs1", "hs2"]) as d, d.client() as http:
@@ -147,14 +162,7 @@ async def test_members_authenticate_a_joining_client_and_refuse_a_false_claim():
         assert cred == bob.session.credential and cred.client_id == bob.client_id
 
         # a member that claims dave's leaf belongs to bob's client is caught by every other member
-        card = alice.contacts[dave.user_id]
-        answer = await alice.qs.call(B, "get_add_package", AddPackageParams(card.friendship_token))
-        package = answer.add_packages[0]
-        real = open_add_package(package, card.friendship_key, alice.trust, alice.now())
-        lie = CredentialInformation(bob.session.credential, real.signature_encryption_key)
-        member = alice.groups[gid]
-        await alice._submit(member, member.add_request([(package, lie, card.friendship_key)],
-                                                       alice.session.identity.signing_key, alice.client_id))
+        await add_with_false_claim(alice, gid, dave, bob)
         await carol.receive()                  # the commit is reported, not taken as bob's second client
         failed = [e[:2] + (e[2].split(":", 1)[0],) for e in carol.events if e[0] == "message_failed"]
         assert failed == [("message_failed", gid, CredentialError.__name__)]
