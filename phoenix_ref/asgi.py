@@ -160,6 +160,14 @@ def error_response(err: ProtocolError) -> Response:
     return resp
 
 
+def describe_error(err: BaseException) -> str:
+    """``Type: message`` of an error, or of each error an exception group
+    holds (a nursery wraps even a lone one), joined by ``; ``."""
+    if isinstance(err, BaseExceptionGroup):
+        return "; ".join(describe_error(e) for e in err.exceptions)
+    return f"{type(err).__name__}: {err}"
+
+
 def internal_error() -> ProtocolError:
     err = ProtocolError("internal error", code="internal_error")
     err.status = 500
@@ -226,6 +234,8 @@ class App:
                  body_timeout_s: float):
         self._startup, self._shutdown = startup, shutdown
         self.body_timeout_s = body_timeout_s
+        #: why the lifespan's startup failed, if it did (the caller reports it)
+        self.startup_error: BaseException | None = None
         self._http: dict[str, dict[str, dict[str, HttpView]]] = {}     # host → path → method → view
         self._websockets: dict[tuple[str, str], WebsocketView] = {}
         self._nursery: trio.Nursery | None = None
@@ -286,7 +296,10 @@ class App:
                 await receive()                           # lifespan.shutdown
         except Exception as e:
             log.exception("the homeserver failed to %s", "stop" if started else "start")
-            await send({"type": f"lifespan.{'shutdown' if started else 'startup'}.failed", "message": repr(e)})
+            if not started:
+                self.startup_error = e
+            await send({"type": f"lifespan.{'shutdown' if started else 'startup'}.failed",
+                        "message": describe_error(e)})
             return
         await send({"type": "lifespan.shutdown.complete"})
 

@@ -205,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = Config.load(args.config)
         Keystore.load(cfg.keys_dir, cfg.domain)   # fail early and clearly
         server_config(cfg)
+        from .asgi import describe_error
         from .homeserver import Homeserver
         from .http import RequestLog
         from .signals import until_stop_signal
@@ -214,12 +215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                    if cfg.operator.metrics_listen else "")
         print(f"serving {cfg.domain} on https://{cfg.listen_host}:{cfg.listen_port} "
               f"(hosts {', '.join(certificate_names(cfg.domain))}){metrics}", flush=True)
+        hs = Homeserver(cfg, request_log=request_log)
         try:
-            trio.run(functools.partial(serve, cfg, homeserver=Homeserver(cfg, request_log=request_log),
-                                       shutdown_trigger=until_stop_signal))
-        except BaseExceptionGroup as group:
+            trio.run(functools.partial(serve, cfg, homeserver=hs, shutdown_trigger=until_stop_signal))
+        except BaseException as e:
+            if hs.app.startup_error is not None:        # its traceback is in the log already
+                print(f"phoenix-ref: {cfg.domain} did not start: {describe_error(hs.app.startup_error)}",
+                      file=sys.stderr)
+                return 1
             # Ctrl-C reaches the tasks of two servers: it may come out wrapped in their nurseries
-            if group.split(KeyboardInterrupt)[1] is not None:
+            if not (isinstance(e, BaseExceptionGroup) and e.split(KeyboardInterrupt)[1] is None):
                 raise
         finally:
             request_log.close()

@@ -188,8 +188,10 @@ async def test_the_lifespan_reports_a_failed_startup(caplog):
     async def failing():
         raise OSError("no data directory")
 
-    sent = await drive(make_app(startup=failing), {"type": "lifespan"}, [{"type": "lifespan.startup"}])
-    assert sent[0]["type"] == "lifespan.startup.failed" and "no data directory" in sent[0]["message"]
+    app = make_app(startup=failing)
+    sent = await drive(app, {"type": "lifespan"}, [{"type": "lifespan.startup"}])
+    assert sent == [{"type": "lifespan.startup.failed", "message": "OSError: no data directory"}]
+    assert isinstance(app.startup_error, BaseExceptionGroup)      # what the caller reports
 
 
 async def test_the_lifespan_runs_startup_then_shutdown():

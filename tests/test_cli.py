@@ -72,3 +72,11 @@ def test_a_configured_tls_minimum_below_13_refuses_to_start(tmp_path, capsys):
     assert main(["serve", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "TLS 1.3" in err and "min_version" in err
+
+
+def test_a_homeserver_that_cannot_open_its_store_says_why_it_did_not_start(tmp_path, capsys):
+    generate_config(tmp_path / "a", "a.example", test_ca=True)
+    (tmp_path / "a" / "data" / "qs.sqlite3").write_bytes(b"not a database, but long enough to be read" * 4)
+    assert main(["serve", "--config", str(tmp_path / "a" / "config.toml")]) == 1
+    err = capsys.readouterr().err
+    assert "phoenix-ref: a.example did not start: DatabaseError: file is not a database" in err
