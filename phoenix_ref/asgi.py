@@ -36,19 +36,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 import trio
 
 from .codec import encode
-from .errors import ErrorResponse, NotFound, ProtocolError, TooLarge
+from .errors import (ErrorResponse, InternalError, MethodNotAllowed, NotFound, ProtocolError, RequestTimeout,
+                     TooLarge, describe)
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/phoenix"
-
-
-class MethodNotAllowed(ProtocolError):
-    status, code = 405, "method_not_allowed"
-
-
-class RequestTimeout(ProtocolError):
-    status, code = 408, "request_timeout"
 
 
 class ClientGone(Exception):
@@ -158,20 +151,6 @@ def error_response(err: ProtocolError) -> Response:
     if err.retry_after is not None:
         resp.headers["Retry-After"] = str(int(err.retry_after))
     return resp
-
-
-def describe_error(err: BaseException) -> str:
-    """``Type: message`` of an error, or of each error an exception group
-    holds (a nursery wraps even a lone one), joined by ``; ``."""
-    if isinstance(err, BaseExceptionGroup):
-        return "; ".join(describe_error(e) for e in err.exceptions)
-    return f"{type(err).__name__}: {err}"
-
-
-def internal_error() -> ProtocolError:
-    err = ProtocolError("internal error", code="internal_error")
-    err.status = 500
-    return err
 
 
 # --- websocket ---------------------------------------------------------------------------------
@@ -299,7 +278,7 @@ class App:
             if not started:
                 self.startup_error = e
             await send({"type": f"lifespan.{'shutdown' if started else 'startup'}.failed",
-                        "message": describe_error(e)})
+                        "message": describe(e)})
             return
         await send({"type": "lifespan.shutdown.complete"})
 
@@ -325,7 +304,7 @@ class App:
             return
         except Exception:
             log.exception("internal error while handling %s %s", request.method, request.path)
-            response = error_response(internal_error())
+            response = error_response(InternalError("internal error"))
         await response.send(send, head=request.method == "HEAD")
 
     async def _serve_websocket(self, scope, receive, send) -> None:

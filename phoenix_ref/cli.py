@@ -50,6 +50,7 @@ from typing import Sequence
 
 from . import admin, client_cli, demo, logs
 from .config import Config, ConfigError
+from .errors import describe
 from .keystore import Keystore, KeystoreError
 # provisioning lives in provision.py (the demo uses it too); it is
 # re-exported here, where tests, examples and the harness have found it
@@ -205,7 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = Config.load(args.config)
         Keystore.load(cfg.keys_dir, cfg.domain)   # fail early and clearly
         server_config(cfg)
-        from .asgi import describe_error
         from .homeserver import Homeserver
         from .http import RequestLog
         from .signals import until_stop_signal
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(functools.partial(serve, cfg, homeserver=hs, shutdown_trigger=until_stop_signal))
         except BaseException as e:
             if hs.app.startup_error is not None:        # its traceback is in the log already
-                print(f"phoenix-ref: {cfg.domain} did not start: {describe_error(hs.app.startup_error)}",
+                print(f"phoenix-ref: {cfg.domain} did not start: {describe(hs.app.startup_error)}",
                       file=sys.stderr)
                 return 1
             # Ctrl-C reaches the tasks of two servers: it may come out wrapped in their nurseries

@@ -26,6 +26,15 @@ class ProtocolError(Exception):
         return f"{type(self).__name__}({self.code}: {self.message})"
 
 
+def describe(err: BaseException) -> str:
+    """``Type: message`` of an error, or of each error an exception group
+    holds (a nursery wraps even a lone one), joined by ``; ``: for logs,
+    events and one-line reports."""
+    if isinstance(err, BaseExceptionGroup):
+        return "; ".join(describe(e) for e in err.exceptions)
+    return f"{type(err).__name__}: {err}"
+
+
 class Malformed(ProtocolError):
     status, code = 400, "malformed"
 
@@ -40,6 +49,14 @@ class Forbidden(ProtocolError):
 
 class NotFound(ProtocolError):
     status, code = 404, "not_found"
+
+
+class MethodNotAllowed(ProtocolError):
+    status, code = 405, "method_not_allowed"
+
+
+class RequestTimeout(ProtocolError):
+    status, code = 408, "request_timeout"
 
 
 class Conflict(ProtocolError):
@@ -59,6 +76,11 @@ class RateLimited(ProtocolError):
 
     def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None):
         super().__init__(message, code=code, retry_after=retry_after)
+
+
+class InternalError(ProtocolError):
+    """What a client is told of a bug (the details go to the log only)."""
+    status, code = 500, "internal_error"
 
 
 class UpstreamError(ProtocolError):

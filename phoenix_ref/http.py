@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
-from .asgi import MEDIA_TYPE, Request, Response, error_response
+from .asgi import MEDIA_TYPE, Headers, Request, Response, error_response
 from .codec import DecodeError, decode, encode
 from .errors import Forbidden, Malformed, ProtocolError, TooLarge, Unauthorized
 
@@ -284,11 +284,11 @@ class _RequestLogging:
         def write(status: int | None) -> None:
             nonlocal logged
             logged = True
-            headers = {k.lower(): v for k, v in scope.get("headers", [])}
-            self.log.served(host=headers.get(b"host", b"").decode("latin-1"),
+            headers = Headers(scope.get("headers", []))
+            self.log.served(host=headers.get("host", ""),
                             method=scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET",
                             path=scope.get("path", ""), status=status, ms=(time.monotonic() - started) * 1000,
-                            agent=headers.get(b"user-agent", b"").decode("latin-1"))
+                            agent=headers.get("user-agent", ""))
 
         async def noting_send(message):
             if not logged:

@@ -152,6 +152,14 @@ def answer_lost(monkeypatch, m, *, delivered: bool):
     monkeypatch.setattr(m, "ds", lost)
 
 
+async def update_with_answer_lost(monkeypatch, m, gid, *, delivered: bool) -> None:
+    """``m`` commits an update whose DS answer never comes (``delivered``:
+    the DS got and applied it all the same)."""
+    with monkeypatch.context() as patch, pytest.raises(httpx.ReadError):
+        answer_lost(patch, m, delivered=delivered)
+        await m.update(gid)
+
+
 async def held_over_a_restart(monkeypatch, tmp_path, http, d, alice, bob, gid, queued: int):
     """Alice sends two texts; bob dequeues his ``queued`` messages while his
     DS is out of reach, then restarts."""
@@ -173,9 +181,7 @@ async def held_over_a_restart(monkeypatch, tmp_path, http, d, alice, bob, gid, q
 async def test_an_applied_commit_whose_answer_was_lost_is_settled_after_a_restart(tmp_path, monkeypatch):
     async with Deployment("in_process", ["hs1"]) as d, d.client() as http:
         gid, alice, bob = await member_with_state(d, http, tmp_path)
-        with monkeypatch.context() as patch, pytest.raises(httpx.ReadError):
-            answer_lost(patch, bob, delivered=True)          # the DS applies bob's commit
-            await bob.update(gid)
+        await update_with_answer_lost(monkeypatch, bob, gid, delivered=True)   # the DS applies bob's commit
         assert await alice.receive() == 1
         again = await held_over_a_restart(monkeypatch, tmp_path, http, d, alice, bob, gid, 2)
         assert await again.receive() == 0                  # the DS recognises the commit: held ones read
@@ -193,9 +199,7 @@ async def test_an_applied_commit_whose_answer_was_lost_is_settled_after_a_restar
 async def test_a_lost_commit_that_lost_to_another_is_dropped_after_a_restart(tmp_path, monkeypatch):
     async with Deployment("in_process", ["hs1"]) as d, d.client() as http:
         gid, alice, bob = await member_with_state(d, http, tmp_path)
-        with monkeypatch.context() as patch, pytest.raises(httpx.ReadError):
-            answer_lost(patch, bob, delivered=False)         # bob's commit never reaches the DS ...
-            await bob.update(gid)
+        await update_with_answer_lost(monkeypatch, bob, gid, delivered=False)  # bob's commit never reaches the DS ...
         await alice.update(gid)                            # ... and alice's takes the epoch
         again = await held_over_a_restart(monkeypatch, tmp_path, http, d, alice, bob, gid, 3)
         assert await again.receive() == 0

@@ -67,7 +67,7 @@ from .. import endpoints
 from ..codec import U8, DecodeError, VarBytes, decode, encode, struct, variant
 from ..credentials import AsCredentialsResponse, ClientCredential, TrustStore, UnknownSigner
 from ..crypto import CryptoError
-from ..errors import ProtocolError
+from ..errors import ProtocolError, describe
 from ..ids import ClientId, Fqdn, GroupId, UserId
 from ..mls import MlsError
 from ..mls.framing import WrongEpoch
@@ -592,7 +592,7 @@ class Messenger:
             group_id = _group_of(content)
             await self._handle(content)
         except UNPROCESSABLE as e:
-            self.events.append(("message_failed", group_id, f"{type(e).__name__}: {e}"))
+            self.events.append(("message_failed", group_id, describe(e)))
             if isinstance(e, WrongEpoch) and group_id not in resynced and self._is_behind(group_id, content):
                 resynced.add(group_id)
                 await self._recover(group_id)
@@ -606,7 +606,7 @@ class Messenger:
         try:
             await self.resync(group_id)
         except UNPROCESSABLE as e:
-            self.events.append(("resync_failed", group_id, f"{type(e).__name__}: {e}"))
+            self.events.append(("resync_failed", group_id, describe(e)))
         else:
             self.events.append(("resynced", group_id))
 

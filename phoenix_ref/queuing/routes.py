@@ -36,7 +36,7 @@ import trio
 from ..asgi import ClientGone, Websocket
 from ..codec import encode
 from ..config import Limits
-from ..errors import Forbidden, Malformed, ProtocolError
+from ..errors import Forbidden, Malformed, ProtocolError, RequestTimeout
 from ..http import Call, Handler, decode_body
 from .messages import (QsQueueConfigEncryptionKeyResponse, QsVerifyingKeyResponse, QsWsMessage, WsConnected,
                        WsQueueUpdate, WsRequest)
@@ -113,7 +113,7 @@ def websocket_handlers(service: Callable[[], QsService], limits: Limits) -> dict
             with trio.move_on_after(limits.request_timeout_s):
                 first = await ws.receive()
             if first is None:
-                raise ProtocolError_(408, "request_timeout", "no WsRequest within the request timeout")
+                raise RequestTimeout("no WsRequest within the request timeout")
             if not isinstance(first, (bytes, bytearray)):
                 raise Malformed("the WsRequest is a binary message", code="text_message")
             request = decode_body(WsRequest, bytes(first), limits.max_body_bytes)
@@ -148,13 +148,7 @@ async def _refuse_further_messages(ws: Websocket, scope: trio.CancelScope) -> No
     try:
         await ws.receive()
     except ClientGone:
-        scope.cancel()
-        return
-    await ws.close(WS_CLOSE_BASE + 400, "unexpected_message")
+        pass                               # nothing left to close
+    else:
+        await ws.close(WS_CLOSE_BASE + 400, "unexpected_message")
     scope.cancel()
-
-
-def ProtocolError_(status: int, code: str, message: str) -> ProtocolError:
-    err = ProtocolError(message, code=code)
-    err.status = status
-    return err
