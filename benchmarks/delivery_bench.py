@@ -106,7 +106,8 @@ depend on the machine and on what else runs on it; the ×floor figures much
 less so. Run on a quiet machine.
 
 Run: ``python benchmarks/delivery_bench.py [--n-a 500] [--n-c 200] [--users 10]
-[--in-flight 50] [--probe 30] [--json FILE]``; ``--quick`` is a smoke run
+[--in-flight 50] [--probe 30] [--scenarios a,c,probe,open-a,open-c] [--json FILE]``;
+``--quick`` is a smoke run
 (small N, 3 users). ``--keep`` keeps the homeservers' folder (configs, logs).
 """
 
@@ -795,15 +796,20 @@ def target_lines(results: dict[str, Result]) -> list[str]:
 
 # --- running it -------------------------------------------------------------------------------------
 
+SCENARIO_KEYS = ("a", "c", "probe", "open-a", "open-c")
+
+
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     w = args.in_flight
-    return [
+    every = [
         Scenario("a", "one sender -> one user on B, closed loop", args.n_a, 1, "closed", w),
         Scenario("c", f"one sender -> {args.users} users on B, closed loop", args.n_c, args.users, "closed", w),
         Scenario("probe", "latency probe: one message at a time", args.probe, 1, "closed", 1),
         Scenario("open-a", "as (a), open loop", args.n_a, 1, "open", w),
         Scenario("open-c", "as (c), open loop", args.n_c, args.users, "open", w),
     ]
+    by_key = {s.key: s for s in every}
+    return [by_key[k] for k in args.scenarios]
 
 
 async def bench(args: argparse.Namespace, hs: Homeservers, out: Callable[[str], None]) -> dict[str, Any]:
@@ -850,6 +856,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--in-flight", type=int, help="closed loop: messages not yet delivered; open loop: "
                     "send requests outstanding (default 50)")
     ap.add_argument("--probe", type=int, help="messages of the latency probe (default 30)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIO_KEYS), metavar="LIST",
+                    help=f"comma-separated scenarios to run, in this order (default {','.join(SCENARIO_KEYS)})")
     ap.add_argument("--floor-requests", type=int, help="empty requests per homeserver for the floor (default 1000)")
     ap.add_argument("--settle", type=float, default=30.0,
                     help="seconds without a new delivery after which missing copies count as lost (default 30)")
@@ -864,6 +872,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for k in ("n_a", "n_c", "users", "in_flight", "probe", "floor_requests"):
         if getattr(args, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be at least 1")
+    args.scenarios = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+    unknown = [k for k in args.scenarios if k not in SCENARIO_KEYS]
+    if unknown or not args.scenarios:
+        ap.error(f"--scenarios: choose from {', '.join(SCENARIO_KEYS)}")
     return args
 
 
@@ -907,7 +919,7 @@ def main(argv: list[str]) -> int:
         doc = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                            "load_average_at_end": os.getloadavg()},
                "settings": {k: getattr(args, k) for k in ("n_a", "n_c", "users", "in_flight", "probe",
-                                                           "floor_requests", "settle", "quick")},
+                                                           "floor_requests", "settle", "quick", "scenarios")},
                "floor": report["floor"], "token_issuance": ti, "wall_s": report["wall_s"],
                "scenarios": [asdict(r) for r in results],
                "latency_listening": "QS websocket notifications (no polling)"}
