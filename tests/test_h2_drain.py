@@ -1,0 +1,88 @@
+"""An HTTP/2 connection at its request limit answers every request it took
+(``phoenix_ref/h2_drain.py``; docs/decisions.md, "HTTP/2 connections drain
+at their request limit"), on the stack ``phoenix-ref serve`` runs: anycorn
+over TLS 1.3 on a loopback socket, reached through the reference client's
+HTTPS transport. Without the drain, anycorn's GOAWAY cut off the answers of
+the requests in flight: in the concurrent case below about two thirds of the
+80 requests failed, and the homeserver handled about 120."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+
+from phoenix_ref.config import Limits
+from phoenix_ref.federation.client import HttpsTransport, client_ssl_context
+from phoenix_ref.metrics import Scrape
+from phoenix_ref.testing import Deployment, names_of
+
+LIMIT = 5            # requests per connection
+
+
+async def _handled(node) -> float:
+    """Requests the homeserver has handled, by its own count."""
+    async with node.metrics_client() as http:
+        return Scrape((await http.get("/metrics")).text).value("phoenix_http_requests_total")
+
+
+async def _requests(n: int, in_flight: int) -> tuple[float, dict]:
+    """``n`` GETs to a homeserver whose connections take LIMIT requests each,
+    ``in_flight`` at a time. A GET whose answer was lost is sent once more by
+    the transport, so a lost answer shows as a request handled twice.
+    Returns the requests the homeserver handled and what the client saw."""
+    got = {"ok": 0, "failed": [], "connections": 0, "versions": set()}
+
+    async def trace(event: str, info: dict) -> None:
+        if event == "connection.start_tls.complete":
+            got["connections"] += 1
+
+    with trio.fail_after(120):
+        async with Deployment("sockets", ["hs1"], limits=Limits(max_requests_per_connection=LIMIT),
+                              metrics=True) as d:
+            node = d["hs1"]
+            before = await _handled(node)
+            resolve = {h: f"127.0.0.1:{node.port}" for h in names_of(node.domain)}
+            transport = HttpsTransport(client_ssl_context(d.tmp / "ca" / "ca.pem"), resolve)
+            url = node.url("", "/.well-known/phoenix")
+            slots = trio.Semaphore(in_flight)
+            async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=20.0) as http:
+                async def one() -> None:
+                    async with slots:
+                        try:
+                            resp = await http.get(url, extensions={"trace": trace})
+                        except Exception as e:   # noqa: BLE001 - counted; the callers judge them
+                            got["failed"].append(repr(e))
+                            return
+                        assert resp.status_code == 200
+                        got["ok"] += 1
+                        got["versions"].add(resp.http_version)
+
+                async with trio.open_nursery() as nursery:
+                    for _ in range(n):
+                        nursery.start_soon(one)
+            handled = await _handled(node) - before
+    return handled, got
+
+
+async def test_one_request_at_a_time_every_answer_arrives():
+    n = 6 * LIMIT
+    handled, got = await _requests(n, 1)
+    assert got["versions"] == {"HTTP/2"}
+    assert got["connections"] >= n // LIMIT, got      # the server ended connections at its limit
+    assert got["ok"] == n and not got["failed"], got
+    assert handled == n, (handled, got)               # and no answer was lost and asked again
+
+
+async def test_many_requests_in_flight_every_request_taken_is_answered():
+    n = 80
+    handled, got = await _requests(n, 10)
+    assert got["versions"] == {"HTTP/2"}
+    assert got["connections"] >= n // LIMIT, got
+    # Every request the homeserver handled had its answer delivered: none was
+    # handled, lost and handled again. What may remain is httpcore's side of a
+    # race: a stream whose answer arrived together with the GOAWAY can be
+    # failed by the client anyway (it checks for the GOAWAY before looking at
+    # the answers it already has). That is rare (2 requests in 1 of 34 runs of
+    # this test), hence the small allowance.
+    assert got["ok"] >= n - 4, got
+    assert handled - got["ok"] <= 4, (handled, got)
