@@ -317,6 +317,7 @@ _EVENTS = {"joined": "joined group", "removed": "removed from group",
            "declined": "declined an invitation (not from a client of a contact's connection group) to group",
            "commit_refused": "a commit of ours lost to another one in group",
            "message_failed": "a message could not be read in group",
+           "message_waiting": "a message waits for a server it needs (tried again at the next receive) in group",
            "resynced": "missed a change and rejoined group",
            "resync_failed": "missed a change and could not yet rejoin group"}
 

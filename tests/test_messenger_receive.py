@@ -175,6 +175,99 @@ async def test_held_messages_go_on_after_an_unreadable_one(monkeypatch):
         agree(alice, bob, group_id=gid)
 
 
+async def _unreachable(*args):
+    raise httpx.ConnectError("the DS cannot be reached")
+
+
+async def invited_with_two_texts(d, http, **bob_kwargs):
+    """Alice invites bob into a new group and sends two texts, none of them received yet."""
+    alice, = await users(d, http, A)
+    bob = await Messenger.register(http, A, clock=d.clock, **bob_kwargs)
+    alice.add_contact(bob.card())
+    bob.add_contact(alice.card())
+    await bob.trust_domains(A)
+    gid = await alice.create_group()
+    await alice.invite(gid, [bob.user_id])
+    await alice.send(gid, b"one")
+    await alice.send(gid, b"two")
+    return gid, alice, bob
+
+
+def waiting_events(m):
+    return [e[:2] for e in m.events if e[0] == "message_waiting"]
+
+
+@spec("spec/queuing_service.md#dequeue-messages", "informative")
+async def test_a_welcome_waits_for_the_ds_and_its_group_waits_behind_it(tmp_path, monkeypatch):
+    """The DS's welcome information cannot be fetched: the Welcome and the
+    group's later messages wait, across a restart, and are handled in order
+    once the DS answers."""
+    async with Deployment("in_process", ["hs1"]) as d, d.client() as http:
+        gid, alice, bob = await invited_with_two_texts(d, http, state_dir=tmp_path / "bob")
+        with monkeypatch.context() as patch:
+            patch.setattr(bob, "ds", _unreachable)
+            assert await bob.receive() == 3
+            assert waiting_events(bob) == [("message_waiting", gid)]     # once, for the Welcome
+            assert [w.group for w in bob.waiting] == [gid] * 3 and gid not in bob.groups
+            assert await bob.receive() == 0                              # still unreachable: still waiting
+            assert len(bob.waiting) == 3 and len(waiting_events(bob)) == 1
+        assert not [e for e in bob.events if e[0] == "message_failed"]
+        bob.close()
+        again = Messenger.open(tmp_path / "bob", http, clock=d.clock)
+        assert [w.group for w in again.waiting] == [gid] * 3
+        assert await again.receive() == 0
+        assert ("joined", gid) in again.events and again.waiting == []
+        assert again.text_bodies(gid) == [b"one", b"two"]
+        agree(alice, again, group_id=gid)
+        again.close()
+
+
+@spec("spec/queuing_service.md#dequeue-messages", "informative")
+async def test_a_commit_waits_for_a_new_members_as_while_other_groups_go_on():
+    """A commit adds a member of a domain whose AS is down: the commit and its
+    group's next text wait; another group's text is read at once."""
+    async with Deployment("in_process", ["hs1", "hs2"]) as d, d.client() as http:
+        gid, alice, bob = await group_of_two(d, http)
+        other = await alice.create_group()
+        await alice.invite(other, [bob.user_id])
+        assert await bob.receive() == 1
+        carol = await Messenger.register(http, "b.example", clock=d.clock)
+        carol.add_contact(alice.card())
+        await carol.trust_domains(A)
+        alice.add_contact(carol.card())
+        await alice.trust_domains("b.example")
+        await alice.invite(gid, [carol.user_id])
+        await d.set_down("hs2")                         # bob has never fetched b.example's AS credentials
+        await alice.send(gid, b"in the new epoch")
+        await alice.send(other, b"elsewhere")
+        assert await bob.receive() == 3
+        assert waiting_events(bob) == [("message_waiting", gid)]
+        assert [w.group for w in bob.waiting] == [gid, gid]
+        assert bob.text_bodies(other) == [b"elsewhere"] and bob.text_bodies(gid) == []
+        await d.set_up("hs2")
+        assert await bob.receive() == 0
+        assert bob.waiting == [] and bob.text_bodies(gid) == [b"in the new epoch"]
+        assert not [e for e in bob.events if e[0] == "message_failed"]
+        agree(alice, bob, group_id=gid)
+
+
+@spec("spec/queuing_service.md#dequeue-messages", "informative")
+async def test_a_message_that_waited_a_week_is_reported_failed(monkeypatch):
+    from phoenix_ref.client.messenger import MAX_WAIT_MS
+    async with Deployment("in_process", ["hs1"]) as d, d.client() as http:
+        gid, alice, bob = await invited_with_two_texts(d, http)
+        monkeypatch.setattr(bob, "ds", _unreachable)
+        assert await bob.receive() == 3
+        d.clock.advance(MAX_WAIT_MS - 1)
+        assert await bob.receive() == 0 and len(bob.waiting) == 3
+        d.clock.advance(1)
+        assert await bob.receive() == 0
+        gave_up = [e for e in bob.events if e[0] == "message_failed"]
+        assert len(gave_up) == 1 and gave_up[0][1] == gid and "gave up" in gave_up[0][2]
+        # the texts behind it belong to a group bob never joined: nothing to do with them
+        assert bob.waiting == [] and gid not in bob.groups
+
+
 def test_the_command_line_client_prints_events_with_and_without_a_reason(capsys):
     m = SimpleNamespace(events=[("resynced", "G1"), ("message_failed", None, "DecodeError: bad tag")],
                         texts={}, contacts={})

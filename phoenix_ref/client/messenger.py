@@ -22,8 +22,10 @@ from any other client is declined (:meth:`Messenger._join`).
 friendship token.
 
 :meth:`Messenger.receive` handles every dequeued message on its own: one
-that cannot be processed becomes a ``message_failed`` event, and a message
-of a later epoch (a commit never reached us) makes it resync the group.
+that cannot be processed becomes a ``message_failed`` event, one that needs
+a server which does not answer now waits for it (with its group's later
+messages behind it), and a message of a later epoch (a commit never reached
+us) makes it resync the group.
 
 A request the DS refuses raises its :class:`~phoenix_ref.errors.ProtocolError`
 after the pending commit is dropped (``409 wrong_epoch``: receive, then try
@@ -112,6 +114,36 @@ UNPROCESSABLE: tuple[type[Exception], ...] = (
     httpx.TransportError,  # a server could not be reached for it
 )
 
+#: How long a dequeued message may wait for a server it needs (see
+#: :meth:`Messenger.receive`) before it is reported as failed: a week, so a
+#: homeserver's outage or a laptop's week offline costs no message.
+MAX_WAIT_MS = 7 * 24 * 3600 * 1000
+#: At most this many messages wait; beyond that the oldest one is reported as failed.
+MAX_WAITING = 1000
+
+
+@dataclass
+class Waiting:
+    """A dequeued message that waits for a server it needs (:meth:`Messenger.receive`)."""
+    message: bytes              # the encoded MessageContent
+    group: GroupId | None
+    since_ms: int               # when it first could not be processed
+
+
+class _NotNow(Exception):
+    """A server without whose answer a message cannot be processed did not
+    answer (unreachable, 5xx, 429): the message waits, nothing was applied."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(describe(cause))
+        self.cause = cause
+
+
+def _transient(e: Exception) -> bool:
+    """Whether ``e`` says "not now" rather than "no": no answer, a server
+    error or a rate limit."""
+    return isinstance(e, httpx.TransportError) or (isinstance(e, ProtocolError) and (e.status >= 500 or e.status == 429))
+
 
 @struct
 class ContactCard:
@@ -171,8 +203,11 @@ class Messenger:
     #: what happened to groups and dequeued messages, for the caller:
     #: ``(kind, group)`` with kind ``joined``, ``removed``, ``declined``,
     #: ``commit_refused``, ``resynced``; ``("message_failed", group or None,
-    #: reason)`` and ``("resync_failed", group, reason)`` (:meth:`receive`)
+    #: reason)``, ``("message_waiting", group, reason)`` and
+    #: ``("resync_failed", group, reason)`` (:meth:`receive`)
     events: list[tuple] = field(default_factory=list)
+    #: dequeued messages waiting for a server they need, in dequeue order (:meth:`receive`)
+    waiting: list[Waiting] = field(default_factory=list)
     #: texts received per group, in order
     texts: dict[GroupId, list[Text]] = field(default_factory=dict)
     #: connection groups we created, by the user we asked (connection establishment)
@@ -255,6 +290,8 @@ class Messenger:
                 group_id = GroupId.parse(gid)
                 out.texts.setdefault(group_id, []).append(Text(UserId.parse(sender) if sender else None, body))
             out._saved_texts = {g: len(t) for g, t in out.texts.items()}
+            for since, message in store.waiting():
+                out.waiting.append(Waiting(message, _group_of(decode(qm.MessageContent, message)), since))
         except (DecodeError, ValueError, MlsError, ProtocolError) as e:
             store.close()
             from .state_store import StateDirError
@@ -279,6 +316,7 @@ class Messenger:
             done = self._saved_texts.get(gid, 0)
             rows.new_texts += [(str(gid), i, str(t.sender) if t.sender else None, t.body)
                                for i, t in enumerate(texts[done:], start=done)]
+        rows.waiting = [(w.since_ms, w.message) for w in self.waiting]
         self.store.write(rows)
         self._saved_texts = {gid: len(texts) for gid, texts in self.texts.items()}
 
@@ -552,13 +590,18 @@ class Messenger:
         later epoch tries again). Messages of the epochs we skipped cannot be
         read any more (their keys were never ours): each is a failed message.
 
-        A message that failed because a server could not be reached (the AS
-        credentials of a new member's domain, the DS's welcome information)
-        is not retried, since it is no longer in the queue: a group whose
-        commit failed so is behind, and the group's next message resyncs it;
-        a lost Welcome leaves the client out of that group until it is
-        invited again. Any other error (a bug) propagates and the rest of
-        the answer is lost; the state written is what was processed before
+        A message that needs a server before anything of it can be applied
+        (the AS credentials of a new member's domain, the DS's welcome
+        information for a Welcome) and finds it unreachable, failing (5xx)
+        or rate limiting (429) is not lost: it waits, saved with the state
+        (:attr:`waiting`), reported once as ``("message_waiting", group,
+        reason)``, and the later messages of its group wait behind it, in
+        order. Every call tries the waiting messages again before it
+        dequeues new ones. One that has waited :data:`MAX_WAIT_MS`, or the
+        oldest when more than :data:`MAX_WAITING` wait, is reported as
+        failed (docs/decisions.md, "A message waits for the server it
+        needs"). Any other error (a bug) propagates and the rest of the
+        answer is lost; the state written is what was processed before
         (docs/decisions.md, "One unreadable message does not cost the rest
         of a dequeue", "Resync on a message of a later epoch")."""
         resynced: set[GroupId] = set()
@@ -571,6 +614,9 @@ class Messenger:
                 self.events.append(("commit_refused", gid))
             except httpx.TransportError:
                 continue                          # still unreachable: its messages wait
+        again, self.waiting = self.waiting, []
+        for w in again:
+            await self._process_one(w.message, resynced, since_ms=w.since_ms)
         plaintexts = await self.qs.receive(self.me)
         await self._process_all(plaintexts, resynced)
         return len(plaintexts)
@@ -582,20 +628,49 @@ class Messenger:
         for message in messages:
             await self._process_one(message, resynced)
 
-    async def _process_one(self, message: Any, resynced: set[GroupId]) -> None:
+    async def _process_one(self, message: Any, resynced: set[GroupId], since_ms: int | None = None) -> None:
         """Handle one message; if it cannot be processed, report it, and
-        resync its group if it shows we missed a commit."""
+        resync its group if it shows we missed a commit; if it cannot be
+        processed yet, or an earlier message of its group waits, it waits
+        (``since_ms``: since when it has been waiting)."""
         content, group_id = message, None
         try:
             if isinstance(message, (bytes, bytearray)):
                 content = decode(qm.MessageContent, bytes(message))
             group_id = _group_of(content)
+            if any(w.group == group_id for w in self.waiting):
+                self._wait(content, group_id, since_ms)   # behind an earlier message of its group
+                return
             await self._handle(content)
+        except _NotNow as e:
+            if since_ms is None:
+                self.events.append(("message_waiting", group_id, str(e)))
+            if since_ms is not None and self.now() - since_ms >= MAX_WAIT_MS:
+                self.events.append(("message_failed", group_id, f"{e} (gave up after waiting a week)"))
+            else:
+                self._wait(content, group_id, since_ms)
         except UNPROCESSABLE as e:
             self.events.append(("message_failed", group_id, describe(e)))
             if isinstance(e, WrongEpoch) and group_id not in resynced and self._is_behind(group_id, content):
                 resynced.add(group_id)
                 await self._recover(group_id)
+
+    def _wait(self, content: Any, group_id: GroupId | None, since_ms: int | None) -> None:
+        self.waiting.append(Waiting(encode(content, qm.MessageContent), group_id,
+                                    self.now() if since_ms is None else since_ms))
+        if len(self.waiting) > MAX_WAITING:
+            oldest = self.waiting.pop(0)
+            self.events.append(("message_failed", oldest.group, f"{MAX_WAITING} messages were waiting"))
+
+    async def _needs(self, call: Awaitable[Any]) -> Any:
+        """The answer to a request the message being handled cannot be
+        processed without; :class:`_NotNow` if the server could not give it now."""
+        try:
+            return await call
+        except (httpx.TransportError, ProtocolError) as e:
+            if _transient(e):
+                raise _NotNow(e) from e
+            raise
 
     def _is_behind(self, group_id: GroupId, content: Any) -> bool:
         member = self.groups.get(group_id)
@@ -622,7 +697,7 @@ class Messenger:
             member.held.append(content)           # after our own commit's fate is known
             return
         for domain in member.credential_domains(content):
-            await self.ensure_trusted(domain)      # new members from a domain not trusted yet
+            await self._needs(self.ensure_trusted(domain))   # new members from a domain not trusted yet
         out = member.process(content, self.trust)
         if isinstance(content, qm.ApplicationContent):
             await self._application(group_id, member, out)
@@ -732,7 +807,7 @@ class Messenger:
         kp_bundle, leaf = self.key_packages[ref]
         ear_key = GroupMember.ear_key_of(bundle, kp_bundle)
         request = GroupMember.welcome_info_request(bundle, kp_bundle, ear_key, self.now())
-        info = await self.ds(bundle.group_id.ds_domain, request.name, request.body)
+        info = await self._needs(self.ds(bundle.group_id.ds_domain, request.name, request.body))
         for attempt in range(MAX_NEW_DOMAINS + 1):
             try:
                 member = GroupMember.join(bundle, kp_bundle, leaf, ear_key,
@@ -742,7 +817,7 @@ class Messenger:
             except UnknownSigner as e:      # a member from a domain we did not trust yet
                 if e.domain is None or e.domain in self.trusted or attempt == MAX_NEW_DOMAINS:
                     raise
-                await self.ensure_trusted(e.domain)
+                await self._needs(self.ensure_trusted(e.domain))
         self.groups[bundle.group_id] = member
         self.events.append(("joined", bundle.group_id))
         if not _is_last_resort(kp_bundle):

@@ -19,6 +19,9 @@ Tables (values are the encoded structs of :mod:`.saved`, or text):
     of the connection (the reference for the contact's clients).
 ``texts``
     the message log: group id, position in the group's log, sender, body.
+``waiting``
+    dequeued messages waiting for a server they need, in order: position,
+    since when (ms), the encoded MessageContent.
 
 :meth:`ClientStore.write` replaces everything but the log and appends new
 log entries, in one transaction: a crash leaves the state of the previous
@@ -55,6 +58,8 @@ CREATE TABLE IF NOT EXISTS connection_groups (group_id TEXT PRIMARY KEY, user_id
 CREATE TABLE IF NOT EXISTS connections (user_id TEXT PRIMARY KEY, group_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS texts (group_id TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT,
                                   body BLOB NOT NULL, PRIMARY KEY (group_id, seq));
+CREATE TABLE IF NOT EXISTS waiting (position INTEGER PRIMARY KEY, since_ms INTEGER NOT NULL,
+                                    message BLOB NOT NULL);
 """
 
 
@@ -74,6 +79,8 @@ class StateRows:
     connections: dict[str, str] = field(default_factory=dict)
     #: (group id, position, sender or None, body)
     new_texts: list[tuple[str, int, str | None, bytes]] = field(default_factory=list)
+    #: (since ms, encoded MessageContent), in order
+    waiting: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 class ClientStore:
@@ -158,6 +165,10 @@ class ClientStore:
         return [(g, s, sender, bytes(b)) for g, s, sender, b in
                 self._db.execute("SELECT group_id, seq, sender, body FROM texts ORDER BY group_id, seq")]
 
+    def waiting(self) -> list[tuple[int, bytes]]:
+        return [(since, bytes(m)) for since, m in
+                self._db.execute("SELECT since_ms, message FROM waiting ORDER BY position")]
+
     def settings(self) -> dict[str, Any]:
         data = self._meta("settings")
         return json.loads(data) if data else {}
@@ -182,6 +193,9 @@ class ClientStore:
                 db.execute(f"DELETE FROM {table}")
                 db.executemany(f"INSERT INTO {table} ({key}, {value}) VALUES (?, ?)", list(items.items()))
             db.executemany("INSERT OR REPLACE INTO texts VALUES (?, ?, ?, ?)", rows.new_texts)
+            db.execute("DELETE FROM waiting")
+            db.executemany("INSERT INTO waiting VALUES (?, ?, ?)",
+                           [(i, since, m) for i, (since, m) in enumerate(rows.waiting)])
 
     class _Tx:
         def __init__(self, db: sqlite3.Connection):
