@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
-from .codec import U16, U32, VarBytes, encode, struct
+from .codec import U16, VarBytes, encode, struct
 
 CIPHER_SUITE = 1
 MLS_PREFIX = b"MLS 1.0 "
