@@ -30,8 +30,8 @@ A = "a.example"
 RESYNC = "spec/delivery_service.md#resync"
 
 
-async def group_of_two(d, http, **bob_kwargs):
-    """Alice's group with bob in it, both on ``A``."""
+async def invited(d, http, **bob_kwargs):
+    """Alice's new group, bob (a new user) invited to it; bob has not received the Welcome yet."""
     alice, = await users(d, http, A)
     bob = await Messenger.register(http, A, clock=d.clock, **bob_kwargs)
     alice.add_contact(bob.card())
@@ -39,6 +39,12 @@ async def group_of_two(d, http, **bob_kwargs):
     await bob.trust_domains(A)
     gid = await alice.create_group()
     await alice.invite(gid, [bob.user_id])
+    return gid, alice, bob
+
+
+async def group_of_two(d, http, **bob_kwargs):
+    """Alice's group with bob in it, both on ``A``."""
+    gid, alice, bob = await invited(d, http, **bob_kwargs)
     assert await bob.receive() == 1 and ("joined", gid) in bob.events
     return gid, alice, bob
 
@@ -181,13 +187,7 @@ async def _unreachable(*args):
 
 async def invited_with_two_texts(d, http, **bob_kwargs):
     """Alice invites bob into a new group and sends two texts, none of them received yet."""
-    alice, = await users(d, http, A)
-    bob = await Messenger.register(http, A, clock=d.clock, **bob_kwargs)
-    alice.add_contact(bob.card())
-    bob.add_contact(alice.card())
-    await bob.trust_domains(A)
-    gid = await alice.create_group()
-    await alice.invite(gid, [bob.user_id])
+    gid, alice, bob = await invited(d, http, **bob_kwargs)
     await alice.send(gid, b"one")
     await alice.send(gid, b"two")
     return gid, alice, bob
