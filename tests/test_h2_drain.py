@@ -86,3 +86,74 @@ async def test_many_requests_in_flight_every_request_taken_is_answered():
     # this test), hence the small allowance.
     assert got["ok"] >= n - 4, got
     assert handled - got["ok"] <= 4, (handled, got)
+
+
+async def test_a_request_that_does_not_finish_holds_the_drain_for_graceful_timeout_only(tmp_path):
+    """The limit is reached while one request is still being handled (it
+    never finishes here): the GOAWAY goes out after ``graceful_timeout``, and
+    the request the connection did not take is sent again on a new
+    connection rather than waiting for the slow one. A bare ASGI app served
+    like ``serve`` serves a homeserver (anycorn, TLS 1.3, the drain installed)."""
+    import socket
+    import ssl
+
+    import anycorn
+    import trustme
+
+    from phoenix_ref import h2_drain
+    from phoenix_ref.config import Config
+    from phoenix_ref.cli import server_config
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] == "/slow":
+            await trio.sleep_forever()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"fast"})
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    cert.private_key_pem.write_to_path(tmp_path / "key.pem")
+    config = Config.from_dict({"domain": "a.example",
+                               "tls": {"cert": str(tmp_path / "cert.pem"), "key": str(tmp_path / "key.pem")},
+                               "limits": {"max_requests_per_connection": 2}}, base=tmp_path)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    sc = server_config(config, bind=[f"127.0.0.1:{port}"])
+    sc.graceful_timeout = 0.5
+    h2_drain.install()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            stop = trio.Event()
+            await nursery.start(lambda task_status: anycorn.serve(app, sc, shutdown_trigger=stop.wait,
+                                                                  task_status=task_status))
+            ctx = ssl.create_default_context()
+            ca.configure_trust(ctx)
+            async with httpx.AsyncClient(verify=ctx, http2=True, trust_env=False, timeout=20.0) as http:
+                base = f"https://localhost:{port}"
+                outcome = {}
+
+                async def slow() -> None:
+                    try:
+                        await http.get(base + "/slow")
+                    except httpx.TransportError as e:
+                        outcome["slow"] = type(e).__name__
+
+                nursery.start_soon(slow)
+                await trio.sleep(0.2)                      # request 1 of 2: being handled
+                assert (await http.get(base + "/fast")).status_code == 200   # 2 of 2: the limit
+                started = trio.current_time()
+                resp = await http.get(base + "/fast")      # not taken by that connection
+                waited = trio.current_time() - started
+                assert resp.status_code == 200 and resp.http_version == "HTTP/2"
+                assert waited < 5, waited                  # the drain's bound (0.5 s), not the slow request
+                await trio.sleep(0.5)
+                assert outcome == {"slow": "RemoteProtocolError"}   # cut off by the late GOAWAY
+            stop.set()
