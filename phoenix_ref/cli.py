@@ -117,14 +117,14 @@ async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
     closes that one). ``task_status.started()`` is called once the app's
     startup finished and the server listens.
 
-    Why anycorn and not hypercorn: docs/decisions.md, "HTTP server"; how
-    an HTTP/2 connection ends at its request limit: :mod:`phoenix_ref.h2_drain`.
+    Why anycorn and not hypercorn: docs/decisions.md, "HTTP server"; what
+    the homeserver changes in anycorn's HTTP/2: :mod:`phoenix_ref.h2_server`.
     """
     import anycorn
     import trio
-    from . import h2_drain
+    from . import h2_server
     from .homeserver import Homeserver
-    h2_drain.install()
+    h2_server.install()
     hs = homeserver or Homeserver(config)
     bind = [f"fd://{os.dup(sock.fileno())}"] if sock is not None else None
     sc = server_config(config, bind=bind, tls=tls)

@@ -1,10 +1,14 @@
-"""An HTTP/2 connection at its request limit answers every request it took
-(``phoenix_ref/h2_drain.py``; docs/decisions.md, "HTTP/2 connections drain
-at their request limit"), on the stack ``phoenix-ref serve`` runs: anycorn
-over TLS 1.3 on a loopback socket, reached through the reference client's
-HTTPS transport. Without the drain, anycorn's GOAWAY cut off the answers of
-the requests in flight: in the concurrent case below about two thirds of the
-80 requests failed, and the homeserver handled about 120."""
+"""What the homeserver changes in anycorn's HTTP/2 (``phoenix_ref/h2_server.py``;
+docs/decisions.md, "HTTP/2 server: three changes to anycorn"), on the stack
+``phoenix-ref serve`` runs: anycorn over TLS 1.3 on a loopback socket.
+
+1. A connection at its request limit answers every request it took. Without
+   the drain, anycorn's GOAWAY cut off the answers of the requests in
+   flight: in the concurrent case below about two thirds of the 80 requests
+   failed, and the homeserver handled about 120.
+2. PRIORITY frames are ignored: 1001 of them used to end the server.
+3. An error while handling one connection closes that connection only.
+"""
 
 from __future__ import annotations
 
@@ -100,7 +104,7 @@ async def test_a_request_that_does_not_finish_holds_the_drain_for_graceful_timeo
     import anycorn
     import trustme
 
-    from phoenix_ref import h2_drain
+    from phoenix_ref import h2_server
     from phoenix_ref.config import Config
     from phoenix_ref.cli import server_config
 
@@ -128,7 +132,7 @@ async def test_a_request_that_does_not_finish_holds_the_drain_for_graceful_timeo
     sock.close()
     sc = server_config(config, bind=[f"127.0.0.1:{port}"])
     sc.graceful_timeout = 0.5
-    h2_drain.install()
+    h2_server.install()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             stop = trio.Event()
@@ -157,3 +161,81 @@ async def test_a_request_that_does_not_finish_holds_the_drain_for_graceful_timeo
                 await trio.sleep(0.5)
                 assert outcome == {"slow": "RemoteProtocolError"}   # cut off by the late GOAWAY
             stop.set()
+
+
+async def _raw_h2(node, ca):
+    """A TLS connection to ``node`` that has negotiated HTTP/2, and a python-h2
+    client connection to write frames with (its preface already sent)."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", node.port), ctx, server_hostname=node.domain)
+    await stream.do_handshake()
+    assert stream.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    await stream.send_all(conn.data_to_send())
+    return stream, conn
+
+
+async def _still_serving(node, ca) -> None:
+    resolve = {h: f"127.0.0.1:{node.port}" for h in names_of(node.domain)}
+    async with httpx.AsyncClient(transport=HttpsTransport(client_ssl_context(ca), resolve),
+                                 trust_env=False, timeout=10.0) as http:
+        resp = await http.get(node.url("", "/.well-known/phoenix"))
+    assert resp.status_code == 200 and resp.http_version == "HTTP/2"
+
+
+async def test_priority_frames_are_ignored():
+    """2000 PRIORITY frames for streams never opened, on one connection: the
+    server keeps that connection and goes on serving (before, the 1001st
+    ended the whole server)."""
+    with trio.fail_after(60):
+        async with Deployment("sockets", ["hs1"]) as d:
+            node, ca = d["hs1"], d.tmp / "ca" / "ca.pem"
+            stream, conn = await _raw_h2(node, ca)
+            for i in range(2000):
+                conn.prioritize(2 * i + 1, weight=16)
+            await stream.send_all(conn.data_to_send())
+            # the same connection still takes a request
+            conn.send_headers(1, [(":method", "GET"), (":path", "/.well-known/phoenix"), (":scheme", "https"),
+                                  (":authority", node.domain)], end_stream=True)
+            await stream.send_all(conn.data_to_send())
+            status = None
+            while status is None:
+                data = await stream.receive_some(65536)
+                assert data, "the server closed the connection"
+                for event in conn.receive_data(data):
+                    if type(event).__name__ == "ResponseReceived":
+                        status = dict(event.headers)[b":status"]
+                await stream.send_all(conn.data_to_send())
+            assert status == b"200"
+            await stream.aclose()
+            await _still_serving(node, ca)
+
+
+async def test_an_error_while_handling_one_connection_closes_that_connection_only(monkeypatch, caplog):
+    from anycorn.protocol.h2 import H2Protocol
+    real = H2Protocol._handle_events
+
+    async def failing(self, events):
+        if any(type(e).__name__ == "PingReceived" for e in events):
+            raise RuntimeError("a bug in the HTTP/2 layer")
+        await real(self, events)
+
+    monkeypatch.setattr(H2Protocol, "_handle_events", failing)
+    with trio.fail_after(60):
+        async with Deployment("sockets", ["hs1"]) as d:
+            node, ca = d["hs1"], d.tmp / "ca" / "ca.pem"
+            stream, conn = await _raw_h2(node, ca)
+            conn.ping(b"12345678")
+            await stream.send_all(conn.data_to_send())
+            with trio.fail_after(10):               # that connection is closed ...
+                while await stream.receive_some(65536):
+                    pass
+            await _still_serving(node, ca)          # ... and the server goes on
+    assert any("a bug in the HTTP/2 layer" in (r.exc_text or str(r.exc_info)) for r in caplog.records
+               if r.name == "phoenix_ref.h2_server")
