@@ -18,6 +18,7 @@ import trio
 from phoenix_ref.config import Limits
 from phoenix_ref.federation.client import HttpsTransport, client_ssl_context
 from phoenix_ref.metrics import Scrape
+from phoenix_ref.spec_plugin import spec
 from phoenix_ref.testing import Deployment, names_of
 
 LIMIT = 5            # requests per connection
@@ -77,6 +78,7 @@ async def test_one_request_at_a_time_every_answer_arrives():
     assert handled == n, (handled, got)               # and no answer was lost and asked again
 
 
+@spec("threat_model.md#availability", "SHOULD")
 async def test_many_requests_in_flight_every_request_taken_is_answered():
     n = 80
     handled, got = await _requests(n, 10)
@@ -189,6 +191,7 @@ async def _still_serving(node, ca) -> None:
     assert resp.status_code == 200 and resp.http_version == "HTTP/2"
 
 
+@spec("threat_model.md#availability", "SHOULD")
 async def test_priority_frames_are_ignored():
     """2000 PRIORITY frames for streams never opened, on one connection: the
     server keeps that connection and goes on serving (before, the 1001st
@@ -217,6 +220,7 @@ async def test_priority_frames_are_ignored():
             await _still_serving(node, ca)
 
 
+@spec("threat_model.md#availability", "SHOULD")
 async def test_an_error_while_handling_one_connection_closes_that_connection_only(monkeypatch, caplog):
     from anycorn.protocol.h2 import H2Protocol
     real = H2Protocol._handle_events
