@@ -118,13 +118,13 @@ async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
     startup finished and the server listens.
 
     Why anycorn and not hypercorn: docs/decisions.md, "HTTP server"; what
-    the homeserver changes in anycorn's HTTP/2: :mod:`phoenix_ref.h2_server`.
+    the homeserver changes in anycorn: :mod:`phoenix_ref.anycorn_changes`.
     """
     import anycorn
     import trio
-    from . import h2_server
+    from . import anycorn_changes
     from .homeserver import Homeserver
-    h2_server.install()
+    anycorn_changes.install()
     hs = homeserver or Homeserver(config)
     bind = [f"fd://{os.dup(sock.fileno())}"] if sock is not None else None
     sc = server_config(config, bind=bind, tls=tls)

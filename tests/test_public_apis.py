@@ -6,6 +6,14 @@ imports of such names and attribute access to them on an imported
 dependency module (``httpx._config``, ``from httpcore._backends import …``).
 Private attributes of objects (``transport._pool``) are found by the names
 the project has used that way before.
+
+One file is let through, for one dependency: ``phoenix_ref/anycorn_changes.py``
+changes anycorn's connection and HTTP/2 classes, which anycorn offers no
+public way to change, to remove failures that let any client end a
+homeserver (docs/decisions.md, "HTTP server: what the homeserver changes in
+anycorn"). Pin-upgrade safety holds there another way: its ``install()``
+refuses any anycorn but the version it was written against, so an upgrade
+stops ``serve`` and the tests until each change has been checked again.
 """
 
 from __future__ import annotations
@@ -61,12 +69,31 @@ def problems_in(path, text: str) -> list[str]:
     return sorted(set(found), key=lambda p: int(p.split(":")[1]))
 
 
+#: the one file that reaches into a dependency's internals, and which one (module docstring)
+CHANGES_ANYCORN = "phoenix_ref/anycorn_changes.py"
+
+
 def test_no_private_names_of_dependencies():
     files = [p for folder in FOLDERS for p in sorted((REPO_ROOT / folder).rglob("*.py"))]
     assert len(files) > 50
     this = REPO_ROOT / "tests" / "test_public_apis.py"
     problems = [p for f in files if f != this for p in problems_in(f.relative_to(REPO_ROOT), f.read_text())]
-    assert problems == []
+    allowed = [p for p in problems if p.startswith(CHANGES_ANYCORN + ":") and " anycorn" in p]
+    assert allowed, "the exception below is no longer needed: remove it"
+    assert [p for p in problems if p not in allowed] == []
+
+
+def test_the_file_that_changes_anycorn_refuses_another_version(monkeypatch):
+    import importlib.metadata
+
+    import pytest
+
+    from phoenix_ref import anycorn_changes
+    real = importlib.metadata.version
+    monkeypatch.setattr(anycorn_changes, "_installed_version",
+                        lambda name: "0.20.2" if name == "anycorn" else real(name))
+    with pytest.raises(RuntimeError, match="written for anycorn 0.20.1"):
+        anycorn_changes.install()
 
 
 def test_the_check_finds_what_it_looks_for():

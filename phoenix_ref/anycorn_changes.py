@@ -1,14 +1,29 @@
-"""What the homeserver changes in anycorn's HTTP/2 server, and why.
+"""What the homeserver changes in anycorn, its HTTP server, and why.
 
-anycorn builds its HTTP/2 protocol objects inside ``anycorn.protocol`` and
-offers no setting to choose their class, so :func:`install` replaces the name
-there with :class:`PhoenixH2Protocol`; :func:`phoenix_ref.cli.serve` calls it
+anycorn builds its connection and HTTP/2 protocol objects by module-level
+names (``anycorn.tcp_server.TCPServer``, ``anycorn.protocol.H2Protocol``) and
+offers no setting to choose their classes, so :func:`install` replaces those
+names with the subclasses below; :func:`phoenix_ref.cli.serve` calls it
 before serving. This is the only place in the project that changes a
-dependency's behaviour (docs/decisions.md, "HTTP/2 server: three changes to
-anycorn"). Three changes, each below with the failure it removes:
+dependency's behaviour, and the only one allowed to reach into a
+dependency's internals (``tests/test_public_apis.py``); it refuses any
+anycorn but the version it was written for (docs/decisions.md, "HTTP
+server: what the homeserver changes in anycorn"). Three changes, each below
+with the failure it removes:
 
-**1. A connection drains at its request limit.** anycorn ends an HTTP/2
-connection after ``keep_alive_max_requests`` requests (``[limits]
+**1. An error while serving one connection ends that connection only.** An
+exception that escaped anycorn's handling of a connection (its input, or the
+task that writes HTTP/2 frames) went up through the connection's task into
+the server's task group and ended the server. A client could cause one: an
+HTTP/1.1 request asking to upgrade to h2c followed by the client's close made
+a write hit a TLS stream anycorn had already shut (``ssl.SSLError:
+PROTOCOL_IS_SHUTDOWN``; found by sending random bytes and random HTTP/2
+frames on a few hundred connections), and change 3 below describes another.
+:class:`PhoenixTCPServer` logs such an error with its traceback, as an error
+of the server, and that connection ends; the others go on.
+
+**2. An HTTP/2 connection drains at its request limit.** anycorn ends an
+HTTP/2 connection after ``keep_alive_max_requests`` requests (``[limits]
 max_requests_per_connection``, 1000), its guard against clients that open
 and reset streams without end ("Rapid Reset"). It sent its GOAWAY the moment
 the request over the limit arrived, and python-h2 sends nothing more on a
@@ -33,27 +48,21 @@ reported to its client as failed. Now, within what python-h2 allows (RFC 9113
   GOAWAY. The connection closes when the client closes it, or after
   ``keep_alive_timeout`` like any idle one.
 
-**2. PRIORITY signals are ignored; streams with data take turns.** anycorn
-kept RFC 7540's priority tree, and a PRIORITY frame for a stream not yet
-opened inserted a node. The tree refuses its 1001st node with an exception
-that nothing caught: one client sending 1001 PRIORITY frames (a few KB on one
-connection, no request) ended the whole server. RFC 9113 §5.3.2 deprecates
-that scheme and lets a server ignore it, so PRIORITY frames are ignored and
-:class:`TakeTurns` schedules the streams that have data to send, one after
-the other. This also saves CPU: with 50 requests in flight on one client
-connection, the tree's scheduling was 6-9 % of a homeserver's CPU in
+**3. HTTP/2 PRIORITY signals are ignored; streams with data take turns.**
+anycorn kept RFC 7540's priority tree, and a PRIORITY frame for a stream not
+yet opened inserted a node. The tree refuses its 1001st node with an
+exception that nothing caught: one client sending 1001 PRIORITY frames (a few
+KB on one connection, no request) ended the whole server. RFC 9113 §5.3.2
+deprecates that scheme and lets a server ignore it, so PRIORITY frames are
+ignored and :class:`TakeTurns` schedules the streams that have data to send,
+one after the other. This also saves CPU: with 50 requests in flight on one
+client connection, the tree's scheduling was 6-9 % of a homeserver's CPU in
 ``benchmarks/delivery_bench.py``.
-
-**3. A failure while handling one connection ends that connection only.**
-An exception that escapes anycorn's handling of a connection's input went up
-through its connection task into the server's task group and ended the
-server, whatever its cause (change 2 is one such cause). Now it is logged
-with its traceback, as an error of the server, and that connection is
-closed; the others go on.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections import OrderedDict
 
@@ -62,13 +71,25 @@ import h2.exceptions
 import priority
 from anycorn.events import Closed, RawData, Updated
 from anycorn.protocol.h2 import H2Protocol
+from anycorn.tcp_server import TCPServer
 
-log = logging.getLogger("phoenix_ref.h2_server")
+log = logging.getLogger("phoenix_ref.anycorn_changes")
+
+
+class PhoenixTCPServer(TCPServer):
+    """anycorn's server of one connection, whose errors end that connection
+    only (change 1)."""
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except* Exception as errors:   # the server's own error, logged; cancellation goes on up
+            log.error("connection closed after an error in the server while serving it", exc_info=errors)
 
 
 class TakeTurns:
     """The streams of a connection that have data to send, served one after
-    the other (change 2). It answers the calls anycorn's send task makes on
+    the other (change 3). It answers the calls anycorn's send task makes on
     its priority tree, and raises the same errors."""
 
     def __init__(self) -> None:
@@ -110,7 +131,7 @@ class TakeTurns:
 
 
 class PhoenixH2Protocol(H2Protocol):
-    """anycorn's HTTP/2 protocol with the three changes of this module."""
+    """anycorn's HTTP/2 protocol with changes 2 and 3."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -120,26 +141,19 @@ class PhoenixH2Protocol(H2Protocol):
         self._drained = anyio.Event()  # every accepted stream is done, or the connection is closed
         self._goaway_sent = False
 
-    # --- 3: one connection's failure ends that connection -----------------------------------
-
     async def handle(self, event) -> None:
         if self._goaway_sent and isinstance(event, RawData):
-            return                      # 1: after our GOAWAY, dropped
-        try:
-            await super().handle(event)
-        except Exception:   # noqa: BLE001 - the server's own error, logged; the other connections go on
-            log.exception("HTTP/2 connection closed after an error in the server while handling it")
-            if not self.closed:
-                await self.send(Closed())
+            return                      # 2: after our GOAWAY, dropped
+        await super().handle(event)
         if isinstance(event, Closed):
             self._drained.set()
 
-    # --- 2: PRIORITY frames ignored -------------------------------------------------------------
+    # --- 3: PRIORITY frames ignored -------------------------------------------------------------
 
     async def _priority_updated(self, event) -> None:
         return
 
-    # --- 1: drain at the request limit ----------------------------------------------------------
+    # --- 2: drain at the request limit ----------------------------------------------------------
 
     async def _create_stream(self, request) -> None:
         if self.draining:
@@ -188,7 +202,21 @@ class PhoenixH2Protocol(H2Protocol):
         await self.send(Updated(idle=True))   # the keep-alive timeout now runs
 
 
+#: the anycorn these changes were written against and tested with (pyproject pins it)
+ANYCORN_VERSION = "0.20.1"
+_installed_version = importlib.metadata.version
+
+
 def install() -> None:
-    """Make anycorn serve HTTP/2 with :class:`PhoenixH2Protocol` (idempotent)."""
+    """Make anycorn serve connections with :class:`PhoenixTCPServer` and
+    HTTP/2 with :class:`PhoenixH2Protocol` (idempotent). Refuses any other
+    anycorn than :data:`ANYCORN_VERSION`: the subclasses extend internal
+    methods, which a new version may change without notice."""
+    found = _installed_version("anycorn")
+    if found != ANYCORN_VERSION:
+        raise RuntimeError(f"phoenix_ref/anycorn_changes.py was written for anycorn {ANYCORN_VERSION}, "
+                           f"and anycorn {found} is installed: check each change against it first")
     import anycorn.protocol
+    import anycorn.tcp_server
+    anycorn.tcp_server.TCPServer = PhoenixTCPServer
     anycorn.protocol.H2Protocol = PhoenixH2Protocol
