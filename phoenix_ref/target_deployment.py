@@ -5,8 +5,10 @@ the conformance suite starts nothing. :class:`TargetDeployment` maps the
 names a test asks for (``hs1``/``hs2``/``hs3``, or their domains
 ``a.example``/…) onto the target's homeservers and gives what a client over
 HTTPS can have: :meth:`TargetDeployment.client` (verified TLS to the
-target's addresses), :meth:`TargetDeployment.websocket`, a read-only real
-clock, and per node its ``name``, ``domain`` and :meth:`TargetNode.url`.
+target's addresses), :meth:`TargetDeployment.websocket`,
+:meth:`TargetDeployment.tls_stream` (a verified TLS connection for tests
+that write protocol bytes themselves), a read-only real clock, and per node
+its ``name``, ``domain`` and :meth:`TargetNode.url`.
 
 Everything else a local ``Deployment`` offers reaches into a homeserver the
 suite runs itself — the ``Homeserver`` object (``node.hs``), its config and
@@ -30,6 +32,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
+import trio
 
 from .clock import Clock
 from .config import Limits
@@ -81,6 +84,22 @@ def ssl_context(cas: Sequence[Any]) -> ssl.SSLContext:
         ctx.load_verify_locations(cafile=ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     return ctx
+
+
+@asynccontextmanager
+async def tls_stream_to(address: tuple[str, int], domain: str, ctx: ssl.SSLContext,
+                        alpn: str) -> AsyncIterator[Any]:
+    """A TLS connection to ``address`` verified for ``domain`` that has
+    negotiated ``alpn``, as a Trio SSL stream (closed on leaving)."""
+    ctx.set_alpn_protocols([alpn])
+    stream = trio.SSLStream(await trio.open_tcp_stream(*address), ctx, server_hostname=domain)
+    try:
+        await stream.do_handshake()
+        if stream.selected_alpn_protocol() != alpn:
+            raise ssl.SSLError(f"{domain} did not agree to {alpn} (ALPN: {stream.selected_alpn_protocol()})")
+        yield stream
+    finally:
+        await stream.aclose()
 
 
 class TargetNode:
@@ -181,6 +200,16 @@ class TargetDeployment:
             yield ws
         finally:
             await ws.aclose()
+
+    @asynccontextmanager
+    async def tls_stream(self, name: str, alpn: str) -> AsyncIterator[Any]:
+        """A verified TLS 1.3 connection to homeserver ``name``'s domain that
+        has negotiated ``alpn`` (the same object as ``Deployment.tls_stream``
+        gives)."""
+        hs = self.nodes[name].homeserver
+        async with tls_stream_to(hs.address or (hs.domain, 443), hs.domain,
+                               ssl_context([hs.ca] if hs.ca else []), alpn) as stream:
+            yield stream
 
     # --- what it does not have ----------------------------------------------------------------
 

@@ -71,7 +71,7 @@ from .config import Config, Limits, OperatorSettings
 from .federation.client import client_ssl_context, https_transport
 from .homeserver import Homeserver
 from .target import Target
-from .target_deployment import NeedsControl, TargetDeployment
+from .target_deployment import NeedsControl, TargetDeployment, tls_stream_to
 
 MODES = ("in_process", "sockets")   # the modes that run phoenix_ref homeservers here
 TARGET = "target"                   # the mode that tests somebody else's (use_target)
@@ -492,6 +492,20 @@ class Deployment:
             finally:
                 await ws.aclose()
                 nursery.cancel_scope.cancel()
+
+
+    @asynccontextmanager
+    async def tls_stream(self, name: str, alpn: str) -> AsyncIterator[trio.SSLStream]:
+        """A verified TLS 1.3 connection to node ``name``'s domain that has
+        negotiated ``alpn`` (``"h2"``, ``"http/1.1"``), for tests that write
+        protocol bytes themselves. Sockets mode only: in-process nodes have
+        no HTTP server."""
+        if self.mode != "sockets":
+            raise NeedsControl(f"a raw TLS connection to {name} (Deployment({self.mode!r}) has no sockets)")
+        node = self.nodes[name]
+        async with tls_stream_to(("127.0.0.1", node.port), node.domain,
+                               client_ssl_context(self.tmp / "ca" / "ca.pem"), alpn) as stream:
+            yield stream
 
 
 class AsgiWebsocket:
