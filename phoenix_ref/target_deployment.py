@@ -32,11 +32,10 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Sequence
 
 import httpx
-import trio
 
 from .clock import Clock
 from .config import Limits
-from .federation.client import HttpsTransport, client_ssl_context
+from .federation.client import HttpsTransport, client_ssl_context, open_tls_stream
 from .target import SUITE_DOMAINS, Target, TargetHomeserver
 
 _BY_DOMAIN = {d: n for n, d in SUITE_DOMAINS.items()}
@@ -91,10 +90,8 @@ async def tls_stream_to(address: tuple[str, int], domain: str, ctx: ssl.SSLConte
                         alpn: str) -> AsyncIterator[Any]:
     """A TLS connection to ``address`` verified for ``domain`` that has
     negotiated ``alpn``, as a Trio SSL stream (closed on leaving)."""
-    ctx.set_alpn_protocols([alpn])
-    stream = trio.SSLStream(await trio.open_tcp_stream(*address), ctx, server_hostname=domain)
+    stream = await open_tls_stream(address, domain, ctx, alpn)
     try:
-        await stream.do_handshake()
         if stream.selected_alpn_protocol() != alpn:
             raise ssl.SSLError(f"{domain} did not agree to {alpn} (ALPN: {stream.selected_alpn_protocol()})")
         yield stream

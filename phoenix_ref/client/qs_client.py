@@ -227,12 +227,10 @@ class WsprotoTransport:
         from wsproto import WSConnection
         from wsproto.connection import ConnectionType
         from wsproto.events import AcceptConnection, Request
-        from ..federation.client import client_ssl_context
+        from ..federation.client import client_ssl_context, open_tls_stream
         ctx = ssl_context or client_ssl_context(ca_bundle)
-        ctx.set_alpn_protocols(["http/1.1"])   # websockets over HTTP/1.1 (RFC 6455)
-        tcp = await trio.open_tcp_stream(*host_port)
-        self.stream = trio.SSLStream(tcp, ctx, server_hostname=self.host, https_compatible=True)
-        await self.stream.do_handshake()
+        # websockets over HTTP/1.1 (RFC 6455)
+        self.stream = await open_tls_stream(host_port, self.host, ctx, "http/1.1")
         self._ws = WSConnection(ConnectionType.CLIENT)
         await self._send(Request(host=self.host, target=self.path))
         event = await self._event()

@@ -105,6 +105,23 @@ def client_ssl_context(ca_bundle: Path | str | None) -> ssl.SSLContext:
     return ctx
 
 
+async def open_tls_stream(address: tuple[str, int], server_hostname: str, ctx: ssl.SSLContext,
+                          alpn: str) -> trio.SSLStream:
+    """A TCP connection to ``address`` with TLS through ``ctx``, verified for
+    ``server_hostname`` and offering ``alpn``, its handshake done (closed
+    again if the handshake fails). For the connections httpx does not make:
+    the reference client's websocket, the suite's raw protocol bytes."""
+    ctx.set_alpn_protocols([alpn])
+    stream = trio.SSLStream(await trio.open_tcp_stream(*address), ctx, server_hostname=server_hostname,
+                            https_compatible=True)
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
 #: Request extension a sender sets when the receiver deduplicates the request
 #: (QS-to-QS frames), so sending it twice is harmless: :class:`HttpsTransport`
 #: may then retry it after a connection closed before its answer came.
