@@ -227,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)
                 return 1
             # Ctrl-C reaches the tasks of two servers: it may come out wrapped in their nurseries
-            if not (isinstance(e, BaseExceptionGroup) and e.split(KeyboardInterrupt)[1] is None):
+            only_ctrl_c = isinstance(e, BaseExceptionGroup) and e.split(KeyboardInterrupt)[1] is None
+            if not only_ctrl_c:
                 raise
         finally:
             request_log.close()

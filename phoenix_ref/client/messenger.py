@@ -643,9 +643,10 @@ class Messenger:
                 return
             await self._handle(content)
         except _NotNow as e:
-            if since_ms is None:
+            if since_ms is None:                  # its first try: it starts waiting
                 self.events.append(("message_waiting", group_id, str(e)))
-            if since_ms is not None and self.now() - since_ms >= MAX_WAIT_MS:
+                self._wait(content, group_id, None)
+            elif self.now() - since_ms >= MAX_WAIT_MS:
                 self.events.append(("message_failed", group_id, f"{e} (gave up after waiting a week)"))
             else:
                 self._wait(content, group_id, since_ms)
