@@ -11,6 +11,14 @@ serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
 * ``raw``     anycorn (on Trio) with a bare ASGI app of a dozen lines that
   answers every request with a counter: TLS, HTTP and the server loop,
   nothing else;
+* ``lean``    no server framework: a Trio TLS listener that feeds the
+  bytes to the sans-IO protocol libraries the pinned stack uses (``h2``
+  and ``h11``) and answers every request with a counter, about forty
+  lines. It is what any server built on these libraries must pay at
+  least, so ``raw`` minus ``lean`` is what anycorn's generality costs
+  (its tasks per request, AnyIO's TLS wrapper, timeouts, flow control
+  and the rest of what a real server needs) — the most that a server of
+  the project's own could win back;
 * ``phoenix`` ``phoenix-ref serve``, ``GET /.well-known/phoenix``: adds the
   homeserver's application (:mod:`phoenix_ref.asgi`: Host normalising and
   routing, request and response objects), request log (one JSON line per
@@ -25,10 +33,10 @@ kept-alive connection, once over HTTP/2 and once over HTTP/1.1, from this
 process through the project's client transport (httpx, ``HttpsTransport``).
 Per request it prints the server's CPU (utime + stime of its process, from
 ``/proc``) and the client's (this process, ``time.process_time``), and the
-server figure as a multiple of the ``raw`` server over HTTP/1.1 — the least
-any request through this stack costs on this machine. The raw app counts
-the requests it answers, so a figure is never divided by
-requests that did not arrive.
+server figure as a multiple of the ``lean`` server over HTTP/1.1 — the
+least any request over TLS with these libraries costs on this machine. The
+lean and raw servers count the requests they answer, so a figure is never
+divided by requests that did not arrive.
 
 Figures depend on the machine and what else runs on it; the ratios between
 rows of one run are what to compare (GUIDE: performance claims are ratios
@@ -49,6 +57,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +75,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from delivery_bench import BenchFailed, process_cpu_s, wait_answering  # noqa: E402
 
 DOMAIN = "a.example"
-SERVERS = ("raw", "phoenix")
+SERVERS = ("lean", "raw", "phoenix")
 PROTOCOLS = ("h2", "http/1.1")
 WARMUP = 20
 
@@ -105,6 +114,69 @@ def serve_raw(config_path: Path, port: int) -> None:
     anyio.run(anycorn.serve, app, sc, backend="trio")
 
 
+# --- the lean server (run as ``stack_floor.py --serve-lean CONFIG PORT``) -------------------------
+
+def serve_lean(config_path: Path, port: int) -> None:
+    """Answer every request with the number of requests so far, over the
+    TLS context ``phoenix-ref serve`` uses, with nothing between Trio's
+    TLS stream and the protocol libraries. Only what an empty GET on one
+    kept-alive connection needs: no timeouts, limits, flow control for
+    large bodies or error handling — a measuring instrument, not a server."""
+    import h11
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from phoenix_ref.cli import server_ssl_context
+    config = Config.load(config_path)
+    context = server_ssl_context(config.tls_cert, config.tls_key)
+    served = 0
+
+    def answer() -> tuple[bytes, bytes]:
+        nonlocal served
+        served += 1
+        body = str(served).encode()
+        return body, str(len(body)).encode()
+
+    async def over_h2(stream: trio.SSLStream) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        while data := await stream.receive_some():
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.StreamEnded):
+                    body, length = answer()
+                    conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"text/plain"),
+                                                        (b"content-length", length)])
+                    conn.send_data(event.stream_id, body, end_stream=True)
+            if out := conn.data_to_send():
+                await stream.send_all(out)
+
+    async def over_h11(stream: trio.SSLStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some())
+            elif isinstance(event, h11.EndOfMessage):
+                body, length = answer()
+                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+                    (b"content-type", b"text/plain"), (b"content-length", length)]))
+                    + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+                conn.start_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    async def connection(stream: trio.SSLStream) -> None:
+        try:
+            await stream.do_handshake()
+            await (over_h2 if stream.selected_alpn_protocol() == "h2" else over_h11)(stream)
+        except (trio.BrokenResourceError, h11.RemoteProtocolError):   # the client went away
+            pass
+
+    trio.run(partial(trio.serve_ssl_over_tcp, connection, port, context, host="127.0.0.1"))
+
+
 # --- the measurement --------------------------------------------------------------------------------
 
 @dataclass
@@ -114,7 +186,7 @@ class Row:
     requests: int
     server_cpu_ms: float          # per request
     client_cpu_ms: float          # per request
-    x_raw_h1: float = 0.0         # server_cpu_ms / that of raw over HTTP/1.1
+    x_lean_h1: float = 0.0        # server_cpu_ms / that of lean over HTTP/1.1
 
 
 class Servers:
@@ -136,7 +208,7 @@ class Servers:
             if kind == "phoenix":
                 argv = [sys.executable, "-m", "phoenix_ref.cli", "serve", "--config", config]
             else:
-                argv = [sys.executable, __file__, "--serve-raw", config, str(self.ports[kind])]
+                argv = [sys.executable, __file__, f"--serve-{kind}", config, str(self.ports[kind])]
             with open(self.root / f"{kind}.log", "ab") as out:
                 self.procs[kind] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -195,24 +267,24 @@ async def run(servers: Servers, n: int) -> list[Row]:
     for protocol in PROTOCOLS:
         for kind in SERVERS:
             rows.append(await servers.measure(kind, protocol, n))
-    base = next(r for r in rows if r.server == "raw" and r.protocol == "http/1.1").server_cpu_ms
+    base = next(r for r in rows if r.server == "lean" and r.protocol == "http/1.1").server_cpu_ms
     for r in rows:
-        r.x_raw_h1 = r.server_cpu_ms / base if base else float("nan")
+        r.x_lean_h1 = r.server_cpu_ms / base if base else float("nan")
     return rows
 
 
 def table(rows: list[Row]) -> list[str]:
-    out = [f"{'server':<8} {'protocol':<9} {'requests':>8} {'server CPU ms':>14} {'×raw h1':>8} "
+    out = [f"{'server':<8} {'protocol':<9} {'requests':>8} {'server CPU ms':>14} {'×lean h1':>9} "
            f"{'client CPU ms':>14}"]
     for r in rows:
         out.append(f"{r.server:<8} {r.protocol:<9} {r.requests:>8} {r.server_cpu_ms:>14.3f} "
-                   f"{r.x_raw_h1:>8.2f} {r.client_cpu_ms:>14.3f}")
+                   f"{r.x_lean_h1:>9.2f} {r.client_cpu_ms:>14.3f}")
     return out
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--serve-raw"]:
-        serve_raw(Path(argv[1]), int(argv[2]))
+    if argv[:1] in (["--serve-raw"], ["--serve-lean"]):
+        (serve_raw if argv[0] == "--serve-raw" else serve_lean)(Path(argv[1]), int(argv[2]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests per server and protocol (default 1000)")
