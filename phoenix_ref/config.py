@@ -125,10 +125,11 @@ class Limits:
     # protocol's maximum is 100) and, beyond the first, this many payload bytes (docs/decisions.md)
     federation_batch_max_messages: int = _limit(100, maximum=100, unit="messages")
     federation_batch_max_bytes: int = _limit(512 * 1024, minimum=1024, unit="bytes")
-    # while a destination has a backlog (its last batch carried more than one message), the next
-    # batch gathers this long before it is read; 0: never (docs/decisions.md, "Federation batches
-    # linger under a backlog")
-    federation_batch_linger_ms: int = _limit(100, minimum=0, maximum=10_000, unit="milliseconds")
+    # while a destination has a backlog (its last batch carried more than one message and more
+    # wait), the next batch gathers until this many messages wait, or this long at most; linger 0:
+    # never (docs/decisions.md, "Federation batches linger under a backlog")
+    federation_batch_linger_ms: int = _limit(250, minimum=0, maximum=10_000, unit="milliseconds")
+    federation_batch_gather: int = _limit(16, maximum=100, unit="messages")
     # the HTTP server: a connection is closed after this many requests (clients reconnect)
     max_requests_per_connection: int = _limit(1000, unit="requests")
     # how often a running homeserver looks for key files and revocations that

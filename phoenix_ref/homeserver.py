@@ -272,7 +272,8 @@ class Homeserver:
                                 send_batch=functools.partial(_send_federated_batch, self, qs),
                                 batch_limits=BatchLimits(min(limits.federation_batch_max_messages, MAX_BATCH_MESSAGES),
                                                          limits.federation_batch_max_bytes,
-                                                         limits.federation_batch_linger_ms / 1000),
+                                                         limits.federation_batch_linger_ms / 1000,
+                                                         limits.federation_batch_gather),
                                 policy=backoff_policy(limits), on_delivered=qs.on_delivered,
                                 now_ms=self.clock.now_ms, max_age_ms=limits.federation_outbound_max_age_s * 1000,
                                 on_attempt=self._attempted if self.request_log is not None else None)

@@ -400,6 +400,36 @@ async def test_under_a_backlog_the_next_batch_lingers_to_fill(autojump_clock):
 
 
 @pytest.mark.trio
+async def test_the_linger_ends_as_soon_as_enough_messages_wait(autojump_clock):
+    """A linger of 10 s that ends once 5 messages wait: a stream of one
+    message every 10 ms to a receiver taking 30 ms per request leaves in
+    batches of at least 5, each within a fraction of a second rather
+    than 10 s; only the stream's tail, fewer than 5, waits the whole linger."""
+    store, remote = MemoryOutboundStore(), BatchRemote(delay=0.03)
+    remote.up.set()
+    sent_at: dict[bytes, float] = {}
+    delivered_at: dict[bytes, float] = {}
+    sender = _batch_sender(store, remote, BatchLimits(100, 1 << 20, linger_s=10.0, gather=5),
+                           on_delivered=lambda i, r: delivered_at.setdefault(i.payload, trio.current_time()))
+    order = [b"m%02d" % k for k in range(60)]
+    async with trio.open_nursery() as n:
+        await n.start(sender.run)
+        for payload in order:
+            sent_at[payload] = trio.current_time()
+            await sender.submit("b.example", payload[1:] * 8, payload, 0)
+            await trio.sleep(0.01)
+        await _wait_until(lambda: len(delivered_at) == 60, step=0.01)
+        n.cancel_scope.cancel()
+    batches = [ps for _, ps in remote.requests]
+    assert [p for ps in batches for p in ps] == order                      # every message once, in order
+    lingered = batches[2:]                                                 # after a lone one and a first batch
+    assert all(len(ps) >= 5 for ps in lingered[:-1]) and len(lingered[-1]) < 5
+    waits = {p: delivered_at[p] - sent_at[p] for p in order}
+    assert max(waits[p] for ps in batches[:-1] for p in ps) < 0.2
+    assert all(10.0 <= waits[p] < 10.2 for p in batches[-1])
+
+
+@pytest.mark.trio
 async def test_a_lone_message_after_a_backlog_does_not_linger(autojump_clock):
     """The linger follows a batch of several only while more wait: once
     the queue is empty, the next lone message goes at once."""

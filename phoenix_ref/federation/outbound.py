@@ -17,8 +17,9 @@ homeserver's Trio nursery, then delivers that queue:
   once; batches form from messages that queued while the previous attempt
   was under way or the destination was unreachable, and, while a backlog
   lasts (the previous attempt carried more than one message), during a
-  short wait before the next read (``BatchLimits.linger_s``; decision
-  "Federation batches linger under a backlog"). Each message of a batch
+  wait before the next read that ends once enough messages wait
+  (``BatchLimits.linger_s`` and ``gather``; decision "Federation batches
+  linger under a backlog"). Each message of a batch
   gets its own outcome, so one refusal does not sink the others;
 * **independently**: every destination has its own task, so a destination
   that is down (a net-split, ``spec/federation/use_cases.md``) only delays its
@@ -532,13 +533,18 @@ class BatchLimits:
     """How much one attempt may carry: at most ``max_messages`` items and,
     beyond the first, no more than ``max_bytes`` of payload.
 
-    ``linger_s``: after an attempt that carried more than one item — proof
-    of a backlog — the sender lets the next batch gather for this long
-    before it reads it, unless a full batch already waits. A lone message
-    after a quiet spell never waits (module docstring)."""
+    ``linger_s`` and ``gather``: after an attempt that carried more than
+    one item — proof of a backlog — while items still wait, the sender
+    lets the next batch gather before it reads it: until ``gather`` items
+    wait (counted from the wake-ups, :meth:`OutboundSender.wake`) or for
+    ``linger_s`` at most, and not at all when a full batch already waits.
+    So a heavy backlog pays a short wait and a light one at most
+    ``linger_s``; a lone message after a quiet spell never waits (module
+    docstring)."""
     max_messages: int = 1
     max_bytes: int = 1 << 20
     linger_s: float = 0.0
+    gather: int = 16
 
     def full(self, items: Sequence["OutboundItem"]) -> bool:
         """Whether ``items`` is as large a batch as an attempt may carry."""
@@ -602,6 +608,7 @@ class BackoffPolicy:
 @dataclass
 class _Destination:
     wakeup: trio.Event = field(default_factory=trio.Event)
+    arrived: int = 0        # messages announced by wake() since the sender last read the queue
     failures: int = 0
     unparked: trio.Event | None = None   # set while parked
 
@@ -718,9 +725,10 @@ class OutboundSender:
             return await trio.to_thread.run_sync(fn, *args)
         return fn(*args)
 
-    def wake(self, destination: str) -> None:
-        """Tell ``destination``'s sender that its queue has new messages
-        (call after a store transaction that appended to it committed).
+    def wake(self, destination: str, messages: int = 1) -> None:
+        """Tell ``destination``'s sender that its queue has ``messages`` new
+        messages (call after a store transaction that appended them
+        committed; the count only shortens a linger, :class:`BatchLimits`).
         Starts the sender task if it does not exist yet."""
         state = self._dests.get(destination)
         if state is None:
@@ -728,6 +736,7 @@ class OutboundSender:
                 raise RuntimeError("OutboundSender.run is not running")
             state = self._dests[destination] = _Destination()
             self._nursery.start_soon(self._serve, destination, state, name=f"outbound:{destination}")
+        state.arrived += messages
         state.wakeup.set()
 
     def held(self) -> dict[str, tuple[int, ...]]:
@@ -814,10 +823,11 @@ class OutboundSender:
             if not retry:
                 state.failures = 0
                 state.wakeup = trio.Event()
+                state.arrived = 0
                 items = await self._settle(destination, settled)
                 if len(settled) > 1 and items and self.batch_limits.linger_s \
                         and not self.batch_limits.full(items):
-                    await trio.sleep(self.batch_limits.linger_s)   # a backlog: let the next batch fill
+                    await self._linger(state, len(items))   # a backlog: let the next batch fill
                     items = await self._store(self.store.batch, destination, *self._bounds())
                 continue
             if settled:
@@ -827,6 +837,17 @@ class OutboundSender:
             await trio.sleep(delay)
             state.wakeup = trio.Event()
             items = await self._store(self.store.batch, destination, *self._bounds())
+
+    async def _linger(self, state: _Destination, waiting: int) -> None:
+        """Wait until ``waiting`` plus the messages announced since the last
+        read reach ``BatchLimits.gather`` (or the count bound), or for
+        ``linger_s`` at most. Messages announced while the last read ran
+        may be counted twice: that only ends the wait a little early."""
+        goal = min(self.batch_limits.gather, self.batch_limits.max_messages)
+        with trio.move_on_after(self.batch_limits.linger_s):
+            while waiting + state.arrived < goal:
+                await state.wakeup.wait()
+                state.wakeup = trio.Event()
 
     def _tell(self, items: list[OutboundItem], outcomes: list[Outcome], attempt: int, seconds: float,
               retry_in: float | None) -> None:

@@ -265,8 +265,8 @@ class QsService:
         message, the outbound senders of the domains one was forwarded to."""
         self.notifier.notify([c for r in results for c in r.enqueued])
         if self.outbound_sender is not None:
-            for domain in {d for r in results for d in r.forwarded}:
-                self.outbound_sender.wake(domain.value)
+            for domain, messages in Counter(d.value for r in results for d in r.forwarded).items():
+                self.outbound_sender.wake(domain, messages)
 
     async def federated_enqueue(self, message: QsToQsMessage, received: bytes | None = None
                                 ) -> FederatedEnqueueResult:
