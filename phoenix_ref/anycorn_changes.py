@@ -8,7 +8,7 @@ before serving. This is the only place in the project that changes a
 dependency's behaviour, and the only one allowed to reach into a
 dependency's internals (``tests/test_public_apis.py``); it refuses any
 anycorn but the version it was written for (docs/decisions.md, "HTTP
-server: what the homeserver changes in anycorn"). Three changes, each below
+server: what the homeserver changes in anycorn"). Four changes, each below
 with the failure it removes:
 
 **1. An error while serving one connection ends that connection only.** An
@@ -18,7 +18,8 @@ the server's task group and ended the server. A client could cause one: an
 HTTP/1.1 request asking to upgrade to h2c followed by the client's close made
 a write hit a TLS stream anycorn had already shut (``ssl.SSLError:
 PROTOCOL_IS_SHUTDOWN``; found by sending random bytes and random HTTP/2
-frames on a few hundred connections), and change 3 below describes another.
+frames on a few hundred connections; change 4 now keeps that path shut),
+and change 3 below describes another.
 :class:`PhoenixTCPServer` logs such an error with its traceback, as an error
 of the server, and that connection ends; the others go on.
 
@@ -58,6 +59,16 @@ ignored and :class:`TakeTurns` schedules the streams that have data to send,
 one after the other. This also saves CPU: with 50 requests in flight on one
 client connection, the tree's scheduling was 6-9 % of a homeserver's CPU in
 ``benchmarks/delivery_bench.py``.
+
+**4. No h2c upgrade.** A request with ``Upgrade: h2c`` made anycorn answer
+101 and switch the connection to HTTP/2, on a TLS connection too, although
+h2c names HTTP/2 over cleartext TCP, which RFC 9113 §3.1 deprecates; over
+TLS, HTTP/2 is chosen by ALPN only. It was the path of change 1's
+SSLError: with bytes after such a request, each connection logged two
+errors with tracebacks, so a scanner could fill the log. RFC 9110 §7.8 lets
+a server ignore an Upgrade, and :class:`PhoenixH11Protocol` does so for
+every upgrade but the websocket (which anycorn handles elsewhere): the
+request is answered over HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ import anyio
 import h2.exceptions
 import priority
 from anycorn.events import Closed, RawData, Updated
+from anycorn.protocol.h11 import H11Protocol
 from anycorn.protocol.h2 import H2Protocol
 from anycorn.tcp_server import TCPServer
 
@@ -202,14 +214,24 @@ class PhoenixH2Protocol(H2Protocol):
         await self.send(Updated(idle=True))   # the keep-alive timeout now runs
 
 
+class PhoenixH11Protocol(H11Protocol):
+    """anycorn's HTTP/1.1 protocol with change 4."""
+
+    async def _check_protocol(self, event) -> None:
+        if any(name == b"upgrade" for name, _ in event.headers):   # h11 gives names lower-cased
+            return   # 4: no h2c; a websocket upgrade is anycorn's next step, not this check's
+        await super()._check_protocol(event)
+
+
 #: the anycorn these changes were written against and tested with (pyproject pins it)
 ANYCORN_VERSION = "0.20.1"
 _installed_version = importlib.metadata.version
 
 
 def install() -> None:
-    """Make anycorn serve connections with :class:`PhoenixTCPServer` and
-    HTTP/2 with :class:`PhoenixH2Protocol` (idempotent). Refuses any other
+    """Make anycorn serve connections with :class:`PhoenixTCPServer`,
+    HTTP/1.1 with :class:`PhoenixH11Protocol` and HTTP/2 with
+    :class:`PhoenixH2Protocol` (idempotent). Refuses any other
     anycorn than :data:`ANYCORN_VERSION`: the subclasses extend internal
     methods, which a new version may change without notice."""
     found = _installed_version("anycorn")
@@ -219,4 +241,5 @@ def install() -> None:
     import anycorn.protocol
     import anycorn.tcp_server
     anycorn.tcp_server.TCPServer = PhoenixTCPServer
+    anycorn.protocol.H11Protocol = PhoenixH11Protocol
     anycorn.protocol.H2Protocol = PhoenixH2Protocol

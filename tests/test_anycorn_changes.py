@@ -14,9 +14,14 @@ socket. Every test here fails without the module.
 3. HTTP/2 PRIORITY frames are ignored: 1001 of them used to end the server
    (tested black-box, so against any implementation, in
    ``spec_tests/test_http2_robustness.py``).
+4. An h2c upgrade over TLS is ignored: the request is answered over
+   HTTP/1.1, and junk after it no longer logs errors.
 """
 
 from __future__ import annotations
+
+import logging
+import random
 
 import httpx
 import trio
@@ -185,7 +190,6 @@ async def test_random_bytes_and_frames_on_many_connections_leave_the_server_serv
     after a plausible start, or random HTTP/2 frames after a valid preface,
     then closing; the homeserver is still there, and none of those
     connections leaves a task behind (seeded: the same input at every run)."""
-    import random
 
     rng = random.Random(20261205)
     starts = [b"", b"GET / HTTP/1.1\r\nHost: a.example\r\n",
@@ -239,3 +243,59 @@ def _tasks() -> int:
         count += 1
         todo.extend(t for nursery in task.child_nurseries for t in nursery.child_tasks)
     return count
+
+
+H2C_UPGRADE = (b"GET /.well-known/phoenix HTTP/1.1\r\nHost: %s\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+
+
+@spec("threat_model.md#availability", "SHOULD")
+async def test_an_h2c_upgrade_over_tls_is_ignored(caplog):
+    """A request asking to upgrade to h2c (HTTP/2 over cleartext, RFC 9113
+    §3.1 deprecates the upgrade) on a TLS connection is answered over
+    HTTP/1.1, and so is the next request on that connection; a client that
+    asks for it, sends junk after it and closes costs the server no error
+    (each used to log two, ending in ``ssl.SSLError: PROTOCOL_IS_SHUTDOWN``:
+    anycorn switched to HTTP/2 and then wrote to a TLS stream it had shut)."""
+    import h11
+
+    with trio.fail_after(60):
+        async with Deployment("sockets", ["hs1"]) as d:
+            host = d["hs1"].domain.encode()
+            upgrade = [(b"connection", b"Upgrade, HTTP2-Settings"), (b"upgrade", b"h2c"),
+                       (b"http2-settings", b"AAMAAABkAAQAAP__")]
+            async with d.tls_stream("hs1", "http/1.1") as stream:
+                conn = h11.Connection(h11.CLIENT)
+                answers = []
+                for extra in (upgrade, []):
+                    request = h11.Request(method="GET", target="/.well-known/phoenix",
+                                          headers=[(b"host", host), *extra])
+                    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+                    while True:
+                        event = conn.next_event()
+                        if event is h11.NEED_DATA:
+                            conn.receive_data(await stream.receive_some(65536))
+                        elif isinstance(event, (h11.Response, h11.InformationalResponse)):
+                            answers.append((event.status_code, event.http_version))
+                            if event.status_code == 101:
+                                break
+                        elif isinstance(event, h11.EndOfMessage):
+                            conn.start_next_cycle()
+                            break
+                    if answers[-1][0] == 101:
+                        break
+                assert answers == [(200, b"1.1"), (200, b"1.1")]
+            rng = random.Random(20261205)
+            with caplog.at_level(logging.ERROR):
+                for _ in range(20):
+                    async with d.tls_stream("hs1", "http/1.1") as stream:
+                        try:
+                            await stream.send_all(H2C_UPGRADE % host + rng.randbytes(rng.randint(1, 500)))
+                            with trio.move_on_after(0.2):
+                                while await stream.receive_some(65536):
+                                    pass
+                        except trio.BrokenResourceError:
+                            pass                     # the server closed it first: its right
+                await trio.sleep(0.5)
+            assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
+            await _still_serving(d["hs1"], d.tmp / "ca" / "ca.pem")
