@@ -2,15 +2,13 @@
 
 The delivery bench (``delivery_bench.py``) gives its CPU figures also as
 multiples of a *floor*: one ``GET /.well-known/phoenix`` through a running
-homeserver. This script splits that floor in two, so a reader can tell
-what a homeserver can still win and what the pinned stack (GUIDE §6) costs
-whatever the homeserver does. Two servers, each its own process, each
+homeserver. This script splits that floor in three, so a reader can tell
+what a homeserver can still win, what the HTTP server costs, and what the
+pinned libraries (GUIDE §6) cost whatever is built on them. Three servers,
+each its own process, each
 serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
 (``cli.server_config``: the same certificate, timeouts and ALPN):
 
-* ``raw``     anycorn (on Trio) with a bare ASGI app of a dozen lines that
-  answers every request with a counter: TLS, HTTP and the server loop,
-  nothing else;
 * ``lean``    no server framework: a Trio TLS listener that feeds the
   bytes to the sans-IO protocol libraries the pinned stack uses (``h2``
   and ``h11``) and answers every request with a counter, about forty
@@ -19,12 +17,15 @@ serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
   (its tasks per request, AnyIO's TLS wrapper, timeouts, flow control
   and the rest of what a real server needs) — the most that a server of
   the project's own could win back;
+* ``raw``     anycorn (on Trio) with a bare ASGI app of a dozen lines that
+  answers every request with a counter: TLS, HTTP and the server loop,
+  nothing else;
 * ``phoenix`` ``phoenix-ref serve``, ``GET /.well-known/phoenix``: adds the
   homeserver's application (:mod:`phoenix_ref.asgi`: Host normalising and
   routing, request and response objects), request log (one JSON line per
   request, as ``serve`` logs by default), metrics and its view.
 
-(Until the homeserver left Quart-Trio, a third row served a one-route
+(Until the homeserver left Quart-Trio, another row served a one-route
 Quart-Trio app; docs/decisions.md, "HTTP layer on plain ASGI", keeps what it
 measured.)
 
@@ -283,8 +284,9 @@ def table(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] in (["--serve-raw"], ["--serve-lean"]):
-        (serve_raw if argv[0] == "--serve-raw" else serve_lean)(Path(argv[1]), int(argv[2]))
+    serve = {"--serve-raw": serve_raw, "--serve-lean": serve_lean}.get(argv[0] if argv else "")
+    if serve is not None:
+        serve(Path(argv[1]), int(argv[2]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests per server and protocol (default 1000)")
