@@ -472,8 +472,9 @@ async def recipients_process(ca: Path, resolve: dict[str, str], b_port: int) -> 
         for m in users:
             m.add_contact(sender)
         await wait_until("the recipients joining", lambda: all(gid in m.groups for m in users), *users)
-        recipients = [Recipient(m, sender.user_id, partial(lambda i, tag, seq, t: arrived_send.send_nowait(
-            [i, tag, seq, t]), i)) for i, m in enumerate(users)]
+        recipients = [Recipient(m, sender.user_id,
+                                lambda tag, seq, t, i=i: arrived_send.send_nowait([i, tag, seq, t]))
+                      for i, m in enumerate(users)]
         nursery.start_soon(forward_arrivals)
         async with trio.open_nursery() as listening:
             for r in recipients:
@@ -536,7 +537,7 @@ class Recipients:
         with trio.fail_after(120):
             got = await self.pipe.get()
         if got is None:
-            raise BenchFailed("the recipients' process ended: " + self._tail())
+            raise self._ended()
         return got
 
     async def _read_arrivals(self) -> None:
@@ -548,11 +549,12 @@ class Recipients:
             for i, tag, seq, t in got["arrivals"]:
                 self.arrivals[i].setdefault((tag, seq), []).append(t)
                 self.on_arrival(tag, seq)
-        raise BenchFailed("the recipients' process ended: " + self._tail())
+        raise self._ended()
 
-    def _tail(self) -> str:
+    def _ended(self) -> BenchFailed:
+        """The process is gone: why, as far as its log says."""
         text = (self.hs.root / "recipients.log").read_text(errors="replace").strip().splitlines()
-        return " | ".join(text[-5:]) or "(no output)"
+        return BenchFailed("the recipients' process ended: " + (" | ".join(text[-5:]) or "(no output)"))
 
 
 async def register(http: httpx.AsyncClient, domain: str) -> Messenger:
