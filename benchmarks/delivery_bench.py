@@ -37,12 +37,26 @@ the next):
 
 And first, the **floor**: ``--floor-requests`` (1000) ``GET /.well-known/phoenix``
 requests to each homeserver, one at a time over one kept-alive HTTP/2
-connection. That endpoint answers a small constant document and touches no
-store and no key, so it is the cheapest request through the same stack as
-every other one: TLS 1.3, anycorn's HTTP/2, the homeserver's ASGI app with its
-Host routing, the request log and the metrics. Its CPU per request (mean of
-the two homeservers) is the unit every other CPU figure is also given in
-("×floor").
+connection, and as many again over HTTP/1.1. That endpoint answers a small
+constant document and touches no store and no key, so it is the cheapest
+request through the same stack as every other one: TLS 1.3, anycorn's HTTP/2
+or HTTP/1.1, the homeserver's ASGI app with its Host routing, the request log
+and the metrics. Its CPU per request over HTTP/2 (mean of the two
+homeservers) is the unit every other CPU figure is also given in
+("×floor"). The client's CPU per request (this process, through the same
+transport as every client here) is measured beside it.
+
+With the floor, each scenario also shows **its requests at the floor**: what
+the requests it made would cost if each cost no more than an empty one of its
+protocol — the sends A serves and the dequeues B serves over HTTP/2, the
+federation requests over HTTP/1.1 (B's side and A's as their client). "A+B"
+is the homeservers' part, per federated delivery; "all" adds the clients'
+side of the sends and dequeues, per message. A real request carries a body
+and work, so this is less than the stack alone takes: the part of a CPU
+figure that no change to the homeserver's own code can win back. Beside it,
+**CPU ms/message, A+B+clients** adds the clients' CPU to the homeservers'.
+In the probe, where each step waits for the one before, that sum is close
+to the latency.
 
 What is measured, per scenario, from outside the homeservers:
 
@@ -159,6 +173,10 @@ A, B = "a.example", "b.example"
 DOMAINS = (A, B)
 #: the federation rows a QS sends on (decision "QS-to-QS batches"): a lone message, a batch
 FEDERATION_ENDPOINTS = ("federated_enqueue", "federated_enqueue_batch")
+#: The floor's protocols, as httpx names them, and whether the transport offers HTTP/2:
+#: the clients speak HTTP/2 to their homeserver, the federation client HTTP/1.1
+#: (docs/decisions.md, "Federation requests over HTTP/1.1").
+FLOOR_PROTOCOLS = {"HTTP/2": True, "HTTP/1.1": False}
 #: The generated configs' limits: no client runs short of Privacy Pass
 #: tokens, and a connection is not closed after 1000 requests (the default):
 #: anycorn's GOAWAY then fails the requests in flight on it that are not safe
@@ -625,6 +643,11 @@ class Result:
     cpu_per_fed_x_floor: dict[str, float] = field(default_factory=dict)
     cpu_per_user_x_floor: dict[str, float] = field(default_factory=dict)
     client_cpu_ms_per_msg: float = 0.0
+    # what the scenario's requests alone would cost if each cost the floor of its protocol:
+    # the homeservers' side per federated delivery, and both sides (clients too) per message
+    floor_ms_per_fed: float | None = None
+    floor_ms_per_msg_all: float | None = None
+    all_cpu_ms_per_msg: float = 0.0  # the homeservers' and the clients' CPU per message
     requests_served: dict[str, float] = field(default_factory=dict)   # every request, "A" and "B"
     fed_requests: float = 0.0       # federation requests A → B (single messages and batches)
     fed_requests_all: float = 0.0   # every federation request, both ways
@@ -655,6 +678,7 @@ class Run:
         self.settle_s = settle_s
         self.token_issue: list[tuple[int, float]] = []   # (tokens issued, A's CPU s) per top-up
         self.sender: Messenger | None = None
+        self.floor: dict[str, Any] = {}    # what floor() measured
         self.floor_ms = 0.0
 
     async def settled(self, what: str) -> None:
@@ -815,6 +839,7 @@ class Run:
             res.cpu_ms_per_user = {k: v / res.user_deliveries for k, v in res.cpu_ms.items()}
             res.cpu_per_user_x_floor = {k: v / self.floor_ms for k, v in res.cpu_ms_per_user.items()}
         res.client_cpu_ms_per_msg = client_cpu * 1000 / max(1, len(started))
+        res.all_cpu_ms_per_msg = res.client_cpu_ms_per_msg + res.cpu_ms["A+B"] / max(1, len(started))
         res.requests_served = {k: delta(before, after, d, "phoenix_http_requests_total")
                                for k, d in (("A", A), ("B", B))}
         res.fed_requests = sum(delta(before, after, A, "phoenix_federation_requests_total",
@@ -830,6 +855,7 @@ class Run:
                                        / n_received)
         if res.fed_requests:
             res.msgs_per_fed_request = res.federated_deliveries / res.fed_requests
+        self.requests_at_floor(res)
         res.rate_limited_429 = sum(delta(before, after, d, "phoenix_rate_limit_given_total") for d in DOMAINS)
         res.fed_retries = sum(delta(before, after, d, "phoenix_federation_retries_total") for d in DOMAINS)
         res.dead_letters = sum(delta(before, after, d, "phoenix_federation_dead_letters_total") for d in DOMAINS)
@@ -837,29 +863,61 @@ class Run:
             res.latency_ms = {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
                               "max": max(latencies)}
 
-    async def floor(self, n: int) -> dict[str, Any]:
+    def requests_at_floor(self, res: Result) -> None:
+        """What the scenario's requests would cost if each cost no more than an
+        empty one (the floor of its protocol): A's requests (the sends, over
+        HTTP/2), the federation requests (HTTP/1.1; B serves them, A is their
+        client) and B's other requests (the dequeues, over HTTP/2). A send or
+        a dequeue carries a body and work, so each costs more than the floor:
+        what the stack alone takes, whatever the homeserver does."""
+        if not self.floor or not res.sent:
+            return
+        h2, h1 = self.floor["HTTP/2"], self.floor["HTTP/1.1"]
+        sends = res.requests_served.get("A", 0.0)
+        fed = res.fed_requests
+        dequeues = max(0.0, res.requests_served.get("B", 0.0) - fed)
+        servers = (sends * h2["cpu_ms_per_request"][A] + dequeues * h2["cpu_ms_per_request"][B]
+                   + fed * (h1["cpu_ms_per_request"][B] + h1["client_cpu_ms_per_request"]))
+        clients = (sends + dequeues) * h2["client_cpu_ms_per_request"]
+        if res.federated_deliveries:
+            res.floor_ms_per_fed = servers / res.federated_deliveries
+        res.floor_ms_per_msg_all = (servers + clients) / res.sent
+
+    async def measure_floor(self, n: int) -> dict[str, Any]:
         """``n`` sequential ``GET /.well-known/phoenix`` to each homeserver over
-        one kept-alive connection: CPU per request, requests counted by the
-        homeserver's own metrics."""
-        out: dict[str, Any] = {"endpoint": "GET /.well-known/phoenix", "requests": {}, "cpu_ms_per_request": {}}
-        transport = https_transport(client_ssl_context(self.hs.ca), self.hs.resolve())
-        async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=30.0) as http:
-            for d in DOMAINS:
-                url = f"https://{d}/.well-known/phoenix"
-                for _ in range(3):                       # the TLS handshake and first request are not counted
-                    (await http.get(url)).raise_for_status()
-                before = await scrape_all(self.hs, self.metrics_http)
-                await self.settled("floor")
-                cpu0 = self.hs.cpu_s()[d]
-                for _ in range(n):
-                    (await http.get(url)).raise_for_status()
-                await self.settled("floor")
-                cpu1 = self.hs.cpu_s()[d]
-                after = await scrape_all(self.hs, self.metrics_http)
-                served = delta(before, after, d, "phoenix_http_requests_total")
-                out["requests"][d] = served
-                out["cpu_ms_per_request"][d] = (cpu1 - cpu0) * 1000 / served if served else float("nan")
-        out["floor_ms"] = sum(out["cpu_ms_per_request"].values()) / len(DOMAINS)
+        one kept-alive connection, once over HTTP/2 (what the clients speak)
+        and once over HTTP/1.1 (what the federation client speaks): CPU per
+        request of each homeserver and of this process, the client; requests
+        counted by the homeserver's own metrics. ``floor_ms``, the unit, is
+        the homeservers' mean over HTTP/2."""
+        out: dict[str, Any] = {"endpoint": "GET /.well-known/phoenix"}
+        for protocol, http2 in FLOOR_PROTOCOLS.items():
+            transport = https_transport(client_ssl_context(self.hs.ca), self.hs.resolve(), http2=http2)
+            served: dict[str, float] = {}
+            server_ms: dict[str, float] = {}
+            client_s = 0.0
+            async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=30.0) as http:
+                for d in DOMAINS:
+                    url = f"https://{d}/.well-known/phoenix"
+                    for _ in range(3):                       # the TLS handshake and first request are not counted
+                        (await http.get(url)).raise_for_status()
+                    before = await scrape_all(self.hs, self.metrics_http)
+                    await self.settled("floor")
+                    cpu0, client0 = self.hs.cpu_s()[d], time.process_time()
+                    for _ in range(n):
+                        response = await http.get(url)
+                        response.raise_for_status()
+                    client_s += time.process_time() - client0
+                    if response.http_version != protocol:
+                        raise BenchFailed(f"the floor over {protocol} was answered over {response.http_version}")
+                    await self.settled("floor")
+                    cpu1 = self.hs.cpu_s()[d]
+                    after = await scrape_all(self.hs, self.metrics_http)
+                    served[d] = delta(before, after, d, "phoenix_http_requests_total")
+                    server_ms[d] = (cpu1 - cpu0) * 1000 / served[d] if served[d] else float("nan")
+            out[protocol] = {"requests": served, "cpu_ms_per_request": server_ms,
+                             "client_cpu_ms_per_request": client_s * 1000 / (n * len(DOMAINS))}
+        out["floor_ms"] = sum(out["HTTP/2"]["cpu_ms_per_request"].values()) / len(DOMAINS)
         return out
 
 
@@ -888,6 +946,9 @@ def table(results: list[Result], floor_ms: float) -> list[str]:
         ("CPU ms/fed. delivery B", lambda r: _cpu(r.cpu_ms_per_fed.get("B"), floor_ms)),
         ("CPU ms/fed. delivery A+B", lambda r: _cpu(r.cpu_ms_per_fed.get("A+B"), floor_ms)),
         ("CPU ms/user-delivery A+B", lambda r: _cpu(r.cpu_ms_per_user.get("A+B"), floor_ms)),
+        ("its requests at the floor, A+B", lambda r: _cpu(r.floor_ms_per_fed, floor_ms)),
+        ("CPU ms/message, A+B+clients", lambda r: _fmt(r.all_cpu_ms_per_msg)),
+        ("its requests at the floor, all", lambda r: _fmt(r.floor_ms_per_msg_all)),
         ("requests served A / B", lambda r: f"{r.requests_served.get('A', 0):.0f} / "
                                             f"{r.requests_served.get('B', 0):.0f}"),
         ("federation requests A→B", lambda r: _fmt(r.fed_requests, ".0f")),
@@ -923,6 +984,8 @@ def target_lines(results: dict[str, Result]) -> list[str]:
         v = a.cpu_ms_per_fed.get("A+B")
         say("(a) CPU ms per federated delivery, A+B", v, None if v is None else v <= TARGET_FED_CPU_MS,
             f"<= {TARGET_FED_CPU_MS}; Synapse 35-50")
+        out.append(f"      of which the least its requests cost (each at the floor of its protocol): "
+            f"{_fmt(a.floor_ms_per_fed)}")
     if c is not None:
         v = c.cpu_ms_per_user.get("A+B")
         say("(c) CPU ms per user-delivery, A+B", v, None if v is None else v <= TARGET_USER_CPU_MS,
@@ -937,6 +1000,8 @@ def target_lines(results: dict[str, Result]) -> list[str]:
         v = probe.latency_ms.get("p50")
         say("(probe) p50 latency ms", v, None if v is None else v <= TARGET_P50_MS,
             f"<= {TARGET_P50_MS:.0f}; Synapse 37-55")
+        out.append(f"      one chain per message; CPU per message of all four processes: {_fmt(probe.all_cpu_ms_per_msg)}, "
+            f"of which the least its requests cost at the floor: {_fmt(probe.floor_ms_per_msg_all)}")
     return out
 
 
@@ -969,12 +1034,15 @@ async def bench(args: argparse.Namespace, hs: Homeservers, out: Callable[[str], 
         out(f"homeservers up: {A} pid {hs.procs[A].pid} port {hs.ports[A]}, "
             f"{B} pid {hs.procs[B].pid} port {hs.ports[B]} ({time.monotonic() - t_start:.1f} s)")
         run = Run(hs, http, metrics_http, out, args.settle)
-        floor = await run.floor(args.floor_requests)
-        run.floor_ms = floor["floor_ms"]
-        out(f"floor: {floor['endpoint']}, {args.floor_requests} one at a time per homeserver: "
-            + ", ".join(f"{d} {floor['cpu_ms_per_request'][d]:.3f} ms ({floor['requests'][d]:.0f} served)"
-                        for d in DOMAINS)
-            + f"; floor = {floor['floor_ms']:.3f} ms CPU per request")
+        floor = await run.measure_floor(args.floor_requests)
+        run.floor, run.floor_ms = floor, floor["floor_ms"]
+        for protocol in FLOOR_PROTOCOLS:
+            f = floor[protocol]
+            out(f"floor over {protocol}: {floor['endpoint']}, {args.floor_requests} one at a time per homeserver: "
+                + ", ".join(f"{d} {f['cpu_ms_per_request'][d]:.3f} ms ({f['requests'][d]:.0f} served)"
+                            for d in DOMAINS)
+                + f", client {f['client_cpu_ms_per_request']:.3f} ms CPU per request")
+        out(f"floor = {floor['floor_ms']:.3f} ms CPU per request (the homeservers' mean over HTTP/2)")
         results: list[Result] = []
         for s in scenarios(args):
             if s.n + WARMUP_MESSAGES > QS_CONFIG_LIMIT_PER_MINUTE:

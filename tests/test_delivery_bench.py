@@ -26,16 +26,20 @@ def test_quick_run_delivers_every_message_once_and_reports_every_figure(tmp_path
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("scenario "))
     assert header.split() == ["scenario"] + SCENARIOS
-    for label in ("CPU ms/fed. delivery A+B", "CPU ms/user-delivery A+B", "federation requests A→B",
+    for label in ("CPU ms/fed. delivery A+B", "CPU ms/user-delivery A+B", "its requests at the floor, A+B",
+                  "CPU ms/message, A+B+clients", "its requests at the floor, all", "federation requests A→B",
                   "msgs/request (A's histogram)", "latency p50 ms", "latency p95 ms", "lost", "429 answers"):
         assert any(line.startswith(label) for line in lines), label
     assert "targets (issue 17):" in lines
 
     doc = json.loads(out_json.read_text())
     floor = doc["floor"]
-    # the homeservers' own request counters saw exactly the floor's requests
-    assert floor["requests"] == {"a.example": FLOOR_REQUESTS, "b.example": FLOOR_REQUESTS}
+    for protocol in ("HTTP/2", "HTTP/1.1"):
+        # the homeservers' own request counters saw exactly the floor's requests
+        assert floor[protocol]["requests"] == {"a.example": FLOOR_REQUESTS, "b.example": FLOOR_REQUESTS}
+        assert floor[protocol]["client_cpu_ms_per_request"] > 0
     assert floor["floor_ms"] > 0
+    assert abs(floor["floor_ms"] - sum(floor["HTTP/2"]["cpu_ms_per_request"].values()) / 2) < 0.001
     assert [s["key"] for s in doc["scenarios"]] == SCENARIOS
     for s in doc["scenarios"]:
         where = s["key"]
@@ -50,6 +54,10 @@ def test_quick_run_delivers_every_message_once_and_reports_every_figure(tmp_path
         assert abs(s["cpu_per_fed_x_floor"]["A+B"] * floor["floor_ms"] - s["cpu_ms_per_fed"]["A+B"]) < 0.01, where
         assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p95"] <= s["latency_ms"]["max"], where
         assert s["msgs_per_s"] > 0, where
+        # the requests at the floor are a part of what they cost (a send or a dequeue does more than an empty GET)
+        assert 0 < s["floor_ms_per_fed"] < cpu["A+B"] / s["federated_deliveries"], where
+        assert 0 < s["floor_ms_per_msg_all"] < s["all_cpu_ms_per_msg"], where
+        assert abs(s["all_cpu_ms_per_msg"] - s["client_cpu_ms_per_msg"] - cpu["A+B"] / s["sent"]) < 0.01, where
         assert s["requests_served"]["A"] >= s["n"] and s["requests_served"]["B"] >= s["fed_requests"], where
     probe = next(s for s in doc["scenarios"] if s["key"] == "probe")
     assert probe["window"] == 1 and probe["users"] == 1
