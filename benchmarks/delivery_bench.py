@@ -126,8 +126,16 @@ user-delivery in ``c`` (≤ 1.5 ms), messages per federation request with
 depend on the machine and on what else runs on it; the ×floor figures much
 less so. Run on a quiet machine.
 
+``--lean-a`` serves A's public listener on ``lean_server.py`` instead of
+anycorn: the homeserver, its request log and its metrics as ever, only the
+HTTP server replaced by one with nothing between the TLS stream and ``h2``
+/ ``h11`` (no timeouts, limits or websockets: a measuring instrument). A
+serves every send, so the difference in A's CPU between a run with it and
+one without is about what a server of the project's own could win back
+(B keeps anycorn: its recipients listen on websockets).
+
 Run: ``python benchmarks/delivery_bench.py [--n-a 500] [--n-c 200] [--users 10]
-[--in-flight 50] [--probe 30] [--scenarios a,c,probe,open-a,open-c] [--json FILE]``;
+[--in-flight 50] [--probe 30] [--scenarios a,c,probe,open-a,open-c] [--lean-a] [--json FILE]``;
 ``--quick`` is a smoke run
 (small N, 3 users). ``--keep`` keeps the homeservers' folder (configs, logs).
 """
@@ -242,12 +250,13 @@ class Homeservers:
     root: Path
     ports: dict[str, int]
     metrics_ports: dict[str, int]
+    lean_a: bool = False            # A's public listener on benchmarks/lean_server.py, not anycorn
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, root: Path) -> "Homeservers":
+    def create(cls, root: Path, lean_a: bool = False) -> "Homeservers":
         ports = free_ports(4)
-        hs = cls(root, dict(zip(DOMAINS, ports[:2])), dict(zip(DOMAINS, ports[2:])))
+        hs = cls(root, dict(zip(DOMAINS, ports[:2])), dict(zip(DOMAINS, ports[2:])), lean_a)
         for d in DOMAINS:
             generate_config(root / d, d, port=hs.ports[d], test_ca=True, test_ca_dir=root / "ca",
                             peers={o: hs.ports[o] for o in DOMAINS if o != d}, limits=BENCH_LIMITS,
@@ -266,7 +275,11 @@ class Homeservers:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         for d in DOMAINS:
-            argv = [sys.executable, "-m", "phoenix_ref.cli", "serve", "--config", str(self.root / d / "config.toml")]
+            config = ["--config", str(self.root / d / "config.toml")]
+            if d == A and self.lean_a:
+                argv = [sys.executable, str(ROOT / "benchmarks" / "lean_server.py"), *config]
+            else:
+                argv = [sys.executable, "-m", "phoenix_ref.cli", "serve", *config]
             with open(self.root / d / "serve.log", "ab") as out:
                 self.procs[d] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                                  stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -1077,6 +1090,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="seconds without a new delivery after which missing copies count as lost (default 30)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every figure to FILE as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the homeservers' folder (configs, keys, logs)")
+    ap.add_argument("--lean-a", action="store_true",
+                    help="serve A's public listener on benchmarks/lean_server.py instead of anycorn (a measuring "
+                         "instrument: what a server of the project's own could win back; B stays on anycorn)")
     args = ap.parse_args(argv)
     quick = {"n_a": 20, "n_c": 10, "users": 3, "in_flight": 10, "probe": 5, "floor_requests": 200}
     full = {"n_a": 500, "n_c": 200, "users": 10, "in_flight": 50, "probe": 30, "floor_requests": 1000}
@@ -1102,7 +1118,9 @@ def main(argv: list[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="phoenix-dbench-"))
     out(f"delivery bench: {A} and {B} in {root}; machine: {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}")
-    hs = Homeservers.create(root)
+    if args.lean_a:
+        out(f"{A} is served by benchmarks/lean_server.py (no timeouts, limits or websockets), not by anycorn")
+    hs = Homeservers.create(root, args.lean_a)
     failed = True
     try:
         report = trio.run(bench, args, hs, out)
@@ -1136,7 +1154,7 @@ def main(argv: list[str]) -> int:
         doc = {"machine": {"cores": os.cpu_count(), "python": platform.python_version(),
                            "load_average_at_end": os.getloadavg()},
                "settings": {k: getattr(args, k) for k in ("n_a", "n_c", "users", "in_flight", "probe",
-                                                           "floor_requests", "settle", "quick", "scenarios")},
+                                                           "floor_requests", "settle", "quick", "scenarios", "lean_a")},
                "floor": report["floor"], "token_issuance": ti, "wall_s": report["wall_s"],
                "scenarios": [asdict(r) for r in results],
                "latency_listening": "QS websocket notifications (no polling)"}

@@ -9,11 +9,11 @@ each its own process, each
 serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
 (``cli.server_config``: the same certificate, timeouts and ALPN):
 
-* ``lean``    no server framework: a Trio TLS listener that feeds the
-  bytes to the sans-IO protocol libraries the pinned stack uses (``h2``
-  and ``h11``) and answers every request with a counter, about forty
-  lines. It is what any server built on these libraries must pay at
-  least, so ``raw`` minus ``lean`` is what anycorn's generality costs
+* ``lean``    no server framework: the ``raw`` row's app on
+  ``lean_server.py``, a Trio TLS listener that feeds the bytes to the
+  sans-IO protocol libraries the pinned stack uses (``h2`` and ``h11``)
+  and calls the app, with nothing else. It is close to what any server
+  built on these libraries must pay, so ``raw`` minus ``lean`` is what anycorn's generality costs
   (its tasks per request, AnyIO's TLS wrapper, timeouts, flow control
   and the rest of what a real server needs) — the most that a server of
   the project's own could win back;
@@ -74,6 +74,7 @@ from phoenix_ref.provision import generate_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from delivery_bench import BenchFailed, process_cpu_s, wait_answering  # noqa: E402
+from lean_server import serve_asgi  # noqa: E402
 
 DOMAIN = "a.example"
 SERVERS = ("lean", "raw", "phoenix")
@@ -118,64 +119,12 @@ def serve_raw(config_path: Path, port: int) -> None:
 # --- the lean server (run as ``stack_floor.py --serve-lean CONFIG PORT``) -------------------------
 
 def serve_lean(config_path: Path, port: int) -> None:
-    """Answer every request with the number of requests so far, over the
-    TLS context ``phoenix-ref serve`` uses, with nothing between Trio's
-    TLS stream and the protocol libraries. Only what an empty GET on one
-    kept-alive connection needs: no timeouts, limits, flow control for
-    large bodies or error handling — a measuring instrument, not a server."""
-    import h11
-    import h2.config
-    import h2.connection
-    import h2.events
-
+    """Serve :func:`raw_app` on :func:`lean_server.serve_asgi`, over the TLS
+    context ``phoenix-ref serve`` uses: the raw row's app with nothing
+    between Trio's TLS stream and the protocol libraries."""
     from phoenix_ref.cli import server_ssl_context
     config = Config.load(config_path)
-    context = server_ssl_context(config.tls_cert, config.tls_key)
-    served = 0
-
-    def answer() -> tuple[bytes, bytes]:
-        nonlocal served
-        served += 1
-        body = str(served).encode()
-        return body, str(len(body)).encode()
-
-    async def over_h2(stream: trio.SSLStream) -> None:
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
-        conn.initiate_connection()
-        await stream.send_all(conn.data_to_send())
-        while data := await stream.receive_some():
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.StreamEnded):
-                    body, length = answer()
-                    conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"text/plain"),
-                                                        (b"content-length", length)])
-                    conn.send_data(event.stream_id, body, end_stream=True)
-            if out := conn.data_to_send():
-                await stream.send_all(out)
-
-    async def over_h11(stream: trio.SSLStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some())
-            elif isinstance(event, h11.EndOfMessage):
-                body, length = answer()
-                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-                    (b"content-type", b"text/plain"), (b"content-length", length)]))
-                    + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-                conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                return
-
-    async def connection(stream: trio.SSLStream) -> None:
-        try:
-            await stream.do_handshake()
-            await (over_h2 if stream.selected_alpn_protocol() == "h2" else over_h11)(stream)
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):   # the client went away
-            pass
-
-    trio.run(partial(trio.serve_ssl_over_tcp, connection, port, context, host="127.0.0.1"))
+    trio.run(partial(serve_asgi, raw_app(), server_ssl_context(config.tls_cert, config.tls_key), port))
 
 
 # --- the measurement --------------------------------------------------------------------------------

@@ -184,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, server=None) -> int:
+    """The command line. ``server`` replaces :func:`serve` for the ``serve``
+    command (same signature): ``benchmarks/lean_server.py`` passes a lean
+    listener to measure what anycorn costs."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "client":
@@ -220,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(hosts {', '.join(certificate_names(cfg.domain))}){metrics}", flush=True)
         hs = Homeserver(cfg, request_log=request_log)
         try:
-            trio.run(functools.partial(serve, cfg, homeserver=hs, shutdown_trigger=until_stop_signal))
+            trio.run(functools.partial(server or serve, cfg, homeserver=hs, shutdown_trigger=until_stop_signal))
         except BaseException as e:
             if hs.app.startup_error is not None:        # its traceback is in the log already
                 print(f"phoenix-ref: {cfg.domain} did not start: {describe(hs.app.startup_error)}",

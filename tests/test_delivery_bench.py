@@ -61,3 +61,21 @@ def test_quick_run_delivers_every_message_once_and_reports_every_figure(tmp_path
         assert s["requests_served"]["A"] >= s["n"] and s["requests_served"]["B"] >= s["fed_requests"], where
     probe = next(s for s in doc["scenarios"] if s["key"] == "probe")
     assert probe["window"] == 1 and probe["users"] == 1
+
+
+def test_a_quick_run_with_a_on_the_lean_server_delivers_every_message(tmp_path):
+    """``--lean-a``: A's public listener on ``benchmarks/lean_server.py``; the homeserver's own
+    metrics still count every request, and every message still arrives once."""
+    out_json = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--lean-a", "--scenarios", "a,probe",
+                           "--floor-requests", str(FLOOR_REQUESTS), "--json", str(out_json)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "a.example is served by benchmarks/lean_server.py" in proc.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["settings"]["lean_a"] is True
+    for protocol in ("HTTP/2", "HTTP/1.1"):
+        assert doc["floor"][protocol]["requests"]["a.example"] == FLOOR_REQUESTS
+    for s in doc["scenarios"]:
+        assert s["sent"] == s["n"] and (s["lost"], s["duplicates"], s["foreign"]) == (0, 0, 0), s["key"]
+        assert s["requests_served"]["A"] >= s["n"], s["key"]
