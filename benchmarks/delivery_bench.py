@@ -53,7 +53,8 @@ federation requests over HTTP/1.1 (B's side and A's as their client). "A+B"
 is the homeservers' part, per federated delivery; "all" adds the clients'
 side of the sends and dequeues, per message. A real request carries a body
 and work, so this is less than the stack alone takes: the part of a CPU
-figure that no change to the homeserver's own code can win back. Beside it,
+figure that no change to the homeserver short of its HTTP server can win
+back (``--lean-a``, below, measures what that change would win). Beside it,
 **CPU ms/message, A+B+clients** adds the clients' CPU to the homeservers'.
 In the probe, where each step waits for the one before, that sum is close
 to the latency.
@@ -691,7 +692,7 @@ class Run:
         self.settle_s = settle_s
         self.token_issue: list[tuple[int, float]] = []   # (tokens issued, A's CPU s) per top-up
         self.sender: Messenger | None = None
-        self.floor: dict[str, Any] = {}    # what floor() measured
+        self.floor: dict[str, Any] = {}    # what measure_floor() measured
         self.floor_ms = 0.0
 
     async def settled(self, what: str) -> None:
@@ -998,7 +999,7 @@ def target_lines(results: dict[str, Result]) -> list[str]:
         say("(a) CPU ms per federated delivery, A+B", v, None if v is None else v <= TARGET_FED_CPU_MS,
             f"<= {TARGET_FED_CPU_MS}; Synapse 35-50")
         out.append(f"      of which the least its requests cost (each at the floor of its protocol): "
-            f"{_fmt(a.floor_ms_per_fed)}")
+                   f"{_fmt(a.floor_ms_per_fed)}")
     if c is not None:
         v = c.cpu_ms_per_user.get("A+B")
         say("(c) CPU ms per user-delivery, A+B", v, None if v is None else v <= TARGET_USER_CPU_MS,
@@ -1013,8 +1014,9 @@ def target_lines(results: dict[str, Result]) -> list[str]:
         v = probe.latency_ms.get("p50")
         say("(probe) p50 latency ms", v, None if v is None else v <= TARGET_P50_MS,
             f"<= {TARGET_P50_MS:.0f}; Synapse 37-55")
-        out.append(f"      one chain per message; CPU per message of all four processes: {_fmt(probe.all_cpu_ms_per_msg)}, "
-            f"of which the least its requests cost at the floor: {_fmt(probe.floor_ms_per_msg_all)}")
+        out.append(f"      one chain per message; CPU per message of all four processes: "
+                   f"{_fmt(probe.all_cpu_ms_per_msg)}, of which the least its requests cost at the floor: "
+                   f"{_fmt(probe.floor_ms_per_msg_all)}")
     return out
 
 
