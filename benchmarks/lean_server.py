@@ -178,13 +178,12 @@ async def serve_homeserver(config: Any, *, homeserver: Any, shutdown_trigger: An
     import anycorn
 
     from phoenix_ref import anycorn_changes
-    from phoenix_ref.cli import server_config, server_ssl_context
+    from phoenix_ref.cli import metrics_server_config, server_ssl_context
     anycorn_changes.install()
     async with homeserver.app.running(), trio.open_nursery() as nursery:
         if config.operator.metrics_listen is not None:
-            metrics = server_config(config, bind=[config.operator.metrics_listen], tls=False)
-            metrics.alpn_protocols = ["http/1.1"]
-            await nursery.start(functools.partial(anycorn.serve, homeserver.metrics_asgi, metrics))
+            await nursery.start(functools.partial(anycorn.serve, homeserver.metrics_asgi,
+                                                  metrics_server_config(config)))
         await nursery.start(functools.partial(serve_asgi, homeserver.asgi,
                                               server_ssl_context(config.tls_cert, config.tls_key),
                                               config.listen_port, config.listen_host))

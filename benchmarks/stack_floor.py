@@ -14,9 +14,9 @@ serving TLS 1.3 with the settings ``phoenix-ref serve`` uses
   sans-IO protocol libraries the pinned stack uses (``h2`` and ``h11``)
   and calls the app, with nothing else. It is close to what any server
   built on these libraries must pay, so ``raw`` minus ``lean`` is what
-  anycorn's generality costs (its tasks per request, AnyIO's TLS wrapper, timeouts, flow control
-  and the rest of what a real server needs) — the most that a server of
-  the project's own could win back;
+  anycorn's generality costs (its tasks per request, AnyIO's TLS wrapper,
+  timeouts, limits and the rest of what a real server needs) — the most
+  that a server of the project's own could win back;
 * ``raw``     anycorn (on Trio) with a bare ASGI app of a dozen lines that
   answers every request with a counter: TLS, HTTP and the server loop,
   nothing else;

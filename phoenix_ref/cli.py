@@ -107,6 +107,14 @@ def server_config(config: Config, *, bind: Sequence[str] | None = None, tls: boo
     return sc
 
 
+def metrics_server_config(config: Config):
+    """The anycorn settings of the operator listener (``[operator]
+    metrics_listen``): plain HTTP/1.1 on its configured address."""
+    sc = server_config(config, bind=[config.operator.metrics_listen], tls=False)
+    sc.alpn_protocols = ["http/1.1"]
+    return sc
+
+
 async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
                 shutdown_trigger=None, task_status=None) -> None:
     """Serve one homeserver with anycorn (on Trio) until ``shutdown_trigger`` returns.
@@ -135,10 +143,8 @@ async def serve(config: Config, *, homeserver=None, sock=None, tls: bool = True,
     # the operator listener: its own plain-HTTP server for GET /metrics in
     # this process, listening before the public one starts and stopped when
     # it has stopped (docs/decisions.md, "Metrics on an operator listener")
-    metrics_sc = server_config(config, bind=[config.operator.metrics_listen], tls=False)
-    metrics_sc.alpn_protocols = ["http/1.1"]
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(anycorn.serve, hs.metrics_asgi, metrics_sc))
+        await nursery.start(functools.partial(anycorn.serve, hs.metrics_asgi, metrics_server_config(config)))
         await anycorn.serve(hs.asgi, sc, shutdown_trigger=shutdown_trigger, task_status=task_status)
         nursery.cancel_scope.cancel()
 

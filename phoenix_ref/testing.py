@@ -493,7 +493,6 @@ class Deployment:
                 await ws.aclose()
                 nursery.cancel_scope.cancel()
 
-
     @asynccontextmanager
     async def tls_stream(self, name: str, alpn: str) -> AsyncIterator[trio.SSLStream]:
         """A verified TLS 1.3 connection to node ``name``'s domain that has
